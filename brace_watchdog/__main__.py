@@ -1,0 +1,5 @@
+"""Allows ``python -m brace_watchdog``."""
+
+from brace_watchdog.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""A small typed reader over a TOML table that collects every problem with its key path.
+
+``config.py`` describes *what* the configuration is; this module owns *how* raw TOML values
+are checked: each accessor returns a typed value (or the default) and records an error such
+as ``health.interval_seconds: must be > 0`` instead of raising, so a config with five
+mistakes is reported once with all five.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+__all__ = ["Problems", "TableReader", "parse_listen_address"]
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+class Problems:
+    """An ordered list of ``path: message`` strings shared by every reader of one load."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(f"{path}: {message}")
+
+
+class TableReader:
+    """Reads keys of one TOML table; unknown keys are reported by :meth:`finish`."""
+
+    def __init__(self, table: Any, path: str, problems: Problems) -> None:
+        self.path = path
+        self.problems = problems
+        self._seen: set[str] = set()
+        if table is None:
+            table = {}
+        if not isinstance(table, dict):
+            problems.add(path, f"must be a table, not {_type_name(table)}")
+            table = {}
+        self._table: dict[str, Any] = table
+
+    def key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, key: str, message: str) -> None:
+        self.problems.add(self.key_path(key), message)
+
+    def raw(self, key: str) -> Any:
+        self._seen.add(key)
+        return self._table.get(key, _MISSING)
+
+    def has(self, key: str) -> bool:
+        return key in self._table
+
+    def table(self, key: str) -> TableReader:
+        return TableReader(self.raw(key) if self.has(key) else {}, self.key_path(key), self.problems)
+
+    def tables(self, key: str) -> list[TableReader]:
+        """An array of tables (``[[x]]``) as readers, one per element."""
+        value = self.raw(key)
+        if value is _MISSING:
+            return []
+        if not isinstance(value, list):
+            self.error(key, f"must be an array of tables, not {_type_name(value)}")
+            return []
+        return [TableReader(v, f"{self.key_path(key)}[{i}]", self.problems) for i, v in enumerate(value)]
+
+    def string(self, key: str, default: str, *, choices: Iterable[str] | None = None) -> str:
+        value = self.raw(key)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, str):
+            self.error(key, f"must be a string, not {_type_name(value)}")
+            return default
+        if choices is not None:
+            allowed = list(choices)
+            if value not in allowed:
+                self.error(key, f"must be one of {', '.join(map(repr, allowed))}, not {value!r}")
+                return default
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.raw(key)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, bool):
+            self.error(key, f"must be true or false, not {_type_name(value)}")
+            return default
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int | None = None,
+                maximum: int | None = None) -> int:
+        value = self.raw(key)
+        if value is _MISSING:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error(key, f"must be an integer, not {_type_name(value)}")
+            return default
+        return self._bounded(key, value, default, minimum, maximum, strict=False)
+
+    def number(self, key: str, default: float, *, above: float | None = None,
+               minimum: float | None = None, maximum: float | None = None) -> float:
+        """A float; ``above`` is an exclusive lower bound (``must be > 0``)."""
+        value = self.raw(key)
+        if value is _MISSING:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(key, f"must be a number, not {_type_name(value)}")
+            return default
+        number = float(value)
+        if above is not None and not number > above:
+            self.error(key, f"must be > {_fmt(above)}")
+            return default
+        return self._bounded(key, number, default, minimum, maximum, strict=False)
+
+    def strings(self, key: str, default: list[str], *, non_empty: bool = False) -> tuple[str, ...]:
+        value = self.raw(key)
+        if value is _MISSING:
+            return tuple(default)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.error(key, "must be a list of strings")
+            return tuple(default)
+        if non_empty and not value:
+            self.error(key, "must not be empty")
+            return tuple(default)
+        return tuple(value)
+
+    def finish(self) -> None:
+        """Report keys that no accessor asked for: unknown keys are errors, not typos to ignore."""
+        for key in sorted(set(self._table) - self._seen):
+            self.error(key, "unknown key")
+
+    def _bounded(self, key: str, value: Any, default: Any, minimum: Any, maximum: Any,
+                 *, strict: bool) -> Any:
+        del strict
+        if minimum is not None and value < minimum:
+            self.error(key, f"must be >= {_fmt(minimum)}")
+            return default
+        if maximum is not None and value > maximum:
+            self.error(key, f"must be <= {_fmt(maximum)}")
+            return default
+        return value
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → (host, port); raises ValueError with the reason."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"must be host:port, not {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"port must be a number, not {port_text!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be 1..65535, not {port}")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"host must be an IP address or localhost, not {host!r}") from None
+    return host, port
+
+
+def _fmt(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a table", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)

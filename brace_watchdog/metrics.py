@@ -1,0 +1,217 @@
+"""Every Prometheus metric brace-watchdog exports, defined in one place, and the exporter.
+
+``Metrics(registry)`` takes its registry as a parameter, so each test builds its own
+``CollectorRegistry()`` and asserts with ``registry.get_sample_value(name, labels)``. Values that
+only make sense at scrape time (ages) are computed then via ``Gauge.set_function``. Names follow
+the Prometheus conventions and pass ``promtool check metrics``. Secrets never become label values.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+
+from brace_watchdog import __version__
+
+__all__ = ["Metrics", "MetricsServer", "start_metrics_server"]
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """All metric objects, grouped by the component that feeds them."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *,
+                 clock: Callable[[], float] = time.time, process: bool = True) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.clock = clock
+        if process:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+        self._daemon()
+        self._health()
+        self._backups()
+        self._alerts()
+        self._database()
+        self._restore_test()
+        self._rollback()
+        self._control()
+
+    def _c(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _g(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, doc, labels, registry=self.registry)
+
+    def _h(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Histogram:
+        return Histogram(name, doc, labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def _daemon(self) -> None:
+        self.info = Info("brace_watchdog", "brace-watchdog build information.",
+                         registry=self.registry)
+        self.info.info({"version": __version__})
+        self.dry_run = self._g("brace_watchdog_dry_run", "1 when [daemon] dry_run is on.")
+        self.component_up = self._g(
+            "brace_watchdog_component_up", "1 when the component's last cycle succeeded.",
+            ("component",))
+        self.component_last_run = self._g(
+            "brace_watchdog_component_last_run_timestamp_seconds",
+            "Unix time the component last finished a cycle.", ("component",))
+        self.component_last_success = self._g(
+            "brace_watchdog_component_last_success_timestamp_seconds",
+            "Unix time the component last finished a cycle without error.", ("component",))
+        self.component_errors = self._c(
+            "brace_watchdog_component_errors", "Cycles that ended in an error.", ("component",))
+        self.component_cycle_seconds = self._g(
+            "brace_watchdog_component_cycle_duration_seconds",
+            "How long the component's last cycle took.", ("component",))
+        self.component_overruns = self._c(
+            "brace_watchdog_component_overruns",
+            "Cycles that took longer than the component's interval.", ("component",))
+        self.watchdog_healthy = self._g(
+            "brace_watchdog_watchdog_healthy",
+            "1 while every component makes progress within its deadline (systemd pings flow).")
+        self.config_reloads = self._c(
+            "brace_watchdog_config_reloads", "SIGHUP reloads by result.", ("result",))
+        self.loop_lag = self._g(
+            "brace_watchdog_event_loop_lag_seconds",
+            "How late the event loop ran a timer it was asked to run (last measurement).")
+        self.events = self._c(
+            "brace_watchdog_events", "Events written to the state store.", ("kind",))
+        self.notifications = self._c(
+            "brace_watchdog_notifications", "Webhook notifications by result.", ("result",))
+
+    def _health(self) -> None:
+        self.health_up = self._g("brace_health_up", "1 when the last probe of the target was ok.",
+                                 ("target",))
+        self.health_status_code = self._g(
+            "brace_health_status_code", "HTTP status of the last probe (0 when none).", ("target",))
+        self.health_latency = self._h(
+            "brace_health_probe_duration_seconds", "Probe latency.", ("target",))
+        self.health_probes = self._c(
+            "brace_health_probes", "Probes by classified result.", ("target", "result"))
+        self.health_last_probe = self._g(
+            "brace_health_last_probe_timestamp_seconds", "Unix time of the last probe.",
+            ("target",))
+
+    def _backups(self) -> None:
+        self.backup_newest_timestamp = self._g(
+            "brace_backup_newest_timestamp_seconds", "Unix time of the newest valid backup.")
+        self.backup_newest_age = self._g(
+            "brace_backup_newest_age_seconds",
+            "Age of the newest valid backup at scrape time (+Inf when there is none).")
+        self.backup_newest_age.set(float("inf"))
+        self.backup_newest_size = self._g(
+            "brace_backup_newest_size_bytes", "Size of the newest valid backup.")
+        self.backup_files = self._g(
+            "brace_backup_files", "Backup files found, by validity.", ("validity",))
+        self.backup_fresh = self._g(
+            "brace_backup_fresh", "1 when the newest valid backup is within max_age_hours.")
+        self.backup_max_age = self._g(
+            "brace_backup_max_age_seconds", "The configured freshness threshold.")
+        self.backup_scan_duration = self._g(
+            "brace_backup_scan_duration_seconds", "How long the last backup folder scan took.")
+
+    def _alerts(self) -> None:
+        self.alertmanager_up = self._g(
+            "brace_alertmanager_up", "1 when the last Alertmanager poll succeeded.")
+        self.alerts_firing = self._g(
+            "brace_alerts_firing", "Active, unsilenced alerts matching the configured matchers.",
+            ("alertname", "severity"))
+
+    def _database(self) -> None:
+        self.database_up = self._g("brace_database_up", "1 when select 1 succeeded.")
+        self.database_latency = self._h(
+            "brace_database_query_duration_seconds", "Latency of the health query.")
+        self.database_revision = Info(
+            "brace_database_alembic_revision", "The production database's Alembic revision.",
+            registry=self.registry)
+        self.database_failures = self._c(
+            "brace_database_failures",
+            "Failed checks by kind (authentication, refused, timeout, other).", ("kind",))
+
+    def _restore_test(self) -> None:
+        self.restore_running = self._g(
+            "brace_restore_test_running", "1 while a restore test runs.")
+        self.restore_last_run = self._g(
+            "brace_restore_test_last_run_timestamp_seconds", "Unix time the last test finished.")
+        self.restore_last_success = self._g(
+            "brace_restore_test_last_success_timestamp_seconds",
+            "Unix time the last passing test finished.")
+        self.restore_success = self._g(
+            "brace_restore_test_success", "1 when the last restore test passed.")
+        self.restore_duration = self._g(
+            "brace_restore_test_duration_seconds", "Duration of the last restore test.")
+        self.restore_stage_duration = self._g(
+            "brace_restore_test_stage_duration_seconds",
+            "Duration of each stage of the last restore test.", ("stage",))
+        self.restore_tables = self._g(
+            "brace_restore_test_restored_tables", "Tables restored by the last test.")
+        self.restore_rto_exceeded = self._g(
+            "brace_restore_test_rto_exceeded", "1 when the last passing test was slower than RTO.")
+        self.restore_runs = self._c(
+            "brace_restore_test_runs", "Restore tests by result.", ("result",))
+
+    def _rollback(self) -> None:
+        self.rollbacks = self._c(
+            "brace_rollbacks", "App rollbacks by result (succeeded, failed, dry_run).", ("result",))
+        self.rollback_last = self._g(
+            "brace_rollback_last_timestamp_seconds", "Unix time of the last rollback action.")
+        self.automation_frozen = self._g(
+            "brace_automation_frozen", "1 while automatic actions are frozen.")
+        self.escalation_pending = self._g(
+            "brace_escalation_pending", "1 while an escalation waits for an operator.")
+        self.escalations = self._c(
+            "brace_escalations", "Escalations to a human, by reason.", ("reason",))
+        self.release_info = self._g(
+            "brace_release_info", "The current and known-good release (value 1).",
+            ("role", "fingerprint"))
+        self.deploys = self._c("brace_deploys", "Deploys detected, by what changed.", ("change",))
+        self.rollback_time_to_action = self._g(
+            "brace_rollback_time_to_action_seconds",
+            "Last rollback: time from first failing sample to the action starting.")
+        self.rollback_time_to_recovery = self._g(
+            "brace_rollback_time_to_recovery_seconds",
+            "Last rollback: time from first failing sample to verified recovery.")
+
+    def _control(self) -> None:
+        self.control_requests = self._c(
+            "brace_control_requests", "Control socket requests by command and outcome.",
+            ("command", "outcome"))
+        self.gated_actions = self._c(
+            "brace_gated_actions", "Operator-approved actions by action and result.",
+            ("action", "result"))
+
+
+class MetricsServer:
+    """The exporter's HTTP server (prometheus_client's, in its own thread)."""
+
+    def __init__(self, server: Any, thread: Any) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def start_metrics_server(metrics: Metrics, host: str, port: int) -> MetricsServer:
+    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    return MetricsServer(server, thread)

@@ -1,0 +1,124 @@
+"""Plain value types the monitors publish and the policies read: probes, backups, database, alerts.
+
+No I/O here. Monitors produce these; decision code (``monitors/policy.py``, rollback, control)
+receives them as values, never the clients that made them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+__all__ = [
+    "PROBE_RESULTS",
+    "BackupFile",
+    "BackupScan",
+    "DatabaseStatus",
+    "FiringAlert",
+    "Observations",
+    "ProbeResult",
+    "ProbeSample",
+]
+
+ProbeResult = Literal["ok", "http_4xx", "http_5xx", "timeout", "connection_error"]
+PROBE_RESULTS: tuple[ProbeResult, ...] = ("ok", "http_4xx", "http_5xx", "timeout",
+                                          "connection_error")
+
+
+@dataclass(frozen=True)
+class ProbeSample:
+    """One probe of one target (``backend`` or ``frontend``)."""
+
+    ts: float
+    target: str
+    result: ProbeResult
+    status: int = 0
+    latency_seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class BackupFile:
+    path: Path
+    size: int
+    timestamp: float
+    timestamp_source: Literal["name", "mtime"]
+    valid: bool
+    reason: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass(frozen=True)
+class BackupScan:
+    scanned_at: float
+    files: tuple[BackupFile, ...]
+    max_age_seconds: float
+
+    @property
+    def valid(self) -> tuple[BackupFile, ...]:
+        return tuple(f for f in self.files if f.valid)
+
+    @property
+    def newest(self) -> BackupFile | None:
+        valid = self.valid
+        return max(valid, key=lambda f: f.timestamp) if valid else None
+
+    def age_seconds(self, now: float) -> float | None:
+        newest = self.newest
+        return None if newest is None else max(0.0, now - newest.timestamp)
+
+    def fresh(self, now: float) -> bool:
+        age = self.age_seconds(now)
+        return age is not None and age <= self.max_age_seconds
+
+
+FailureKind = Literal["authentication", "refused", "timeout", "other"]
+
+
+@dataclass(frozen=True)
+class DatabaseStatus:
+    checked_at: float
+    up: bool
+    revision: str | None = None
+    latency_seconds: float = 0.0
+    failure_kind: FailureKind | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class FiringAlert:
+    name: str
+    severity: str
+    labels: tuple[tuple[str, str], ...] = ()
+    starts_at: str = ""
+
+
+@dataclass
+class Observations:
+    """The latest view of the world, shared by components inside one event loop."""
+
+    window_size: int = 360
+    probes: dict[str, deque[ProbeSample]] = field(default_factory=dict)
+    backups: BackupScan | None = None
+    database: DatabaseStatus | None = None
+    alerts: tuple[FiringAlert, ...] = ()
+    alertmanager_up: bool | None = None
+
+    def add_probe(self, sample: ProbeSample) -> None:
+        window = self.probes.setdefault(sample.target, deque(maxlen=self.window_size))
+        window.append(sample)
+
+    def samples(self, target: str | None = None) -> list[ProbeSample]:
+        if target is not None:
+            return list(self.probes.get(target, ()))
+        merged = [s for window in self.probes.values() for s in window]
+        return sorted(merged, key=lambda s: s.ts)
+
+    def latest(self, target: str) -> ProbeSample | None:
+        window = self.probes.get(target)
+        return window[-1] if window else None

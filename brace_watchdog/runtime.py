@@ -1,0 +1,115 @@
+"""The hub every component receives: config, state store, metrics, observations, notifier.
+
+It also owns the small cross-cutting verbs that several components need — record an event,
+freeze and unfreeze automation, escalate to a human — so that they behave the same everywhere.
+Construct it with explicit collaborators; tests pass an in-memory store and their own registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from brace_watchdog.component import ProgressTracker
+from brace_watchdog.config import Config
+from brace_watchdog.metrics import Metrics
+from brace_watchdog.observations import Observations
+from brace_watchdog.state import StateStore
+
+__all__ = ["Hub", "Notifier", "NullNotifier"]
+
+log = logging.getLogger("brace_watchdog")
+
+FROZEN_FLAG = "automation_frozen"
+ESCALATION_FLAG = "escalation_pending"
+
+
+class Notifier(Protocol):
+    """Sends a notification (webhook) without blocking the caller for long."""
+
+    async def send(self, event: str, payload: dict[str, Any]) -> None: ...
+
+
+class NullNotifier:
+    """The notifier used when ``[notify]`` has no webhooks."""
+
+    async def send(self, event: str, payload: dict[str, Any]) -> None:
+        del event, payload
+
+
+@dataclass
+class Hub:
+    config: Config
+    store: StateStore
+    metrics: Metrics
+    notifier: Notifier = field(default_factory=NullNotifier)
+    clock: Callable[[], float] = time.time
+    progress: ProgressTracker = field(default_factory=ProgressTracker)
+    observations: Observations = field(default_factory=Observations)
+    status: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.observations.window_size = self.config.health.window_size
+        self.metrics.automation_frozen.set(1 if self.frozen() else 0)
+        self.metrics.escalation_pending.set(1 if self.escalation() else 0)
+        self.metrics.dry_run.set(1 if self.config.daemon.dry_run else 0)
+
+    # -- events ----------------------------------------------------------------------------
+    def record(self, kind: str, source: str, message: str, *,
+               evidence: dict[str, Any] | None = None, severity: str = "info",
+               action_id: int | None = None) -> int:
+        """Append to the event log, log the line, count it."""
+        event_id = self.store.append_event(kind, source, message, evidence=evidence,
+                                           severity=severity, action_id=action_id)
+        level = {"error": logging.ERROR, "warning": logging.WARNING}.get(severity, logging.INFO)
+        log.log(level, "%s: %s", source, message, extra={"event_kind": kind, "event_id": event_id})
+        self.metrics.events.labels(kind=kind).inc()
+        return event_id
+
+    def set_status(self, component: str, line: str) -> None:
+        self.status[component] = line
+
+    def status_line(self) -> str:
+        prefix = "FROZEN; " if self.frozen() else ""
+        return prefix + " | ".join(f"{k}: {v}" for k, v in sorted(self.status.items()))
+
+    # -- automation guard ------------------------------------------------------------------
+    def frozen(self) -> dict[str, Any] | None:
+        value = self.store.flag(FROZEN_FLAG)
+        return value if isinstance(value, dict) else None
+
+    def freeze(self, reason: str, *, by: str, evidence: dict[str, Any] | None = None) -> None:
+        self.store.set_flag(FROZEN_FLAG, {"reason": reason, "by": by, "at": self.clock()})
+        self.metrics.automation_frozen.set(1)
+        self.record("automation.frozen", by, f"automatic actions frozen: {reason}",
+                    evidence=evidence, severity="warning")
+
+    def unfreeze(self, *, by: str) -> None:
+        self.store.set_flag(FROZEN_FLAG, None)
+        self.metrics.automation_frozen.set(0)
+        self.record("automation.unfrozen", by, "automatic actions resumed")
+
+    def escalation(self) -> dict[str, Any] | None:
+        value = self.store.flag(ESCALATION_FLAG)
+        return value if isinstance(value, dict) else None
+
+    async def escalate(self, reason: str, message: str, *, source: str,
+                       evidence: dict[str, Any] | None = None) -> int:
+        """Ask a human: event, metric, flag (until acknowledged) and a notification."""
+        event_id = self.record("escalation", source, message,
+                               evidence={"reason": reason, **(evidence or {})}, severity="error")
+        self.store.set_flag(ESCALATION_FLAG, {"reason": reason, "message": message,
+                                              "event_id": event_id, "at": self.clock()})
+        self.metrics.escalation_pending.set(1)
+        self.metrics.escalations.labels(reason=reason).inc()
+        await self.notifier.send("escalation", {"reason": reason, "message": message,
+                                                "event_id": event_id, "evidence": evidence or {}})
+        return event_id
+
+    def acknowledge(self, *, by: str) -> None:
+        self.store.set_flag(ESCALATION_FLAG, None)
+        self.metrics.escalation_pending.set(0)
+        self.record("escalation.acknowledged", by, f"escalation acknowledged by {by}")

@@ -1,0 +1,377 @@
+"""The SQLite state store: event log, action journal, releases, restore results, approvals, audit.
+
+One file in WAL mode at ``[daemon] state_path``. The schema is versioned (``PRAGMA user_version``)
+and migrated forward on open; a file from a newer daemon, a corrupt file or an unwritable one is
+a :class:`~brace_watchdog.errors.StateError` at start-up. The event log is append-only: every check
+transition, decision and action step lands there with its evidence as JSON.
+
+Calls are short (single-row writes, indexed reads) and serialised by a lock, so they are safe from
+the event loop and from worker threads alike; with ``synchronous=NORMAL`` a write costs microseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from brace_watchdog.errors import StateError
+
+__all__ = ["ActionRecord", "Event", "StateStore"]
+
+Clock = Callable[[], float]
+
+_MIGRATIONS: list[str] = [
+    # version 1
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        kind TEXT NOT NULL,
+        source TEXT NOT NULL,
+        severity TEXT NOT NULL DEFAULT 'info',
+        message TEXT NOT NULL,
+        evidence TEXT NOT NULL DEFAULT '{}',
+        action_id INTEGER
+    );
+    CREATE INDEX events_kind_ts ON events(kind, ts);
+    CREATE INDEX events_action ON events(action_id);
+    CREATE TABLE flags (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE actions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        requester TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        step TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        plan TEXT NOT NULL DEFAULT '{}',
+        result TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX actions_status ON actions(status);
+    CREATE TABLE releases (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        fingerprint TEXT NOT NULL UNIQUE,
+        first_seen REAL NOT NULL,
+        known_good_at REAL,
+        services TEXT NOT NULL,
+        working_dir TEXT NOT NULL DEFAULT '',
+        alembic_revision TEXT,
+        compose_file TEXT NOT NULL DEFAULT '',
+        compose_snapshot BLOB,
+        env_snapshot BLOB,
+        failed_verification_at REAL,
+        pinned INTEGER NOT NULL DEFAULT 0,
+        extra TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE restore_results (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_at REAL NOT NULL,
+        finished_at REAL NOT NULL,
+        dump_name TEXT NOT NULL,
+        dump_size INTEGER NOT NULL DEFAULT 0,
+        passed INTEGER NOT NULL,
+        stage TEXT NOT NULL DEFAULT '',
+        message TEXT NOT NULL DEFAULT '',
+        backend TEXT NOT NULL DEFAULT '',
+        pg_version TEXT NOT NULL DEFAULT '',
+        alembic_revision TEXT NOT NULL DEFAULT '',
+        duration_seconds REAL NOT NULL DEFAULT 0,
+        rto_exceeded INTEGER NOT NULL DEFAULT 0,
+        details TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX restore_results_dump ON restore_results(dump_name, finished_at);
+    CREATE TABLE approvals (
+        token_hash TEXT PRIMARY KEY,
+        action TEXT NOT NULL,
+        params TEXT NOT NULL,
+        requester_uid INTEGER NOT NULL,
+        requester_name TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at REAL,
+        approver_uid INTEGER,
+        approver_name TEXT,
+        action_id INTEGER
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        uid INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        command TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    ts: float
+    kind: str
+    source: str
+    severity: str
+    message: str
+    evidence: dict[str, Any]
+    action_id: int | None
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    id: int
+    kind: str
+    origin: str
+    requester: str
+    status: str
+    step: str
+    created_at: float
+    updated_at: float
+    plan: dict[str, Any]
+    result: str
+
+
+ACTION_OPEN_STATUSES = ("planned", "running")
+
+
+class StateStore:
+    """The daemon's durable memory. Construct, then :meth:`open` (which migrates)."""
+
+    def __init__(self, path: Path | str, *, clock: Clock = time.time) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self) -> StateStore:
+        if str(self.path) != ":memory:":
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StateError(f"cannot create state folder {self.path.parent}: {exc.strerror}; "
+                                 "check [daemon] state_path and permissions") from None
+        try:
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
+                                   timeout=10)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._conn = conn
+            self._migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"state file {self.path} is unusable ({exc}); move it aside to start "
+                             "with an empty history, or restore it from a backup") from None
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StateError(f"state file {self.path} has schema v{version}, newer than this "
+                             f"daemon's v{SCHEMA_VERSION}: upgrade brace-watchdog or move the file")
+        for number in range(version, SCHEMA_VERSION):
+            conn.executescript(f"BEGIN; {_MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; "
+                               "COMMIT;")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._query_one("PRAGMA user_version")[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Several statements atomically (``BEGIN IMMEDIATE`` … ``COMMIT``)."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            try:
+                return self._connection().execute(sql, params)
+            except sqlite3.OperationalError as exc:
+                raise StateError(f"state store write failed ({exc}): {self.path}") from None
+
+    def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._connection().execute(sql, params).fetchall())
+
+    def _query_one(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row:
+        rows = self.query(sql, params)
+        return rows[0]
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StateError("state store is not open")
+        return self._conn
+
+    # -- events ----------------------------------------------------------------------------
+    def append_event(self, kind: str, source: str, message: str, *,
+                     evidence: dict[str, Any] | None = None, severity: str = "info",
+                     action_id: int | None = None) -> int:
+        cursor = self.execute(
+            "INSERT INTO events (ts, kind, source, severity, message, evidence, action_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self.clock(), kind, source, severity, message, _dumps(evidence or {}), action_id),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def events(self, *, since_id: int = 0, limit: int = 100, kinds: tuple[str, ...] = (),
+               since_ts: float | None = None, action_id: int | None = None) -> list[Event]:
+        clauses, params = ["id > ?"], [since_id]
+        if kinds:
+            clauses.append(f"kind IN ({','.join('?' * len(kinds))})")
+            params.extend(kinds)
+        if since_ts is not None:
+            clauses.append("ts >= ?")
+            params.append(since_ts)
+        if action_id is not None:
+            clauses.append("action_id = ?")
+            params.append(action_id)
+        rows = self.query(f"SELECT * FROM events WHERE {' AND '.join(clauses)} "
+                          "ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [_event(row) for row in reversed(rows)]
+
+    def event(self, event_id: int) -> Event | None:
+        rows = self.query("SELECT * FROM events WHERE id = ?", (event_id,))
+        return _event(rows[0]) if rows else None
+
+    # -- flags (automation frozen, escalation pending, ...) ---------------------------------
+    def set_flag(self, name: str, value: Any) -> None:
+        self.execute("INSERT INTO flags (name, value, updated_at) VALUES (?, ?, ?) "
+                     "ON CONFLICT(name) DO UPDATE SET value = excluded.value, "
+                     "updated_at = excluded.updated_at", (name, _dumps(value), self.clock()))
+
+    def flag(self, name: str, default: Any = None) -> Any:
+        rows = self.query("SELECT value FROM flags WHERE name = ?", (name,))
+        return json.loads(rows[0]["value"]) if rows else default
+
+    # -- action journal --------------------------------------------------------------------
+    def begin_action(self, kind: str, *, origin: str, plan: dict[str, Any],
+                     requester: str = "", status: str = "running") -> int:
+        now = self.clock()
+        cursor = self.execute(
+            "INSERT INTO actions (kind, origin, requester, status, step, created_at, updated_at, "
+            "plan) VALUES (?, ?, ?, ?, 'begin', ?, ?, ?)",
+            (kind, origin, requester, status, now, now, _dumps(plan)),
+        )
+        action_id = int(cursor.lastrowid or 0)
+        self.append_event(f"action.{kind}.begin", origin, f"{kind} started",
+                          evidence={"plan": plan, "requester": requester}, action_id=action_id)
+        return action_id
+
+    def journal_step(self, action_id: int, step: str, *, evidence: dict[str, Any] | None = None,
+                     status: str | None = None, result: str | None = None) -> None:
+        """Record progress of an action: its current step, and optionally its end status."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE actions SET step = ?, updated_at = ?, "
+                         "status = COALESCE(?, status), result = COALESCE(?, result) WHERE id = ?",
+                         (step, self.clock(), status, result, action_id))
+            kind = conn.execute("SELECT kind FROM actions WHERE id = ?", (action_id,)).fetchone()
+            conn.execute(
+                "INSERT INTO events (ts, kind, source, severity, message, evidence, action_id) "
+                "VALUES (?, ?, 'journal', ?, ?, ?, ?)",
+                (self.clock(), f"action.{kind[0] if kind else 'unknown'}.{step}",
+                 "error" if status in ("failed", "interrupted") else "info",
+                 result or step, _dumps(evidence or {}), action_id))
+
+    def action(self, action_id: int) -> ActionRecord | None:
+        rows = self.query("SELECT * FROM actions WHERE id = ?", (action_id,))
+        return _action(rows[0]) if rows else None
+
+    def actions(self, *, kind: str | None = None, statuses: tuple[str, ...] = (),
+                since_ts: float | None = None, limit: int = 100) -> list[ActionRecord]:
+        clauses, params = ["1 = 1"], []
+        if kind is not None:
+            clauses.append("kind = ?")
+            params.append(kind)
+        if statuses:
+            clauses.append(f"status IN ({','.join('?' * len(statuses))})")
+            params.extend(statuses)
+        if since_ts is not None:
+            clauses.append("created_at >= ?")
+            params.append(since_ts)
+        rows = self.query(f"SELECT * FROM actions WHERE {' AND '.join(clauses)} "
+                          "ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [_action(row) for row in rows]
+
+    def open_actions(self, kind: str | None = None) -> list[ActionRecord]:
+        """Actions that were started and never finished: what a restart must resolve."""
+        return self.actions(kind=kind, statuses=ACTION_OPEN_STATUSES)
+
+    # -- restore-test results --------------------------------------------------------------
+    def record_restore_result(self, *, started_at: float, finished_at: float, dump_name: str,
+                              dump_size: int, passed: bool, stage: str = "", message: str = "",
+                              backend: str = "", pg_version: str = "", alembic_revision: str = "",
+                              duration_seconds: float = 0.0, rto_exceeded: bool = False,
+                              details: dict[str, Any] | None = None) -> int:
+        cursor = self.execute(
+            "INSERT INTO restore_results (started_at, finished_at, dump_name, dump_size, passed, "
+            "stage, message, backend, pg_version, alembic_revision, duration_seconds, rto_exceeded,"
+            " details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (started_at, finished_at, dump_name, dump_size, int(passed), stage, message, backend,
+             pg_version, alembic_revision, duration_seconds, int(rto_exceeded),
+             _dumps(details or {})),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def restore_results(self, *, dump_name: str | None = None, limit: int = 20
+                        ) -> list[dict[str, Any]]:
+        where, params = ("WHERE dump_name = ?", (dump_name,)) if dump_name else ("", ())
+        rows = self.query(f"SELECT * FROM restore_results {where} ORDER BY id DESC LIMIT ?",
+                          (*params, limit))
+        return [{**dict(row), "passed": bool(row["passed"]), "rto_exceeded":
+                 bool(row["rto_exceeded"]), "details": json.loads(row["details"])} for row in rows]
+
+    # -- audit -----------------------------------------------------------------------------
+    def audit(self, *, uid: int, user: str, command: str, outcome: str, detail: str = "") -> None:
+        self.execute("INSERT INTO audit (ts, uid, user, command, outcome, detail) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", (self.clock(), uid, user, command, outcome, detail))
+
+    def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.query("SELECT * FROM audit ORDER BY id DESC LIMIT ?",
+                                            (limit,))]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str, sort_keys=True)
+
+
+def _event(row: sqlite3.Row) -> Event:
+    return Event(id=row["id"], ts=row["ts"], kind=row["kind"], source=row["source"],
+                 severity=row["severity"], message=row["message"],
+                 evidence=json.loads(row["evidence"]), action_id=row["action_id"])
+
+
+def _action(row: sqlite3.Row) -> ActionRecord:
+    return ActionRecord(id=row["id"], kind=row["kind"], origin=row["origin"],
+                        requester=row["requester"], status=row["status"], step=row["step"],
+                        created_at=row["created_at"], updated_at=row["updated_at"],
+                        plan=json.loads(row["plan"]), result=row["result"])
