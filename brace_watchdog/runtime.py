@@ -50,6 +50,7 @@ class Hub:
     progress: ProgressTracker = field(default_factory=ProgressTracker)
     observations: Observations = field(default_factory=Observations)
     status: dict[str, str] = field(default_factory=dict)
+    components: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.observations.window_size = self.config.health.window_size
