@@ -1,0 +1,79 @@
+"""Shared pytest fixtures: real PostgreSQL clusters, the docker engine, offline-built images,
+and an autouse guard that fails any connection outside loopback.
+
+Helpers behind them live in ``tests/support/`` (``pg.py``, ``images.py``, ``net.py``); import
+those directly for anything a fixture does not cover (``start_web``, ``run_postgres``,
+``make_brace_dump``, ``free_port``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import docker
+import pytest
+
+from tests.support.images import ensure_busybox_image, ensure_postgres_image
+from tests.support.net import NetworkGuard
+from tests.support.pg import PG_BIN, PgCluster, start_cluster
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip with ``reason`` locally; under CI=true a missing dependency is a failure."""
+    if _under_ci():
+        pytest.fail(f"{reason} (CI=true: refusing to skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def network_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[NetworkGuard]:
+    """Make any INET connect to a non-loopback address raise, and fail the test if one did."""
+    guard = NetworkGuard()
+    monkeypatch.setattr(socket.socket, "connect", guard.wrap(socket.socket.connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", guard.wrap(socket.socket.connect_ex))
+    yield guard
+    if guard.blocked:
+        pytest.fail(f"connections outside loopback were attempted: {guard.blocked}",
+                    pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """A client for the local engine; skips (fails under CI=true) when none answers."""
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        skip_or_fail(f"no docker engine reachable ({exc})")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client: docker.DockerClient) -> str:
+    """Tag of the busybox image (built once per host, cached by content hash)."""
+    return ensure_busybox_image(docker_client)
+
+
+@pytest.fixture(scope="session")
+def postgres_image(docker_client: docker.DockerClient) -> str:
+    """Tag of the postgres:15 image with the official entrypoint contract."""
+    return ensure_postgres_image(docker_client)
+
+
+@pytest.fixture
+def pg_cluster(tmp_path: Path) -> Iterator[PgCluster]:
+    """A fresh PostgreSQL 15 cluster on 127.0.0.1:<free port>, stopped and removed afterwards."""
+    if not (PG_BIN / "initdb").exists():
+        skip_or_fail(f"PostgreSQL 15 binaries not found in {PG_BIN}")
+    cluster = start_cluster(tmp_path / "pg")
+    yield cluster
+    cluster.stop()
