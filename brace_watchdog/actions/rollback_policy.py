@@ -1,0 +1,165 @@
+"""Pure guards of the app rollback: may the daemon roll back now, and if not, why not.
+
+:func:`decide` takes plain values (:class:`PolicyInput`, the ``[rollback]`` config) and returns a
+:class:`Decision` — ``rollback``, ``escalate`` (a human must look), ``hold`` (deliberately not
+acting, e.g. frozen or inside a deploy's grace period) or ``none`` (nothing to do) — with a reason
+code, a sentence for the operator and the evidence. No I/O, no clock; tested exhaustively in
+``tests/unit/test_rollback_policy.py``.
+
+Guards, in order (an operator's manual request skips those marked *auto*):
+
+1. *auto* trigger: the sustained-failure window verdict or a named trigger alert firing;
+2. *auto* deploy grace: an alert trigger inside ``deploy_grace_seconds`` after a deploy waits;
+3. *auto* frozen: automation is frozen until an operator resumes it;
+4. no current release / no known-good release / the running release *is* the known-good one;
+5. *auto* the known-good release already failed a rollback verification;
+6. schema guard: the Alembic revision moved (or is unknown) since the known-good release;
+7. *auto* cooldown after any rollback, and at most ``max_per_day`` rollbacks per 24 hours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from brace_watchdog.config import RollbackConfig
+from brace_watchdog.monitors.policy import WindowVerdict
+
+__all__ = ["Action", "Decision", "PolicyInput", "decide"]
+
+Action = Literal["none", "hold", "escalate", "rollback"]
+DAY_SECONDS = 86400.0
+
+
+@dataclass(frozen=True)
+class PolicyInput:
+    now: float
+    verdict: WindowVerdict
+    current_fingerprint: str | None
+    known_good_fingerprint: str | None
+    firing_alerts: tuple[str, ...] = ()
+    known_good_failed_at: float | None = None
+    schema_tracked: bool = False
+    known_good_revision: str | None = None
+    current_revision: str | None = None
+    last_deploy_at: float | None = None
+    rollback_times: tuple[float, ...] = ()
+    frozen: bool = False
+    manual: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def acts(self) -> bool:
+        return self.action == "rollback"
+
+
+def decide(inp: PolicyInput, cfg: RollbackConfig) -> Decision:
+    """Run the guards in order; the first that holds decides."""
+    evidence = _evidence(inp)
+    for guard in (_trigger, _grace, _frozen, _releases, _failed_before, _schema, _rate):
+        decision = guard(inp, cfg, evidence)
+        if decision is not None:
+            return decision
+    note = " (schema moved; on_schema_change = app_only)" if evidence.get("schema_moved") else ""
+    who = "operator request" if inp.manual else "sustained failures"
+    return Decision("rollback", "rollback",
+                    f"rolling back to known-good release {_short(inp.known_good_fingerprint)} "
+                    f"after {who}{note}", evidence)
+
+
+
+def _evidence(inp: PolicyInput) -> dict[str, Any]:
+    return {"window": inp.verdict.evidence(), "firing_alerts": list(inp.firing_alerts),
+            "current_release": inp.current_fingerprint,
+            "known_good_release": inp.known_good_fingerprint,
+            "known_good_revision": inp.known_good_revision,
+            "current_revision": inp.current_revision, "last_deploy_at": inp.last_deploy_at,
+            "manual": inp.manual}
+
+
+def _trigger(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) -> Decision | None:
+    if inp.manual or inp.verdict.sustained or inp.firing_alerts:
+        return None
+    return Decision("none", "not_triggered", inp.verdict.reason, ev)
+
+
+def _grace(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) -> Decision | None:
+    if inp.manual or inp.last_deploy_at is None:
+        return None
+    ends = inp.last_deploy_at + cfg.deploy_grace_seconds
+    if inp.now >= ends:
+        return None
+    return Decision("hold", "deploy_grace", f"a deploy happened {inp.now - inp.last_deploy_at:.0f}s"
+                    f" ago; waiting out the {cfg.deploy_grace_seconds:.0f}s grace period", ev)
+
+
+def _frozen(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) -> Decision | None:
+    if inp.manual or not inp.frozen:
+        return None
+    return Decision("hold", "frozen", "no rollback: automatic actions are frozen until an "
+                    "operator resumes them", ev)
+
+
+def _releases(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) -> Decision | None:
+    if inp.current_fingerprint is None:
+        return Decision("escalate", "no_current_release", "escalated: the services' containers "
+                        "are missing, so the running release is unknown", ev)
+    if inp.known_good_fingerprint is None:
+        return Decision("escalate", "no_known_good", "escalated: no known-good release recorded "
+                        "yet, nothing to roll back to", ev)
+    if inp.current_fingerprint == inp.known_good_fingerprint:
+        return Decision("escalate", "known_good_running", "no rollback: running release is "
+                        "known-good, so the failures are not a deploy problem; escalated", ev)
+    return None
+
+
+def _failed_before(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) -> Decision | None:
+    if inp.manual or inp.known_good_failed_at is None:
+        return None
+    return Decision("escalate", "target_failed_before", "escalated: a rollback to release "
+                    f"{_short(inp.known_good_fingerprint)} already failed verification; "
+                    "no second automatic attempt", ev)
+
+
+def _schema(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) -> Decision | None:
+    if not inp.schema_tracked:
+        return None
+    if inp.current_revision is not None and inp.current_revision == inp.known_good_revision:
+        return None
+    ev["schema_moved"] = True
+    if cfg.on_schema_change == "app_only":
+        return None
+    if inp.current_revision is None or inp.known_good_revision is None:
+        return Decision("escalate", "schema_unknown", "escalated: the Alembic revision is "
+                        f"unknown (known-good {inp.known_good_revision}, now "
+                        f"{inp.current_revision}); an app-only rollback may not be safe", ev)
+    return Decision("escalate", "schema_moved", f"escalated: schema moved from "
+                    f"{inp.known_good_revision} to {inp.current_revision} since the known-good "
+                    "release; old code may not run on the new schema (DB rollback plan "
+                    "attached)", ev)
+
+
+def _rate(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) -> Decision | None:
+    if inp.manual:
+        return None
+    recent = [t for t in inp.rollback_times if inp.now - t < DAY_SECONDS]
+    last = max(inp.rollback_times, default=None)
+    if last is not None and inp.now - last < cfg.cooldown_seconds:
+        return Decision("escalate", "cooldown", f"escalated: the last rollback was "
+                        f"{inp.now - last:.0f}s ago, inside the {cfg.cooldown_seconds:.0f}s "
+                        "cooldown", ev)
+    if len(recent) >= cfg.max_per_day:
+        return Decision("escalate", "max_per_day", f"escalated: {len(recent)} rollbacks in the "
+                        f"last 24h reached max_per_day = {cfg.max_per_day}", ev)
+    return None
+
+
+def _short(fingerprint: str | None) -> str:
+    return (fingerprint or "?")[:12]

@@ -1,0 +1,216 @@
+"""The release model: what runs in the compose project, its identity, deploys and stability.
+
+Pure values and functions, no I/O. The docker adapter reports the compose project's containers
+as :class:`ComposeContainer` values (from the ``com.docker.compose.*`` labels); this module turns
+them into a :class:`Release` — per service the image ID and the compose config hash, plus the
+project's working dir — fingerprints it, tells what a deploy changed (:func:`diff`) and decides
+when a release has been unchanged and healthy long enough to become known-good
+(:func:`stability`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from brace_watchdog.observations import ProbeSample
+
+__all__ = [
+    "Change",
+    "ComposeContainer",
+    "Release",
+    "ReleaseDiff",
+    "ReleaseObservation",
+    "ServiceRelease",
+    "Stability",
+    "build_release",
+    "diff",
+    "pin_tag",
+    "stability",
+]
+
+Change = Literal["none", "image", "config", "both"]
+PIN_REPOSITORY = "brace-watchdog/pin"
+
+
+@dataclass(frozen=True)
+class ComposeContainer:
+    """One container of a compose project, as the engine reports it (plain values)."""
+
+    id: str
+    name: str
+    project: str
+    service: str
+    image_id: str
+    image_ref: str
+    config_hash: str
+    working_dir: str
+    config_files: tuple[str, ...]
+    state: str
+    created: str
+    oneoff: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+@dataclass(frozen=True)
+class ServiceRelease:
+    service: str
+    image_id: str
+    image_ref: str
+    config_hash: str
+
+
+@dataclass(frozen=True)
+class Release:
+    """The identity of what a compose project runs: per service image ID and config hash."""
+
+    project: str
+    working_dir: str
+    config_files: tuple[str, ...]
+    services: tuple[ServiceRelease, ...]
+
+    @property
+    def fingerprint(self) -> str:
+        identity = [self.working_dir, *((s.service, s.image_id, s.config_hash)
+                                        for s in sorted(self.services, key=lambda s: s.service))]
+        return hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+
+    @property
+    def short(self) -> str:
+        return self.fingerprint[:12]
+
+    def service(self, name: str) -> ServiceRelease | None:
+        return next((s for s in self.services if s.service == name), None)
+
+    def image_ids(self) -> dict[str, str]:
+        return {s.service: s.image_id for s in self.services}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"project": self.project, "working_dir": self.working_dir,
+                "config_files": list(self.config_files),
+                "services": [asdict(s) for s in self.services], "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Release:
+        return cls(project=str(data["project"]), working_dir=str(data.get("working_dir", "")),
+                   config_files=tuple(data.get("config_files", ())),
+                   services=tuple(ServiceRelease(**s) for s in data["services"]))
+
+
+@dataclass(frozen=True)
+class ReleaseObservation:
+    """What the engine showed: the release (None when a service has no container) and gaps."""
+
+    release: Release | None
+    missing: tuple[str, ...] = ()
+    not_running: tuple[str, ...] = ()
+    mixed: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        parts = [f"{label}: {', '.join(names)}" for label, names in (
+            ("no container", self.missing), ("not running", self.not_running),
+            ("mixed images", self.mixed)) if names]
+        return "; ".join(parts) or "all services running"
+
+
+def build_release(project: str, services: Sequence[str],
+                  containers: Iterable[ComposeContainer]) -> ReleaseObservation:
+    """The release of ``services`` from the project's containers (newest container per service)."""
+    by_service: dict[str, list[ComposeContainer]] = {}
+    for c in containers:
+        if c.project == project and c.service in services and not c.oneoff:
+            by_service.setdefault(c.service, []).append(c)
+    missing = tuple(s for s in services if s not in by_service)
+    if missing:
+        return ReleaseObservation(None, missing=missing)
+    chosen: list[ServiceRelease] = []
+    not_running: list[str] = []
+    mixed: list[str] = []
+    for name in services:
+        group = by_service[name]
+        running = [c for c in group if c.running]
+        newest = max(running or group, key=lambda c: c.created)
+        if not running:
+            not_running.append(name)
+        if len({c.image_id for c in running}) > 1:
+            mixed.append(name)
+        chosen.append(ServiceRelease(name, newest.image_id, newest.image_ref, newest.config_hash))
+    first = by_service[services[0]][0]
+    release = Release(project, first.working_dir, first.config_files, tuple(chosen))
+    return ReleaseObservation(release, not_running=tuple(not_running), mixed=tuple(mixed))
+
+
+@dataclass(frozen=True)
+class ReleaseDiff:
+    change: Change
+    services: dict[str, Change]
+
+    def describe(self) -> str:
+        if self.change == "none":
+            return "no change"
+        return ", ".join(f"{name}: {what}" for name, what in sorted(self.services.items()))
+
+
+def _combine(image: bool, config: bool) -> Change:
+    if image and config:
+        return "both"
+    return "image" if image else "config" if config else "none"
+
+
+def diff(old: Release, new: Release) -> ReleaseDiff:
+    """What a deploy changed, per service and overall (a moved working dir is a config change)."""
+    per_service: dict[str, Change] = {}
+    moved = old.working_dir != new.working_dir
+    for name in sorted({s.service for s in (*old.services, *new.services)}):
+        before, after = old.service(name), new.service(name)
+        if before is None or after is None:
+            per_service[name] = "both"
+            continue
+        change = _combine(before.image_id != after.image_id,
+                          moved or before.config_hash != after.config_hash)
+        if change != "none":
+            per_service[name] = change
+    images = any(c in ("image", "both") for c in per_service.values())
+    configs = moved or any(c in ("config", "both") for c in per_service.values())
+    return ReleaseDiff(_combine(images, configs), per_service)
+
+
+@dataclass(frozen=True)
+class Stability:
+    """Whether a release may become known-good, and since when it has been healthy."""
+
+    ready: bool
+    healthy_since: float
+    reason: str
+
+
+def stability(*, now: float, since: float, samples: Iterable[ProbeSample],
+              stable_after_seconds: float) -> Stability:
+    """Known-good needs ``stable_after_seconds`` without a single non-ok probe since ``since``
+    (the later of the release's first sighting and its last bad probe) and at least one ok
+    probe in that span; a bad probe restarts the clock."""
+    relevant = [s for s in samples if s.ts >= since]
+    bad = [s.ts for s in relevant if s.result != "ok"]
+    healthy_since = max([since, *bad])
+    if bad and healthy_since == max(bad):
+        healthy_since = max(bad) + 1e-6
+    oks = [s for s in relevant if s.result == "ok" and s.ts >= healthy_since]
+    waited = now - healthy_since
+    if not oks:
+        return Stability(False, healthy_since, "no ok probe yet since the release appeared "
+                                               "or last failed")
+    if waited < stable_after_seconds:
+        return Stability(False, healthy_since, f"healthy for {waited:.0f}s of "
+                                               f"{stable_after_seconds:.0f}s")
+    return Stability(True, healthy_since, f"unchanged and healthy for {waited:.0f}s")
+
+
+def pin_tag(project: str, service: str, fingerprint: str) -> tuple[str, str]:
+    """The daemon-owned (repository, tag) that keeps a known-good image from being pruned."""
+    return PIN_REPOSITORY, f"{project}-{service}-{fingerprint[:12]}"

@@ -1,0 +1,153 @@
+"""The release model: building a release from compose containers, fingerprints, diffs, stability."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from brace_watchdog.observations import ProbeSample
+from brace_watchdog.releases import (
+    ComposeContainer,
+    Release,
+    ServiceRelease,
+    build_release,
+    diff,
+    pin_tag,
+    stability,
+)
+
+SERVICES = ("backend", "frontend")
+
+
+def container(service: str, image: str = "sha256:1", config: str = "c1", *,
+              state: str = "running", created: str = "2026-01-01T00:00:00Z",
+              project: str = "brace", oneoff: bool = False, wd: str = "/srv") -> ComposeContainer:
+    return ComposeContainer(id=f"id-{service}-{created}", name=f"{project}_{service}_1",
+                            project=project, service=service, image_id=image,
+                            image_ref=f"brace/{service}:latest", config_hash=config,
+                            working_dir=wd, config_files=(f"{wd}/docker-compose.yml",),
+                            state=state, created=created, oneoff=oneoff)
+
+
+def release(**images: str) -> Release:
+    return Release("brace", "/srv", ("/srv/docker-compose.yml",), tuple(
+        ServiceRelease(name, images.get(name, "sha256:1"), f"brace/{name}:latest", "c1")
+        for name in SERVICES))
+
+
+def test_build_release_from_running_containers() -> None:
+    obs = build_release("brace", SERVICES, [container("backend"), container("frontend")])
+    assert obs.release is not None
+    assert obs.release.image_ids() == {"backend": "sha256:1", "frontend": "sha256:1"}
+    assert obs.describe() == "all services running"
+    assert obs.release.working_dir == "/srv"
+
+
+def test_build_release_ignores_other_projects_services_and_oneoffs() -> None:
+    obs = build_release("brace", SERVICES, [
+        container("backend"), container("frontend"), container("backend", "sha256:x",
+                                                               project="other"),
+        container("db", "sha256:db"), container("backend", "sha256:run", oneoff=True)])
+    assert obs.release is not None
+    assert obs.release.image_ids()["backend"] == "sha256:1"
+
+
+def test_build_release_missing_service_has_no_release() -> None:
+    obs = build_release("brace", SERVICES, [container("backend")])
+    assert obs.release is None
+    assert obs.missing == ("frontend",)
+    assert "no container: frontend" in obs.describe()
+
+
+def test_build_release_prefers_running_then_newest() -> None:
+    obs = build_release("brace", SERVICES, [
+        container("backend", "sha256:old", state="exited", created="2026-01-02"),
+        container("backend", "sha256:run", created="2026-01-01"), container("frontend")])
+    assert obs.release is not None and obs.release.image_ids()["backend"] == "sha256:run"
+    exited = build_release("brace", SERVICES, [
+        container("backend", "sha256:a", state="exited", created="2026-01-01"),
+        container("backend", "sha256:b", state="exited", created="2026-01-02"),
+        container("frontend")])
+    assert exited.release is not None and exited.release.image_ids()["backend"] == "sha256:b"
+    assert exited.not_running == ("backend",)
+
+
+def test_build_release_reports_mixed_images() -> None:
+    obs = build_release("brace", SERVICES, [container("backend", "sha256:a"),
+                                            container("backend", "sha256:b", created="2"),
+                                            container("frontend")])
+    assert obs.mixed == ("backend",)
+
+
+def test_fingerprint_is_stable_and_order_independent() -> None:
+    a = release(backend="sha256:2")
+    b = replace(a, services=tuple(reversed(a.services)))
+    assert a.fingerprint == b.fingerprint
+    assert len(a.fingerprint) == 64 and a.short == a.fingerprint[:12]
+    assert a.fingerprint != release().fingerprint
+    assert replace(a, working_dir="/other").fingerprint != a.fingerprint
+
+
+def test_round_trip_through_dict() -> None:
+    a = release(backend="sha256:2")
+    assert Release.from_dict(a.to_dict()) == a
+    assert a.to_dict()["fingerprint"] == a.fingerprint
+
+
+def test_diff_image_config_both_none() -> None:
+    v1 = release()
+    assert diff(v1, v1).change == "none"
+    assert diff(v1, v1).describe() == "no change"
+    image = diff(v1, release(backend="sha256:2"))
+    assert (image.change, image.services) == ("image", {"backend": "image"})
+    config = replace(v1, services=(replace(v1.services[0], config_hash="c2"), v1.services[1]))
+    assert diff(v1, config).change == "config"
+    both = replace(config, services=(replace(config.services[0], image_id="sha256:9"),
+                                     v1.services[1]))
+    assert diff(v1, both).services == {"backend": "both"}
+    mixed = replace(config, services=(config.services[0], replace(v1.services[1],
+                                                                  image_id="sha256:9")))
+    result = diff(v1, mixed)
+    assert result.change == "both"
+    assert result.describe() == "backend: config, frontend: image"
+
+
+def test_diff_moved_working_dir_is_config_and_new_service_is_both() -> None:
+    v1 = release()
+    assert diff(v1, replace(v1, working_dir="/srv/v2")).change == "config"
+    grown = replace(v1, services=(*v1.services, ServiceRelease("bot", "sha256:b", "b", "c")))
+    assert diff(v1, grown).services == {"bot": "both"}
+
+
+def sample(ts: float, result: str = "ok") -> ProbeSample:
+    return ProbeSample(ts=ts, target="backend", result=result)  # type: ignore[arg-type]
+
+
+def test_stability_needs_time_and_an_ok_probe() -> None:
+    assert not stability(now=100, since=0, samples=[], stable_after_seconds=10).ready
+    early = stability(now=5, since=0, samples=[sample(1)], stable_after_seconds=10)
+    assert not early.ready and "healthy for 5s of 10s" in early.reason
+    ready = stability(now=10, since=0, samples=[sample(1), sample(9)], stable_after_seconds=10)
+    assert ready.ready and ready.healthy_since == 0
+
+
+def test_stability_a_bad_probe_restarts_the_clock() -> None:
+    result = stability(now=20, since=0, samples=[sample(1), sample(12, "http_5xx"), sample(15)],
+                       stable_after_seconds=10)
+    assert not result.ready and 12 < result.healthy_since < 12.01
+    later = stability(now=23, since=0, samples=[sample(12, "timeout"), sample(15)],
+                      stable_after_seconds=10)
+    assert later.ready
+    only_bad = stability(now=99, since=0, samples=[sample(12, "http_5xx")],
+                         stable_after_seconds=10)
+    assert not only_bad.ready
+
+
+def test_stability_ignores_probes_before_since() -> None:
+    result = stability(now=30, since=15, samples=[sample(10, "http_5xx"), sample(20)],
+                       stable_after_seconds=10)
+    assert result.ready and result.healthy_since == 15
+
+
+def test_pin_tag_is_project_scoped() -> None:
+    assert pin_tag("brace", "admin-bot", "abcdef0123456789") == (
+        "brace-watchdog/pin", "brace-admin-bot-abcdef012345")
