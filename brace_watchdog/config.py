@@ -28,8 +28,10 @@ __all__ = [
     "ControlConfig",
     "DaemonConfig",
     "DatabaseConfig",
+    "DbRollbackConfig",
     "HealthConfig",
     "MetricsConfig",
+    "NetworkRollbackConfig",
     "NotifyConfig",
     "RestoreTestConfig",
     "RollbackConfig",
@@ -181,6 +183,47 @@ class RollbackConfig:
 
 
 @dataclass(frozen=True)
+class DbRollbackConfig:
+    """Full DB rollback (gated). Empty compose settings inherit from ``[rollback]``."""
+
+    target: Literal["container", "local"] = "container"
+    container: str = ""
+    database: str = "brace"
+    user: str = "postgres"
+    bin_dir: str = ""
+    writers: tuple[str, ...] = ("backend", "admin-bot", "scheduler")
+    compose_command: tuple[str, ...] = ()
+    compose_file: Path | None = None
+    project: str = ""
+    smoke_command: tuple[str, ...] = ()
+    smoke_timeout_seconds: float = 900.0
+    require_passing_restore_test: bool = True
+    restore_timeout_seconds: float = 3600.0
+    step_timeout_seconds: float = 300.0
+    health_attempts: int = 30
+    health_wait_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class NetworkRollbackConfig:
+    """pg_hba.conf and docker daemon.json rollbacks (gated)."""
+
+    pg_hba_path: Path = Path("/var/lib/postgresql/data/pg_hba.conf")
+    pg_hba_backup_path: Path = Path("/var/lib/postgresql/data/pg_hba.conf.bak")
+    pg_hba_in_container: bool = False
+    reload_command: tuple[str, ...] = ()
+    command_timeout_seconds: float = 120.0
+    verify_attempts: int = 15
+    verify_wait_seconds: float = 1.0
+    docker_daemon_json: Path = Path("/etc/docker/daemon.json")
+    docker_daemon_json_backup: Path = Path("/etc/docker/daemon.json.bak")
+    docker_restart_command: tuple[str, ...] = ("systemctl", "restart", "docker")
+    docker_host: str = ""
+    engine_wait_seconds: float = 60.0
+    verify_services: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class NotifyConfig:
     webhook_urls: tuple[Secret, ...] = ()
     timeout_seconds: float = 5.0
@@ -200,6 +243,8 @@ class Config:
     restore_test: RestoreTestConfig = field(default_factory=RestoreTestConfig)
     rollback: RollbackConfig = field(default_factory=RollbackConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    db_rollback: DbRollbackConfig = field(default_factory=DbRollbackConfig)
+    network_rollback: NetworkRollbackConfig = field(default_factory=NetworkRollbackConfig)
     source: Path | None = None
 
 
@@ -237,6 +282,8 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None, 
         restore_test=_restore_test(root.table("restore_test")),
         rollback=_rollback(root.table("rollback"), base),
         notify=_notify(root.table("notify"), env),
+        db_rollback=_db_rollback(root.table("db_rollback"), base),
+        network_rollback=_network_rollback(root.table("network_rollback"), base),
         source=source,
     )
     root.finish()
@@ -510,6 +557,63 @@ def _notify(r: TableReader, env: Mapping[str, str]) -> NotifyConfig:
         timeout_seconds=r.number("timeout_seconds", 5.0, above=0),
         retries=r.integer("retries", 3, minimum=0, maximum=10),
         log_lines=r.integer("log_lines", 50, minimum=0, maximum=1000),
+    )
+    r.finish()
+    return cfg
+
+
+def _optional_path(reader: TableReader, key: str, base: Path) -> Path | None:
+    text = reader.string(key, "")
+    if not text:
+        return None
+    candidate = Path(text)
+    return candidate if candidate.is_absolute() else base / candidate
+
+
+def _db_rollback(r: TableReader, base: Path) -> DbRollbackConfig:
+    cfg = DbRollbackConfig(
+        target=r.string("target", "container", choices=("container", "local")),  # type: ignore[arg-type]
+        container=r.string("container", ""),
+        database=r.string("database", "brace"),
+        user=r.string("user", "postgres"),
+        bin_dir=r.string("bin_dir", ""),
+        writers=r.strings("writers", ["backend", "admin-bot", "scheduler"]),
+        compose_command=r.strings("compose_command", []),
+        compose_file=_optional_path(r, "compose_file", base),
+        project=r.string("project", ""),
+        smoke_command=r.strings("smoke_command", []),
+        smoke_timeout_seconds=r.number("smoke_timeout_seconds", 900.0, above=0),
+        require_passing_restore_test=r.boolean("require_passing_restore_test", True),
+        restore_timeout_seconds=r.number("restore_timeout_seconds", 3600.0, above=0),
+        step_timeout_seconds=r.number("step_timeout_seconds", 300.0, above=0),
+        health_attempts=r.integer("health_attempts", 30, minimum=1, maximum=10_000),
+        health_wait_seconds=r.number("health_wait_seconds", 2.0, minimum=0),
+    )
+    r.finish()
+    return cfg
+
+
+def _network_rollback(r: TableReader, base: Path) -> NetworkRollbackConfig:
+    pg_hba = _path(r, "pg_hba_path", "/var/lib/postgresql/data/pg_hba.conf", base)
+    daemon_json = _path(r, "docker_daemon_json", "/etc/docker/daemon.json", base)
+    services = r.strings("verify_services", []) if r.has("verify_services") else None
+    cfg = NetworkRollbackConfig(
+        pg_hba_path=pg_hba,
+        pg_hba_backup_path=(_optional_path(r, "pg_hba_backup_path", base)
+                            or pg_hba.with_name(pg_hba.name + ".bak")),
+        pg_hba_in_container=r.boolean("pg_hba_in_container", False),
+        reload_command=r.strings("reload_command", []),
+        command_timeout_seconds=r.number("command_timeout_seconds", 120.0, above=0),
+        verify_attempts=r.integer("verify_attempts", 15, minimum=1, maximum=10_000),
+        verify_wait_seconds=r.number("verify_wait_seconds", 1.0, minimum=0),
+        docker_daemon_json=daemon_json,
+        docker_daemon_json_backup=(_optional_path(r, "docker_daemon_json_backup", base)
+                                   or daemon_json.with_name(daemon_json.name + ".bak")),
+        docker_restart_command=r.strings("docker_restart_command",
+                                         ["systemctl", "restart", "docker"], non_empty=True),
+        docker_host=r.string("docker_host", ""),
+        engine_wait_seconds=r.number("engine_wait_seconds", 60.0, above=0),
+        verify_services=services,
     )
     r.finish()
     return cfg

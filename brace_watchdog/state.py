@@ -350,6 +350,39 @@ class StateStore:
         return [{**dict(row), "passed": bool(row["passed"]), "rto_exceeded":
                  bool(row["rto_exceeded"]), "details": json.loads(row["details"])} for row in rows]
 
+    # -- approvals (control socket plan tokens; only a hash of each token is stored) ------------
+    def add_approval(self, *, token_hash: str, action: str, params: dict[str, Any],
+                     requester_uid: int, requester_name: str, created_at: float,
+                     expires_at: float) -> None:
+        self.execute("INSERT INTO approvals (token_hash, action, params, requester_uid, "
+                     "requester_name, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (token_hash, action, _dumps(params), requester_uid, requester_name,
+                      created_at, expires_at))
+
+    def approval(self, token_hash: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM approvals WHERE token_hash = ?", (token_hash,))
+        return {**dict(rows[0]), "params": json.loads(rows[0]["params"])} if rows else None
+
+    def consume_approval(self, token_hash: str, *, approver_uid: int, approver_name: str,
+                         used_at: float) -> bool:
+        """Mark a token used; False when it was already used or has expired (atomic)."""
+        cursor = self.execute(
+            "UPDATE approvals SET used_at = ?, approver_uid = ?, approver_name = ? "
+            "WHERE token_hash = ? AND used_at IS NULL AND expires_at > ?",
+            (used_at, approver_uid, approver_name, token_hash, used_at))
+        return cursor.rowcount == 1
+
+    def link_approval(self, token_hash: str, action_id: int) -> None:
+        self.execute("UPDATE approvals SET action_id = ? WHERE token_hash = ?",
+                     (action_id, token_hash))
+
+    def approvals(self, *, since_ts: float | None = None, limit: int = 100
+                  ) -> list[dict[str, Any]]:
+        where, params = ("WHERE created_at >= ?", (since_ts,)) if since_ts is not None else ("", ())
+        rows = self.query(f"SELECT * FROM approvals {where} ORDER BY created_at DESC LIMIT ?",
+                          (*params, limit))
+        return [{**dict(r), "params": json.loads(r["params"])} for r in rows]
+
     # -- audit -----------------------------------------------------------------------------
     def audit(self, *, uid: int, user: str, command: str, outcome: str, detail: str = "") -> None:
         self.execute("INSERT INTO audit (ts, uid, user, command, outcome, detail) "
