@@ -23,7 +23,7 @@ from typing import Any
 
 from brace_watchdog.errors import StateError
 
-__all__ = ["ActionRecord", "Event", "StateStore"]
+__all__ = ["ActionRecord", "Event", "ReleaseRecord", "StateStore"]
 
 Clock = Callable[[], float]
 
@@ -147,6 +147,25 @@ class ActionRecord:
 
 
 ACTION_OPEN_STATUSES = ("planned", "running")
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """A row of ``releases``; ``release`` is a :class:`brace_watchdog.releases.Release` as JSON."""
+
+    id: int
+    fingerprint: str
+    first_seen: float
+    known_good_at: float | None
+    release: dict[str, Any]
+    working_dir: str
+    alembic_revision: str | None
+    compose_file: str
+    compose_snapshot: bytes | None
+    env_snapshot: bytes | None
+    failed_verification_at: float | None
+    pinned: bool
+    extra: dict[str, Any]
 
 
 class StateStore:
@@ -326,6 +345,49 @@ class StateStore:
         """Actions that were started and never finished: what a restart must resolve."""
         return self.actions(kind=kind, statuses=ACTION_OPEN_STATUSES)
 
+    # -- releases (app rollback: known-good releases, snapshots, pins) -----------------------
+    def upsert_release(self, fingerprint: str, *, release: dict[str, Any], first_seen: float,
+                       compose_file: str = "") -> ReleaseRecord:
+        """Remember a release the first time it is seen; return its (possibly older) record."""
+        self.execute("INSERT INTO releases (fingerprint, first_seen, services, working_dir, "
+                     "compose_file) VALUES (?, ?, ?, ?, ?) ON CONFLICT(fingerprint) DO NOTHING",
+                     (fingerprint, first_seen, _dumps(release),
+                      str(release.get("working_dir", "")), compose_file))
+        record = self.release(fingerprint)
+        if record is None:
+            raise StateError(f"release {fingerprint[:12]} vanished from the state store")
+        return record
+
+    def release(self, fingerprint: str) -> ReleaseRecord | None:
+        rows = self.query("SELECT * FROM releases WHERE fingerprint = ?", (fingerprint,))
+        return _release(rows[0]) if rows else None
+
+    def mark_known_good(self, fingerprint: str, *, at: float, alembic_revision: str | None,
+                        compose_file: str, compose_snapshot: bytes | None,
+                        env_snapshot: bytes | None, extra: dict[str, Any] | None = None) -> None:
+        self.execute("UPDATE releases SET known_good_at = ?, alembic_revision = ?, "
+                     "compose_file = ?, compose_snapshot = ?, env_snapshot = ?, extra = ? "
+                     "WHERE fingerprint = ?", (at, alembic_revision, compose_file,
+                                               compose_snapshot, env_snapshot,
+                                               _dumps(extra or {}), fingerprint))
+
+    def known_good_releases(self, limit: int = 10) -> list[ReleaseRecord]:
+        """Known-good releases, newest known-good first."""
+        rows = self.query("SELECT * FROM releases WHERE known_good_at IS NOT NULL "
+                          "ORDER BY known_good_at DESC, id DESC LIMIT ?", (limit,))
+        return [_release(row) for row in rows]
+
+    def mark_release_failed_verification(self, fingerprint: str, at: float) -> None:
+        self.execute("UPDATE releases SET failed_verification_at = ? WHERE fingerprint = ?",
+                     (at, fingerprint))
+
+    def set_release_pinned(self, fingerprint: str, pinned: bool) -> None:
+        self.execute("UPDATE releases SET pinned = ? WHERE fingerprint = ?",
+                     (int(pinned), fingerprint))
+
+    def pinned_releases(self) -> list[ReleaseRecord]:
+        return [_release(r) for r in self.query("SELECT * FROM releases WHERE pinned = 1")]
+
     # -- restore-test results --------------------------------------------------------------
     def record_restore_result(self, *, started_at: float, finished_at: float, dump_name: str,
                               dump_size: int, passed: bool, stage: str = "", message: str = "",
@@ -408,3 +470,13 @@ def _action(row: sqlite3.Row) -> ActionRecord:
                         requester=row["requester"], status=row["status"], step=row["step"],
                         created_at=row["created_at"], updated_at=row["updated_at"],
                         plan=json.loads(row["plan"]), result=row["result"])
+
+
+def _release(row: sqlite3.Row) -> ReleaseRecord:
+    return ReleaseRecord(
+        id=row["id"], fingerprint=row["fingerprint"], first_seen=row["first_seen"],
+        known_good_at=row["known_good_at"], release=json.loads(row["services"]),
+        working_dir=row["working_dir"], alembic_revision=row["alembic_revision"],
+        compose_file=row["compose_file"], compose_snapshot=row["compose_snapshot"],
+        env_snapshot=row["env_snapshot"], failed_verification_at=row["failed_verification_at"],
+        pinned=bool(row["pinned"]), extra=json.loads(row["extra"]))

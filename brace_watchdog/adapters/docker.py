@@ -8,14 +8,17 @@ grouped by the capability that needs them (throwaway restore containers; compose
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
 from docker import DockerClient
 
+from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.errors import DockerError
+from brace_watchdog.releases import ComposeContainer
 
 __all__ = ["DockerAdapter"]
 
@@ -58,9 +61,146 @@ class DockerAdapter:
             raise DockerError(f"docker engine unreachable: {exc}") from None
 
     async def ping(self) -> bool:
-        return bool(await self.call(lambda: self.client.ping()))
+        # the lambda defers building the client into the worker thread
+        return bool(await self.call(lambda: self.client.ping()))  # noqa: PLW0108
+
+    # -- throwaway containers (restore tests) ------------------------------------------------
+    async def image_exists(self, image: str) -> bool:
+        """True when ``image`` is present locally (never pulls: no registry may be reachable)."""
+        def get() -> bool:
+            try:
+                self.client.images.get(image)
+            except docker.errors.ImageNotFound:
+                return False
+            return True
+        return await self.call(get)
+
+    async def run_container(self, image: str, *, name: str, command: Sequence[str] | None,
+                            environment: Mapping[str, str], labels: Mapping[str, str],
+                            network_mode: str, ports: Mapping[str, tuple[str, int]] | None = None,
+                            volumes: Mapping[str, Mapping[str, str]] | None = None) -> str:
+        """Start a detached container; return its id."""
+        def run() -> str:
+            container = self.client.containers.run(
+                image, list(command) if command else None, name=name, detach=True,
+                environment=dict(environment), labels=dict(labels), network_mode=network_mode,
+                ports=dict(ports) if ports else None,
+                volumes={k: dict(v) for k, v in (volumes or {}).items()})
+            return str(container.id)
+        return await self.call(run)
+
+    async def exec(self, container_id: str, argv: Sequence[str], *,
+                   environment: Mapping[str, str] | None = None, user: str = "") -> CommandResult:
+        """Run ``argv`` inside a running container and wait for it (stdout/stderr apart)."""
+        def run() -> CommandResult:
+            started = time.monotonic()
+            container = self.client.containers.get(container_id)
+            code, output = container.exec_run(list(argv), environment=dict(environment or {}),
+                                               user=user, demux=True)
+            out, err = output if isinstance(output, tuple) else (output, b"")
+            return CommandResult(tuple(argv), int(code if code is not None else -1),
+                                 _decode(out), _decode(err), time.monotonic() - started)
+        return await self.call(run)
+
+    async def container_state(self, container_id: str) -> tuple[str, str]:
+        """``(status, last log lines)`` of a container (``status`` like running/exited)."""
+        def state() -> tuple[str, str]:
+            container = self.client.containers.get(container_id)
+            logs = container.logs(tail=20).decode("utf-8", "replace")
+            return str(container.status), logs
+        return await self.call(state)
+
+    async def containers_with_label(self, label: str) -> list[tuple[str, dict[str, str]]]:
+        """``(id, labels)`` of every container, running or not, carrying ``label`` (k or k=v)."""
+        def find() -> list[tuple[str, dict[str, str]]]:
+            found = self.client.containers.list(all=True, filters={"label": label})
+            return [(str(c.id), dict(c.labels)) for c in found]
+        return await self.call(find)
+
+    async def remove_container(self, container_id: str) -> bool:
+        """Kill and remove a container with its anonymous volumes; False if already gone."""
+        def remove() -> bool:
+            try:
+                self.client.containers.get(container_id).remove(force=True, v=True)
+            except docker.errors.NotFound:
+                return False
+            return True
+        return await self.call(remove)
+
+    # -- compose releases ------------------------------------------------------------------
+    async def compose_containers(self, project: str) -> list[ComposeContainer]:
+        """Every container (running or not) of a compose project, from its compose labels."""
+        def find() -> list[ComposeContainer]:
+            found = self.client.containers.list(
+                all=True, filters={"label": f"{_COMPOSE}.project={project}"})
+            return [_compose_container(c.attrs) for c in found]
+        return await self.call(find)
+
+    async def image_id(self, ref: str) -> str | None:
+        """The ID an image reference (tag or ID) resolves to; None when it does not exist."""
+        def resolve() -> str | None:
+            try:
+                return str(self.client.images.get(ref).id)
+            except docker.errors.ImageNotFound:
+                return None
+        return await self.call(resolve)
+
+    async def tag_image(self, image_id: str, repository: str, tag: str) -> None:
+        """Point ``repository:tag`` at ``image_id`` (moving the tag if it pointed elsewhere)."""
+        def tag_it() -> None:
+            if not self.client.api.tag(image_id, repository, tag, force=True):
+                raise DockerError(f"docker refused to tag {image_id[:19]} as {repository}:{tag}")
+        await self.call(tag_it)
+
+    async def image_tags(self, repository: str) -> list[str]:
+        """Tags (``repo:tag``) of every image under ``repository``."""
+        def tags() -> list[str]:
+            images = self.client.images.list(name=repository)
+            return sorted(t for image in images for t in image.tags
+                          if t.rpartition(":")[0] == repository)
+        return await self.call(tags)
+
+    async def remove_image_tag(self, ref: str) -> bool:
+        """Remove one tag (the image stays while other tags or containers use it)."""
+        def untag() -> bool:
+            try:
+                self.client.images.remove(ref, noprune=False)
+            except docker.errors.ImageNotFound:
+                return False
+            return True
+        return await self.call(untag)
+
+    async def container_logs(self, container_id: str, *, tail: int) -> str:
+        """The last ``tail`` lines of a container's stdout and stderr."""
+        def logs() -> str:
+            raw = self.client.containers.get(container_id).logs(tail=tail, timestamps=False)
+            return bytes(raw).decode("utf-8", errors="replace")
+        return await self.call(logs)
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _decode(data: object) -> str:
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else ""
+
+
+_COMPOSE = "com.docker.compose"
+
+
+def _compose_container(attrs: dict[str, Any]) -> ComposeContainer:
+    labels: dict[str, str] = (attrs.get("Config") or {}).get("Labels") or {}
+    files = labels.get(f"{_COMPOSE}.project.config_files", "")
+    return ComposeContainer(
+        id=str(attrs.get("Id", "")), name=str(attrs.get("Name", "")).lstrip("/"),
+        project=labels.get(f"{_COMPOSE}.project", ""),
+        service=labels.get(f"{_COMPOSE}.service", ""), image_id=str(attrs.get("Image", "")),
+        image_ref=str((attrs.get("Config") or {}).get("Image", "")),
+        config_hash=labels.get(f"{_COMPOSE}.config-hash", ""),
+        working_dir=labels.get(f"{_COMPOSE}.project.working_dir", ""),
+        config_files=tuple(f for f in files.split(",") if f),
+        state=str((attrs.get("State") or {}).get("Status", "")),
+        created=str(attrs.get("Created", "")),
+        oneoff=labels.get(f"{_COMPOSE}.oneoff", "False") == "True")
