@@ -54,7 +54,7 @@ def test_impossible_dates_are_rejected(name: str) -> None:
     "Brace_20261125_030000.dump",           # case matters
     "xbrace_20261125_030000.dump",
     "brace_20261125_030000.DUMP",
-    "brace_２０２６1125_030000.dump",        # non-ASCII digits
+    "brace_\uff12\uff10\uff12\uff161125_030000.dump",   # fullwidth (non-ASCII) digits
     "brace_manual.dump",
     "../brace_20261125_030000.dump",
 ])
@@ -71,7 +71,8 @@ def test_status_line_names_newest_age_and_counts() -> None:
     now = datetime(2026, 11, 25, 6, 12, tzinfo=UTC).timestamp()
     ts = datetime(2026, 11, 25, 3, 0, tzinfo=UTC).timestamp()
     scan = BackupScan(scanned_at=now, max_age_seconds=26 * 3600,
-                      files=(_file("brace_20261125_030000.dump", ts), _file("x.dump", ts, valid=False)))
+                      files=(_file("brace_20261125_030000.dump", ts),
+                             _file("x.dump", ts, valid=False)))
     assert backup_status_line(scan, now) == (
         "newest brace_20261125_030000.dump 3.2h old, fresh (1 valid, 1 invalid)")
     assert backup_status_line(scan, now + 30 * 3600).endswith("old, stale (1 valid, 1 invalid)")
