@@ -1,0 +1,135 @@
+"""Webhook notifier against a real HTTP receiver on loopback: delivery, retries, never blocking."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from brace_watchdog.config import NotifyConfig, Secret
+from brace_watchdog.metrics import Metrics
+from brace_watchdog.notify import WebhookNotifier, build_notifier
+from brace_watchdog.runtime import NullNotifier
+from tests.support.net import free_port
+
+
+class Receiver:
+    """Records JSON POST bodies; answers 500 to the first ``fail_first`` requests."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.attempts = 0
+        self.fail_first = 0
+        self.delay = 0.0
+        self.port = 0
+
+    def url(self) -> Secret:
+        return Secret(f"http://127.0.0.1:{self.port}/hook?token=s3cret")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server naming
+            state.attempts += 1
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            time.sleep(state.delay)
+            if state.attempts <= state.fail_first:
+                self.send_response(500)
+            else:
+                state.bodies.append(json.loads(body))
+                self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            del format, args
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    state.port = int(httpd.server_address[1])
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def metrics() -> Metrics:
+    return Metrics(CollectorRegistry(), process=False)
+
+
+def sample(m: Metrics, result: str) -> float:
+    return m.registry.get_sample_value("brace_watchdog_notifications_total",
+                                       {"result": result}) or 0.0
+
+
+async def test_delivers_json_with_event_and_payload(receiver: Receiver) -> None:
+    m = metrics()
+    notifier = WebhookNotifier([receiver.url()], m, retries=0)
+    await notifier.send("rollback.succeeded", {"evidence": {"samples": (1, 2)}, "raw": b"x"})
+    await notifier.drain(5)
+    await notifier.close()
+    assert receiver.bodies[0]["event"] == "rollback.succeeded"
+    assert receiver.bodies[0]["evidence"] == {"samples": [1, 2]}
+    assert receiver.bodies[0]["raw"] == "x"
+    assert sample(m, "sent") == 1
+
+
+async def test_retries_then_succeeds(receiver: Receiver) -> None:
+    receiver.fail_first = 2
+    m = metrics()
+    notifier = WebhookNotifier([receiver.url()], m, retries=2, wait_seconds=0.01)
+    await notifier.send("escalation", {"reason": "x"})
+    await notifier.drain(5)
+    await notifier.close()
+    assert receiver.attempts == 3 and len(receiver.bodies) == 1
+    assert sample(m, "sent") == 1 and sample(m, "failed") == 0
+
+
+async def test_gives_up_after_retries_and_hides_the_url(receiver: Receiver,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    receiver.fail_first = 100
+    m = metrics()
+    notifier = WebhookNotifier([receiver.url()], m, retries=1, wait_seconds=0.01)
+    await notifier.send("escalation", {})
+    await notifier.drain(5)
+    await notifier.close()
+    assert receiver.attempts == 2 and sample(m, "failed") == 1
+    assert "s3cret" not in caplog.text and "127.0.0.1" in caplog.text
+
+
+async def test_unreachable_webhook_counts_as_failed() -> None:
+    m = metrics()
+    dead = Secret(f"http://127.0.0.1:{free_port()}/hook")
+    notifier = WebhookNotifier([dead], m, retries=1, wait_seconds=0.01)
+    await notifier.send("escalation", {})
+    await notifier.drain(5)
+    await notifier.close()
+    assert sample(m, "failed") == 1
+
+
+async def test_send_never_waits_for_a_slow_webhook(receiver: Receiver) -> None:
+    receiver.delay = 1.0
+    notifier = WebhookNotifier([receiver.url(), receiver.url()], metrics(), retries=0)
+    started = time.monotonic()
+    await notifier.send("rollback.started", {})
+    assert time.monotonic() - started < 0.1
+    await notifier.drain(5)
+    await notifier.close()
+    assert len(receiver.bodies) == 2
+
+
+def test_build_notifier_without_urls_is_null() -> None:
+    assert isinstance(build_notifier(NotifyConfig(), metrics()), NullNotifier)
+    assert isinstance(build_notifier(NotifyConfig(webhook_urls=(Secret("http://127.0.0.1:1/"),)),
+                                     metrics()), WebhookNotifier)
