@@ -1,0 +1,415 @@
+"""Throwaway PostgreSQL servers for restore tests: a local cluster or a docker container.
+
+Both backends sit behind :class:`ThrowawayServer`: ``start()`` (ready to accept connections),
+``restore()``, ``list_toc()``, ``query()``, ``server_major()``, ``stop()`` (idempotent, always
+safe). The shared logic runs client tools (``pg_isready``, ``psql``, ``pg_restore``) through one
+abstract ``_exec``: on the host through :func:`~brace_watchdog.adapters.process.run_command` for
+the local cluster, and *inside* the container for docker so client and server versions match.
+
+- :class:`LocalServer`: ``initdb``/``pg_ctl`` in ``<tmp>/brace-restore-<pid>-XXXX`` on a free
+  loopback port; as root the server runs as an unprivileged user (``runuser``).
+- :class:`DockerServer`: a container of the configured image (official ``postgres`` image
+  contract: ``POSTGRES_PASSWORD``, ``PGPORT``, ``PGDATA``), labelled
+  ``brace-watchdog.restore-test=1``, the dump bind-mounted read-only.
+
+Orphans (left by a daemon that died mid-test) are found by the owner pid written into the
+directory name / container label and removed by :func:`remove_local_orphans` and
+:func:`remove_docker_orphans`.
+
+Throwaway settings switch durability off (``fsync=off`` …): they exist only on these servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+
+from brace_watchdog.adapters.docker import DockerAdapter
+from brace_watchdog.adapters.process import CommandResult, run_command
+from brace_watchdog.errors import ActionError, CommandError, PostgresError
+
+__all__ = [
+    "CONTAINER_LABEL",
+    "LOCAL_PREFIX",
+    "THROWAWAY_SETTINGS",
+    "DockerServer",
+    "LocalServer",
+    "ThrowawayServer",
+    "remove_docker_orphans",
+    "remove_local_orphans",
+]
+
+LOCAL_PREFIX = "brace-restore-"
+CONTAINER_LABEL = "brace-watchdog.restore-test"
+OWNER_LABEL = "brace-watchdog.owner-pid"
+RUN_LABEL = "brace-watchdog.run-id"
+SUPERUSER = "postgres"
+FIELD_SEPARATOR = "\x1f"
+THROWAWAY_SETTINGS: dict[str, str] = {
+    "fsync": "off",
+    "full_page_writes": "off",
+    "synchronous_commit": "off",
+    "maintenance_work_mem": "512MB",
+    "wal_level": "minimal",
+    "max_wal_senders": "0",
+    "autovacuum": "off",
+}
+
+
+class _NotReady(Exception):
+    """Internal: the server does not accept connections yet (retried)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A loopback TCP port that was free a moment ago (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ThrowawayServer(ABC):
+    """One disposable server that receives one dump. Use as ``async with``."""
+
+    backend = "abstract"
+
+    def __init__(self, dump: Path, *, throwaway_settings: bool = True,
+                 ready_attempts: int = 120, ready_wait: float = 0.5,
+                 command_timeout: float = 120.0) -> None:
+        self.dump = dump
+        self.throwaway_settings = throwaway_settings
+        self.ready_attempts = ready_attempts
+        self.ready_wait = ready_wait
+        self.command_timeout = command_timeout
+        self.port = 0
+        self.password = secrets.token_urlsafe(18)
+
+    # -- backend specifics ------------------------------------------------------------------
+    @abstractmethod
+    async def start(self) -> None:
+        """Create and start the server; return once it accepts connections."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Remove the server and everything it wrote; idempotent, never raises for 'gone'."""
+
+    @abstractmethod
+    async def _exec(self, argv: Sequence[str], time_limit: float) -> CommandResult:
+        """Run a client tool next to the server (no check on the exit code)."""
+
+    @abstractmethod
+    def _tool(self, name: str) -> str:
+        """Path or name of client tool ``name`` (psql, pg_restore, pg_isready)."""
+
+    @abstractmethod
+    def _dump_path(self) -> str:
+        """The dump's path as the client tools see it."""
+
+    @abstractmethod
+    async def _check_alive(self) -> None:
+        """Raise ActionError('starting') when the server died while we waited for it."""
+
+    # -- shared logic -----------------------------------------------------------------------
+    async def __aenter__(self) -> ThrowawayServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+    def _conn(self) -> list[str]:
+        return ["-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER]
+
+    async def wait_ready(self) -> None:
+        """Poll ``pg_isready`` with bounded retries; ActionError('starting') when it never is."""
+        last = ""
+        try:
+            async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(self.ready_attempts), wait=wait_fixed(self.ready_wait),
+                    retry=retry_if_exception_type(_NotReady), reraise=True):
+                with attempt:
+                    await self._check_alive()
+                    result = await self._exec([self._tool("pg_isready"), *self._conn(),
+                                               "-d", "postgres", "-t", "5"], time_limit=15)
+                    last = (result.stdout + result.stderr).strip()
+                    if result.returncode != 0:
+                        raise _NotReady(last)
+        except _NotReady:
+            waited = self.ready_attempts * self.ready_wait
+            raise ActionError("starting", f"{self.backend} server not ready after "
+                                          f"{self.ready_attempts} checks (~{waited:.0f}s): "
+                                          f"{last[-300:] or 'no answer'}") from None
+
+    async def query(self, sql: str, *, db: str = "postgres",
+                    time_limit: float | None = None) -> list[list[str]]:
+        """Run one SQL statement with psql; rows of text fields. PostgresError on failure."""
+        result = await self._exec(
+            [self._tool("psql"), "-X", "-q", "-A", "-t", "-F", FIELD_SEPARATOR,
+             "-v", "ON_ERROR_STOP=1", *self._conn(), "-d", db, "-c", sql],
+            time_limit=time_limit or self.command_timeout)
+        if result.returncode != 0:
+            raise PostgresError((result.stderr or result.stdout).strip()[-1000:]
+                                or f"psql exited {result.returncode}")
+        return [line.split(FIELD_SEPARATOR) for line in result.stdout.splitlines() if line]
+
+    async def server_major(self) -> tuple[int, str]:
+        """``(major, version text)`` of the running server."""
+        rows = await self.query("select current_setting('server_version_num'), "
+                                "current_setting('server_version')")
+        return int(rows[0][0]) // 10000, rows[0][1]
+
+    async def list_toc(self) -> str:
+        """``pg_restore -l``: the dump's table of contents. CommandError when unreadable."""
+        result = await self._exec([self._tool("pg_restore"), "-l", self._dump_path()],
+                                  time_limit=self.command_timeout)
+        if result.returncode != 0:
+            raise CommandError(f"pg_restore -l failed: {result.stderr.strip()[-1000:]}",
+                               returncode=result.returncode, output=result.stderr)
+        return result.stdout
+
+    async def restore(self, *, jobs: int = 1, db: str = "postgres",
+                      time_limit: float = 3600.0) -> CommandResult:
+        """``pg_restore --clean --if-exists --no-owner [--jobs N]``; the caller judges stderr."""
+        argv = [self._tool("pg_restore"), "--clean", "--if-exists", "--no-owner",
+                *self._conn(), "-d", db]
+        if jobs > 1:
+            argv += ["--jobs", str(jobs)]
+        return await self._exec([*argv, self._dump_path()], time_limit=time_limit)
+
+
+class LocalServer(ThrowawayServer):
+    """An ephemeral cluster made with the host's initdb/pg_ctl in a private temp directory."""
+
+    backend = "local"
+
+    def __init__(self, dump: Path, *, user: str = "postgres", bin_dir: str = "",
+                 work_root: Path | None = None, **kwargs: float | int | bool) -> None:
+        super().__init__(dump, **kwargs)  # type: ignore[arg-type]
+        self.user = user
+        self.bin_dir = bin_dir
+        self.work_root = work_root or Path(tempfile.gettempdir())
+        self.workdir: Path | None = None
+
+    def _tool(self, name: str) -> str:
+        return str(Path(self.bin_dir) / name) if self.bin_dir else name
+
+    def _dump_path(self) -> str:
+        return str(self.dump)
+
+    def _as_user(self) -> list[str]:
+        return ["runuser", "-u", self.user, "--"] if os.geteuid() == 0 else []
+
+    async def _exec(self, argv: Sequence[str], time_limit: float) -> CommandResult:
+        try:
+            return await run_command(argv, timeout=time_limit, check=False,
+                                     env={"PGPASSWORD": self.password, "PGCONNECT_TIMEOUT": "10"},
+                                     secrets=[self.password])
+        except CommandError as exc:
+            if exc.timed_out:
+                raise ActionError("restoring" if "pg_restore" in argv[0] else "verifying",
+                                  str(exc)) from None
+            raise
+
+    async def _check_alive(self) -> None:
+        if self.workdir is None or not (self.workdir / "data" / "postmaster.pid").exists():
+            raise ActionError("starting", f"local server stopped: {self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        log = (self.workdir / "server.log") if self.workdir else None
+        if log is None or not log.exists():
+            return "no server log"
+        return log.read_text(errors="replace")[-800:].strip()
+
+    async def start(self) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{LOCAL_PREFIX}{os.getpid()}-",
+                                             dir=self.work_root))
+        if os.geteuid() == 0:
+            try:
+                entry = pwd.getpwnam(self.user)
+            except KeyError:
+                raise ActionError("starting", f"[restore_test] local_user {self.user!r} does not "
+                                              "exist; initdb refuses root, create it") from None
+            os.chmod(self.workdir, 0o700)
+            os.chown(self.workdir, entry.pw_uid, entry.pw_gid)
+        data = self.workdir / "data"
+        await self._server_cmd([self._tool("initdb"), "-D", str(data), "-U", SUPERUSER,
+                                "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+        self.port = free_port()
+        settings = {"listen_addresses": "'127.0.0.1'", "port": str(self.port),
+                    "unix_socket_directories": f"'{self.workdir}'"}
+        if self.throwaway_settings:
+            settings.update(THROWAWAY_SETTINGS)
+        with (data / "postgresql.conf").open("a", encoding="utf-8") as conf:
+            conf.write("\n# brace-watchdog restore test (throwaway server)\n")
+            conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+        await self._server_cmd([self._tool("pg_ctl"), "-D", str(data), "-l",
+                                str(self.workdir / "server.log"), "-w", "-t", "60", "start"])
+        await self.wait_ready()
+
+    async def _server_cmd(self, argv: list[str]) -> None:
+        try:
+            await run_command([*self._as_user(), *argv], timeout=self.command_timeout,
+                              cwd=self.workdir)
+        except CommandError as exc:
+            raise ActionError("starting", f"{Path(argv[0]).name} failed: {exc.output or exc}; "
+                                          f"server log: {self._log_tail()}") from None
+
+    async def stop(self) -> None:
+        workdir, self.workdir = self.workdir, None
+        if workdir is None:
+            return
+        await _stop_local(workdir, self._as_user(), self._tool("pg_ctl"))
+
+
+async def _stop_local(workdir: Path, as_user: list[str], pg_ctl: str) -> None:
+    data = workdir / "data"
+    if (data / "postmaster.pid").exists():
+        with contextlib.suppress(CommandError):
+            await run_command([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w",
+                               "-t", "30", "stop"], timeout=40, check=False)
+        _kill_postmaster(data)
+    await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+
+def _kill_postmaster(data: Path) -> None:
+    """SIGQUIT (immediate shutdown) a postmaster that pg_ctl could not stop."""
+    try:
+        pid = int((data / "postmaster.pid").read_text().splitlines()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return
+    if b"postgres" in cmdline:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
+
+
+async def remove_local_orphans(work_root: Path | None = None, *, user: str = "postgres",
+                               bin_dir: str = "",
+                               alive: Callable[[int], bool] = pid_alive) -> list[Path]:
+    """Stop and delete ``brace-restore-<pid>-*`` dirs whose creating process is gone.
+
+    ``alive`` decides whether a pid still runs (our own pid does, so our servers stay).
+    """
+    root = work_root or Path(tempfile.gettempdir())
+    removed: list[Path] = []
+    as_user = ["runuser", "-u", user, "--"] if os.geteuid() == 0 else []
+    pg_ctl = str(Path(bin_dir) / "pg_ctl") if bin_dir else "pg_ctl"
+    for path in root.glob(f"{LOCAL_PREFIX}*"):
+        owner = path.name[len(LOCAL_PREFIX):].split("-", 1)[0]
+        if not owner.isdigit() or alive(int(owner)):
+            continue
+        await _stop_local(path, as_user, pg_ctl)
+        removed.append(path)
+    return removed
+
+
+class DockerServer(ThrowawayServer):
+    """A temporary container of the configured image; tools run inside it via exec."""
+
+    backend = "docker"
+    DUMP_MOUNT = "/brace-restore"
+
+    def __init__(self, dump: Path, docker: DockerAdapter, *, image: str,
+                 network: str = "host", run_id: str = "",
+                 labels: Mapping[str, str] | None = None,
+                 **kwargs: float | int | bool) -> None:
+        super().__init__(dump, **kwargs)  # type: ignore[arg-type]
+        self.docker = docker
+        self.image = image
+        self.network = network
+        self.run_id = run_id or secrets.token_hex(6)
+        self.extra_labels = dict(labels or {})
+        self.container_id: str | None = None
+        self.inner_port = 0
+
+    def _tool(self, name: str) -> str:
+        return name
+
+    def _dump_path(self) -> str:
+        return f"{self.DUMP_MOUNT}/{self.dump.name}"
+
+    def _conn(self) -> list[str]:
+        return ["-h", "127.0.0.1", "-p", str(self.inner_port), "-U", SUPERUSER]
+
+    async def _exec(self, argv: Sequence[str], time_limit: float) -> CommandResult:
+        if self.container_id is None:
+            raise ActionError("starting", "container is not running")
+        try:
+            return await asyncio.wait_for(
+                self.docker.exec(self.container_id, argv, environment={
+                    "PGPASSWORD": self.password, "PGCONNECT_TIMEOUT": "10"}), time_limit)
+        except TimeoutError:
+            raise ActionError("restoring" if argv[0] == "pg_restore" else "verifying",
+                              f"{argv[0]} in the container timed out after {time_limit:.0f}s"
+                              ) from None
+
+    async def _check_alive(self) -> None:
+        assert self.container_id is not None
+        status, logs = await self.docker.container_state(self.container_id)
+        if status in ("exited", "dead"):
+            raise ActionError("starting", f"container of {self.image} exited during start-up: "
+                                          f"{logs.strip()[-800:] or 'no logs'}")
+
+    async def start(self) -> None:
+        if not await self.docker.image_exists(self.image):
+            raise ActionError("starting", f"image {self.image} is not present on this docker "
+                                          f"engine; pull or build it (docker pull {self.image}) "
+                                          "or set [restore_test] image")
+        host_port = free_port()
+        self.port = host_port
+        self.inner_port = host_port if self.network == "host" else 5432
+        command = None
+        if self.throwaway_settings:
+            command = ["postgres"] + [arg for k, v in THROWAWAY_SETTINGS.items()
+                                      for arg in ("-c", f"{k}={v}")]
+        self.container_id = await self.docker.run_container(
+            self.image, name=f"{LOCAL_PREFIX}{self.run_id}", command=command,
+            environment={"POSTGRES_PASSWORD": self.password, "PGPORT": str(self.inner_port),
+                         "PGDATA": "/var/lib/postgresql/data/pgdata"},
+            labels={CONTAINER_LABEL: "1", OWNER_LABEL: str(os.getpid()),
+                    RUN_LABEL: self.run_id, **self.extra_labels},
+            network_mode=self.network,
+            ports=None if self.network == "host" else {"5432/tcp": ("127.0.0.1", host_port)},
+            volumes={str(self.dump): {"bind": self._dump_path(), "mode": "ro"}})
+        await self.wait_ready()
+
+    async def stop(self) -> None:
+        container_id, self.container_id = self.container_id, None
+        if container_id is not None:
+            await self.docker.remove_container(container_id)
+
+
+async def remove_docker_orphans(docker: DockerAdapter, *,
+                                alive: Callable[[int], bool] = pid_alive) -> list[str]:
+    """Remove restore-test containers whose owning daemon process is gone."""
+    removed: list[str] = []
+    for container_id, labels in await docker.containers_with_label(f"{CONTAINER_LABEL}=1"):
+        owner = labels.get(OWNER_LABEL, "")
+        if owner.isdigit() and alive(int(owner)):
+            continue
+        await docker.remove_container(container_id)
+        removed.append(container_id)
+    return removed

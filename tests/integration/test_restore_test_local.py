@@ -1,0 +1,242 @@
+"""Restore tests through the ``local`` backend: real pg_dump -Fc dumps, real throwaway clusters.
+
+A module-scoped source cluster produces the dumps; each test restores one into a throwaway
+cluster made by brace-watchdog (initdb/pg_ctl as user ``postgres``) and checks the result's
+stage and message. Cancellation and orphan removal check that nothing is left in the temp dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from brace_watchdog.actions.restore_run import RestoreResult, RestoreRun, server_factory
+from brace_watchdog.actions.restore_test import (
+    AlreadyRunning,
+    RestoreTestScheduler,
+    cli_restore_test,
+)
+from brace_watchdog.adapters.postgres import LOCAL_PREFIX, LocalServer, remove_local_orphans
+from brace_watchdog.config import Config, parse_config
+from brace_watchdog.errors import RefusedError
+from brace_watchdog.metrics import Metrics
+from brace_watchdog.runtime import Hub
+from brace_watchdog.state import StateStore
+from tests.support.pg import PG_BIN, PgCluster, make_brace_dump, start_cluster
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+TMP = Path(tempfile.gettempdir())
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL binaries not found in {PG_BIN}")
+    cluster = start_cluster(tmp_path_factory.mktemp("source"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def good_dump(source: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("backups")
+    return make_brace_dump(source, folder / "brace_20260203_045206.dump", rows=120).path
+
+
+def make_config(backups: Path, **restore: Any) -> Config:
+    return parse_config({"backups": {"directory": str(backups)},
+                         "daemon": {"state_path": str(backups / "state.db")},
+                         "restore_test": {"backend": "local", **restore}})
+
+
+def leftovers() -> list[Path]:
+    return list(TMP.glob(f"{LOCAL_PREFIX}{os.getpid()}-*"))
+
+
+async def run_local(dump: Path, **restore: Any) -> RestoreResult:
+    cfg = make_config(dump.parent, **restore).restore_test
+    result = await RestoreRun(cfg, dump, server_factory(cfg)).execute()
+    assert leftovers() == []
+    return result
+
+
+async def test_good_dump_passes_with_revision_and_counts(good_dump: Path) -> None:
+    result = await run_local(good_dump, throwaway_settings=False)
+    assert result.passed, result.message
+    assert result.stage == "done"
+    assert result.alembic_revision == "abc123"
+    assert result.table_counts == {"public.alembic_version": 1, "public.users": 120,
+                                   "public.orders": 120}
+    assert result.pg_version.startswith("15.")
+    assert result.backend == "local"
+    assert result.dump_size == good_dump.stat().st_size
+    assert set(result.stage_seconds) == {"checking", "starting", "restoring", "verifying",
+                                         "cleaning"}
+    assert not result.rto_exceeded
+
+
+async def test_jobs_queries_freshness_and_rto_flag(good_dump: Path) -> None:
+    result = await run_local(
+        good_dump, jobs=2, rto_seconds=0.001,
+        verify_queries=["select count(*) > 100 from users", "select 'yes'"],
+        freshness_query="select max(created_at) from orders")
+    assert result.passed, result.message
+    assert result.rto_exceeded
+
+
+async def test_not_a_dump_fails_at_checking(tmp_path: Path) -> None:
+    bogus = tmp_path / "brace_20260101_000000.dump"
+    bogus.write_text("-- plain SQL, not a custom-format archive\n")
+    result = await run_local(bogus)
+    assert (result.passed, result.stage) == (False, "checking")
+    assert "does not start with PGDMP" in result.message
+
+
+async def test_truncated_header_fails_at_checking(good_dump: Path, tmp_path: Path) -> None:
+    cut = tmp_path / good_dump.name
+    cut.write_bytes(good_dump.read_bytes()[:40])
+    result = await run_local(cut)
+    assert (result.passed, result.stage) == (False, "checking")
+    assert "truncated" in result.message
+
+
+async def test_truncated_body_fails_at_restoring(good_dump: Path, tmp_path: Path) -> None:
+    data = good_dump.read_bytes()
+    cut = tmp_path / good_dump.name
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    result = await run_local(cut)
+    assert (result.passed, result.stage) == (False, "restoring")
+    assert "pg_restore" in result.message
+
+
+@pytest.mark.parametrize(("extra", "alembic_rows", "expected"), [
+    ("drop table alembic_version;", 1, "alembic_version is missing"),
+    ("", 0, "alembic_version is empty"),
+])
+async def test_alembic_problems_fail_at_verifying(source: PgCluster, tmp_path: Path, extra: str,
+                                                  alembic_rows: int, expected: str) -> None:
+    dump = make_brace_dump(source, tmp_path / "brace_20260101_000000.dump", rows=5,
+                           alembic_rows=alembic_rows, extra_sql=extra).path
+    result = await run_local(dump)
+    assert (result.passed, result.stage) == (False, "verifying")
+    assert expected in result.message
+
+
+async def test_failing_verification_query(good_dump: Path) -> None:
+    result = await run_local(good_dump, verify_queries=["select count(*) from missing_table"])
+    assert (result.passed, result.stage) == (False, "verifying")
+    assert "missing_table" in result.message
+    result = await run_local(good_dump, verify_queries=["select count(*) > 1000 from users"])
+    assert (result.passed, result.stage) == (False, "verifying")
+    assert "false/empty/zero" in result.message
+
+
+async def test_pg_restore_errors_fail_and_are_quoted(good_dump: Path) -> None:
+    # without the brace_user role the dump's GRANTs fail: pg_restore only warns and exits 1
+    result = await run_local(good_dump, roles=[])
+    assert (result.passed, result.stage) == (False, "restoring")
+    assert 'role "brace_user" does not exist' in result.message
+    assert result.errors and all("pg_restore: error:" in e for e in result.errors)
+
+
+async def test_stale_data_fails_freshness(source: PgCluster, tmp_path: Path) -> None:
+    dump = make_brace_dump(source, tmp_path / "brace_20260101_000000.dump", rows=5,
+                           data_age_hours=72).path
+    result = await run_local(dump, freshness_query="select max(created_at) from orders",
+                             max_data_lag_hours=24)
+    assert (result.passed, result.stage) == (False, "verifying")
+    assert "stale data" in result.message
+
+
+async def test_dump_newer_than_server_is_refused(good_dump: Path, tmp_path: Path) -> None:
+    data = good_dump.read_bytes()
+    newer = tmp_path / good_dump.name
+    newer.write_bytes(data[:200].replace(b"15.", b"17.") + data[200:])
+    result = await run_local(newer)
+    assert (result.passed, result.stage) == (False, "starting")
+    assert "refused" in result.message and "PostgreSQL 17" in result.message
+
+
+async def test_cancel_mid_restore_leaves_nothing(good_dump: Path) -> None:
+    cfg = make_config(good_dump.parent).restore_test
+    task: asyncio.Task[RestoreResult] | None = None
+
+    def on_stage(stage: str, line: str) -> None:
+        if stage == "restoring" and task is not None:
+            task.cancel()
+
+    run = RestoreRun(cfg, good_dump, server_factory(cfg), on_stage=on_stage)
+    task = asyncio.create_task(run.execute())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert leftovers() == []
+
+
+async def test_timeout_fails_and_cleans(good_dump: Path) -> None:
+    result = await run_local(good_dump, timeout_seconds=0.5)
+    assert not result.passed
+    assert "timed out after 0.5s" in result.message
+
+
+async def test_orphans_of_dead_owner_are_removed(good_dump: Path) -> None:
+    server = LocalServer(good_dump)
+    await server.start()
+    assert server.workdir is not None and server.workdir.exists()
+    kept = await remove_local_orphans()
+    assert server.workdir.exists() and kept == []
+    removed = await remove_local_orphans(alive=lambda pid: False)
+    assert server.workdir in removed and not server.workdir.exists()
+    server.workdir = None
+
+
+def make_hub(config: Config) -> Hub:
+    store = StateStore(":memory:").open()
+    return Hub(config=config, store=store, metrics=Metrics(CollectorRegistry(), process=False))
+
+
+async def test_scheduler_request_records_and_refuses_parallel_runs(good_dump: Path) -> None:
+    hub = make_hub(make_config(good_dump.parent))
+    scheduler = RestoreTestScheduler(hub)
+    await scheduler.start()
+    with pytest.raises(RefusedError, match="outside the backups folder|contains '..'"):
+        await scheduler.request("../etc/passwd")
+    task = await scheduler.request(good_dump.name)
+    with pytest.raises(AlreadyRunning) as info:
+        await scheduler.request(None)
+    assert info.value.progress["running"] and info.value.progress["dump"] == good_dump.name
+    result = await task
+    assert result.passed, result.message
+    last = scheduler.last_result()
+    assert last is not None and last["passed"] and last["alembic_revision"] == "abc123"
+    assert last["details"]["table_counts"]["public.users"] == 120
+    registry = hub.metrics.registry
+    assert registry.get_sample_value("brace_restore_test_success") == 1
+    assert registry.get_sample_value("brace_restore_test_restored_tables") == 3
+    assert registry.get_sample_value("brace_restore_test_runs_total", {"result": "passed"}) == 1
+    kinds = [e.kind for e in hub.store.events()]
+    assert "restore_test.started" in kinds and "restore_test.passed" in kinds
+    assert await scheduler.cycle() == f"last test passed ({good_dump.name})"
+    await scheduler.stop()
+
+
+def test_cli_exit_codes(good_dump: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                        ) -> None:
+    config = make_config(good_dump.parent)
+    assert cli_restore_test(config, good_dump.name) == 0
+    assert "PASSED" in capsys.readouterr().out
+    assert cli_restore_test(config, "/etc/passwd") == 2
+    assert "outside the backups folder" in capsys.readouterr().out
+    (good_dump.parent / "brace_20200101_000000.dump").write_text("not a dump")
+    assert cli_restore_test(config, "brace_20200101_000000.dump") == 1
+    assert "FAILED at checking" in capsys.readouterr().out
+    store = StateStore(config.daemon.state_path).open()
+    assert [r["passed"] for r in store.restore_results()] == [False, True]
+    store.close()
