@@ -77,14 +77,14 @@ class WebhookNotifier:
         if response.status_code >= 300:
             raise HttpError(f"webhook answered HTTP {response.status_code}")
 
-    async def drain(self, timeout: float | None = None) -> None:
-        """Wait for pending deliveries (tests, shutdown)."""
+    async def drain(self, grace_seconds: float | None = None) -> None:
+        """Wait (at most ``grace_seconds``) for pending deliveries (tests, shutdown)."""
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+            await asyncio.wait(set(self._tasks), timeout=grace_seconds)
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Give pending deliveries ``timeout`` seconds, cancel the rest, close the client."""
-        await self.drain(timeout)
+    async def close(self, grace_seconds: float = 5.0) -> None:
+        """Give pending deliveries ``grace_seconds``, cancel the rest, close the client."""
+        await self.drain(grace_seconds)
         for task in list(self._tasks):
             task.cancel()
         await self._client.aclose()

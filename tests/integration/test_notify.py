@@ -38,7 +38,7 @@ def receiver() -> Iterator[Receiver]:
     state = Receiver()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server naming
+        def do_POST(self) -> None:
             state.attempts += 1
             body = self.rfile.read(int(self.headers["Content-Length"]))
             time.sleep(state.delay)
@@ -50,7 +50,7 @@ def receiver() -> Iterator[Receiver]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             del format, args
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
