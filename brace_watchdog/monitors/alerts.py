@@ -118,6 +118,9 @@ class AlertsMonitor(Component):
         except httpx.TimeoutException:
             raise HttpError(f"alertmanager unreachable: no answer from {url} within "
                             f"{cfg.timeout_seconds:g}s") from None
+        except httpx.ConnectError as exc:
+            raise HttpError(f"alertmanager unreachable: cannot connect to {url} ({exc}); is it "
+                            "running?") from None
         except httpx.HTTPError as exc:
             raise HttpError(f"alertmanager unreachable: {exc or type(exc).__name__} ({url})"
                             ) from None

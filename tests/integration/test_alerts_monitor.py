@@ -1,0 +1,204 @@
+"""Integration: the alerts monitor against a real ``prometheus-alertmanager`` on loopback.
+
+Alerts are POSTed to Alertmanager's own v2 API, silenced through it, and the daemon's view is
+checked through the metrics registry. A real HTTP server stands in for a misbehaving peer.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from brace_watchdog.config import parse_config
+from brace_watchdog.metrics import Metrics
+from brace_watchdog.monitors.alerts import AlertsMonitor
+from brace_watchdog.runtime import Hub
+from brace_watchdog.state import StateStore
+from tests.conftest import skip_or_fail
+from tests.support.net import free_port
+from tests.support.webserver import switchable_server
+
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
+CONFIG = 'route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n'
+
+
+def _iso(delta: timedelta = timedelta()) -> str:
+    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class Alertmanager:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    def post(self, *, ends_in: timedelta = timedelta(hours=1), **labels: str) -> None:
+        alert = {"labels": labels, "annotations": {}, "startsAt": _iso(-timedelta(minutes=1)),
+                 "endsAt": _iso(ends_in)}
+        httpx.post(f"{self.url}/api/v2/alerts", json=[alert], timeout=5).raise_for_status()
+
+    def silence(self, alertname: str) -> None:
+        body = {"matchers": [{"name": "alertname", "value": alertname, "isRegex": False,
+                              "isEqual": True}],
+                "startsAt": _iso(), "endsAt": _iso(timedelta(hours=1)),
+                "createdBy": "brace-watchdog tests", "comment": "test silence"}
+        httpx.post(f"{self.url}/api/v2/silences", json=body, timeout=5).raise_for_status()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _start(tmp_path: Path) -> Alertmanager:
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(CONFIG, encoding="utf-8")
+    port = free_port()
+    with (tmp_path / "alertmanager.log").open("wb") as log_file:
+        proc = subprocess.Popen(
+            [ALERTMANAGER, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
+             "--log.level=warn"],
+            stdout=subprocess.DEVNULL, stderr=log_file)
+    am = Alertmanager(url=f"http://127.0.0.1:{port}", proc=proc)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            if httpx.get(f"{am.url}/-/ready", timeout=1).status_code == 200:
+                return am
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    am.stop()
+    log = (tmp_path / "alertmanager.log").read_text(errors="replace")
+    raise RuntimeError(f"alertmanager did not become ready on port {port}:\n{log}")
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
+    if not Path(ALERTMANAGER).exists():
+        skip_or_fail(f"{ALERTMANAGER} not installed (Debian package prometheus-alertmanager)")
+    am = _start(tmp_path)
+    yield am
+    am.stop()
+
+
+def _hub(url: str, **alerts: Any) -> Hub:
+    config = parse_config({"alerts": {"alertmanager_url": url, "timeout_seconds": 2, **alerts}})
+    return Hub(config=config, store=StateStore(":memory:").open(),
+               metrics=Metrics(CollectorRegistry()))
+
+
+def _firing(hub: Hub, name: str, severity: str) -> float | None:
+    return hub.metrics.registry.get_sample_value("brace_alerts_firing",
+                                                 {"alertname": name, "severity": severity})
+
+
+def _up(hub: Hub) -> float | None:
+    return hub.metrics.registry.get_sample_value("brace_alertmanager_up")
+
+
+def _kinds(hub: Hub) -> list[str]:
+    return [event.kind for event in hub.store.events(limit=1000)]
+
+
+async def test_firing_silenced_resolved_and_alertmanager_gone(alertmanager: Alertmanager) -> None:
+    hub = _hub(alertmanager.url)
+    monitor = AlertsMonitor(hub)
+    await monitor.start()
+    try:
+        assert await monitor.cycle() == "0 firing"
+        assert _up(hub) == 1
+
+        alertmanager.post(alertname="BackendDown", severity="critical", instance="a")
+        alertmanager.post(alertname="BackendDown", severity="critical", instance="b")
+        alertmanager.post(alertname="DiskFull", severity="warning")
+        assert await monitor.cycle() == "3 firing: BackendDown, DiskFull"
+        assert _firing(hub, "BackendDown", "critical") == 2
+        assert _firing(hub, "DiskFull", "warning") == 1
+        assert _kinds(hub) == ["alert.firing"] * 3
+        assert {a.name for a in hub.observations.alerts} == {"BackendDown", "DiskFull"}
+
+        alertmanager.silence("DiskFull")
+        alertmanager.post(alertname="BackendDown", severity="critical", instance="b",
+                          ends_in=-timedelta(seconds=1))             # resolved
+        assert await monitor.cycle() == "1 firing: BackendDown"
+        assert _firing(hub, "DiskFull", "warning") is None            # label set cleared
+        assert _firing(hub, "BackendDown", "critical") == 1
+        assert _kinds(hub)[3:] == ["alert.resolved", "alert.resolved"]
+        await monitor.cycle()
+        assert len(_kinds(hub)) == 5                                   # no change, no event
+
+        alertmanager.stop()
+        status = await monitor.cycle()
+        assert status.startswith("alertmanager unreachable: "), status
+        assert _up(hub) == 0
+        assert hub.observations.alertmanager_up is False
+        await monitor.cycle()
+        assert _kinds(hub)[5:] == ["alertmanager.down"]
+    finally:
+        await monitor.stop()
+
+
+async def test_matchers_filter_what_the_daemon_sees(alertmanager: Alertmanager) -> None:
+    alertmanager.post(alertname="BackendDown", severity="critical", env="prod")
+    alertmanager.post(alertname="BackendDown", severity="critical", env="staging")
+    alertmanager.post(alertname="CertExpiry", severity="warning", env="prod")
+    hub = _hub(alertmanager.url, matchers=['severity="critical"', "env=~prod"])
+    monitor = AlertsMonitor(hub)
+    try:
+        assert await monitor.cycle() == "1 firing: BackendDown"
+        assert _firing(hub, "BackendDown", "critical") == 1
+        assert _firing(hub, "CertExpiry", "warning") is None
+        assert dict(hub.observations.alerts[0].labels)["env"] == "prod"
+    finally:
+        await monitor.stop()
+
+
+async def test_a_peer_that_is_not_alertmanager_is_reported_not_fatal() -> None:
+    with switchable_server() as server:
+        hub = _hub(server.url("/"))
+        monitor = AlertsMonitor(hub)
+        try:
+            server.mode = "200"                      # answers {"status": "ok"}: not a list
+            status = await monitor.cycle()
+            assert status == ("alertmanager answered a malformed alert list: alertmanager "
+                              "answered a dict, expected a list of alerts; is [alerts] "
+                              "alertmanager_url pointing at Alertmanager?")
+            server.mode = "500"
+            assert (await monitor.cycle()).startswith("alertmanager answered HTTP 500 at ")
+            server.mode, server.hang_seconds = "hang", 5
+            assert (await monitor.cycle()).startswith(
+                "alertmanager unreachable: no answer from ")
+            server.release_hung()
+            assert _up(hub) == 0
+            assert _kinds(hub) == ["alertmanager.down"]
+        finally:
+            await monitor.stop()
+
+
+async def test_nothing_listening_is_unreachable() -> None:
+    hub = _hub(f"http://127.0.0.1:{free_port()}")
+    monitor = AlertsMonitor(hub)
+    try:
+        status = await monitor.cycle()
+    finally:
+        await monitor.stop()
+    assert status.startswith("alertmanager unreachable: ")
+    assert f"cannot connect to {hub.config.alerts.alertmanager_url}/api/v2/alerts" in status
+    assert _up(hub) == 0
