@@ -8,11 +8,9 @@ those directly for anything a fixture does not cover (``start_web``, ``run_postg
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import docker
 import pytest
@@ -20,17 +18,7 @@ import pytest
 from tests.support.images import ensure_busybox_image, ensure_postgres_image
 from tests.support.net import NetworkGuard
 from tests.support.pg import PG_BIN, PgCluster, start_cluster
-
-
-def _under_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def skip_or_fail(reason: str) -> NoReturn:
-    """Skip with ``reason`` locally; under CI=true a missing dependency is a failure."""
-    if _under_ci():
-        pytest.fail(f"{reason} (CI=true: refusing to skip)", pytrace=False)
-    pytest.skip(reason)
+from tests.support.skips import skip_or_fail
 
 
 @pytest.fixture(autouse=True)
