@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,17 +32,16 @@ log = logging.getLogger("brace_watchdog.notify")
 class WebhookNotifier:
     """Fire-and-forget JSON webhooks with bounded retries."""
 
-    def __init__(self, urls: Sequence[Secret], metrics: Metrics, *, timeout: float = 5.0,
-                 retries: int = 3, wait_seconds: float = 1.0, max_wait_seconds: float = 30.0,
-                 source: str = "brace-watchdog", transport: httpx.AsyncBaseTransport | None = None
-                 ) -> None:
-        self._urls = tuple(urls)
+    def __init__(self, config: NotifyConfig, metrics: Metrics, *, wait_seconds: float = 1.0,
+                 max_wait_seconds: float = 30.0, source: str = "brace-watchdog",
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._urls = tuple(config.webhook_urls)
         self._metrics = metrics
-        self._retries = retries
+        self._retries = config.retries
         self._wait = wait_seconds
         self._max_wait = max_wait_seconds
         self._source = source
-        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._client = httpx.AsyncClient(timeout=config.timeout_seconds, transport=transport)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def send(self, event: str, payload: dict[str, Any]) -> None:
@@ -107,5 +105,4 @@ def build_notifier(config: NotifyConfig, metrics: Metrics) -> Notifier:
     """The notifier for ``[notify]``: webhooks when URLs are configured, otherwise a no-op."""
     if not config.webhook_urls:
         return NullNotifier()
-    return WebhookNotifier(config.webhook_urls, metrics, timeout=config.timeout_seconds,
-                           retries=config.retries)
+    return WebhookNotifier(config, metrics)

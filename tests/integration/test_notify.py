@@ -64,6 +64,10 @@ def receiver() -> Iterator[Receiver]:
     httpd.server_close()
 
 
+def cfg(urls: list[Secret], retries: int) -> NotifyConfig:
+    return NotifyConfig(webhook_urls=tuple(urls), retries=retries, timeout_seconds=5.0)
+
+
 def metrics() -> Metrics:
     return Metrics(CollectorRegistry(), process=False)
 
@@ -75,7 +79,7 @@ def sample(m: Metrics, result: str) -> float:
 
 async def test_delivers_json_with_event_and_payload(receiver: Receiver) -> None:
     m = metrics()
-    notifier = WebhookNotifier([receiver.url()], m, retries=0)
+    notifier = WebhookNotifier(cfg([receiver.url()], 0), m)
     await notifier.send("rollback.succeeded", {"evidence": {"samples": (1, 2)}, "raw": b"x"})
     await notifier.drain(5)
     await notifier.close()
@@ -88,7 +92,7 @@ async def test_delivers_json_with_event_and_payload(receiver: Receiver) -> None:
 async def test_retries_then_succeeds(receiver: Receiver) -> None:
     receiver.fail_first = 2
     m = metrics()
-    notifier = WebhookNotifier([receiver.url()], m, retries=2, wait_seconds=0.01)
+    notifier = WebhookNotifier(cfg([receiver.url()], 2), m, wait_seconds=0.01)
     await notifier.send("escalation", {"reason": "x"})
     await notifier.drain(5)
     await notifier.close()
@@ -100,7 +104,7 @@ async def test_gives_up_after_retries_and_hides_the_url(receiver: Receiver,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     receiver.fail_first = 100
     m = metrics()
-    notifier = WebhookNotifier([receiver.url()], m, retries=1, wait_seconds=0.01)
+    notifier = WebhookNotifier(cfg([receiver.url()], 1), m, wait_seconds=0.01)
     await notifier.send("escalation", {})
     await notifier.drain(5)
     await notifier.close()
@@ -111,7 +115,7 @@ async def test_gives_up_after_retries_and_hides_the_url(receiver: Receiver,
 async def test_unreachable_webhook_counts_as_failed() -> None:
     m = metrics()
     dead = Secret(f"http://127.0.0.1:{free_port()}/hook")
-    notifier = WebhookNotifier([dead], m, retries=1, wait_seconds=0.01)
+    notifier = WebhookNotifier(cfg([dead], 1), m, wait_seconds=0.01)
     await notifier.send("escalation", {})
     await notifier.drain(5)
     await notifier.close()
@@ -120,7 +124,7 @@ async def test_unreachable_webhook_counts_as_failed() -> None:
 
 async def test_send_never_waits_for_a_slow_webhook(receiver: Receiver) -> None:
     receiver.delay = 1.0
-    notifier = WebhookNotifier([receiver.url(), receiver.url()], metrics(), retries=0)
+    notifier = WebhookNotifier(cfg([receiver.url(), receiver.url()], 0), metrics())
     started = time.monotonic()
     await notifier.send("rollback.started", {})
     assert time.monotonic() - started < 0.1
