@@ -23,16 +23,23 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from brace_watchdog.errors import ActionError, RefusedError
 
-__all__ = ["DumpHeader", "InvalidDumpError", "newest_dump", "read_dump_header", "resolve_dump"]
+__all__ = [
+    "DumpHeader",
+    "InvalidDumpError",
+    "newest_dump",
+    "parse_dump_header",
+    "read_dump_header",
+    "resolve_dump",
+]
 
 MAGIC = b"PGDMP"
 FORMAT_NAMES = {0: "unknown", 1: "custom", 2: "files", 3: "tar", 4: "null", 5: "directory"}
 COMPRESSION_NAMES = {0: "none", 1: "gzip", 2: "lz4", 3: "zstd"}
 MAX_HEADER_STRING = 4096
+HEADER_READ_BYTES = 3 * MAX_HEADER_STRING + 256
 
 
 class InvalidDumpError(ActionError):
@@ -78,17 +85,19 @@ def _major(version: str) -> int:
 
 
 class _Reader:
-    def __init__(self, stream: BinaryIO, path: Path) -> None:
-        self._stream = stream
-        self._path = path
+    def __init__(self, data: bytes, name: str) -> None:
+        self._data = data
+        self._pos = 0
+        self._name = name
         self.int_size = 4
 
     def bytes(self, count: int, what: str) -> bytes:
-        data = self._stream.read(count)
-        if len(data) != count:
-            raise InvalidDumpError(f"{self._path.name}: header truncated while reading {what}; "
+        chunk = self._data[self._pos:self._pos + count]
+        if len(chunk) != count:
+            raise InvalidDumpError(f"{self._name}: header truncated while reading {what}; "
                                    "the file is incomplete (still being written or cut off)")
-        return data
+        self._pos += count
+        return chunk
 
     def byte(self, what: str) -> int:
         return self.bytes(1, what)[0]
@@ -103,7 +112,7 @@ class _Reader:
         if length < 0:
             return ""
         if length > MAX_HEADER_STRING:
-            raise InvalidDumpError(f"{self._path.name}: implausible {what} length {length} in "
+            raise InvalidDumpError(f"{self._name}: implausible {what} length {length} in "
                                    "header; the file is corrupt")
         return self.bytes(length, what).decode("utf-8", errors="replace")
 
@@ -112,23 +121,30 @@ def read_dump_header(path: Path) -> DumpHeader:
     """Parse the custom-format header of ``path``; raise InvalidDumpError if it is not one."""
     try:
         with path.open("rb") as stream:
-            return _parse(_Reader(stream, path), path)
+            data = stream.read(HEADER_READ_BYTES)
     except OSError as exc:
         raise InvalidDumpError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_dump_header(data, path.name)
 
 
-def _parse(r: _Reader, path: Path) -> DumpHeader:
-    magic = r.bytes(5, "magic")
-    if magic != MAGIC:
-        raise InvalidDumpError(f"{path.name} is not a pg_dump custom-format archive (it does not "
+def parse_dump_header(data: bytes, name: str = "dump") -> DumpHeader:
+    """Parse a header from the first bytes of a dump (pure; see the module docstring)."""
+    r = _Reader(data, name)
+    if not data:
+        raise InvalidDumpError(f"{name} is empty; the backup did not write anything")
+    if MAGIC.startswith(data[:5]) and len(data) < len(MAGIC):
+        r.bytes(len(MAGIC), "magic")  # raises: truncated
+    if data[:5] != MAGIC:
+        raise InvalidDumpError(f"{name} is not a pg_dump custom-format archive (it does not "
                                "start with PGDMP); make backups with pg_dump -Fc")
+    r.bytes(len(MAGIC), "magic")
     version = (r.byte("version"), r.byte("version"), r.byte("version"))
     if version < (1, 12, 0):
-        raise InvalidDumpError(f"{path.name}: archive version {_v(version)} is older than "
+        raise InvalidDumpError(f"{name}: archive version {_v(version)} is older than "
                                "PostgreSQL 11 and not supported")
     r.int_size = r.byte("intSize")
     if not 1 <= r.int_size <= 8:
-        raise InvalidDumpError(f"{path.name}: implausible integer size {r.int_size} in header")
+        raise InvalidDumpError(f"{name}: implausible integer size {r.int_size} in header")
     off_size = r.byte("offSize")
     fmt = r.byte("format")
     if version >= (1, 15, 0):

@@ -2,7 +2,7 @@
 
 What counts as a pg_restore error, which tables a dump's table of contents promises, what a
 verification query must return, whether restored data is fresh enough, whether a test is due,
-whether a server can take a dump, and how psql's unaligned output is read.
+and whether a server can take a dump.
 
 Verification-query semantics (``[restore_test] verify_queries``): each query must run without
 error and return at least one row whose first column is truthy. Truthy means anything except
@@ -20,7 +20,6 @@ __all__ = [
     "alembic_problem",
     "freshness_problem",
     "is_due",
-    "parse_rows",
     "pg_restore_errors",
     "quote_ident",
     "rto_exceeded",
@@ -32,7 +31,6 @@ __all__ = [
 ]
 
 FALSY_VALUES = frozenset({"", "f", "false", "no", "off", "null"})
-FIELD_SEPARATOR = "\x1f"
 _TOC_LINE = re.compile(r"^\d+;\s+\d+\s+\d+\s+(?P<rest>.*)$")
 _ZERO = re.compile(r"^[-+]?0*(\.0*)?$")
 
@@ -86,11 +84,6 @@ def table_problems(expected: set[TocTable], restored: set[TocTable]) -> list[str
     more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
     return [f"{len(missing)} table(s) of the dump's table of contents missing after restore: "
             f"{shown}{more}"]
-
-
-def parse_rows(output: str) -> list[list[str]]:
-    """Rows of ``psql -X -A -t -F <US>`` output (fields separated by the unit separator)."""
-    return [line.split(FIELD_SEPARATOR) for line in output.splitlines() if line != ""]
 
 
 def truthy(value: str) -> bool:

@@ -206,7 +206,7 @@ async def test_scheduler_request_records_and_refuses_parallel_runs(good_dump: Pa
     hub = make_hub(make_config(good_dump.parent))
     scheduler = RestoreTestScheduler(hub)
     await scheduler.start()
-    with pytest.raises(RefusedError, match="outside the backups folder|contains '..'"):
+    with pytest.raises(RefusedError, match=r"contains '\.\.'"):
         await scheduler.request("../etc/passwd")
     task = await scheduler.request(good_dump.name)
     with pytest.raises(AlreadyRunning) as info:
