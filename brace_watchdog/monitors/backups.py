@@ -32,17 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from brace_watchdog.component import Component
+from brace_watchdog.dumps import MAGIC as DUMP_MAGIC
 from brace_watchdog.errors import AdapterError
 from brace_watchdog.monitors.memory import MonitorMemory
 from brace_watchdog.observations import BackupFile, BackupScan
 from brace_watchdog.runtime import Hub
 
-__all__ = ["DUMP_MAGIC", "BackupsMonitor", "backup_status_line", "parse_backup_name",
+__all__ = ["BackupsMonitor", "backup_status_line", "parse_backup_name",
            "scan_backups"]
 
 log = logging.getLogger("brace_watchdog.backups")
 
-DUMP_MAGIC = b"PGDMP"
 FUTURE_TOLERANCE_SECONDS = 3600.0
 
 _NAME = re.compile(r"brace_(?:([0-9]{8})_([0-9]{6})|tg_([0-9]{8})([0-9]{6}))\.dump")
@@ -93,6 +93,8 @@ def scan_backups(directory: Path, patterns: Sequence[str], *, now: float, settle
     except PermissionError:
         raise AdapterError(f"backup directory {directory} is not readable by the daemon; fix its "
                            "permissions") from None
+    except OSError as exc:
+        raise AdapterError(f"cannot read backup directory {directory}: {exc.strerror}") from None
     files.sort(key=lambda f: (f.timestamp, f.name))
     return BackupScan(scanned_at=now, files=tuple(files), max_age_seconds=max_age_seconds)
 
@@ -201,8 +203,8 @@ class BackupsMonitor(Component):
         if self._state.get("state") != "error" or self._state.get("error") != message:
             self._hub.record("backup.error", self.name, message, severity="error",
                              evidence={"directory": str(self._hub.config.backups.directory)})
-            await self._hub.notifier.send("backup.error", {"message": message})
             self._state.update(state="error", error=message)
+            await self._hub.notifier.send("backup.error", {"message": message})
         return f"ERROR: {message}"
 
     def _publish(self, scan: BackupScan, now: float) -> None:
@@ -226,19 +228,16 @@ class BackupsMonitor(Component):
             self._hub.record("backup.new", self.name,
                              f"new backup {newest.name} ({newest.size} bytes)", evidence=evidence)
         previous = self._state.get("state")
+        self._state.update(state=state, error=None,
+                           newest=newest.name if newest else previous_newest)
+        line = backup_status_line(scan, now)
         if state == "stale" and previous != "stale":
-            line = backup_status_line(scan, now)
             self._hub.record("backup.stale", self.name, f"backups are stale: {line}",
                              evidence=evidence, severity="warning")
             await self._hub.notifier.send("backup.stale", {"message": line, **evidence})
         elif state == "fresh" and previous not in (None, "fresh"):
-            self._hub.record("backup.fresh", self.name,
-                             f"backups are fresh again: {backup_status_line(scan, now)}",
+            self._hub.record("backup.fresh", self.name, f"backups are fresh again: {line}",
                              evidence=evidence)
-        self._state.update(state=state, error=None,
-                       newest=newest.name if newest else previous_newest)
-
-
 
 def _evidence(scan: BackupScan, now: float) -> dict[str, Any]:
     newest = scan.newest

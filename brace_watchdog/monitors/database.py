@@ -71,9 +71,9 @@ class DatabaseMonitor(Component):
             self._hub.record("database.down", self.name, f"database is down: {message}",
                              severity="error", evidence={"kind": exc.kind, "target": where,
                                                          "detail": str(exc)})
+            self._state.update(up=False, kind=exc.kind)
             await self._hub.notifier.send("database.down", {"kind": exc.kind, "target": where,
                                                             "message": message})
-            self._state.update(up=False, kind=exc.kind)
         return f"DOWN ({exc.kind}) {where}: {exc}"
 
     async def _up(self, reading: DatabaseReading, where: str) -> str:
@@ -87,10 +87,10 @@ class DatabaseMonitor(Component):
         if self._state.get("up") is False:
             self._hub.record("database.up", self.name, f"database is up again at {where}",
                              evidence={"previous_kind": self._state.get("kind")})
-        old = self._state.get("revision")
-        if "revision" in self._state and old != reading.revision:
-            await self._revision_changed(old, reading.revision, where)
+        old, known = self._state.get("revision"), "revision" in self._state
         self._state.update(up=True, kind=None, revision=reading.revision)
+        if known and old != reading.revision:
+            await self._revision_changed(old, reading.revision, where)
         revision = reading.revision or f"none ({reading.revision_note})"
         return (f"up {where} (PostgreSQL {reading.server_version}), revision {revision}, "
                 f"select 1 in {reading.latency_seconds * 1000:.1f} ms")
