@@ -224,12 +224,12 @@ class BackupsMonitor(Component):
         state = "fresh" if scan.fresh(now) else "stale"
         evidence = _evidence(scan, now)
         previous_newest = self._state.get("newest")
-        if newest is not None and previous_newest is not None and newest.name != previous_newest:
-            self._hub.record("backup.new", self.name,
-                             f"new backup {newest.name} ({newest.size} bytes)", evidence=evidence)
+        if newest is not None and previous_newest not in (None, newest.name):
+            self._newest_changed(newest, previous_newest, evidence)
         previous = self._state.get("state")
-        self._state.update(state=state, error=None,
-                           newest=newest.name if newest else previous_newest)
+        if newest is not None:
+            self._state.update(newest=newest.name, newest_timestamp=newest.timestamp)
+        self._state.update(state=state, error=None)
         line = backup_status_line(scan, now)
         if state == "stale" and previous != "stale":
             self._hub.record("backup.stale", self.name, f"backups are stale: {line}",
@@ -238,6 +238,18 @@ class BackupsMonitor(Component):
         elif state == "fresh" and previous not in (None, "fresh"):
             self._hub.record("backup.fresh", self.name, f"backups are fresh again: {line}",
                              evidence=evidence)
+
+    def _newest_changed(self, newest: BackupFile, previous: str,
+                        evidence: dict[str, Any]) -> None:
+        if newest.timestamp > float(self._state.get("newest_timestamp") or 0.0):
+            self._hub.record("backup.new", self.name,
+                             f"new backup {newest.name} ({newest.size} bytes)", evidence=evidence)
+        else:
+            self._hub.record("backup.newest_changed", self.name,
+                             f"newest valid backup is now the older {newest.name}: {previous} "
+                             "was removed or became invalid", evidence=evidence,
+                             severity="warning")
+
 
 def _evidence(scan: BackupScan, now: float) -> dict[str, Any]:
     newest = scan.newest

@@ -140,9 +140,14 @@ async def test_transitions_are_recorded_once_and_survive_a_restart(tmp_path: Pat
     stale_payload = notifier.sent[-1][1]
     assert stale_payload["newest"] == "brace_tg_20261125060000.dump"
 
+    (folder / "brace_tg_20261125060000.dump").unlink()   # someone deletes the newest
+    await monitor.cycle()
+    assert _kinds(hub)[-1] == "backup.newest_changed"
+    assert "brace_tg_20261125060000.dump was removed" in hub.store.events()[-1].message
+
     restarted = _hub(folder, store=hub.store)
     await BackupsMonitor(restarted, clock=clock).cycle()
-    assert len(_kinds(restarted)) == 4                  # already announced before the restart
+    assert len(_kinds(restarted)) == 5                  # already announced before the restart
 
 
 async def test_missing_directory_is_an_error_state_not_a_crash(tmp_path: Path) -> None:
