@@ -63,10 +63,10 @@ class Alertmanager:
                 self.proc.wait()
 
 
-def _start(tmp_path: Path) -> Alertmanager:
+def _start(tmp_path: Path, port: int | None = None) -> Alertmanager:
     config = tmp_path / "alertmanager.yml"
     config.write_text(CONFIG, encoding="utf-8")
-    port = free_port()
+    port = port or free_port()
     with (tmp_path / "alertmanager.log").open("wb") as log_file:
         proc = subprocess.Popen(
             [ALERTMANAGER, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
@@ -117,7 +117,8 @@ def _kinds(hub: Hub) -> list[str]:
     return [event.kind for event in hub.store.events(limit=1000)]
 
 
-async def test_firing_silenced_resolved_and_alertmanager_gone(alertmanager: Alertmanager) -> None:
+async def test_firing_silenced_resolved_and_alertmanager_gone(alertmanager: Alertmanager,
+                                                             tmp_path: Path) -> None:
     hub = _hub(alertmanager.url)
     monitor = AlertsMonitor(hub)
     await monitor.start()
@@ -151,6 +152,16 @@ async def test_firing_silenced_resolved_and_alertmanager_gone(alertmanager: Aler
         assert hub.observations.alertmanager_up is False
         await monitor.cycle()
         assert _kinds(hub)[5:] == ["alertmanager.down"]
+        assert _firing(hub, "BackendDown", "critical") == 1          # last known, up=0
+
+        restarted = _start(tmp_path, port=int(alertmanager.url.rsplit(":", 1)[1]))
+        try:
+            assert await monitor.cycle() == "0 firing"               # alerts were not persisted
+        finally:
+            restarted.stop()
+        assert _up(hub) == 1
+        assert _kinds(hub)[6:] == ["alertmanager.up", "alert.resolved"]
+        assert _firing(hub, "BackendDown", "critical") is None
     finally:
         await monitor.stop()
 
