@@ -170,6 +170,7 @@ class BackupsMonitor(Component):
         self._newest_ts: float | None = None
         self._state = MonitorMemory(hub.store, self.name)
         hub.metrics.backup_newest_age.set_function(self._newest_age)
+        hub.metrics.backup_max_age.set(hub.config.backups.max_age_hours * 3600)
 
     def interval(self) -> float:
         return self._hub.config.backups.interval_seconds
