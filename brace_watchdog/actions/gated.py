@@ -1,0 +1,178 @@
+"""The shape every operator-approved ("gated") action shares, and the helpers they share.
+
+A gated action has two halves: :meth:`GatedAction.plan` runs the pre-checks and returns a
+:class:`Plan` (exact steps, the target name the operator must type, check results) without
+changing anything; :meth:`GatedAction.execute` runs the approved plan. :class:`StepJournal` runs
+each step with a progress line, a journal entry and a watchdog beat; a failing step raises
+:class:`GatedFailure`, which records where everything stands and how to continue, escalates, and
+is reported to the operator verbatim.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import httpx
+from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_fixed
+
+from brace_watchdog.config import Config
+from brace_watchdog.errors import ActionError, WatchdogError
+from brace_watchdog.monitors.policy import classify_status
+from brace_watchdog.runtime import Hub
+
+__all__ = ["GatedAction", "GatedFailure", "Plan", "Progress", "Step", "StepJournal", "compose_base",
+           "probe_health", "stamp", "verify_health", "wait_until"]
+
+T = TypeVar("T")
+Progress = Callable[[str, str], Awaitable[None]]
+Step = tuple[str, str, Callable[[], Awaitable[Any]]]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an approval would do: shown to the operator before they approve."""
+
+    action: str
+    args: dict[str, Any]
+    target: str
+    steps: tuple[str, ...]
+    checks: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "args": self.args, "target": self.target,
+                "steps": list(self.steps), "checks": self.checks, "warnings": list(self.warnings)}
+
+
+class GatedAction(Protocol):
+    name: str
+
+    async def plan(self, args: dict[str, Any]) -> Plan: ...
+
+    async def execute(self, args: dict[str, Any], *, requester: str, approver: str,
+                      progress: Progress) -> dict[str, Any]: ...
+
+
+class GatedFailure(ActionError):
+    """A gated action stopped at ``stage``; ``state`` says where things stand, ``next_steps``
+    what the operator can do now."""
+
+    def __init__(self, stage: str, message: str, *, state: dict[str, Any],
+                 next_steps: Sequence[str], action_id: int) -> None:
+        super().__init__(stage, message)
+        self.state = state
+        self.next_steps = list(next_steps)
+        self.action_id = action_id
+
+    def details(self) -> dict[str, Any]:
+        return {"stage": self.stage, "state": self.state, "next_steps": self.next_steps,
+                "action_id": self.action_id}
+
+
+class StepJournal:
+    """Runs the steps of one journaled action: progress line, journal entry, watchdog beat."""
+
+    def __init__(self, hub: Hub, action_id: int, progress: Progress, *,
+                 component: str = "control") -> None:
+        self.hub = hub
+        self.action_id = action_id
+        self.progress = progress
+        self.component = component
+        self.done: list[str] = []
+
+    async def step(self, name: str, message: str, work: Callable[[], Awaitable[T]]) -> T:
+        await self.progress(name, message)
+        self.hub.store.journal_step(self.action_id, name, evidence={"message": message})
+        self.hub.progress.beat(self.component)
+        result = await work()
+        self.done.append(name)
+        self.hub.progress.beat(self.component)
+        return result
+
+    async def run_all(self, steps: Sequence[Step], *, kind: str, state: dict[str, Any],
+                      next_steps: Callable[[str, dict[str, Any]], list[str]]) -> None:
+        """Run ``steps`` in order; the first failure journals, escalates and raises
+        :class:`GatedFailure` with ``state`` as it stands and ``next_steps(stage, state)``."""
+        for stage, message, work in steps:
+            try:
+                await self.step(stage, message, work)
+            except (WatchdogError, OSError) as exc:
+                raise await self.fail(stage, exc, kind=kind, state=dict(state),
+                                      next_steps=next_steps(stage, state)) from None
+
+    def finish(self, result: str, evidence: dict[str, Any]) -> None:
+        self.hub.store.journal_step(self.action_id, "done", evidence=evidence,
+                                    status="succeeded", result=result)
+
+    async def fail(self, stage: str, error: BaseException, *, kind: str,
+                   state: dict[str, Any], next_steps: Sequence[str]) -> GatedFailure:
+        """Journal, escalate and build the failure the operator sees."""
+        message = str(getattr(error, "message", "") or error)
+        evidence = {"stage": stage, "error": message, "state": state,
+                    "next_steps": list(next_steps)}
+        self.hub.store.journal_step(self.action_id, stage, evidence=evidence, status="failed",
+                                    result=f"failed at {stage}: {message}")
+        await self.hub.escalate(f"{kind}_failed", f"{kind} #{self.action_id} failed at {stage}: "
+                                f"{message}", source="control", evidence=evidence)
+        return GatedFailure(stage, message, state=state, next_steps=next_steps,
+                            action_id=self.action_id)
+
+
+def stamp(now: float) -> str:
+    """``YYYYMMDD_HHMMSS`` in UTC, for file names."""
+    return time.strftime("%Y%m%d_%H%M%S", time.gmtime(now))
+
+
+async def probe_health(url: str, ok_statuses: Sequence[str], *,
+                       timeout: float) -> str:  # noqa: ASYNC109 - an httpx timeout
+    """One GET of ``url``; returns the classified result (``ok``, ``http_5xx``, ...)."""
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            response = await client.get(url)
+    except httpx.TimeoutException:
+        return "timeout"
+    except httpx.HTTPError:
+        return "connection_error"
+    return classify_status(response.status_code, ok_statuses)
+
+
+async def wait_until(check: Callable[[], Awaitable[T]], accept: Callable[[T], bool], *,
+                     attempts: int, wait_seconds: float) -> T:
+    """Call ``check`` until ``accept(result)``, at most ``attempts`` times; return the last result.
+
+    ``check`` reports problems as values (never raises), so the caller decides what they mean.
+    """
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(attempts), wait=wait_fixed(wait_seconds),
+        retry=retry_if_result(lambda result: not accept(result)),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None)
+    result: T = await retrying(check)
+    return result
+
+
+async def verify_health(hub: Hub, *, attempts: int, wait_seconds: float) -> str:
+    """Probe ``[health] url`` until it answers ok; ActionError("verifying") if it never does."""
+    cfg = hub.config.health
+
+    async def probe() -> str:
+        hub.progress.beat("control")
+        return await probe_health(cfg.url, cfg.ok_statuses, timeout=cfg.timeout_seconds)
+
+    result = await wait_until(probe, lambda r: r == "ok", attempts=attempts,
+                              wait_seconds=wait_seconds)
+    if result != "ok":
+        raise ActionError("verifying", f"{cfg.url} still answers {result} after {attempts} "
+                          "tries")
+    return result
+
+
+def compose_base(config: Config, *, command: Sequence[str] = (), file: Path | None = None,
+                 project: str = "") -> list[str]:
+    """``<compose> -f FILE -p PROJECT``; empty overrides inherit from ``[rollback]``."""
+    rollback = config.rollback
+    return [*(command or rollback.compose_command), "-f", str(file or rollback.compose_file),
+            "-p", project or rollback.project]

@@ -1,0 +1,341 @@
+"""The ``control`` component: a unix stream socket speaking :mod:`~brace_watchdog.control.protocol`.
+
+* The socket is created at ``[control] socket`` with mode 0660 and the configured group *before*
+  it listens, so there is no moment where it is more open. A stale socket file (nobody answers) is
+  replaced; a live one (another daemon answers) or a non-socket file there is a
+  :class:`~brace_watchdog.errors.FatalError` at start-up.
+* Each client is served by its own task; identity comes from ``SO_PEERCRED`` only. Every request,
+  allowed or refused, valid or garbage, is audited (uid, user, command, outcome) and counted in
+  ``brace_control_requests{command,outcome}``. A bad line costs the client one error response —
+  never the connection, other clients or the daemon.
+* Approved gated actions run in their own task under one lock (one at a time); the client's
+  connection only watches it, so a client that disconnects mid-restore does not cancel it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import logging
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from brace_watchdog.actions.config_rollback import DockerDaemonRollback, PgHbaRollback
+from brace_watchdog.actions.db_restore import DbRollback
+from brace_watchdog.actions.gated import GatedAction, GatedFailure
+from brace_watchdog.component import Component
+from brace_watchdog.config import Config
+from brace_watchdog.control.approvals import ApprovalBook, hash_token
+from brace_watchdog.control.auth import Peer, UidLookup, allowed, peer_credentials, role_of
+from brace_watchdog.control.commands import REGISTRY, Command, Context
+from brace_watchdog.control.protocol import (
+    LineSplitter,
+    ProtocolError,
+    Request,
+    RequestId,
+    TooLong,
+    encode,
+    error_response,
+    ok_response,
+    parse_request,
+    progress_event,
+    validate_args,
+)
+from brace_watchdog.errors import ActionError, FatalError, RefusedError, WatchdogError
+from brace_watchdog.runtime import Hub
+
+__all__ = ["ControlServer"]
+
+log = logging.getLogger("brace_watchdog.control")
+
+READ_CHUNK = 64 * 1024
+SUN_PATH_MAX = 107
+SOCKET_MODE = 0o660
+
+
+class _Client:
+    """One connection: its peer and a writer that never raises into the request loop."""
+
+    def __init__(self, writer: asyncio.StreamWriter, peer: Peer, timeout: float) -> None:
+        self.writer = writer
+        self.peer = peer
+        self.timeout = timeout
+        self.gone = False
+
+    async def send(self, message: Mapping[str, Any]) -> None:
+        if self.gone:
+            return
+        try:
+            self.writer.write(encode(message))
+            await asyncio.wait_for(self.writer.drain(), self.timeout)
+        except (OSError, TimeoutError, RuntimeError):
+            self.gone = True
+
+
+class ControlServer(Component):
+    """Serves the control socket; see the module docstring."""
+
+    name = "control"
+
+    def __init__(self, hub: Hub, *, socket_path: Path | str | None = None,
+                 uid_lookup: UidLookup | None = None,
+                 gated: Mapping[str, GatedAction] | None = None,
+                 commands: Mapping[str, Command] | None = None) -> None:
+        self.hub = hub
+        cfg = hub.config.control
+        self.socket_path = Path(socket_path) if socket_path is not None else cfg.socket
+        self.uid_lookup = uid_lookup
+        self.approvals = ApprovalBook(hub.store, ttl_seconds=cfg.token_ttl_seconds,
+                                      two_person_rule=cfg.two_person_rule, clock=hub.clock)
+        self.gated: Mapping[str, GatedAction] = gated if gated is not None else _default_gated(hub)
+        self.commands = commands if commands is not None else REGISTRY
+        self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+        self._exclusive = asyncio.Lock()
+        self._running_action: asyncio.Task[Any] | None = None
+        self._served = 0
+
+    # -- component contract ----------------------------------------------------------------
+    def interval(self) -> float:
+        return 30.0
+
+    async def start(self) -> None:
+        sock = _bind(self.socket_path, self.hub.config.control.group)
+        self._server = await asyncio.start_unix_server(self._on_connect, sock=sock,
+                                                       limit=READ_CHUNK)
+        self.hub.record("control.listening", self.name, f"control socket at {self.socket_path}")
+
+    async def cycle(self) -> str:
+        busy = " (gated action running)" if self._running_action else ""
+        return f"{len(self._clients)} clients, {self._served} requests served{busy}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in list(self._clients):
+            task.cancel()
+        await asyncio.gather(*self._clients, return_exceptions=True)
+        if self._running_action is not None:
+            self._running_action.cancel()
+            await asyncio.gather(self._running_action, return_exceptions=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    def reconfigure(self, config: Config) -> None:
+        self.approvals.ttl_seconds = config.control.token_ttl_seconds
+        self.approvals.two_person_rule = config.control.two_person_rule
+        if config.control.socket != self.socket_path:
+            log.warning("[control] socket changed to %s; restart the daemon to move the socket",
+                        config.control.socket)
+
+    # -- connections -----------------------------------------------------------------------
+    async def _on_connect(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
+        try:
+            sock = writer.get_extra_info("socket")
+            lookup = {"lookup": self.uid_lookup} if self.uid_lookup else {}
+            peer = await asyncio.to_thread(peer_credentials, sock, **lookup)
+            await self._serve(reader, _Client(writer, peer, self._idle_timeout()))
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            log.debug("control client dropped: %s", exc)
+        finally:
+            if task is not None:
+                self._clients.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    def _idle_timeout(self) -> float:
+        return self.hub.config.control.idle_timeout_seconds
+
+    async def _serve(self, reader: asyncio.StreamReader, client: _Client) -> None:
+        splitter = LineSplitter()
+        while not client.gone:
+            try:
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), self._idle_timeout())
+            except TimeoutError:
+                await client.send(error_response(None, "idle_timeout", "no request for "
+                                                 f"{self._idle_timeout():.0f}s; closing"))
+                return
+            if not data:
+                tail = splitter.pending()
+                if tail.strip():
+                    await self._serve_line(client, tail)
+                return
+            for line in splitter.feed(data):
+                await self._serve_line(client, line)
+
+    async def _serve_line(self, client: _Client, line: bytes | TooLong) -> None:
+        self._served += 1
+        if isinstance(line, TooLong):
+            await self._reject(client, None, "-", ProtocolError(
+                "too_long", "request line exceeds 64 KiB; it was discarded"))
+            return
+        if not line.strip():
+            return
+        try:
+            request = parse_request(line)
+        except ProtocolError as exc:
+            await self._reject(client, exc.request_id, "-", exc)
+            return
+        await self._dispatch(client, request)
+
+    async def _reject(self, client: _Client, request_id: RequestId, command: str,
+                      error: ProtocolError) -> None:
+        self._account(client.peer, command, "invalid", error.code, error.message)
+        await client.send(error_response(request_id, error.code, error.message))
+
+    # -- dispatch --------------------------------------------------------------------------
+    async def _dispatch(self, client: _Client, request: Request) -> None:
+        command = self.commands.get(request.cmd)
+        label = request.cmd if command is not None else "unknown"
+        outcome, detail = "internal", ""
+        try:
+            data = await self._run(client, request, command)
+            outcome = "ok"
+            await client.send(ok_response(request.id, data))
+        except ProtocolError as exc:
+            outcome, detail = exc.code, exc.message
+            await client.send(error_response(request.id, exc.code, exc.message))
+        except GatedFailure as exc:
+            outcome, detail = "failed", str(exc)
+            await client.send(error_response(request.id, "failed", str(exc), exc.details()))
+        except RefusedError as exc:
+            outcome, detail = "refused", str(exc)
+            await client.send(error_response(request.id, "refused", str(exc)))
+        except (ActionError, WatchdogError) as exc:
+            outcome, detail = "failed", str(exc)
+            await client.send(error_response(request.id, "failed", str(exc)))
+        except Exception as exc:
+            log.exception("control command %s failed unexpectedly", request.cmd)
+            detail = f"{type(exc).__name__}: {exc}"
+            await client.send(error_response(request.id, "internal", "internal error: "
+                                             f"{detail}; see the daemon log"))
+        finally:
+            self._account(client.peer, request.cmd, label, outcome,
+                          _detail(request.args, detail))
+
+    async def _run(self, client: _Client, request: Request, command: Command | None) -> Any:
+        if command is None:
+            raise ProtocolError("unknown_command", f"unknown command {request.cmd[:100]!r}; "
+                                f"known: {', '.join(sorted(self.commands))}")
+        cfg = self.hub.config.control
+        role = role_of(client.peer, readers=cfg.readers, operators=cfg.operators)
+        if not allowed(role, command.role):
+            raise ProtocolError("denied", f"{client.peer.user} (uid {client.peer.uid}) may not "
+                                f"run {command.name}: it needs the {command.role} role "
+                                "([control] readers/operators)")
+        args = validate_args(command.name, request.args, command.args)
+        return await command.handler(self._context(client, request.id), args)
+
+    def _context(self, client: _Client, request_id: RequestId) -> Context:
+        async def progress(stage: str, message: str) -> None:
+            await client.send(progress_event(request_id, stage, message, self.hub.clock()))
+        return Context(hub=self.hub, peer=client.peer, approvals=self.approvals,
+                       gated=self.gated, progress=progress, run_exclusive=self._run_exclusive)
+
+    async def _run_exclusive(self, work: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``work`` in its own task, one at a time; the caller's cancellation does not
+        cancel it (a client hanging up mid-restore must not leave a half-done restore)."""
+        if self._exclusive.locked():
+            raise RefusedError("approving", "another gated action is running; wait for it to "
+                               "finish (see `status`) and approve again")
+        async with self._exclusive:
+            self._running_action = asyncio.create_task(_call(work))
+            try:
+                return await asyncio.shield(self._running_action)
+            finally:
+                if self._running_action.done():
+                    self._running_action = None
+
+    def _account(self, peer: Peer, command: str, label: str, outcome: str, detail: str) -> None:
+        self.hub.metrics.control_requests.labels(command=label, outcome=outcome).inc()
+        try:
+            self.hub.store.audit(uid=peer.uid, user=peer.user, command=command[:100],
+                                 outcome=outcome, detail=detail[:1000])
+        except WatchdogError as exc:
+            log.error("cannot write the control audit log: %s", exc)
+
+
+async def _call(work: Callable[[], Awaitable[Any]]) -> Any:
+    return await work()
+
+
+def _detail(args: Mapping[str, Any], message: str) -> str:
+    """Arguments as audited: tokens appear only as a short hash prefix."""
+    shown = {k: (f"sha256:{hash_token(str(v))[:12]}" if k == "token" else v)
+             for k, v in args.items()}
+    text = json.dumps(shown, default=str, sort_keys=True)
+    return f"{text} {message}".strip()
+
+
+def _bind(path: Path, group: str) -> socket.socket:
+    """Create the listening socket with its final mode and group before it accepts anyone."""
+    if len(os.fsencode(path)) > SUN_PATH_MAX:
+        raise FatalError(f"control socket path {path} is longer than {SUN_PATH_MAX} bytes; "
+                         "choose a shorter [control] socket")
+    gid = _group_id(group)
+    _claim(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, SOCKET_MODE)
+        if gid is not None:
+            os.chown(path, -1, gid)
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        raise FatalError(f"cannot create control socket {path}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _group_id(group: str) -> int | None:
+    if not group:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise FatalError(f"[control] group {group!r} does not exist; create it or fix the "
+                         "config") from None
+
+
+def _claim(path: Path) -> None:
+    """Remove a stale socket; refuse a live one or anything that is not a socket."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FatalError(f"{path} exists and is not a socket; move it away or fix "
+                         "[control] socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.info("replacing stale control socket %s", path)
+        path.unlink(missing_ok=True)
+        return
+    except OSError as exc:
+        raise FatalError(f"cannot check existing control socket {path}: {exc.strerror}") from None
+    finally:
+        probe.close()
+    raise FatalError(f"another process is serving the control socket {path} (is another "
+                     "brace-watchdog running?); stop it or choose another [control] socket")
+
+
+def _default_gated(hub: Hub) -> dict[str, GatedAction]:
+    actions: list[GatedAction] = [DbRollback(hub), PgHbaRollback(hub), DockerDaemonRollback(hub)]
+    return {action.name: action for action in actions}
