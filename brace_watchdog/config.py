@@ -336,11 +336,20 @@ def _url(reader: TableReader, key: str, default: str, *, optional: bool) -> str:
     value = reader.string(key, default)
     if not value and optional:
         return ""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not _is_http_url(value):
         reader.error(key, f"must be an http(s) URL with a host, not {value!r}")
         return default
     return value
+
+
+def _is_http_url(value: str) -> bool:
+    """http(s) with a host and a valid port; urlsplit raises on e.g. ``http://[::1``."""
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError for ports out of range / not numeric
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _interval(reader: TableReader, key: str, default: float) -> float:
@@ -549,8 +558,7 @@ def _notify(r: TableReader, env: Mapping[str, str]) -> NotifyConfig:
     if extra:
         urls.append(extra)
     for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if not _is_http_url(url):
             r.error("webhook_urls", "entries must be http(s) URLs (value hidden: it is a secret)")
     cfg = NotifyConfig(
         webhook_urls=tuple(Secret(u) for u in urls),

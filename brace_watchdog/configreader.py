@@ -9,12 +9,14 @@ mistakes is reported once with all five.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
 __all__ = ["Problems", "TableReader", "parse_listen_address"]
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 _MISSING: Any = object()
 
 
@@ -111,6 +113,9 @@ class TableReader:
             self.error(key, f"must be a number, not {_type_name(value)}")
             return default
         number = float(value)
+        if not math.isfinite(number):
+            self.error(key, f"must be a finite number, not {value}")
+            return default
         if above is not None and not number > above:
             self.error(key, f"must be > {_fmt(above)}")
             return default
@@ -133,8 +138,8 @@ class TableReader:
         for key in sorted(set(self._table) - self._seen):
             self.error(key, "unknown key")
 
-    def _bounded(self, key: str, value: Any, default: Any, minimum: Any, maximum: Any,
-                 *, strict: bool) -> Any:
+    def _bounded(self, key: str, value: N, default: N, minimum: float | None,
+                 maximum: float | None, *, strict: bool) -> N:
         del strict
         if minimum is not None and value < minimum:
             self.error(key, f"must be >= {_fmt(minimum)}")
