@@ -156,7 +156,7 @@ class AlertsMonitor(Component):
             self._hub.record("alertmanager.down", self.name, message, severity="warning")
             self._state.update(up=False)
         else:
-            log.warning("%s", message)
+            log.debug("%s", message)          # the transition already logged a warning
         return message
 
     async def _reachable(self) -> None:
