@@ -24,8 +24,8 @@ from brace_watchdog.metrics import Metrics
 from brace_watchdog.monitors.alerts import AlertsMonitor
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import StateStore
-from tests.support.skips import skip_or_fail
 from tests.support.net import free_port
+from tests.support.skips import skip_or_fail
 from tests.support.webserver import switchable_server
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
