@@ -24,6 +24,7 @@ PREFIX      ?= /usr/local
 DESTDIR     ?=
 LIBDIR      := $(PREFIX)/lib/brace-watchdog
 BINDIR      := $(PREFIX)/bin
+DOCDIR      := $(PREFIX)/share/doc/brace-watchdog
 CONFDIR     ?= /etc/brace-watchdog
 # Distribution packages (PREFIX=/usr) ship units in /usr/lib; local installs go to /etc.
 UNITDIR     ?= $(if $(filter /usr,$(PREFIX)),/usr/lib/systemd/system,/etc/systemd/system)
@@ -86,9 +87,10 @@ install:
 	ln -sf $(LIBDIR)/bin/brace-watchdog $(DESTDIR)$(BINDIR)/brace-watchdog
 	ln -sf $(LIBDIR)/bin/brace-watchdogctl $(DESTDIR)$(BINDIR)/brace-watchdogctl
 	install -d $(DESTDIR)$(UNITDIR)
-	sed 's|/usr/local/bin/brace-watchdog|$(BINDIR)/brace-watchdog|g' \
+	sed 's|/usr/local/|$(PREFIX)/|g' \
 		systemd/brace-watchdog.service > $(DESTDIR)$(UNITDIR)/brace-watchdog.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/brace-watchdog.service
+	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -d -m 0750 $(DESTDIR)$(CONFDIR)
 	[ -e $(DESTDIR)$(CONFDIR)/brace-watchdog.toml ] || \
 		install -m 0640 etc/brace-watchdog.production.toml $(DESTDIR)$(CONFDIR)/brace-watchdog.toml
