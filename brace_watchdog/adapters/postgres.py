@@ -39,7 +39,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.adapters.process import CommandResult, run_command
-from brace_watchdog.errors import ActionError, CommandError, PostgresError
+from brace_watchdog.errors import ActionError, CommandError, DockerError, PostgresError
 
 __all__ = [
     "CONTAINER_LABEL",
@@ -48,6 +48,8 @@ __all__ = [
     "DockerServer",
     "LocalServer",
     "ThrowawayServer",
+    "free_port",
+    "pid_alive",
     "remove_docker_orphans",
     "remove_local_orphans",
 ]
@@ -343,6 +345,7 @@ class DockerServer(ThrowawayServer):
         self.run_id = run_id or secrets.token_hex(6)
         self.extra_labels = dict(labels or {})
         self.container_id: str | None = None
+        self._creating: asyncio.Future[str] | None = None
         self.inner_port = 0
 
     def _tool(self, name: str) -> str:
@@ -385,7 +388,8 @@ class DockerServer(ThrowawayServer):
         if self.throwaway_settings:
             command = ["postgres"] + [arg for k, v in THROWAWAY_SETTINGS.items()
                                       for arg in ("-c", f"{k}={v}")]
-        self.container_id = await self.docker.run_container(
+        # shielded: a cancellation must not lose the id of a container that is being created
+        self._creating = asyncio.ensure_future(self.docker.run_container(
             self.image, name=f"{LOCAL_PREFIX}{self.run_id}", command=command,
             environment={"POSTGRES_PASSWORD": self.password, "PGPORT": str(self.inner_port),
                          "PGDATA": "/var/lib/postgresql/data/pgdata"},
@@ -393,12 +397,23 @@ class DockerServer(ThrowawayServer):
                     RUN_LABEL: self.run_id, **self.extra_labels},
             network_mode=self.network,
             ports=None if self.network == "host" else {"5432/tcp": ("127.0.0.1", host_port)},
-            volumes={str(self.dump): {"bind": self._dump_path(), "mode": "ro"}})
+            volumes={str(self.dump): {"bind": self._dump_path(), "mode": "ro"}}))
+        try:
+            self.container_id = await asyncio.shield(self._creating)
+        except DockerError as exc:
+            raise ActionError("starting", f"cannot start a container of {self.image}: {exc}"
+                              ) from None
         await self.wait_ready()
 
     async def stop(self) -> None:
-        container_id, self.container_id = self.container_id, None
-        if container_id is not None:
+        """Remove our container, also one whose creation failed half-way (found by run id)."""
+        creating, self._creating = self._creating, None
+        if creating is not None and not creating.done():
+            with contextlib.suppress(Exception):
+                await creating
+        self.container_id = None
+        for container_id, _ in await self.docker.containers_with_label(
+                f"{RUN_LABEL}={self.run_id}"):
             await self.docker.remove_container(container_id)
 
 

@@ -8,8 +8,6 @@ stage and message. Cancellation and orphan removal check that nothing is left in
 from __future__ import annotations
 
 import asyncio
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,42 +21,32 @@ from brace_watchdog.actions.restore_test import (
     RestoreTestScheduler,
     cli_restore_test,
 )
-from brace_watchdog.adapters.postgres import LOCAL_PREFIX, LocalServer, remove_local_orphans
-from brace_watchdog.config import Config, parse_config
+from brace_watchdog.adapters.postgres import LocalServer, remove_local_orphans
+from brace_watchdog.config import Config
 from brace_watchdog.errors import RefusedError
 from brace_watchdog.metrics import Metrics
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import StateStore
-from tests.support.pg import PG_BIN, PgCluster, make_brace_dump, start_cluster
+from tests.integration.restore_fixtures import (
+    brace_dump,
+    leftovers,
+    make_config,
+    others_alive,
+    source_cluster,
+)
+from tests.support.pg import PgCluster, make_brace_dump
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-TMP = Path(tempfile.gettempdir())
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL binaries not found in {PG_BIN}")
-    cluster = start_cluster(tmp_path_factory.mktemp("source"))
-    yield cluster
-    cluster.stop()
+    yield from source_cluster(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def good_dump(source: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("backups")
-    return make_brace_dump(source, folder / "brace_20260203_045206.dump", rows=120).path
-
-
-def make_config(backups: Path, **restore: Any) -> Config:
-    return parse_config({"backups": {"directory": str(backups)},
-                         "daemon": {"state_path": str(backups / "state.db")},
-                         "restore_test": {"backend": "local", **restore}})
-
-
-def leftovers() -> list[Path]:
-    return list(TMP.glob(f"{LOCAL_PREFIX}{os.getpid()}-*"))
+    return brace_dump(source, tmp_path_factory)
 
 
 async def run_local(dump: Path, **restore: Any) -> RestoreResult:
@@ -192,7 +180,7 @@ async def test_orphans_of_dead_owner_are_removed(good_dump: Path) -> None:
     assert server.workdir is not None and server.workdir.exists()
     kept = await remove_local_orphans()
     assert server.workdir.exists() and kept == []
-    removed = await remove_local_orphans(alive=lambda pid: False)
+    removed = await remove_local_orphans(alive=others_alive)
     assert server.workdir in removed and not server.workdir.exists()
     server.workdir = None
 

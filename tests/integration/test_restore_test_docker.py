@@ -1,0 +1,158 @@
+"""Restore tests through the ``docker`` backend against the real engine.
+
+The PostgreSQL image is the infra helper's offline-built ``brace-test/postgres:15`` (official
+image contract). Containers use host networking (the engine runs with ``--bridge=none``) and
+carry ``brace-watchdog.test=1`` besides the daemon's own labels. After every test no container
+of this test process may remain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from brace_watchdog.actions.restore_run import RestoreResult, RestoreRun, server_factory
+from brace_watchdog.adapters.docker import DockerAdapter
+from brace_watchdog.adapters.postgres import (
+    CONTAINER_LABEL,
+    OWNER_LABEL,
+    DockerServer,
+    remove_docker_orphans,
+)
+from tests.integration.restore_fixtures import (
+    brace_dump,
+    make_config,
+    others_alive,
+    source_cluster,
+)
+from tests.support.pg import PgCluster
+
+pytestmark = [pytest.mark.docker, pytest.mark.postgres, pytest.mark.slow]
+
+TEST_LABELS = {"brace-watchdog.test": "1"}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+    yield from source_cluster(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def good_dump(source: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return brace_dump(source, tmp_path_factory)
+
+
+@pytest.fixture
+def adapter(docker_client: docker.DockerClient) -> Iterator[DockerAdapter]:
+    engine = DockerAdapter()
+    yield engine
+    engine.close()
+    assert ours(docker_client) == [], "restore-test containers left behind"
+
+
+def ours(client: docker.DockerClient) -> list[str]:
+    found = client.containers.list(all=True, filters={"label": [
+        f"{CONTAINER_LABEL}=1", f"{OWNER_LABEL}={os.getpid()}"]})
+    return [c.name for c in found]
+
+
+async def run_docker(adapter: DockerAdapter, dump: Path, image: str, *, attempts: int = 120,
+                     **restore: Any) -> RestoreResult:
+    cfg = make_config(dump.parent, backend="docker", image=image, network="host",
+                      **restore).restore_test
+    factory = server_factory(cfg, docker=adapter, ready_attempts=attempts, ready_wait=0.25,
+                             labels=TEST_LABELS)
+    return await RestoreRun(cfg, dump, factory).execute()
+
+
+async def test_good_dump_passes_inside_the_container(adapter: DockerAdapter, good_dump: Path,
+                                                     postgres_image: str) -> None:
+    result = await run_docker(adapter, good_dump, postgres_image, jobs=2,
+                              verify_queries=["select count(*) = 120 from orders"],
+                              freshness_query="select max(created_at) from orders")
+    assert result.passed, result.message
+    assert result.backend == "docker"
+    assert result.pg_version.startswith("15.")
+    assert result.alembic_revision == "abc123"
+    assert result.table_counts["public.users"] == 120
+
+
+async def test_missing_image_fails_at_starting(adapter: DockerAdapter, good_dump: Path) -> None:
+    result = await run_docker(adapter, good_dump, "brace-test/no-such-image:0")
+    assert (result.passed, result.stage) == (False, "starting")
+    assert "is not present on this docker engine" in result.message
+
+
+async def test_dump_newer_than_image_is_refused(adapter: DockerAdapter, good_dump: Path,
+                                                tmp_path: Path, postgres_image: str) -> None:
+    data = good_dump.read_bytes()
+    newer = tmp_path / good_dump.name
+    newer.write_bytes(data[:200].replace(b"15.", b"17.") + data[200:])
+    result = await run_docker(adapter, newer, postgres_image)
+    assert (result.passed, result.stage) == (False, "starting")
+    assert "needs PostgreSQL 17" in result.message and "runs PostgreSQL 15" in result.message
+
+
+@pytest.fixture
+def sleeper_image(docker_client: docker.DockerClient, busybox_image: str) -> Iterator[str]:
+    """busybox that sleeps forever: a container that runs but never answers pg_isready."""
+    repository, version = "brace-test/sleeper", str(os.getpid())
+    tag = f"{repository}:{version}"
+    container = docker_client.containers.create(busybox_image, ["true"], labels=TEST_LABELS)
+    try:
+        container.commit(repository=repository, tag=version,
+                         changes=['CMD ["sleep", "3600"]', "LABEL brace-watchdog.test=1"])
+    finally:
+        container.remove(force=True)
+    yield tag
+    docker_client.images.remove(tag, force=True)
+
+
+async def test_container_that_never_becomes_ready(adapter: DockerAdapter, good_dump: Path,
+                                                  sleeper_image: str) -> None:
+    result = await run_docker(adapter, good_dump, sleeper_image, attempts=4,
+                              throwaway_settings=False)
+    assert (result.passed, result.stage) == (False, "starting")
+    assert "not ready after 4 checks" in result.message
+
+
+async def test_image_without_postgres_fails_at_starting(adapter: DockerAdapter, good_dump: Path,
+                                                        busybox_image: str) -> None:
+    result = await run_docker(adapter, good_dump, busybox_image, attempts=8)
+    assert (result.passed, result.stage) == (False, "starting")
+    assert "postgres" in result.message
+
+
+async def test_cancel_mid_restore_leaves_no_container(adapter: DockerAdapter, good_dump: Path,
+                                                      postgres_image: str) -> None:
+    cfg = make_config(good_dump.parent, backend="docker", image=postgres_image,
+                      network="host").restore_test
+    task: asyncio.Task[RestoreResult] | None = None
+
+    def on_stage(stage: str, line: str) -> None:
+        if stage == "restoring" and task is not None:
+            task.cancel()
+
+    factory = server_factory(cfg, docker=adapter, ready_wait=0.25, labels=TEST_LABELS)
+    task = asyncio.create_task(RestoreRun(cfg, good_dump, factory, on_stage=on_stage).execute())
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_orphaned_container_is_removed(adapter: DockerAdapter, good_dump: Path,
+                                             postgres_image: str,
+                                             docker_client: docker.DockerClient) -> None:
+    server = DockerServer(good_dump, adapter, image=postgres_image, labels=TEST_LABELS,
+                          ready_wait=0.25)
+    await server.start()
+    assert await remove_docker_orphans(adapter) == []
+    assert len(ours(docker_client)) == 1
+    removed = await remove_docker_orphans(adapter, alive=others_alive)
+    assert removed == [server.container_id]
+    await server.stop()
