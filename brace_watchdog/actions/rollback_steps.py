@@ -1,0 +1,222 @@
+"""How an app rollback is planned, carried out and verified — the steps, not the decision.
+
+* :func:`build_plan` (pure) turns the known-good release and the running one into a
+  :class:`RollbackPlan`: in ``retag`` mode the tags the compose file uses are pointed back at the
+  known-good image IDs, and when the config changed too the daemon's snapshot of the known-good
+  compose file (and ``.env``) is used with the original working dir and project; in
+  ``release_dir`` mode the compose command runs in the known-good release's own directory.
+* :class:`RollbackSteps` executes a plan through the docker and compose adapters.
+* :func:`verify_images` and :func:`verify_probes` prove the result: the containers really run the
+  known-good image IDs, then N consecutive OK probes of the backend and the frontend.
+
+Every failure is an :class:`~brace_watchdog.errors.ActionError` naming its stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from brace_watchdog.adapters.compose import ComposeCLI, UpPlan
+from brace_watchdog.adapters.docker import DockerAdapter
+from brace_watchdog.config import RollbackConfig
+from brace_watchdog.errors import ActionError, AdapterError
+from brace_watchdog.monitors.health import probe
+from brace_watchdog.releases import Release, build_release, pin_tag
+
+__all__ = ["RollbackPlan", "RollbackSteps", "Snapshot", "build_plan", "pin_refs", "split_ref",
+           "verify_images", "verify_probes"]
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The known-good compose file and ``.env`` as the daemon kept them."""
+
+    compose_name: str
+    compose: bytes | None
+    env: bytes | None
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    mode: str
+    target: Release
+    current: Release | None
+    retags: tuple[tuple[str, str], ...]
+    config_changed: bool
+    snapshot_dir: str
+    up: UpPlan
+    argv: tuple[str, ...]
+    snapshot: Snapshot | None = field(default=None, compare=False)
+
+    @property
+    def expected_images(self) -> dict[str, str]:
+        return self.target.image_ids()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "target": self.target.to_dict(),
+                "current": self.current.to_dict() if self.current else None,
+                "retags": [{"tag": ref, "image_id": image} for ref, image in self.retags],
+                "config_changed": self.config_changed, "snapshot_dir": self.snapshot_dir,
+                "up": self.up.to_dict(), "argv": list(self.argv),
+                "expected_images": self.expected_images}
+
+
+def _config_changed(target: Release, current: Release | None) -> bool:
+    if current is None or current.working_dir != target.working_dir:
+        return True
+    return any((current.service(s.service) or s).config_hash != s.config_hash
+               for s in target.services) or len(current.services) != len(target.services)
+
+
+def build_plan(cfg: RollbackConfig, target: Release, current: Release | None, *,
+               snapshot: Snapshot | None, snapshot_dir: Path, compose: ComposeCLI) -> RollbackPlan:
+    """Decide the concrete steps; pure (writing the snapshot happens when the plan runs)."""
+    changed = _config_changed(target, current)
+    services = tuple(cfg.services)
+    retags: tuple[tuple[str, str], ...] = ()
+    if cfg.mode == "release_dir":
+        files = target.config_files or (str(cfg.compose_file),)
+        up = UpPlan(files=tuple(files), project=cfg.project, services=services,
+                    cwd=target.working_dir or str(Path(files[0]).parent))
+    else:
+        retags = tuple((s.image_ref, s.image_id) for s in target.services
+                       if s.image_ref and not s.image_ref.startswith("sha256:")
+                       and "@" not in s.image_ref)
+        if changed and snapshot is not None and snapshot.compose is not None:
+            env_file = str(snapshot_dir / ".env") if snapshot.env is not None else ""
+            workdir = target.working_dir or str(cfg.compose_file.parent)
+            up = UpPlan(files=(str(snapshot_dir / snapshot.compose_name),), project=cfg.project,
+                        services=services, cwd=workdir, project_directory=workdir,
+                        env_file=env_file)
+        else:
+            up = UpPlan(files=(str(cfg.compose_file),), project=cfg.project, services=services,
+                        cwd=str(cfg.compose_file.parent))
+    return RollbackPlan(mode=cfg.mode, target=target, current=current, retags=retags,
+                        config_changed=changed, snapshot_dir=str(snapshot_dir), up=up,
+                        argv=tuple(compose.up_argv(up)), snapshot=snapshot)
+
+
+Journal = Callable[[str, dict[str, Any]], None]
+
+
+class RollbackSteps:
+    """Carries out a plan: retag, write the snapshot, run compose. Each step is journalled."""
+
+    def __init__(self, docker: DockerAdapter, compose: ComposeCLI, journal: Journal) -> None:
+        self._docker = docker
+        self._compose = compose
+        self._journal = journal
+
+    async def run(self, plan: RollbackPlan) -> dict[str, Any]:
+        await self._retag(plan)
+        await self._write_snapshot(plan)
+        try:
+            result = await self._compose.up(plan.up)
+        except AdapterError as exc:
+            raise ActionError("compose", f"{exc}") from None
+        output = {"argv": list(result.argv), "returncode": result.returncode,
+                  "stdout": result.stdout[-4000:], "stderr": result.stderr[-4000:],
+                  "duration_seconds": round(result.duration_seconds, 3)}
+        self._journal("compose_done", output)
+        return output
+
+    async def _retag(self, plan: RollbackPlan) -> None:
+        for ref, image_id in plan.retags:
+            repository, tag = split_ref(ref)
+            try:
+                if await self._docker.image_id(image_id) is None:
+                    raise ActionError("retag", f"known-good image {image_id[:19]} for {ref} is "
+                                      "gone (pin removed?); cannot roll back by retagging")
+                await self._docker.tag_image(image_id, repository, tag)
+            except AdapterError as exc:
+                raise ActionError("retag", f"retagging {ref}: {exc}") from None
+        if plan.retags:
+            self._journal("retagged", {"retags": [list(r) for r in plan.retags]})
+
+    async def _write_snapshot(self, plan: RollbackPlan) -> None:
+        snap = plan.snapshot
+        if snap is None or snap.compose is None or plan.up.files[0] == "" or \
+                not plan.up.files[0].startswith(plan.snapshot_dir):
+            return
+        folder = Path(plan.snapshot_dir)
+
+        def write() -> None:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (folder / snap.compose_name).write_bytes(snap.compose or b"")
+            if snap.env is not None:
+                (folder / ".env").write_bytes(snap.env)
+        try:
+            await asyncio.to_thread(write)
+        except OSError as exc:
+            raise ActionError("snapshot", f"cannot write the compose snapshot to {folder}: "
+                              f"{exc.strerror}") from None
+        self._journal("snapshot_written", {"folder": str(folder)})
+
+
+async def verify_images(docker: DockerAdapter, project: str, services: Sequence[str],
+                        expected: dict[str, str], *, within: float, interval: float = 0.5,
+                        clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep,
+                        beat: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Wait until every service runs exactly the expected image ID; ActionError otherwise."""
+    deadline = clock() + within
+    while True:
+        beat()
+        try:
+            obs = build_release(project, services, await docker.compose_containers(project))
+        except AdapterError as exc:
+            raise ActionError("verify_images", str(exc)) from None
+        running = obs.release.image_ids() if obs.release else {}
+        wrong = {s: running.get(s) for s in services if running.get(s) != expected.get(s)}
+        if not wrong and not obs.not_running and not obs.mixed:
+            return {"running": running}
+        if clock() >= deadline:
+            raise ActionError("verify_images", f"services not on the known-good images: "
+                              f"{sorted(wrong) or obs.describe()} (running {running}, expected "
+                              f"{expected}); the compose command did not restore the release")
+        await sleep(interval)
+
+
+async def verify_probes(client: httpx.AsyncClient, urls: dict[str, str], *, successes: int,
+                        within: float, interval: float, ok_statuses: tuple[str, ...],
+                        clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep,
+                        beat: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Require ``successes`` consecutive rounds where every URL answers OK within ``timeout``."""
+    deadline = clock() + within
+    streak, rounds, last = 0, 0, {}
+    while True:
+        beat()
+        samples = await asyncio.gather(*(probe(client, target, url, ok_statuses=ok_statuses)
+                                         for target, url in urls.items()))
+        rounds += 1
+        last = {s.target: f"{s.result} {s.status}".strip() for s in samples}
+        streak = streak + 1 if all(s.result == "ok" for s in samples) else 0
+        if streak >= successes:
+            return {"rounds": rounds, "consecutive_ok": streak, "last": last}
+        if clock() + interval > deadline:
+            raise ActionError("verify_probes", f"no {successes} consecutive OK probes within "
+                              f"{within:.0f}s ({rounds} rounds, last {last})")
+        await sleep(interval)
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """``repo[:tag]`` → (repo, tag); a registry port is not a tag; no tag means ``latest``."""
+    name, _, tag = ref.rpartition(":")
+    if not name or "/" in tag:
+        return ref, "latest"
+    return name, tag
+
+
+def pin_refs(project: str, release: Release) -> list[tuple[str, str, str]]:
+    """(image_id, repository, tag) of the pins that keep ``release``'s images alive."""
+    return [(s.image_id, *pin_tag(project, s.service, release.fingerprint))
+            for s in release.services]

@@ -1,0 +1,198 @@
+"""A throwaway compose stack for the rollback tests: real images, real ``docker-compose``.
+
+Images ``brace-test/web:v1`` (``/api/health`` answers 200) and ``brace-test/web:v2`` (500) are
+committed from the shared busybox image with a tiny HTTP responder. busybox ``httpd`` runs CGI
+only under ``/cgi-bin/`` and this build lacks its proxy feature, so ``/api/health`` could not be
+a CGI path: the responder is ``nc -ll -e`` running a shell handler per connection. The handler
+honours ``HEALTH_STATUS`` (a config-only deploy can break health), ``FLAP_EVERY=n`` (every
+n-th answer is a 500) and a bind-mounted ``override/status`` file (:meth:`Stack.break_health`
+makes *every* release answer that status without changing any release), and logs each request to
+stderr (the container log).
+
+Each :class:`Stack` has a unique compose project, its own image tags (``<project>/backend:current``)
+and free loopback ports; containers use host networking only. :meth:`Stack.destroy` runs
+``docker-compose down`` and removes the stack's tags and the daemon's pins for the project.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+
+from tests.support.images import TEST_LABEL, _build_lock
+from tests.support.net import free_port, wait_for_port
+
+__all__ = ["WEB_REPO", "Stack", "ensure_web_images", "new_stack"]
+
+WEB_REPO = "brace-test/web"
+RECIPE_VERSION = "3"
+COMPOSE = ["docker-compose"]
+PIN_REPOSITORY = "brace-watchdog/pin"
+
+_SERVE = """#!/bin/sh
+trap 'exit 0' TERM INT
+nc -ll -p "${PORT:-8080}" -e /srv/handler &
+wait
+"""
+
+_HANDLER = r"""#!/bin/sh
+read -r method path proto
+while read -r line; do
+  case "$line" in ""|"$(printf '\r')") break;; esac
+done
+status=200
+case "$path" in
+  /api/health*) status="${HEALTH_STATUS:-$(cat /srv/health_status)}"
+    [ -s /srv/override/status ] && status="$(cat /srv/override/status)";;
+esac
+if [ -n "${FLAP_EVERY:-}" ]; then
+  n=$(( $(cat /tmp/count 2>/dev/null || echo 0) + 1 )); echo "$n" > /tmp/count
+  [ $((n % FLAP_EVERY)) -eq 0 ] && status=500
+fi
+echo "$(cat /srv/version) $method $path -> $status" >&2
+body="{\"status\": $status, \"version\": \"$(cat /srv/version)\"}"
+printf 'HTTP/1.0 %s X\r\nContent-Type: application/json\r\nContent-Length: %s\r\n' \
+  "$status" "${#body}"
+printf 'Connection: close\r\n\r\n%s' "$body"
+"""
+
+
+def _files_tar(version: str, status: int) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, text, mode in (("srv/serve", _SERVE, 0o755), ("srv/handler", _HANDLER, 0o755),
+                                 ("srv/health_status", f"{status}\n", 0o644),
+                                 ("srv/version", f"{version}\n", 0o644)):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def ensure_web_images(client: docker.DockerClient, busybox: str) -> dict[str, str]:
+    """Build (once per recipe) ``brace-test/web:v1`` (200) and ``:v2`` (500); return their IDs."""
+    base_id = client.images.get(busybox).id
+    ids: dict[str, str] = {}
+    with _build_lock():
+        for version, status in (("v1", 200), ("v2", 500)):
+            recipe = f"{RECIPE_VERSION}:{base_id}:{status}"
+            tag = f"{WEB_REPO}:{version}"
+            try:
+                image = client.images.get(tag)
+                if image.labels.get("brace-test.recipe") == recipe:
+                    ids[version] = str(image.id)
+                    continue
+            except docker.errors.ImageNotFound:
+                pass
+            container = client.containers.create(busybox, ["true"], labels={TEST_LABEL: "1"})
+            try:
+                container.put_archive("/", _files_tar(version, status))
+                image = container.commit(WEB_REPO, version, changes=[
+                    'CMD ["/srv/serve"]', f"LABEL brace-test.recipe={recipe} {TEST_LABEL}=1"])
+            finally:
+                container.remove(force=True)
+            ids[version] = str(image.id)
+    return ids
+
+
+@dataclass
+class Stack:
+    client: docker.DockerClient
+    project: str
+    root: Path
+    images: dict[str, str]
+    backend_port: int = field(default_factory=free_port)
+    frontend_port: int = field(default_factory=free_port)
+
+    @property
+    def compose_file(self) -> Path:
+        return self.root / "docker-compose.yml"
+
+    def tag(self, service: str) -> str:
+        return f"{self.project}/{service}:current"
+
+    @property
+    def backend_url(self) -> str:
+        return f"http://127.0.0.1:{self.backend_port}/api/health"
+
+    @property
+    def frontend_url(self) -> str:
+        return f"http://127.0.0.1:{self.frontend_port}/"
+
+    def write_compose(self, backend_env: dict[str, str] | None = None) -> None:
+        def service(name: str, port: int, env: dict[str, str]) -> str:
+            lines = [f"  {name}:", f"    image: {self.tag(name)}", "    network_mode: host",
+                     "    volumes:", "      - ./override:/srv/override:ro",
+                     "    stop_grace_period: 2s", "    labels:", f'      {TEST_LABEL}: "1"',
+                     "    environment:", f'      PORT: "{port}"']
+            lines += [f'      {k}: "{v}"' for k, v in sorted(env.items())]
+            return "\n".join(lines)
+        text = "\n".join(['version: "2.4"', "services:",
+                          service("backend", self.backend_port, backend_env or {}),
+                          service("frontend", self.frontend_port, {})]) + "\n"
+        self.compose_file.write_text(text)
+
+    def break_health(self, status: int | None) -> None:
+        """Make the backend of any release answer ``status`` (None: back to the image's own)."""
+        (self.root / "override").mkdir(exist_ok=True)
+        (self.root / "override" / "status").write_text(f"{status}\n" if status else "")
+
+    def set_image(self, service: str, version: str) -> None:
+        """Point the service's tag at web ``version`` (what a release pipeline does)."""
+        repository, _, tag = self.tag(service).rpartition(":")
+        self.client.images.get(self.images[version]).tag(repository, tag)
+
+    def compose(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*COMPOSE, "-f", str(self.compose_file), "-p", self.project, *args],
+                              capture_output=True, text=True, timeout=timeout, check=False,
+                              cwd=self.root)
+
+    def deploy(self, backend: str = "v1", backend_env: dict[str, str] | None = None) -> float:
+        """Release ``backend`` (v1/v2) with ``backend_env``; return the compose command's seconds."""
+        self.set_image("backend", backend)
+        self.set_image("frontend", "v1")
+        self.write_compose(backend_env)
+        (self.root / "override").mkdir(exist_ok=True)
+        started = time.monotonic()
+        result = self.compose("up", "-d", "--no-build")
+        if result.returncode != 0:
+            raise RuntimeError(f"docker-compose up failed: {result.stderr}")
+        elapsed = time.monotonic() - started
+        wait_for_port(self.backend_port, timeout=30)
+        wait_for_port(self.frontend_port, timeout=30)
+        return elapsed
+
+    def running_images(self) -> dict[str, str]:
+        found = self.client.containers.list(
+            filters={"label": f"com.docker.compose.project={self.project}"})
+        return {c.labels["com.docker.compose.service"]: str(c.attrs["Image"]) for c in found}
+
+    def pins(self) -> list[str]:
+        return sorted(t for image in self.client.images.list(name=PIN_REPOSITORY)
+                      for t in image.tags if t.startswith(f"{PIN_REPOSITORY}:{self.project}-"))
+
+    def destroy(self) -> None:
+        if self.compose_file.exists():
+            self.compose("down", "-t", "1", "--remove-orphans")
+        for container in self.client.containers.list(
+                all=True, filters={"label": f"com.docker.compose.project={self.project}"}):
+            container.remove(force=True)
+        for ref in [*self.pins(), self.tag("backend"), self.tag("frontend")]:
+            try:
+                self.client.images.remove(ref, noprune=True)
+            except docker.errors.ImageNotFound:
+                pass
+
+
+def new_stack(client: docker.DockerClient, root: Path, images: dict[str, str]) -> Stack:
+    project = f"bwt{os.getpid()}x{time.monotonic_ns() % 10**8}"
+    root.mkdir(parents=True, exist_ok=True)
+    return Stack(client=client, project=project, root=root, images=images)
