@@ -1,0 +1,269 @@
+"""The control socket against a real unix socket: permissions, peer credentials (a client really
+running as another uid), protocol errors, audit, progress streaming and approvals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from brace_watchdog.control.commands.base import Command
+from brace_watchdog.control.commands.gated import _planner
+from brace_watchdog.control.server import ControlServer
+from brace_watchdog.errors import FatalError
+from tests.integration.control_helpers import (
+    Env,
+    TouchAction,
+    call,
+    control_server,
+    ctl,
+    read_until_result,
+    result,
+    short_dir,
+)
+
+NOGROUP = "nogroup"
+
+
+async def test_socket_mode_and_group(tmp_path: Path) -> None:
+    async with control_server(tmp_path, {"control": {"group": NOGROUP}}) as env:
+        info = env.socket.stat()
+        assert stat.S_ISSOCK(info.st_mode)
+        assert stat.S_IMODE(info.st_mode) == 0o660
+        assert info.st_gid == 65534
+    assert not env.socket.exists()
+
+
+async def test_status_as_root_is_served_audited_and_counted(tmp_path: Path) -> None:
+    async with control_server(tmp_path) as env:
+        reply = await result(env.socket, "status")
+        assert reply["ok"] and reply["data"]["peer"] == {"uid": 0, "user": "root"}
+        audit = env.hub.store.audit_log()
+        assert (audit[0]["uid"], audit[0]["user"], audit[0]["command"], audit[0]["outcome"]) == (
+            0, "root", "status", "ok")
+        assert env.requests("status", "ok") == 1
+
+
+async def test_errors_do_not_close_the_connection(tmp_path: Path) -> None:
+    async with control_server(tmp_path) as env:
+        reader, writer = await asyncio.open_unix_connection(str(env.socket))
+        lines = [b"garbage\n", b'{"v": 1, "id": 2, "cmd": "nope"}\n',
+                 b'{"v": 1, "id": 3, "cmd": "events", "args": {"limit": "ten"}}\n',
+                 b'{"v": 7, "id": 4, "cmd": "status"}\n',
+                 b"x" * 70_000 + b"\n",
+                 b'{"v": 1, "id": 5, "cmd": "status"}\n']
+        writer.write(b"".join(lines))
+        await writer.drain()
+        codes = []
+        for _ in lines:
+            reply = (await read_until_result(reader))[-1]
+            codes.append((reply["id"], reply["ok"] or reply["error"]["code"]))
+        assert codes == [(None, "invalid_json"), (2, "unknown_command"), (3, "bad_args"),
+                         (4, "bad_request"), (None, "too_long"), (5, True)]
+        writer.close()
+        await writer.wait_closed()
+        outcomes = [row["outcome"] for row in env.hub.store.audit_log()][::-1]
+        assert outcomes == ["invalid_json", "unknown_command", "bad_args", "bad_request",
+                            "too_long", "ok"]
+        assert env.requests("unknown", "unknown_command") == 1
+        assert env.requests("invalid", "too_long") == 1
+
+
+async def test_idle_client_is_told_and_dropped_others_unaffected(tmp_path: Path) -> None:
+    async with control_server(tmp_path, {"control": {"idle_timeout_seconds": 0.3}}) as env:
+        reader, writer = await asyncio.open_unix_connection(str(env.socket))
+        reply = json.loads(await asyncio.wait_for(reader.readline(), 5))
+        assert reply["error"]["code"] == "idle_timeout"
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        assert (await result(env.socket, "status"))["ok"]
+
+
+async def test_stale_socket_is_replaced(tmp_path: Path) -> None:
+    folder = short_dir()
+    path = folder / "control.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()
+    async with control_server(tmp_path, {"control": {"socket": str(path)}}) as env:
+        assert (await result(env.socket, "status"))["ok"]
+
+
+async def test_live_socket_and_non_socket_are_startup_errors(tmp_path: Path) -> None:
+    async with control_server(tmp_path) as env:
+        with pytest.raises(FatalError, match="another process is serving"):
+            await ControlServer(env.hub).start()
+        assert (await result(env.socket, "status"))["ok"]
+        other = env.socket.with_name("plain")
+        other.write_text("x")
+        with pytest.raises(FatalError, match="is not a socket"):
+            await ControlServer(env.hub, socket_path=other).start()
+
+
+async def test_unknown_group_is_a_startup_error(tmp_path: Path) -> None:
+    with pytest.raises(FatalError, match="group 'no-such-group-x'"):
+        async with control_server(tmp_path, {"control": {"group": "no-such-group-x"}}):
+            pass
+
+
+async def test_other_uid_is_refused_by_peer_credentials(tmp_path: Path) -> None:
+    async with control_server(tmp_path, {"control": {"group": NOGROUP}}) as env:
+        run = await ctl("--socket", str(env.socket), "status", as_nobody=True)
+        assert run.code == 3, run
+        assert "nobody (uid 65534) may not run status" in run.err
+        row = env.hub.store.audit_log()[0]
+        assert (row["uid"], row["user"], row["outcome"]) == (65534, "nobody", "denied")
+        assert env.requests("status", "denied") == 1
+
+
+async def test_reader_may_query_but_not_act(tmp_path: Path) -> None:
+    raw = {"control": {"group": NOGROUP, "readers": ["nobody"]}}
+    async with control_server(tmp_path, raw) as env:
+        run = await ctl("--socket", str(env.socket), "status", "--json", as_nobody=True)
+        assert run.code == 0, run
+        assert run.json()["peer"]["uid"] == 65534
+        run = await ctl("--socket", str(env.socket), "freeze", as_nobody=True)
+        assert run.code == 3 and "needs the operator role" in run.err
+        assert env.hub.frozen() is None
+
+
+async def test_operator_commands_freeze_unfreeze_ack(tmp_path: Path) -> None:
+    async with control_server(tmp_path) as env:
+        assert (await result(env.socket, "freeze", {"reason": "testing"}))["ok"]
+        frozen = env.hub.frozen()
+        assert frozen is not None and frozen["reason"] == "testing"
+        assert frozen["by"] == "root (uid 0)"
+        await env.hub.escalate("test", "something broke", source="test")
+        reply = await result(env.socket, "ack")
+        assert reply["data"]["acknowledged"]["message"] == "something broke"
+        assert env.hub.escalation() is None
+        assert (await result(env.socket, "unfreeze"))["ok"]
+        assert env.hub.frozen() is None
+        kinds = [e["kind"] for e in (await result(env.socket, "events"))["data"]["events"]]
+        assert {"automation.frozen", "escalation.acknowledged", "automation.unfrozen"} <= set(
+            kinds)
+
+
+async def test_explain_and_timeline(tmp_path: Path) -> None:
+    async with control_server(tmp_path) as env:
+        hub = env.hub
+        hub.record("health.failing", "health", "backend 5xx", severity="warning",
+                   evidence={"ratio": 0.8})
+        action = hub.store.begin_action("rollback", origin="rollback", plan={"to": "v1"})
+        hub.store.journal_step(action, "done", status="succeeded", result="rolled back")
+        event_id = hub.record("decision", "rollback", "sustained 5xx", evidence={"ratio": 0.8},
+                              action_id=action)
+        reply = await result(env.socket, "explain", {"id": event_id})
+        assert reply["data"]["event"]["evidence"] == {"ratio": 0.8}
+        assert reply["data"]["action"]["id"] == action
+        assert len(reply["data"]["journal"]) >= 2
+        missing = await result(env.socket, "explain", {"id": 99999})
+        assert missing["error"]["code"] == "bad_args"
+        markdown = (await result(env.socket, "timeline", {"action_id": action}))["data"][
+            "markdown"]
+        assert markdown.startswith("# Post-mortem draft: rollback #")
+        assert "First failure seen" in markdown and "backend 5xx" in markdown
+        assert "## Root cause" in markdown
+
+
+async def test_backups_list_scans_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "brace_20260101_000000.dump").write_bytes(b"PGDMP" + b"\0" * 100)
+    (tmp_path / "brace_20260102_000000.dump").write_bytes(b"nope")
+    os.utime(tmp_path / "brace_20260101_000000.dump", (1, 1))
+    async with control_server(tmp_path) as env:
+        env.hub.store.record_restore_result(started_at=1, finished_at=2,
+                                            dump_name="brace_20260101_000000.dump", dump_size=105,
+                                            passed=True)
+        data = (await result(env.socket, "backups"))["data"]
+        by_name = {b["name"]: b for b in data["backups"]}
+        assert by_name["brace_20260101_000000.dump"]["valid"]
+        assert by_name["brace_20260101_000000.dump"]["last_restore_test"]["passed"]
+        assert not by_name["brace_20260102_000000.dump"]["valid"]
+
+
+async def test_unconfigured_component_is_unavailable(tmp_path: Path) -> None:
+    async with control_server(tmp_path) as env:
+        for cmd in ("restore-test", "rollback-app"):
+            reply = await result(env.socket, cmd)
+            assert reply["error"]["code"] == "unavailable", reply
+
+
+# -- approvals through the socket ----------------------------------------------------------
+def add_touch_planner(env: Env) -> None:
+    """Serve ``plan-touch``: the planning half of the harmless test action."""
+    env.server.commands = {**env.server.commands,
+                           "plan-touch": Command("plan-touch", "operator", _planner("touch"))}
+
+
+async def test_plan_approve_streams_progress_and_links_the_token(tmp_path: Path) -> None:
+    action = TouchAction(tmp_path / "touched")
+    async with control_server(tmp_path, gated={"touch": action}) as env:
+        add_touch_planner(env)
+        plan = (await result(env.socket, "plan-touch"))["data"]
+        assert plan["steps"] == ["append a line"] and plan["target"] == "touch"
+        assert not (tmp_path / "touched").exists()
+        messages = await call(env.socket, "approve", {"token": plan["token"]})
+        assert [m["event"] for m in messages] == ["progress", "progress", "result"]
+        assert messages[0]["stage"] == "starting" and messages[-1]["ok"]
+        assert (tmp_path / "touched").read_text() == "root->root\n"
+        again = await result(env.socket, "approve", {"token": plan["token"]})
+        assert again["error"]["code"] == "refused" and "already used" in again["error"]["message"]
+        altered = await result(env.socket, "approve", {"token": plan["token"][:-2] + "zz"})
+        assert altered["error"]["code"] == "refused"
+        audit = json.dumps(env.hub.store.audit_log())
+        assert plan["token"] not in audit
+        assert env.registry.get_sample_value("brace_gated_actions_total",
+                                             {"action": "touch", "result": "succeeded"}) == 1
+
+
+async def test_expired_token_is_refused_over_the_socket(tmp_path: Path) -> None:
+    now = [1_000_000.0]
+    action = TouchAction(tmp_path / "touched")
+    async with control_server(tmp_path, {"control": {"token_ttl_seconds": 60}},
+                              gated={"touch": action}, clock=lambda: now[0]) as env:
+        add_touch_planner(env)
+        token = (await result(env.socket, "plan-touch"))["data"]["token"]
+        now[0] += 61
+        reply = await result(env.socket, "approve", {"token": token})
+        assert reply["error"]["code"] == "refused" and "expired" in reply["error"]["message"]
+        assert not (tmp_path / "touched").exists()
+
+
+async def test_two_person_rule_over_the_socket(tmp_path: Path) -> None:
+    action = TouchAction(tmp_path / "touched")
+    raw = {"control": {"two_person_rule": True, "group": NOGROUP, "operators": ["nobody"]}}
+    async with control_server(tmp_path, raw, gated={"touch": action}) as env:
+        add_touch_planner(env)
+        plan = (await result(env.socket, "plan-touch"))["data"]
+        assert plan["two_person_rule"] is True
+        own = await result(env.socket, "approve", {"token": plan["token"]})
+        assert own["error"]["code"] == "refused" and "two-person" in own["error"]["message"]
+        run = await ctl("--socket", str(env.socket), "approve", plan["token"], stdin="touch\n",
+                        as_nobody=True)
+        assert run.code == 0, run
+        assert (tmp_path / "touched").read_text() == "root->nobody\n"
+
+
+async def test_hanging_up_does_not_cancel_a_running_action(tmp_path: Path) -> None:
+    action = TouchAction(tmp_path / "touched", delay=0.5)
+    async with control_server(tmp_path, gated={"touch": action}) as env:
+        add_touch_planner(env)
+        token = (await result(env.socket, "plan-touch"))["data"]["token"]
+        reader, writer = await asyncio.open_unix_connection(str(env.socket))
+        writer.write(json.dumps({"v": 1, "id": 1, "cmd": "approve",
+                                 "args": {"token": token}}).encode() + b"\n")
+        await writer.drain()
+        first = json.loads(await reader.readline())
+        assert first["event"] == "progress"
+        token2 = (await result(env.socket, "plan-touch"))["data"]["token"]
+        busy = await result(env.socket, "approve", {"token": token2})
+        assert busy["error"]["code"] == "refused" and "another gated action" in busy[
+            "error"]["message"]
+        writer.close()
+        await asyncio.wait_for(action.finished.wait(), 10)
+        assert (tmp_path / "touched").read_text() == "root->root\n"
