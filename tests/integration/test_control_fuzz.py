@@ -1,0 +1,125 @@
+"""Fuzz the control socket with >10,000 hostile payloads over a real unix socket.
+
+Random bytes, truncated JSON, wrong types, unknown commands, huge and deeply nested lines —
+each must get exactly one clear error (or a normal answer), and the daemon must keep serving:
+a bystander connection opened before the storm still works afterwards, and so do new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from pathlib import Path
+
+from tests.integration.control_helpers import control_server, read_until_result, result
+
+SEED = 20261125
+KNOWN = ["status", "events", "explain", "timeline", "backups", "restore-test", "rollback-app",
+         "freeze", "unfreeze", "ack", "rollback-db", "rollback-pg-hba",
+         "rollback-docker-daemon", "inspect", "approve"]
+JUNK_VALUES: list[object] = [None, True, False, 0, -1, 2 ** 70, 1.5, "", "x" * 5000, [], [1],
+                             {}, {"a": {"b": []}}, "../../etc/shadow", "/etc/passwd",
+                             "$(reboot)", "a;rm -rf /", "\u0000", "\udcff"[:0] + "\u2028"]
+
+
+def _line(rng: random.Random) -> bytes:
+    kind = rng.randrange(6)
+    if kind == 0:  # random bytes
+        data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+        data = data.replace(b"\n", b" ")
+        return data if data.strip() else b"x" + data
+    if kind == 1:  # truncated request
+        full = json.dumps({"v": 1, "id": rng.randrange(1000), "cmd": rng.choice(KNOWN),
+                           "args": {"limit": 5}})
+        return full[:rng.randrange(1, len(full) - 1)].encode() or b"{"
+    if kind == 2:  # wrong envelope types
+        envelope: dict[str, object] = {"v": rng.choice([1, 1, "1", 2, None, 1.0]),
+                                       "id": rng.choice(JUNK_VALUES),
+                                       "cmd": rng.choice([*KNOWN, *JUNK_VALUES]),
+                                       "args": rng.choice([{}, [], "x", None, 3])}
+        return json.dumps(envelope).encode()
+    if kind == 3:  # unknown commands
+        name = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz-_$;|&") for _ in
+                       range(rng.randrange(1, 40)))
+        return json.dumps({"v": 1, "id": 1, "cmd": name}).encode()
+    if kind == 4:  # known commands, hostile args
+        args = {rng.choice(["limit", "id", "dump", "token", "hours", "kind", "reason", "zz"]):
+                rng.choice(JUNK_VALUES) for _ in range(rng.randrange(0, 4))}
+        cmd = rng.choice([c for c in KNOWN if c not in ("freeze", "unfreeze", "ack")])
+        return json.dumps({"v": 1, "id": 2, "cmd": cmd, "args": args}).encode()
+    return (b"[" * rng.randrange(1, 50_000)) if rng.random() < 0.5 else b'{"v":1,' * 3
+
+
+async def _storm(path: Path, lines: list[bytes]) -> list[dict[str, object]]:
+    reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
+
+    async def send() -> None:
+        for start in range(0, len(lines), 200):
+            writer.write(b"".join(line + b"\n" for line in lines[start:start + 200]))
+            await writer.drain()
+
+    sender = asyncio.create_task(send())
+    replies = [(await read_until_result(reader))[-1] for _ in lines]
+    await sender
+    writer.close()
+    await writer.wait_closed()
+    return replies
+
+
+async def test_ten_thousand_hostile_payloads(tmp_path: Path) -> None:
+    rng = random.Random(SEED)
+    lines = [_line(rng) for _ in range(10_200)]
+    lines += [b"x" * rng.randrange(65_536, 300_000) for _ in range(20)]
+    async with control_server(tmp_path) as env:
+        bystander_r, bystander_w = await asyncio.open_unix_connection(str(env.socket))
+        replies: list[dict[str, object]] = []
+        for chunk in range(0, len(lines), 2600):
+            replies += await _storm(env.socket, lines[chunk:chunk + 2600])
+        assert len(replies) == len(lines) >= 10_000
+        assert all(r["v"] == 1 and r["event"] == "result" for r in replies)
+        codes = {r["error"]["code"] if not r["ok"] else "ok" for r in replies}  # type: ignore[index]
+        assert "internal" not in codes, [r for r in replies if not r["ok"] and
+                                         r["error"]["code"] == "internal"][:3]  # type: ignore[index]
+        assert {"invalid_json", "bad_request", "unknown_command", "bad_args",
+                "too_long"} <= codes
+        bystander_w.write(b'{"v":1,"id":"b","cmd":"status"}\n')
+        await bystander_w.drain()
+        assert (await read_until_result(bystander_r))[-1]["ok"]
+        bystander_w.close()
+        assert (await result(env.socket, "status"))["ok"]
+        assert len(env.hub.store.audit_log(limit=20_000)) >= len(lines)
+
+
+async def test_per_connection_abuse(tmp_path: Path) -> None:
+    async with control_server(tmp_path) as env:
+        path = str(env.socket)
+
+        async def hang_up_mid_line() -> None:
+            _, writer = await asyncio.open_unix_connection(path)
+            writer.write(b'{"v":1,"cmd":"sta')
+            await writer.drain()
+            writer.close()
+
+        async def send_and_never_read() -> None:
+            _, writer = await asyncio.open_unix_connection(path)
+            writer.write(b"garbage\n" * 5000)
+            await writer.drain()
+            writer.close()
+
+        async def huge_then_close() -> None:
+            _, writer = await asyncio.open_unix_connection(path)
+            writer.write(b"y" * 500_000)
+            writer.close()
+
+        async def empty() -> None:
+            _, writer = await asyncio.open_unix_connection(path)
+            writer.close()
+
+        jobs = [f() for f in (hang_up_mid_line, send_and_never_read, huge_then_close, empty)
+                for _ in range(25)]
+        await asyncio.gather(*jobs, return_exceptions=True)
+        statuses = await asyncio.gather(*(result(env.socket, "status") for _ in range(20)))
+        assert all(s["ok"] for s in statuses)
+        await asyncio.sleep(0.2)
+        assert len(env.server._clients) <= 1
