@@ -27,6 +27,7 @@ __all__ = [
     "ServiceRelease",
     "Stability",
     "build_release",
+    "config_digest",
     "diff",
     "pin_tag",
     "stability",
@@ -52,6 +53,7 @@ class ComposeContainer:
     state: str
     created: str
     oneoff: bool = False
+    config_digest: str = ""
 
     @property
     def running(self) -> bool:
@@ -60,10 +62,15 @@ class ComposeContainer:
 
 @dataclass(frozen=True)
 class ServiceRelease:
+    """One service of a release. ``config_digest`` (not part of the fingerprint) hashes the
+    container's runtime config, to tell a config change from an image change where the compose
+    config hash covers both (``docker-compose`` 1.x folds the image ID into it)."""
+
     service: str
     image_id: str
     image_ref: str
     config_hash: str
+    config_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -140,7 +147,8 @@ def build_release(project: str, services: Sequence[str],
             not_running.append(name)
         if len({c.image_id for c in running}) > 1:
             mixed.append(name)
-        chosen.append(ServiceRelease(name, newest.image_id, newest.image_ref, newest.config_hash))
+        chosen.append(ServiceRelease(name, newest.image_id, newest.image_ref, newest.config_hash,
+                                     newest.config_digest))
     first = by_service[services[0]][0]
     release = Release(project, first.working_dir, first.config_files, tuple(chosen))
     return ReleaseObservation(release, not_running=tuple(not_running), mixed=tuple(mixed))
@@ -163,6 +171,25 @@ def _combine(image: bool, config: bool) -> Change:
     return "image" if image else "config" if config else "none"
 
 
+def _config_moved(before: ServiceRelease, after: ServiceRelease) -> bool:
+    if before.config_hash == after.config_hash:
+        return False
+    if before.image_id == after.image_id or not (before.config_digest and after.config_digest):
+        return True
+    return before.config_digest != after.config_digest
+
+
+def config_digest(attrs: dict[str, Any]) -> str:
+    """Digest of a container's runtime config (``docker inspect`` attrs): env, command, mounts,
+    network, user, working dir — what a compose file sets, without the compose labels."""
+    config = attrs.get("Config") or {}
+    host = attrs.get("HostConfig") or {}
+    parts = [sorted(config.get("Env") or []), config.get("Cmd"), config.get("Entrypoint"),
+             config.get("User"), config.get("WorkingDir"), sorted(host.get("Binds") or []),
+             host.get("NetworkMode")]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def diff(old: Release, new: Release) -> ReleaseDiff:
     """What a deploy changed, per service and overall (a moved working dir is a config change)."""
     per_service: dict[str, Change] = {}
@@ -172,8 +199,7 @@ def diff(old: Release, new: Release) -> ReleaseDiff:
         if before is None or after is None:
             per_service[name] = "both"
             continue
-        change = _combine(before.image_id != after.image_id,
-                          moved or before.config_hash != after.config_hash)
+        change = _combine(before.image_id != after.image_id, moved or _config_moved(before, after))
         if change != "none":
             per_service[name] = change
     images = any(c in ("image", "both") for c in per_service.values())

@@ -287,20 +287,24 @@ class AppRollback(Component):
         await self.hub.escalate(reason, message, source=self.name, evidence={**evidence, **extra})
 
     # -- acting ----------------------------------------------------------------------------
-    def _build_plan(self) -> RollbackPlan:
+    async def _build_plan(self) -> RollbackPlan:
         known_good = self._known_good()
         if known_good is None:
             raise RefusedError("plan", "no known-good release recorded yet")
         target = Release.from_dict(known_good.release)
         snapshot = Snapshot(Path(known_good.compose_file or self.cfg.compose_file).name,
                             known_good.compose_snapshot, known_good.env_snapshot)
+        on_disk = await asyncio.to_thread(_read_snapshot,
+                                          Path(known_good.compose_file or self.cfg.compose_file),
+                                          target.working_dir)
         current = self._observation.release if self._observation is not None else None
         return build_plan(self.cfg, target, current, snapshot=snapshot,
+                          disk_matches_snapshot=on_disk == (snapshot.compose, snapshot.env),
                           snapshot_dir=self._snapshot_root / target.short, compose=self._compose)
 
     async def _start(self, decision: Decision, *, origin: str, requester: str,
                      progress: Progress | None) -> dict[str, Any]:
-        plan = self._build_plan()
+        plan = await self._build_plan()
         if self.hub.config.daemon.dry_run:
             self.hub.metrics.rollbacks.labels(result="dry_run").inc()
             self.hub.record("rollback.would", self.name, f"dry run: would roll back "
@@ -369,7 +373,7 @@ class AppRollback(Component):
         now = self._clock()
         target = data["target"]["fingerprint"][:12]
         message = f"rolled back to known-good release {target}; images and health verified"
-        if data.get("config_changed") and data["mode"] == "retag":
+        if data.get("use_snapshot"):
             message += ("; the compose file on disk still holds the bad config — fix it before "
                         "the next deploy")
         self.hub.store.journal_step(action_id, "succeeded", status="succeeded", result=message,
@@ -460,7 +464,7 @@ class AppRollback(Component):
             return started
         return await asyncio.shield(self._task)
 
-    def plan(self) -> dict[str, Any]:
+    async def plan(self) -> dict[str, Any]:
         """What a rollback would do now, and what the automatic policy currently decides."""
         now = self._clock()
         manual = decide(self._policy_input(now, manual=True), self.cfg)
@@ -468,7 +472,7 @@ class AppRollback(Component):
         out: dict[str, Any] = {"automatic": _decision_dict(automatic),
                                "manual": _decision_dict(manual)}
         if manual.acts:
-            out["plan"] = self._build_plan().to_dict()
+            out["plan"] = (await self._build_plan()).to_dict()
         return out
 
     def status(self) -> dict[str, Any]:

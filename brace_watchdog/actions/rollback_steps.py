@@ -28,7 +28,7 @@ from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.config import RollbackConfig
 from brace_watchdog.errors import ActionError, AdapterError
 from brace_watchdog.monitors.health import probe
-from brace_watchdog.releases import Release, build_release, pin_tag
+from brace_watchdog.releases import Release, build_release, diff, pin_tag
 
 __all__ = ["RollbackPlan", "RollbackSteps", "Snapshot", "build_plan", "pin_refs", "split_ref",
            "verify_images", "verify_probes"]
@@ -53,6 +53,7 @@ class RollbackPlan:
     current: Release | None
     retags: tuple[tuple[str, str], ...]
     config_changed: bool
+    use_snapshot: bool
     snapshot_dir: str
     up: UpPlan
     argv: tuple[str, ...]
@@ -66,22 +67,28 @@ class RollbackPlan:
         return {"mode": self.mode, "target": self.target.to_dict(),
                 "current": self.current.to_dict() if self.current else None,
                 "retags": [{"tag": ref, "image_id": image} for ref, image in self.retags],
-                "config_changed": self.config_changed, "snapshot_dir": self.snapshot_dir,
+                "config_changed": self.config_changed, "use_snapshot": self.use_snapshot,
+                "snapshot_dir": self.snapshot_dir,
                 "up": self.up.to_dict(), "argv": list(self.argv),
                 "expected_images": self.expected_images}
 
 
 def _config_changed(target: Release, current: Release | None) -> bool:
-    if current is None or current.working_dir != target.working_dir:
-        return True
-    return any((current.service(s.service) or s).config_hash != s.config_hash
-               for s in target.services) or len(current.services) != len(target.services)
+    return current is None or diff(current, target).change in ("config", "both")
 
 
 def build_plan(cfg: RollbackConfig, target: Release, current: Release | None, *,
-               snapshot: Snapshot | None, snapshot_dir: Path, compose: ComposeCLI) -> RollbackPlan:
-    """Decide the concrete steps; pure (writing the snapshot happens when the plan runs)."""
+               snapshot: Snapshot | None, disk_matches_snapshot: bool, snapshot_dir: Path,
+               compose: ComposeCLI) -> RollbackPlan:
+    """Decide the concrete steps; pure (writing the snapshot happens when the plan runs).
+
+    In ``retag`` mode the snapshot is used when the compose file or ``.env`` on disk no longer
+    match what the known-good release ran with (a config deploy); otherwise the file on disk is
+    the known-good config and only the tags need to move back.
+    """
     changed = _config_changed(target, current)
+    use_snapshot = (snapshot is not None and snapshot.compose is not None
+                    and not disk_matches_snapshot)
     services = tuple(cfg.services)
     retags: tuple[tuple[str, str], ...] = ()
     if cfg.mode == "release_dir":
@@ -92,7 +99,7 @@ def build_plan(cfg: RollbackConfig, target: Release, current: Release | None, *,
         retags = tuple((s.image_ref, s.image_id) for s in target.services
                        if s.image_ref and not s.image_ref.startswith("sha256:")
                        and "@" not in s.image_ref)
-        if changed and snapshot is not None and snapshot.compose is not None:
+        if use_snapshot and snapshot is not None:
             env_file = str(snapshot_dir / ".env") if snapshot.env is not None else ""
             workdir = target.working_dir or str(cfg.compose_file.parent)
             up = UpPlan(files=(str(snapshot_dir / snapshot.compose_name),), project=cfg.project,
@@ -102,7 +109,8 @@ def build_plan(cfg: RollbackConfig, target: Release, current: Release | None, *,
             up = UpPlan(files=(str(cfg.compose_file),), project=cfg.project, services=services,
                         cwd=str(cfg.compose_file.parent))
     return RollbackPlan(mode=cfg.mode, target=target, current=current, retags=retags,
-                        config_changed=changed, snapshot_dir=str(snapshot_dir), up=up,
+                        config_changed=changed, use_snapshot=use_snapshot and cfg.mode == "retag",
+                        snapshot_dir=str(snapshot_dir), up=up,
                         argv=tuple(compose.up_argv(up)), snapshot=snapshot)
 
 
@@ -145,8 +153,7 @@ class RollbackSteps:
 
     async def _write_snapshot(self, plan: RollbackPlan) -> None:
         snap = plan.snapshot
-        if snap is None or snap.compose is None or plan.up.files[0] == "" or \
-                not plan.up.files[0].startswith(plan.snapshot_dir):
+        if not plan.use_snapshot or snap is None:
             return
         folder = Path(plan.snapshot_dir)
 

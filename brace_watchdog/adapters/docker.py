@@ -18,7 +18,7 @@ from docker import DockerClient
 
 from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.errors import DockerError
-from brace_watchdog.releases import ComposeContainer
+from brace_watchdog.releases import ComposeContainer, config_digest
 
 __all__ = ["DockerAdapter"]
 
@@ -203,4 +203,5 @@ def _compose_container(attrs: dict[str, Any]) -> ComposeContainer:
         config_files=tuple(f for f in files.split(",") if f),
         state=str((attrs.get("State") or {}).get("Status", "")),
         created=str(attrs.get("Created", "")),
-        oneoff=labels.get(f"{_COMPOSE}.oneoff", "False") == "True")
+        oneoff=labels.get(f"{_COMPOSE}.oneoff", "False") == "True",
+        config_digest=config_digest(attrs))

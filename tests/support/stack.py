@@ -16,6 +16,8 @@ and free loopback ports; containers use host networking only. :meth:`Stack.destr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import os
 import subprocess
@@ -23,13 +25,25 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
+from prometheus_client import CollectorRegistry
 
+from brace_watchdog.actions.app_rollback import AppRollback
+from brace_watchdog.adapters.compose import ComposeCLI
+from brace_watchdog.component import Component
+from brace_watchdog.config import Config, parse_config
+from brace_watchdog.metrics import Metrics
+from brace_watchdog.monitors.database import DatabaseMonitor
+from brace_watchdog.monitors.health import HealthMonitor
+from brace_watchdog.runtime import Hub
+from brace_watchdog.state import Event, StateStore
 from tests.support.images import TEST_LABEL, _build_lock
 from tests.support.net import free_port, wait_for_port
 
-__all__ = ["WEB_REPO", "Stack", "ensure_web_images", "new_stack"]
+__all__ = ["WEB_REPO", "Harness", "RecordingNotifier", "Stack", "ensure_web_images", "new_stack",
+           "rollback_config"]
 
 WEB_REPO = "brace-test/web"
 RECIPE_VERSION = "3"
@@ -156,7 +170,7 @@ class Stack:
                               cwd=self.root)
 
     def deploy(self, backend: str = "v1", backend_env: dict[str, str] | None = None) -> float:
-        """Release ``backend`` (v1/v2) with ``backend_env``; return the compose command's seconds."""
+        """Release ``backend`` (v1/v2) with ``backend_env``; return the compose run's seconds."""
         self.set_image("backend", backend)
         self.set_image("frontend", "v1")
         self.write_compose(backend_env)
@@ -186,13 +200,100 @@ class Stack:
                 all=True, filters={"label": f"com.docker.compose.project={self.project}"}):
             container.remove(force=True)
         for ref in [*self.pins(), self.tag("backend"), self.tag("frontend")]:
-            try:
+            with contextlib.suppress(docker.errors.ImageNotFound):
                 self.client.images.remove(ref, noprune=True)
-            except docker.errors.ImageNotFound:
-                pass
 
 
 def new_stack(client: docker.DockerClient, root: Path, images: dict[str, str]) -> Stack:
     project = f"bwt{os.getpid()}x{time.monotonic_ns() % 10**8}"
     root.mkdir(parents=True, exist_ok=True)
     return Stack(client=client, project=project, root=root, images=images)
+
+
+def rollback_config(stack: Stack, state_dir: Path, *, dry_run: bool = False, dsn: str = "",
+                    **rollback: Any) -> Config:
+    """A config for driving :class:`AppRollback` against ``stack`` with small time values."""
+    raw: dict[str, Any] = {
+        "daemon": {"state_path": str(state_dir / "state.db"), "dry_run": dry_run},
+        "health": {"url": stack.backend_url, "frontend_url": stack.frontend_url,
+                   "interval_seconds": 0.2, "timeout_seconds": 2.0},
+        "database": {"dsn": dsn, "interval_seconds": 0.5},
+        "restore_test": {"enabled": False},
+        "notify": {"log_lines": 5},
+        "rollback": {"enabled": True, "compose_command": COMPOSE,
+                     "compose_file": str(stack.compose_file), "project": stack.project,
+                     "services": ["backend", "frontend"], "stable_after_seconds": 2.0,
+                     "deploy_grace_seconds": 0.5, "window_seconds": 3.0, "min_samples": 5,
+                     "error_ratio": 0.5, "cooldown_seconds": 600.0, "max_per_day": 2,
+                     "verify_successes": 3, "verify_timeout_seconds": 15.0,
+                     "interval_seconds": 0.25, **rollback},
+    }
+    return parse_config(raw, {}, base_dir=state_dir)
+
+
+class RecordingNotifier:
+    """Keeps every notification in memory (the webhook path has its own integration test)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    async def send(self, event: str, payload: dict[str, Any]) -> None:
+        self.sent.append((event, payload))
+
+
+class Harness:
+    """Runs the real components (health probes, rollback, optionally the database monitor)
+    each on its own interval in this event loop, over a real state file."""
+
+    def __init__(self, config: Config, *, extra: tuple[str, ...] = (),
+                 compose: ComposeCLI | None = None) -> None:
+        self.store = StateStore(config.daemon.state_path).open()
+        self.notifier = RecordingNotifier()
+        self.hub = Hub(config=config, store=self.store,
+                       metrics=Metrics(CollectorRegistry(), process=False),
+                       notifier=self.notifier)
+        self.rollback = AppRollback(self.hub, compose=compose)
+        self.components: list[Component] = [HealthMonitor(self.hub), self.rollback]
+        if "database" in extra:
+            self.components.insert(0, DatabaseMonitor(self.hub))
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Harness:
+        for component in self.components:
+            await component.start()
+            self.hub.progress.register(component.name, component.progress_deadline())
+        self._tasks = [asyncio.create_task(self._drive(c)) for c in self.components]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for component in self.components:
+            await component.stop()
+        self.store.close()
+
+    async def _drive(self, component: Component) -> None:
+        while True:
+            await component.cycle()
+            self.hub.progress.beat(component.name)
+            await asyncio.sleep(component.interval())
+
+    def events(self, *kinds: str) -> list[Event]:
+        return self.store.events(kinds=kinds, limit=1000)
+
+    async def wait_event(self, kind: str, timeout: float = 30.0) -> Event:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.events(kind)
+            if found:
+                return found[0]
+            await asyncio.sleep(0.05)
+        seen = [(e.kind, e.message) for e in self.store.events(limit=40)]
+        raise AssertionError(f"no {kind} event within {timeout}s; recent events: {seen}")
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.hub.metrics.registry.get_sample_value(name, labels) or 0.0
