@@ -15,6 +15,10 @@ from pathlib import Path
 import docker
 import pytest
 
+from brace_watchdog.adapters.compose import ComposeCLI
+from brace_watchdog.errors import RefusedError
+from brace_watchdog.state import StateStore
+from tests.support.pg import PgCluster
 from tests.support.stack import (
     Harness,
     Stack,
@@ -37,6 +41,15 @@ def stack(docker_client: docker.DockerClient, web_images: dict[str, str],
     built = new_stack(docker_client, tmp_path / "stack", web_images)
     yield built
     built.destroy()
+
+
+def open_rollbacks(state_dir: Path) -> int:
+    """Open (unfinished) rollback actions in the state file the stopped daemon left behind."""
+    store = StateStore(state_dir / "state.db").open()
+    try:
+        return len(store.open_actions("rollback"))
+    finally:
+        store.close()
 
 
 async def known_good(h: Harness) -> str:
@@ -74,3 +87,201 @@ async def test_bad_image_deploy_is_rolled_back_and_verified(stack: Stack, tmp_pa
         await asyncio.sleep(1.5)
         assert len(h.store.actions(kind="rollback")) == 1
         assert h.hub.frozen() is None
+
+
+async def test_flapping_below_the_threshold_does_not_roll_back(stack: Stack,
+                                                               tmp_path: Path) -> None:
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        await known_good(h)
+        stack.deploy("v1", {"FLAP_EVERY": "3"})  # a config deploy whose backend fails 1 in 3
+        await h.wait_event("deploy")
+        await asyncio.sleep(5)
+        failing = [s for s in h.hub.observations.samples("backend") if s.result == "http_5xx"]
+        assert len(failing) >= 3, "the backend did flap"
+        assert h.store.actions(kind="rollback") == []
+        assert h.events("rollback.decision", "escalation", "rollback.would") == []
+        assert h.rollback.status()["decision"]["action"] == "none"
+
+
+async def test_5xx_on_the_known_good_release_escalates_without_acting(stack: Stack,
+                                                                      tmp_path: Path) -> None:
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        good = await known_good(h)
+        stack.break_health(500)  # same images, same config: not a deploy problem
+        escalation = await h.wait_event("escalation", timeout=20)
+        assert escalation.evidence["reason"] == "known_good_running"
+        decision = h.events("rollback.decision")[0]
+        assert decision.message.startswith("no rollback: running release is known-good")
+        assert decision.evidence["current_release"] == good
+        assert decision.evidence["window"]["failing"] >= 5
+        await asyncio.sleep(2)
+        assert len(h.events("rollback.decision")) == 1, "recorded once per episode"
+        assert len(h.events("escalation")) == 1
+        assert h.store.actions(kind="rollback") == []
+        assert h.metric("brace_escalations_total", reason="known_good_running") == 1
+        assert h.notifier.sent[0][0] == "escalation"
+        assert "-> 500" in h.notifier.sent[0][1]["evidence"]["logs"]["backend"]
+
+
+async def test_config_only_bad_deploy_rolls_back_to_the_snapshot(stack: Stack,
+                                                                 tmp_path: Path) -> None:
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        good = await known_good(h)
+        good_file = stack.compose_file.read_text()
+        stack.deploy("v1", {"HEALTH_STATUS": "500"})  # same images, broken compose file
+        deploy = await h.wait_event("deploy")
+        assert deploy.evidence["change"] == "config"
+        done = await h.wait_event("rollback.succeeded", timeout=40)
+        assert "compose file on disk still holds the bad config" in done.message
+        action = h.store.actions(kind="rollback")[0]
+        assert action.plan["use_snapshot"] is True
+        snapshot_file = Path(action.plan["up"]["files"][0])
+        assert snapshot_file.read_text() == good_file
+        assert snapshot_file.parent != stack.root
+        assert action.plan["up"]["project_directory"] == str(stack.root)
+        assert "HEALTH_STATUS" in stack.compose_file.read_text()  # the operator's file untouched
+        status = h.rollback.status()
+        assert status["current"]["fingerprint"] == good
+
+
+async def test_schema_moved_escalates_with_the_db_plan(stack: Stack, tmp_path: Path,
+                                                       pg_cluster: PgCluster) -> None:
+    pg_cluster.psql("create table alembic_version (version_num varchar(32) primary key);"
+                    "insert into alembic_version values ('aaa111');")
+    config = rollback_config(stack, tmp_path, dsn=pg_cluster.dsn())
+    stack.deploy("v1")
+    async with Harness(config, extra=("database",)) as h:
+        await known_good(h)
+        assert h.rollback.status()["known_good"]["alembic_revision"] == "aaa111"
+        pg_cluster.psql("update alembic_version set version_num = 'bbb222';")  # the migration
+        stack.deploy("v2")
+        escalation = await h.wait_event("escalation", timeout=30)
+        assert escalation.evidence["reason"] == "schema_moved"
+        plan = escalation.evidence["db_plan"]
+        assert plan["action"] == "db_rollback"
+        assert (plan["known_good_revision"], plan["current_revision"]) == ("aaa111", "bbb222")
+        assert any("restore_db.sh" in step for step in plan["steps"])
+        await asyncio.sleep(1.5)
+        assert h.store.actions(kind="rollback") == []
+        assert stack.running_images()["backend"] == stack.images["v2"]
+
+
+async def test_failed_verification_freezes_after_one_attempt(stack: Stack,
+                                                             tmp_path: Path) -> None:
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path, verify_timeout_seconds=3.0)) as h:
+        good = await known_good(h)
+        stack.break_health(500)  # the known-good release will fail too once it is back
+        stack.deploy("v2")
+        failed = await h.wait_event("action.rollback.failed", timeout=40)
+        assert "verify_probes" in failed.message
+        assert h.hub.frozen() is not None
+        assert h.metric("brace_automation_frozen") == 1
+        assert h.metric("brace_rollbacks_total", result="failed") == 1
+        assert h.store.release(good).failed_verification_at is not None  # type: ignore[union-attr]
+        escalation = await h.wait_event("escalation")
+        assert escalation.evidence["reason"] == "rollback_failed"
+        stack.deploy("v2")  # the bad release again: frozen, no second attempt
+        await asyncio.sleep(4)
+        assert len(h.store.actions(kind="rollback")) == 1
+        assert "rollback.failed" in [e for e, _ in h.notifier.sent]
+
+
+async def test_missing_retag_target_fails_without_running_compose(stack: Stack,
+                                                                  tmp_path: Path) -> None:
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        await known_good(h)
+        h.store.execute("UPDATE releases SET services = replace(services, ?, ?)",
+                        (stack.images["v1"], "sha256:" + "0" * 64))
+        stack.deploy("v2")
+        failed = await h.wait_event("action.rollback.failed", timeout=30)
+        assert "retag" in failed.message
+        assert h.events("action.rollback.compose_done") == []
+        assert h.hub.frozen() is not None
+        assert stack.running_images()["backend"] == stack.images["v2"]
+
+
+async def test_restart_mid_rollback_does_not_repeat(stack: Stack, tmp_path: Path) -> None:
+    stack.deploy("v1")
+    slow = ComposeCLI(["sh", "-c", 'sleep 30; exec docker-compose "$@"', "compose"], timeout=60)
+    h = Harness(rollback_config(stack, tmp_path), compose=slow)
+    async with h:
+        await known_good(h)
+        stack.deploy("v2")
+        await h.wait_event("action.rollback.retagged", timeout=30)
+        # the daemon dies here: compose has not run yet
+    assert open_rollbacks(tmp_path) == 1
+    async with Harness(rollback_config(stack, tmp_path)) as again:
+        interrupted = await again.wait_event("action.rollback.interrupted", timeout=10)
+        assert "not repeating" in interrupted.message
+        assert (await again.wait_event("escalation")).evidence["reason"] == "rollback_interrupted"
+        await asyncio.sleep(2)
+        assert again.hub.frozen() is not None
+        assert len(again.store.actions(kind="rollback")) == 1
+        assert again.events("action.rollback.compose_done") == []
+        assert stack.running_images()["backend"] == stack.images["v2"]
+
+
+async def test_restart_after_compose_completes_verification(stack: Stack,
+                                                            tmp_path: Path) -> None:
+    stack.deploy("v1")
+    h = Harness(rollback_config(stack, tmp_path))
+    async with h:
+        await known_good(h)
+        stack.deploy("v2")
+        await h.wait_event("action.rollback.compose_done", timeout=30)
+        # the daemon dies here: the known-good images run, verification never finished
+    assert open_rollbacks(tmp_path) == 1
+    async with Harness(rollback_config(stack, tmp_path)) as again:
+        action = again.store.actions(kind="rollback")[0]
+        done = await again.wait_event("rollback.succeeded", timeout=20)
+        assert done.evidence["checks"]["resumed"] is True
+        assert len(again.store.actions(kind="rollback")) == 1
+        assert len(again.events("action.rollback.compose_done")) == 1
+        assert again.store.action(action.id).status == "succeeded"  # type: ignore[union-attr]
+        assert again.hub.frozen() is None
+
+
+async def test_dry_run_records_the_plan_and_changes_nothing(stack: Stack,
+                                                            tmp_path: Path) -> None:
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path, dry_run=True)) as h:
+        good = await known_good(h)
+        stack.deploy("v2")
+        would = await h.wait_event("rollback.would", timeout=30)
+        assert would.message.startswith("dry run: would roll back")
+        plan = would.evidence["plan"]
+        assert plan["target"]["fingerprint"] == good
+        assert plan["argv"][:1] == ["docker-compose"] and "--no-build" in plan["argv"]
+        assert plan["retags"][0]["image_id"] == stack.images["v1"]
+        await asyncio.sleep(2)
+        assert len(h.events("rollback.would")) == 1
+        assert h.store.actions(kind="rollback") == []
+        assert stack.running_images()["backend"] == stack.images["v2"]
+        assert h.metric("brace_rollbacks_total", result="dry_run") == 1
+
+
+async def test_manual_rollback_plan_and_status(stack: Stack, tmp_path: Path) -> None:
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path, max_per_day=0)) as h:
+        good = await known_good(h)
+        stack.deploy("v2")
+        await h.wait_event("deploy")
+        plan = await h.rollback.plan()
+        assert plan["manual"]["action"] == "rollback"
+        assert plan["plan"]["target"]["fingerprint"] == good
+        said: list[str] = []
+
+        async def progress(line: str) -> None:
+            said.append(line)
+
+        result = await h.rollback.manual_rollback("alice", progress=progress)
+        assert result["result"] == "succeeded"
+        assert said[0].startswith("running: docker-compose") and said[-1].startswith("succeeded")
+        assert h.store.actions(kind="rollback")[0].requester == "alice"
+        with pytest.raises(RefusedError, match="known-good"):
+            await h.rollback.manual_rollback("alice")
