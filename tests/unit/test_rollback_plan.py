@@ -1,0 +1,99 @@
+"""Planning a rollback (pure): retag vs snapshot vs release dir, and the compose argv."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from brace_watchdog.actions.rollback_steps import Snapshot, build_plan, split_ref
+from brace_watchdog.adapters.compose import ComposeCLI, UpPlan
+from brace_watchdog.config import RollbackConfig
+from brace_watchdog.releases import Release, ServiceRelease
+
+CFG = RollbackConfig(enabled=True, compose_command=("docker", "compose"),
+                     compose_file=Path("/srv/brace/infra/docker-compose.prod.yml"),
+                     project="brace", services=("backend", "frontend"))
+CLI = ComposeCLI(CFG.compose_command, timeout=60)
+SNAP = Snapshot("docker-compose.prod.yml", b"services: {}\n", b"A=1\n")
+
+
+def release(image: str = "sha256:good", config: str = "c1", digest: str = "d1",
+            wd: str = "/srv/brace/infra") -> Release:
+    return Release("brace", wd, (f"{wd}/docker-compose.prod.yml",), (
+        ServiceRelease("backend", image, "registry:5000/brace/backend:prod", config, digest),
+        ServiceRelease("frontend", "sha256:front", "brace/frontend", "f1", "fd")))
+
+
+def plan(**kwargs: object):  # type: ignore[no-untyped-def]
+    args = {"snapshot": SNAP, "disk_matches_snapshot": True, "snapshot_dir": Path("/var/snap"),
+            "compose": CLI, **kwargs}
+    cfg = args.pop("cfg", CFG)
+    current = args.pop("current", release("sha256:bad", "c2", "d1"))
+    return build_plan(cfg, release(), current, **args)  # type: ignore[arg-type]
+
+
+def test_retag_with_unchanged_file_uses_the_compose_file_on_disk() -> None:
+    p = plan()
+    assert p.retags == (("registry:5000/brace/backend:prod", "sha256:good"),
+                        ("brace/frontend", "sha256:front"))
+    assert not p.use_snapshot and not p.config_changed
+    assert p.up == UpPlan(files=(str(CFG.compose_file),), project="brace",
+                          services=("backend", "frontend"), cwd=str(CFG.compose_file.parent))
+    assert p.argv == ("docker", "compose", "-f", str(CFG.compose_file), "-p", "brace", "up",
+                      "-d", "--no-build", "--no-deps", "backend", "frontend")
+    assert p.expected_images == {"backend": "sha256:good", "frontend": "sha256:front"}
+
+
+def test_retag_with_changed_file_uses_the_snapshot_in_the_original_project_dir() -> None:
+    p = plan(disk_matches_snapshot=False, current=release("sha256:good", "c9", "d9"))
+    assert p.use_snapshot and p.config_changed
+    assert p.up.files == ("/var/snap/docker-compose.prod.yml",)
+    assert p.up.project_directory == "/srv/brace/infra" and p.up.env_file == "/var/snap/.env"
+    assert p.argv[-10:-6] == ("--project-directory", "/srv/brace/infra", "--env-file",
+                             "/var/snap/.env")
+    assert p.to_dict()["use_snapshot"] is True
+
+
+def test_snapshot_without_env_passes_no_env_file() -> None:
+    p = plan(disk_matches_snapshot=False, snapshot=replace(SNAP, env=None))
+    assert p.use_snapshot and p.up.env_file == "" and "--env-file" not in p.argv
+
+
+def test_no_snapshot_kept_falls_back_to_the_file_on_disk() -> None:
+    p = plan(disk_matches_snapshot=False, snapshot=Snapshot("x.yml", None, None))
+    assert not p.use_snapshot and p.up.files == (str(CFG.compose_file),)
+
+
+def test_release_dir_mode_runs_in_the_known_good_directory_without_retagging() -> None:
+    p = plan(cfg=replace(CFG, mode="release_dir"), disk_matches_snapshot=False)
+    assert p.retags == () and not p.use_snapshot
+    assert p.up.cwd == "/srv/brace/infra"
+    assert p.up.files == ("/srv/brace/infra/docker-compose.prod.yml",)
+
+
+def test_digest_and_id_refs_are_not_retagged() -> None:
+    target = replace(release(), services=(
+        ServiceRelease("backend", "sha256:a", "brace/backend@sha256:abc", "c", "d"),
+        ServiceRelease("frontend", "sha256:b", "sha256:b", "c", "d")))
+    p = build_plan(CFG, target, None, snapshot=SNAP, disk_matches_snapshot=True,
+                   snapshot_dir=Path("/s"), compose=CLI)
+    assert p.retags == () and p.config_changed and p.current is None
+
+
+@pytest.mark.parametrize(("ref", "expected"), [
+    ("brace/backend:prod", ("brace/backend", "prod")),
+    ("brace/backend", ("brace/backend", "latest")),
+    ("registry:5000/brace/backend", ("registry:5000/brace/backend", "latest")),
+    ("registry:5000/brace/backend:v2", ("registry:5000/brace/backend", "v2")),
+])
+def test_split_ref(ref: str, expected: tuple[str, str]) -> None:
+    assert split_ref(ref) == expected
+
+
+def test_compose_cli_supports_docker_compose_v1() -> None:
+    cli = ComposeCLI(["docker-compose"], timeout=1)
+    argv = cli.up_argv(UpPlan(files=("a.yml", "b.yml"), project="p", services=("x",), cwd="/"))
+    assert argv == ["docker-compose", "-f", "a.yml", "-f", "b.yml", "-p", "p", "up", "-d",
+                    "--no-build", "--no-deps", "x"]
