@@ -409,8 +409,14 @@ class StateStore:
         where, params = ("WHERE dump_name = ?", (dump_name,)) if dump_name else ("", ())
         rows = self.query(f"SELECT * FROM restore_results {where} ORDER BY id DESC LIMIT ?",
                           (*params, limit))
-        return [{**dict(row), "passed": bool(row["passed"]), "rto_exceeded":
-                 bool(row["rto_exceeded"]), "details": json.loads(row["details"])} for row in rows]
+        return [_restore_result(row) for row in rows]
+
+    def latest_restore_result(self, *, passed: bool | None = None) -> dict[str, Any] | None:
+        """The newest restore result (only passing or only failing ones when ``passed`` is set)."""
+        where, params = ("", ()) if passed is None else ("WHERE passed = ?", (int(passed),))
+        rows = self.query(f"SELECT * FROM restore_results {where} ORDER BY id DESC LIMIT 1",
+                          params)
+        return _restore_result(rows[0]) if rows else None
 
     # -- approvals (control socket plan tokens; only a hash of each token is stored) ------------
     def add_approval(self, *, token_hash: str, action: str, params: dict[str, Any],
@@ -457,6 +463,11 @@ class StateStore:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=str, sort_keys=True)
+
+
+def _restore_result(row: sqlite3.Row) -> dict[str, Any]:
+    return {**dict(row), "passed": bool(row["passed"]), "rto_exceeded": bool(row["rto_exceeded"]),
+            "details": json.loads(row["details"])}
 
 
 def _event(row: sqlite3.Row) -> Event:

@@ -33,7 +33,13 @@ from brace_watchdog.adapters.postgres import remove_docker_orphans, remove_local
 from brace_watchdog.component import Component
 from brace_watchdog.config import Config
 from brace_watchdog.dumps import newest_dump, resolve_dump
-from brace_watchdog.errors import ActionError, DockerError, StateError, WatchdogError
+from brace_watchdog.errors import (
+    ActionError,
+    DockerError,
+    RefusedError,
+    StateError,
+    WatchdogError,
+)
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import StateStore
 
@@ -42,7 +48,7 @@ __all__ = ["AlreadyRunning", "RestoreTestScheduler", "cli_restore_test", "record
 log = logging.getLogger("brace_watchdog.restore_test")
 
 
-class AlreadyRunning(ActionError):
+class AlreadyRunning(RefusedError):
     """A restore test is already running; ``progress`` describes it."""
 
     def __init__(self, progress: dict[str, Any]) -> None:
@@ -109,6 +115,9 @@ class RestoreTestScheduler(Component):
             self.hub.record("restore_test.orphans_removed", self.name,
                             f"removed {len(removed)} throwaway server(s) left by an earlier run",
                             evidence={"removed": removed}, severity="warning")
+        success = self.hub.store.latest_restore_result(passed=True)
+        if success is not None:
+            self._publish_last(success)
         last = self.last_result()
         if last is not None:
             self._publish_last(last)
@@ -157,8 +166,8 @@ class RestoreTestScheduler(Component):
                 "elapsed_seconds": round(run.elapsed(), 1), "line": self._line}
 
     def last_result(self) -> dict[str, Any] | None:
-        results = self.hub.store.restore_results(limit=1)
-        return results[0] if results else None
+        """The newest recorded result (a row of ``restore_results``) or None."""
+        return self.hub.store.latest_restore_result()
 
     def _launch(self, dump: Path, *, origin: str) -> asyncio.Task[RestoreResult]:
         run = RestoreRun(self.config.restore_test, dump, self._factory(), clock=self.clock,

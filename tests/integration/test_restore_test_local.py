@@ -25,6 +25,7 @@ from brace_watchdog.adapters.postgres import LocalServer, remove_local_orphans
 from brace_watchdog.config import Config
 from brace_watchdog.errors import RefusedError
 from brace_watchdog.metrics import Metrics
+from brace_watchdog.observations import BackupFile, BackupScan
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import StateStore
 from tests.integration.restore_fixtures import (
@@ -228,3 +229,34 @@ def test_cli_exit_codes(good_dump: Path, tmp_path: Path, capsys: pytest.CaptureF
     store = StateStore(config.daemon.state_path).open()
     assert [r["passed"] for r in store.restore_results()] == [False, True]
     store.close()
+
+
+async def test_cycle_starts_a_due_test_and_stop_cancels_it(good_dump: Path) -> None:
+    hub = make_hub(make_config(good_dump.parent, interval_hours=1))
+    scheduler = RestoreTestScheduler(hub, clock=lambda: 10_000.0)
+    await scheduler.start()
+    assert await scheduler.cycle() == "due, but no valid dump seen yet"
+    hub.observations.backups = BackupScan(scanned_at=0.0, max_age_seconds=3600.0, files=(
+        BackupFile(good_dump, good_dump.stat().st_size, 1.0, "name", True),))
+    assert (await scheduler.cycle()).startswith("started: ")
+    assert scheduler.running and (await scheduler.cycle()).startswith("running: ")
+    while scheduler.running and scheduler.progress()["stage"] in ("checking", "starting"):
+        await asyncio.sleep(0.02)
+    await scheduler.stop()  # daemon shutdown mid-test: cancelled and cleaned up
+    assert not scheduler.running and leftovers() == []
+    assert hub.metrics.registry.get_sample_value("brace_restore_test_running") == 0
+
+
+async def test_interval_gates_the_next_test(good_dump: Path) -> None:
+    hub = make_hub(make_config(good_dump.parent, interval_hours=1))
+    now = 10_000.0
+    scheduler = RestoreTestScheduler(hub, clock=lambda: now)
+    task = await scheduler.request(good_dump.name)
+    result = await task
+    hub.observations.backups = BackupScan(scanned_at=0.0, max_age_seconds=3600.0, files=(
+        BackupFile(good_dump, good_dump.stat().st_size, 1.0, "name", True),))
+    now = result.finished_at + 1800
+    assert await scheduler.cycle() == f"last test passed ({good_dump.name})"
+    now = result.finished_at + 3600
+    assert (await scheduler.cycle()).startswith("started: ")
+    await scheduler.stop()
