@@ -52,6 +52,18 @@ def open_rollbacks(state_dir: Path) -> int:
         store.close()
 
 
+async def die_during_rollback(stack: Stack, tmp_path: Path, step: str,
+                              compose: ComposeCLI | None = None) -> None:
+    """Run v1 until known-good, deploy v2, and stop the components as soon as ``step`` is
+    journalled — the rollback task is cancelled there, as a killed daemon would leave it."""
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path), compose=compose) as h:
+        await known_good(h)
+        stack.deploy("v2")
+        await h.wait_event(step, timeout=30)
+    assert open_rollbacks(tmp_path) == 1
+
+
 async def known_good(h: Harness) -> str:
     event = await h.wait_event("release.known_good", timeout=20)
     return str(event.evidence["release"]["fingerprint"])
@@ -206,15 +218,9 @@ async def test_missing_retag_target_fails_without_running_compose(stack: Stack,
 
 
 async def test_restart_mid_rollback_does_not_repeat(stack: Stack, tmp_path: Path) -> None:
-    stack.deploy("v1")
     slow = ComposeCLI(["sh", "-c", 'sleep 30; exec docker-compose "$@"', "compose"], timeout=60)
-    h = Harness(rollback_config(stack, tmp_path), compose=slow)
-    async with h:
-        await known_good(h)
-        stack.deploy("v2")
-        await h.wait_event("action.rollback.retagged", timeout=30)
-        # the daemon dies here: compose has not run yet
-    assert open_rollbacks(tmp_path) == 1
+    await die_during_rollback(stack, tmp_path, "action.rollback.retagged", slow)
+    # the daemon died after retagging, before compose ran
     async with Harness(rollback_config(stack, tmp_path)) as again:
         interrupted = await again.wait_event("action.rollback.interrupted", timeout=10)
         assert "not repeating" in interrupted.message
@@ -228,14 +234,8 @@ async def test_restart_mid_rollback_does_not_repeat(stack: Stack, tmp_path: Path
 
 async def test_restart_after_compose_completes_verification(stack: Stack,
                                                             tmp_path: Path) -> None:
-    stack.deploy("v1")
-    h = Harness(rollback_config(stack, tmp_path))
-    async with h:
-        await known_good(h)
-        stack.deploy("v2")
-        await h.wait_event("action.rollback.compose_done", timeout=30)
-        # the daemon dies here: the known-good images run, verification never finished
-    assert open_rollbacks(tmp_path) == 1
+    await die_during_rollback(stack, tmp_path, "action.rollback.compose_done")
+    # the daemon died after compose: the known-good images run, verification never finished
     async with Harness(rollback_config(stack, tmp_path)) as again:
         action = again.store.actions(kind="rollback")[0]
         done = await again.wait_event("rollback.succeeded", timeout=20)
