@@ -22,6 +22,7 @@ import difflib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,7 @@ __all__ = ["DockerDaemonRollback", "PgHbaRollback", "install_file", "keep_copy",
            "preview_diff", "validate_daemon_json"]
 
 DIFF_LINES = 40
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 
 
 def rollback_copy_name(path: Path, now: float) -> Path:
@@ -337,6 +339,8 @@ class DockerDaemonRollback(_ConfigRollback):
 
         async def ping() -> bool:
             self.hub.progress.beat("control")
+            if not await asyncio.to_thread(_unix_socket_accepts, cfg.docker_host):
+                return False
             try:
                 return await adapter.ping()
             except DockerError:
@@ -368,6 +372,22 @@ class DockerDaemonRollback(_ConfigRollback):
         state["services"] = "running"
         state["health"] = await verify_health(self.hub, attempts=self.cfg.verify_attempts,
                                               wait_seconds=self.cfg.verify_wait_seconds)
+
+
+def _unix_socket_accepts(docker_host: str) -> bool:
+    """Whether the engine's unix socket accepts a connection at all. Checked before the SDK's
+    ping because docker-py leaks the socket of a failed unix connect (a ResourceWarning per try
+    while the engine restarts). Non-unix hosts are left to the SDK."""
+    if docker_host and not docker_host.startswith("unix://"):
+        return True
+    path = docker_host.removeprefix("unix://") if docker_host else DEFAULT_DOCKER_SOCKET
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def _is_json_object(text: str) -> bool:

@@ -100,6 +100,7 @@ class ControlServer(Component):
         self._exclusive = asyncio.Lock()
         self._running_action: asyncio.Task[Any] | None = None
         self._served = 0
+        self._owns_socket = False
 
     # -- component contract ----------------------------------------------------------------
     def interval(self) -> float:
@@ -107,6 +108,7 @@ class ControlServer(Component):
 
     async def start(self) -> None:
         sock = _bind(self.socket_path, self.hub.config.control.group)
+        self._owns_socket = True
         self._server = await asyncio.start_unix_server(self._on_connect, sock=sock,
                                                        limit=READ_CHUNK)
         self.hub.record("control.listening", self.name, f"control socket at {self.socket_path}")
@@ -125,8 +127,10 @@ class ControlServer(Component):
         if self._running_action is not None:
             self._running_action.cancel()
             await asyncio.gather(self._running_action, return_exceptions=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        if self._owns_socket:  # never remove a socket another daemon is serving
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+            self._owns_socket = False
 
     def reconfigure(self, config: Config) -> None:
         self.approvals.ttl_seconds = config.control.token_ttl_seconds

@@ -62,8 +62,8 @@ async def control_server(tmp_path: Path, raw: Mapping[str, Any] | None = None, *
     hub = Hub(config=parse_config(config), store=StateStore(tmp_path / "s.db").open(),
               metrics=Metrics(registry, process=False), **extra)
     server = ControlServer(hub, gated=gated) if gated is not None else ControlServer(hub)
-    await server.start()
     try:
+        await server.start()
         yield Env(hub, server, hub.config.control.socket, registry)
     finally:
         await server.stop()

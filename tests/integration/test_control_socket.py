@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import stat
 from pathlib import Path
@@ -90,14 +91,19 @@ async def test_stale_socket_is_replaced(tmp_path: Path) -> None:
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(path))
     stale.close()
-    async with control_server(tmp_path, {"control": {"socket": str(path)}}) as env:
-        assert (await result(env.socket, "status"))["ok"]
+    try:
+        async with control_server(tmp_path, {"control": {"socket": str(path)}}) as env:
+            assert (await result(env.socket, "status"))["ok"]
+    finally:
+        shutil.rmtree(folder)
 
 
 async def test_live_socket_and_non_socket_are_startup_errors(tmp_path: Path) -> None:
     async with control_server(tmp_path) as env:
+        intruder = ControlServer(env.hub)
         with pytest.raises(FatalError, match="another process is serving"):
-            await ControlServer(env.hub).start()
+            await intruder.start()
+        await intruder.stop()
         assert (await result(env.socket, "status"))["ok"]
         other = env.socket.with_name("plain")
         other.write_text("x")
