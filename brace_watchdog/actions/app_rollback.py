@@ -155,7 +155,8 @@ class AppRollback(Component):
             change = diff(previous, release)
             self._deploy_at = now
             self.hub.metrics.deploys.labels(change=change.change).inc()
-            self.hub.record("deploy", self.name, f"deploy detected: {previous.short} -> "
+            who = " by the rollback" if self.busy else ""
+            self.hub.record("deploy", self.name, f"deploy detected{who}: {previous.short} -> "
                             f"{release.short} ({change.describe()})",
                             evidence={"change": change.change, "services": change.services,
                                       "from": previous.to_dict(), "to": release.to_dict()})
@@ -327,6 +328,9 @@ class AppRollback(Component):
             self.hub.metrics.rollback_time_to_action.set(started - first)
         self.hub.metrics.rollback_last.set(started)
         say = progress or _silent
+        self.hub.record("rollback.started", self.name, f"{origin} rollback {action_id}: "
+                        f"{decision.message}", action_id=action_id,
+                        evidence={"decision": decision.evidence, "argv": list(plan.argv)})
         async with self._heartbeat():
             await self._notify("rollback.started", action_id, decision.message, data, logs=True)
             try:

@@ -9,6 +9,11 @@ PostgreSQL where needed) over a real SQLite state file, with small time values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +22,7 @@ import pytest
 
 from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.errors import RefusedError
-from brace_watchdog.state import StateStore
+from brace_watchdog.state import Event, StateStore
 from tests.support.pg import PgCluster
 from tests.support.stack import (
     Harness,
@@ -25,6 +30,8 @@ from tests.support.stack import (
     ensure_web_images,
     new_stack,
     rollback_config,
+    wait_for_event,
+    write_daemon_config,
 )
 
 pytestmark = pytest.mark.docker
@@ -285,3 +292,64 @@ async def test_manual_rollback_plan_and_status(stack: Stack, tmp_path: Path) -> 
         assert h.store.actions(kind="rollback")[0].requester == "alice"
         with pytest.raises(RefusedError, match="known-good"):
             await h.rollback.manual_rollback("alice")
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(child) for child in text]
+    return found
+
+
+def _kill_daemon(daemon: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the daemon and, as systemd's cgroup kill would, the compose run it started."""
+    children = _children(daemon.pid)
+    daemon.kill()
+    daemon.wait(timeout=10)
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child, signal.SIGKILL)
+
+
+def _start_daemon(config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "brace_watchdog", "run", "--config",
+                             str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def _event(state: Path, *kinds: str, timeout: float = 30) -> Event:
+    found = await asyncio.to_thread(wait_for_event, state, kinds, timeout)
+    assert found is not None, f"no {kinds} event in {timeout}s"
+    return found
+
+
+async def test_real_daemon_killed_mid_rollback_does_not_repeat(stack: Stack,
+                                                               tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    stack.deploy("v1")
+    slow = ["sh", "-c", 'sleep 60; exec docker-compose "$@"', "compose"]
+    daemon = _start_daemon(write_daemon_config(stack, tmp_path, compose_command=slow))
+    try:
+        await _event(state, "release.known_good")
+        stack.deploy("v2")
+        await _event(state, "action.rollback.retagged")
+    finally:
+        _kill_daemon(daemon)  # kill -9 while compose is still to run
+    daemon = _start_daemon(write_daemon_config(stack, tmp_path))
+    try:
+        interrupted = await _event(state, "action.rollback.interrupted", timeout=20)
+        assert "not repeating" in interrupted.message
+        escalation = await _event(state, "escalation")
+        assert escalation.evidence["reason"] == "rollback_interrupted"
+        await asyncio.sleep(3)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=20)
+    store = StateStore(state).open()
+    try:
+        assert [a.status for a in store.actions(kind="rollback")] == ["interrupted"]
+        assert store.events(kinds=("action.rollback.compose_done",)) == []
+        assert store.flag("automation_frozen") is not None
+    finally:
+        store.close()
+    assert stack.running_images()["backend"] == stack.images["v2"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -43,7 +44,7 @@ from tests.support.images import TEST_LABEL, _build_lock
 from tests.support.net import free_port, wait_for_port
 
 __all__ = ["WEB_REPO", "Harness", "RecordingNotifier", "Stack", "ensure_web_images", "new_stack",
-           "rollback_config"]
+           "rollback_config", "wait_for_event", "write_daemon_config"]
 
 WEB_REPO = "brace-test/web"
 RECIPE_VERSION = "3"
@@ -297,3 +298,69 @@ class Harness:
 
     def metric(self, name: str, **labels: str) -> float:
         return self.hub.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+_DAEMON_CONFIG = """\
+[daemon]
+state_path = "{root}/state.db"
+log_level = "WARNING"
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[health]
+url = "{backend}"
+frontend_url = "{frontend}"
+interval_seconds = 0.25
+timeout_seconds = 2.0
+
+[backups]
+directory = "{root}/backups"
+
+[control]
+socket = "{root}/control.sock"
+
+[restore_test]
+enabled = false
+
+[notify]
+log_lines = 5
+
+[rollback]
+{rollback}
+"""
+
+DAEMON_ROLLBACK = {"enabled": True, "compose_command": COMPOSE, "services": ["backend", "frontend"],
+                   "stable_after_seconds": 3.0, "deploy_grace_seconds": 1.0,
+                   "window_seconds": 4.0, "min_samples": 6, "error_ratio": 0.5,
+                   "verify_successes": 3, "verify_timeout_seconds": 20.0,
+                   "interval_seconds": 0.25}
+
+
+def write_daemon_config(stack: Stack, root: Path, **rollback: Any) -> Path:
+    """A TOML config for running the real daemon (``brace-watchdog run``) against ``stack``."""
+    (root / "backups").mkdir(parents=True, exist_ok=True)
+    section = {**DAEMON_ROLLBACK, "compose_file": str(stack.compose_file),
+               "project": stack.project, **rollback}
+    path = root / "brace-watchdog.toml"
+    path.write_text(_DAEMON_CONFIG.format(
+        root=root, metrics_port=free_port(), backend=stack.backend_url,
+        frontend=stack.frontend_url,
+        rollback="\n".join(f"{key} = {json.dumps(value)}" for key, value in section.items())))
+    return path
+
+
+def wait_for_event(state: Path, kinds: tuple[str, ...], timeout: float) -> Event | None:
+    """Poll a daemon's state file until an event of ``kinds`` appears (None on timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if state.exists():
+            store = StateStore(state).open()
+            try:
+                found = store.events(kinds=kinds, limit=1)
+            finally:
+                store.close()
+            if found:
+                return found[0]
+        time.sleep(0.1)
+    return None

@@ -1,0 +1,1 @@
+"""``make demo``: the app rollback shown end to end on a throwaway compose stack."""
