@@ -16,6 +16,7 @@ from typing import Any
 import docker
 import pytest
 
+from brace_watchdog.actions.restore_test import RestoreTestScheduler
 from brace_watchdog.dumps import read_dump_header
 from tests.integration.control_helpers import Env, control_server, ctl, result
 from tests.support.net import free_port, wait_for_port
@@ -92,6 +93,7 @@ def _config(cluster: PgCluster, dbname: str, stack: Stack, backups: Path) -> dic
         "database": {"dsn": dsn},
         "backups": {"directory": str(backups)},
         "health": {"url": stack.health_url, "timeout_seconds": 2},
+        "restore_test": {"backend": "local"},
         "rollback": {"compose_command": ["docker-compose"], "compose_file": str(stack.file),
                      "project": stack.project},
         "db_rollback": {"target": "local", "bin_dir": str(PG_BIN), "health_attempts": 30,
@@ -124,7 +126,12 @@ async def test_db_rollback_end_to_end(tmp_path: Path, pg_cluster: PgCluster, sta
         refused = await ctl("--socket", str(env.socket), "rollback", "db", "--dump", DUMP,
                             "--yes")
         assert refused.code == 1 and "no passing restore test" in refused.err, refused
-        _passed(env, DUMP)
+        scheduler = RestoreTestScheduler(env.hub)
+        await scheduler.start()
+        env.hub.components["restore_test"] = scheduler
+        tested = await ctl("--socket", str(env.socket), "--json", "restore-test", "--dump", DUMP)
+        assert tested.code == 0, tested
+        assert tested.json()["result"]["passed"] is True and "restoring" in tested.err
         before = time.time()
         run = await ctl("--socket", str(env.socket), "--json", "rollback", "db", "--dump", DUMP,
                         "--yes")
