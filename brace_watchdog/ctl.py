@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("what", choices=("app", "db", "pg-hba", "docker-daemon"))
     rollback.add_argument("--dump", help="dump name in the backups folder (rollback db)")
     rollback.add_argument("--yes", action="store_true", help="skip typing the target's name")
+    rollback.add_argument("--plan", action="store_true",
+                          help="rollback app: only show what it would do")
     approve = add("approve", "approve a planned action (shows it first)")
     approve.add_argument("token")
     approve.add_argument("--yes", action="store_true", help="skip typing the target's name")
@@ -321,7 +323,8 @@ def _exit_code(code: str) -> int:
 def run(ns: argparse.Namespace, session: Session) -> int:
     if ns.command == "rollback":
         if ns.what == "app":
-            return session.finish(session.call("rollback-app", {}))
+            args = {"plan_only": True} if ns.plan else {}
+            return session.finish(session.call("rollback-app", args))
         if ns.what == "db" and not ns.dump:
             session.err.write("rollback db needs --dump NAME\n")
             return EXIT_USAGE

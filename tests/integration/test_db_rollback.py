@@ -16,6 +16,7 @@ from typing import Any
 import docker
 import pytest
 
+from brace_watchdog.actions.app_rollback import AppRollback
 from brace_watchdog.actions.restore_test import RestoreTestScheduler
 from brace_watchdog.dumps import read_dump_header
 from tests.integration.control_helpers import Env, control_server, ctl, result
@@ -243,3 +244,26 @@ async def test_rollback_plan_shows_checks_without_changing_anything(
                         stdin="wrong-name\n")
         assert run.code == 1 and "not confirmed" in run.err
         assert not env.hub.store.actions()
+
+
+async def test_rollback_app_uses_the_app_rollback_machinery(tmp_path: Path, stack: Stack) -> None:
+    raw = {"health": {"url": stack.health_url},
+           "rollback": {"enabled": True, "compose_command": ["docker-compose"],
+                        "compose_file": str(stack.file), "project": stack.project,
+                        "services": list(WRITERS)}}
+    async with control_server(tmp_path, raw) as env:
+        rollback = AppRollback(env.hub)
+        await rollback.start()
+        await rollback.cycle()
+        env.hub.components["rollback"] = rollback
+        plan = await ctl("--socket", str(env.socket), "--json", "rollback", "app", "--plan")
+        assert plan.code == 0, plan
+        assert "manual" in plan.json()["plan"]
+        status = (await result(env.socket, "status"))["data"]
+        assert status["rollback"]["busy"] is False
+        run = await ctl("--socket", str(env.socket), "rollback", "app")
+        # a fresh stack has no known-good release yet: the machinery refuses, and says why
+        assert run.code == 1 and "refused" in run.err, run
+        requested = env.hub.store.events(kinds=("rollback.requested",))
+        assert requested and "root (uid 0)" in requested[-1].message
+        await rollback.stop()

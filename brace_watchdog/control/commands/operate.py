@@ -49,7 +49,10 @@ async def restore_test(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def rollback_app(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    """Roll the app back now (``plan_only``: show what it would do and what the policy says)."""
     rollback = component(ctx, "rollback")
+    if args.get("plan_only"):
+        return {"plan": jsonable(await rollback.plan())}
     result = await rollback.manual_rollback(_who(ctx), progress=ctx.progress)
     return {"result": jsonable(result)}
 
@@ -73,7 +76,7 @@ async def ack(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 COMMANDS = (
     Command("restore-test", "operator", restore_test, {"dump": ArgSpec("str", max_chars=1024)},
             summary="run a restore test now (newest dump, or --dump NAME)"),
-    Command("rollback-app", "operator", rollback_app,
+    Command("rollback-app", "operator", rollback_app, {"plan_only": ArgSpec("bool")},
             summary="roll the app back to the last known-good release"),
     Command("freeze", "operator", freeze, {"reason": ArgSpec("str", max_chars=500)},
             summary="freeze automatic actions"),

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from brace_watchdog.control.commands.base import Command, Context
+from brace_watchdog.control.commands.operate import jsonable
 from brace_watchdog.control.commands.timeline import incident_bounds, render_timeline
 from brace_watchdog.control.protocol import ArgSpec, ProtocolError
 from brace_watchdog.errors import AdapterError
@@ -37,7 +38,20 @@ async def status(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         "last_restore_test": last[0] if last else None,
         "dry_run": hub.config.daemon.dry_run,
         "peer": {"uid": ctx.peer.uid, "user": ctx.peer.user},
+        **_component_views(ctx),
     }
+
+
+def _component_views(ctx: Context) -> dict[str, Any]:
+    """What the restore-test and rollback components say about themselves, when they run."""
+    views: dict[str, Any] = {}
+    scheduler = ctx.hub.components.get("restore_test")
+    if scheduler is not None:
+        views["restore_test"] = jsonable(scheduler.progress())
+    rollback = ctx.hub.components.get("rollback")
+    if rollback is not None:
+        views["rollback"] = jsonable(rollback.status())
+    return views
 
 
 async def events(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
