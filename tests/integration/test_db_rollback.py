@@ -20,6 +20,7 @@ from brace_watchdog.actions.app_rollback import AppRollback
 from brace_watchdog.actions.restore_test import RestoreTestScheduler
 from brace_watchdog.dumps import read_dump_header
 from tests.integration.control_helpers import Env, control_server, ctl, result
+from tests.support.images import run_postgres
 from tests.support.net import free_port, wait_for_port
 from tests.support.pg import PG_BIN, PgCluster, make_brace_dump
 
@@ -267,3 +268,40 @@ async def test_rollback_app_uses_the_app_rollback_machinery(tmp_path: Path, stac
         requested = env.hub.store.events(kinds=("rollback.requested",))
         assert requested and "root (uid 0)" in requested[-1].message
         await rollback.stop()
+
+
+async def test_db_rollback_inside_the_database_container(
+        tmp_path: Path, pg_cluster: PgCluster, stack: Stack, docker_client: docker.DockerClient,
+        postgres_image: str) -> None:
+    """The production target of the runbook: pg_dump/pg_restore run in the DB container."""
+    backups = tmp_path / "backups"
+    dump = make_brace_dump(pg_cluster, backups / DUMP, revision="good", rows=20)
+    prod = run_postgres(docker_client, image=postgres_image)
+    try:
+        prod.exec("psql", "-c", "create role brace_user")
+        prod.exec("psql", "-c", "create database brace")
+        subprocess.run([str(PG_BIN / "pg_restore"), "--no-owner", "-d",
+                        prod.dsn(dbname="brace"), str(dump.path)], check=True,
+                       capture_output=True)
+        prod.exec("psql", "-d", "brace", "-c", "update alembic_version set version_num = 'bad'")
+        raw = _config(pg_cluster, dump.dbname, stack, backups)
+        raw["database"] = {"dsn": prod.dsn(dbname="brace")}
+        raw["db_rollback"] = {"target": "container", "container": prod.container.name,
+                              "database": "brace", "user": "postgres", "health_attempts": 30,
+                              "health_wait_seconds": 0.5}
+        async with control_server(tmp_path, raw) as env:
+            _passed(env, DUMP)
+            run = await ctl("--socket", str(env.socket), "--json", "rollback", "db", "--dump",
+                            DUMP, "--yes")
+            assert run.code == 0, run
+            outcome = run.json()
+            assert outcome["database"] == "restored"
+            code, revision = prod.exec("psql", "-tA", "-d", "brace", "-c",
+                                       "select version_num from alembic_version")
+            assert (code, revision.strip()) == (0, "good")
+            safety = backups / outcome["safety_dump"]
+            assert read_dump_header(safety).dbname == "brace"
+            code, leftover = prod.exec("ls", "/tmp")
+            assert "brace-watchdog-rollback.dump" not in leftover
+    finally:
+        prod.stop()
