@@ -10,6 +10,7 @@ is reported to the operator verbatim.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +25,9 @@ from brace_watchdog.errors import ActionError, WatchdogError
 from brace_watchdog.monitors.policy import classify_status
 from brace_watchdog.runtime import Hub
 
-__all__ = ["GatedAction", "GatedFailure", "Plan", "Progress", "Step", "StepJournal", "compose_base",
-           "probe_health", "stamp", "verify_health", "wait_until"]
+__all__ = ["GatedAction", "GatedFailure", "Plan", "Progress", "Step", "StepJournal",
+           "compose_base", "probe_health", "resolve_interrupted", "stamp", "verify_health",
+           "wait_until"]
 
 T = TypeVar("T")
 Progress = Callable[[str, str], Awaitable[None]]
@@ -103,6 +105,12 @@ class StepJournal:
             except (WatchdogError, OSError) as exc:
                 raise await self.fail(stage, exc, kind=kind, state=dict(state),
                                       next_steps=next_steps(stage, state)) from None
+            except asyncio.CancelledError:
+                # status stays "running": the next start escalates it (resolve_interrupted)
+                self.hub.store.journal_step(
+                    self.action_id, stage, result=f"interrupted at {stage} (daemon stopping)",
+                    evidence={"state": dict(state), "next_steps": next_steps(stage, state)})
+                raise
 
     def finish(self, result: str, evidence: dict[str, Any]) -> None:
         self.hub.store.journal_step(self.action_id, "done", evidence=evidence,
@@ -176,3 +184,23 @@ def compose_base(config: Config, *, command: Sequence[str] = (), file: Path | No
     rollback = config.rollback
     return [*(command or rollback.compose_command), "-f", str(file or rollback.compose_file),
             "-p", project or rollback.project]
+
+
+GATED_KINDS = ("db_rollback", "pg_hba_rollback", "docker_daemon_rollback")
+
+
+async def resolve_interrupted(hub: Hub) -> list[int]:
+    """At start-up: gated actions a previous daemon left unfinished are marked interrupted and
+    escalated — their real state is unknown and only an operator can judge it."""
+    found: list[int] = []
+    for action in hub.store.open_actions():
+        if action.kind not in GATED_KINDS:
+            continue
+        message = (f"{action.kind} #{action.id} was interrupted at step {action.step!r} by a "
+                   "daemon restart; check the database, writers and files by hand "
+                   f"(brace-watchdogctl explain / timeline --action-id {action.id})")
+        hub.store.journal_step(action.id, action.step, status="interrupted", result=message)
+        await hub.escalate(f"{action.kind}_interrupted", message, source="control",
+                           evidence={"action_id": action.id, "step": action.step})
+        found.append(action.id)
+    return found

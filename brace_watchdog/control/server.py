@@ -28,7 +28,7 @@ from typing import Any
 
 from brace_watchdog.actions.config_rollback import DockerDaemonRollback, PgHbaRollback
 from brace_watchdog.actions.db_restore import DbRollback
-from brace_watchdog.actions.gated import GatedAction, GatedFailure
+from brace_watchdog.actions.gated import GatedAction, GatedFailure, resolve_interrupted
 from brace_watchdog.component import Component
 from brace_watchdog.config import Config
 from brace_watchdog.control.approvals import ApprovalBook, hash_token
@@ -112,6 +112,7 @@ class ControlServer(Component):
         self._server = await asyncio.start_unix_server(self._on_connect, sock=sock,
                                                        limit=READ_CHUNK)
         self.hub.record("control.listening", self.name, f"control socket at {self.socket_path}")
+        await resolve_interrupted(self.hub)
 
     async def cycle(self) -> str:
         busy = " (gated action running)" if self._running_action else ""

@@ -273,3 +273,15 @@ async def test_hanging_up_does_not_cancel_a_running_action(tmp_path: Path) -> No
         writer.close()
         await asyncio.wait_for(action.finished.wait(), 10)
         assert (tmp_path / "touched").read_text() == "root->root\n"
+
+
+async def test_gated_action_cut_by_a_restart_is_escalated_at_start(tmp_path: Path) -> None:
+    async with control_server(tmp_path) as env:
+        action_id = env.hub.store.begin_action("db_rollback", origin="control", plan={})
+        env.hub.store.journal_step(action_id, "restoring")
+    async with control_server(tmp_path) as env:
+        action = env.hub.store.action(action_id)
+        assert action is not None and action.status == "interrupted"
+        escalation = env.hub.escalation()
+        assert escalation is not None and "interrupted at step 'restoring'" in escalation[
+            "message"]
