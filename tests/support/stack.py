@@ -212,12 +212,12 @@ def new_stack(client: docker.DockerClient, root: Path, images: dict[str, str]) -
 
 
 def rollback_config(stack: Stack, state_dir: Path, *, dry_run: bool = False, dsn: str = "",
-                    **rollback: Any) -> Config:
+                    probe_interval: float = 0.2, **rollback: Any) -> Config:
     """A config for driving :class:`AppRollback` against ``stack`` with small time values."""
     raw: dict[str, Any] = {
         "daemon": {"state_path": str(state_dir / "state.db"), "dry_run": dry_run},
         "health": {"url": stack.backend_url, "frontend_url": stack.frontend_url,
-                   "interval_seconds": 0.2, "timeout_seconds": 2.0},
+                   "interval_seconds": probe_interval, "timeout_seconds": 2.0},
         "database": {"dsn": dsn, "interval_seconds": 0.5},
         "restore_test": {"enabled": False},
         "notify": {"log_lines": 5},
