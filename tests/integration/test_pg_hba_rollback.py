@@ -9,10 +9,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import docker
 import psycopg
 import pytest
 
 from tests.integration.control_helpers import control_server, ctl, result
+from tests.support.images import run_postgres
 from tests.support.pg import PG_BIN, PgCluster
 
 pytestmark = [pytest.mark.postgres]
@@ -30,11 +32,7 @@ def _config(cluster: PgCluster, reload_command: list[str] | None = None) -> dict
 
 
 def _connects(cluster: PgCluster) -> bool:
-    try:
-        with psycopg.connect(cluster.dsn(), connect_timeout=5) as conn:
-            return conn.execute("select 1").fetchone() == (1,)
-    except psycopg.OperationalError:
-        return False
+    return _dsn_connects(cluster.dsn())
 
 
 def _break(cluster: PgCluster) -> str:
@@ -89,3 +87,42 @@ async def test_missing_backup_is_refused(tmp_path: Path, pg_cluster: PgCluster) 
         reply = await result(env.socket, "rollback-pg-hba")
         assert reply["error"]["code"] == "refused" and "does not exist" in reply["error"][
             "message"]
+
+
+@pytest.mark.docker
+async def test_pg_hba_rollback_inside_the_database_container(
+        tmp_path: Path, docker_client: docker.DockerClient, postgres_image: str) -> None:
+    prod = run_postgres(docker_client, image=postgres_image)
+    data = "/var/lib/postgresql/data"
+    hba = f"{data}/pg_hba.conf"
+    name = str(prod.container.name)
+    try:
+        prod.exec("cp", "-p", hba, f"{hba}.bak")
+        prod.exec("sh", "-c", f"printf 'local all all trust\\nhost all all all reject\\n' > {hba}")
+        prod.exec("pg_ctl", "reload", "-D", data)
+        assert not _dsn_connects(prod.dsn())
+        raw = {"database": {"dsn": prod.dsn()},
+               "db_rollback": {"target": "container", "container": name},
+               "network_rollback": {"pg_hba_path": hba, "pg_hba_in_container": True,
+                                    "reload_command": ["docker", "exec", "-u", "postgres", name,
+                                                       "pg_ctl", "reload", "-D", data],
+                                    "verify_attempts": 20, "verify_wait_seconds": 0.25}}
+        async with control_server(tmp_path, raw) as env:
+            run = await ctl("--socket", str(env.socket), "--json", "rollback", "pg-hba", "--yes")
+            assert run.code == 0, run
+            assert run.json()["connection"] == "ok"
+            assert _dsn_connects(prod.dsn())
+            code, listing = prod.exec("ls", data)
+            assert code == 0 and "pg_hba.conf.rollback-" in listing
+            code, owner = prod.exec("stat", "-c", "%U", hba)
+            assert owner.strip() == "postgres"
+    finally:
+        prod.stop()
+
+
+def _dsn_connects(dsn: str) -> bool:
+    try:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            return conn.execute("select 1").fetchone() == (1,)
+    except psycopg.OperationalError:
+        return False
