@@ -229,8 +229,8 @@ def socket_path(ns: argparse.Namespace) -> str:
     except ConfigError as exc:
         if ns.config == DEFAULT_CONFIG and not Path(DEFAULT_CONFIG).exists():
             return FALLBACK_SOCKET
-        raise SystemExit(f"brace-watchdogctl: {exc}\n(give --socket PATH to skip the config)"
-                         ) from None
+        sys.stderr.write(f"brace-watchdogctl: {exc}\n(give --socket PATH to skip the config)\n")
+        raise SystemExit(EXIT_USAGE) from None
 
 
 class Session:

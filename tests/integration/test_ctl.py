@@ -68,7 +68,7 @@ async def test_socket_path_comes_from_the_config(tmp_path: Path) -> None:
         bad = tmp_path / "bad.toml"
         bad.write_text("[control]\nsocket = 5\n")
         run = await ctl("--config", str(bad), "status")
-        assert run.code != 0 and "control.socket: must be a string" in run.err
+        assert run.code == 2 and "control.socket: must be a string" in run.err
 
 
 async def test_tables_by_default_json_everywhere(tmp_path: Path) -> None:
