@@ -178,6 +178,8 @@ class ControlServer(Component):
                     await self._serve_line(client, tail)
                 return
             for line in splitter.feed(data):
+                if client.gone:  # it hung up: what it sent after the last answer is dropped
+                    return
                 await self._serve_line(client, line)
 
     async def _serve_line(self, client: _Client, line: bytes | TooLong) -> None:
