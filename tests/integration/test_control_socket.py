@@ -285,3 +285,14 @@ async def test_gated_action_cut_by_a_restart_is_escalated_at_start(tmp_path: Pat
         escalation = env.hub.escalation()
         assert escalation is not None and "interrupted at step 'restoring'" in escalation[
             "message"]
+
+
+async def test_dry_run_approves_without_executing(tmp_path: Path) -> None:
+    action = TouchAction(tmp_path / "touched")
+    async with control_server(tmp_path, {"daemon": {"dry_run": True}},
+                              gated={"touch": action}) as env:
+        add_touch_planner(env)
+        token = (await result(env.socket, "plan-touch"))["data"]["token"]
+        reply = await result(env.socket, "approve", {"token": token})
+        assert reply["data"] == {"dry_run": True, "would_run": ["append a line"]}
+        assert not (tmp_path / "touched").exists()

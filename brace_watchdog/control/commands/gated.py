@@ -73,6 +73,12 @@ async def approve(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 async def _execute(ctx: Context, action: GatedAction, approval: Approval) -> dict[str, Any]:
     metric = ctx.hub.metrics.gated_actions
+    if ctx.hub.config.daemon.dry_run:
+        plan = await action.plan(dict(approval.params))
+        ctx.hub.record("approval.dry_run", "control", f"dry run: {approval.action} approved "
+                       "but not executed ([daemon] dry_run)", evidence=plan.as_dict())
+        metric.labels(action=approval.action, result="dry_run").inc()
+        return {"dry_run": True, "would_run": list(plan.steps)}
     try:
         result = await action.execute(approval.params, requester=approval.requester_name,
                                       approver=ctx.peer.user, progress=ctx.progress)
