@@ -95,7 +95,8 @@ async def test_bad_image_deploy_is_rolled_back_and_verified(stack: Stack, tmp_pa
         assert (action.status, action.origin) == ("succeeded", "automatic")
         assert action.plan["target"]["fingerprint"] == good
         steps = [e.kind for e in h.store.events(action_id=action.id, limit=50)]
-        assert steps[:2] == ["action.rollback.begin", "action.rollback.retagged"]
+        assert steps[:3] == ["action.rollback.begin", "rollback.started",
+                             "action.rollback.retagged"]
         assert "action.rollback.compose_done" in steps and "action.rollback.succeeded" in steps
         compose = next(e for e in h.store.events(action_id=action.id, limit=50)
                        if e.kind == "action.rollback.compose_done")
@@ -353,3 +354,37 @@ async def test_real_daemon_killed_mid_rollback_does_not_repeat(stack: Stack,
     finally:
         store.close()
     assert stack.running_images()["backend"] == stack.images["v2"]
+
+
+async def test_release_dir_mode_redeploys_the_known_good_folder(stack: Stack,
+                                                                tmp_path: Path) -> None:
+    stack.deploy("v1", release_dir="r1")
+    good_dir = stack.compose_file.parent
+    config = rollback_config(stack, tmp_path, mode="release_dir")
+    async with Harness(config) as h:
+        await known_good(h)
+        stack.deploy("v2", release_dir="r2")  # the pipeline's new folder and tags
+        done = await h.wait_event("rollback.succeeded", timeout=40)
+        action = h.store.actions(kind="rollback")[0]
+        assert action.plan["up"]["cwd"] == str(good_dir)
+        assert action.plan["up"]["files"] == [str(good_dir / "docker-compose.yml")]
+        assert action.plan["retags"] == []
+        assert stack.running_images()["backend"] == stack.images["v1"]
+        assert "verified" in done.message
+
+
+async def test_pins_of_releases_no_longer_needed_are_released(stack: Stack,
+                                                              tmp_path: Path) -> None:
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        first = await known_good(h)
+        for number in (1, 2):  # two more healthy config releases become known-good
+            stack.deploy("v1", {"RELEASE": str(number)})
+            await h.wait_event("deploy")
+            while len(h.events("release.known_good")) < number + 1:
+                await asyncio.sleep(0.1)
+        unpinned = await h.wait_event("release.unpinned")
+        assert unpinned.message.startswith(f"released the pins of {first[:12]}")
+        assert len(stack.pins()) == 4  # two releases kept, two services each
+        assert not any(first[:12] in pin for pin in stack.pins())
+        assert h.store.release(first).pinned is False  # type: ignore[union-attr]

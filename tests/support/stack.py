@@ -126,13 +126,18 @@ class Stack:
     images: dict[str, str]
     backend_port: int = field(default_factory=free_port)
     frontend_port: int = field(default_factory=free_port)
+    release: str = "current"
+    tags: set[str] = field(default_factory=set)
 
     @property
     def compose_file(self) -> Path:
-        return self.root / "docker-compose.yml"
+        """``root/docker-compose.yml``, or ``root/releases/<name>/…`` in release-dir style."""
+        if self.release == "current":
+            return self.root / "docker-compose.yml"
+        return self.root / "releases" / self.release / "docker-compose.yml"
 
     def tag(self, service: str) -> str:
-        return f"{self.project}/{service}:current"
+        return f"{self.project}/{service}:{self.release}"
 
     @property
     def backend_url(self) -> str:
@@ -145,7 +150,7 @@ class Stack:
     def write_compose(self, backend_env: dict[str, str] | None = None) -> None:
         def service(name: str, port: int, env: dict[str, str]) -> str:
             lines = [f"  {name}:", f"    image: {self.tag(name)}", "    network_mode: host",
-                     "    volumes:", "      - ./override:/srv/override:ro",
+                     "    volumes:", f"      - {self.root}/override:/srv/override:ro",
                      "    stop_grace_period: 2s", "    labels:", f'      {TEST_LABEL}: "1"',
                      "    environment:", f'      PORT: "{port}"']
             lines += [f'      {k}: "{v}"' for k, v in sorted(env.items())]
@@ -164,14 +169,20 @@ class Stack:
         """Point the service's tag at web ``version`` (what a release pipeline does)."""
         repository, _, tag = self.tag(service).rpartition(":")
         self.client.images.get(self.images[version]).tag(repository, tag)
+        self.tags.add(self.tag(service))
 
     def compose(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*COMPOSE, "-f", str(self.compose_file), "-p", self.project, *args],
                               capture_output=True, text=True, timeout=timeout, check=False,
-                              cwd=self.root)
+                              cwd=self.compose_file.parent)
 
-    def deploy(self, backend: str = "v1", backend_env: dict[str, str] | None = None) -> float:
-        """Release ``backend`` (v1/v2) with ``backend_env``; return the compose run's seconds."""
+    def deploy(self, backend: str = "v1", backend_env: dict[str, str] | None = None, *,
+               release_dir: str | None = None) -> float:
+        """Release ``backend`` (v1/v2) with ``backend_env`` — in its own release folder with
+        its own tags when ``release_dir`` names one; return the compose run's seconds."""
+        if release_dir is not None:
+            self.release = release_dir
+            self.compose_file.parent.mkdir(parents=True, exist_ok=True)
         self.set_image("backend", backend)
         self.set_image("frontend", "v1")
         self.write_compose(backend_env)
@@ -200,7 +211,7 @@ class Stack:
         for container in self.client.containers.list(
                 all=True, filters={"label": f"com.docker.compose.project={self.project}"}):
             container.remove(force=True)
-        for ref in [*self.pins(), self.tag("backend"), self.tag("frontend")]:
+        for ref in [*self.pins(), *sorted(self.tags)]:
             with contextlib.suppress(docker.errors.ImageNotFound):
                 self.client.images.remove(ref, noprune=True)
 
