@@ -30,13 +30,13 @@ from typing import Any
 
 import httpx
 
+from brace_watchdog.actions.release_tracker import ReleaseTracker, read_snapshot
 from brace_watchdog.actions.rollback_policy import Decision, PolicyInput, decide
 from brace_watchdog.actions.rollback_steps import (
     RollbackPlan,
     RollbackSteps,
     Snapshot,
     build_plan,
-    pin_refs,
     verify_images,
     verify_probes,
 )
@@ -46,21 +46,12 @@ from brace_watchdog.component import Component
 from brace_watchdog.config import Config
 from brace_watchdog.errors import ActionError, AdapterError, RefusedError
 from brace_watchdog.monitors.policy import WindowVerdict, assess_window
-from brace_watchdog.releases import (
-    ComposeContainer,
-    Release,
-    ReleaseObservation,
-    build_release,
-    diff,
-    stability,
-)
+from brace_watchdog.releases import Release, ReleaseObservation, build_release
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import ActionRecord, ReleaseRecord
 
 __all__ = ["AppRollback"]
 
-CURRENT_FLAG = "rollback.current_release"
-KEEP_PINNED = 2
 DAY = 86400.0
 Progress = Callable[[str], Awaitable[None]]
 
@@ -83,35 +74,22 @@ class AppRollback(Component):
         self._sleep = sleep
         self._monotonic = monotonic
         self._snapshot_root = hub.config.daemon.state_path.parent / "releases"
-        self._current: Release | None = None
-        self._containers: list[ComposeContainer] = []
-        self._observation: ReleaseObservation | None = None
-        self._seen_at = self._clock()
-        self._deploy_at: float | None = None
+        self.tracker = ReleaseTracker(hub, self._docker, self.cfg, self._clock())
         self._episode: tuple[str, str, str | None] | None = None
         self._decision: Decision | None = None
         self._task: asyncio.Task[dict[str, Any]] | None = None
-        self._metric_fp: dict[str, str] = {}
 
     # -- component contract ----------------------------------------------------------------
     def interval(self) -> float:
         return self.cfg.interval_seconds
 
     def reconfigure(self, config: Config) -> None:
-        self.cfg = config.rollback
+        self.cfg = self.tracker.cfg = config.rollback
         self._compose = ComposeCLI(self.cfg.compose_command,
                                    timeout=self.cfg.compose_timeout_seconds)
 
     async def start(self) -> None:
-        tracked = self.hub.store.flag(CURRENT_FLAG)
-        if isinstance(tracked, dict) and tracked.get("release"):
-            self._current = Release.from_dict(tracked["release"])
-            self._seen_at = float(tracked.get("seen_at") or self._seen_at)
-            self._deploy_at = tracked.get("deploy_at")
-            self._set_release_metric("current", self._current.fingerprint)
-        known_good = self._known_good()
-        if known_good is not None:
-            self._set_release_metric("known_good", known_good.fingerprint)
+        self.tracker.load()
         open_actions = self.hub.store.open_actions("rollback")
         if open_actions:
             self._task = asyncio.create_task(self._recover(open_actions[0]),
@@ -119,11 +97,11 @@ class AppRollback(Component):
 
     async def cycle(self) -> str:
         now = self._clock()
-        obs = await self._track(now)
+        obs = await self.tracker.track(now, by_rollback=self.busy)
         if self.busy:
             return "rollback in progress"
         if obs.release is not None:
-            await self._maybe_promote(now, obs)
+            await self.tracker.maybe_promote(now, obs)
         decision = decide(self._policy_input(now, manual=False), self.cfg)
         await self._handle(decision)
         return self._status_line(obs, decision)
@@ -139,100 +117,13 @@ class AppRollback(Component):
     def busy(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    # -- release tracking ------------------------------------------------------------------
-    async def _track(self, now: float) -> ReleaseObservation:
-        self._containers = await self._docker.compose_containers(self.cfg.project)
-        obs = build_release(self.cfg.project, self.cfg.services, self._containers)
-        self._observation = obs
-        release = obs.release
-        if release is None or (self._current is not None
-                               and release.fingerprint == self._current.fingerprint):
-            return obs
-        previous, self._current, self._seen_at = self._current, release, now
-        self.hub.store.upsert_release(release.fingerprint, release=release.to_dict(),
-                                      first_seen=now)
-        if previous is not None:
-            change = diff(previous, release)
-            self._deploy_at = now
-            self.hub.metrics.deploys.labels(change=change.change).inc()
-            who = " by the rollback" if self.busy else ""
-            self.hub.record("deploy", self.name, f"deploy detected{who}: {previous.short} -> "
-                            f"{release.short} ({change.describe()})",
-                            evidence={"change": change.change, "services": change.services,
-                                      "from": previous.to_dict(), "to": release.to_dict()})
-        self.hub.store.set_flag(CURRENT_FLAG, {"release": release.to_dict(), "seen_at": now,
-                                               "deploy_at": self._deploy_at})
-        self._set_release_metric("current", release.fingerprint)
-        return obs
-
-    async def _maybe_promote(self, now: float, obs: ReleaseObservation) -> None:
-        release = obs.release
-        known_good = self._known_good()
-        if release is None or obs.not_running or obs.mixed or (
-                known_good is not None and known_good.fingerprint == release.fingerprint):
-            return
-        db = self.hub.observations.database
-        if self.hub.config.database.enabled and (db is None or not db.up):
-            return  # the known-good record needs the schema revision it ran on
-        verdict = stability(now=now, since=self._seen_at, samples=self.hub.observations.samples(),
-                            stable_after_seconds=self.cfg.stable_after_seconds)
-        if verdict.ready:
-            await self._promote(release, now, verdict.reason,
-                                db.revision if db is not None and db.up else None)
-
-    async def _promote(self, release: Release, now: float, why: str,
-                       revision: str | None) -> None:
-        source = Path(release.config_files[0]) if release.config_files else self.cfg.compose_file
-        if not source.exists():
-            source = self.cfg.compose_file
-        compose, env = await asyncio.to_thread(_read_snapshot, source, release.working_dir)
-        pins = await self._pin(release)
-        self.hub.store.mark_known_good(
-            release.fingerprint, at=now, alembic_revision=revision, compose_file=str(source),
-            compose_snapshot=compose, env_snapshot=env,
-            extra={"tags": {s.service: s.image_ref for s in release.services}, "pins": pins})
-        self.hub.store.set_release_pinned(release.fingerprint, bool(pins))
-        self.hub.record("release.known_good", self.name,
-                        f"release {release.short} is known-good ({why})",
-                        evidence={"release": release.to_dict(), "alembic_revision": revision,
-                                  "compose_file": str(source), "pins": pins,
-                                  "snapshot": compose is not None, "env_snapshot": env is not None})
-        self._set_release_metric("known_good", release.fingerprint)
-        await self._release_old_pins()
-
-    async def _pin(self, release: Release) -> list[str]:
-        pins: list[str] = []
-        for image_id, repository, tag in pin_refs(self.cfg.project, release):
-            try:
-                await self._docker.tag_image(image_id, repository, tag)
-                pins.append(f"{repository}:{tag}")
-            except AdapterError as exc:
-                self.hub.record("release.pin_failed", self.name, f"cannot pin {image_id[:19]}: "
-                                f"{exc}", severity="warning")
-        return pins
-
-    async def _release_old_pins(self) -> None:
-        keep = {r.fingerprint for r in self.hub.store.known_good_releases(KEEP_PINNED)}
-        for record in self.hub.store.pinned_releases():
-            if record.fingerprint in keep:
-                continue
-            removed = []
-            for _, repository, tag in pin_refs(self.cfg.project, Release.from_dict(record.release)):
-                with contextlib.suppress(AdapterError):
-                    if await self._docker.remove_image_tag(f"{repository}:{tag}"):
-                        removed.append(f"{repository}:{tag}")
-            self.hub.store.set_release_pinned(record.fingerprint, False)
-            self.hub.record("release.unpinned", self.name, f"released the pins of "
-                            f"{record.fingerprint[:12]} (no longer needed)",
-                            evidence={"removed": removed})
-
     # -- deciding --------------------------------------------------------------------------
     def _policy_input(self, now: float, *, manual: bool) -> PolicyInput:
         cfg = self.cfg
         verdict = self._window_verdict(now)
         known_good = self._known_good()
         db = self.hub.observations.database
-        current = self._observation.release if self._observation is not None else None
+        current = self.tracker.running
         return PolicyInput(
             now=now, verdict=verdict,
             current_fingerprint=current.fingerprint if current else None,
@@ -243,7 +134,7 @@ class AppRollback(Component):
             schema_tracked=self.hub.config.database.enabled,
             known_good_revision=known_good.alembic_revision if known_good else None,
             current_revision=db.revision if db is not None and db.up else None,
-            last_deploy_at=self._deploy_at,
+            last_deploy_at=self.tracker.deploy_at,
             rollback_times=tuple(a.created_at for a in self.hub.store.actions(
                 kind="rollback", since_ts=now - DAY)),
             frozen=self.hub.frozen() is not None, manual=manual)
@@ -251,7 +142,8 @@ class AppRollback(Component):
     def _window_verdict(self, now: float) -> WindowVerdict:
         """The window per probe target (backend, frontend); a sustained one decides."""
         cfg = self.cfg
-        ignore = None if self._deploy_at is None else self._deploy_at + cfg.deploy_grace_seconds
+        deployed = self.tracker.deploy_at
+        ignore = None if deployed is None else deployed + cfg.deploy_grace_seconds
         observations = self.hub.observations
         targets = sorted(observations.probes) or ["none probed yet"]
         verdicts = [assess_window(observations.samples(target), now=now,
@@ -295,10 +187,10 @@ class AppRollback(Component):
         target = Release.from_dict(known_good.release)
         snapshot = Snapshot(Path(known_good.compose_file or self.cfg.compose_file).name,
                             known_good.compose_snapshot, known_good.env_snapshot)
-        on_disk = await asyncio.to_thread(_read_snapshot,
+        on_disk = await asyncio.to_thread(read_snapshot,
                                           Path(known_good.compose_file or self.cfg.compose_file),
                                           target.working_dir)
-        current = self._observation.release if self._observation is not None else None
+        current = self.tracker.running
         return build_plan(self.cfg, target, current, snapshot=snapshot,
                           disk_matches_snapshot=on_disk == (snapshot.compose, snapshot.env),
                           snapshot_dir=self._snapshot_root / target.short, compose=self._compose)
@@ -455,7 +347,7 @@ class AppRollback(Component):
         if self.busy:
             raise RefusedError("rollback", "a rollback is already running")
         now = self._clock()
-        await self._track(now)
+        await self.tracker.track(now)
         decision = decide(self._policy_input(now, manual=True), self.cfg)
         self.hub.record("rollback.requested", self.name, f"{requester} requested a rollback: "
                         f"{decision.message}", evidence={"reason": decision.reason,
@@ -481,10 +373,10 @@ class AppRollback(Component):
 
     def status(self) -> dict[str, Any]:
         known_good = self._known_good()
-        current = self._observation.release if self._observation is not None else None
+        current, observed = self.tracker.running, self.tracker.observation
         return {"current": current.to_dict() if current else None,
-                "observed": self._observation.describe() if self._observation else "not yet",
-                "known_good": _record_dict(known_good), "deploy_at": self._deploy_at,
+                "observed": observed.describe() if observed else "not yet",
+                "known_good": _record_dict(known_good), "deploy_at": self.tracker.deploy_at,
                 "busy": self.busy, "frozen": self.hub.frozen(),
                 "decision": _decision_dict(self._decision) if self._decision else None,
                 "last_actions": [{"id": a.id, "status": a.status, "step": a.step,
@@ -494,8 +386,7 @@ class AppRollback(Component):
 
     # -- helpers ---------------------------------------------------------------------------
     def _known_good(self) -> ReleaseRecord | None:
-        records = self.hub.store.known_good_releases(1)
-        return records[0] if records else None
+        return self.tracker.known_good()
 
     def _journal(self, action_id: int) -> Callable[[str, dict[str, Any]], None]:
         def step(name: str, evidence: dict[str, Any]) -> None:
@@ -534,7 +425,7 @@ class AppRollback(Component):
                    if s.result in self.cfg.failure_results}
         services = [s for s in self.cfg.services if s in failing] or list(self.cfg.services)
         logs: dict[str, str] = {}
-        for container in self._containers:
+        for container in self.tracker.containers:
             if container.service in services and container.service not in logs:
                 try:
                     logs[container.service] = await self._docker.container_logs(container.id,
@@ -546,7 +437,7 @@ class AppRollback(Component):
     def _db_plan(self, evidence: dict[str, Any]) -> dict[str, Any]:
         scan = self.hub.observations.backups
         before = [f for f in (scan.valid if scan else ())
-                  if self._deploy_at is None or f.timestamp <= self._deploy_at]
+                  if self.tracker.deploy_at is None or f.timestamp <= self.tracker.deploy_at]
         backup = max(before, key=lambda f: f.timestamp).name if before else None
         compose = f"{' '.join(self.cfg.compose_command)} -f {self.cfg.compose_file}"
         return {
@@ -560,15 +451,6 @@ class AppRollback(Component):
                       f"{compose} up -d backend admin-bot scheduler",
                       "validate GET /api/health and run the smoke tests"],
             "approve": "gated db_rollback action through the control socket"}
-
-    def _set_release_metric(self, role: str, fingerprint: str) -> None:
-        gauge = self.hub.metrics.release_info
-        old = self._metric_fp.get(role)
-        if old is not None and old != fingerprint:
-            with contextlib.suppress(KeyError):
-                gauge.remove(role, old[:12])
-        gauge.labels(role=role, fingerprint=fingerprint[:12]).set(1)
-        self._metric_fp[role] = fingerprint
 
     def _status_line(self, obs: ReleaseObservation, decision: Decision) -> str:
         known_good = self._known_good()
@@ -584,12 +466,6 @@ async def _silent(message: str) -> None:
 
 def _short(release: Release | None) -> str:
     return release.short if release is not None else "unknown"
-
-
-def _read_snapshot(compose_file: Path, working_dir: str) -> tuple[bytes | None, bytes | None]:
-    compose = compose_file.read_bytes() if compose_file.is_file() else None
-    env_path = Path(working_dir or compose_file.parent) / ".env"
-    return compose, env_path.read_bytes() if env_path.is_file() else None
 
 
 def _decision_dict(decision: Decision) -> dict[str, Any]:

@@ -1,0 +1,174 @@
+"""Release tracking for the app rollback: what runs, what changed, what is known-good.
+
+:class:`ReleaseTracker` reads the compose project's containers through the docker adapter (worker
+threads), builds the running :class:`~brace_watchdog.releases.Release`, records a *deploy* when its
+fingerprint changes (event + ``brace_deploys_total{change}``), and promotes a release that stayed
+unchanged and healthy for ``stable_after_seconds`` to *known-good*: stored with its tags, image IDs,
+the Alembic revision and a snapshot of the compose file and ``.env``, its images pinned under
+daemon-owned tags; the pins of releases no longer needed are released. The running release is
+kept in a state flag, so a restart neither mistakes it for a deploy nor forgets a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from brace_watchdog.actions.rollback_steps import pin_refs
+from brace_watchdog.adapters.docker import DockerAdapter
+from brace_watchdog.config import RollbackConfig
+from brace_watchdog.errors import AdapterError
+from brace_watchdog.releases import (
+    ComposeContainer,
+    Release,
+    ReleaseObservation,
+    build_release,
+    diff,
+    stability,
+)
+from brace_watchdog.runtime import Hub
+from brace_watchdog.state import ReleaseRecord
+
+__all__ = ["CURRENT_FLAG", "ReleaseTracker", "read_snapshot"]
+
+CURRENT_FLAG = "rollback.current_release"
+KEEP_PINNED = 2
+SOURCE = "rollback"
+
+
+class ReleaseTracker:
+    """The rollback component's memory of releases; ``cfg`` is replaced on reload."""
+
+    def __init__(self, hub: Hub, docker: DockerAdapter, cfg: RollbackConfig, now: float) -> None:
+        self.hub = hub
+        self.cfg = cfg
+        self._docker = docker
+        self.current: Release | None = None
+        self.containers: list[ComposeContainer] = []
+        self.observation: ReleaseObservation | None = None
+        self.seen_at = now
+        self.deploy_at: float | None = None
+        self._metric_fp: dict[str, str] = {}
+
+    @property
+    def running(self) -> Release | None:
+        """The release the last observation saw (None while a service has no container)."""
+        return self.observation.release if self.observation is not None else None
+
+    def load(self) -> None:
+        """Adopt the release tracked before a restart, and publish the release metrics."""
+        tracked = self.hub.store.flag(CURRENT_FLAG)
+        if isinstance(tracked, dict) and tracked.get("release"):
+            self.current = Release.from_dict(tracked["release"])
+            self.seen_at = float(tracked.get("seen_at") or self.seen_at)
+            self.deploy_at = tracked.get("deploy_at")
+            self.set_release_metric("current", self.current.fingerprint)
+        known_good = self.known_good()
+        if known_good is not None:
+            self.set_release_metric("known_good", known_good.fingerprint)
+
+    async def track(self, now: float, *, by_rollback: bool = False) -> ReleaseObservation:
+        self.containers = await self._docker.compose_containers(self.cfg.project)
+        obs = build_release(self.cfg.project, self.cfg.services, self.containers)
+        self.observation = obs
+        release = obs.release
+        if release is None or (self.current is not None
+                               and release.fingerprint == self.current.fingerprint):
+            return obs
+        previous, self.current, self.seen_at = self.current, release, now
+        self.hub.store.upsert_release(release.fingerprint, release=release.to_dict(),
+                                      first_seen=now)
+        if previous is not None:
+            change = diff(previous, release)
+            self.deploy_at = now
+            self.hub.metrics.deploys.labels(change=change.change).inc()
+            who = " by the rollback" if by_rollback else ""
+            self.hub.record("deploy", SOURCE, f"deploy detected{who}: {previous.short} -> "
+                            f"{release.short} ({change.describe()})",
+                            evidence={"change": change.change, "services": change.services,
+                                      "from": previous.to_dict(), "to": release.to_dict()})
+        self.hub.store.set_flag(CURRENT_FLAG, {"release": release.to_dict(), "seen_at": now,
+                                               "deploy_at": self.deploy_at})
+        self.set_release_metric("current", release.fingerprint)
+        return obs
+
+    async def maybe_promote(self, now: float, obs: ReleaseObservation) -> None:
+        release = obs.release
+        known_good = self.known_good()
+        if release is None or obs.not_running or obs.mixed or (
+                known_good is not None and known_good.fingerprint == release.fingerprint):
+            return
+        db = self.hub.observations.database
+        if self.hub.config.database.enabled and (db is None or not db.up):
+            return  # the known-good record needs the schema revision it ran on
+        verdict = stability(now=now, since=self.seen_at, samples=self.hub.observations.samples(),
+                            stable_after_seconds=self.cfg.stable_after_seconds)
+        if verdict.ready:
+            await self._promote(release, now, verdict.reason,
+                                db.revision if db is not None and db.up else None)
+
+    async def _promote(self, release: Release, now: float, why: str,
+                       revision: str | None) -> None:
+        source = Path(release.config_files[0]) if release.config_files else self.cfg.compose_file
+        if not source.exists():
+            source = self.cfg.compose_file
+        compose, env = await asyncio.to_thread(read_snapshot, source, release.working_dir)
+        pins = await self._pin(release)
+        self.hub.store.mark_known_good(
+            release.fingerprint, at=now, alembic_revision=revision, compose_file=str(source),
+            compose_snapshot=compose, env_snapshot=env,
+            extra={"tags": {s.service: s.image_ref for s in release.services}, "pins": pins})
+        self.hub.store.set_release_pinned(release.fingerprint, bool(pins))
+        self.hub.record("release.known_good", SOURCE,
+                        f"release {release.short} is known-good ({why})",
+                        evidence={"release": release.to_dict(), "alembic_revision": revision,
+                                  "compose_file": str(source), "pins": pins,
+                                  "snapshot": compose is not None, "env_snapshot": env is not None})
+        self.set_release_metric("known_good", release.fingerprint)
+        await self._release_old_pins()
+
+    async def _pin(self, release: Release) -> list[str]:
+        pins: list[str] = []
+        for image_id, repository, tag in pin_refs(self.cfg.project, release):
+            try:
+                await self._docker.tag_image(image_id, repository, tag)
+                pins.append(f"{repository}:{tag}")
+            except AdapterError as exc:
+                self.hub.record("release.pin_failed", SOURCE, f"cannot pin {image_id[:19]}: "
+                                f"{exc}", severity="warning")
+        return pins
+
+    async def _release_old_pins(self) -> None:
+        keep = {r.fingerprint for r in self.hub.store.known_good_releases(KEEP_PINNED)}
+        for record in self.hub.store.pinned_releases():
+            if record.fingerprint in keep:
+                continue
+            removed = []
+            for _, repository, tag in pin_refs(self.cfg.project, Release.from_dict(record.release)):
+                with contextlib.suppress(AdapterError):
+                    if await self._docker.remove_image_tag(f"{repository}:{tag}"):
+                        removed.append(f"{repository}:{tag}")
+            self.hub.store.set_release_pinned(record.fingerprint, False)
+            self.hub.record("release.unpinned", SOURCE, f"released the pins of "
+                            f"{record.fingerprint[:12]} (no longer needed)",
+                            evidence={"removed": removed})
+
+    def known_good(self) -> ReleaseRecord | None:
+        records = self.hub.store.known_good_releases(1)
+        return records[0] if records else None
+
+    def set_release_metric(self, role: str, fingerprint: str) -> None:
+        gauge = self.hub.metrics.release_info
+        old = self._metric_fp.get(role)
+        if old is not None and old != fingerprint:
+            with contextlib.suppress(KeyError):
+                gauge.remove(role, old[:12])
+        gauge.labels(role=role, fingerprint=fingerprint[:12]).set(1)
+        self._metric_fp[role] = fingerprint
+
+
+def read_snapshot(compose_file: Path, working_dir: str) -> tuple[bytes | None, bytes | None]:
+    compose = compose_file.read_bytes() if compose_file.is_file() else None
+    env_path = Path(working_dir or compose_file.parent) / ".env"
+    return compose, env_path.read_bytes() if env_path.is_file() else None
