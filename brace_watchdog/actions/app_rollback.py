@@ -1,6 +1,7 @@
 """The app-rollback component: track releases, roll a bad deploy back, verify, never loop.
 
-Each short cycle (docker SDK calls in worker threads) does three things:
+Each short cycle (docker SDK calls in worker threads) does three things; the first two live in
+:mod:`~brace_watchdog.actions.release_tracker`:
 
 1. **track** — read the compose project's containers, build the running :class:`Release`; a new
    fingerprint is a *deploy* (event + ``brace_deploys_total{change}``, with what changed);

@@ -22,6 +22,7 @@ import pytest
 
 from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.errors import RefusedError
+from brace_watchdog.observations import FiringAlert
 from brace_watchdog.state import Event, StateStore
 from tests.support.pg import PgCluster
 from tests.support.stack import (
@@ -388,3 +389,21 @@ async def test_pins_of_releases_no_longer_needed_are_released(stack: Stack,
         assert len(stack.pins()) == 4  # two releases kept, two services each
         assert not any(first[:12] in pin for pin in stack.pins())
         assert h.store.release(first).pinned is False  # type: ignore[union-attr]
+
+
+async def test_a_named_alert_alone_triggers_the_rollback(stack: Stack, tmp_path: Path) -> None:
+    stack.deploy("v1")
+    config = rollback_config(stack, tmp_path, trigger_alerts=["BraceBackendErrors"])
+    async with Harness(config) as h:
+        good = await known_good(h)
+        stack.deploy("v1", {"RELEASE": "2"})  # healthy probes, but production alerts fire
+        await h.wait_event("deploy")
+        h.hub.observations.alerts = (FiringAlert("SomethingElse", "warning"),)
+        await asyncio.sleep(1.5)
+        assert h.store.actions(kind="rollback") == []
+        h.hub.observations.alerts = (FiringAlert("BraceBackendErrors", "critical"),)
+        await h.wait_event("rollback.succeeded", timeout=30)
+        action = h.store.actions(kind="rollback")[0]
+        assert action.plan["target"]["fingerprint"] == good
+        begin = h.events("rollback.started")[0]
+        assert begin.evidence["decision"]["firing_alerts"] == ["BraceBackendErrors"]
