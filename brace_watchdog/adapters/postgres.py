@@ -23,17 +23,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import pwd
 import secrets
 import shutil
 import signal
 import socket
+import stat
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
@@ -55,6 +58,7 @@ __all__ = [
 ]
 
 LOCAL_PREFIX = "brace-restore-"
+TEMPLATE_PREFIX = f"{LOCAL_PREFIX}template-"
 CONTAINER_LABEL = "brace-watchdog.restore-test"
 OWNER_LABEL = "brace-watchdog.owner-pid"
 RUN_LABEL = "brace-watchdog.run-id"
@@ -68,6 +72,9 @@ THROWAWAY_SETTINGS: dict[str, str] = {
     "wal_level": "minimal",
     "max_wal_senders": "0",
     "autovacuum": "off",
+    "max_wal_size": "8GB",
+    "checkpoint_timeout": "1h",
+    "wal_buffers": "64MB",
 }
 
 
@@ -93,7 +100,12 @@ def pid_alive(pid: int) -> bool:
 
 
 class ThrowawayServer(ABC):
-    """One disposable server that receives one dump. Use as ``async with``."""
+    """One disposable server that receives one dump. Use as ``async with``.
+
+    ``options`` of the backends are these keyword arguments: ``throwaway_settings``,
+    ``ready_attempts``/``ready_wait`` (readiness polling), ``command_timeout`` (each psql or
+    ``pg_restore -l`` call; the restore itself gets its own limit).
+    """
 
     backend = "abstract"
 
@@ -208,11 +220,13 @@ class LocalServer(ThrowawayServer):
     backend = "local"
 
     def __init__(self, dump: Path, *, user: str = "postgres", bin_dir: str = "",
-                 work_root: Path | None = None, **kwargs: float | int | bool) -> None:
-        super().__init__(dump, **kwargs)  # type: ignore[arg-type]
+                 work_root: Path | None = None, reuse_initdb: bool = True,
+                 **options: Any) -> None:
+        super().__init__(dump, **options)
         self.user = user
         self.bin_dir = bin_dir
         self.work_root = work_root or Path(tempfile.gettempdir())
+        self.reuse_initdb = reuse_initdb
         self.workdir: Path | None = None
 
     def _tool(self, name: str) -> str:
@@ -257,8 +271,7 @@ class LocalServer(ThrowawayServer):
             os.chmod(self.workdir, 0o700)
             os.chown(self.workdir, entry.pw_uid, entry.pw_gid)
         data = self.workdir / "data"
-        await self._server_cmd([self._tool("initdb"), "-D", str(data), "-U", SUPERUSER,
-                                "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+        await self._initdb(data)
         self.port = free_port()
         settings = {"listen_addresses": "'127.0.0.1'", "port": str(self.port),
                     "unix_socket_directories": f"'{self.workdir}'"}
@@ -270,6 +283,39 @@ class LocalServer(ThrowawayServer):
         await self._server_cmd([self._tool("pg_ctl"), "-D", str(data), "-l",
                                 str(self.workdir / "server.log"), "-w", "-t", "60", "start"])
         await self.wait_ready()
+
+    async def _initdb(self, data: Path) -> None:
+        """Create ``data``: a copy of a cached pristine initdb result when possible.
+
+        The cache (``<work_root>/brace-restore-template-<key>``, key = initdb version, user and
+        path) is made once by a normal initdb and renamed into place atomically; it is used only
+        when owned by the server user with mode 0700, so nobody else can plant a config in it.
+        """
+        initdb = [self._tool("initdb"), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
+                  "--locale=C", "--no-sync", "-D"]
+        if not self.reuse_initdb:
+            await self._server_cmd([*initdb, str(data)])
+            return
+        version = await run_command([self._tool("initdb"), "--version"], timeout=30)
+        key = hashlib.sha256(f"{version.stdout}|{self.user}|{initdb[0]}".encode()).hexdigest()
+        template = self.work_root / f"{TEMPLATE_PREFIX}{key[:16]}"
+        if self._trusted_template(template):
+            await self._server_cmd(["cp", "-a", str(template), str(data)])
+            return
+        await self._server_cmd([*initdb, str(data)])
+        staging = self.workdir / "template" if self.workdir else data
+        await self._server_cmd(["cp", "-a", str(data), str(staging)])
+        with contextlib.suppress(OSError):
+            os.rename(staging, template)
+
+    def _trusted_template(self, template: Path) -> bool:
+        try:
+            info = template.lstat()
+        except OSError:
+            return False
+        owner = pwd.getpwnam(self.user).pw_uid if os.geteuid() == 0 else os.geteuid()
+        return (stat.S_ISDIR(info.st_mode) and info.st_uid == owner
+                and info.st_mode & 0o077 == 0 and (template / "PG_VERSION").is_file())
 
     async def _server_cmd(self, argv: list[str]) -> None:
         try:
@@ -336,9 +382,8 @@ class DockerServer(ThrowawayServer):
 
     def __init__(self, dump: Path, docker: DockerAdapter, *, image: str,
                  network: str = "host", run_id: str = "",
-                 labels: Mapping[str, str] | None = None,
-                 **kwargs: float | int | bool) -> None:
-        super().__init__(dump, **kwargs)  # type: ignore[arg-type]
+                 labels: Mapping[str, str] | None = None, **options: Any) -> None:
+        super().__init__(dump, **options)
         self.docker = docker
         self.image = image
         self.network = network
@@ -391,8 +436,7 @@ class DockerServer(ThrowawayServer):
         # shielded: a cancellation must not lose the id of a container that is being created
         self._creating = asyncio.ensure_future(self.docker.run_container(
             self.image, name=f"{LOCAL_PREFIX}{self.run_id}", command=command,
-            environment={"POSTGRES_PASSWORD": self.password, "PGPORT": str(self.inner_port),
-                         "PGDATA": "/var/lib/postgresql/data/pgdata"},
+            environment=self._environment(),
             labels={CONTAINER_LABEL: "1", OWNER_LABEL: str(os.getpid()),
                     RUN_LABEL: self.run_id, **self.extra_labels},
             network_mode=self.network,
@@ -404,6 +448,13 @@ class DockerServer(ThrowawayServer):
             raise ActionError("starting", f"cannot start a container of {self.image}: {exc}"
                               ) from None
         await self.wait_ready()
+
+    def _environment(self) -> dict[str, str]:
+        env = {"POSTGRES_PASSWORD": self.password, "PGPORT": str(self.inner_port),
+               "PGDATA": "/var/lib/postgresql/data/pgdata"}
+        if self.throwaway_settings:
+            env["POSTGRES_INITDB_ARGS"] = "--no-sync"
+        return env
 
     async def stop(self) -> None:
         """Remove our container, also one whose creation failed half-way (found by run id)."""

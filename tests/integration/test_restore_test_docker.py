@@ -31,7 +31,6 @@ from tests.integration.restore_fixtures import (
     others_alive,
     source_cluster,
 )
-from tests.support.pg import PgCluster
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres, pytest.mark.slow]
 
@@ -39,13 +38,10 @@ TEST_LABELS = {"brace-watchdog.test": "1"}
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
-    yield from source_cluster(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def good_dump(source: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return brace_dump(source, tmp_path_factory)
+def good_dump(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A brace-shaped dump; its source cluster lives only as long as this module's tests."""
+    for cluster in source_cluster(tmp_path_factory):
+        yield brace_dump(cluster, tmp_path_factory)
 
 
 @pytest.fixture

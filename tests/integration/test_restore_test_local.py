@@ -8,6 +8,8 @@ stage and message. Cancellation and orphan removal check that nothing is left in
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from brace_watchdog.actions.restore_test import (
     RestoreTestScheduler,
     cli_restore_test,
 )
-from brace_watchdog.adapters.postgres import LocalServer, remove_local_orphans
+from brace_watchdog.adapters.postgres import TEMPLATE_PREFIX, LocalServer, remove_local_orphans
 from brace_watchdog.config import Config
 from brace_watchdog.errors import RefusedError
 from brace_watchdog.metrics import Metrics
@@ -38,6 +40,8 @@ from tests.integration.restore_fixtures import (
 from tests.support.pg import PgCluster, make_brace_dump
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+TMP = Path(tempfile.gettempdir())
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +264,51 @@ async def test_interval_gates_the_next_test(good_dump: Path) -> None:
     now = result.finished_at + 3600
     assert (await scheduler.cycle()).startswith("started: ")
     await scheduler.stop()
+
+
+class RecordingNotifier:
+    """Collects notifications (the Notifier protocol; the webhook sender is tested elsewhere)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    async def send(self, event: str, payload: dict[str, Any]) -> None:
+        self.sent.append((event, payload))
+
+
+async def test_failure_is_recorded_announced_and_counted(tmp_path: Path) -> None:
+    (tmp_path / "brace_20260101_000000.dump").write_bytes(b"PGDMP\x01")
+    hub = make_hub(make_config(tmp_path))
+    hub.notifier = notifier = RecordingNotifier()
+    scheduler = RestoreTestScheduler(hub)
+    with pytest.raises(RefusedError, match="no readable pg_dump"):
+        await scheduler.request(None)
+    result = await (await scheduler.request("brace_20260101_000000.dump"))
+    assert (result.passed, result.stage) == (False, "checking")
+    [(event, payload)] = notifier.sent
+    assert event == "restore_test.failed" and payload["stage"] == "checking"
+    assert [e.kind for e in hub.store.events(kinds=("restore_test.failed",))]
+    registry = hub.metrics.registry
+    assert registry.get_sample_value("brace_restore_test_success") == 0
+    assert registry.get_sample_value("brace_restore_test_runs_total", {"result": "failed"}) == 1
+    assert scheduler.last_result() is not None
+    assert await scheduler.cycle() == "last test failed at checking (brace_20260101_000000.dump)"
+
+
+async def test_initdb_template_is_reused_only_when_trusted(good_dump: Path) -> None:
+    first = LocalServer(good_dump)
+    await first.start()
+    await first.stop()
+    templates = list(TMP.glob(f"{TEMPLATE_PREFIX}*"))
+    assert templates, "the first start leaves a pristine initdb template"
+    second = LocalServer(good_dump)
+    assert second._trusted_template(templates[0])
+    async with second:
+        assert (await second.server_major())[0] == 15
+    os.chmod(templates[0], 0o755)  # a template others could have written is not used
+    try:
+        assert not second._trusted_template(templates[0])
+        async with LocalServer(good_dump) as third:
+            assert (await third.query("select 1")) == [["1"]]
+    finally:
+        os.chmod(templates[0], 0o700)
