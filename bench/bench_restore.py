@@ -11,13 +11,15 @@ indexes) from a throwaway source cluster, then restores the same dump, in one ru
   server settings and no ``--jobs`` (target: <= 1.05x manual);
 * ``brace_fast`` — the same with ``jobs = 2`` and the throwaway settings (target: <= 0.8x).
 
-These three use the local backend (initdb/pg_ctl), isolating what brace-watchdog adds. When the
+These three use the local backend (initdb/pg_ctl; the manual one runs a fresh initdb, brace
+reuses its cached pristine initdb template), isolating what brace-watchdog adds. When the
 docker image ``--docker-image`` (default ``brace-test/postgres:15``, built by the test suite) is
 present, the trio is repeated with containers: ``docker_manual`` is the runbook's ``docker run``
 (host network, ``PGPORT``) + host ``pg_restore``; ``docker_same``/``docker_fast`` are
 brace-watchdog's docker backend (pg_restore inside the container). Each timing covers server
-start to server removal. ``--rounds N`` repeats everything in rotating order and reports
-medians. Results go to ``bench/results/restore.json``.
+start to server removal. ``--rounds N`` repeats everything in rotating order; a ratio is the
+median over rounds of that round's brace/manual ratio (robust against load from other
+processes on a shared machine). Results go to ``bench/results/restore.json``.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ async def make_dump(path: Path, rows_per_table: int) -> None:
 
 async def manual_restore(dump: Path) -> None:
     """The runbook's commands against a fresh default-settings server."""
-    server = LocalServer(dump, throwaway_settings=False)
+    server = LocalServer(dump, throwaway_settings=False, reuse_initdb=False)  # a fresh initdb
     await server.start()
     try:
         target = ["-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres"]
@@ -163,16 +165,22 @@ async def measure(dump: Path, rounds: int, image: str | None) -> dict[str, list[
     return timings
 
 
-def report(median: dict[str, float], prefix: str, label: str) -> dict[str, float]:
-    manual = median[f"{prefix}manual"] if prefix else median["manual"]
-    same = median[f"{prefix}same" if prefix else "brace_same"]
-    fast = median[f"{prefix}fast" if prefix else "brace_fast"]
-    ratios = {f"{prefix}same_settings": same / manual, f"{prefix}jobs2_throwaway": fast / manual}
-    print(f"[{label}] manual runbook restore           {manual:7.2f}s")
-    print(f"[{label}] brace-watchdog, same settings    {same:7.2f}s  ratio "
-          f"{same / manual:.3f}x (target <= 1.05x)")
-    print(f"[{label}] brace-watchdog, jobs=2+throwaway {fast:7.2f}s  ratio "
-          f"{fast / manual:.3f}x (target <= 0.8x)")
+def report(timings: dict[str, list[float]], prefix: str, label: str) -> dict[str, float]:
+    """Median over rounds of each round's ratio (variants of one round ran back to back)."""
+    manual = timings[f"{prefix}manual" if prefix else "manual"]
+    same = timings[f"{prefix}same" if prefix else "brace_same"]
+    fast = timings[f"{prefix}fast" if prefix else "brace_fast"]
+    ratios = {
+        f"{prefix}same_settings": statistics.median(s / m for s, m in zip(same, manual,
+                                                                           strict=True)),
+        f"{prefix}jobs2_throwaway": statistics.median(f / m for f, m in zip(fast, manual,
+                                                                             strict=True)),
+    }
+    print(f"[{label}] manual runbook restore           {statistics.median(manual):7.2f}s")
+    print(f"[{label}] brace-watchdog, same settings    {statistics.median(same):7.2f}s  ratio "
+          f"{ratios[f'{prefix}same_settings']:.3f}x (target <= 1.05x)")
+    print(f"[{label}] brace-watchdog, jobs=2+throwaway {statistics.median(fast):7.2f}s  ratio "
+          f"{ratios[f'{prefix}jobs2_throwaway']:.3f}x (target <= 0.8x)")
     return ratios
 
 
@@ -198,9 +206,9 @@ def main(argv: list[str]) -> int:
     image = asyncio.run(docker_image(args.docker_image)) if args.docker_image else None
     timings = asyncio.run(measure(args.dump, args.rounds, image))
     median = {name: statistics.median(values) for name, values in timings.items()}
-    ratios = report(median, "", "local")
+    ratios = report(timings, "", "local")
     if image:
-        ratios |= report(median, "docker_", f"docker {image}")
+        ratios |= report(timings, "docker_", f"docker {image}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "benchmark": "restore", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
