@@ -189,6 +189,12 @@ class RestoreTestScheduler(Component):
     async def _execute(self, run: RestoreRun) -> RestoreResult:
         try:
             result = await run.execute()
+        except asyncio.CancelledError:
+            self.hub.record("restore_test.cancelled", self.name,
+                            f"restore test of {run.dump.name} cancelled at {run.stage} (daemon "
+                            "shutdown); the throwaway server was removed", severity="warning")
+            self.hub.set_status(self.name, f"cancelled: {run.dump.name}")
+            raise
         finally:
             self.hub.metrics.restore_running.set(0)
         await self._finish(result)

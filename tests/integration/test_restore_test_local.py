@@ -249,6 +249,8 @@ async def test_cycle_starts_a_due_test_and_stop_cancels_it(good_dump: Path) -> N
     await scheduler.stop()  # daemon shutdown mid-test: cancelled and cleaned up
     assert not scheduler.running and leftovers() == []
     assert hub.metrics.registry.get_sample_value("brace_restore_test_running") == 0
+    kinds = {e.kind for e in hub.store.events()}
+    assert kinds & {"restore_test.cancelled", "restore_test.passed"}
 
 
 async def test_interval_gates_the_next_test(good_dump: Path) -> None:
