@@ -1,0 +1,302 @@
+"""The supervisor: one asyncio loop, one task per component, signals, reload and the watchdog.
+
+Lifecycle of ``brace-watchdog run``::
+
+    open state → start metrics exporter → build components → start each → READY=1
+    → run: component tasks (deadline-scheduled cycles) + housekeeping (STATUS=, WATCHDOG=1, loop lag)
+    → SIGHUP: reload config (invalid → keep the old one, log, count)
+    → SIGTERM/SIGINT: STOPPING=1, cancel tasks, stop each component in its own try, exit
+
+Signal handlers only set events; the loop acts on them. A component's cycle error is logged with
+context and counted; only a :class:`~brace_watchdog.errors.FatalError` stops the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from brace_watchdog.component import Component
+from brace_watchdog.config import Config, load_config
+from brace_watchdog.errors import ConfigError, FatalError
+from brace_watchdog.metrics import Metrics, MetricsServer, start_metrics_server
+from brace_watchdog.runtime import Hub, Notifier
+from brace_watchdog.state import StateStore
+from brace_watchdog.systemd import SystemdNotify
+
+__all__ = ["Supervisor", "build_components"]
+
+log = logging.getLogger("brace_watchdog.daemon")
+
+ComponentFactory = Callable[[Hub], list[Component]]
+HOUSEKEEPING_SECONDS = 1.0
+
+
+def build_components(hub: Hub) -> list[Component]:
+    """The production set of components, chosen by configuration."""
+    from brace_watchdog.actions.restore_test import RestoreTestScheduler
+    from brace_watchdog.control.server import ControlServer
+    from brace_watchdog.monitors.alerts import AlertsMonitor
+    from brace_watchdog.monitors.backups import BackupsMonitor
+    from brace_watchdog.monitors.database import DatabaseMonitor
+    from brace_watchdog.monitors.health import HealthMonitor
+
+    config = hub.config
+    components: list[Component] = [HealthMonitor(hub), BackupsMonitor(hub)]
+    if config.alerts.alertmanager_url:
+        components.append(AlertsMonitor(hub))
+    if config.database.enabled:
+        components.append(DatabaseMonitor(hub))
+    if config.restore_test.enabled:
+        components.append(RestoreTestScheduler(hub))
+    if config.rollback.enabled:
+        from brace_watchdog.actions.app_rollback import AppRollback
+
+        components.append(AppRollback(hub))
+    components.append(ControlServer(hub))
+    return components
+
+
+class Supervisor:
+    """Owns the hub and the component tasks for one run of the daemon."""
+
+    def __init__(self, config: Config, *, factory: ComponentFactory = build_components,
+                 notify: SystemdNotify | None = None, metrics: Metrics | None = None,
+                 config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path or config.source
+        self.factory = factory
+        self.notify = notify or SystemdNotify()
+        self.metrics = metrics or Metrics()
+        self.hub: Hub | None = None
+        self.components: list[Component] = []
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: MetricsServer | None = None
+
+    # -- entry point -----------------------------------------------------------------------
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT or a fatal error; return the process exit code."""
+        self._install_signal_handlers()
+        try:
+            await self._start()
+            while not self._stop.is_set():
+                await self._wait_for_signal()
+                if self._reload.is_set() and not self._stop.is_set():
+                    self._reload.clear()
+                    self.reload()
+        except FatalError as exc:
+            self._fatal = exc
+        finally:
+            await self._shutdown()
+        if self._fatal is not None:
+            log.error("fatal: %s", self._fatal)
+            return 1
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    async def _wait_for_signal(self) -> None:
+        stop = asyncio.ensure_future(self._stop.wait())
+        reload = asyncio.ensure_future(self._reload.wait())
+        try:
+            await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            reload.cancel()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+
+    # -- start and stop --------------------------------------------------------------------
+    async def _start(self) -> None:
+        store = StateStore(self.config.daemon.state_path).open()
+        self.hub = hub = Hub(config=self.config, store=store, metrics=self.metrics)
+        hub.notifier = _build_notifier(hub)
+        self._server = _start_exporter(self.metrics, self.config)
+        self.components = self.factory(hub)
+        for component in self.components:
+            hub.components[component.name] = component
+            await self._start_component(component)
+            hub.progress.register(component.name, component.progress_deadline())
+        hub.record("daemon.started", "daemon", f"started with {len(self.components)} components: "
+                   + ", ".join(c.name for c in self.components),
+                   evidence={"config": str(self.config_path), "dry_run": self.config.daemon.dry_run})
+        self._tasks = [asyncio.create_task(self._run_component(c), name=f"component:{c.name}")
+                       for c in self.components]
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self.notify.ready(hub.status_line() or "started")
+
+    async def _start_component(self, component: Component) -> None:
+        """Start one component; only a FatalError aborts start-up, others are logged and counted."""
+        try:
+            await component.start()
+        except FatalError:
+            raise
+        except Exception as exc:
+            self._cycle_failed(component, exc)
+
+    async def _shutdown(self) -> None:
+        self.notify.stopping()
+        log.info("stopping")
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.config.daemon.shutdown_timeout_seconds / 2)
+        for component in reversed(self.components):
+            try:
+                await asyncio.wait_for(component.stop(), timeout=5)
+            except Exception:
+                log.exception("component %s failed to stop cleanly", component.name)
+        if self.hub is not None:
+            with contextlib.suppress(Exception):
+                self.hub.record("daemon.stopped", "daemon", "stopped")
+            self.hub.store.close()
+        if self._server is not None:
+            self._server.stop()
+        self.notify.close()
+
+    # -- component loop ----------------------------------------------------------------------
+    async def _run_component(self, component: Component) -> None:
+        """Cycle on a deadline schedule; survive errors; stop the daemon on a FatalError."""
+        loop = asyncio.get_running_loop()
+        next_run = loop.time()
+        while True:
+            started = loop.time()
+            try:
+                self._cycle_done(component, await component.cycle(), loop.time() - started)
+            except asyncio.CancelledError:
+                raise
+            except FatalError as exc:
+                self._fatal = exc
+                self._stop.set()
+                return
+            except Exception as exc:
+                self._cycle_failed(component, exc)
+            assert self.hub is not None
+            self.hub.progress.beat(component.name)
+            next_run += component.interval()
+            now = loop.time()
+            if next_run < now:
+                self.metrics.component_overruns.labels(component=component.name).inc()
+                log.warning("%s: cycle overran its %.1fs interval by %.1fs", component.name,
+                            component.interval(), now - next_run)
+                next_run = now
+            await asyncio.sleep(next_run - now)
+
+    def _cycle_done(self, component: Component, status: str, duration: float) -> None:
+        assert self.hub is not None
+        now, name = self.hub.clock(), component.name
+        self.metrics.component_up.labels(component=name).set(1)
+        self.metrics.component_last_run.labels(component=name).set(now)
+        self.metrics.component_last_success.labels(component=name).set(now)
+        self.metrics.component_cycle_seconds.labels(component=name).set(duration)
+        self.hub.set_status(name, status)
+        log.debug("%s: %s", name, status)
+
+    def _cycle_failed(self, component: Component, exc: Exception) -> None:
+        assert self.hub is not None
+        name = component.name
+        self.metrics.component_up.labels(component=name).set(0)
+        self.metrics.component_last_run.labels(component=name).set(self.hub.clock())
+        self.metrics.component_errors.labels(component=name).inc()
+        self.hub.set_status(name, f"error: {exc}"[:120])
+        log.error("%s: cycle failed: %s", name, exc, exc_info=not _expected(exc))
+
+    # -- housekeeping: STATUS=, watchdog pings, loop lag -----------------------------------------
+    async def _housekeeping(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.notify.watchdog_interval
+        period = min(HOUSEKEEPING_SECONDS, interval) if interval else HOUSEKEEPING_SECONDS
+        last_ping = 0.0
+        while True:
+            expected = loop.time() + period
+            await asyncio.sleep(period)
+            self.metrics.loop_lag.set(max(0.0, loop.time() - expected))
+            assert self.hub is not None
+            healthy = self._watchdog_healthy()
+            if interval and healthy and loop.time() - last_ping >= interval * 0.95:
+                self.notify.watchdog()
+                last_ping = loop.time()
+            self.notify.status(self.hub.status_line())
+
+    def _watchdog_healthy(self) -> bool:
+        assert self.hub is not None
+        stalls = self.hub.progress.stalls()
+        self.metrics.watchdog_healthy.set(0 if stalls else 1)
+        for stall in stalls:
+            log.error("watchdog pings withheld: %s made no progress for %.0fs (deadline %.0fs)",
+                      stall.component, stall.silent_seconds, stall.deadline_seconds)
+        return not stalls
+
+    # -- reload ----------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """Re-read the config file; keep the running config when the new one is invalid."""
+        assert self.hub is not None
+        self.notify.reloading()
+        try:
+            if self.config_path is None:
+                raise ConfigError(["no config file to reload from"])
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels(result="failure").inc()
+            self.hub.record("config.reload_failed", "daemon", "reload refused, keeping the "
+                            "running config: " + "; ".join(exc.problems), severity="error",
+                            evidence={"problems": exc.problems})
+            self.notify.ready(self.hub.status_line())
+            return False
+        for note in _restart_only_changes(self.config, new):
+            log.warning("reload: %s changed; takes effect after a restart", note)
+        self.config = self.hub.config = new
+        for component in self.components:
+            component.reconfigure(new)
+            self.hub.progress.register(component.name, component.progress_deadline())
+        self.metrics.dry_run.set(1 if new.daemon.dry_run else 0)
+        self.metrics.config_reloads.labels(result="success").inc()
+        self.hub.record("config.reloaded", "daemon", f"configuration reloaded from {self.config_path}")
+        self.notify.ready(self.hub.status_line())
+        return True
+
+
+def _restart_only_changes(old: Config, new: Config) -> list[str]:
+    pairs = {"daemon.state_path": (old.daemon.state_path, new.daemon.state_path),
+             "metrics.listen": (old.metrics.listen, new.metrics.listen),
+             "control.socket": (old.control.socket, new.control.socket)}
+    return [key for key, (a, b) in pairs.items() if a != b]
+
+
+def _expected(exc: Exception) -> bool:
+    from brace_watchdog.errors import WatchdogError
+
+    return isinstance(exc, WatchdogError)
+
+
+def _start_exporter(metrics: Metrics, config: Config) -> MetricsServer:
+    try:
+        return start_metrics_server(metrics, config.metrics.host, config.metrics.port)
+    except OSError as exc:
+        raise FatalError(f"cannot listen for metrics on {config.metrics.listen}: {exc.strerror}; "
+                         "is another brace-watchdog running? change [metrics] listen") from None
+
+
+def _build_notifier(hub: Hub) -> Notifier:
+    if not hub.config.notify.webhook_urls:
+        return hub.notifier
+    from brace_watchdog.notify import WebhookNotifier
+
+    return WebhookNotifier(hub.config.notify, hub.metrics)
+
