@@ -3,8 +3,8 @@
 The recovery time compared with ``rto_seconds`` runs from the start of the test to the end
 of ``verifying``: the time until a verified copy of the data is back.
 
-Stages: ``checking`` (dump header) → ``starting`` (throwaway server, version guard) →
-``restoring`` (roles, ``pg_restore``) → ``verifying`` (Alembic, table list and row counts,
+Stages: ``checking`` (dump header) → ``starting`` (throwaway server, roles, version guard) →
+``restoring`` (``pg_restore``) → ``verifying`` (Alembic, table list and row counts,
 verification and freshness queries) → ``cleaning`` (server removed, always: on pass, failure,
 timeout and cancellation). :class:`RestoreRun` never raises for a failed test; it returns a
 :class:`RestoreResult` whose ``stage`` and ``message`` say where and why. Decisions come from
@@ -167,7 +167,12 @@ class RestoreRun:
         self.server = self.make_server(self.dump)
         self.facts["backend"] = self.server.backend
         await self.server.start()
-        major, version = await self.server.server_major()
+        roles = [policy.quote_ident(role) for role in self.config.roles if role != "postgres"]
+        try:
+            major, version = await self.server.server_major(roles=roles)
+        except PostgresError as exc:
+            raise ActionError("starting", f"cannot create the roles {list(self.config.roles)} "
+                                          f"or read the server version: {exc}") from None
         self.facts["pg_version"] = version
         problem = policy.version_problem(major, header.required_major,
                                          where=f"the {self.server.backend} server")
@@ -194,12 +199,6 @@ class RestoreRun:
             expected = policy.toc_tables(await server.list_toc())
         except CommandError as exc:
             raise ActionError("restoring", f"pg_restore cannot read the dump: {exc}") from None
-        for role in self.config.roles:
-            if role != "postgres":
-                try:
-                    await server.query(f"create role {policy.quote_ident(role)}")
-                except PostgresError as exc:
-                    raise ActionError("restoring", f"cannot create role {role!r}: {exc}") from None
         result = await server.restore(jobs=self.config.jobs,
                                       time_limit=self.config.timeout_seconds)
         errors = policy.pg_restore_errors(result.stderr)

@@ -103,11 +103,13 @@ class DockerAdapter:
         return await self.call(run)
 
     async def container_state(self, container_id: str) -> tuple[str, str]:
-        """``(status, last log lines)`` of a container (``status`` like running/exited)."""
+        """``(status, last log lines)`` of a container (``status`` like running/exited; the
+        logs only when it is not running)."""
         def state() -> tuple[str, str]:
             container = self.client.containers.get(container_id)
-            logs = container.logs(tail=20).decode("utf-8", "replace")
-            return str(container.status), logs
+            if container.status == "running":
+                return "running", ""
+            return str(container.status), container.logs(tail=20).decode("utf-8", "replace")
         return await self.call(state)
 
     async def containers_with_label(self, label: str) -> list[tuple[str, dict[str, str]]]:

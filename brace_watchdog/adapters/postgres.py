@@ -142,8 +142,9 @@ class ThrowawayServer(ABC):
         """The dump's path as the client tools see it."""
 
     @abstractmethod
-    async def _check_alive(self) -> None:
-        """Raise ActionError('starting') when the server died while we waited for it."""
+    async def _precheck(self) -> str | None:
+        """Before a pg_isready: raise ActionError('starting') when the server died; return a
+        reason when a cheap check already shows it is not ready (skipping the probe)."""
 
     # -- shared logic -----------------------------------------------------------------------
     async def __aenter__(self) -> ThrowawayServer:
@@ -165,7 +166,10 @@ class ThrowawayServer(ABC):
                     stop=stop_after_attempt(self.ready_attempts), wait=wait_fixed(self.ready_wait),
                     retry=retry_if_exception_type(_NotReady), reraise=True):
                 with attempt:
-                    await self._check_alive()
+                    reason = await self._precheck()
+                    if reason:
+                        last = reason
+                        raise _NotReady(reason)
                     result = await self._exec([self._tool("pg_isready"), *self._conn(),
                                                "-d", "postgres", "-t", "5"], time_limit=15)
                     last = (result.stdout + result.stderr).strip()
@@ -177,21 +181,25 @@ class ThrowawayServer(ABC):
                                           f"{self.ready_attempts} checks (~{waited:.0f}s): "
                                           f"{last[-300:] or 'no answer'}") from None
 
-    async def query(self, sql: str, *, db: str = "postgres",
+    async def query(self, sql: str, *more: str, db: str = "postgres",
                     time_limit: float | None = None) -> list[list[str]]:
-        """Run one SQL statement with psql; rows of text fields. PostgresError on failure."""
+        """Run SQL statements (one psql, in order, stopping at the first error); the rows of
+        all of them as text fields. PostgresError on failure."""
+        statements = [arg for text in (sql, *more) for arg in ("-c", text)]
         result = await self._exec(
             [self._tool("psql"), "-X", "-q", "-A", "-t", "-F", FIELD_SEPARATOR,
-             "-v", "ON_ERROR_STOP=1", *self._conn(), "-d", db, "-c", sql],
+             "-v", "ON_ERROR_STOP=1", *self._conn(), "-d", db, *statements],
             time_limit=time_limit or self.command_timeout)
         if result.returncode != 0:
             raise PostgresError((result.stderr or result.stdout).strip()[-1000:]
                                 or f"psql exited {result.returncode}")
         return [line.split(FIELD_SEPARATOR) for line in result.stdout.splitlines() if line]
 
-    async def server_major(self) -> tuple[int, str]:
-        """``(major, version text)`` of the running server."""
-        rows = await self.query("select current_setting('server_version_num'), "
+    async def server_major(self, *, roles: Sequence[str] = ()) -> tuple[int, str]:
+        """``(major, version text)`` of the running server, creating ``roles`` on the way
+        (already-quoted identifiers; one round trip)."""
+        rows = await self.query(*[f"create role {role}" for role in roles],
+                                "select current_setting('server_version_num'), "
                                 "current_setting('server_version')")
         return int(rows[0][0]) // 10000, rows[0][1]
 
@@ -249,9 +257,10 @@ class LocalServer(ThrowawayServer):
                                   str(exc)) from None
             raise
 
-    async def _check_alive(self) -> None:
+    async def _precheck(self) -> str | None:
         if self.workdir is None or not (self.workdir / "data" / "postmaster.pid").exists():
             raise ActionError("starting", f"local server stopped: {self._log_tail()}")
+        return None
 
     def _log_tail(self) -> str:
         log = (self.workdir / "server.log") if self.workdir else None
@@ -414,12 +423,22 @@ class DockerServer(ThrowawayServer):
                               f"{argv[0]} in the container timed out after {time_limit:.0f}s"
                               ) from None
 
-    async def _check_alive(self) -> None:
+    async def _precheck(self) -> str | None:
         assert self.container_id is not None
         status, logs = await self.docker.container_state(self.container_id)
         if status in ("exited", "dead"):
             raise ActionError("starting", f"container of {self.image} exited during start-up: "
                                           f"{logs.strip()[-800:] or 'no logs'}")
+        if self.network == "host":  # the image's init phase listens on its socket only
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", self.port), 2.0)
+            except (OSError, TimeoutError):
+                return f"nothing listens on 127.0.0.1:{self.port} yet"
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        return None
 
     async def start(self) -> None:
         if not await self.docker.image_exists(self.image):
