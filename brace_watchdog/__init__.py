@@ -1,4 +1,4 @@
-"""brace-watchdog: keeps the brace docker compose stack alive and gates what only a human may approve."""
+"""brace-watchdog: keeps the brace stack alive and gates what only a human may approve."""
 
 __all__ = ["__version__"]
 

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from brace_watchdog import __version__
-from brace_watchdog.config import Config, load_config
+from brace_watchdog.actions.restore_test import cli_restore_test
+from brace_watchdog.config import load_config
+from brace_watchdog.daemon import Supervisor
 from brace_watchdog.errors import ConfigError
 from brace_watchdog.logs import configure_logging
 
@@ -55,13 +57,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     configure_logging(config.daemon.log_format, config.daemon.log_level)
     if args.command == "restore-test":
-        from brace_watchdog.actions.restore_test import cli_restore_test
-
         return cli_restore_test(config, args.dump)
-    return _run(config)
-
-
-def _run(config: Config) -> int:
-    from brace_watchdog.daemon import Supervisor
-
     return asyncio.run(Supervisor(config).run())

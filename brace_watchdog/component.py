@@ -33,14 +33,14 @@ class Component(ABC):
         """Longest silence (seconds) before this component counts as hung."""
         return max(3 * self.interval(), self.interval() + 30.0)
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook
         """Prepare (open clients, clean orphans). Runs before READY=1."""
 
     @abstractmethod
     async def cycle(self) -> str:
         """Do one round of work; return a one-line status for logs and ``STATUS=``."""
 
-    async def stop(self) -> None:
+    async def stop(self) -> None:  # noqa: B027 - optional hook
         """Release resources; called once on shutdown, even after errors."""
 
     def reconfigure(self, config: Config) -> None:  # noqa: B027 - optional hook

@@ -265,7 +265,10 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
 
 def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None, *,
                  base_dir: Path | None = None, source: Path | None = None) -> Config:
-    """Validate a parsed TOML document. Relative paths resolve against ``base_dir`` (the config file's folder)."""
+    """Validate a parsed TOML document.
+
+    Relative paths resolve against ``base_dir`` (the config file's folder).
+    """
     env = {} if environ is None else environ
     problems = Problems()
     _apply_env_overrides(raw, env, problems)
@@ -398,7 +401,8 @@ def _ok_statuses(r: TableReader) -> tuple[str, ...]:
     for item in items:
         text = str(item) if isinstance(item, int) and not isinstance(item, bool) else item
         if not isinstance(text, str) or not _valid_status_pattern(text):
-            r.error("ok_statuses", f"entries must be status codes (200) or classes ('2xx'), not {item!r}")
+            r.error("ok_statuses",
+                    f"entries must be status codes (200) or classes ('2xx'), not {item!r}")
             return ("2xx", "3xx")
         patterns.append(text)
     if not patterns:
@@ -462,7 +466,8 @@ def _database(r: TableReader, env: Mapping[str, str]) -> DatabaseConfig:
     password = _read_secret(env, "BRACE_WATCHDOG_DB_PASSWORD", "db_password")
     if r.has("password"):
         r.raw("password")
-        r.error("password", "must not be written in the config file: set BRACE_WATCHDOG_DB_PASSWORD "
+        r.error("password", "must not be written in the config file: set "
+                "BRACE_WATCHDOG_DB_PASSWORD "
                 "or the systemd credential db_password")
     cfg = DatabaseConfig(
         dsn=Secret(dsn),
@@ -547,7 +552,8 @@ def _failure_results(r: TableReader) -> tuple[str, ...]:
     results = r.strings("failure_results", ["http_5xx"], non_empty=True)
     unknown = [x for x in results if x not in PROBE_RESULTS or x == "ok"]
     if unknown:
-        r.error("failure_results", f"unknown probe results {unknown}; use {list(PROBE_RESULTS[1:])}")
+        r.error("failure_results",
+                f"unknown probe results {unknown}; use {list(PROBE_RESULTS[1:])}")
         return ("http_5xx",)
     return results
 

@@ -58,7 +58,8 @@ class TableReader:
         return key in self._table
 
     def table(self, key: str) -> TableReader:
-        return TableReader(self.raw(key) if self.has(key) else {}, self.key_path(key), self.problems)
+        value = self.raw(key) if self.has(key) else {}
+        return TableReader(value, self.key_path(key), self.problems)
 
     def tables(self, key: str) -> list[TableReader]:
         """An array of tables (``[[x]]``) as readers, one per element."""
@@ -68,7 +69,8 @@ class TableReader:
         if not isinstance(value, list):
             self.error(key, f"must be an array of tables, not {_type_name(value)}")
             return []
-        return [TableReader(v, f"{self.key_path(key)}[{i}]", self.problems) for i, v in enumerate(value)]
+        return [TableReader(v, f"{self.key_path(key)}[{i}]", self.problems)
+                for i, v in enumerate(value)]
 
     def string(self, key: str, default: str, *, choices: Iterable[str] | None = None) -> str:
         value = self.raw(key)

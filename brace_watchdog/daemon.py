@@ -3,7 +3,8 @@
 Lifecycle of ``brace-watchdog run``::
 
     open state → start metrics exporter → build components → start each → READY=1
-    → run: component tasks (deadline-scheduled cycles) + housekeeping (STATUS=, WATCHDOG=1, loop lag)
+    → run: component tasks (deadline-scheduled cycles)
+           + housekeeping (STATUS=, WATCHDOG=1, event-loop lag)
     → SIGHUP: reload config (invalid → keep the old one, log, count)
     → SIGTERM/SIGINT: STOPPING=1, cancel tasks, stop each component in its own try, exit
 
@@ -20,10 +21,18 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from brace_watchdog.actions.app_rollback import AppRollback
+from brace_watchdog.actions.restore_test import RestoreTestScheduler
 from brace_watchdog.component import Component
 from brace_watchdog.config import Config, load_config
-from brace_watchdog.errors import ConfigError, FatalError
+from brace_watchdog.control.server import ControlServer
+from brace_watchdog.errors import ConfigError, FatalError, WatchdogError
 from brace_watchdog.metrics import Metrics, MetricsServer, start_metrics_server
+from brace_watchdog.monitors.alerts import AlertsMonitor
+from brace_watchdog.monitors.backups import BackupsMonitor
+from brace_watchdog.monitors.database import DatabaseMonitor
+from brace_watchdog.monitors.health import HealthMonitor
+from brace_watchdog.notify import WebhookNotifier
 from brace_watchdog.runtime import Hub, Notifier
 from brace_watchdog.state import StateStore
 from brace_watchdog.systemd import SystemdNotify
@@ -38,13 +47,6 @@ HOUSEKEEPING_SECONDS = 1.0
 
 def build_components(hub: Hub) -> list[Component]:
     """The production set of components, chosen by configuration."""
-    from brace_watchdog.actions.restore_test import RestoreTestScheduler
-    from brace_watchdog.control.server import ControlServer
-    from brace_watchdog.monitors.alerts import AlertsMonitor
-    from brace_watchdog.monitors.backups import BackupsMonitor
-    from brace_watchdog.monitors.database import DatabaseMonitor
-    from brace_watchdog.monitors.health import HealthMonitor
-
     config = hub.config
     components: list[Component] = [HealthMonitor(hub), BackupsMonitor(hub)]
     if config.alerts.alertmanager_url:
@@ -54,8 +56,6 @@ def build_components(hub: Hub) -> list[Component]:
     if config.restore_test.enabled:
         components.append(RestoreTestScheduler(hub))
     if config.rollback.enabled:
-        from brace_watchdog.actions.app_rollback import AppRollback
-
         components.append(AppRollback(hub))
     components.append(ControlServer(hub))
     return components
@@ -133,9 +133,11 @@ class Supervisor:
             hub.components[component.name] = component
             await self._start_component(component)
             hub.progress.register(component.name, component.progress_deadline())
-        hub.record("daemon.started", "daemon", f"started with {len(self.components)} components: "
-                   + ", ".join(c.name for c in self.components),
-                   evidence={"config": str(self.config_path), "dry_run": self.config.daemon.dry_run})
+        names = ", ".join(c.name for c in self.components)
+        hub.record("daemon.started", "daemon", f"started with {len(self.components)} "
+                   f"components: {names}",
+                   evidence={"config": str(self.config_path),
+                             "dry_run": self.config.daemon.dry_run})
         self._tasks = [asyncio.create_task(self._run_component(c), name=f"component:{c.name}")
                        for c in self.components]
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
@@ -267,7 +269,8 @@ class Supervisor:
             self.hub.progress.register(component.name, component.progress_deadline())
         self.metrics.dry_run.set(1 if new.daemon.dry_run else 0)
         self.metrics.config_reloads.labels(result="success").inc()
-        self.hub.record("config.reloaded", "daemon", f"configuration reloaded from {self.config_path}")
+        self.hub.record("config.reloaded", "daemon",
+                        f"configuration reloaded from {self.config_path}")
         self.notify.ready(self.hub.status_line())
         return True
 
@@ -280,8 +283,6 @@ def _restart_only_changes(old: Config, new: Config) -> list[str]:
 
 
 def _expected(exc: Exception) -> bool:
-    from brace_watchdog.errors import WatchdogError
-
     return isinstance(exc, WatchdogError)
 
 
@@ -296,7 +297,5 @@ def _start_exporter(metrics: Metrics, config: Config) -> MetricsServer:
 def _build_notifier(hub: Hub) -> Notifier:
     if not hub.config.notify.webhook_urls:
         return hub.notifier
-    from brace_watchdog.notify import WebhookNotifier
-
     return WebhookNotifier(hub.config.notify, hub.metrics)
 

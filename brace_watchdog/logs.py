@@ -1,4 +1,4 @@
-"""Logging set-up: one line per record, ``text`` for humans or ``json`` for journald/log shippers."""
+"""Logging set-up: one line per record, ``text`` for humans or ``json`` for log shippers."""
 
 from __future__ import annotations
 

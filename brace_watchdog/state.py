@@ -6,7 +6,8 @@ a :class:`~brace_watchdog.errors.StateError` at start-up. The event log is appen
 transition, decision and action step lands there with its evidence as JSON.
 
 Calls are short (single-row writes, indexed reads) and serialised by a lock, so they are safe from
-the event loop and from worker threads alike; with ``synchronous=NORMAL`` a write costs microseconds.
+the event loop and from worker threads alike; with ``synchronous=NORMAL`` a write costs
+microseconds.
 """
 
 from __future__ import annotations
@@ -264,7 +265,8 @@ class StateStore:
 
     def events(self, *, since_id: int = 0, limit: int = 100, kinds: tuple[str, ...] = (),
                since_ts: float | None = None, action_id: int | None = None) -> list[Event]:
-        clauses, params = ["id > ?"], [since_id]
+        clauses: list[str] = ["id > ?"]
+        params: list[Any] = [since_id]
         if kinds:
             clauses.append(f"kind IN ({','.join('?' * len(kinds))})")
             params.extend(kinds)
@@ -327,7 +329,8 @@ class StateStore:
 
     def actions(self, *, kind: str | None = None, statuses: tuple[str, ...] = (),
                 since_ts: float | None = None, limit: int = 100) -> list[ActionRecord]:
-        clauses, params = ["1 = 1"], []
+        clauses: list[str] = ["1 = 1"]
+        params: list[Any] = []
         if kind is not None:
             clauses.append("kind = ?")
             params.append(kind)
@@ -454,7 +457,8 @@ class StateStore:
     # -- audit -----------------------------------------------------------------------------
     def audit(self, *, uid: int, user: str, command: str, outcome: str, detail: str = "") -> None:
         self.execute("INSERT INTO audit (ts, uid, user, command, outcome, detail) "
-                     "VALUES (?, ?, ?, ?, ?, ?)", (self.clock(), uid, user, command, outcome, detail))
+                     "VALUES (?, ?, ?, ?, ?, ?)",
+                     (self.clock(), uid, user, command, outcome, detail))
 
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         return [dict(r) for r in self.query("SELECT * FROM audit ORDER BY id DESC LIMIT ?",

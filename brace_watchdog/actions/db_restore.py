@@ -128,7 +128,7 @@ class DbRollback:
         return [*compose_base(self.hub.config, command=cfg.compose_command,
                               file=cfg.compose_file, project=cfg.project), *args]
 
-    async def _run(self, argv: Sequence[str], *, timeout: float | None = None,  # noqa: ASYNC109
+    async def _run(self, argv: Sequence[str], *, timeout: float | None = None,
                    check: bool = True) -> CommandResult:
         db = self.hub.config.database
         env = {"PGPASSWORD": db.password.reveal()} if db.password else None

@@ -136,7 +136,7 @@ def stamp(now: float) -> str:
 
 
 async def probe_health(url: str, ok_statuses: Sequence[str], *,
-                       timeout: float) -> str:  # noqa: ASYNC109 - an httpx timeout
+                       timeout: float) -> str:
     """One GET of ``url``; returns the classified result (``ok``, ``http_5xx``, ...)."""
     try:
         async with httpx.AsyncClient(timeout=timeout) as client:

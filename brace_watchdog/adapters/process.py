@@ -8,6 +8,7 @@ the whole process group, output captured, and failures turned into
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -81,8 +82,6 @@ def _text(data: bytes) -> str:
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     await proc.wait()

@@ -7,6 +7,7 @@ WATCHDOG_USEC/2 while components make progress, pings withheld when one hangs, S
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import threading
 import time
@@ -18,10 +19,9 @@ from prometheus_client import CollectorRegistry
 
 from brace_watchdog.component import Component
 from brace_watchdog.config import parse_config
-from brace_watchdog.metrics import Metrics
-from brace_watchdog.runtime import Hub
-from brace_watchdog.systemd import SystemdNotify
 from brace_watchdog.daemon import Supervisor
+from brace_watchdog.metrics import Metrics
+from brace_watchdog.systemd import SystemdNotify
 from tests.support.net import free_port
 
 
@@ -136,7 +136,7 @@ async def test_ready_watchdog_status_and_stopping(tmp_path: Path, listener: Noti
     assert any(m.startswith("STATUS=") and "ticks" in m for m in messages)
     pings = listener.times_of("WATCHDOG=1")
     assert len(pings) >= 5
-    gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
     assert all(0.05 < gap < 0.5 for gap in gaps), gaps
     assert metrics.registry.get_sample_value(
         "brace_watchdog_component_errors_total", {"component": "failing"}) >= 5  # type: ignore[operator]
@@ -163,7 +163,8 @@ async def test_hung_component_stops_the_pings(tmp_path: Path, listener: NotifyLi
     assert time.monotonic() - started < 10
 
 
-async def test_unusable_state_file_is_a_clear_fatal_error(tmp_path: Path, listener: NotifyListener) -> None:
+async def test_unusable_state_file_is_a_clear_fatal_error(tmp_path: Path,
+                                                          listener: NotifyListener) -> None:
     bad = tmp_path / "state.db"
     bad.write_bytes(b"this is not sqlite" * 100)
     sup, _ = supervisor(tmp_path, [Ticker()], listener)
