@@ -1,5 +1,5 @@
 """Shared pytest fixtures: real PostgreSQL clusters, the docker engine, offline-built images,
-and an autouse guard that fails any connection outside loopback.
+an autouse guard that fails any connection outside loopback, and a per-test time limit.
 
 Helpers behind them live in ``tests/support/`` (``pg.py``, ``images.py``, ``net.py``); import
 those directly for anything a fixture does not cover (``start_web``, ``run_postgres``,
@@ -19,6 +19,14 @@ from tests.support.images import ensure_busybox_image, ensure_postgres_image
 from tests.support.net import NetworkGuard
 from tests.support.pg import PG_BIN, PgCluster, start_cluster
 from tests.support.skips import skip_or_fail
+from tests.support.timeouts import default_timeout, report_fd, time_limit
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """Every test (setup, call, teardown) runs under a time limit: a hang fails, never stalls."""
+    with time_limit(default_timeout(), item.nodeid, report_fd=report_fd(item.config)):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,9 @@ dumps are real, busybox httpd serves files and CGI, and the network guard blocks
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 from pathlib import Path
 
 import docker
@@ -14,6 +16,7 @@ import pytest
 from tests.support.images import container_labels, run_postgres, start_web
 from tests.support.net import NetworkGuard, NonLoopbackConnectError, free_port
 from tests.support.pg import PgCluster, make_brace_dump
+from tests.support.timeouts import TestTimeout, time_limit
 
 pytestmark = [pytest.mark.postgres]
 
@@ -103,3 +106,16 @@ def test_busybox_web_serves_files_and_cgi_500(docker_client: docker.DockerClient
         assert (failing.status_code, failing.text) == (500, "boom\n")
     finally:
         web.stop()
+
+
+def test_time_limit_fails_a_hung_test() -> None:
+    started = time.monotonic()
+    with pytest.raises(TestTimeout, match=r"exceeded 0\.2s"), time_limit(0.2, "hung"):
+        time.sleep(30)
+    assert time.monotonic() - started < 5
+
+
+def test_time_limit_interrupts_a_blocked_event_loop() -> None:
+    # The exception leaves through the loop's select(), so an async test fails as a whole.
+    with pytest.raises(TestTimeout), time_limit(0.2, "hung loop"):
+        asyncio.run(asyncio.sleep(30))
