@@ -332,7 +332,7 @@ def _path(reader: TableReader, key: str, default: str, base: Path) -> Path:
         reader.error(key, "must not be empty")
         text = default
     candidate = Path(text)
-    return candidate if candidate.is_absolute() else base / candidate
+    return candidate if candidate.is_absolute() else Path(os.path.normpath(base / candidate))
 
 
 def _url(reader: TableReader, key: str, default: str, *, optional: bool) -> str:
@@ -581,7 +581,7 @@ def _optional_path(reader: TableReader, key: str, base: Path) -> Path | None:
     if not text:
         return None
     candidate = Path(text)
-    return candidate if candidate.is_absolute() else base / candidate
+    return candidate if candidate.is_absolute() else Path(os.path.normpath(base / candidate))
 
 
 def _db_rollback(r: TableReader, base: Path) -> DbRollbackConfig:
