@@ -265,19 +265,10 @@ class StateStore:
 
     def events(self, *, since_id: int = 0, limit: int = 100, kinds: tuple[str, ...] = (),
                since_ts: float | None = None, action_id: int | None = None) -> list[Event]:
-        clauses: list[str] = ["id > ?"]
-        params: list[Any] = [since_id]
-        if kinds:
-            clauses.append(f"kind IN ({','.join('?' * len(kinds))})")
-            params.extend(kinds)
-        if since_ts is not None:
-            clauses.append("ts >= ?")
-            params.append(since_ts)
-        if action_id is not None:
-            clauses.append("action_id = ?")
-            params.append(action_id)
-        rows = self.query(f"SELECT * FROM events WHERE {' AND '.join(clauses)} "
-                          "ORDER BY id DESC LIMIT ?", (*params, limit))
+        where, params = _where([("id > ?", since_id), ("kind IN", kinds), ("ts >= ?", since_ts),
+                                ("action_id = ?", action_id)])
+        rows = self.query(f"SELECT * FROM events WHERE {where} ORDER BY id DESC LIMIT ?",
+                          (*params, limit))
         return [_event(row) for row in reversed(rows)]
 
     def event(self, event_id: int) -> Event | None:
@@ -329,19 +320,10 @@ class StateStore:
 
     def actions(self, *, kind: str | None = None, statuses: tuple[str, ...] = (),
                 since_ts: float | None = None, limit: int = 100) -> list[ActionRecord]:
-        clauses: list[str] = ["1 = 1"]
-        params: list[Any] = []
-        if kind is not None:
-            clauses.append("kind = ?")
-            params.append(kind)
-        if statuses:
-            clauses.append(f"status IN ({','.join('?' * len(statuses))})")
-            params.extend(statuses)
-        if since_ts is not None:
-            clauses.append("created_at >= ?")
-            params.append(since_ts)
-        rows = self.query(f"SELECT * FROM actions WHERE {' AND '.join(clauses)} "
-                          "ORDER BY id DESC LIMIT ?", (*params, limit))
+        where, params = _where([("kind = ?", kind), ("status IN", statuses),
+                                ("created_at >= ?", since_ts)])
+        rows = self.query(f"SELECT * FROM actions WHERE {where} ORDER BY id DESC LIMIT ?",
+                          (*params, limit))
         return [_action(row) for row in rows]
 
     def open_actions(self, kind: str | None = None) -> list[ActionRecord]:
@@ -463,6 +445,21 @@ class StateStore:
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         return [dict(r) for r in self.query("SELECT * FROM audit ORDER BY id DESC LIMIT ?",
                                             (limit,))]
+
+
+def _where(conditions: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    """``[("kind = ?", x), ("status IN", (a, b))]`` → SQL and parameters; None/empty are skipped."""
+    clauses, params = ["1 = 1"], []
+    for clause, value in conditions:
+        if value is None or (isinstance(value, tuple) and not value):
+            continue
+        if clause.endswith(" IN"):
+            clauses.append(f"{clause} ({','.join('?' * len(value))})")
+            params.extend(value)
+        else:
+            clauses.append(clause)
+            params.append(value)
+    return " AND ".join(clauses), params
 
 
 def _dumps(value: Any) -> str:
