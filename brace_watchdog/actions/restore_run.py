@@ -77,8 +77,8 @@ class RestoreResult:
 
 
 def server_factory(config: RestoreTestConfig, *, docker: DockerAdapter | None = None,
-                   work_root: Path | None = None, ready_attempts: int = 120,
-                   ready_wait: float = 0.5, labels: dict[str, str] | None = None
+                   work_root: Path | None = None, ready_attempts: int = 480,
+                   ready_wait: float = 0.25, labels: dict[str, str] | None = None
                    ) -> ServerFactory:
     """Build throwaway servers as ``[restore_test] backend`` says."""
     common: dict[str, Any] = {"throwaway_settings": config.throwaway_settings,

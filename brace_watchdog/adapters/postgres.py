@@ -110,7 +110,7 @@ class ThrowawayServer(ABC):
     backend = "abstract"
 
     def __init__(self, dump: Path, *, throwaway_settings: bool = True,
-                 ready_attempts: int = 120, ready_wait: float = 0.5,
+                 ready_attempts: int = 480, ready_wait: float = 0.25,
                  command_timeout: float = 120.0) -> None:
         self.dump = dump
         self.throwaway_settings = throwaway_settings
