@@ -57,14 +57,16 @@ lint: venv
 format-check: venv
 	$(VENV)/bin/ruff format --check brace_watchdog tests
 
-# Benchmarks: `python -m bench` when bench/ is a package with __main__.py, else each bench/*.py.
+# Benchmarks: `python -m bench` when bench/__main__.py exists, else each bench/bench_*.py as a
+# module (python -m bench.bench_x), stopping at the first failure. BENCH_ARGS go to each.
 bench: venv
 	@if [ -f bench/__main__.py ]; then \
 		echo "$(PY) -m bench $(BENCH_ARGS)"; $(PY) -m bench $(BENCH_ARGS); \
 	else \
-		found=0; for script in bench/*.py; do \
+		found=0; for script in bench/bench_*.py; do \
 			[ -e "$$script" ] || continue; found=1; \
-			echo "== $$script"; $(PY) "$$script" $(BENCH_ARGS) || exit 1; \
+			module="bench.$$(basename "$$script" .py)"; \
+			echo "== $(PY) -m $$module $(BENCH_ARGS)"; $(PY) -m "$$module" $(BENCH_ARGS) || exit 1; \
 		done; \
 		[ $$found = 1 ] || { echo "make bench: no benchmarks in bench/"; exit 1; }; \
 	fi
