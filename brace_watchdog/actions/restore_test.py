@@ -70,6 +70,13 @@ def record_result(store: StateStore, result: RestoreResult) -> int:
 
 
 class RestoreTestScheduler(Component):
+    """Component ``restore_test``: one restore test at a time, on schedule or on request.
+
+    A failed test also waits ``interval_hours`` before the next scheduled one (no retry storm);
+    an operator can always :meth:`request` one. Injected for tests: ``docker`` (adapter),
+    ``clock``, ``make_server`` (throwaway-server factory), ``work_root`` (temp dir).
+    """
+
     name = "restore_test"
 
     def __init__(self, hub: Hub, *, docker: DockerAdapter | None = None,
@@ -145,7 +152,11 @@ class RestoreTestScheduler(Component):
 
     async def request(self, dump_name: str | None, *, origin: str = "control"
                       ) -> asyncio.Task[RestoreResult]:
-        """Start a test now (named dump or the newest); AlreadyRunning / RefusedError otherwise."""
+        """Start a test now on ``dump_name`` (resolved strictly inside the backups folder) or on
+        the newest valid dump; returns the running task (await it for the RestoreResult).
+
+        Raises AlreadyRunning (with :meth:`progress`) during a run, RefusedError for a bad name.
+        """
         if self.running:
             raise AlreadyRunning(self.progress())
         directory = self.config.backups.directory
