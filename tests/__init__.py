@@ -1,0 +1,1 @@
+"""brace-watchdog tests: unit (pure), integration (real services), e2e (daemon as a process)."""

@@ -1,0 +1,1 @@
+"""Integration tests: real PostgreSQL, HTTP servers, unix sockets and docker engine."""

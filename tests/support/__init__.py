@@ -1,0 +1,1 @@
+"""Shared test helpers (real services, no mocks): pg, images, net, skips, timeouts."""
