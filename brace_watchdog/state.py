@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tenacity
+
 from brace_watchdog.errors import StateError
 
 __all__ = ["ActionRecord", "Event", "ReleaseRecord", "StateStore"]
@@ -190,7 +192,7 @@ class StateStore:
             conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
                                    timeout=10)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._conn = conn
@@ -207,13 +209,27 @@ class StateStore:
                 self._conn = None
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise StateError(f"state file {self.path} has schema v{version}, newer than this "
-                             f"daemon's v{SCHEMA_VERSION}: upgrade brace-watchdog or move the file")
-        for number in range(version, SCHEMA_VERSION):
-            conn.executescript(f"BEGIN; {_MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; "
-                               "COMMIT;")
+        """Bring the schema to SCHEMA_VERSION in one write transaction.
+
+        The version is read inside ``BEGIN IMMEDIATE``, so two processes opening the same file at
+        once (the daemon and ``brace-watchdog restore-test``) never both run a migration.
+        """
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StateError(f"state file {self.path} has schema v{version}, newer than this "
+                                 f"daemon's v{SCHEMA_VERSION}: upgrade brace-watchdog or move "
+                                 "the file")
+            for number in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     @property
     def schema_version(self) -> int:
@@ -445,6 +461,13 @@ class StateStore:
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         return [dict(r) for r in self.query("SELECT * FROM audit ORDER BY id DESC LIMIT ?",
                                             (limit,))]
+
+
+@tenacity.retry(retry=tenacity.retry_if_exception_message(match=".*locked.*"),
+                stop=tenacity.stop_after_delay(10), wait=tenacity.wait_fixed(0.05), reraise=True)
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL; SQLite answers "locked" without waiting while another opener switches."""
+    conn.execute("PRAGMA journal_mode=WAL")
 
 
 def _where(conditions: list[tuple[str, Any]]) -> tuple[str, list[Any]]:

@@ -1,0 +1,91 @@
+"""The SQLite state store on a real file: migrations, restarts, concurrency, clear start-up errors."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from brace_watchdog.errors import StateError
+from brace_watchdog.state import SCHEMA_VERSION, StateStore
+
+
+def _open_and_write(path: str) -> None:
+    store = StateStore(path).open()
+    store.append_event("test.opened", "worker", f"pid {os.getpid()}")
+    store.close()
+
+
+def test_history_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = StateStore(path).open()
+    action = store.begin_action("app_rollback", origin="auto", plan={"to": "v1"})
+    store.journal_step(action, "compose", evidence={"exit": 0})
+    store.set_flag("automation_frozen", {"reason": "test"})
+    store.close()
+
+    reopened = StateStore(path).open()
+    assert reopened.schema_version == SCHEMA_VERSION
+    assert [e.kind for e in reopened.events()] == ["action.app_rollback.begin",
+                                                   "action.app_rollback.compose"]
+    assert [a.id for a in reopened.open_actions()] == [action]
+    assert reopened.flag("automation_frozen") == {"reason": "test"}
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    reopened.close()
+
+
+def test_concurrent_first_opens_migrate_once(tmp_path: Path) -> None:
+    """The daemon and a one-shot command opening a new file at the same moment."""
+    context = multiprocessing.get_context("spawn")
+    for round_number in range(5):
+        path = str(tmp_path / f"state{round_number}.db")
+        workers = [context.Process(target=_open_and_write, args=(path,)) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+        assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+        store = StateStore(path).open()
+        assert len(store.events()) == 4
+        store.close()
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"definitely not sqlite " * 200)
+    with pytest.raises(StateError, match="unusable .* move it aside"):
+        StateStore(path).open()
+
+
+def test_schema_from_the_future_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    conn.close()
+    with pytest.raises(StateError, match="newer than this daemon"):
+        StateStore(path).open()
+
+
+def test_unwritable_location_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StateError, match="cannot create state folder"):
+        StateStore(blocker / "sub" / "state.db").open()
+
+
+def test_event_filters(tmp_path: Path) -> None:
+    clock = iter(range(100, 200)).__next__
+    store = StateStore(tmp_path / "s.db", clock=lambda: float(clock())).open()
+    first = store.append_event("a", "x", "one")
+    store.append_event("b", "x", "two")
+    action = store.begin_action("k", origin="operator", plan={}, requester="alice")
+    assert [e.message for e in store.events(kinds=("b",))] == ["two"]
+    assert [e.message for e in store.events(since_id=first, kinds=("a", "b"))] == ["two"]
+    assert [e.kind for e in store.events(action_id=action)] == ["action.k.begin"]
+    assert len(store.events(since_ts=101)) == 2
+    assert len(store.events(limit=1)) == 1
+    assert [a.requester for a in store.actions(kind="k", statuses=("running",))] == ["alice"]
+    store.close()
