@@ -1,4 +1,4 @@
-"""The SQLite state store on a real file: migrations, restarts, concurrency, clear start-up errors."""
+"""The SQLite state store on a real file: migrations, restarts, concurrency, start-up errors."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_concurrent_first_opens_migrate_once(tmp_path: Path) -> None:
 def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     path.write_bytes(b"definitely not sqlite " * 200)
-    with pytest.raises(StateError, match="unusable .* move it aside"):
+    with pytest.raises(StateError, match=r"unusable .* move it aside"):
         StateStore(path).open()
 
 
