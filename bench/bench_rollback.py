@@ -46,8 +46,9 @@ async def one_round(client: docker.DockerClient, images: dict[str, str], root: P
     try:
         stack.deploy("v1")
         config = rollback_config(stack, root, window_seconds=window, deploy_grace_seconds=0.0,
-                                 min_samples=int(0.9 * window / interval), interval_seconds=interval,
-                                 stable_after_seconds=2.0, verify_successes=3,
+                                 min_samples=int(0.9 * window / interval),
+                                 interval_seconds=interval, stable_after_seconds=2.0,
+                                 verify_successes=3,
                                  probe_interval=interval)
         async with Harness(config) as h:
             await h.wait_event("release.known_good", timeout=30)
