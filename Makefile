@@ -2,7 +2,7 @@
 #
 #   make run      create .venv if needed, run the daemon in the foreground with etc/brace-watchdog.toml
 #   make test     create .venv if needed, run the whole test suite (PYTEST_ARGS=... to narrow it)
-#   make lint     ruff + mypy --strict        make format-check   ruff format --check
+#   make lint     ruff + mypy --strict + promtool (alert rules)   make format-check   ruff format --check
 #   make bench    run the benchmarks in bench/ (BENCH_ARGS=... passed through)
 #   make demo     the rollback demo (demo/, owned by the rollback work)
 #   make install  PREFIX=/usr/local DESTDIR= : venv in $(PREFIX)/lib/brace-watchdog, commands in
@@ -51,8 +51,10 @@ test: venv
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check brace_watchdog tests $(wildcard bench)
+	$(VENV)/bin/ruff check brace_watchdog tests $(wildcard bench) etc/grafana/generate.py
 	$(VENV)/bin/mypy
+	promtool check rules etc/prometheus/brace-watchdog.rules.yml
+	promtool test rules etc/prometheus/tests/*.yml
 
 format-check: venv
 	$(VENV)/bin/ruff format --check brace_watchdog tests
