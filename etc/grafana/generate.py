@@ -48,7 +48,7 @@ class Panel:
     description: str = ""
     mappings: tuple[tuple[str, str, str], ...] = ()  # (value, text, colour)
     thresholds: tuple[tuple[float | None, str], ...] = ((None, "green"),)
-    extra: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # merged into the panel's options
 
 
 def t(expr: str, legend: str = "") -> Target:
@@ -102,7 +102,9 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
         Panel("Since last restore test", "stat", (
             t(f"time() - brace_restore_test_last_run_timestamp_seconds{{{SEL}}}", "run"),
             t(f"time() - brace_restore_test_last_success_timestamp_seconds{{{SEL}}}",
-              "pass")), 8, unit="s"),
+              "pass")), 8, unit="s",
+              description="Timestamps are 0 before the first (passing) test, so this reads "
+                          "decades until then."),
         Panel("Restore tests by result", "timeseries", (
             t(zero(f"sum by (result) (increase(brace_restore_test_runs_total{{{SEL}}}[1d]))"),
               "{{result}}"),), 8, description="Tests in the previous 24 h."),
@@ -144,7 +146,7 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
               mappings=(("0", "STALLED", "red"), ("1", "healthy", "green")),
               description="0: a component missed its deadline; systemd pings stop."),
         Panel("Version", "stat", (t(f"brace_watchdog_info{{{SEL}}}", "{{version}}"),), 4,
-              extra={"options": {"textMode": "name"}}),
+              options={"textMode": "name"}),
         Panel("Component up", "timeseries", (
             t(f"brace_watchdog_component_up{{{SEL}}}", "{{component}}"),), 8),
         Panel("Component errors", "timeseries", (
@@ -187,10 +189,12 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
         "fieldConfig": _field_config(panel), "targets": targets,
     }
     if panel.kind == "stat":
-        body["options"] = {"colorMode": "background", "graphMode": "none",
+        body["options"] = {"colorMode": "background", "graphMode": "none", "textMode": "auto",
                            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "",
-                                             "values": False}}
-    body.update(panel.extra)
+                                             "values": False}, **panel.options}
+    else:
+        body["options"] = {"legend": {"displayMode": "list", "placement": "bottom"},
+                           "tooltip": {"mode": "multi"}, **panel.options}
     return body
 
 
