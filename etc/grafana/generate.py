@@ -106,8 +106,9 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
               description="Timestamps are 0 before the first (passing) test, so this reads "
                           "decades until then."),
         Panel("Restore tests by result", "timeseries", (
-            t(zero(f"sum by (result) (increase(brace_restore_test_runs_total{{{SEL}}}[1d]))"),
-              "{{result}}"),), 8, description="Tests in the previous 24 h."),
+            t(zero(f"sum by (result) (brace_restore_test_runs_total{{{SEL}}})"),
+              "{{result}}"),), 8, description="Tests run since the daemon started (a step up "
+                                              "is a test; the history is in the event log)."),
         Panel("Restore test duration", "timeseries", (
             t(f"brace_restore_test_duration_seconds{{{SEL}}}", "total"),
             t(zero(f"brace_restore_test_stage_duration_seconds{{{SEL}}}"), "{{stage}}")), 12,
@@ -123,8 +124,8 @@ ROWS: tuple[tuple[str, tuple[Panel, ...]], ...] = (
         Panel("Dry run", "stat", (t(f"brace_watchdog_dry_run{{{SEL}}}"),), 4,
               mappings=(("0", "off", "green"), ("1", "ON", "orange"))),
         Panel("Rollbacks by outcome", "stat", (
-            t(zero(f"sum by (result) (increase(brace_rollbacks_total{{{SEL}}}[$__range]))"),
-              "{{result}}"),), 6, description="succeeded, failed, interrupted, dry_run."),
+            t(zero(f"sum by (result) (brace_rollbacks_total{{{SEL}}})"), "{{result}}"),), 6,
+              description="Since the daemon started: succeeded, failed, interrupted, dry_run."),
         Panel("Last rollback: time to action / recovery", "stat", (
             t(f"brace_rollback_time_to_action_seconds{{{SEL}}}", "to action"),
             t(f"brace_rollback_time_to_recovery_seconds{{{SEL}}}", "to recovery")), 6,
