@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_daemon_process import Daemon
-from tests.support.net import free_port, wait_for_port
+from tests.support.net import free_port
 from tests.support.pg import PgCluster, make_brace_dump
 from tests.support.skips import skip_or_fail
 from tests.support.webserver import SwitchableServer, switchable_server
@@ -64,6 +64,16 @@ class Prometheus:
             body = json.loads(exc.read())
         assert body["status"] == "success", f"{path} {params}: {body}"
         return body["data"]
+
+    def ready(self) -> bool:
+        """``/-/ready`` answers 200 once the TSDB is open (503 while it starts)."""
+        url = f"http://127.0.0.1:{self.port}/-/ready"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return bool(response.status == 200)
+        except OSError:  # URLError/HTTPError: not listening or not ready yet
+            assert self.proc.poll() is None, "prometheus exited; see prometheus.log"
+            return False
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         data = self.api("query", query=expr)
@@ -127,7 +137,7 @@ def prometheus(tmp_path: Path, daemon: Daemon, prometheus_binary: str) -> Iterat
     workdir.mkdir()
     prom = Prometheus(prometheus_binary, workdir, daemon.metrics_port)
     try:
-        wait_for_port(prom.port, timeout=30)
+        wait_until(prom.ready, "prometheus /-/ready", timeout=60)
         yield prom
     finally:
         prom.close()
