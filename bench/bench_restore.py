@@ -12,9 +12,9 @@ indexes) from a throwaway source cluster, then restores the same dump, in one ru
 * ``brace_fast`` — the same with ``jobs = 2`` and the throwaway settings (target: <= 0.8x).
 
 These three use the local backend (initdb/pg_ctl; the manual one runs a fresh initdb, brace
-reuses its cached pristine initdb template), isolating what brace-watchdog adds. When the
-docker image ``--docker-image`` (default ``brace-test/postgres:15``, built by the test suite) is
-present, the trio is repeated with containers: ``docker_manual`` is the runbook's ``docker run``
+reuses its cached pristine initdb template), isolating what brace-watchdog adds. With
+``--docker-image IMAGE`` (e.g. ``brace-test/postgres:15``, built by the docker tests) the trio
+is repeated with containers: ``docker_manual`` is the runbook's ``docker run``
 (host network, ``PGPORT``) + host ``pg_restore``; ``docker_same``/``docker_fast`` are
 brace-watchdog's docker backend (pg_restore inside the container). Each timing covers server
 start to server removal. ``--rounds N`` repeats everything in rotating order; a ratio is the
@@ -187,12 +187,14 @@ def report(timings: dict[str, list[float]], prefix: str, label: str) -> dict[str
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=850_000, help="rows per table (4 tables)")
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dump", type=Path, default=Path(tempfile.gettempdir())
                         / "brace-bench-restore" / "brace_20260203_045206.dump",
                         help="dump path; reused when it exists (delete it to regenerate)")
-    parser.add_argument("--docker-image", default="brace-test/postgres:15",
-                        help="image for the docker variants ('' to skip them)")
+    parser.add_argument("--docker-image", default="",
+                        help="also run the docker variants with this image (e.g. "
+                             "brace-test/postgres:15, built by the docker tests)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSON results file")
     args, _ = parser.parse_known_args(argv)
     args.dump.parent.mkdir(parents=True, exist_ok=True)
     if not args.dump.exists():
@@ -209,8 +211,8 @@ def main(argv: list[str]) -> int:
     ratios = report(timings, "", "local")
     if image:
         ratios |= report(timings, "docker_", f"docker {image}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps({
         "benchmark": "restore", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "dump_bytes": args.dump.stat().st_size, "rows_per_table": args.rows,
@@ -220,7 +222,7 @@ def main(argv: list[str]) -> int:
         "meets_targets": all(v <= (1.05 if k.endswith("same_settings") else 0.8)
                              for k, v in ratios.items()),
     }, indent=2) + "\n", encoding="utf-8")
-    print(f"results: {RESULTS}")
+    print(f"results: {args.results}")
     return 0
 
 
