@@ -1,0 +1,1 @@
+"""Benchmarks of brace-watchdog (run them all with ``python -m bench`` / ``make bench``)."""

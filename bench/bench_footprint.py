@@ -1,0 +1,169 @@
+"""Benchmark: the daemon's memory and CPU per health probe vs prometheus-blackbox-exporter.
+
+Side by side, for the same duration (default 600 s, ``--quick`` 60 s), against the same loopback
+HTTP target (its own process, HTTP/1.1 keep-alive, 200):
+
+* the real daemon (``brace-watchdog run``) probing at a 1 s health interval, with every optional
+  component off that config allows (no database, alerts, restore tests or rollback; an empty
+  backups folder) — the control server and the backups monitor still run;
+* ``prometheus-blackbox-exporter`` with an ``http_2xx`` module, driven once per second through
+  ``/probe?target=...&module=http_2xx`` by a loop in this process (the driver's CPU is not counted,
+  only the exporter process's).
+
+CPU per probe = (utime+stime delta of the process, all threads, from ``/proc/PID/stat``) ÷ probes
+that reached the target in the measured window (counted from the target's request log by
+user-agent); nothing is subtracted. RSS is ``VmRSS`` at the end. Targets: daemon RSS <= 60 MB,
+CPU per probe <= 0.5x the exporter's. Writes ``bench/results/footprint.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import (
+    BLACKBOX,
+    ProcSample,
+    TargetServer,
+    daemon_config,
+    figure,
+    print_figures,
+    running_daemon,
+    sample_process,
+    stop_process,
+    target_server,
+    wait_http,
+    write_result,
+)
+from brace_watchdog.adapters.postgres import free_port
+
+MB = 1024 * 1024
+BLACKBOX_MODULES = """modules:
+  http_2xx:
+    prober: http
+    timeout: 5s
+    http:
+      preferred_ip_protocol: ip4
+      valid_status_codes: [200]
+"""
+
+
+@contextmanager
+def running_blackbox(workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    config = workdir / "blackbox.yml"
+    config.write_text(BLACKBOX_MODULES, encoding="utf-8")
+    port = free_port()
+    log = (workdir / "blackbox.log").open("ab")
+    process = subprocess.Popen([str(BLACKBOX), f"--config.file={config}",
+                                f"--web.listen-address=127.0.0.1:{port}"],
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/metrics", process=process)
+        yield process, port
+    finally:
+        stop_process(process)
+        log.close()
+
+
+def drive(exporter_port: int, target: str, *, seconds: float, interval: float,
+          pids: tuple[int, int]) -> tuple[int, int, list[list[float]]]:
+    """Probe through the exporter once per ``interval`` for ``seconds``; sample RSS every 10 s.
+
+    Returns (probes answered with probe_success 1, probes sent, rss trace [t, daemon, exporter]).
+    """
+    url = f"http://127.0.0.1:{exporter_port}/probe"
+    params = {"target": target, "module": "http_2xx"}
+    ok = sent = 0
+    trace: list[list[float]] = []
+    started = time.monotonic()
+    next_run, last_sample = started, -10.0
+    with httpx.Client(timeout=10.0) as client:
+        while (now := time.monotonic()) - started < seconds:
+            sent += 1
+            body = client.get(url, params=params).text
+            ok += "probe_success 1" in body
+            if now - last_sample >= 10:
+                last_sample = now
+                trace.append([round(now - started, 1)] + [
+                    round(sample_process(pid).rss_bytes / MB, 2) for pid in pids])
+            next_run += interval
+            time.sleep(max(0.0, next_run - time.monotonic()))
+    return ok, sent, trace
+
+
+def measure(workdir: Path, server: TargetServer, *, seconds: float, warmup: float
+            ) -> dict[str, Any]:
+    metrics_port = free_port()
+    config = daemon_config(workdir, health_url=server.url(), metrics_port=metrics_port,
+                           interval=1.0)
+    with running_daemon(config, metrics_port) as daemon, running_blackbox(workdir) as (bb, port):
+        drive(port, server.url("/bb"), seconds=warmup, interval=1.0, pids=(daemon.pid, bb.pid))
+        t0 = time.time()
+        first = (sample_process(daemon.pid), sample_process(bb.pid))
+        ok, sent, trace = drive(port, server.url("/bb"), seconds=seconds, interval=1.0,
+                                pids=(daemon.pid, bb.pid))
+        last = (sample_process(daemon.pid), sample_process(bb.pid))
+        t1 = time.time()
+    daemon_probes = len(server.requests("brace-watchdog", t0, t1))
+    all_probes = len(server.requests("", t0, t1))
+    return _summary(first, last, daemon_probes, all_probes - daemon_probes,
+                    {"window_seconds": round(t1 - t0, 1), "exporter_probes_sent": sent,
+                     "exporter_probes_successful": ok, "rss_trace_mb": trace})
+
+
+def _summary(first: tuple[ProcSample, ProcSample], last: tuple[ProcSample, ProcSample],
+             daemon_probes: int, exporter_probes: int, extra: dict[str, Any]) -> dict[str, Any]:
+    cpu = [b.cpu_seconds - a.cpu_seconds for a, b in zip(first, last, strict=True)]
+    return {"daemon_probes": daemon_probes, "exporter_probes": exporter_probes,
+            "daemon_cpu_seconds": round(cpu[0], 3), "exporter_cpu_seconds": round(cpu[1], 3),
+            "daemon_cpu_per_probe": cpu[0] / max(daemon_probes, 1),
+            "exporter_cpu_per_probe": cpu[1] / max(exporter_probes, 1),
+            "daemon_rss_mb": last[0].rss_bytes / MB, "exporter_rss_mb": last[1].rss_bytes / MB,
+            "daemon_hwm_mb": last[0].hwm_bytes / MB, "exporter_hwm_mb": last[1].hwm_bytes / MB,
+            **extra}
+
+
+def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        figure("cpu_per_probe", value=result["daemon_cpu_per_probe"] * 1000,
+               baseline_value=result["exporter_cpu_per_probe"] * 1000, unit="ms CPU/probe",
+               baseline="blackbox-exporter", target=0.5, target_on="ratio",
+               note=f"{result['daemon_probes']} daemon / {result['exporter_probes']} exporter "
+                    f"probes in {result['window_seconds']} s; utime+stime, nothing subtracted"),
+        figure("rss_end", value=result["daemon_rss_mb"], baseline_value=result["exporter_rss_mb"],
+               unit="MB", baseline="blackbox-exporter", target=60.0, target_on="value",
+               note=f"VmRSS after {result['window_seconds']} s + warm-up; peak (VmHWM) "
+                    f"{result['daemon_hwm_mb']:.1f} MB vs {result['exporter_hwm_mb']:.1f} MB"),
+    ]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="60 s instead of 600 s")
+    parser.add_argument("--seconds", type=float, default=None, help="measured window")
+    parser.add_argument("--warmup", type=float, default=10.0)
+    args, _ = parser.parse_known_args(argv)
+    seconds = args.seconds or (60.0 if args.quick else 600.0)
+    print(f"footprint: daemon vs blackbox-exporter, {seconds:.0f} s at 1 probe/s", flush=True)
+    with tempfile.TemporaryDirectory(prefix="brace-bench-footprint-") as tmp, \
+            target_server(Path(tmp)) as server:
+        result = measure(Path(tmp), server, seconds=seconds, warmup=args.warmup)
+    result["rss_trace_mb"] = result["rss_trace_mb"][-6:]
+    items = figures(result)
+    print_figures(items)
+    path = write_result("footprint", items, result, quick=args.quick)
+    print(f"results: {path}")
+    return 0 if all(item["passed"] for item in items) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
