@@ -4,100 +4,18 @@ SIGHUP with a valid and an invalid config, SIGTERM with STOPPING=1 and a clean e
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.net import free_port
+from tests.support.daemon import BIN, Daemon, write_config
 from tests.support.skips import skip_or_fail
-from tests.support.webserver import SwitchableServer, switchable_server
-
-BIN = Path(sys.executable).with_name("brace-watchdog")
-
-
-def write_config(path: Path, *, health_url: str, metrics_port: int, interval: float = 0.2,
-                 extra: str = "") -> None:
-    path.write_text(f"""
-[daemon]
-state_path = "state.db"
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
-[health]
-url = "{health_url}"
-interval_seconds = {interval}
-timeout_seconds = 1
-[backups]
-directory = "backups"
-[control]
-socket = "control.sock"
-[restore_test]
-enabled = false
-{extra}
-""", encoding="utf-8")
-
-
-class Daemon:
-    def __init__(self, tmp_path: Path, server: SwitchableServer) -> None:
-        self.dir = tmp_path
-        (tmp_path / "backups").mkdir()
-        self.config = tmp_path / "brace-watchdog.toml"
-        self.metrics_port = free_port()
-        self.health_url = server.url()
-        write_config(self.config, health_url=self.health_url, metrics_port=self.metrics_port)
-        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.notify.bind(str(tmp_path / "notify.sock"))
-        self.notify.settimeout(0.2)
-        self.messages: list[str] = []
-        env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
-               "WATCHDOG_USEC": "1000000"}
-        self.log = (tmp_path / "daemon.log").open("w")
-        self.proc = subprocess.Popen([str(BIN), "run", "--config", str(self.config)], env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_for(self, prefix: str, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in self.messages:
-                if message.startswith(prefix):
-                    self.messages.remove(message)
-                    return message
-            try:
-                self.messages.append(self.notify.recv(4096).decode())
-            except TimeoutError:
-                assert self.proc.poll() is None, self.output()
-        raise AssertionError(f"no {prefix!r} within {timeout}s; got {self.messages}\n"
-                             + self.output())
-
-    def scrape(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.read().decode()
-
-    def sample(self, name: str) -> float | None:
-        for line in self.scrape().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{"):
-                return float(line.rsplit(" ", 1)[1])
-        return None
-
-    def output(self) -> str:
-        self.log.flush()
-        return (self.dir / "daemon.log").read_text()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.notify.close()
-        self.log.close()
+from tests.support.webserver import switchable_server
 
 
 @pytest.fixture

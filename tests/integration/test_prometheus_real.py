@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.test_daemon_process import Daemon
+from tests.support.daemon import Daemon
 from tests.support.net import free_port
 from tests.support.pg import PgCluster, make_brace_dump
 from tests.support.skips import skip_or_fail
