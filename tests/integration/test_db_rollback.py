@@ -133,7 +133,8 @@ async def test_db_rollback_end_to_end(tmp_path: Path, pg_cluster: PgCluster, sta
         env.hub.components["restore_test"] = scheduler
         tested = await ctl("--socket", str(env.socket), "--json", "restore-test", "--dump", DUMP)
         assert tested.code == 0, tested
-        assert tested.json()["result"]["passed"] is True and "restoring" in tested.err
+        # Stages are polled, so a fast restore may skip some; progress must still stream.
+        assert tested.json()["result"]["passed"] is True and "brace_" in tested.err
         before = time.time()
         run = await ctl("--socket", str(env.socket), "--json", "rollback", "db", "--dump", DUMP,
                         "--yes")
