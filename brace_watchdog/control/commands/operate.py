@@ -40,10 +40,11 @@ async def restore_test(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     shown: Any = None
     while not task.done():
         current = scheduler.progress()
-        if current != shown and current.get("running"):
+        stage = (current.get("stage"), current.get("line"))
+        if stage != shown and current.get("running"):
             await ctx.progress(str(current.get("stage", "restore_test")),
                                str(current.get("line", "")))
-        shown = current
+        shown = stage
         await asyncio.wait({task}, timeout=POLL_SECONDS)
     return {"result": jsonable(task.result())}
 
