@@ -10,6 +10,11 @@ HTTP target (its own process, HTTP/1.1 keep-alive, 200):
   ``/probe?target=...&module=http_2xx`` by a loop in this process (the driver's CPU is not counted,
   only the exporter process's).
 
+A probe-path breakdown follows (informational): in a fresh process, once per second for
+``--breakdown-seconds``, alternating, one GET through an ``httpx.AsyncClient`` set up as the
+health monitor sets it up vs the same request written and read on a kept-alive asyncio stream,
+each timed with ``time.thread_time`` — the floor of the HTTP client alone, cold as in the daemon.
+
 CPU per probe = (utime+stime delta of the process, all threads, from ``/proc/PID/stat``) ÷ probes
 that reached the target in the measured window (counted from the target's request log by
 user-agent); nothing is subtracted. RSS is ``VmRSS`` at the end. Targets: daemon RSS <= 60 MB,
@@ -19,6 +24,9 @@ CPU per probe <= 0.5x the exporter's. Writes ``bench/results/footprint.json``.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -132,6 +140,41 @@ def _summary(first: tuple[ProcSample, ProcSample], last: tuple[ProcSample, ProcS
             **extra}
 
 
+async def _probe_path(url: str, port: int, rounds: int) -> dict[str, float]:
+    """Median thread CPU of one cold httpx GET vs one raw keep-alive stream request (ms)."""
+    client = httpx.AsyncClient(timeout=httpx.Timeout(5.0), follow_redirects=False,
+                               trust_env=False, headers={"user-agent": "bench-probe-path"},
+                               limits=httpx.Limits(max_connections=4, max_keepalive_connections=4))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    raw = (f"GET /api/health HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+           "user-agent: bench-probe-path\r\n\r\n").encode()
+    await client.get(url)
+    cost: dict[str, list[float]] = {"httpx": [], "stream": []}
+    for _ in range(rounds):
+        await asyncio.sleep(0.5)
+        started = time.thread_time()
+        await client.get(url)
+        cost["httpx"].append(time.thread_time() - started)
+        await asyncio.sleep(0.5)
+        started = time.thread_time()
+        writer.write(raw)
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)
+        cost["stream"].append(time.thread_time() - started)
+    writer.close()
+    await client.aclose()
+    return {name: statistics.median(values) * 1000 for name, values in cost.items()}
+
+
+def probe_path(server: TargetServer, seconds: float) -> dict[str, float]:
+    """Run :func:`_probe_path` in a fresh interpreter (its own caches, like the daemon)."""
+    done = subprocess.run([sys.executable, "-m", "bench.bench_footprint", "--probe-path-child",
+                           server.url(), str(server.port), str(max(5, int(seconds / 2)))],
+                          capture_output=True, text=True, check=True, timeout=seconds + 60)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         figure("cpu_per_probe", value=result["daemon_cpu_per_probe"] * 1000,
@@ -143,6 +186,12 @@ def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
                unit="MB", baseline="blackbox-exporter", target=60.0, target_on="value",
                note=f"VmRSS after {result['window_seconds']} s + warm-up; peak (VmHWM) "
                     f"{result['daemon_hwm_mb']:.1f} MB vs {result['exporter_hwm_mb']:.1f} MB"),
+        figure("probe_path_httpx_get", value=result["path_httpx_ms"],
+               baseline_value=result["path_stream_ms"], unit="ms CPU/request",
+               baseline="raw asyncio stream request", target=None,
+               note="informational: the HTTP client alone, cold (one request per second), "
+                    "median; the exporter's whole probe costs "
+                    f"{result['exporter_cpu_per_probe'] * 1000:.2f} ms"),
     ]
 
 
@@ -151,12 +200,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="60 s instead of 600 s")
     parser.add_argument("--seconds", type=float, default=None, help="measured window")
     parser.add_argument("--warmup", type=float, default=10.0)
+    parser.add_argument("--breakdown-seconds", type=float, default=None)
+    parser.add_argument("--probe-path-child", nargs=3, metavar=("URL", "PORT", "ROUNDS"),
+                        help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args(argv)
+    if args.probe_path_child:
+        url, port, rounds = args.probe_path_child
+        print(json.dumps(asyncio.run(_probe_path(url, int(port), int(rounds)))))
+        return 0
     seconds = args.seconds or (60.0 if args.quick else 600.0)
     print(f"footprint: daemon vs blackbox-exporter, {seconds:.0f} s at 1 probe/s", flush=True)
     with tempfile.TemporaryDirectory(prefix="brace-bench-footprint-") as tmp, \
             target_server(Path(tmp)) as server:
         result = measure(Path(tmp), server, seconds=seconds, warmup=args.warmup)
+        path_ms = probe_path(server, args.breakdown_seconds or (30.0 if args.quick else 120.0))
+    result |= {"path_httpx_ms": path_ms["httpx"], "path_stream_ms": path_ms["stream"]}
     result["rss_trace_mb"] = result["rss_trace_mb"][-6:]
     items = figures(result)
     print_figures(items)

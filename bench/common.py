@@ -302,7 +302,13 @@ def print_figures(figures: list[dict[str, Any]]) -> None:
         rel = "n/a" if item["ratio"] is None else f"{item['ratio']:.3f}x"
         print(f"  {item['name']}: {item['value']:.6g} {item['unit']} vs {item['baseline']} "
               f"{item['baseline_value']:.6g} -> {rel} ({describe_target(item)}) "
-              f"{'PASS' if item['passed'] else 'FAIL'}", flush=True)
+              f"{_verdict(item)}", flush=True)
+
+
+def _verdict(item: dict[str, Any]) -> str:
+    if item["target"] is None:
+        return "info"
+    return "PASS" if item["passed"] else "FAIL"
 
 
 def describe_target(item: dict[str, Any]) -> str:
