@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from bench.__main__ import BENCHMARKS, Outcome, render, restore_figures, rollback_figures
+from bench.__main__ import (
+    BENCHMARKS,
+    Outcome,
+    render,
+    restore_docker_figures,
+    restore_figures,
+    rollback_figures,
+)
 from bench.common import (
     figure,
     parse_metric,
@@ -107,8 +114,10 @@ def test_parse_metric_with_and_without_labels() -> None:
 
 
 RESTORE = {"rounds": 3, "dump_bytes": 2e8,
-           "median_seconds": {"manual": 10.0, "brace_same": 10.2, "brace_fast": 7.0},
-           "ratios": {"same_settings": 1.02, "jobs2_throwaway": 0.7}}
+           "median_seconds": {"manual": 10.0, "brace_same": 10.2, "brace_fast": 7.0,
+                              "docker_manual": 11.0, "docker_same": 12.0, "docker_fast": 9.0},
+           "ratios": {"same_settings": 1.02, "jobs2_throwaway": 0.7,
+                      "docker_same_settings": 1.09, "docker_jobs2_throwaway": 0.82}}
 ROLLBACK = {"median_recovery_seconds": 9.0, "median_floor_seconds": 8.8, "median_ratio": 1.02,
             "target_ratio": 1.3, "rounds": [{}, {}, {}], "window_seconds": 8.0,
             "probe_interval_seconds": 0.25}
@@ -119,13 +128,19 @@ def test_restore_and_rollback_results_become_figures_with_their_own_ratios() -> 
     assert [(f["name"], f["ratio"], f["target"], f["passed"]) for f in restore] == [
         ("restore_same_settings", 1.02, 1.05, True), ("restore_jobs2_throwaway", 0.7, 0.8, True)]
     assert restore[1]["value"] == 7.0 and restore[1]["baseline_value"] == 10.0
+    docker = restore_docker_figures(RESTORE)
+    assert [(f["name"], f["baseline_value"], f["passed"]) for f in docker] == [
+        ("restore_docker_same_settings", 11.0, False),
+        ("restore_docker_jobs2_throwaway", 11.0, False)]
+    assert restore_docker_figures({**RESTORE, "ratios": {"same_settings": 1.0}}) == []
     (rollback,) = rollback_figures(ROLLBACK)
     assert rollback["ratio"] == 1.02 and rollback["passed"] and rollback["target"] == 1.3
 
 
 def test_render_lists_figures_failures_and_machine_facts() -> None:
-    good = Outcome(BENCHMARKS[4], True, 0, 60.0, rollback_figures(ROLLBACK), "2026-01-01")
-    crashed = Outcome(BENCHMARKS[0], True, 2, 1.0, [], "", "exit 2, no fresh results")
+    by_name = {b.name: b for b in BENCHMARKS}
+    good = Outcome(by_name["rollback"], True, 0, 60.0, rollback_figures(ROLLBACK), "2026-01-01")
+    crashed = Outcome(by_name["backup_scan"], True, 2, 1.0, [], "", "exit 2, no fresh results")
     text = render([crashed, good], {"cores": "2"}, quick=True, command="python -m bench",
                   started="now", total_seconds=61.0)
     assert "**NOT MEASURED** (exit 2, no fresh results)" in text
