@@ -1,9 +1,11 @@
 """The health monitor: probes the backend's ``/api/health`` and the frontend over HTTP.
 
-One ``httpx.AsyncClient`` is reused for the daemon's lifetime (keep-alive connections, no
-per-probe set-up). Each probe is classified (ok, http_4xx, http_5xx, timeout, connection_error),
-exported as metrics, appended to the in-memory window the rollback policy reads, and a change of
-result per target is recorded as an event.
+Each target is probed over one kept-alive connection by the lean
+:class:`~brace_watchdog.adapters.http_probe.KeepAliveProber` (no per-probe set-up; see that module
+for why it is not httpx). :func:`probe` is the same check through an httpx client, for callers
+that already hold one (rollback verification). Each probe is classified (ok, http_4xx,
+http_5xx, timeout, connection_error), exported as metrics, appended to the in-memory window the
+rollback policy reads, and a change of result per target is recorded as an event.
 """
 
 from __future__ import annotations
@@ -11,16 +13,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
+from brace_watchdog.adapters.http_probe import HttpProbeError, KeepAliveProber
 from brace_watchdog.component import Component
 from brace_watchdog.config import Config
 from brace_watchdog.monitors.policy import classify_status
 from brace_watchdog.observations import ProbeResult, ProbeSample
 from brace_watchdog.runtime import Hub
 
-__all__ = ["HealthMonitor", "probe"]
+__all__ = ["HealthMonitor", "probe", "probe_keepalive"]
 
 
 async def probe(client: httpx.AsyncClient, target: str, url: str, *, ok_statuses: tuple[str, ...],
@@ -42,15 +46,33 @@ async def probe(client: httpx.AsyncClient, target: str, url: str, *, ok_statuses
                        latency_seconds=timer() - started, detail=detail)
 
 
+async def probe_keepalive(prober: KeepAliveProber, target: str, *, ok_statuses: tuple[str, ...],
+                          clock: Callable[[], float] = time.time,
+                          timer: Callable[[], float] = time.perf_counter) -> ProbeSample:
+    """One probe through a kept-alive :class:`KeepAliveProber`, classified like :func:`probe`."""
+    started = timer()
+    result: ProbeResult
+    status, detail = 0, ""
+    try:
+        status = await prober.get()
+        result = classify_status(status, ok_statuses)
+    except TimeoutError:
+        result, detail = "timeout", "no answer within the timeout"
+    except HttpProbeError as exc:
+        result, detail = "connection_error", str(exc)[:200]
+    return ProbeSample(ts=clock(), target=target, result=result, status=status,
+                       latency_seconds=timer() - started, detail=detail)
+
+
 class HealthMonitor(Component):
     name = "health"
 
-    def __init__(self, hub: Hub, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        self._probers: dict[str, KeepAliveProber] = {}
         self._last_result: dict[str, ProbeResult] = {}
         self._config = hub.config.health
+        self._metric_children: dict[str, tuple[Any, ...]] = {}
 
     def interval(self) -> float:
         return self._config.interval_seconds
@@ -65,40 +87,55 @@ class HealthMonitor(Component):
         return targets
 
     async def start(self) -> None:
-        self._client = self._new_client()
+        self._build_probers()
 
-    def _new_client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            timeout=httpx.Timeout(self._config.timeout_seconds),
-            limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
-            transport=self._transport, follow_redirects=False, trust_env=False,
-            headers={"user-agent": "brace-watchdog"})
+    def _build_probers(self) -> None:
+        self._close_probers()
+        self._probers = {target: KeepAliveProber(url, timeout=self._config.timeout_seconds)
+                         for target, url in self._targets()}
 
     def reconfigure(self, config: Config) -> None:
         self._config = config.health
         self.hub.observations.window_size = config.health.window_size
+        self._build_probers()
 
     async def cycle(self) -> str:
-        if self._client is None or self._client.timeout.read != self._config.timeout_seconds:
-            if self._client is not None:
-                await self._client.aclose()
-            self._client = self._new_client()
-        client = self._client
-        samples = await asyncio.gather(*(
-            probe(client, target, url, ok_statuses=self._config.ok_statuses, clock=self.hub.clock)
-            for target, url in self._targets()))
+        if not self._probers:
+            self._build_probers()
+        probers = list(self._probers.items())
+        if len(probers) == 1:
+            samples = [await self._probe(*probers[0])]
+        else:
+            samples = list(await asyncio.gather(*(self._probe(t, p) for t, p in probers)))
         for sample in samples:
             self._publish(sample)
         return ", ".join(_describe(s) for s in samples)
 
+    async def _probe(self, target: str, prober: KeepAliveProber) -> ProbeSample:
+        return await probe_keepalive(prober, target, ok_statuses=self._config.ok_statuses,
+                                     clock=self.hub.clock)
+
+    def _children(self, target: str) -> tuple[Any, ...]:
+        """Labelled metric children, looked up once per target instead of once per probe."""
+        children = self._metric_children.get(target)
+        if children is None:
+            m = self.hub.metrics
+            children = (m.health_up.labels(target=target),
+                        m.health_status_code.labels(target=target),
+                        m.health_latency.labels(target=target),
+                        m.health_last_probe.labels(target=target))
+            self._metric_children[target] = children
+        return children
+
     def _publish(self, sample: ProbeSample) -> None:
-        metrics, target = self.hub.metrics, sample.target
+        target = sample.target
         self.hub.observations.add_probe(sample)
-        metrics.health_up.labels(target=target).set(1 if sample.result == "ok" else 0)
-        metrics.health_status_code.labels(target=target).set(sample.status)
-        metrics.health_latency.labels(target=target).observe(sample.latency_seconds)
-        metrics.health_probes.labels(target=target, result=sample.result).inc()
-        metrics.health_last_probe.labels(target=target).set(sample.ts)
+        up, status_code, latency, last_probe = self._children(target)
+        up.set(1 if sample.result == "ok" else 0)
+        status_code.set(sample.status)
+        latency.observe(sample.latency_seconds)
+        last_probe.set(sample.ts)
+        self.hub.metrics.health_probes.labels(target=target, result=sample.result).inc()
         previous = self._last_result.get(target)
         self._last_result[target] = sample.result
         if previous != sample.result:
@@ -109,10 +146,13 @@ class HealthMonitor(Component):
                 evidence={"target": target, "from": previous, "to": sample.result,
                           "status": sample.status, "detail": sample.detail})
 
+    def _close_probers(self) -> None:
+        for prober in self._probers.values():
+            prober.close()
+        self._probers = {}
+
     async def stop(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        self._close_probers()
 
 
 def _describe(sample: ProbeSample) -> str:

@@ -25,6 +25,7 @@ class SwitchableServer:
         self.mode = "200"
         self.hang_seconds = 30.0
         self.requests = 0
+        self.connections = 0
         self._release = threading.Event()
 
     @property
@@ -41,6 +42,10 @@ class SwitchableServer:
 def _handler(server: SwitchableServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            server.connections += 1
+            super().setup()
 
         def do_GET(self) -> None:
             server.requests += 1
