@@ -42,7 +42,7 @@ __all__ = ["Supervisor", "build_components"]
 log = logging.getLogger("brace_watchdog.daemon")
 
 ComponentFactory = Callable[[Hub], list[Component]]
-HOUSEKEEPING_SECONDS = 1.0
+HOUSEKEEPING_SECONDS = 5.0  # STATUS= and loop-lag cadence; watchdog pings may need it faster
 
 
 def build_components(hub: Hub) -> list[Component]:
