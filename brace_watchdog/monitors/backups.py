@@ -71,17 +71,28 @@ class _Entry:
     problem: str
 
 
+HeaderCache = dict[tuple[str, int, int, int], str]
+"""(path, inode, size, mtime_ns) → header problem ("" = valid magic), kept between scans."""
+
+
 def scan_backups(directory: Path, patterns: Sequence[str], *, now: float, settle_seconds: float,
                  max_age_seconds: float,
-                 future_tolerance_seconds: float = FUTURE_TOLERANCE_SECONDS) -> BackupScan:
-    """Scan ``directory`` once; raise AdapterError when it is missing or unreadable."""
+                 future_tolerance_seconds: float = FUTURE_TOLERANCE_SECONDS,
+                 header_cache: HeaderCache | None = None) -> BackupScan:
+    """Scan ``directory`` once; raise AdapterError when it is missing or unreadable.
+
+    With ``header_cache`` (the monitor keeps one between cycles) a file whose inode, size and
+    mtime are unchanged is not opened again; the cache is pruned to the files seen this scan.
+    """
     matcher = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
     files: list[BackupFile] = []
+    seen: HeaderCache = {}
     try:
         with os.scandir(directory) as entries:
             for entry in entries:
                 if matcher.match(entry.name):
-                    files.append(_judge(_inspect(entry, directory), now=now,
+                    inspected = _inspect(entry, directory, header_cache, seen)
+                    files.append(_judge(inspected, now=now,
                                         settle_seconds=settle_seconds,
                                         future_tolerance_seconds=future_tolerance_seconds))
     except FileNotFoundError:
@@ -95,11 +106,15 @@ def scan_backups(directory: Path, patterns: Sequence[str], *, now: float, settle
                            "permissions") from None
     except OSError as exc:
         raise AdapterError(f"cannot read backup directory {directory}: {exc.strerror}") from None
+    if header_cache is not None:
+        header_cache.clear()
+        header_cache.update(seen)
     files.sort(key=lambda f: (f.timestamp, f.name))
     return BackupScan(scanned_at=now, files=tuple(files), max_age_seconds=max_age_seconds)
 
 
-def _inspect(entry: os.DirEntry[str], directory: Path) -> _Entry:
+def _inspect(entry: os.DirEntry[str], directory: Path, cache: HeaderCache | None,
+             seen: HeaderCache) -> _Entry:
     path = Path(entry.path)
     try:
         if entry.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(
@@ -112,7 +127,12 @@ def _inspect(entry: os.DirEntry[str], directory: Path) -> _Entry:
         return _Entry(path, 0, info.st_mtime, "not a regular file")
     if info.st_size == 0:
         return _Entry(path, 0, info.st_mtime, "empty file")
-    return _Entry(path, info.st_size, info.st_mtime, _header_problem(entry.path))
+    key = (entry.path, info.st_ino, info.st_size, info.st_mtime_ns)
+    problem = cache.get(key) if cache is not None else None
+    if problem is None:
+        problem = _header_problem(entry.path)
+    seen[key] = problem
+    return _Entry(path, info.st_size, info.st_mtime, problem)
 
 
 def _header_problem(path: str) -> str:
@@ -168,6 +188,7 @@ class BackupsMonitor(Component):
         self._hub = hub
         self._clock = clock or hub.clock
         self._newest_ts: float | None = None
+        self._header_cache: HeaderCache = {}
         self._state = MonitorMemory(hub.store, self.name)
         hub.metrics.backup_newest_age.set_function(self._newest_age)
         hub.metrics.backup_max_age.set(hub.config.backups.max_age_hours * 3600)
@@ -189,7 +210,8 @@ class BackupsMonitor(Component):
         try:
             scan = await asyncio.to_thread(scan_backups, cfg.directory, cfg.patterns, now=now,
                                            settle_seconds=cfg.settle_seconds,
-                                           max_age_seconds=max_age)
+                                           max_age_seconds=max_age,
+                                           header_cache=self._header_cache)
         except AdapterError as exc:
             return await self._failed(str(exc), max_age, now)
         finally:

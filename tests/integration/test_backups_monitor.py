@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from brace_watchdog.config import parse_config
 from brace_watchdog.metrics import Metrics
-from brace_watchdog.monitors.backups import BackupsMonitor, scan_backups
+from brace_watchdog.monitors.backups import BackupsMonitor, HeaderCache, scan_backups
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import StateStore
 from tests.support.pg import PgCluster, make_brace_dump
@@ -197,3 +197,25 @@ def test_scan_is_a_plain_function_usable_from_a_thread(tmp_path: Path) -> None:
                         max_age_seconds=HOUR)
     assert scan.fresh(NOW) is False       # 1h12m old, max 1h
     assert scan.newest is not None and scan.newest.timestamp_source == "name"
+
+
+def test_header_cache_skips_unchanged_files_and_sees_changes(tmp_path: Path) -> None:
+    good = tmp_path / "brace_20260101_000000.dump"
+    good.write_bytes(b"PGDMP" + b"\0" * 100)
+    os.utime(good, (1_000, 1_000))
+    cache: HeaderCache = {}
+
+    def scan() -> bool:
+        result = scan_backups(tmp_path, ("brace_*.dump",), now=time.time(), settle_seconds=60,
+                              max_age_seconds=3600, header_cache=cache)
+        return result.files[0].valid
+
+    assert scan() is True
+    assert len(cache) == 1
+    good.write_bytes(b"garbage" + b"\0" * 98)  # same size, new content and mtime
+    os.utime(good, (2_000, 2_000))
+    assert scan() is False
+    good.unlink()
+    scan_backups(tmp_path, ("brace_*.dump",), now=time.time(), settle_seconds=60,
+                 max_age_seconds=3600, header_cache=cache)
+    assert cache == {}
