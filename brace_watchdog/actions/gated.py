@@ -22,7 +22,7 @@ from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_fi
 
 from brace_watchdog.config import Config
 from brace_watchdog.errors import ActionError, WatchdogError
-from brace_watchdog.monitors.policy import classify_status
+from brace_watchdog.monitors.health import probe
 from brace_watchdog.runtime import Hub
 
 __all__ = ["GatedAction", "GatedFailure", "Plan", "Progress", "Step", "StepJournal",
@@ -138,14 +138,9 @@ def stamp(now: float) -> str:
 async def probe_health(url: str, ok_statuses: Sequence[str], *,
                        timeout: float) -> str:
     """One GET of ``url``; returns the classified result (``ok``, ``http_5xx``, ...)."""
-    try:
-        async with httpx.AsyncClient(timeout=timeout) as client:
-            response = await client.get(url)
-    except httpx.TimeoutException:
-        return "timeout"
-    except httpx.HTTPError:
-        return "connection_error"
-    return classify_status(response.status_code, ok_statuses)
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        sample = await probe(client, "backend", url, ok_statuses=tuple(ok_statuses))
+    return sample.result
 
 
 async def wait_until(check: Callable[[], Awaitable[T]], accept: Callable[[T], bool], *,

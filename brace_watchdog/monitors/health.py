@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -24,37 +24,40 @@ from brace_watchdog.monitors.policy import classify_status
 from brace_watchdog.observations import ProbeResult, ProbeSample
 from brace_watchdog.runtime import Hub
 
-__all__ = ["HealthMonitor", "probe", "probe_keepalive"]
+__all__ = ["HealthMonitor", "StatusGetter", "probe", "probe_with"]
 
 
-async def probe(client: httpx.AsyncClient, target: str, url: str, *, ok_statuses: tuple[str, ...],
-                clock: Callable[[], float] = time.time,
-                timer: Callable[[], float] = time.perf_counter) -> ProbeSample:
-    """GET ``url`` once and classify the outcome; never raises for network trouble."""
+class StatusGetter(Protocol):
+    """Something that GETs one URL: returns the status, raises TimeoutError or HttpProbeError."""
+
+    async def get(self) -> int: ...
+
+
+class _HttpxGetter:
+    """Adapts an ``httpx.AsyncClient`` to :class:`StatusGetter` for callers that hold one."""
+
+    def __init__(self, client: httpx.AsyncClient, url: str) -> None:
+        self._client = client
+        self._url = url
+
+    async def get(self) -> int:
+        try:
+            return (await self._client.get(self._url)).status_code
+        except httpx.TimeoutException:
+            raise TimeoutError from None
+        except httpx.TransportError as exc:
+            raise HttpProbeError(f"{type(exc).__name__}: {exc}") from None
+
+
+async def probe_with(getter: StatusGetter, target: str, *, ok_statuses: tuple[str, ...],
+                     clock: Callable[[], float] = time.time,
+                     timer: Callable[[], float] = time.perf_counter) -> ProbeSample:
+    """One probe through ``getter``, classified; never raises for network trouble."""
     started = timer()
     result: ProbeResult
     status, detail = 0, ""
     try:
-        response = await client.get(url)
-        status = response.status_code
-        result = classify_status(status, ok_statuses)
-    except httpx.TimeoutException:
-        result, detail = "timeout", "no answer within the timeout"
-    except httpx.TransportError as exc:
-        result, detail = "connection_error", f"{type(exc).__name__}: {exc}"[:200]
-    return ProbeSample(ts=clock(), target=target, result=result, status=status,
-                       latency_seconds=timer() - started, detail=detail)
-
-
-async def probe_keepalive(prober: KeepAliveProber, target: str, *, ok_statuses: tuple[str, ...],
-                          clock: Callable[[], float] = time.time,
-                          timer: Callable[[], float] = time.perf_counter) -> ProbeSample:
-    """One probe through a kept-alive :class:`KeepAliveProber`, classified like :func:`probe`."""
-    started = timer()
-    result: ProbeResult
-    status, detail = 0, ""
-    try:
-        status = await prober.get()
+        status = await getter.get()
         result = classify_status(status, ok_statuses)
     except TimeoutError:
         result, detail = "timeout", "no answer within the timeout"
@@ -62,6 +65,13 @@ async def probe_keepalive(prober: KeepAliveProber, target: str, *, ok_statuses: 
         result, detail = "connection_error", str(exc)[:200]
     return ProbeSample(ts=clock(), target=target, result=result, status=status,
                        latency_seconds=timer() - started, detail=detail)
+
+
+async def probe(client: httpx.AsyncClient, target: str, url: str, *, ok_statuses: tuple[str, ...],
+                clock: Callable[[], float] = time.time) -> ProbeSample:
+    """GET ``url`` once through an httpx client and classify the outcome."""
+    return await probe_with(_HttpxGetter(client, url), target, ok_statuses=ok_statuses,
+                            clock=clock)
 
 
 class HealthMonitor(Component):
@@ -100,8 +110,6 @@ class HealthMonitor(Component):
         self._build_probers()
 
     async def cycle(self) -> str:
-        if not self._probers:
-            self._build_probers()
         probers = list(self._probers.items())
         if len(probers) == 1:
             samples = [await self._probe(*probers[0])]
@@ -112,8 +120,8 @@ class HealthMonitor(Component):
         return ", ".join(_describe(s) for s in samples)
 
     async def _probe(self, target: str, prober: KeepAliveProber) -> ProbeSample:
-        return await probe_keepalive(prober, target, ok_statuses=self._config.ok_statuses,
-                                     clock=self.hub.clock)
+        return await probe_with(prober, target, ok_statuses=self._config.ok_statuses,
+                                clock=self.hub.clock)
 
     def _children(self, target: str) -> tuple[Any, ...]:
         """Labelled metric children, looked up once per target instead of once per probe."""
