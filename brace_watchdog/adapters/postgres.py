@@ -83,8 +83,9 @@ class _NotReady(Exception):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A loopback TCP port that was free a moment ago (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port that was free a moment ago on ``host`` (the kernel picks it; no fixed ports)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

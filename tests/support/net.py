@@ -9,19 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from brace_watchdog.adapters.postgres import free_port
+
 __all__ = ["NetworkGuard", "NonLoopbackConnectError", "free_port", "is_loopback",
            "wait_for_port"]
 
 T = TypeVar("T")
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host`` (the kernel picks it; no fixed ports)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", *, timeout: float = 30.0) -> None:
