@@ -154,14 +154,6 @@ class DockerAdapter:
                 raise DockerError(f"docker refused to tag {image_id[:19]} as {repository}:{tag}")
         await self.call(tag_it)
 
-    async def image_tags(self, repository: str) -> list[str]:
-        """Tags (``repo:tag``) of every image under ``repository``."""
-        def tags() -> list[str]:
-            images = self.client.images.list(name=repository)
-            return sorted(t for image in images for t in image.tags
-                          if t.rpartition(":")[0] == repository)
-        return await self.call(tags)
-
     async def remove_image_tag(self, ref: str) -> bool:
         """Remove one tag (the image stays while other tags or containers use it)."""
         def untag() -> bool:

@@ -47,7 +47,7 @@ from brace_watchdog.control.protocol import (
     progress_event,
     validate_args,
 )
-from brace_watchdog.errors import ActionError, FatalError, RefusedError, WatchdogError
+from brace_watchdog.errors import FatalError, RefusedError, WatchdogError
 from brace_watchdog.runtime import Hub
 
 __all__ = ["ControlServer"]
@@ -220,7 +220,7 @@ class ControlServer(Component):
         except RefusedError as exc:
             outcome, detail = "refused", str(exc)
             await client.send(error_response(request.id, "refused", str(exc)))
-        except (ActionError, WatchdogError) as exc:
+        except WatchdogError as exc:
             outcome, detail = "failed", str(exc)
             await client.send(error_response(request.id, "failed", str(exc)))
         except Exception as exc:

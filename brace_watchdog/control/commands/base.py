@@ -32,7 +32,6 @@ class Context:
     gated: Mapping[str, GatedAction]
     progress: ProgressSink
     run_exclusive: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Handler = Callable[[Context, dict[str, Any]], Awaitable[Any]]

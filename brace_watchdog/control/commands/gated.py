@@ -44,18 +44,15 @@ def _planner(name: str) -> Handler:
     return plan
 
 
-def _approval_view(approval: Approval, ctx: Context) -> dict[str, Any]:
+def _approval_view(approval: Approval) -> dict[str, Any]:
+    target = approval.params.get("target", approval.params.get("dump", approval.action))
     return {"action": approval.action, "args": approval.params,
             "requester": approval.requester_name, "requester_uid": approval.requester_uid,
-            "expires_at": approval.expires_at, "target": _target(ctx, approval)}
-
-
-def _target(ctx: Context, approval: Approval) -> str:
-    return str(approval.params.get("target", approval.params.get("dump", approval.action)))
+            "expires_at": approval.expires_at, "target": str(target)}
 
 
 async def inspect_token(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    return _approval_view(ctx.approvals.inspect(args["token"], ctx.peer), ctx)
+    return _approval_view(ctx.approvals.inspect(args["token"], ctx.peer))
 
 
 async def approve(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +62,7 @@ async def approve(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         ctx.hub.record("approval.approved", "control",
                        f"{ctx.peer.user} (uid {ctx.peer.uid}) approved {approval.action} "
                        f"planned by {approval.requester_name}",
-                       evidence=_approval_view(approval, ctx))
+                       evidence=_approval_view(approval))
         return await _execute(ctx, action, approval)
     result: dict[str, Any] = await ctx.run_exclusive(run)
     return result
