@@ -66,10 +66,6 @@ class ProgressTracker:
         self._deadline[name] = deadline_seconds
         self._last[name] = self._clock()
 
-    def unregister(self, name: str) -> None:
-        self._deadline.pop(name, None)
-        self._last.pop(name, None)
-
     def beat(self, name: str) -> None:
         if name in self._deadline:
             self._last[name] = self._clock()
@@ -78,6 +74,3 @@ class ProgressTracker:
         now = self._clock()
         return [Stall(name, now - self._last[name], deadline)
                 for name, deadline in self._deadline.items() if now - self._last[name] > deadline]
-
-    def healthy(self) -> bool:
-        return not self.stalls()

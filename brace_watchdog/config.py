@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from brace_watchdog.configreader import Problems, TableReader, parse_listen_address
 from brace_watchdog.errors import ConfigError
+from brace_watchdog.observations import PROBE_RESULTS
 
 __all__ = [
     "AlertsConfig",
@@ -545,7 +546,6 @@ def _rollback(r: TableReader, base: Path) -> RollbackConfig:
     return cfg
 
 
-PROBE_RESULTS = ("ok", "http_4xx", "http_5xx", "timeout", "connection_error")
 
 
 def _failure_results(r: TableReader) -> tuple[str, ...]:

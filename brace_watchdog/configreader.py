@@ -103,7 +103,7 @@ class TableReader:
         if isinstance(value, bool) or not isinstance(value, int):
             self.error(key, f"must be an integer, not {_type_name(value)}")
             return default
-        return self._bounded(key, value, default, minimum, maximum, strict=False)
+        return self._bounded(key, value, default, minimum, maximum)
 
     def number(self, key: str, default: float, *, above: float | None = None,
                minimum: float | None = None, maximum: float | None = None) -> float:
@@ -121,7 +121,7 @@ class TableReader:
         if above is not None and not number > above:
             self.error(key, f"must be > {_fmt(above)}")
             return default
-        return self._bounded(key, number, default, minimum, maximum, strict=False)
+        return self._bounded(key, number, default, minimum, maximum)
 
     def strings(self, key: str, default: list[str], *, non_empty: bool = False) -> tuple[str, ...]:
         value = self.raw(key)
@@ -141,8 +141,7 @@ class TableReader:
             self.error(key, "unknown key")
 
     def _bounded(self, key: str, value: N, default: N, minimum: float | None,
-                 maximum: float | None, *, strict: bool) -> N:
-        del strict
+                 maximum: float | None) -> N:
         if minimum is not None and value < minimum:
             self.error(key, f"must be >= {_fmt(minimum)}")
             return default

@@ -278,7 +278,13 @@ class Supervisor:
 def _restart_only_changes(old: Config, new: Config) -> list[str]:
     pairs = {"daemon.state_path": (old.daemon.state_path, new.daemon.state_path),
              "metrics.listen": (old.metrics.listen, new.metrics.listen),
-             "control.socket": (old.control.socket, new.control.socket)}
+             "control.socket": (old.control.socket, new.control.socket),
+             # components are chosen at start-up (build_components)
+             "alerts.alertmanager_url (on/off)": (bool(old.alerts.alertmanager_url),
+                                                  bool(new.alerts.alertmanager_url)),
+             "database.dsn (on/off)": (old.database.enabled, new.database.enabled),
+             "restore_test.enabled": (old.restore_test.enabled, new.restore_test.enabled),
+             "rollback.enabled": (old.rollback.enabled, new.rollback.enabled)}
     return [key for key, (a, b) in pairs.items() if a != b]
 
 

@@ -109,6 +109,12 @@ class Observations:
     alerts: tuple[FiringAlert, ...] = ()
     alertmanager_up: bool | None = None
 
+    def resize(self, window_size: int) -> None:
+        """Adopt a new window size, keeping the newest samples of every target."""
+        self.window_size = window_size
+        self.probes = {target: deque(window, maxlen=window_size)
+                       for target, window in self.probes.items()}
+
     def add_probe(self, sample: ProbeSample) -> None:
         window = self.probes.setdefault(sample.target, deque(maxlen=self.window_size))
         window.append(sample)

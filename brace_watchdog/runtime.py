@@ -53,6 +53,7 @@ class Hub:
     components: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.store.on_event = self._announce
         self.observations.window_size = self.config.health.window_size
         self.metrics.automation_frozen.set(1 if self.frozen() else 0)
         self.metrics.escalation_pending.set(1 if self.escalation() else 0)
@@ -62,13 +63,16 @@ class Hub:
     def record(self, kind: str, source: str, message: str, *,
                evidence: dict[str, Any] | None = None, severity: str = "info",
                action_id: int | None = None) -> int:
-        """Append to the event log, log the line, count it."""
-        event_id = self.store.append_event(kind, source, message, evidence=evidence,
-                                           severity=severity, action_id=action_id)
+        """Append to the event log; the store's hook logs and counts it."""
+        return self.store.append_event(kind, source, message, evidence=evidence,
+                                       severity=severity, action_id=action_id)
+
+    def _announce(self, kind: str, source: str, severity: str, message: str,
+                  event_id: int) -> None:
+        """Every event, whoever wrote it (journal steps included): one log line, one count."""
         level = {"error": logging.ERROR, "warning": logging.WARNING}.get(severity, logging.INFO)
         log.log(level, "%s: %s", source, message, extra={"event_kind": kind, "event_id": event_id})
         self.metrics.events.labels(kind=kind).inc()
-        return event_id
 
     def set_status(self, component: str, line: str) -> None:
         self.status[component] = line

@@ -29,6 +29,8 @@ from brace_watchdog.errors import StateError
 __all__ = ["ActionRecord", "Event", "ReleaseRecord", "StateStore"]
 
 Clock = Callable[[], float]
+EventHook = Callable[[str, str, str, str, int], None]
+"""Called after every event is written: (kind, source, severity, message, event id)."""
 
 _MIGRATIONS: list[str] = [
     # version 1
@@ -179,6 +181,7 @@ class StateStore:
         self.clock = clock
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self.on_event: EventHook | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> StateStore:
@@ -277,7 +280,10 @@ class StateStore:
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (self.clock(), kind, source, severity, message, _dumps(evidence or {}), action_id),
         )
-        return int(cursor.lastrowid or 0)
+        event_id = int(cursor.lastrowid or 0)
+        if self.on_event is not None:
+            self.on_event(kind, source, severity, message, event_id)
+        return event_id
 
     def events(self, *, since_id: int = 0, limit: int = 100, kinds: tuple[str, ...] = (),
                since_ts: float | None = None, action_id: int | None = None) -> list[Event]:
@@ -322,13 +328,15 @@ class StateStore:
             conn.execute("UPDATE actions SET step = ?, updated_at = ?, "
                          "status = COALESCE(?, status), result = COALESCE(?, result) WHERE id = ?",
                          (step, self.clock(), status, result, action_id))
-            kind = conn.execute("SELECT kind FROM actions WHERE id = ?", (action_id,)).fetchone()
-            conn.execute(
+            row = conn.execute("SELECT kind FROM actions WHERE id = ?", (action_id,)).fetchone()
+            kind = f"action.{row[0] if row else 'unknown'}.{step}"
+            severity = "error" if status in ("failed", "interrupted") else "info"
+            cursor = conn.execute(
                 "INSERT INTO events (ts, kind, source, severity, message, evidence, action_id) "
                 "VALUES (?, ?, 'journal', ?, ?, ?, ?)",
-                (self.clock(), f"action.{kind[0] if kind else 'unknown'}.{step}",
-                 "error" if status in ("failed", "interrupted") else "info",
-                 result or step, _dumps(evidence or {}), action_id))
+                (self.clock(), kind, severity, result or step, _dumps(evidence or {}), action_id))
+        if self.on_event is not None:
+            self.on_event(kind, "journal", severity, result or step, int(cursor.lastrowid or 0))
 
     def action(self, action_id: int) -> ActionRecord | None:
         rows = self.query("SELECT * FROM actions WHERE id = ?", (action_id,))

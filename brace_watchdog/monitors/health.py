@@ -106,7 +106,7 @@ class HealthMonitor(Component):
 
     def reconfigure(self, config: Config) -> None:
         self._config = config.health
-        self.hub.observations.window_size = config.health.window_size
+        self.hub.observations.resize(config.health.window_size)
         self._build_probers()
 
     async def cycle(self) -> str:

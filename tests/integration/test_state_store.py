@@ -8,8 +8,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from brace_watchdog.config import parse_config
 from brace_watchdog.errors import StateError
+from brace_watchdog.metrics import Metrics
+from brace_watchdog.observations import Observations, ProbeSample
+from brace_watchdog.runtime import Hub
 from brace_watchdog.state import SCHEMA_VERSION, StateStore
 
 
@@ -89,3 +94,25 @@ def test_event_filters(tmp_path: Path) -> None:
     assert len(store.events(limit=1)) == 1
     assert [a.requester for a in store.actions(kind="k", statuses=("running",))] == ["alice"]
     store.close()
+
+
+def test_journal_events_are_logged_and_counted_like_recorded_ones(tmp_path: Path) -> None:
+    hub = Hub(config=parse_config({}), store=StateStore(tmp_path / "s.db").open(),
+              metrics=Metrics(CollectorRegistry(), process=False))
+    action = hub.store.begin_action("db_rollback", origin="operator", plan={})
+    hub.store.journal_step(action, "restoring")
+    hub.record("backup.stale", "backups", "stale")
+    for kind in ("action.db_rollback.begin", "action.db_rollback.restoring", "backup.stale"):
+        assert hub.metrics.registry.get_sample_value(
+            "brace_watchdog_events_total", {"kind": kind}) == 1.0
+    hub.store.close()
+
+
+def test_window_resize_keeps_the_newest_samples() -> None:
+    observations = Observations(window_size=5)
+    for i in range(5):
+        observations.add_probe(ProbeSample(ts=float(i), target="backend", result="ok"))
+    observations.resize(3)
+    assert [s.ts for s in observations.samples("backend")] == [2.0, 3.0, 4.0]
+    observations.add_probe(ProbeSample(ts=5.0, target="backend", result="ok"))
+    assert len(observations.samples("backend")) == 3
