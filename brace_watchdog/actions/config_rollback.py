@@ -1,12 +1,12 @@
 """Network/auth rollbacks (the runbook's "Network / auth rollback"), gated: plan, then approve.
 
-* ``pg-hba-rollback`` — restore ``pg_hba.conf`` from its ``.bak`` (``[network_rollback]
+* ``pg_hba_rollback`` — restore ``pg_hba.conf`` from its ``.bak`` (``[network_rollback]
   pg_hba_path`` / ``pg_hba_backup_path``, on the host — e.g. a bind mount — or inside the database
   container with ``pg_hba_in_container``), keeping the current file as
   ``pg_hba.conf.rollback-<UTC time>``; reload or restart PostgreSQL (``reload_command``, default
   ``compose restart <[database] service>``); verify with a real new connection to
   ``[database] dsn`` (authentication is only checked when a connection is made).
-* ``docker-daemon-rollback`` — check ``daemon.json.bak`` is a JSON object, keep the current file
+* ``docker_daemon_rollback`` — check ``daemon.json.bak`` is a JSON object, keep the current file
   as ``daemon.json.rollback-<UTC time>``, restore the ``.bak``, run ``docker_restart_command``
   (default ``systemctl restart docker``), wait for the engine API (``docker_host``), verify the
   compose services run and ``[health] url`` answers.
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from brace_watchdog.actions.db_restore import DbRollback
+from brace_watchdog.actions.db_rollback import DbRollback
 from brace_watchdog.actions.gated import (
     Plan,
     Progress,
@@ -121,7 +121,6 @@ class _ConfigRollback:
     """Shared plumbing: config, commands, journaled execution."""
 
     name = ""
-    kind = ""
 
     def __init__(self, hub: Hub, *, docker_command: Sequence[str] = ("docker",)) -> None:
         self.hub = hub
@@ -138,7 +137,7 @@ class _ConfigRollback:
     async def _journaled(self, plan: Plan, steps: list[Step], state: dict[str, Any], *,
                          requester: str, approver: str, progress: Progress,
                          undo: str) -> dict[str, Any]:
-        action_id = self.hub.store.begin_action(self.kind, origin="control", plan=plan.as_dict(),
+        action_id = self.hub.store.begin_action(self.name, origin="control", plan=plan.as_dict(),
                                                 requester=f"{requester}, approved by {approver}")
         journal = StepJournal(self.hub, action_id, progress)
 
@@ -148,19 +147,18 @@ class _ConfigRollback:
                     if kept else []) + ["fix the cause and plan again, or repair by hand",
                                         "then brace-watchdogctl ack"]
 
-        await journal.run_all(steps, kind=self.kind, state=state, next_steps=advice)
+        await journal.run_all(steps, kind=self.name, state=state, next_steps=advice)
         result = {"action_id": action_id, **state}
         journal.finish(f"{self.name} done", result)
-        self.hub.record(f"{self.kind}.succeeded", "control", f"{self.name} #{action_id} "
+        self.hub.record(f"{self.name}.succeeded", "control", f"{self.name} #{action_id} "
                         "succeeded", evidence=result, action_id=action_id)
         return result
 
 
 class PgHbaRollback(_ConfigRollback):
-    """The ``pg-hba-rollback`` gated action."""
+    """The ``pg_hba_rollback`` gated action."""
 
-    name = "pg-hba-rollback"
-    kind = "pg_hba_rollback"
+    name = "pg_hba_rollback"
 
     async def _container(self) -> str:
         target = await DbRollback(self.hub, docker_command=self.docker).target()
@@ -267,10 +265,9 @@ class PgHbaRollback(_ConfigRollback):
 
 
 class DockerDaemonRollback(_ConfigRollback):
-    """The ``docker-daemon-rollback`` gated action."""
+    """The ``docker_daemon_rollback`` gated action."""
 
-    name = "docker-daemon-rollback"
-    kind = "docker_daemon_rollback"
+    name = "docker_daemon_rollback"
 
     def _services(self) -> tuple[str, ...]:
         chosen = self.cfg.verify_services

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from brace_watchdog.actions.config_rollback import DockerDaemonRollback, PgHbaRollback
-from brace_watchdog.actions.db_restore import DbRollback
+from brace_watchdog.actions.db_rollback import DbRollback
 from brace_watchdog.actions.gated import GatedAction, GatedFailure, resolve_interrupted
 from brace_watchdog.component import Component
 from brace_watchdog.config import Config

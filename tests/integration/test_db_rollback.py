@@ -206,7 +206,7 @@ async def test_failure_mid_restore_leaves_the_documented_state(
         assert (action.status, action.step) == ("failed", "restoring")
         assert len(list(backups.glob("brace_safety_*.dump"))) == 1
         assert env.registry.get_sample_value(
-            "brace_gated_actions_total", {"action": "db-rollback", "result": "failed"}) == 1
+            "brace_gated_actions_total", {"action": "db_rollback", "result": "failed"}) == 1
 
 
 @pytest.mark.parametrize("name", ["../../etc/shadow", "/etc/passwd", "outside-link.dump",

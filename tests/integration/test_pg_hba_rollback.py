@@ -57,7 +57,7 @@ async def test_pg_hba_rollback_restores_connections(tmp_path: Path,
         assert any("reject" in line for line in plan["checks"]["diff"])
         run = await ctl("--socket", str(env.socket), "rollback", "pg-hba", stdin="pg_hba\n")
         assert run.code == 0, run
-        assert "Plan for pg-hba-rollback" in run.out and "connection: ok" in run.out
+        assert "Plan for pg_hba_rollback" in run.out and "connection: ok" in run.out
         assert _connects(pg_cluster)
         assert hba.read_text() == good
         assert hba.stat().st_uid == pwd.getpwnam("postgres").pw_uid

@@ -37,8 +37,8 @@ def book(store: StateStore, clock: Clock, *, two_person: bool = False) -> Approv
 
 def test_token_is_random_and_only_its_hash_is_stored(store: StateStore, clock: Clock) -> None:
     approvals = book(store, clock)
-    token, expires = approvals.issue("db-rollback", {"dump": "a.dump"}, ALICE)
-    other, _ = approvals.issue("db-rollback", {"dump": "a.dump"}, ALICE)
+    token, expires = approvals.issue("db_rollback", {"dump": "a.dump"}, ALICE)
+    other, _ = approvals.issue("db_rollback", {"dump": "a.dump"}, ALICE)
     assert token != other and len(token) > 30 and expires == clock.now + 300
     rows = store.query("SELECT * FROM approvals")
     assert all(token not in str(tuple(row)) for row in rows)
@@ -47,10 +47,10 @@ def test_token_is_random_and_only_its_hash_is_stored(store: StateStore, clock: C
 
 def test_redeem_returns_the_bound_action_once(store: StateStore, clock: Clock) -> None:
     approvals = book(store, clock)
-    token, _ = approvals.issue("db-rollback", {"dump": "a.dump"}, ALICE)
+    token, _ = approvals.issue("db_rollback", {"dump": "a.dump"}, ALICE)
     approval = approvals.redeem(token, ALICE)
     assert (approval.action, approval.params, approval.requester_name) == (
-        "db-rollback", {"dump": "a.dump"}, "alice")
+        "db_rollback", {"dump": "a.dump"}, "alice")
     with pytest.raises(RefusedError, match="already used"):
         approvals.redeem(token, ALICE)
     row = store.approval(hash_token(token))
@@ -59,7 +59,7 @@ def test_redeem_returns_the_bound_action_once(store: StateStore, clock: Clock) -
 
 def test_expired_token_is_refused(store: StateStore, clock: Clock) -> None:
     approvals = book(store, clock)
-    token, _ = approvals.issue("pg-hba-rollback", {}, ALICE)
+    token, _ = approvals.issue("pg_hba_rollback", {}, ALICE)
     clock.now += 300
     with pytest.raises(RefusedError, match="expired"):
         approvals.redeem(token, ALICE)
@@ -67,9 +67,9 @@ def test_expired_token_is_refused(store: StateStore, clock: Clock) -> None:
 
 def test_just_before_expiry_works(store: StateStore, clock: Clock) -> None:
     approvals = book(store, clock)
-    token, _ = approvals.issue("pg-hba-rollback", {}, ALICE)
+    token, _ = approvals.issue("pg_hba_rollback", {}, ALICE)
     clock.now += 299.9
-    assert approvals.redeem(token, ALICE).action == "pg-hba-rollback"
+    assert approvals.redeem(token, ALICE).action == "pg_hba_rollback"
 
 
 @pytest.mark.parametrize("mutate", [
@@ -81,20 +81,20 @@ def test_just_before_expiry_works(store: StateStore, clock: Clock) -> None:
 ])
 def test_altered_token_is_refused(store: StateStore, clock: Clock, mutate: object) -> None:
     approvals = book(store, clock)
-    token, _ = approvals.issue("db-rollback", {"dump": "a.dump"}, ALICE)
+    token, _ = approvals.issue("db_rollback", {"dump": "a.dump"}, ALICE)
     with pytest.raises(RefusedError, match="unknown token"):
         approvals.redeem(mutate(token), ALICE)  # type: ignore[operator]
 
 
 @pytest.mark.parametrize(("column", "value"), [
     ("params", '{"args": {"dump": "other.dump"}, "binding": "x"}'),
-    ("action", "docker-daemon-rollback"),
+    ("action", "docker_daemon_rollback"),
     ("requester_uid", 1001),
 ])
 def test_edited_row_breaks_the_binding(store: StateStore, clock: Clock, column: str,
                                        value: object) -> None:
     approvals = book(store, clock)
-    token, _ = approvals.issue("db-rollback", {"dump": "a.dump"}, ALICE)
+    token, _ = approvals.issue("db_rollback", {"dump": "a.dump"}, ALICE)
     if column == "params":
         row = store.approval(hash_token(token))
         assert row is not None
@@ -107,7 +107,7 @@ def test_edited_row_breaks_the_binding(store: StateStore, clock: Clock, column: 
 
 def test_two_person_rule_refuses_the_requester(store: StateStore, clock: Clock) -> None:
     approvals = book(store, clock, two_person=True)
-    token, _ = approvals.issue("db-rollback", {"dump": "a.dump"}, ALICE)
+    token, _ = approvals.issue("db_rollback", {"dump": "a.dump"}, ALICE)
     with pytest.raises(RefusedError, match="two-person rule"):
         approvals.redeem(token, ALICE)
     assert approvals.redeem(token, BOB).requester_uid == ALICE.uid
@@ -116,21 +116,21 @@ def test_two_person_rule_refuses_the_requester(store: StateStore, clock: Clock) 
 def test_root_is_not_exempt_from_the_two_person_rule(store: StateStore, clock: Clock) -> None:
     root = Peer(0, 0, 1, "root")
     approvals = book(store, clock, two_person=True)
-    token, _ = approvals.issue("db-rollback", {"dump": "a.dump"}, root)
+    token, _ = approvals.issue("db_rollback", {"dump": "a.dump"}, root)
     with pytest.raises(RefusedError, match="two-person rule"):
         approvals.redeem(token, root)
 
 
 def test_inspect_does_not_consume(store: StateStore, clock: Clock) -> None:
     approvals = book(store, clock)
-    token, _ = approvals.issue("docker-daemon-rollback", {"target": "docker"}, ALICE)
+    token, _ = approvals.issue("docker_daemon_rollback", {"target": "docker"}, ALICE)
     assert approvals.inspect(token, BOB).params == {"target": "docker"}
-    assert approvals.redeem(token, BOB).action == "docker-daemon-rollback"
+    assert approvals.redeem(token, BOB).action == "docker_daemon_rollback"
 
 
 def test_consume_is_atomic_at_the_store(store: StateStore, clock: Clock) -> None:
     approvals = book(store, clock)
-    token, _ = approvals.issue("db-rollback", {"dump": "a"}, ALICE)
+    token, _ = approvals.issue("db_rollback", {"dump": "a"}, ALICE)
     digest = hash_token(token)
     assert store.consume_approval(digest, approver_uid=1, approver_name="x", used_at=clock.now)
     assert not store.consume_approval(digest, approver_uid=1, approver_name="x",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from brace_watchdog.actions.config_rollback import preview_diff, validate_daemon_json
-from brace_watchdog.actions.db_restore import DbTarget, next_steps, safety_dump_name
+from brace_watchdog.actions.db_rollback import DbTarget, next_steps, safety_dump_name
 from brace_watchdog.actions.gated import Plan, compose_base, stamp
 from brace_watchdog.config import parse_config
 from brace_watchdog.control.commands.operate import jsonable

@@ -96,12 +96,12 @@ async def _execute(ctx: Context, action: GatedAction, approval: Approval) -> dic
 
 
 COMMANDS = (
-    Command("rollback-db", "operator", _planner("db-rollback"),
+    Command("rollback-db", "operator", _planner("db_rollback"),
             {"dump": ArgSpec("str", required=True, max_chars=1024)},
             summary="plan a full DB rollback to a dump (then approve)"),
-    Command("rollback-pg-hba", "operator", _planner("pg-hba-rollback"),
+    Command("rollback-pg-hba", "operator", _planner("pg_hba_rollback"),
             summary="plan restoring pg_hba.conf from its .bak (then approve)"),
-    Command("rollback-docker-daemon", "operator", _planner("docker-daemon-rollback"),
+    Command("rollback-docker-daemon", "operator", _planner("docker_daemon_rollback"),
             summary="plan restoring daemon.json from its .bak and restarting docker"),
     Command("inspect", "operator", inspect_token, TOKEN_ARG,
             summary="show what a token would approve, without using it"),

@@ -50,7 +50,7 @@ from brace_watchdog.runtime import Hub
 
 __all__ = ["ACTION", "DbRollback", "DbTarget", "next_steps", "safety_dump_name"]
 
-ACTION = "db-rollback"
+ACTION = "db_rollback"
 CONTAINER_DUMP = "/tmp/brace-watchdog-rollback.dump"  # noqa: S108 - a path inside the container
 
 
@@ -111,7 +111,7 @@ def next_steps(stage: str, state: dict[str, Any], *, up_argv: Sequence[str]) -> 
 
 
 class DbRollback:
-    """The ``db-rollback`` gated action."""
+    """The ``db_rollback`` gated action."""
 
     name = ACTION
 
@@ -216,17 +216,17 @@ class DbRollback:
         dump = self.hub.config.backups.directory / plan.args["dump"]
         target = await self.target()
         action_id = self.hub.store.begin_action(
-            "db_rollback", origin="control", plan=plan.as_dict(),
+            ACTION, origin="control", plan=plan.as_dict(),
             requester=f"{requester}, approved by {approver}")
         run = _Run(self, target, dump, StepJournal(self.hub, action_id, progress),
                    who=f"{approver} (DB rollback #{action_id})")
         await run.journal.run_all(
-            run.steps(), kind="db_rollback", state=run.state,
+            run.steps(), kind=ACTION, state=run.state,
             next_steps=lambda stage, state: next_steps(
                 stage, state, up_argv=self.compose("up", "-d", *self.cfg.writers)))
         result = {"action_id": action_id, **run.state}
         run.journal.finish(f"database restored from {dump.name}", result)
-        self.hub.record("db_rollback.succeeded", "control",
+        self.hub.record(f"{ACTION}.succeeded", "control",
                         f"DB rollback #{action_id} to {dump.name} succeeded", evidence=result,
                         action_id=action_id)
         return result
