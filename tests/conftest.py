@@ -18,8 +18,16 @@ import pytest
 from tests.support.images import ensure_busybox_image, ensure_postgres_image
 from tests.support.net import NetworkGuard
 from tests.support.pg import PG_BIN, PgCluster, start_cluster
-from tests.support.skips import skip_or_fail
+
+# The skipping rule's hooks: under CI=true any skipped test fails (tests/support/skips.py).
+from tests.support.skips import (  # noqa: F401  (a hook is registered by its name here)
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+    skip_missing,
+)
 from tests.support.timeouts import default_timeout, report_fd, time_limit
+
+pytest_plugins = ["pytester"]  # the skipping rule's own test runs pytest inside pytest
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -48,7 +56,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
         client = docker.from_env(timeout=120)
         client.ping()
     except docker.errors.DockerException as exc:
-        skip_or_fail(f"no docker engine reachable ({exc})")
+        skip_missing(f"no docker engine reachable ({exc})")
     yield client
     client.close()
 
@@ -69,7 +77,7 @@ def postgres_image(docker_client: docker.DockerClient) -> str:
 def pg_cluster(tmp_path: Path) -> Iterator[PgCluster]:
     """A fresh PostgreSQL 15 cluster on 127.0.0.1:<free port>, stopped and removed afterwards."""
     if not (PG_BIN / "initdb").exists():
-        skip_or_fail(f"PostgreSQL 15 binaries not found in {PG_BIN}")
+        skip_missing(f"PostgreSQL 15 binaries not found in {PG_BIN}")
     cluster = start_cluster(tmp_path / "pg")
     yield cluster
     cluster.stop()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import BIN, Daemon, write_config
-from tests.support.skips import skip_or_fail
+from tests.support.skips import skip_missing
 from tests.support.webserver import switchable_server
 
 
@@ -39,7 +39,7 @@ def test_ready_then_metrics_pass_promtool(daemon: Daemon) -> None:
         assert name in scrape
     promtool = shutil.which("promtool")
     if promtool is None:
-        skip_or_fail("promtool is not installed (apt-get install prometheus)")
+        skip_missing("promtool is not installed (apt-get install prometheus)")
     check = subprocess.run([promtool, "check", "metrics"], input=scrape, text=True,
                            capture_output=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr

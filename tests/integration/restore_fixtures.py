@@ -18,6 +18,7 @@ import pytest
 from brace_watchdog.adapters.postgres import LOCAL_PREFIX, pid_alive
 from brace_watchdog.config import Config, parse_config
 from tests.support.pg import PG_BIN, PgCluster, make_brace_dump, start_cluster
+from tests.support.skips import skip_missing
 
 __all__ = ["brace_dump", "leftovers", "make_config", "others_alive", "source_cluster"]
 
@@ -27,7 +28,7 @@ TMP = Path(tempfile.gettempdir())
 def source_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
     """Body of a module-scoped ``source`` fixture: a running PG15 cluster to dump from."""
     if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL binaries not found in {PG_BIN}")
+        skip_missing(f"PostgreSQL binaries not found in {PG_BIN}")
     cluster = start_cluster(tmp_path_factory.mktemp("source"))
     yield cluster
     cluster.stop()

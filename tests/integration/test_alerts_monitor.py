@@ -25,7 +25,7 @@ from brace_watchdog.monitors.alerts import AlertsMonitor
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import StateStore
 from tests.support.net import free_port
-from tests.support.skips import skip_or_fail
+from tests.support.skips import skip_missing
 from tests.support.webserver import switchable_server
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
@@ -92,7 +92,7 @@ def _start(tmp_path: Path, port: int | None = None) -> Alertmanager:
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
     if not Path(ALERTMANAGER).exists():
-        skip_or_fail(f"{ALERTMANAGER} not installed (Debian package prometheus-alertmanager)")
+        skip_missing(f"{ALERTMANAGER} not installed (Debian package prometheus-alertmanager)")
     am = _start(tmp_path)
     yield am
     am.stop()

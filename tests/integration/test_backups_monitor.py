@@ -169,7 +169,8 @@ async def test_missing_directory_is_an_error_state_not_a_crash(tmp_path: Path) -
     assert _kinds(hub) == ["backup.error", "backup.fresh"]
 
 
-async def test_ten_thousand_files_scan_fast(tmp_path: Path) -> None:
+async def test_ten_thousand_files_scan(tmp_path: Path) -> None:
+    """Counts are right at 10,000 files; how fast is bench/bench_backup_scan.py's to say."""
     folder = tmp_path / "many"
     folder.mkdir()
     old = NOW - 2 * HOUR
@@ -181,14 +182,10 @@ async def test_ten_thousand_files_scan_fast(tmp_path: Path) -> None:
         _write(folder / name, payload, old)
     hub = _hub(folder)
 
-    started = time.perf_counter()
     status = await BackupsMonitor(hub, clock=lambda: NOW).cycle()
-    elapsed = time.perf_counter() - started
 
     assert "(9000 valid, 1000 invalid)" in status
-    scan_seconds = _value(hub, "brace_backup_scan_duration_seconds") or 0.0
-    print(f"10,000-file scan: {scan_seconds * 1000:.0f} ms (cycle {elapsed * 1000:.0f} ms)")
-    assert scan_seconds < 1.0, f"10k-file scan took {scan_seconds:.2f}s"
+    assert (_value(hub, "brace_backup_scan_duration_seconds") or 0.0) > 0
 
 
 def test_scan_is_a_plain_function_usable_from_a_thread(tmp_path: Path) -> None:

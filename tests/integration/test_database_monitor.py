@@ -128,7 +128,7 @@ async def test_a_listener_that_never_answers_is_a_timeout(silent_listener: int) 
                timeout_seconds=1)
     started = time.monotonic()
     status = await DatabaseMonitor(hub).cycle()
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 10  # the 1 s timeout bounds it; margin for a loaded host
     assert status == (f"DOWN (timeout) brace@127.0.0.1:{silent_listener}/brace: connect: "
                       "no answer within the timeout")
     assert _value(hub, "brace_database_failures_total", {"kind": "timeout"}) == 1

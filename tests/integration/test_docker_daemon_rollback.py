@@ -23,6 +23,7 @@ import pytest
 from brace_watchdog.actions.config_rollback import _unix_socket_accepts
 from tests.integration.control_helpers import control_server, ctl, short_dir
 from tests.support.net import free_port, wait_for_port
+from tests.support.skips import skip_missing
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -116,7 +117,7 @@ def _unmount_below(folder: Path) -> None:
 @pytest.fixture
 def engine(docker_client: docker.DockerClient, busybox_image: str) -> Iterator[SecondEngine]:
     if not shutil.which("dockerd"):
-        pytest.skip("dockerd is not installed")
+        skip_missing("dockerd is not installed (Debian package docker.io)")
     folder = short_dir()
     (folder / "daemon.json").write_text(json.dumps(GOOD))
     shutil.copy(folder / "daemon.json", folder / "daemon.json.bak")

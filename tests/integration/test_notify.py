@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,13 +20,15 @@ from tests.support.net import free_port
 
 
 class Receiver:
-    """Records JSON POST bodies; answers 500 to the first ``fail_first`` requests."""
+    """Records JSON POST bodies; answers 500 to the first ``fail_first`` requests; holds every
+    request until ``gate`` is set."""
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
         self.attempts = 0
         self.fail_first = 0
-        self.delay = 0.0
+        self.gate = threading.Event()
+        self.gate.set()
         self.port = 0
 
     def url(self) -> Secret:
@@ -41,7 +43,7 @@ def receiver() -> Iterator[Receiver]:
         def do_POST(self) -> None:
             state.attempts += 1
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            time.sleep(state.delay)
+            state.gate.wait(60)
             if state.attempts <= state.fail_first:
                 self.send_response(500)
             else:
@@ -123,12 +125,14 @@ async def test_unreachable_webhook_counts_as_failed() -> None:
 
 
 async def test_send_never_waits_for_a_slow_webhook(receiver: Receiver) -> None:
-    receiver.delay = 1.0
-    notifier = WebhookNotifier(cfg([receiver.url(), receiver.url()], 0), metrics())
-    started = time.monotonic()
-    await notifier.send("rollback.started", {})
-    assert time.monotonic() - started < 0.1
-    await notifier.drain(5)
+    receiver.gate.clear()  # the receiver holds every request until released
+    config = NotifyConfig(webhook_urls=(receiver.url(), receiver.url()), timeout_seconds=60.0)
+    notifier = WebhookNotifier(config, metrics())
+    # A send that waited for delivery would hang here until the gate opens (never, in time).
+    await asyncio.wait_for(notifier.send("rollback.started", {}), 30)
+    assert receiver.bodies == []
+    receiver.gate.set()
+    await notifier.drain(30)
     await notifier.close()
     assert len(receiver.bodies) == 2
 

@@ -24,7 +24,7 @@ import pytest
 from tests.support.daemon import Daemon
 from tests.support.net import free_port
 from tests.support.pg import PgCluster, make_brace_dump
-from tests.support.skips import skip_or_fail
+from tests.support.skips import skip_missing
 from tests.support.webserver import SwitchableServer, switchable_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +104,7 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> N
 def prometheus_binary() -> str:
     binary = shutil.which("prometheus") or "/usr/bin/prometheus"
     if not Path(binary).exists():
-        skip_or_fail("prometheus is not installed (apt-get install prometheus)")
+        skip_missing("prometheus is not installed (apt-get install prometheus)")
     return binary
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.skips import skip_or_fail
+from tests.support.skips import skip_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "etc" / "prometheus" / "brace-watchdog.rules.yml"
@@ -33,7 +33,7 @@ def github_anchor(heading: str) -> str:
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        skip_or_fail("promtool is not installed (apt-get install prometheus)")
+        skip_missing("promtool is not installed (apt-get install prometheus)")
     return path
 
 

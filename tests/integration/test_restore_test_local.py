@@ -328,4 +328,6 @@ async def test_event_loop_stays_responsive_during_a_restore(good_dump: Path) -> 
         await asyncio.sleep(0.01)
         worst = max(worst, loop.time() - before - 0.01)
     assert (await task).passed
-    assert worst < 0.2, f"the event loop stalled for {worst:.3f}s during a restore"
+    # A blocking step (initdb, pg_restore: seconds each) would stall it far longer than the
+    # scheduling jitter a loaded two-core machine adds (tens of ms); 1 s keeps both apart.
+    assert worst < 1.0, f"the event loop stalled for {worst:.3f}s during a restore"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.skips import skip_or_fail
+from tests.support.skips import skip_missing
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "brace-watchdog.service"
 MAKEFILE = UNIT.parents[1] / "Makefile"
@@ -21,7 +21,7 @@ def _verify(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     here (the real one is only there after `make install`)."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        skip_or_fail("systemd-analyze is not installed (Debian package: systemd)")
+        skip_missing("systemd-analyze is not installed (Debian package: systemd)")
     lines = [f"ExecStart={shutil.which('true')} run --config /etc/brace-watchdog/x.toml"
              if line.startswith("ExecStart=") else line for line in unit_text.splitlines()]
     copy = tmp_path / UNIT.name
@@ -92,7 +92,7 @@ def test_make_install_honours_prefix_and_destdir(prefix: str, unit_dir: str,
                                                   tmp_path: Path) -> None:
     make = shutil.which("make")
     if make is None:
-        skip_or_fail("make is not installed")
+        skip_missing("make is not installed")
     plan = subprocess.run([make, "-n", "-C", str(MAKEFILE.parent), "install",
                            f"DESTDIR={tmp_path}", f"PREFIX={prefix}"],
                           capture_output=True, text=True, timeout=60, check=True).stdout
