@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 ENV_PREFIX = "BRACE_WATCHDOG__"
+DEFAULT_FAILURE_RESULTS: tuple[str, ...] = ("http_5xx", "timeout", "connection_error")
+"""What a bad deploy looks like from outside: it answers 5xx, hangs, or refuses/resets."""
 
 
 class Secret:
@@ -172,7 +174,7 @@ class RollbackConfig:
     window_seconds: float = 120.0
     min_samples: int = 6
     error_ratio: float = 0.5
-    failure_results: tuple[str, ...] = ("http_5xx",)
+    failure_results: tuple[str, ...] = DEFAULT_FAILURE_RESULTS
     trigger_alerts: tuple[str, ...] = ()
     cooldown_seconds: float = 1800.0
     max_per_day: int = 2
@@ -549,12 +551,12 @@ def _rollback(r: TableReader, base: Path) -> RollbackConfig:
 
 
 def _failure_results(r: TableReader) -> tuple[str, ...]:
-    results = r.strings("failure_results", ["http_5xx"], non_empty=True)
+    results = r.strings("failure_results", list(DEFAULT_FAILURE_RESULTS), non_empty=True)
     unknown = [x for x in results if x not in PROBE_RESULTS or x == "ok"]
     if unknown:
         r.error("failure_results",
                 f"unknown probe results {unknown}; use {list(PROBE_RESULTS[1:])}")
-        return ("http_5xx",)
+        return DEFAULT_FAILURE_RESULTS
     return results
 
 

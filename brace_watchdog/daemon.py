@@ -177,6 +177,7 @@ class Supervisor:
         """Cycle on a deadline schedule; survive errors; stop the daemon on a FatalError."""
         loop = asyncio.get_running_loop()
         next_run = loop.time()
+        overrunning = False
         while True:
             started = loop.time()
             try:
@@ -195,9 +196,15 @@ class Supervisor:
             now = loop.time()
             if next_run < now:
                 self.metrics.component_overruns.labels(component=component.name).inc()
-                log.warning("%s: cycle overran its %.1fs interval by %.1fs", component.name,
-                            component.interval(), now - next_run)
-                next_run = now
+                if not overrunning:  # once per episode; the counter counts every overrun
+                    log.warning("%s: cycle overran its %.1fs interval by %.1fs (further "
+                                "overruns are counted, not logged, until it keeps time again)",
+                                component.name, component.interval(), now - next_run)
+                overrunning, next_run = True, now
+            elif overrunning:
+                log.info("%s: cycles keep their %.1fs interval again", component.name,
+                         component.interval())
+                overrunning = False
             await asyncio.sleep(next_run - now)
 
     def _cycle_done(self, component: Component, status: str, duration: float) -> None:

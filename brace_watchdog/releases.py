@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from brace_watchdog.monitors.policy import is_healthy
 from brace_watchdog.observations import ProbeSample
 
 __all__ = [
@@ -222,11 +223,11 @@ def stability(*, now: float, since: float, samples: Iterable[ProbeSample],
     (the later of the release's first sighting and its last bad probe) and at least one ok
     probe in that span; a bad probe restarts the clock."""
     relevant = [s for s in samples if s.ts >= since]
-    bad = [s.ts for s in relevant if s.result != "ok"]
+    bad = [s.ts for s in relevant if not is_healthy(s)]
     healthy_since = max([since, *bad])
     if bad and healthy_since == max(bad):
         healthy_since = max(bad) + 1e-6
-    oks = [s for s in relevant if s.result == "ok" and s.ts >= healthy_since]
+    oks = [s for s in relevant if is_healthy(s) and s.ts >= healthy_since]
     waited = now - healthy_since
     if not oks:
         return Stability(False, healthy_since, "no ok probe yet since the release appeared "

@@ -1,4 +1,10 @@
-"""Pure decisions over observations: probe classification and "is this 5xx sustained?".
+"""Pure decisions over observations: probe classification and "is this failure sustained?".
+
+One rule reads every sample, for triggering (:func:`assess_window`), promotion to known-good
+(:func:`~brace_watchdog.releases.stability`) and rollback verification alike: a sample is
+*healthy* only when its result is ``ok``; it is *failing* when its result is one of
+``[rollback] failure_results``; anything else (by default a 4xx) is neither — it does not count
+towards a rollback, and it is no evidence of health either.
 
 No I/O and no clocks: callers pass ``now`` and the samples. Tested exhaustively in
 ``tests/unit/test_policy.py``.
@@ -11,7 +17,7 @@ from dataclasses import dataclass
 
 from brace_watchdog.observations import ProbeResult, ProbeSample
 
-__all__ = ["WindowVerdict", "assess_window", "classify_status"]
+__all__ = ["WindowVerdict", "assess_window", "classify_status", "is_failing", "is_healthy"]
 
 
 def classify_status(status: int, ok: Sequence[str]) -> ProbeResult:
@@ -24,6 +30,16 @@ def classify_status(status: int, ok: Sequence[str]) -> ProbeResult:
     if any(p == text or (p.endswith("xx") and p[0] == text[0]) for p in ok):
         return "ok"
     return "http_5xx" if 500 <= status <= 599 else "http_4xx"
+
+
+def is_healthy(sample: ProbeSample) -> bool:
+    """Evidence of health: only an ``ok`` answer."""
+    return sample.result == "ok"
+
+
+def is_failing(sample: ProbeSample, failure_results: Iterable[str]) -> bool:
+    """Evidence of a failure: a result named in ``failure_results``."""
+    return sample.result in failure_results
 
 
 @dataclass(frozen=True)
@@ -54,14 +70,15 @@ def assess_window(samples: Iterable[ProbeSample], *, now: float, window_seconds:
 
     Sustained means: at least ``min_samples`` samples in the window (after ``ignore_before``,
     e.g. a deploy's grace period), a failing share of at least ``error_ratio``, and the newest
-    sample failing too — a window that has already recovered is not a reason to act.
+    sample not healthy — a window whose newest answer is ``ok`` is recovering, not a reason to
+    act; a newest timeout, refused connection or 5xx is no recovery, whichever of them count.
     """
     failing_kinds = frozenset(failure_results)
     start = now - window_seconds
     if ignore_before is not None:
         start = max(start, ignore_before)
     window = tuple(s for s in samples if start <= s.ts <= now)
-    failing = [s for s in window if s.result in failing_kinds]
+    failing = [s for s in window if is_failing(s, failing_kinds)]
     total = len(window)
     ratio = len(failing) / total if total else 0.0
     first = min((s.ts for s in failing), default=None)
@@ -74,8 +91,8 @@ def assess_window(samples: Iterable[ProbeSample], *, now: float, window_seconds:
     if ratio < error_ratio:
         return verdict(False, f"{len(failing)}/{total} failing ({ratio:.0%}) is below "
                               f"{error_ratio:.0%}")
-    if window[-1].result not in failing_kinds:
-        return verdict(False, f"{len(failing)}/{total} failing but the newest probe is "
-                              f"{window[-1].result}: recovering")
+    if is_healthy(window[-1]):
+        return verdict(False, f"{len(failing)}/{total} failing but the newest probe is ok: "
+                              "recovering")
     return verdict(True, f"{len(failing)}/{total} failing ({ratio:.0%}) over "
-                         f"{window_seconds:.0f}s, newest failing")
+                         f"{window_seconds:.0f}s, newest {window[-1].result}")

@@ -87,3 +87,22 @@ def test_invalid_config_refuses_to_start(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=30, check=False)
     assert check.returncode == 2
     assert check.stderr == result.stderr
+
+
+def test_a_hanging_backend_warns_once_not_every_cycle(tmp_path: Path) -> None:
+    """Each probe of a hanging backend takes the whole 1 s timeout against a 0.2 s interval:
+    the overruns are counted, and the log warns once for the episode, not once a cycle."""
+    with switchable_server() as server:
+        server.mode = "hang"
+        daemon = Daemon(tmp_path, server)
+        try:
+            daemon.wait_for("READY=1")
+            while (daemon.sample('brace_health_probes_total{result="timeout",'
+                                 'target="backend"}') or 0) < 4:
+                time.sleep(0.2)
+            overruns = daemon.sample('brace_watchdog_component_overruns_total{'
+                                     'component="health"}')
+            assert overruns is not None and overruns >= 3
+            assert daemon.output().count("health: cycle overran") == 1
+        finally:
+            daemon.close()

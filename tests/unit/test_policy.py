@@ -6,7 +6,8 @@ import itertools
 
 import pytest
 
-from brace_watchdog.monitors.policy import assess_window, classify_status
+from brace_watchdog.config import RollbackConfig
+from brace_watchdog.monitors.policy import assess_window, classify_status, is_failing, is_healthy
 from brace_watchdog.observations import PROBE_RESULTS, ProbeSample
 
 
@@ -104,6 +105,49 @@ def test_failure_results_are_configurable() -> None:
     timeouts = samples("tttt")
     assert not assess(timeouts, now=3).sustained
     assert assess(timeouts, now=3, failure_results=("http_5xx", "timeout")).sustained
+
+
+def test_default_failure_results_are_what_a_bad_deploy_looks_like() -> None:
+    """A hanging release (timeouts) and a crash-looping one (refused) trigger like a 5xx."""
+    default = RollbackConfig().failure_results
+    for pattern in ("tttttt", "cccccc", "xtcxtc"):
+        verdict = assess(samples(pattern), now=5, failure_results=default)
+        assert verdict.sustained, pattern
+    assert not assess(samples("444444"), now=5, failure_results=default).sustained
+
+
+@pytest.mark.parametrize("newest", ["t", "c", "x", "4"])
+def test_only_an_ok_newest_sample_reads_as_recovering(newest: str) -> None:
+    """A newest timeout is no recovery, even where timeouts do not count as failures."""
+    verdict = assess(samples("xxxx" + newest), now=4, failure_results=("http_5xx",))
+    assert verdict.sustained
+    assert "recovering" not in verdict.reason
+
+
+def test_newest_ok_is_recovering_whatever_counts() -> None:
+    verdict = assess(samples("ttttto"), now=5, failure_results=("timeout",))
+    assert not verdict.sustained and "newest probe is ok: recovering" in verdict.reason
+
+
+def test_the_one_rule_healthy_failing_or_neither() -> None:
+    kinds = {"ok": (True, False), "http_5xx": (False, True), "timeout": (False, True),
+             "connection_error": (False, True), "http_4xx": (False, False)}
+    default = RollbackConfig().failure_results
+    for result, (healthy, failing) in kinds.items():
+        sample = ProbeSample(ts=0, target="backend", result=result)  # type: ignore[arg-type]
+        assert (is_healthy(sample), is_failing(sample, default)) == (healthy, failing), result
+
+
+def test_every_mixed_five_sample_pattern_matches_the_definition() -> None:
+    """Brute force over every result kind: sustained = enough samples, a failing share of at
+    least the ratio, and a newest sample that is not ok."""
+    for failure_results in (("http_5xx",), RollbackConfig().failure_results):
+        for pattern in itertools.product("oxtc4", repeat=5):
+            verdict = assess(samples("".join(pattern)), now=4, min_samples=4, error_ratio=0.4,
+                             failure_results=failure_results)
+            failing = sum(1 for s in samples("".join(pattern)) if s.result in failure_results)
+            expected = failing / 5 >= 0.4 and pattern[-1] != "o"
+            assert verdict.sustained is expected, (pattern, failure_results)
 
 
 def test_flapping_below_threshold_never_sustained() -> None:
