@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import figure, print_figures, write_result
-from brace_watchdog.monitors.backups import HeaderCache, scan_backups
+from brace_watchdog.monitors.backups import ScanCache, scan_backups
 
-TARGET_RATIO = 10.0
+TARGET_RATIO = 2.0
+COLD_TARGET_RATIO = 3.0
 
 
 def populate(directory: Path, count: int) -> dict[str, int]:
@@ -51,14 +52,15 @@ def populate(directory: Path, count: int) -> dict[str, int]:
         path.write_bytes(body)
         os.utime(path, (old, old))
         kinds[kind] += 1
+    os.utime(directory, (old, old))   # a real backups folder last changed at the last backup
     return kinds
 
 
-def time_scan(directory: Path, cache: HeaderCache | None = None) -> tuple[float, int]:
+def time_scan(directory: Path, cache: ScanCache | None = None) -> tuple[float, int]:
     """One scan; with ``cache`` (warm) it is the monitor's steady state, without it a cold scan."""
     started = time.perf_counter()
     scan = scan_backups(directory, ("brace_*.dump",), now=time.time(), settle_seconds=60,
-                        max_age_seconds=26 * 3600, header_cache=cache)
+                        max_age_seconds=26 * 3600, cache=cache)
     return time.perf_counter() - started, len(scan.files)
 
 
@@ -74,7 +76,7 @@ def measure(directory: Path, rounds: int) -> dict[str, Any]:
     colds: list[float] = []
     finds: list[float] = []
     counts: set[tuple[int, int]] = set()
-    cache: HeaderCache = {}
+    cache = ScanCache()
     time_scan(directory, cache), time_find(directory)  # warm the page cache and header cache
     for _ in range(rounds):
         scan_seconds, scanned = time_scan(directory, cache)
@@ -106,12 +108,12 @@ def main(argv: list[str]) -> int:
                     baseline_value=result["median_find_seconds"] * 1000, unit="ms",
                     baseline="find -name", target=TARGET_RATIO, target_on="ratio",
                     note=f"{args.files} files, {result['matching_files']} matching; median of "
-                         f"{rounds}; the monitor's steady state: scan stats every match and "
-                         "reads 5 header bytes only of new or changed files"),
+                         f"{rounds}; the monitor's steady state: an unchanged folder costs a stat "
+                         "of the folder and of the watched entries (newest, settling)"),
              figure("scan_10k_files_cold", value=result["median_cold_scan_seconds"] * 1000,
                     baseline_value=result["median_find_seconds"] * 1000, unit="ms",
-                    baseline="find -name", target=None, target_on="ratio",
-                    note="first scan after start: every match opened for its header")]
+                    baseline="find -name", target=COLD_TARGET_RATIO, target_on="ratio",
+                    note="first scan after start: every match stat-ed and opened for its header")]
     print(f"backup scan: {args.files} files", flush=True)
     print_figures(items)
     path = write_result("backup_scan", items, result, quick=args.quick)

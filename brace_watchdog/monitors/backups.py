@@ -10,6 +10,8 @@ Owns three things:
   ``settle_seconds`` (still being written), when it is not a regular file, or when it is a symlink
   leading out of the folder. Only the five header bytes are read. A truncated dump still starts
   with ``PGDMP`` and counts as valid here: only a restore test can prove that a dump restores.
+  With a :class:`ScanCache`, an unchanged folder is not listed again: see its docstring for what
+  is re-checked every scan and what waits for the next full listing.
 * :class:`BackupsMonitor` — the ``backups`` component: publishes the scan in
   ``hub.observations.backups``, exports the ``brace_backup_*`` metrics and records an event only
   when something changes (fresh ↔ stale, a new newest backup, the folder going missing). The last
@@ -26,8 +28,9 @@ import re
 import stat
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ from brace_watchdog.monitors.memory import MonitorMemory
 from brace_watchdog.observations import BackupFile, BackupScan
 from brace_watchdog.runtime import Hub
 
-__all__ = ["BackupsMonitor", "backup_status_line", "parse_backup_name",
+__all__ = ["BackupsMonitor", "ScanCache", "backup_status_line", "parse_backup_name",
            "scan_backups"]
 
 log = logging.getLogger("brace_watchdog.backups")
@@ -63,38 +66,63 @@ def parse_backup_name(name: str) -> datetime | None:
 
 @dataclass(frozen=True)
 class _Entry:
-    """What one ``scandir`` entry told us, before judging it."""
+    """What one folder entry told us, before judging it; equal when the file is unchanged."""
 
     path: Path
     size: int
     mtime: float
     problem: str
+    symlink: bool = False
+    identity: tuple[int, int] = (0, 0)
 
 
 HeaderCache = dict[tuple[str, int, int, int], str]
 """(path, inode, size, mtime_ns) → header problem ("" = valid magic), kept between scans."""
 
+FULL_LISTING_SECONDS = 600.0
+"""How long a listing is trusted while the folder itself is unchanged (see :class:`ScanCache`)."""
+
+_RACY_SECONDS = 2.0
+
+
+@dataclass
+class ScanCache:
+    """What the monitor keeps between scans, so a steady-state scan touches almost nothing.
+
+    A full listing stats every match and opens only files whose (inode, size, mtime) is new
+    (``headers``). While the folder's own inode and mtime are unchanged — nothing created,
+    removed or renamed — the next scans reuse that listing and re-inspect only the *watched*
+    entries: those still settling or dated in the future, symlinks, and the newest valid dump with
+    everything newer (so a truncated or rewritten newest dump is seen at once). Older files
+    rewritten in place are seen at the next full listing, at most ``FULL_LISTING_SECONDS`` later.
+    A listing made within ``_RACY_SECONDS`` of the folder's mtime is not reused: a file created in
+    the same timestamp tick would not move the mtime (git's "racily clean" index entries).
+    """
+
+    headers: HeaderCache = field(default_factory=dict)
+    folder_key: tuple[int, int, int] | None = None
+    listed_at: float = 0.0
+    entries: tuple[_Entry, ...] = ()
+    files: tuple[BackupFile, ...] = ()
+    watched: tuple[int, ...] = ()
+
 
 def scan_backups(directory: Path, patterns: Sequence[str], *, now: float, settle_seconds: float,
                  max_age_seconds: float,
                  future_tolerance_seconds: float = FUTURE_TOLERANCE_SECONDS,
-                 header_cache: HeaderCache | None = None) -> BackupScan:
+                 cache: ScanCache | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> BackupScan:
     """Scan ``directory`` once; raise AdapterError when it is missing or unreadable.
 
-    With ``header_cache`` (the monitor keeps one between cycles) a file whose inode, size and
-    mtime are unchanged is not opened again; the cache is pruned to the files seen this scan.
+    With ``cache`` (the monitor keeps one between cycles) an unchanged folder costs one ``stat``
+    of the folder plus one per watched entry; see :class:`ScanCache`.
     """
-    matcher = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
-    files: list[BackupFile] = []
-    seen: HeaderCache = {}
+    judge = partial(_judge, now=now, settle_seconds=settle_seconds,
+                    future_tolerance_seconds=future_tolerance_seconds)
     try:
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if matcher.match(entry.name):
-                    inspected = _inspect(entry, directory, header_cache, seen)
-                    files.append(_judge(inspected, now=now,
-                                        settle_seconds=settle_seconds,
-                                        future_tolerance_seconds=future_tolerance_seconds))
+        files = _reuse(directory, cache, judge, wall_clock()) if cache is not None else None
+        if files is None:
+            files = _list(directory, patterns, cache, judge, wall_clock)
     except FileNotFoundError:
         raise AdapterError(f"backup directory {directory} does not exist; create it or fix "
                            "[backups] directory") from None
@@ -106,33 +134,97 @@ def scan_backups(directory: Path, patterns: Sequence[str], *, now: float, settle
                            "permissions") from None
     except OSError as exc:
         raise AdapterError(f"cannot read backup directory {directory}: {exc.strerror}") from None
-    if header_cache is not None:
-        header_cache.clear()
-        header_cache.update(seen)
-    files.sort(key=lambda f: (f.timestamp, f.name))
-    return BackupScan(scanned_at=now, files=tuple(files), max_age_seconds=max_age_seconds)
+    return BackupScan(scanned_at=now, files=files, max_age_seconds=max_age_seconds)
 
 
-def _inspect(entry: os.DirEntry[str], directory: Path, cache: HeaderCache | None,
+def _folder_key(directory: Path) -> tuple[tuple[int, int, int], float]:
+    info = os.stat(directory)
+    return (info.st_dev, info.st_ino, info.st_mtime_ns), info.st_mtime
+
+
+def _list(directory: Path, patterns: Sequence[str], cache: ScanCache | None,
+          judge: Callable[[_Entry], BackupFile],
+          wall_clock: Callable[[], float]) -> tuple[BackupFile, ...]:
+    """A full listing: every match stat-ed, headers read unless the header cache knows them."""
+    listed_at = wall_clock()
+    folder_key, folder_mtime = _folder_key(directory)
+    matcher = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+    known = cache.headers if cache is not None else None
+    seen: HeaderCache = {}
+    with os.scandir(directory) as listing:
+        entries = [_inspect(entry, directory, known, seen) for entry in listing
+                   if matcher.match(entry.name)]
+    judged = sorted(zip(map(judge, entries), entries, strict=True),
+                    key=lambda pair: (pair[0].timestamp, pair[0].name))
+    files = tuple(file for file, _ in judged)
+    if cache is not None:
+        cache.headers = seen
+        trusted = folder_mtime < listed_at - _RACY_SECONDS
+        cache.folder_key = folder_key if trusted else None
+        cache.listed_at = listed_at
+        cache.entries = tuple(entry for _, entry in judged)
+        cache.files = files
+        cache.watched = _watched(cache.entries, files)
+    return files
+
+
+def _watched(entries: tuple[_Entry, ...], files: tuple[BackupFile, ...]) -> tuple[int, ...]:
+    """Indexes (in sorted order) of the entries a reused listing must look at again."""
+    newest_valid = max((i for i, file in enumerate(files) if file.valid), default=-1)
+    return tuple(i for i, (entry, file) in enumerate(zip(entries, files, strict=True))
+                 if i >= newest_valid or entry.symlink or (not file.valid and not entry.problem))
+
+
+def _reuse(directory: Path, cache: ScanCache, judge: Callable[[_Entry], BackupFile],
+           wall_now: float) -> tuple[BackupFile, ...] | None:
+    """The cached listing, re-judged where time matters, or ``None`` when a listing is due."""
+    if cache.folder_key is None or wall_now - cache.listed_at >= FULL_LISTING_SECONDS:
+        return None
+    if _folder_key(directory)[0] != cache.folder_key:
+        return None
+    files = list(cache.files)
+    for index in cache.watched:
+        entry = cache.entries[index]
+        again = _inspect_path(entry.path, directory, cache.headers)
+        if again != entry:
+            return None
+        files[index] = judge(entry)
+    return tuple(files)
+
+
+def _inspect(entry: os.DirEntry[str], directory: Path, known: HeaderCache | None,
              seen: HeaderCache) -> _Entry:
-    path = Path(entry.path)
+    return _inspect_path(Path(entry.path), directory, known, seen, symlink=entry.is_symlink(),
+                         stat_of=entry.stat)
+
+
+def _inspect_path(path: Path, directory: Path, known: HeaderCache | None,
+                  seen: HeaderCache | None = None, *, symlink: bool | None = None,
+                  stat_of: Callable[[], os.stat_result] | None = None) -> _Entry:
+    """Stat ``path`` (following a symlink only inside the folder) and check its header."""
+    seen = known if seen is None else seen
     try:
-        if entry.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(
+        if symlink is None:
+            symlink = path.is_symlink()
+        if symlink and not Path(os.path.realpath(path)).is_relative_to(
                 os.path.realpath(directory)):
-            return _Entry(path, 0, 0.0, "symlink leads out of the backup folder; not followed")
-        info = entry.stat(follow_symlinks=True)
+            return _Entry(path, 0, 0.0, "symlink leads out of the backup folder; not followed",
+                          symlink=True)
+        info = stat_of() if stat_of is not None else os.stat(path)
     except OSError as exc:
-        return _Entry(path, 0, 0.0, f"cannot stat: {exc.strerror}")
+        return _Entry(path, 0, 0.0, f"cannot stat: {exc.strerror}", symlink=bool(symlink))
+    identity = (info.st_ino, info.st_mtime_ns)
     if not stat.S_ISREG(info.st_mode):
-        return _Entry(path, 0, info.st_mtime, "not a regular file")
+        return _Entry(path, 0, info.st_mtime, "not a regular file", symlink, identity)
     if info.st_size == 0:
-        return _Entry(path, 0, info.st_mtime, "empty file")
-    key = (entry.path, info.st_ino, info.st_size, info.st_mtime_ns)
-    problem = cache.get(key) if cache is not None else None
+        return _Entry(path, 0, info.st_mtime, "empty file", symlink, identity)
+    key = (str(path), info.st_ino, info.st_size, info.st_mtime_ns)
+    problem = known.get(key) if known is not None else None
     if problem is None:
-        problem = _header_problem(entry.path)
-    seen[key] = problem
-    return _Entry(path, info.st_size, info.st_mtime, problem)
+        problem = _header_problem(str(path))
+    if seen is not None:
+        seen[key] = problem
+    return _Entry(path, info.st_size, info.st_mtime, problem, symlink, identity)
 
 
 def _header_problem(path: str) -> str:
@@ -188,7 +280,7 @@ class BackupsMonitor(Component):
         self._hub = hub
         self._clock = clock or hub.clock
         self._newest_ts: float | None = None
-        self._header_cache: HeaderCache = {}
+        self._scan_cache = ScanCache()
         self._state = MonitorMemory(hub.store, self.name)
         hub.metrics.backup_newest_age.set_function(self._newest_age)
         hub.metrics.backup_max_age.set(hub.config.backups.max_age_hours * 3600)
@@ -211,7 +303,7 @@ class BackupsMonitor(Component):
             scan = await asyncio.to_thread(scan_backups, cfg.directory, cfg.patterns, now=now,
                                            settle_seconds=cfg.settle_seconds,
                                            max_age_seconds=max_age,
-                                           header_cache=self._header_cache)
+                                           cache=self._scan_cache)
         except AdapterError as exc:
             return await self._failed(str(exc), max_age, now)
         finally:

@@ -16,7 +16,12 @@ from prometheus_client import CollectorRegistry
 
 from brace_watchdog.config import parse_config
 from brace_watchdog.metrics import Metrics
-from brace_watchdog.monitors.backups import BackupsMonitor, HeaderCache, scan_backups
+from brace_watchdog.monitors.backups import (
+    FULL_LISTING_SECONDS,
+    BackupsMonitor,
+    ScanCache,
+    scan_backups,
+)
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import StateStore
 from tests.support.pg import PgCluster, make_brace_dump
@@ -200,19 +205,52 @@ def test_header_cache_skips_unchanged_files_and_sees_changes(tmp_path: Path) -> 
     good = tmp_path / "brace_20260101_000000.dump"
     good.write_bytes(b"PGDMP" + b"\0" * 100)
     os.utime(good, (1_000, 1_000))
-    cache: HeaderCache = {}
+    cache = ScanCache()
 
     def scan() -> bool:
         result = scan_backups(tmp_path, ("brace_*.dump",), now=time.time(), settle_seconds=60,
-                              max_age_seconds=3600, header_cache=cache)
+                              max_age_seconds=3600, cache=cache)
         return result.files[0].valid
 
     assert scan() is True
-    assert len(cache) == 1
+    assert len(cache.headers) == 1
     good.write_bytes(b"garbage" + b"\0" * 98)  # same size, new content and mtime
     os.utime(good, (2_000, 2_000))
     assert scan() is False
     good.unlink()
     scan_backups(tmp_path, ("brace_*.dump",), now=time.time(), settle_seconds=60,
-                 max_age_seconds=3600, header_cache=cache)
-    assert cache == {}
+                 max_age_seconds=3600, cache=cache)
+    assert cache.headers == {}
+
+
+def test_an_unchanged_folder_reuses_its_listing_but_watches_what_decides(tmp_path: Path) -> None:
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    dump = b"PGDMP" + b"\0" * 100
+    old = _write(folder / "brace_20261125_010000.dump", dump, NOW - 5 * HOUR)
+    older = _write(folder / "brace_20261125_050000.dump", dump, NOW - HOUR)
+    settling = _write(folder / "brace_20261125_061100.dump", dump, NOW - 30)
+    os.utime(folder, (NOW - 10 * HOUR, NOW - 10 * HOUR))   # nothing created here for hours
+    cache, wall = ScanCache(), [NOW]
+
+    def scan(now: float) -> dict[str, Any]:
+        files = scan_backups(folder, ("brace_*.dump",), now=now, settle_seconds=60,
+                             max_age_seconds=26 * HOUR, cache=cache,
+                             wall_clock=lambda: wall[0]).files
+        return {f.name: f for f in files}
+
+    assert scan(NOW)[settling.name].reason.startswith("still being written")
+    _write(old, b"garbage" + b"\0" * 98, NOW - 5 * HOUR + 1)    # rewritten in place, not watched
+    wall[0] += 60
+    reused = scan(NOW + 60)
+    assert reused[old.name].valid                               # the listing was reused...
+    assert reused[settling.name].valid                          # ...re-judged where time matters
+    wall[0] += FULL_LISTING_SECONDS
+    assert not scan(NOW + 60)[old.name].valid                   # the next full listing sees it
+    _write(settling, b"", NOW + 90)                            # the newest dump truncated in place
+    wall[0] += 60
+    assert scan(NOW + 180)[settling.name].reason == "empty file"   # watched: seen at once
+    assert scan(NOW + 180)[older.name].valid
+    _write(folder / "brace_20261125_070000.dump", dump, NOW - 600)   # the folder changes
+    wall[0] += 60
+    assert "brace_20261125_070000.dump" in scan(NOW + 240)
