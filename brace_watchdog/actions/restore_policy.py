@@ -22,6 +22,7 @@ __all__ = [
     "is_due",
     "pg_restore_errors",
     "quote_ident",
+    "row_count_sql",
     "rto_exceeded",
     "table_problems",
     "toc_tables",
@@ -124,13 +125,34 @@ def freshness_problem(newest_epoch: float | None, dump_epoch: float | None,
     return None
 
 
-def version_problem(server_major: int, required_major: int, *, where: str) -> str | None:
-    """None when a server of ``server_major`` can restore a dump needing ``required_major``."""
+_SERVER_SETTING = {"docker": ("image", "an image of"),
+                   "local": ("local_bin_dir", "the bin folder of")}
+
+
+def version_problem(server_major: int, required_major: int, *, backend: str,
+                    server_version: str = "", dumped_by: str = "") -> str | None:
+    """None when a throwaway server of ``server_major`` can restore a dump that needs
+    ``required_major``; else which versions clash and which setting of ``backend`` to change."""
     if server_major >= required_major:
         return None
-    return (f"the dump needs PostgreSQL {required_major} or newer but {where} runs "
-            f"PostgreSQL {server_major}; configure [restore_test] image (or local_bin_dir) with "
-            f"a PostgreSQL {required_major}+ server")
+    key, what = _SERVER_SETTING.get(backend, _SERVER_SETTING["docker"])
+    origin = f" ({dumped_by})" if dumped_by else ""
+    return (f"the dump needs PostgreSQL {required_major} or newer{origin} but the {backend} "
+            f"restore-test server runs PostgreSQL {server_version or server_major}; set "
+            f"[restore_test] {key} to {what} PostgreSQL {required_major} or newer")
+
+
+def row_count_sql(tables: list[TocTable]) -> str:
+    """One statement answering ``(schema.table, exact row count)`` for each table."""
+    return "\nunion all ".join(
+        f"select {_literal(str(table))}, count(*) from "
+        f"{quote_ident(table.schema)}.{quote_ident(table.name)}" for table in tables)
+
+
+def _literal(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("literal contains a NUL byte")
+    return "'" + text.replace("'", "''") + "'"
 
 
 def is_due(last_run: float | None, now: float, interval_hours: float) -> bool:

@@ -36,11 +36,10 @@ log = logging.getLogger("brace_watchdog.restore_test")
 STAGES = ("checking", "starting", "restoring", "verifying", "cleaning")
 ServerFactory = Callable[[Path], ThrowawayServer]
 
-# exact row counts of every user table in one statement (query_to_xml runs each count(*))
-_COUNTS_SQL = (
-    "select n.nspname, c.relname, (xpath('/row/n/text()', query_to_xml(format("
-    "'select count(*) as n from %I.%I', n.nspname, c.relname), false, true, '')))[1]::text "
-    "from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+# every user table; their exact row counts follow in one statement (policy.row_count_sql).
+# Plain catalog SQL: any PostgreSQL build that restores the dump can verify it (no libxml etc.).
+_TABLES_SQL = (
+    "select n.nspname, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
     "where c.relkind in ('r', 'p') and n.nspname not in ('pg_catalog', 'information_schema') "
     "and n.nspname not like 'pg_toast%' and n.nspname not like 'pg_temp%' order by 1, 2"
 )
@@ -174,8 +173,9 @@ class RestoreRun:
             raise ActionError("starting", f"cannot create the roles {list(self.config.roles)} "
                                           f"or read the server version: {exc}") from None
         self.facts["pg_version"] = version
-        problem = policy.version_problem(major, header.required_major,
-                                         where=f"the {self.server.backend} server")
+        problem = policy.version_problem(
+            major, header.required_major, backend=self.server.backend, server_version=version,
+            dumped_by=f"pg_dump {header.dump_version} of PostgreSQL {header.server_version}")
         if problem:
             raise ActionError("starting", f"refused: {problem}")
         self._enter("restoring")
@@ -237,8 +237,10 @@ class RestoreRun:
         self.facts["alembic_revision"] = rows[0][1]
 
     async def _table_counts(self, server: ThrowawayServer) -> dict[str, int]:
-        rows = await _query(server, _COUNTS_SQL, "row counting")
-        counts = {f"{schema}.{table}": int(count) for schema, table, count in rows}
+        tables = [policy.TocTable(schema, name)
+                  for schema, name in await _query(server, _TABLES_SQL, "table listing")]
+        rows = await _query(server, policy.row_count_sql(tables), "row counting") if tables else []
+        counts = {name: int(count) for name, count in rows}
         self.facts["table_counts"] = counts
         return counts
 

