@@ -66,6 +66,7 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     ("NoNewPrivileges", "yes"),
     ("PrivateTmp", "yes"),
     ("EnvironmentFile", "-/etc/brace-watchdog/env"),
+    ("ConfigurationDirectoryMode", "0750"),
 ])
 def test_unit_keeps_its_contract(key: str, expected: str) -> None:
     assert _service_section()[key] == [expected]
@@ -100,3 +101,6 @@ def test_make_install_honours_prefix_and_destdir(prefix: str, unit_dir: str,
     assert f"> {tmp_path}{unit_dir}/brace-watchdog.service" in plan
     assert f"s|/usr/local/|{prefix}/|g" in plan
     assert f"[ -e {tmp_path}/etc/brace-watchdog/brace-watchdog.toml ] ||" in plan
+    # the mode systemd expects of ConfigurationDirectory= (else it warns at every start)
+    (mode,) = _service_section()["ConfigurationDirectoryMode"]
+    assert f"install -d -m {mode} {tmp_path}/etc/brace-watchdog" in plan

@@ -13,9 +13,25 @@ class Recorder:
         self.sent.append(state)
 
 
-def make(env: dict[str, str], pid: int = 42) -> tuple[SystemdNotify, Recorder]:
-    recorder = Recorder()
-    return SystemdNotify(env, pid=pid, sender_factory=lambda address: recorder), recorder
+class Refusing(Recorder):
+    """Fails like a full datagram queue for the next ``refuse`` messages."""
+
+    def __init__(self, refuse: int) -> None:
+        super().__init__()
+        self.refuse = refuse
+
+    def notify(self, state: str) -> None:
+        if self.refuse > 0:
+            self.refuse -= 1
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        super().notify(state)
+
+
+def make(env: dict[str, str], pid: int = 42,
+         recorder: Recorder | None = None) -> tuple[SystemdNotify, Recorder]:
+    sender = recorder or Recorder()
+    return SystemdNotify(env, pid=pid, sender_factory=lambda address: sender,
+                         monotonic_usec=lambda: 123456), sender
 
 
 def test_no_notify_socket_means_silent() -> None:
@@ -58,4 +74,21 @@ def test_stopping_and_reloading() -> None:
     notify, recorder = make({"NOTIFY_SOCKET": "/x"})
     notify.reloading()
     notify.stopping()
-    assert recorder.sent == ["RELOADING=1", "STOPPING=1\nSTATUS=stopping"]
+    assert recorder.sent == ["RELOADING=1\nMONOTONIC_USEC=123456", "STOPPING=1\nSTATUS=stopping"]
+
+
+def test_a_lost_lifecycle_message_is_resent_before_the_next_one() -> None:
+    notify, recorder = make({"NOTIFY_SOCKET": "/x"}, recorder=Refusing(refuse=2))
+    notify.reloading()   # refused
+    notify.ready("ok")   # refused too: supersedes the RELOADING=1 nobody saw
+    notify.watchdog()    # delivers the pending READY=1 first
+    notify.watchdog()
+    assert recorder.sent == ["READY=1\nSTATUS=ok\nMAINPID=42", "WATCHDOG=1", "WATCHDOG=1"]
+
+
+def test_lost_pings_and_status_are_not_resent() -> None:
+    notify, recorder = make({"NOTIFY_SOCKET": "/x"}, recorder=Refusing(refuse=2))
+    notify.watchdog()
+    notify.status("a")
+    notify.watchdog()
+    assert recorder.sent == ["WATCHDOG=1"]
