@@ -5,8 +5,8 @@ the pg_dump magic, matching names with a bad header or no bytes, and unrelated f
 sides list the same folder, alternating, warm page cache; each timing is wall time of one full
 pass (``find`` as the subprocess an operator would run, process start included; the scan as the
 daemon runs it, in-process). The scan also stats each matching file and reads its 5 header
-bytes, which ``find -name`` does not. Target (set before measuring): the scan takes at most
-10x ``find``'s time. Writes ``bench/results/backup_scan.json``.
+bytes, which ``find -name`` does not. Targets (issue 12): the monitor's steady-state scan at most
+2x ``find``'s time, its first (cold) scan at most 3x. Writes ``bench/results/backup_scan.json``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import figure, print_figures, write_result
-from brace_watchdog.monitors.backups import ScanCache, scan_backups
+from brace_watchdog.monitors.backups import VERIFY_PER_SCAN, ScanCache, scan_backups
 
 TARGET_RATIO = 2.0
 COLD_TARGET_RATIO = 3.0
@@ -56,12 +56,14 @@ def populate(directory: Path, count: int) -> dict[str, int]:
     return kinds
 
 
-def time_scan(directory: Path, cache: ScanCache | None = None) -> tuple[float, int]:
-    """One scan; with ``cache`` (warm) it is the monitor's steady state, without it a cold scan."""
+def time_scan(directory: Path, cache: ScanCache | None) -> tuple[float, int, int]:
+    """One scan as the monitor runs it (``cache``: warm, or a new one for its first scan), or
+    without a cache, as ``brace-watchdogctl backups`` does: every match inspected at once.
+    Returns (seconds, matching files, files not inspected yet)."""
     started = time.perf_counter()
     scan = scan_backups(directory, ("brace_*.dump",), now=time.time(), settle_seconds=60,
-                        max_age_seconds=26 * 3600, cache=cache)
-    return time.perf_counter() - started, len(scan.files)
+                        max_age_seconds=26 * 3600, cache=cache, verify_budget=VERIFY_PER_SCAN)
+    return time.perf_counter() - started, len(scan.files) + scan.unverified, scan.unverified
 
 
 def time_find(directory: Path) -> tuple[float, int]:
@@ -74,13 +76,17 @@ def time_find(directory: Path) -> tuple[float, int]:
 def measure(directory: Path, rounds: int) -> dict[str, Any]:
     scans: list[float] = []
     colds: list[float] = []
+    fulls: list[float] = []
     finds: list[float] = []
     counts: set[tuple[int, int]] = set()
     cache = ScanCache()
-    time_scan(directory, cache), time_find(directory)  # warm the page cache and header cache
+    time_find(directory)                                 # warm the page cache
+    while time_scan(directory, cache)[2]:                # the monitor's first cycles
+        pass
     for _ in range(rounds):
-        scan_seconds, scanned = time_scan(directory, cache)
-        colds.append(time_scan(directory)[0])
+        scan_seconds, scanned, _ = time_scan(directory, cache)
+        colds.append(time_scan(directory, ScanCache())[0])
+        fulls.append(time_scan(directory, None)[0])
         find_seconds, found = time_find(directory)
         scans.append(scan_seconds)
         finds.append(find_seconds)
@@ -91,6 +97,7 @@ def measure(directory: Path, rounds: int) -> dict[str, Any]:
             "matching_files": next(iter(counts))[0],
             "median_scan_seconds": statistics.median(scans),
             "median_cold_scan_seconds": statistics.median(colds),
+            "median_full_scan_seconds": statistics.median(fulls),
             "median_find_seconds": statistics.median(finds)}
 
 
@@ -113,12 +120,18 @@ def main(argv: list[str]) -> int:
              figure("scan_10k_files_cold", value=result["median_cold_scan_seconds"] * 1000,
                     baseline_value=result["median_find_seconds"] * 1000, unit="ms",
                     baseline="find -name", target=COLD_TARGET_RATIO, target_on="ratio",
-                    note="first scan after start: every match stat-ed and opened for its header")]
+                    note="the monitor's first scan after start: the newest valid dump and "
+                         f"{VERIFY_PER_SCAN} more inspected, the rest over the next cycles"),
+             figure("scan_10k_files_full", value=result["median_full_scan_seconds"] * 1000,
+                    baseline_value=result["median_find_seconds"] * 1000, unit="ms",
+                    baseline="find -name", target=None, target_on="ratio",
+                    note="informational: brace-watchdogctl backups, every match stat-ed and "
+                         "its header read at once")]
     print(f"backup scan: {args.files} files", flush=True)
     print_figures(items)
     path = write_result("backup_scan", items, result, quick=args.quick)
     print(f"results: {path}")
-    return 0 if items[0]["passed"] else 1
+    return 0 if items[0]["passed"] and items[1]["passed"] else 1
 
 
 if __name__ == "__main__":

@@ -58,6 +58,8 @@ class BackupScan:
     scanned_at: float
     files: tuple[BackupFile, ...]
     max_age_seconds: float
+    unverified: int = 0
+    """Dumps older than the newest valid one whose header a large first scan has not read yet."""
 
     @property
     def valid(self) -> tuple[BackupFile, ...]:

@@ -83,20 +83,29 @@ FULL_LISTING_SECONDS = 600.0
 """How long a listing is trusted while the folder itself is unchanged (see :class:`ScanCache`)."""
 
 _RACY_SECONDS = 2.0
+_DIGITS = len("YYYYMMDDHHMMSS")
+
+
+VERIFY_PER_SCAN = 500
+"""Dumps older than the newest valid one that a monitor scan inspects beyond those it must."""
 
 
 @dataclass
 class ScanCache:
     """What the monitor keeps between scans, so a steady-state scan touches almost nothing.
 
-    A full listing stats every match and opens only files whose (inode, size, mtime) is new
-    (``headers``). While the folder's own inode and mtime are unchanged — nothing created,
-    removed or renamed — the next scans reuse that listing and re-inspect only the *watched*
-    entries: those still settling or dated in the future, symlinks, and the newest valid dump with
-    everything newer (so a truncated or rewritten newest dump is seen at once). Older files
-    rewritten in place are seen at the next full listing, at most ``FULL_LISTING_SECONDS`` later.
-    A listing made within ``_RACY_SECONDS`` of the folder's mtime is not reused: a file created in
-    the same timestamp tick would not move the mtime (git's "racily clean" index entries).
+    A listing stats every known match and opens only files whose (inode, size, mtime) is new
+    (``headers``). Dumps never inspected yet (a first scan of a large folder) wait in ``pending``
+    by the time in their name: a scan inspects every pending dump newer than the newest valid one
+    (what freshness and restore tests depend on) and up to ``VERIFY_PER_SCAN`` more, so a folder
+    of thousands of dumps is fully checked over a few cycles instead of stalling the first one.
+    While the folder's own inode and mtime are unchanged — nothing created, removed or renamed —
+    the next scans reuse the listing and re-inspect only the *watched* entries: those still
+    settling or dated in the future, symlinks, and the newest valid dump with everything newer (so
+    a truncated or rewritten newest dump is seen at once). Older files rewritten in place are seen
+    at the next full listing, at most ``FULL_LISTING_SECONDS`` later. A listing made within
+    ``_RACY_SECONDS`` of the folder's mtime is not reused: a file created in the same timestamp
+    tick would not move the mtime (git's "racily clean" index entries).
     """
 
     headers: HeaderCache = field(default_factory=dict)
@@ -105,24 +114,37 @@ class ScanCache:
     entries: tuple[_Entry, ...] = ()
     files: tuple[BackupFile, ...] = ()
     watched: tuple[int, ...] = ()
+    pending: list[str] = field(default_factory=list)
+    """Name time (``YYYYMMDDHHMMSS``) + name of each dump not inspected yet, oldest first."""
+
+
+@dataclass(frozen=True)
+class _ScanRules:
+    """How one scan judges and how much it inspects: fixed for the scan, shared by its steps."""
+
+    directory: Path
+    judge: Callable[[_Entry], BackupFile]
+    verify_budget: int | None
 
 
 def scan_backups(directory: Path, patterns: Sequence[str], *, now: float, settle_seconds: float,
                  max_age_seconds: float,
                  future_tolerance_seconds: float = FUTURE_TOLERANCE_SECONDS,
-                 cache: ScanCache | None = None,
+                 cache: ScanCache | None = None, verify_budget: int | None = None,
                  wall_clock: Callable[[], float] = time.time) -> BackupScan:
     """Scan ``directory`` once; raise AdapterError when it is missing or unreadable.
 
     With ``cache`` (the monitor keeps one between cycles) an unchanged folder costs one ``stat``
-    of the folder plus one per watched entry; see :class:`ScanCache`.
+    of the folder plus one per watched entry, and ``verify_budget`` bounds how many dumps older
+    than the newest valid one are inspected per scan (``None``: all); see :class:`ScanCache`.
     """
-    judge = partial(_judge, now=now, settle_seconds=settle_seconds,
-                    future_tolerance_seconds=future_tolerance_seconds)
+    rules = _ScanRules(directory, partial(_judge, now=now, settle_seconds=settle_seconds,
+                                          future_tolerance_seconds=future_tolerance_seconds),
+                       verify_budget if cache is not None else None)
+    work = cache if cache is not None else ScanCache()
     try:
-        files = _reuse(directory, cache, judge, wall_clock()) if cache is not None else None
-        if files is None:
-            files = _list(directory, patterns, cache, judge, wall_clock)
+        if not _reuse(rules, work, wall_clock()):
+            _list(rules, patterns, work, wall_clock)
     except FileNotFoundError:
         raise AdapterError(f"backup directory {directory} does not exist; create it or fix "
                            "[backups] directory") from None
@@ -134,7 +156,8 @@ def scan_backups(directory: Path, patterns: Sequence[str], *, now: float, settle
                            "permissions") from None
     except OSError as exc:
         raise AdapterError(f"cannot read backup directory {directory}: {exc.strerror}") from None
-    return BackupScan(scanned_at=now, files=files, max_age_seconds=max_age_seconds)
+    return BackupScan(scanned_at=now, files=work.files, max_age_seconds=max_age_seconds,
+                      unverified=len(work.pending))
 
 
 def _folder_key(directory: Path) -> tuple[tuple[int, int, int], float]:
@@ -142,30 +165,70 @@ def _folder_key(directory: Path) -> tuple[tuple[int, int, int], float]:
     return (info.st_dev, info.st_ino, info.st_mtime_ns), info.st_mtime
 
 
-def _list(directory: Path, patterns: Sequence[str], cache: ScanCache | None,
-          judge: Callable[[_Entry], BackupFile],
-          wall_clock: Callable[[], float]) -> tuple[BackupFile, ...]:
-    """A full listing: every match stat-ed, headers read unless the header cache knows them."""
+def _name_digits(name: str) -> str | None:
+    """``YYYYMMDDHHMMSS`` of a runbook dump name: sorts as its time does, without parsing it."""
+    match = _NAME.fullmatch(name)
+    if match is None:
+        return None
+    day, time_of_day, tg_day, tg_time = match.groups()
+    return day + time_of_day if day else tg_day + tg_time
+
+
+def _list(rules: _ScanRules, patterns: Sequence[str], cache: ScanCache,
+          wall_clock: Callable[[], float]) -> None:
+    """List the folder: known and unnamed matches inspected, new runbook names left pending."""
     listed_at = wall_clock()
-    folder_key, folder_mtime = _folder_key(directory)
+    folder_key, folder_mtime = _folder_key(rules.directory)
     matcher = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
-    known = cache.headers if cache is not None else None
+    known = {entry.path.name for entry in cache.entries}
     seen: HeaderCache = {}
-    with os.scandir(directory) as listing:
-        entries = [_inspect(entry, directory, known, seen) for entry in listing
-                   if matcher.match(entry.name)]
-    judged = sorted(zip(map(judge, entries), entries, strict=True),
-                    key=lambda pair: (pair[0].timestamp, pair[0].name))
-    files = tuple(file for file, _ in judged)
-    if cache is not None:
-        cache.headers = seen
-        trusted = folder_mtime < listed_at - _RACY_SECONDS
-        cache.folder_key = folder_key if trusted else None
-        cache.listed_at = listed_at
-        cache.entries = tuple(entry for _, entry in judged)
-        cache.files = files
-        cache.watched = _watched(cache.entries, files)
-    return files
+    inspect: list[str] = []
+    pending: list[str] = []
+    for name in os.listdir(rules.directory):
+        if matcher.match(name):
+            digits = _name_digits(name)
+            if digits is None or name in known:
+                inspect.append(name)
+            else:
+                pending.append(digits + name)
+    pending.sort()
+    entries = [_inspect_path(rules.directory / name, rules.directory, cache.headers, seen)
+               for name in inspect]
+    cache.headers = seen
+    trusted = folder_mtime < listed_at - _RACY_SECONDS
+    cache.folder_key = folder_key if trusted else None
+    cache.listed_at = listed_at
+    cache.pending = pending
+    _settle(rules, cache, [(rules.judge(entry), entry) for entry in entries])
+
+
+def _settle(rules: _ScanRules, cache: ScanCache,
+            judged: list[tuple[BackupFile, _Entry]]) -> None:
+    """Inspect the pending dumps that matter (and the budget's worth more), then sort and keep."""
+    newest = max((file.timestamp for file, _ in judged if file.valid), default=None)
+    newest_digits = _digits_of(newest)
+    budget = rules.verify_budget
+    while cache.pending:
+        must = cache.pending[-1][:_DIGITS] >= newest_digits
+        if not must and budget is not None and budget <= 0:
+            break
+        name = cache.pending.pop()[_DIGITS:]
+        entry = _inspect_path(rules.directory / name, rules.directory, None, cache.headers)
+        file = rules.judge(entry)
+        judged.append((file, entry))
+        if file.valid and (newest is None or file.timestamp > newest):
+            newest, newest_digits = file.timestamp, _digits_of(file.timestamp)
+        if not must and budget is not None:
+            budget -= 1
+    judged.sort(key=lambda pair: (pair[0].timestamp, pair[0].name))
+    cache.entries = tuple(entry for _, entry in judged)
+    cache.files = tuple(file for file, _ in judged)
+    cache.watched = _watched(cache.entries, cache.files)
+
+
+def _digits_of(timestamp: float | None) -> str:
+    """The name digits of ``timestamp`` ("" when none: every pending name sorts after it)."""
+    return "" if timestamp is None else f"{datetime.fromtimestamp(timestamp, UTC):%Y%m%d%H%M%S}"
 
 
 def _watched(entries: tuple[_Entry, ...], files: tuple[BackupFile, ...]) -> tuple[int, ...]:
@@ -175,44 +238,41 @@ def _watched(entries: tuple[_Entry, ...], files: tuple[BackupFile, ...]) -> tupl
                  if i >= newest_valid or entry.symlink or (not file.valid and not entry.problem))
 
 
-def _reuse(directory: Path, cache: ScanCache, judge: Callable[[_Entry], BackupFile],
-           wall_now: float) -> tuple[BackupFile, ...] | None:
-    """The cached listing, re-judged where time matters, or ``None`` when a listing is due."""
+def _reuse(rules: _ScanRules, cache: ScanCache, wall_now: float) -> bool:
+    """Reuse the last listing, re-judged where time matters; ``False`` when a listing is due."""
     if cache.folder_key is None or wall_now - cache.listed_at >= FULL_LISTING_SECONDS:
-        return None
-    if _folder_key(directory)[0] != cache.folder_key:
-        return None
+        return False
+    if _folder_key(rules.directory)[0] != cache.folder_key:
+        return False
+    entries = cache.entries
+    for index in cache.watched:
+        if _inspect_path(entries[index].path, rules.directory, cache.headers) != entries[index]:
+            return False
     files = list(cache.files)
     for index in cache.watched:
-        entry = cache.entries[index]
-        again = _inspect_path(entry.path, directory, cache.headers)
-        if again != entry:
-            return None
-        files[index] = judge(entry)
-    return tuple(files)
-
-
-def _inspect(entry: os.DirEntry[str], directory: Path, known: HeaderCache | None,
-             seen: HeaderCache) -> _Entry:
-    return _inspect_path(Path(entry.path), directory, known, seen, symlink=entry.is_symlink(),
-                         stat_of=entry.stat)
+        files[index] = rules.judge(entries[index])
+    if cache.pending:
+        _settle(rules, cache, list(zip(files, entries, strict=True)))
+    else:
+        cache.files = tuple(files)
+    return True
 
 
 def _inspect_path(path: Path, directory: Path, known: HeaderCache | None,
-                  seen: HeaderCache | None = None, *, symlink: bool | None = None,
-                  stat_of: Callable[[], os.stat_result] | None = None) -> _Entry:
+                  seen: HeaderCache | None = None) -> _Entry:
     """Stat ``path`` (following a symlink only inside the folder) and check its header."""
     seen = known if seen is None else seen
+    symlink = False
     try:
-        if symlink is None:
-            symlink = path.is_symlink()
-        if symlink and not Path(os.path.realpath(path)).is_relative_to(
-                os.path.realpath(directory)):
-            return _Entry(path, 0, 0.0, "symlink leads out of the backup folder; not followed",
-                          symlink=True)
-        info = stat_of() if stat_of is not None else os.stat(path)
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            symlink = True
+            if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(directory)):
+                return _Entry(path, 0, 0.0, "symlink leads out of the backup folder; not followed",
+                              symlink=True)
+            info = os.stat(path)
     except OSError as exc:
-        return _Entry(path, 0, 0.0, f"cannot stat: {exc.strerror}", symlink=bool(symlink))
+        return _Entry(path, 0, 0.0, f"cannot stat: {exc.strerror}", symlink=symlink)
     identity = (info.st_ino, info.st_mtime_ns)
     if not stat.S_ISREG(info.st_mode):
         return _Entry(path, 0, info.st_mtime, "not a regular file", symlink, identity)
@@ -262,7 +322,8 @@ def _judge(entry: _Entry, *, now: float, settle_seconds: float,
 def backup_status_line(scan: BackupScan, now: float) -> str:
     """``newest brace_20261125_030000.dump 3.2h old, fresh (12 valid, 1 invalid)``."""
     valid = len(scan.valid)
-    counts = f"({valid} valid, {len(scan.files) - valid} invalid)"
+    unchecked = f", {scan.unverified} not checked yet" if scan.unverified else ""
+    counts = f"({valid} valid, {len(scan.files) - valid} invalid{unchecked})"
     newest = scan.newest
     if newest is None:
         return f"no valid backup, stale {counts}"
@@ -303,7 +364,8 @@ class BackupsMonitor(Component):
             scan = await asyncio.to_thread(scan_backups, cfg.directory, cfg.patterns, now=now,
                                            settle_seconds=cfg.settle_seconds,
                                            max_age_seconds=max_age,
-                                           cache=self._scan_cache)
+                                           cache=self._scan_cache,
+                                           verify_budget=VERIFY_PER_SCAN)
         except AdapterError as exc:
             return await self._failed(str(exc), max_age, now)
         finally:
@@ -330,6 +392,7 @@ class BackupsMonitor(Component):
         valid = len(scan.valid)
         metrics.backup_files.labels(validity="valid").set(valid)
         metrics.backup_files.labels(validity="invalid").set(len(scan.files) - valid)
+        metrics.backup_files.labels(validity="unverified").set(scan.unverified)
         metrics.backup_fresh.set(1 if scan.fresh(now) else 0)
         metrics.backup_newest_timestamp.set(newest.timestamp if newest else 0)
         metrics.backup_newest_size.set(newest.size if newest else 0)
@@ -375,5 +438,6 @@ def _evidence(scan: BackupScan, now: float) -> dict[str, Any]:
         "age_seconds": scan.age_seconds(now),
         "max_age_seconds": scan.max_age_seconds,
         "valid": len(scan.valid),
+        "unverified": scan.unverified,
         "invalid": invalid[-20:],
     }

@@ -18,6 +18,7 @@ from brace_watchdog.config import parse_config
 from brace_watchdog.metrics import Metrics
 from brace_watchdog.monitors.backups import (
     FULL_LISTING_SECONDS,
+    VERIFY_PER_SCAN,
     BackupsMonitor,
     ScanCache,
     scan_backups,
@@ -186,10 +187,16 @@ async def test_ten_thousand_files_scan(tmp_path: Path) -> None:
         payload = b"PGDMP\x01\x0e" if i % 10 else b"garbage"
         _write(folder / name, payload, old)
     hub = _hub(folder)
+    monitor = BackupsMonitor(hub, clock=lambda: NOW)
 
-    status = await BackupsMonitor(hub, clock=lambda: NOW).cycle()
-
-    assert "(9000 valid, 1000 invalid)" in status
+    first = await monitor.cycle()                      # the newest is valid: decided at once,
+    unchecked = 10_000 - 1 - VERIFY_PER_SCAN           # 500 more, 1 in 10 of them garbage
+    assert VERIFY_PER_SCAN == 500
+    assert first.endswith(f"(451 valid, 50 invalid, {unchecked} not checked yet)")
+    assert _value(hub, "brace_backup_files", {"validity": "unverified"}) == unchecked
+    statuses = [await monitor.cycle() for _ in range(unchecked // VERIFY_PER_SCAN + 1)]
+    assert statuses[-1].endswith("(9000 valid, 1000 invalid)")
+    assert _value(hub, "brace_backup_files", {"validity": "unverified"}) == 0
     assert (_value(hub, "brace_backup_scan_duration_seconds") or 0.0) > 0
 
 
@@ -254,3 +261,34 @@ def test_an_unchanged_folder_reuses_its_listing_but_watches_what_decides(tmp_pat
     _write(folder / "brace_20261125_070000.dump", dump, NOW - 600)   # the folder changes
     wall[0] += 60
     assert "brace_20261125_070000.dump" in scan(NOW + 240)
+
+
+def test_a_large_first_scan_checks_what_decides_now_and_the_rest_over_later_cycles(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    count = VERIFY_PER_SCAN * 2 + 10
+    names = [f"brace_{datetime.fromtimestamp(NOW - (count - i) * 3600, UTC):%Y%m%d_%H%M%S}.dump"
+             for i in range(count)]
+    for name in names[:-3]:
+        _write(folder / name, b"PGDMP" + b"\0" * 10, NOW - 2 * HOUR)
+    _write(folder / names[-3], b"PGDMP" + b"\0" * 10, NOW - 2 * HOUR)   # the newest valid one
+    _write(folder / names[-2], b"garbage", NOW - 2 * HOUR)              # newer, but broken
+    _write(folder / names[-1], b"PGDMP", NOW - 10)                      # newest, still written
+    cache = ScanCache()
+
+    def scan() -> Any:
+        return scan_backups(folder, ("brace_*.dump",), now=NOW, settle_seconds=60,
+                            max_age_seconds=26 * HOUR, cache=cache,
+                            verify_budget=VERIFY_PER_SCAN)
+
+    first = scan()
+    assert first.newest is not None and first.newest.name == names[-3]   # decided at once
+    assert first.unverified == count - 3 - VERIFY_PER_SCAN
+    assert len(first.files) == 3 + VERIFY_PER_SCAN
+    assert scan().unverified == count - 3 - 2 * VERIFY_PER_SCAN
+    done = scan()
+    assert done.unverified == 0 and len(done.valid) == count - 2
+    every = scan_backups(folder, ("brace_*.dump",), now=NOW, settle_seconds=60,
+                         max_age_seconds=26 * HOUR)                     # no cache: everything
+    assert every.unverified == 0 and [f.name for f in every.files] == names
