@@ -1,15 +1,15 @@
-"""systemd's notify protocol and the watchdog's ping cadence.
+"""systemd's notify protocol (via ``sdnotify``) and the watchdog's ping cadence.
 
 ``READY=1`` once every component started, ``STATUS=`` a one-line summary (sent only when it
 changes), ``WATCHDOG=1`` every ``WATCHDOG_USEC/2`` while the supervisor judges every component
 healthy, ``RELOADING=1`` (with ``MONOTONIC_USEC=``) / ``READY=1`` around a SIGHUP reload and
 ``STOPPING=1`` on shutdown. Without ``NOTIFY_SOCKET`` (running by hand) every call is a no-op.
 
-Messages are UTF-8 datagrams on a non-blocking socket: a full queue costs a message, never a
-blocked event loop. A lost lifecycle message (``READY=1``/``RELOADING=1``/``STOPPING=1``) would
-leave systemd waiting — a unit stuck in ``reloading`` until its timeout, then again every
-timeout — so it is re-sent before the next message until one arrives; failures are logged once
-per outage, not per message.
+Messages are UTF-8 datagrams (sent by ``sdnotify``) on a non-blocking socket: a full queue costs a
+message, never a blocked event loop. A lost lifecycle message
+(``READY=1``/``RELOADING=1``/``STOPPING=1``) would leave systemd waiting — a unit stuck in
+``reloading`` until its timeout, then again every timeout — so it is re-sent before the next
+message until one arrives; failures are logged once per outage, not per message.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import sdnotify
+
 __all__ = ["SystemdNotify"]
 
 STATUS_LIMIT = 200
@@ -31,10 +33,19 @@ class _Sender(Protocol):
     def notify(self, state: str) -> Any: ...
 
 
-class _DatagramSender:
-    """One datagram per message to NOTIFY_SOCKET (a path, or ``@name`` for abstract)."""
+class _DatagramSender(sdnotify.SystemdNotifier):  # type: ignore[misc]
+    """sdnotify's sender: one datagram per message to NOTIFY_SOCKET (a path, or ``@name``),
+    connected to an explicit address instead of re-reading the environment.
+
+    sdnotify encodes latin-1 and, unless ``debug``, swallows every error: a ``STATUS=`` with a
+    character outside latin-1 (an "…") silently cost the whole message — once the ``READY=1``
+    ending a reload, leaving the unit in ``reloading``. So it runs with ``debug`` (errors reach
+    :meth:`SystemdNotify._deliver`) and is handed the UTF-8 bytes spelled as latin-1 text, which
+    its encoder turns back into exactly those bytes.
+    """
 
     def __init__(self, address: str) -> None:
+        self.debug = True
         self.socket: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         target = "\0" + address[1:] if address.startswith("@") else address
         try:
@@ -49,7 +60,7 @@ class _DatagramSender:
         """Send ``state``; raises OSError when it cannot go (no socket, queue full)."""
         if self.socket is None:
             raise OSError("NOTIFY_SOCKET is not connected")
-        self.socket.send(state.encode("utf-8", errors="replace"))
+        super().notify(state.encode("utf-8", errors="replace").decode("latin-1"))
 
 
 def _monotonic_usec() -> int:
