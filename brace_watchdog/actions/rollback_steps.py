@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,14 @@ import httpx
 
 from brace_watchdog.adapters.compose import ComposeCLI, UpPlan
 from brace_watchdog.adapters.docker import DockerAdapter
+from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.config import RollbackConfig
 from brace_watchdog.errors import ActionError, AdapterError
 from brace_watchdog.monitors.health import probe
 from brace_watchdog.releases import Release, build_release, diff, pin_tag
 
-__all__ = ["RollbackPlan", "RollbackSteps", "Snapshot", "build_plan", "pin_refs", "split_ref",
-           "verify_images", "verify_probes"]
+__all__ = ["ProbeStreak", "RollbackPlan", "RollbackSteps", "Snapshot",
+           "build_plan", "pin_refs", "split_ref", "verify_images", "verify_probes"]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -71,6 +72,29 @@ class RollbackPlan:
                 "snapshot_dir": self.snapshot_dir,
                 "up": self.up.to_dict(), "argv": list(self.argv),
                 "expected_images": self.expected_images}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RollbackPlan:
+        """The plan as journalled (without the snapshot bytes, which stay in the release)."""
+        current = data.get("current")
+        up = dict(data["up"])
+        return cls(mode=str(data["mode"]), target=Release.from_dict(data["target"]),
+                   current=Release.from_dict(current) if current else None,
+                   retags=tuple((str(r["tag"]), str(r["image_id"])) for r in data["retags"]),
+                   config_changed=bool(data["config_changed"]),
+                   use_snapshot=bool(data["use_snapshot"]), snapshot_dir=str(data["snapshot_dir"]),
+                   up=UpPlan(**{**up, "files": tuple(up["files"]),
+                                "services": tuple(up["services"])}),
+                   argv=tuple(data["argv"]))
+
+
+@dataclass(frozen=True)
+class ProbeStreak:
+    """The probe rounds that verified a rollback: how many, the OK streak, the last results."""
+
+    rounds: int
+    consecutive_ok: int
+    last: dict[str, str]
 
 
 def _config_changed(target: Release, current: Release | None) -> bool:
@@ -125,17 +149,17 @@ class RollbackSteps:
         self._compose = compose
         self._journal = journal
 
-    async def run(self, plan: RollbackPlan) -> dict[str, Any]:
+    async def run(self, plan: RollbackPlan) -> CommandResult:
+        """Retag, write the snapshot, run compose; the compose run (output trimmed)."""
         await self._retag(plan)
         await self._write_snapshot(plan)
         try:
             result = await self._compose.up(plan.up)
         except AdapterError as exc:
             raise ActionError("compose", f"{exc}") from None
-        output = {"argv": list(result.argv), "returncode": result.returncode,
-                  "stdout": result.stdout[-4000:], "stderr": result.stderr[-4000:],
-                  "duration_seconds": round(result.duration_seconds, 3)}
-        self._journal("compose_done", output)
+        output = replace(result, stdout=result.stdout[-4000:], stderr=result.stderr[-4000:],
+                         duration_seconds=round(result.duration_seconds, 3))
+        self._journal("compose_done", asdict(output))
         return output
 
     async def _retag(self, plan: RollbackPlan) -> None:
@@ -173,8 +197,9 @@ class RollbackSteps:
 async def verify_images(docker: DockerAdapter, project: str, services: Sequence[str],
                         expected: dict[str, str], *, within: float, interval: float = 0.5,
                         clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep,
-                        beat: Callable[[], None] = lambda: None) -> dict[str, Any]:
-    """Wait until every service runs exactly the expected image ID; ActionError otherwise."""
+                        beat: Callable[[], None] = lambda: None) -> dict[str, str]:
+    """Wait until every service runs exactly the expected image ID (returned: the running
+    image ID per service); ActionError otherwise."""
     deadline = clock() + within
     while True:
         beat()
@@ -185,7 +210,7 @@ async def verify_images(docker: DockerAdapter, project: str, services: Sequence[
         running = obs.release.image_ids() if obs.release else {}
         wrong = {s: running.get(s) for s in services if running.get(s) != expected.get(s)}
         if not wrong and not obs.not_running and not obs.mixed:
-            return {"running": running}
+            return running
         if clock() >= deadline:
             raise ActionError("verify_images", f"services not on the known-good images: "
                               f"{sorted(wrong) or obs.describe()} (running {running}, expected "
@@ -196,7 +221,7 @@ async def verify_images(docker: DockerAdapter, project: str, services: Sequence[
 async def verify_probes(client: httpx.AsyncClient, urls: dict[str, str], *, successes: int,
                         within: float, interval: float, ok_statuses: tuple[str, ...],
                         clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep,
-                        beat: Callable[[], None] = lambda: None) -> dict[str, Any]:
+                        beat: Callable[[], None] = lambda: None) -> ProbeStreak:
     """Require ``successes`` consecutive rounds where every URL answers OK within ``timeout``."""
     deadline = clock() + within
     streak, rounds, last = 0, 0, {}
@@ -208,7 +233,7 @@ async def verify_probes(client: httpx.AsyncClient, urls: dict[str, str], *, succ
         last = {s.target: f"{s.result} {s.status}".strip() for s in samples}
         streak = streak + 1 if all(s.result == "ok" for s in samples) else 0
         if streak >= successes:
-            return {"rounds": rounds, "consecutive_ok": streak, "last": last}
+            return ProbeStreak(rounds=rounds, consecutive_ok=streak, last=last)
         if clock() + interval > deadline:
             raise ActionError("verify_probes", f"no {successes} consecutive OK probes within "
                               f"{within:.0f}s ({rounds} rounds, last {last})")

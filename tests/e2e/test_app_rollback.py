@@ -9,46 +9,27 @@ PostgreSQL where needed) over a real SQLite state file, with small time values.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import docker
 import pytest
 
 from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.errors import RefusedError
 from brace_watchdog.observations import FiringAlert
-from brace_watchdog.state import Event, StateStore
+from brace_watchdog.state import StateStore
 from tests.support.pg import PgCluster
 from tests.support.stack import (
     Harness,
     Stack,
-    ensure_web_images,
-    new_stack,
+    daemon_event,
+    kill_daemon,
     rollback_config,
-    wait_for_event,
+    start_daemon,
+    stop_daemon,
     write_daemon_config,
 )
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture(scope="module")
-def web_images(docker_client: docker.DockerClient, busybox_image: str) -> dict[str, str]:
-    return ensure_web_images(docker_client, busybox_image)
-
-
-@pytest.fixture
-def stack(docker_client: docker.DockerClient, web_images: dict[str, str],
-          tmp_path: Path) -> Iterator[Stack]:
-    built = new_stack(docker_client, tmp_path / "stack", web_images)
-    yield built
-    built.destroy()
 
 
 def open_rollbacks(state_dir: Path) -> int:
@@ -283,46 +264,18 @@ async def test_manual_rollback_plan_and_status(stack: Stack, tmp_path: Path) -> 
         plan = await h.rollback.plan()
         assert plan["manual"]["action"] == "rollback"
         assert plan["plan"]["target"]["fingerprint"] == good
-        said: list[str] = []
+        said: list[tuple[str, str]] = []
 
-        async def progress(line: str) -> None:
-            said.append(line)
+        async def progress(stage: str, line: str) -> None:
+            said.append((stage, line))
 
-        result = await h.rollback.manual_rollback("alice", progress=progress)
-        assert result["result"] == "succeeded"
-        assert said[0].startswith("running: docker-compose") and said[-1].startswith("succeeded")
+        verdict = await h.rollback.manual_rollback("alice", progress=progress)
+        assert verdict.result == "succeeded"
+        assert said[0][1].startswith("running: docker-compose")
+        assert said[-1][0] == "succeeded"
         assert h.store.actions(kind="rollback")[0].requester == "alice"
         with pytest.raises(RefusedError, match="known-good"):
             await h.rollback.manual_rollback("alice")
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found += [int(child) for child in text]
-    return found
-
-
-def _kill_daemon(daemon: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the daemon and, as systemd's cgroup kill would, the compose run it started."""
-    children = _children(daemon.pid)
-    daemon.kill()
-    daemon.wait(timeout=10)
-    for child in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child, signal.SIGKILL)
-
-
-def _start_daemon(config: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "brace_watchdog", "run", "--config",
-                             str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-async def _event(state: Path, *kinds: str, timeout: float = 30) -> Event:
-    found = await asyncio.to_thread(wait_for_event, state, kinds, timeout)
-    assert found is not None, f"no {kinds} event in {timeout}s"
-    return found
 
 
 async def test_real_daemon_killed_mid_rollback_does_not_repeat(stack: Stack,
@@ -330,23 +283,22 @@ async def test_real_daemon_killed_mid_rollback_does_not_repeat(stack: Stack,
     state = tmp_path / "state.db"
     stack.deploy("v1")
     slow = ["sh", "-c", 'sleep 60; exec docker-compose "$@"', "compose"]
-    daemon = _start_daemon(write_daemon_config(stack, tmp_path, compose_command=slow))
+    daemon = start_daemon(write_daemon_config(stack, tmp_path, compose_command=slow))
     try:
-        await _event(state, "release.known_good")
+        await daemon_event(state, "release.known_good")
         stack.deploy("v2")
-        await _event(state, "action.rollback.retagged")
+        await daemon_event(state, "action.rollback.retagged")
     finally:
-        _kill_daemon(daemon)  # kill -9 while compose is still to run
-    daemon = _start_daemon(write_daemon_config(stack, tmp_path))
+        kill_daemon(daemon)  # kill -9 while compose is still to run
+    daemon = start_daemon(write_daemon_config(stack, tmp_path))
     try:
-        interrupted = await _event(state, "action.rollback.interrupted", timeout=20)
+        interrupted = await daemon_event(state, "action.rollback.interrupted", timeout=20)
         assert "not repeating" in interrupted.message
-        escalation = await _event(state, "escalation")
+        escalation = await daemon_event(state, "escalation")
         assert escalation.evidence["reason"] == "rollback_interrupted"
         await asyncio.sleep(3)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=20)
+        stop_daemon(daemon)
     store = StateStore(state).open()
     try:
         assert [a.status for a in store.actions(kind="rollback")] == ["interrupted"]

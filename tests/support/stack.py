@@ -21,7 +21,9 @@ import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
+import sys
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -43,8 +45,9 @@ from brace_watchdog.state import Event, StateStore
 from tests.support.images import TEST_LABEL, _build_lock
 from tests.support.net import free_port, wait_for_port
 
-__all__ = ["WEB_REPO", "Harness", "RecordingNotifier", "Stack", "ensure_web_images", "new_stack",
-           "rollback_config", "wait_for_event", "write_daemon_config"]
+__all__ = ["WEB_REPO", "Harness", "RecordingNotifier", "Stack", "daemon_event", "ensure_web_images",
+           "kill_daemon", "new_stack", "rollback_config", "start_daemon", "stop_daemon",
+           "wait_for_event", "write_daemon_config"]
 
 WEB_REPO = "brace-test/web"
 RECIPE_VERSION = "3"
@@ -375,3 +378,49 @@ def wait_for_event(state: Path, kinds: tuple[str, ...], timeout: float) -> Event
                 return found[0]
         time.sleep(0.1)
     return None
+
+
+async def daemon_event(state: Path, *kinds: str, timeout: float = 30) -> Event:
+    """:func:`wait_for_event` off the loop; fails the test when nothing comes."""
+    found = await asyncio.to_thread(wait_for_event, state, kinds, timeout)
+    assert found is not None, f"no {kinds} event in {timeout}s"
+    return found
+
+
+def start_daemon(config: Path, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """``brace-watchdog run --config CONFIG`` as a real process (output to ``log``)."""
+    out = log.open("ab") if log is not None else subprocess.DEVNULL
+    try:
+        return subprocess.Popen([sys.executable, "-m", "brace_watchdog", "run", "--config",
+                                 str(config)], stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        if log is not None and not isinstance(out, int):
+            out.close()
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def kill_daemon(daemon: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the daemon and, as systemd's cgroup kill would, the commands it started."""
+    children = _children(daemon.pid) if daemon.poll() is None else []
+    daemon.kill()
+    daemon.wait(timeout=10)
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child, signal.SIGKILL)
+
+
+def stop_daemon(daemon: subprocess.Popen[bytes]) -> int:
+    """SIGTERM and wait for a clean exit (SIGKILL after 20 s); the exit code."""
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            return daemon.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            kill_daemon(daemon)
+    return daemon.returncode

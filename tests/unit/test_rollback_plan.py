@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from brace_watchdog.actions.rollback_steps import Snapshot, build_plan, split_ref
+from brace_watchdog.actions.rollback_steps import RollbackPlan, Snapshot, build_plan, split_ref
 from brace_watchdog.adapters.compose import ComposeCLI, UpPlan
 from brace_watchdog.config import RollbackConfig
 from brace_watchdog.releases import Release, ServiceRelease
@@ -97,3 +98,11 @@ def test_compose_cli_supports_docker_compose_v1() -> None:
     argv = cli.up_argv(UpPlan(files=("a.yml", "b.yml"), project="p", services=("x",), cwd="/"))
     assert argv == ["docker-compose", "-f", "a.yml", "-f", "b.yml", "-p", "p", "up", "-d",
                     "--no-build", "--no-deps", "x"]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"disk_matches_snapshot": False},
+                                    {"current": None}])
+def test_the_journalled_plan_reads_back_as_the_same_plan(kwargs: dict[str, object]) -> None:
+    p = plan(**kwargs)
+    again = RollbackPlan.from_dict(json.loads(json.dumps(p.to_dict())))
+    assert again == p and again.expected_images == p.expected_images

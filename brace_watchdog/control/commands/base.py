@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from brace_watchdog.actions.gated import GatedAction
 from brace_watchdog.control.approvals import ApprovalBook
@@ -22,6 +22,7 @@ from brace_watchdog.runtime import Hub
 __all__ = ["Command", "Context", "Handler", "ProgressSink", "component"]
 
 ProgressSink = Callable[[str, str], Awaitable[None]]
+C = TypeVar("C")
 
 
 @dataclass
@@ -46,10 +47,11 @@ class Command:
     summary: str = ""
 
 
-def component(ctx: Context, name: str) -> Any:
-    """A running component by name, or an ``unavailable`` error naming what to enable."""
+def component(ctx: Context, name: str, kind: type[C]) -> C:
+    """The running component ``name`` as its concrete type (so a handler's calls are checked),
+    or an ``unavailable`` error naming what to enable."""
     found = ctx.hub.components.get(name)
-    if found is None:
+    if not isinstance(found, kind):
         raise ProtocolError("unavailable", f"the {name} component is not running in this daemon "
                             "(disabled in the config, or not built in)")
     return found

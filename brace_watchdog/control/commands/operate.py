@@ -7,6 +7,8 @@ import asyncio
 import dataclasses
 from typing import Any
 
+from brace_watchdog.actions.app_rollback import AppRollback
+from brace_watchdog.actions.restore_test import RestoreTestScheduler
 from brace_watchdog.control.commands.base import Command, Context, component
 from brace_watchdog.control.protocol import ArgSpec
 
@@ -34,7 +36,7 @@ def _who(ctx: Context) -> str:
 
 async def restore_test(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     """Start a test (the scheduler resolves the dump strictly) and stream its stages."""
-    scheduler = component(ctx, "restore_test")
+    scheduler = component(ctx, "restore_test", RestoreTestScheduler)
     task: asyncio.Task[Any] = await scheduler.request(args.get("dump"),
                                                       origin=f"control:{_who(ctx)}")
     shown: Any = None
@@ -51,11 +53,11 @@ async def restore_test(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 async def rollback_app(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     """Roll the app back now (``plan_only``: show what it would do and what the policy says)."""
-    rollback = component(ctx, "rollback")
+    rollback = component(ctx, "rollback", AppRollback)
     if args.get("plan_only"):
         return {"plan": jsonable(await rollback.plan())}
-    result = await rollback.manual_rollback(_who(ctx), progress=ctx.progress)
-    return {"result": jsonable(result)}
+    verdict = await rollback.manual_rollback(_who(ctx), progress=ctx.progress)
+    return {"result": verdict.to_dict()}
 
 
 async def freeze(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import asdict
 from typing import Any
 
+from brace_watchdog.actions.app_rollback import AppRollback
+from brace_watchdog.actions.restore_test import RestoreTestScheduler
 from brace_watchdog.control.commands.base import Command, Context
 from brace_watchdog.control.commands.operate import jsonable
 from brace_watchdog.control.commands.timeline import incident_bounds, render_timeline
@@ -46,10 +48,10 @@ def _component_views(ctx: Context) -> dict[str, Any]:
     """What the restore-test and rollback components say about themselves, when they run."""
     views: dict[str, Any] = {}
     scheduler = ctx.hub.components.get("restore_test")
-    if scheduler is not None:
+    if isinstance(scheduler, RestoreTestScheduler):
         views["restore_test"] = jsonable(scheduler.progress())
     rollback = ctx.hub.components.get("rollback")
-    if rollback is not None:
+    if isinstance(rollback, AppRollback):
         views["rollback"] = jsonable(rollback.status())
     return views
 

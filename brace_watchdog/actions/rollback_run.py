@@ -1,0 +1,306 @@
+"""One app rollback, carried out: journal, steps, verification, verdict — and crash recovery.
+
+:mod:`~brace_watchdog.actions.app_rollback` (the component) decides *whether* to roll back and
+builds the :class:`~brace_watchdog.actions.rollback_steps.RollbackPlan`; a :class:`RollbackRun`
+takes that plan and a :class:`RollbackRequest` (who asked, why, since when the release fails) and
+returns a :class:`RollbackVerdict`. It never raises for a failed rollback, like
+:mod:`~brace_watchdog.actions.restore_run` for a failed restore test.
+
+The journal of one action (each arrow a step, so a restarted daemon knows where it stood)::
+
+    begin → retagged → snapshot_written → compose_done → verifying → images_verified
+          → probes_verified → succeeded | failed
+
+Success: event, metric, notification. Failure: the target release is marked as having failed
+verification, automation is frozen and an operator is asked; never retried.
+:meth:`RollbackRun.recover` resolves an action a restart left open: completed (verification
+only) if the known-good images run, otherwise marked interrupted, frozen and escalated — a
+destructive step is never repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import httpx
+
+from brace_watchdog.actions.gated import Progress
+from brace_watchdog.actions.rollback_steps import (
+    ProbeStreak,
+    RollbackPlan,
+    RollbackSteps,
+    verify_images,
+    verify_probes,
+)
+from brace_watchdog.adapters.compose import ComposeCLI
+from brace_watchdog.adapters.docker import DockerAdapter
+from brace_watchdog.adapters.process import CommandResult
+from brace_watchdog.config import RollbackConfig
+from brace_watchdog.errors import ActionError, AdapterError
+from brace_watchdog.releases import ReleaseObservation, build_release
+from brace_watchdog.runtime import Hub
+from brace_watchdog.state import ActionRecord
+
+__all__ = ["Escalate", "FailingLogs", "RollbackChecks", "RollbackRequest", "RollbackRun",
+           "RollbackVerdict", "Verdict"]
+
+Verdict = Literal["dry_run", "succeeded", "failed", "interrupted"]
+Escalate = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+FailingLogs = Callable[[], Awaitable[dict[str, str]]]
+SOURCE = "rollback"
+
+
+@dataclass(frozen=True)
+class RollbackRequest:
+    """Why a rollback runs: origin (``automatic``/``manual``), requester, the decision's
+    sentence and evidence, and when the failures it answers began."""
+
+    origin: str
+    requester: str
+    reason: str
+    first_failure_ts: float | None
+    evidence: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RollbackChecks:
+    """What verification proved: the image IDs running, the probe streak, the compose run."""
+
+    running: dict[str, str]
+    probes: ProbeStreak
+    compose: CommandResult | None = None
+    resumed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"images": {"running": self.running},
+                               "probes": asdict(self.probes)}
+        if self.compose is not None:
+            out["compose"] = asdict(self.compose)
+        if self.resumed:
+            out["resumed"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class RollbackVerdict:
+    """How one rollback ended (``dry_run`` when it only said what it would do)."""
+
+    result: Verdict
+    message: str
+    plan: RollbackPlan
+    action_id: int | None = None
+    stage: str = ""
+    checks: RollbackChecks | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"result": self.result, "message": self.message, "action_id": self.action_id,
+                "stage": self.stage, "plan": self.plan.to_dict(),
+                "checks": self.checks.to_dict() if self.checks else None}
+
+
+async def _silent(stage: str, message: str) -> None:
+    del stage, message
+
+
+class RollbackRun:
+    """Carries out, or recovers, one journalled rollback; see the module docstring."""
+
+    def __init__(self, hub: Hub, cfg: RollbackConfig, docker: DockerAdapter, compose: ComposeCLI,
+                 *, escalate: Escalate, failing_logs: FailingLogs,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.hub = hub
+        self.cfg = cfg
+        self._docker = docker
+        self._compose = compose
+        self._escalate = escalate
+        self._failing_logs = failing_logs
+        self._transport = transport
+        self._sleep = sleep
+        self._monotonic = monotonic
+
+    # -- one rollback ----------------------------------------------------------------------
+    async def execute(self, plan: RollbackPlan, request: RollbackRequest,
+                      progress: Progress | None = None) -> RollbackVerdict:
+        """Journal, run the steps, verify; the verdict says how it ended."""
+        say = progress or _silent
+        action_id = self._begin(plan, request)
+        async with self._heartbeat():
+            await self._notify("rollback.started", action_id, request.reason,
+                               journal_data(plan, request), logs=True)
+            try:
+                await say("running", f"running: {' '.join(plan.argv)}")
+                steps = RollbackSteps(self._docker, self._compose, self._journal(action_id))
+                output = await steps.run(plan)
+                await say("verifying", "verifying the known-good images and health probes")
+                checks = await self._verify(action_id, plan, output)
+            except Exception as exc:  # any failure ends in freeze + escalate, never a retry
+                error = exc if isinstance(exc, ActionError) else ActionError("internal", repr(exc))
+                verdict = await self._fail(action_id, plan, request, error)
+                await say("failed", verdict.message)
+                return verdict
+        verdict = await self._succeed(action_id, plan, request, checks)
+        await say("succeeded", verdict.message)
+        return verdict
+
+    def _begin(self, plan: RollbackPlan, request: RollbackRequest) -> int:
+        started = self.hub.clock()
+        action_id = self.hub.store.begin_action(
+            "rollback", origin=request.origin, plan=journal_data(plan, request),
+            requester=request.requester)
+        if request.first_failure_ts is not None:
+            self.hub.metrics.rollback_time_to_action.set(started - request.first_failure_ts)
+        self.hub.metrics.rollback_last.set(started)
+        self.hub.record("rollback.started", SOURCE, f"{request.origin} rollback {action_id}: "
+                        f"{request.reason}", action_id=action_id,
+                        evidence={"decision": request.evidence, "argv": list(plan.argv)})
+        return action_id
+
+    async def _verify(self, action_id: int, plan: RollbackPlan,
+                      output: CommandResult) -> RollbackChecks:
+        self.hub.store.journal_step(action_id, "verifying")
+        within = self.cfg.verify_timeout_seconds
+        deadline = self._monotonic() + within
+        running = await verify_images(self._docker, self.cfg.project, self.cfg.services,
+                                      plan.expected_images, within=within,
+                                      clock=self._monotonic, sleep=self._sleep, beat=self._beat)
+        self.hub.store.journal_step(action_id, "images_verified", evidence={"running": running})
+        probes = await self._verify_probes(max(0.0, deadline - self._monotonic()))
+        self.hub.store.journal_step(action_id, "probes_verified", evidence=asdict(probes))
+        return RollbackChecks(running=running, probes=probes, compose=output)
+
+    async def _verify_probes(self, within: float) -> ProbeStreak:
+        health = self.hub.config.health
+        urls = {"backend": health.url}
+        if health.frontend_url:
+            urls["frontend"] = health.frontend_url
+        async with httpx.AsyncClient(timeout=health.timeout_seconds,
+                                     transport=self._transport) as client:
+            return await verify_probes(client, urls, successes=self.cfg.verify_successes,
+                                       within=within, interval=health.interval_seconds,
+                                       ok_statuses=health.ok_statuses, clock=self._monotonic,
+                                       sleep=self._sleep, beat=self._beat)
+
+    # -- endings ---------------------------------------------------------------------------
+    async def _succeed(self, action_id: int, plan: RollbackPlan, request: RollbackRequest,
+                       checks: RollbackChecks) -> RollbackVerdict:
+        now = self.hub.clock()
+        message = (f"rolled back to known-good release {plan.target.short}; images and health "
+                   "verified")
+        if plan.use_snapshot:
+            message += ("; the compose file on disk still holds the bad config — fix it before "
+                        "the next deploy")
+        evidence = checks.to_dict()
+        self.hub.store.journal_step(action_id, "succeeded", status="succeeded", result=message,
+                                    evidence=evidence)
+        self.hub.metrics.rollbacks.labels(result="succeeded").inc()
+        first = request.first_failure_ts
+        if first is not None:
+            self.hub.metrics.rollback_time_to_recovery.set(now - first)
+        self.hub.record("rollback.succeeded", SOURCE, message, action_id=action_id,
+                        evidence={"checks": evidence, "first_failure_ts": first,
+                                  "time_to_recovery": None if first is None else now - first})
+        await self._notify("rollback.succeeded", action_id, message, {"checks": evidence})
+        return RollbackVerdict("succeeded", message, plan, action_id, checks=checks)
+
+    async def _fail(self, action_id: int, plan: RollbackPlan, request: RollbackRequest,
+                    error: ActionError) -> RollbackVerdict:
+        target = plan.target.fingerprint
+        message = (f"rollback to {target[:12]} failed at {error.stage}: {error.message}; "
+                   "automatic actions frozen until an operator resumes them")
+        self.hub.store.journal_step(action_id, "failed", status="failed", result=message,
+                                    evidence={"stage": error.stage})
+        self.hub.store.mark_release_failed_verification(target, self.hub.clock())
+        self.hub.metrics.rollbacks.labels(result="failed").inc()
+        evidence = {"action_id": action_id, "stage": error.stage, "error": error.message,
+                    "plan": journal_data(plan, request)}
+        self.hub.freeze(f"rollback {action_id} failed", by=SOURCE, evidence=evidence)
+        await self._notify("rollback.failed", action_id, message, evidence)
+        await self._escalate("rollback_failed", message, evidence)
+        return RollbackVerdict("failed", message, plan, action_id, stage=error.stage)
+
+    # -- crash recovery --------------------------------------------------------------------
+    async def recover(self, action: ActionRecord) -> RollbackVerdict:
+        """Resolve an action a restart left open; never repeats a step that changed anything."""
+        plan, request = RollbackPlan.from_dict(action.plan), request_from_journal(action)
+        async with self._heartbeat():
+            try:
+                obs = build_release(self.cfg.project, self.cfg.services,
+                                    await self._docker.compose_containers(self.cfg.project))
+            except AdapterError as exc:
+                obs = ReleaseObservation(None, missing=(f"engine error: {exc}",))
+            running = obs.release.image_ids() if obs.release else {}
+            if not (running and running == plan.expected_images and not obs.not_running):
+                return await self._interrupted(action, plan, running, obs)
+            self.hub.store.journal_step(
+                action.id, "resumed", evidence={"running": running},
+                result="restarted mid-rollback; known-good images run; completing verification")
+            try:
+                probes = await self._verify_probes(self.cfg.verify_timeout_seconds)
+            except ActionError as exc:
+                return await self._fail(action.id, plan, request, exc)
+            checks = RollbackChecks(running=running, probes=probes, resumed=True)
+            return await self._succeed(action.id, plan, request, checks)
+
+    async def _interrupted(self, action: ActionRecord, plan: RollbackPlan,
+                           running: dict[str, str], obs: ReleaseObservation) -> RollbackVerdict:
+        message = (f"rollback {action.id} was interrupted at step '{action.step}' by a daemon "
+                   "restart and the known-good images are not running; not repeating it — "
+                   "an operator must decide")
+        evidence = {"action_id": action.id, "step": action.step, "running": running,
+                    "expected": plan.expected_images, "observed": obs.describe()}
+        self.hub.store.journal_step(action.id, "interrupted", status="interrupted",
+                                    result=message, evidence=evidence)
+        self.hub.metrics.rollbacks.labels(result="interrupted").inc()
+        self.hub.freeze(f"rollback {action.id} interrupted", by=SOURCE, evidence=evidence)
+        await self._escalate("rollback_interrupted", message, evidence)
+        return RollbackVerdict("interrupted", message, plan, action.id, stage=action.step)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _journal(self, action_id: int) -> Callable[[str, dict[str, Any]], None]:
+        def step(name: str, evidence: dict[str, Any]) -> None:
+            self.hub.store.journal_step(action_id, name, evidence=evidence)
+            self._beat()
+        return step
+
+    def _beat(self) -> None:
+        self.hub.progress.beat(SOURCE)
+
+    @contextlib.asynccontextmanager
+    async def _heartbeat(self) -> AsyncIterator[None]:
+        async def beat_forever() -> None:
+            while True:
+                self._beat()
+                await self._sleep(1.0)
+        task = asyncio.create_task(beat_forever(), name="rollback:heartbeat")
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    async def _notify(self, event: str, action_id: int, message: str, evidence: dict[str, Any],
+                      *, logs: bool = False) -> None:
+        payload = {"message": message, "action_id": action_id, "evidence": evidence}
+        if logs:
+            payload["logs"] = await self._failing_logs()
+        await self.hub.notifier.send(event, payload)
+
+
+def journal_data(plan: RollbackPlan, request: RollbackRequest) -> dict[str, Any]:
+    """What the action row keeps: the plan, and why it runs."""
+    return {**plan.to_dict(), "first_failure_ts": request.first_failure_ts,
+            "decision": request.reason}
+
+
+def request_from_journal(action: ActionRecord) -> RollbackRequest:
+    first = action.plan.get("first_failure_ts")
+    return RollbackRequest(origin=action.origin, requester=action.requester,
+                           reason=str(action.plan.get("decision", "")),
+                           first_failure_ts=float(first) if first is not None else None,
+                           evidence={})

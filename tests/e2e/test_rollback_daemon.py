@@ -1,0 +1,56 @@
+"""App rollback through the real daemon process: ``brace-watchdog run`` against a real compose
+stack, driven by ``brace-watchdogctl`` over its real control socket."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from brace_watchdog.state import StateStore
+from tests.integration.control_helpers import ctl
+from tests.support.stack import (
+    Stack,
+    daemon_event,
+    start_daemon,
+    stop_daemon,
+    write_daemon_config,
+)
+
+pytestmark = pytest.mark.docker
+
+
+async def test_manual_rollback_through_the_socket_succeeds(stack: Stack, tmp_path: Path) -> None:
+    state, sock = tmp_path / "state.db", str(tmp_path / "control.sock")
+    stack.deploy("v1")
+    # max_per_day = 0: the automatic path only escalates; the operator's request rolls back
+    daemon = start_daemon(write_daemon_config(stack, tmp_path, max_per_day=0),
+                          tmp_path / "daemon.log")
+    try:
+        good = (await daemon_event(state, "release.known_good")).evidence["release"]
+        stack.deploy("v2")
+        await daemon_event(state, "deploy")
+        plan = (await ctl("--socket", sock, "--json", "rollback", "app", "--plan")).json()
+        assert plan["plan"]["manual"]["action"] == "rollback", plan
+        run = await ctl("--socket", sock, "rollback", "app")
+        assert run.code == 0, (run, (tmp_path / "daemon.log").read_text()[-3000:])
+        assert "running: docker-compose" in run.err  # progress streamed live
+        assert "succeeded" in run.out
+        again = await ctl("--socket", sock, "rollback", "app")
+        assert again.code == 1 and "refused" in again.err and "known-good" in again.err
+        status = json.loads((await ctl("--socket", sock, "--json", "status")).out)
+        assert status["frozen"] is None
+        assert status["rollback"]["current"]["fingerprint"] == good["fingerprint"]
+    finally:
+        assert stop_daemon(daemon) == 0
+    assert stack.running_images() == {"backend": stack.images["v1"],
+                                      "frontend": stack.images["v1"]}
+    store = StateStore(state).open()
+    try:
+        action = store.actions(kind="rollback")[0]
+        assert (action.status, action.origin) == ("succeeded", "manual")
+        assert action.requester.startswith("root")
+        assert store.events(kinds=("rollback.succeeded",))
+    finally:
+        store.close()
