@@ -44,6 +44,8 @@ __all__ = [
 ENV_PREFIX = "BRACE_WATCHDOG__"
 DEFAULT_FAILURE_RESULTS: tuple[str, ...] = ("http_5xx", "timeout", "connection_error")
 """What a bad deploy looks like from outside: it answers 5xx, hangs, or refuses/resets."""
+# Control connections allowed at most; systemd/brace-watchdog.service sets LimitNOFILE= well above.
+MAX_CONTROL_CLIENTS = 1024
 
 
 class Secret:
@@ -140,6 +142,9 @@ class ControlConfig:
     token_ttl_seconds: float = 300.0
     two_person_rule: bool = False
     idle_timeout_seconds: float = 60.0
+    request_timeout_seconds: float = 10.0
+    max_clients: int = 64
+    max_clients_per_uid: int = 8
 
 
 @dataclass(frozen=True)
@@ -492,6 +497,10 @@ def _control(r: TableReader, base: Path) -> ControlConfig:
         token_ttl_seconds=r.number("token_ttl_seconds", 300.0, above=0),
         two_person_rule=r.boolean("two_person_rule", False),
         idle_timeout_seconds=r.number("idle_timeout_seconds", 60.0, above=0),
+        request_timeout_seconds=r.number("request_timeout_seconds", 10.0, above=0),
+        max_clients=r.integer("max_clients", 64, minimum=1, maximum=MAX_CONTROL_CLIENTS),
+        max_clients_per_uid=r.integer("max_clients_per_uid", 8, minimum=1,
+                                      maximum=MAX_CONTROL_CLIENTS),
     )
     r.finish()
     return cfg

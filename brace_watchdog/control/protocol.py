@@ -1,6 +1,8 @@
 """The control socket's wire protocol (version 1): JSON lines, requests, responses, progress.
 
-One JSON object per line, UTF-8, at most :data:`MAX_LINE_BYTES` bytes (newline included).
+One JSON object per line, UTF-8, at most :data:`MAX_LINE_BYTES` bytes (newline included). Lines
+that are not valid UTF-8, hold a lone surrogate escape (``\\ud800``), a non-finite number or an
+integer too long to read are refused as ``invalid_json``; integer arguments must fit in 53 bits.
 
 Request::
 
@@ -21,6 +23,7 @@ and a message written for the operator; nothing does I/O.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -45,6 +48,8 @@ __all__ = [
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 64 * 1024
 MAX_ID_CHARS = 128
+MAX_SAFE_INT = 2 ** 53
+TOO_DEEP = "request is not valid JSON: nested too deeply"
 
 ERROR_CODES = (
     "invalid_json",     # the line is not a JSON object
@@ -56,7 +61,9 @@ ERROR_CODES = (
     "refused",          # a guard refused the action (bad dump name, expired token, ...)
     "failed",           # the action ran and failed
     "unavailable",      # the component that serves the command is not running
-    "idle_timeout",     # the client sent nothing for [control] idle_timeout_seconds
+    "idle_timeout",     # no complete request within [control] idle_timeout_seconds
+    "request_timeout",  # a started request line not finished within request_timeout_seconds
+    "busy",             # too many open connections ([control] max_clients[_per_uid])
     "internal",         # a bug: logged with a traceback
 )
 
@@ -132,6 +139,10 @@ class LineSplitter:
                 self._discarding = True
                 yield TOO_LONG
 
+    def buffered(self) -> bool:
+        """Part of a line (or of an oversized one being discarded) is waiting for its newline."""
+        return self._discarding or bool(self._buffer)
+
     def pending(self) -> bytes:
         """A final line without newline (at end of stream), unless it was being discarded."""
         return b"" if self._discarding else bytes(self._buffer)
@@ -139,12 +150,7 @@ class LineSplitter:
 
 def parse_request(line: bytes) -> Request:
     """Decode and check the envelope of one request line (not the command's arguments)."""
-    try:
-        value = json.loads(line.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ProtocolError("invalid_json", "request is not UTF-8 text") from None
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError("invalid_json", f"request is not valid JSON: {exc}") from None
+    value = _decode(line)
     if not isinstance(value, dict):
         raise ProtocolError("invalid_json",
                             f"request must be a JSON object, not {_json_type(value)}")
@@ -166,9 +172,45 @@ def parse_request(line: bytes) -> Request:
     return Request(request_id, cmd, args)
 
 
+def _decode(line: bytes) -> Any:
+    """The line as JSON that round-trips: UTF-8, finite numbers, no lone surrogates."""
+    try:
+        value = json.loads(line.decode("utf-8"), parse_constant=_no_constant,
+                           parse_float=_finite_float)
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("invalid_json", f"request is not UTF-8 text (bad byte at offset "
+                            f"{exc.start})") from None
+    except RecursionError:
+        raise ProtocolError("invalid_json", TOO_DEEP) from None
+    except json.JSONDecodeError as exc:
+        raise ProtocolError("invalid_json", f"request is not valid JSON: {exc}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise ProtocolError("invalid_json", f"request holds a number that cannot be read: "
+                            f"{exc}") from None
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("invalid_json", "request holds a lone UTF-16 surrogate (such as "
+                            "\\ud800), which is not text; send valid Unicode") from None
+    except RecursionError:
+        raise ProtocolError("invalid_json", TOO_DEEP) from None
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:20]} is out of range")
+    return number
+
+
 def _request_id(value: Any) -> RequestId:
     if value is None or (isinstance(value, int) and not isinstance(value, bool)
-                         and abs(value) < 2 ** 53):
+                         and abs(value) < MAX_SAFE_INT):
         return value
     if isinstance(value, str) and len(value) <= MAX_ID_CHARS:
         return value
@@ -205,6 +247,8 @@ def _check(value: Any, spec: ArgSpec) -> str:
         return f"must be at most {spec.max_chars} characters" if len(value) > spec.max_chars else ""
     if isinstance(value, bool) or not isinstance(value, int):
         return f"must be an integer, not {_json_type(value)}"
+    if abs(value) >= MAX_SAFE_INT:
+        return f"must be between -{MAX_SAFE_INT - 1} and {MAX_SAFE_INT - 1}"
     return _bounds(value, spec)
 
 

@@ -4,10 +4,16 @@
   it listens, so there is no moment where it is more open. A stale socket file (nobody answers) is
   replaced; a live one (another daemon answers) or a non-socket file there is a
   :class:`~brace_watchdog.errors.FatalError` at start-up.
-* Each client is served by its own task; identity comes from ``SO_PEERCRED`` only. Every request,
-  allowed or refused, valid or garbage, is audited (uid, user, command, outcome) and counted in
-  ``brace_control_requests{command,outcome}``. A bad line costs the client one error response —
-  never the connection, other clients or the daemon.
+* Each client is served by its own task; identity comes from ``SO_PEERCRED`` only, and its user
+  and groups are looked up again for every request (a removed operator loses its rights on an
+  open connection). Connections are capped (:mod:`~brace_watchdog.control.limits`: in total and
+  per uid, root never refused; a deadline for each request that blank lines do not reset); one
+  over the cap is answered ``busy`` and closed at once. Accept errors and refusals are logged at
+  most once a minute per kind, with a count of what was held back.
+* Every request, allowed or refused, valid or garbage, is audited (uid, user, command, outcome)
+  and counted in ``brace_control_requests{command,outcome}``; an operator command is audited
+  also on arrival (outcome ``received``), so an action killed midway still has its row. A bad
+  line costs the client one error response — never the connection, other clients or the daemon.
 * Approved gated actions run in their own task under one lock (one at a time); the client's
   connection only watches it, so a client that disconnects mid-restore does not cancel it.
 """
@@ -21,7 +27,9 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import stat
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,8 +40,19 @@ from brace_watchdog.actions.gated import GatedAction, GatedFailure, resolve_inte
 from brace_watchdog.component import Component
 from brace_watchdog.config import Config
 from brace_watchdog.control.approvals import ApprovalBook, hash_token
-from brace_watchdog.control.auth import Peer, UidLookup, allowed, peer_credentials, role_of
+from brace_watchdog.control.auth import (
+    Credentials,
+    Peer,
+    UidLookup,
+    allowed,
+    identify,
+    read_credentials,
+    refresh,
+    role_of,
+    system_uid_lookup,
+)
 from brace_watchdog.control.commands import REGISTRY, Command, Context
+from brace_watchdog.control.limits import ConnectionLimits, RateLimiter, RequestClock, admit
 from brace_watchdog.control.protocol import (
     LineSplitter,
     ProtocolError,
@@ -55,6 +74,8 @@ __all__ = ["ControlServer"]
 log = logging.getLogger("brace_watchdog.control")
 
 READ_CHUNK = 64 * 1024
+ACCEPT_BACKOFF_SECONDS = 0.1
+COMPLAINT_INTERVAL_SECONDS = 60.0
 SUN_PATH_MAX = 107
 SOCKET_MODE = 0o660
 
@@ -84,7 +105,7 @@ class ControlServer(Component):
     name = "control"
 
     def __init__(self, hub: Hub, *, socket_path: Path | str | None = None,
-                 uid_lookup: UidLookup | None = None,
+                 uid_lookup: UidLookup = system_uid_lookup,
                  gated: Mapping[str, GatedAction] | None = None,
                  commands: Mapping[str, Command] | None = None) -> None:
         self.hub = hub
@@ -95,8 +116,11 @@ class ControlServer(Component):
                                       two_person_rule=cfg.two_person_rule, clock=hub.clock)
         self.gated: Mapping[str, GatedAction] = gated if gated is not None else _default_gated(hub)
         self.commands = commands if commands is not None else REGISTRY
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self._open_by_uid: Counter[int] = Counter()
+        self._complaints = RateLimiter(COMPLAINT_INTERVAL_SECONDS)
         self._exclusive = asyncio.Lock()
         self._running_action: asyncio.Task[Any] | None = None
         self._served = 0
@@ -107,10 +131,9 @@ class ControlServer(Component):
         return 30.0
 
     async def start(self) -> None:
-        sock = _bind(self.socket_path, self.hub.config.control.group)
+        self._listener = _bind(self.socket_path, self.hub.config.control.group)
         self._owns_socket = True
-        self._server = await asyncio.start_unix_server(self._on_connect, sock=sock,
-                                                       limit=READ_CHUNK)
+        self._accepting = asyncio.create_task(self._accept_loop(self._listener))
         self.hub.record("control.listening", self.name, f"control socket at {self.socket_path}")
         await resolve_interrupted(self.hub)
 
@@ -119,9 +142,13 @@ class ControlServer(Component):
         return f"{len(self._clients)} clients, {self._served} requests served{busy}"
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        if self._accepting is not None:
+            self._accepting.cancel()
+            await asyncio.gather(self._accepting, return_exceptions=True)
+            self._accepting = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         for task in list(self._clients):
             task.cancel()
         await asyncio.gather(*self._clients, return_exceptions=True)
@@ -141,61 +168,120 @@ class ControlServer(Component):
                         config.control.socket)
 
     # -- connections -----------------------------------------------------------------------
-    async def _on_connect(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._clients.add(task)
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # EMFILE and friends: say so now and then, never spin
+                self._complain("accept", f"cannot accept control connections: {exc}")
+                await asyncio.sleep(ACCEPT_BACKOFF_SECONDS)
+                continue
+            self._admit(conn)
+
+    def _admit(self, conn: socket.socket) -> None:
+        """Serve ``conn`` in its own task, or answer ``busy`` and close it at once."""
         try:
-            sock = writer.get_extra_info("socket")
-            lookup = {"lookup": self.uid_lookup} if self.uid_lookup else {}
-            peer = await asyncio.to_thread(peer_credentials, sock, **lookup)
+            creds = read_credentials(conn)
+        except OSError:
+            conn.close()
+            return
+        cfg = self.hub.config.control
+        refusal = admit(creds.uid, self._open_by_uid,
+                        ConnectionLimits(cfg.max_clients, cfg.max_clients_per_uid))
+        if refusal is not None:
+            self._refuse(conn, creds, refusal)
+            return
+        self._open_by_uid[creds.uid] += 1
+        task = asyncio.create_task(self._on_connect(conn, creds))
+        self._clients.add(task)
+        task.add_done_callback(lambda done: self._closed(done, creds.uid))
+
+    def _closed(self, task: asyncio.Task[None], uid: int) -> None:
+        self._clients.discard(task)
+        self._open_by_uid[uid] -= 1
+        if self._open_by_uid[uid] <= 0:
+            del self._open_by_uid[uid]
+
+    def _refuse(self, conn: socket.socket, creds: Credentials, reason: str) -> None:
+        with contextlib.suppress(OSError):
+            conn.send(encode(error_response(None, "busy", reason)))
+        conn.close()
+        self.hub.metrics.control_requests.labels(command="-", outcome="busy").inc()
+        held = self._complaints.allow(f"busy:{creds.uid}", self.hub.clock())
+        if held is not None:
+            more = f" ({held} more refused since the last report)" if held else ""
+            log.warning("control connection of uid %d refused: %s%s", creds.uid, reason, more)
+            self._audit(Peer(creds.uid, creds.gid, creds.pid, f"uid:{creds.uid}"), "-", "busy",
+                        f"{reason}{more}")
+
+    def _complain(self, key: str, message: str) -> None:
+        held = self._complaints.allow(key, self.hub.clock())
+        if held is not None:
+            log.error("%s%s", message, f" ({held} more since the last report)" if held else "")
+
+    async def _on_connect(self, conn: socket.socket, creds: Credentials) -> None:
+        writer: asyncio.StreamWriter | None = None
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=conn, limit=READ_CHUNK)
+            peer = await asyncio.to_thread(identify, creds, self.uid_lookup)
             await self._serve(reader, _Client(writer, peer, self._idle_timeout()))
         except (OSError, asyncio.IncompleteReadError) as exc:
             log.debug("control client dropped: %s", exc)
+        except Exception:  # one client's bug must never reach the others or the daemon
+            log.exception("control connection of uid %d failed unexpectedly", creds.uid)
         finally:
-            if task is not None:
-                self._clients.discard(task)
-            writer.close()
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                await writer.wait_closed()
+            if writer is None:
+                conn.close()
+            else:
+                writer.close()
+                with contextlib.suppress(OSError, asyncio.CancelledError):
+                    await writer.wait_closed()
 
     def _idle_timeout(self) -> float:
         return self.hub.config.control.idle_timeout_seconds
 
     async def _serve(self, reader: asyncio.StreamReader, client: _Client) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.hub.config.control
         splitter = LineSplitter()
+        clock = RequestClock(loop.time(), idle_seconds=cfg.idle_timeout_seconds,
+                             request_seconds=cfg.request_timeout_seconds)
         while not client.gone:
             try:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK), self._idle_timeout())
+                data = await asyncio.wait_for(reader.read(READ_CHUNK),
+                                              max(0.0, clock.deadline() - loop.time()))
             except TimeoutError:
-                await client.send(error_response(None, "idle_timeout", "no request for "
-                                                 f"{self._idle_timeout():.0f}s; closing"))
+                await self._reject(client, None, "-", ProtocolError(*clock.expired_reason()))
                 return
             if not data:
                 tail = splitter.pending()
                 if tail.strip():
                     await self._serve_line(client, tail)
                 return
+            clock.received(loop.time())
             for line in splitter.feed(data):
                 if client.gone:  # it hung up: what it sent after the last answer is dropped
                     return
-                await self._serve_line(client, line)
+                if await self._serve_line(client, line):
+                    clock.answered(loop.time(), pending=splitter.buffered())
 
-    async def _serve_line(self, client: _Client, line: bytes | TooLong) -> None:
+    async def _serve_line(self, client: _Client, line: bytes | TooLong) -> bool:
+        """Answer one line; False for a blank line (nothing to answer)."""
         self._served += 1
         if isinstance(line, TooLong):
             await self._reject(client, None, "-", ProtocolError(
                 "too_long", "request line exceeds 64 KiB; it was discarded"))
-            return
+            return True
         if not line.strip():
-            return
+            return False
         try:
             request = parse_request(line)
         except ProtocolError as exc:
             await self._reject(client, exc.request_id, "-", exc)
-            return
+            return True
         await self._dispatch(client, request)
+        return True
 
     async def _reject(self, client: _Client, request_id: RequestId, command: str,
                       error: ProtocolError) -> None:
@@ -207,6 +293,8 @@ class ControlServer(Component):
         command = self.commands.get(request.cmd)
         label = request.cmd if command is not None else "unknown"
         outcome, detail = "internal", ""
+        if command is not None and command.role == "operator":  # a kill mid-action keeps it
+            self._audit(client.peer, request.cmd, "received", _detail(request.args, ""))
         try:
             data = await self._run(client, request, command)
             outcome = "ok"
@@ -237,6 +325,7 @@ class ControlServer(Component):
             raise ProtocolError("unknown_command", f"unknown command {request.cmd[:100]!r}; "
                                 f"known: {', '.join(sorted(self.commands))}")
         cfg = self.hub.config.control
+        client.peer = await asyncio.to_thread(refresh, client.peer, self.uid_lookup)
         role = role_of(client.peer, readers=cfg.readers, operators=cfg.operators)
         if not allowed(role, command.role):
             raise ProtocolError("denied", f"{client.peer.user} (uid {client.peer.uid}) may not "
@@ -267,11 +356,14 @@ class ControlServer(Component):
 
     def _account(self, peer: Peer, command: str, label: str, outcome: str, detail: str) -> None:
         self.hub.metrics.control_requests.labels(command=label, outcome=outcome).inc()
+        self._audit(peer, command, outcome, detail)
+
+    def _audit(self, peer: Peer, command: str, outcome: str, detail: str) -> None:
         try:
             self.hub.store.audit(uid=peer.uid, user=peer.user, command=command[:100],
                                  outcome=outcome, detail=detail[:1000])
-        except WatchdogError as exc:
-            log.error("cannot write the control audit log: %s", exc)
+        except (WatchdogError, sqlite3.Error) as exc:
+            self._complain("audit", f"cannot write the control audit log: {exc}")
 
 
 async def _call(work: Callable[[], Awaitable[Any]]) -> Any:

@@ -1,8 +1,11 @@
 """Fuzz the control socket with >10,000 hostile payloads over a real unix socket.
 
-Random bytes, truncated JSON, wrong types, unknown commands, huge and deeply nested lines —
-each must get exactly one clear error (or a normal answer), and the daemon must keep serving:
-a bystander connection opened before the storm still works afterwards, and so do new ones.
+Random bytes, truncated JSON, wrong types, unknown commands, huge and deeply nested lines,
+integers of thousands of digits, lone surrogates, non-finite numbers — each must get exactly one
+clear error (or a normal answer) and an audit row, and the daemon must keep serving: a bystander
+connection opened before the storm still works afterwards, and so do new ones. The storm runs as
+root and, on the denied path, as a real non-root peer (uid nobody); a flood client and a
+slow-dribble client run beside it.
 """
 
 from __future__ import annotations
@@ -10,9 +13,16 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sys
+from collections import Counter
 from pathlib import Path
 
-from tests.integration.control_helpers import control_server, read_until_result, result
+from tests.integration.control_helpers import (
+    NOBODY,
+    control_server,
+    read_until_result,
+    result,
+)
 
 SEED = 20261125
 KNOWN = ["status", "events", "explain", "timeline", "backups", "restore-test", "rollback-app",
@@ -23,8 +33,27 @@ JUNK_VALUES: list[object] = [None, True, False, 0, -1, 2 ** 70, 1.5, "", "x" * 5
                              "$(reboot)", "a;rm -rf /", "\u0000", "\udcff"[:0] + "\u2028"]
 
 
+HUGE_INT = b"9" * 5000
+HOSTILE = [  # each was once answered with "internal" or a dropped connection
+    b'{"v":1,"id":' + HUGE_INT + b',"cmd":"status"}',
+    b'{"v":' + HUGE_INT + b',"cmd":"status"}',
+    b'{"v":1,"cmd":"events","args":{"limit":' + HUGE_INT + b'}}',
+    b'{"v":1,"cmd":"explain","args":{"id":1' + b"0" * 30 + b'}}',
+    b'{"v":1,"cmd":"\\ud800"}',
+    b'{"v":1,"cmd":"status\\udfff"}',
+    b'{"v":1,"cmd":"freeze","args":{"reason":"\\ud800"}}',
+    b'{"v":1,"cmd":"restore-test","args":{"dump":"a\\udc00.dump"}}',
+    b'{"v":1,"id":"\\ud800","cmd":"status"}',
+    b'{"v":1,"cmd":"events","args":{"limit":NaN}}',
+    b'{"v":1,"cmd":"events","args":{"limit":1e999}}',
+    b'{"v":1,"cmd":"st\xed\xa0\x80"}',
+]
+
+
 def _line(rng: random.Random) -> bytes:
-    kind = rng.randrange(6)
+    kind = rng.randrange(7)
+    if kind == 6:
+        return rng.choice(HOSTILE)
     if kind == 0:  # random bytes
         data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
         data = data.replace(b"\n", b" ")
@@ -88,7 +117,109 @@ async def test_ten_thousand_hostile_payloads(tmp_path: Path) -> None:
         assert (await read_until_result(bystander_r))[-1]["ok"]
         bystander_w.close()
         assert (await result(env.socket, "status"))["ok"]
-        assert len(env.hub.store.audit_log(limit=20_000)) >= len(lines)
+        assert len(env.hub.store.audit_log(limit=30_000)) >= len(lines)
+
+
+async def test_every_hostile_payload_gets_an_error_and_an_audit_row(tmp_path: Path) -> None:
+    async with control_server(tmp_path) as env:
+        replies = await _storm(env.socket, HOSTILE)
+        assert [r["error"]["code"] for r in replies] == (  # type: ignore[index]
+            ["invalid_json"] * 3 + ["bad_args"] + ["invalid_json"] * 8)
+        rows = env.hub.store.audit_log(limit=100)
+        assert len(rows) == len(HOSTILE)
+        assert {r["outcome"] for r in rows} <= {"invalid_json", "bad_args"}
+        status = (await result(env.socket, "status"))["data"]
+        assert not status["frozen"], status  # the surrogate freeze reason froze nothing
+
+
+STORM_AS_PEER = r"""
+import json, socket, sys
+lines = sys.stdin.buffer.read().split(b"\n")[:-1]
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(sys.argv[1])
+stream = sock.makefile("rb")
+codes = {}
+for start in range(0, len(lines), 100):
+    batch = lines[start:start + 100]
+    sock.sendall(b"".join(line + b"\n" for line in batch))
+    for _ in batch:
+        reply = json.loads(stream.readline())
+        code = reply["error"]["code"] if not reply["ok"] else "ok"
+        codes[code] = codes.get(code, 0) + 1
+print(json.dumps(codes))
+"""
+
+
+async def test_hostile_payloads_from_a_non_root_peer_are_denied_cleanly(tmp_path: Path) -> None:
+    rng = random.Random(SEED + 1)
+    lines = [_line(rng) for _ in range(2000)] + HOSTILE
+    async with control_server(tmp_path, {"control": {"group": "nogroup"}}) as env:
+        proc = await asyncio.create_subprocess_exec(
+            *NOBODY, sys.executable, "-c", STORM_AS_PEER, str(env.socket),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(b"".join(
+            line + b"\n" for line in lines)), 300)
+        assert proc.returncode == 0, err.decode()
+        codes = Counter(json.loads(out))
+        assert sum(codes.values()) == len(lines)
+        assert "internal" not in codes and "ok" not in codes, codes
+        assert codes["denied"] > 0 and codes["invalid_json"] > 0
+        rows = env.hub.store.audit_log(limit=30_000)
+        assert {r["uid"] for r in rows} == {65534}
+        assert len([r for r in rows if r["outcome"] != "received"]) == len(lines)
+
+
+async def test_storm_beside_a_flood_and_a_slow_dribble(tmp_path: Path) -> None:
+    raw = {"control": {"max_clients_per_uid": 8, "request_timeout_seconds": 2}}
+    rng = random.Random(SEED + 2)
+    lines = [_line(rng) for _ in range(1500)] + HOSTILE
+    async with control_server(tmp_path, raw) as env:
+        path = str(env.socket)
+        stop = asyncio.Event()
+
+        async def flood() -> int:
+            opened = 0
+            while not stop.is_set():
+                try:
+                    _, writer = await asyncio.open_unix_connection(path)
+                except OSError:
+                    await asyncio.sleep(0.01)
+                    continue
+                opened += 1
+                writer.write(b"\n")
+                writer.close()
+                await asyncio.sleep(0)
+            return opened
+
+        async def dribble() -> list[dict[str, object]]:
+            reader, writer = await asyncio.open_unix_connection(path)
+
+            async def one_byte_at_a_time() -> None:
+                for byte in b'{"v":1,"id":"d","cmd":"status"}' * 100:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+
+            sender = asyncio.create_task(one_byte_at_a_time())
+            try:
+                return await read_until_result(reader)
+            finally:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
+                writer.close()
+
+        flooding = asyncio.create_task(flood())
+        dribbling = asyncio.create_task(dribble())
+        replies = await _storm(env.socket, lines)
+        cut_off = (await asyncio.wait_for(dribbling, 120))[-1]
+        stop.set()
+        opened = await flooding
+        assert len(replies) == len(lines) and opened > 0
+        assert "internal" not in {r["error"]["code"] for r in replies  # type: ignore[index]
+                                  if not r["ok"]}
+        assert cut_off["error"]["code"] == "request_timeout"  # type: ignore[index]
+        assert (await result(env.socket, "status"))["ok"]
 
 
 async def test_per_connection_abuse(tmp_path: Path) -> None:

@@ -4,11 +4,15 @@ running as another uid), protocol errors, audit, progress streaming and approval
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import socket
+import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,7 @@ from brace_watchdog.control.commands.gated import _planner
 from brace_watchdog.control.server import ControlServer
 from brace_watchdog.errors import FatalError
 from tests.integration.control_helpers import (
+    NOBODY,
     Env,
     TouchAction,
     call,
@@ -296,3 +301,58 @@ async def test_dry_run_approves_without_executing(tmp_path: Path) -> None:
         reply = await result(env.socket, "approve", {"token": token})
         assert reply["data"] == {"dry_run": True, "would_run": ["append a line"]}
         assert not (tmp_path / "touched").exists()
+
+
+async def test_operator_request_is_audited_on_arrival_before_it_finishes(tmp_path: Path) -> None:
+    action = TouchAction(tmp_path / "touched", delay=1.0)
+    async with control_server(tmp_path, gated={"touch": action}) as env:
+        add_touch_planner(env)
+        token = (await result(env.socket, "plan-touch"))["data"]["token"]
+        reader, writer = await asyncio.open_unix_connection(str(env.socket))
+        writer.write(json.dumps({"v": 1, "id": 1, "cmd": "approve",
+                                 "args": {"token": token}}).encode() + b"\n")
+        await writer.drain()
+        assert json.loads(await reader.readline())["event"] == "progress"
+        # what a SIGKILL now would leave behind: the committed rows, read by another connection
+        with contextlib.closing(sqlite3.connect(tmp_path / "s.db")) as db:
+            rows = db.execute("SELECT command, outcome, detail FROM audit ORDER BY id").fetchall()
+        assert rows[-1][:2] == ("approve", "received") and token not in rows[-1][2]
+        assert (await read_until_result(reader))[-1]["ok"]
+        writer.close()
+        outcomes = [(r["command"], r["outcome"]) for r in env.hub.store.audit_log(limit=2)]
+        assert outcomes == [("approve", "ok"), ("approve", "received")]
+
+
+STILL_ASKING = r"""
+import json, socket, sys
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(sys.argv[1])
+stream = sock.makefile("rb")
+for _ in range(2):
+    sock.sendall(b'{"v":1,"id":1,"cmd":"status"}\n')
+    reply = json.loads(stream.readline())
+    print(reply["error"]["code"] if not reply["ok"] else "ok", flush=True)
+    sys.stdin.readline()
+"""
+
+
+async def test_removed_group_member_loses_rights_on_an_open_connection(tmp_path: Path) -> None:
+    group = f"bwgs{os.getpid()}"
+    subprocess.run(["groupadd", group], check=True)
+    try:
+        subprocess.run(["gpasswd", "-a", "nobody", group], check=True, capture_output=True)
+        raw = {"control": {"group": NOGROUP, "readers": [f"@{group}"]}}
+        async with control_server(tmp_path, raw) as env:
+            proc = await asyncio.create_subprocess_exec(
+                *NOBODY, sys.executable, "-c", STILL_ASKING, str(env.socket),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            assert proc.stdin is not None and proc.stdout is not None
+            assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"ok\n"
+            subprocess.run(["gpasswd", "-d", "nobody", group], check=True,
+                           capture_output=True)
+            proc.stdin.write(b"next\n")
+            assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"denied\n"
+            proc.stdin.write(b"done\n")
+            await asyncio.wait_for(proc.wait(), 60)
+    finally:
+        subprocess.run(["groupdel", group], check=False)

@@ -54,6 +54,15 @@ def test_args_default_to_empty_and_id_may_be_missing() -> None:
     (line({"v": 1, "cmd": "x", "id": "i" * 200}), "bad_request", "'id'"),
     (line({"v": 1, "cmd": "x", "id": 2 ** 60}), "bad_request", "'id'"),
     (line({"v": 1, "cmd": "x", "id": True}), "bad_request", "'id'"),
+    (b'{"v":1,"cmd":"status","id":' + b"9" * 5000 + b"}", "invalid_json", "4300"),
+    (b'{"v":1,"cmd":"\\ud800"}', "invalid_json", "surrogate"),
+    (b'{"v":1,"cmd":"freeze","args":{"reason":"a\\udfffb"}}', "invalid_json", "surrogate"),
+    (b'{"v":1,"cmd":"x","args":{"\\ud800":1}}', "invalid_json", "surrogate"),
+    (b'{"v":1,"cmd":"x","args":{"n":NaN}}', "invalid_json", "NaN"),
+    (b'{"v":1,"cmd":"x","args":{"n":-Infinity}}', "invalid_json", "Infinity"),
+    (b'{"v":1,"cmd":"x","args":{"n":1e999}}', "invalid_json", "out of range"),
+    (b'{"v":1,"cmd":"st\xc3"}', "invalid_json", "UTF-8"),
+    (b'{"v":1,"cmd":"\xed\xa0\x80"}', "invalid_json", "UTF-8"),
 ])
 def test_bad_envelopes_get_clear_errors(raw: bytes, code: str, fragment: str) -> None:
     with pytest.raises(ProtocolError) as info:
@@ -87,6 +96,7 @@ def test_valid_args_pass_and_nulls_are_dropped() -> None:
     ({"name": "a", "count": 1.5}, "must be an integer, not a number"),
     ({"name": "a", "count": 0}, ">= 1"),
     ({"name": "a", "count": 11}, "<= 10"),
+    ({"name": "a", "count": 2 ** 70}, "must be between"),
     ({"name": "a", "flag": "yes"}, "true or false"),
     ({"name": "a", "bogus": 1}, "unknown arguments ['bogus']"),
 ])

@@ -1,0 +1,171 @@
+"""The control socket's caps against real clients: a member of the socket's group (uid nobody,
+a real non-root process) floods it while the daemon's file descriptors are as scarce as under a
+default 1024 limit, and root is still answered; blank lines and dribbled bytes do not keep a
+connection open past its request deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.integration.control_helpers import NOBODY, control_server, read_until_result, result
+
+NOBODY_UID = 65534
+# The behaviour under test is "root is served promptly during a flood"; 1 s is generous for a
+# status answer that takes milliseconds when the daemon is not flooded.
+ROOT_SERVED_WITHIN = 1.0
+SPARE_FDS = 100  # descriptors left to the daemon beyond those it already holds
+FLOOD = r"""
+import resource, socket, sys, time
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # not the daemon's scarcity: ours is ample
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+path, want, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+held, busy, end = [], 0, time.monotonic() + seconds
+def connect():
+    global busy
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(0.2)
+    try:
+        s.connect(path)
+        s.sendall(b"\n")
+        held.append(s)
+    except OSError:
+        s.close()
+first = True
+while time.monotonic() < end:
+    while len(held) < want and time.monotonic() < end:
+        connect()
+    if first:
+        print("flooding", flush=True)
+        first = False
+    for s in list(held):
+        try:
+            s.setblocking(False)
+            data = s.recv(4096)
+            if data:  # an answer ("busy", a timeout): the daemon closes it; so do we
+                busy += b'"busy"' in data
+                raise OSError
+            if data == b"":
+                raise OSError
+        except BlockingIOError:
+            try:
+                s.send(b"\n")
+                continue
+            except OSError:
+                pass
+        except OSError:
+            pass
+        held.remove(s)
+        s.close()
+    time.sleep(0.05)
+print(f"done busy={busy}", flush=True)
+"""
+
+
+@asynccontextmanager
+async def scarce_descriptors(spare: int) -> AsyncIterator[None]:
+    """Lower this process's (the daemon's) soft RLIMIT_NOFILE to what it holds plus ``spare``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + spare, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def _flood(socket_path: Path, connections: int, seconds: float
+                 ) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        *NOBODY, sys.executable, "-c", FLOOD, str(socket_path), str(connections), str(seconds),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 60)
+    assert line == b"flooding\n", (line, await proc.stderr.read() if proc.stderr else b"")
+    return proc
+
+
+async def test_group_member_flood_does_not_lock_root_out(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    raw = {"control": {"group": "nogroup", "readers": ["nobody"], "max_clients": 16,
+                       "max_clients_per_uid": 8, "request_timeout_seconds": 300}}
+    caplog.set_level(logging.WARNING, logger="brace_watchdog.control")
+    async with control_server(tmp_path, raw) as env:
+        async with scarce_descriptors(SPARE_FDS):
+            flood = await _flood(env.socket, 4 * SPARE_FDS, 12.0)
+            try:
+                for _ in range(5):
+                    reply = await asyncio.wait_for(result(env.socket, "status"),
+                                                   ROOT_SERVED_WITHIN)
+                    assert reply["ok"], reply
+                    assert env.server._open_by_uid[NOBODY_UID] <= 8
+                    await asyncio.sleep(0.2)
+            finally:
+                out, err = await asyncio.wait_for(flood.communicate(), 60)
+        assert flood.returncode == 0, err.decode()
+        assert int(out.decode().split("busy=")[1]) > 0
+        refused = env.registry.get_sample_value(
+            "brace_control_requests_total", {"command": "-", "outcome": "busy"}) or 0
+        assert refused > 0
+        busy_rows = [r for r in env.hub.store.audit_log(limit=10_000) if r["outcome"] == "busy"]
+        assert busy_rows and busy_rows[-1]["uid"] == NOBODY_UID
+        assert "max_clients_per_uid = 8" in busy_rows[-1]["detail"]
+        # rate-limited: one report per minute, however many connections were refused
+        reports = [r for r in caplog.records if "refused" in r.getMessage()]
+        assert 1 <= len(reports) <= 2 < refused
+
+
+async def test_blank_lines_do_not_extend_the_request_deadline(tmp_path: Path) -> None:
+    raw = {"control": {"idle_timeout_seconds": 600, "request_timeout_seconds": 1}}
+    async with control_server(tmp_path, raw) as env:
+        reader, writer = await asyncio.open_unix_connection(str(env.socket))
+
+        async def blank_lines_forever() -> None:
+            for _ in range(600):  # 60 s, far past the 1 s deadline
+                writer.write(b"\n")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+
+        sender = asyncio.create_task(blank_lines_forever())
+        try:
+            reply = (await read_until_result(reader))[-1]
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        assert reply["error"]["code"] == "request_timeout"
+        assert await reader.read() == b""  # and the connection is closed
+        writer.close()
+        row = env.hub.store.audit_log(limit=1)[0]
+        assert row["outcome"] == "request_timeout"
+
+
+async def test_dribbled_request_is_cut_off_but_a_prompt_one_is_served(tmp_path: Path) -> None:
+    raw = {"control": {"idle_timeout_seconds": 600, "request_timeout_seconds": 1}}
+    async with control_server(tmp_path, raw) as env:
+        reader, writer = await asyncio.open_unix_connection(str(env.socket))
+        writer.write(b'{"v":1,"id":1,"cmd":"status"}\n')
+        assert (await read_until_result(reader))[-1]["ok"]
+        replies: list[dict[str, object]] = []
+
+        async def dribble() -> None:
+            for byte in b'{"v":1,"id":2,"cmd":"status"}' * 20:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.1)
+
+        sender = asyncio.create_task(dribble())
+        try:
+            replies = await read_until_result(reader)
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        assert replies[-1]["error"]["code"] == "request_timeout"  # type: ignore[index]
+        writer.close()
