@@ -98,6 +98,7 @@ DOCKER_RESTORE = ("--docker-image", "brace-test/postgres:15",
                   "--results", str(RESULTS_DIR / "restore_docker.json"))
 BENCHMARKS = (
     Benchmark("backup_scan", "bench.bench_backup_scan", (), ("--quick",), native, 900),
+    Benchmark("startup", "bench.bench_startup", (), ("--quick",), native, 600),
     Benchmark("scrape", "bench.bench_scrape", (), ("--quick",), native, 1200),
     Benchmark("footprint", "bench.bench_footprint", (), ("--quick",), native, 1500),
     Benchmark("restore", "bench.bench_restore", (), QUICK_RESTORE, restore_figures, 2400),
