@@ -2,7 +2,9 @@
 
 Readable tables by default, ``--json`` for machines (accepted before or after the command);
 progress of long actions is printed live on stderr. Gated rollbacks show the plan and ask the
-operator to type the target's name (``--yes`` skips that) before approving.
+operator to type the target's name (``--yes`` skips that) before approving. ``approve`` and
+``inspect`` read the plan token from the terminal without echo, or from stdin's first line —
+never from argv, where ``ps`` would show it — and print the plan stored with it.
 
 Exit codes::
 
@@ -16,6 +18,7 @@ Exit codes::
 from __future__ import annotations
 
 import argparse
+import getpass
 import itertools
 import json
 import os
@@ -143,6 +146,18 @@ def _explain(data: dict[str, Any], out: TextIO) -> None:
         _events({"events": data["journal"]}, out)
 
 
+def _approval(view: dict[str, Any], out: TextIO) -> None:
+    login = view.get("requester_login_uid")
+    who = f"{view['requester']} (uid {view['requester_uid']}" + (
+        f", login uid {login})" if login is not None else ")")
+    out.write(f"{view['action']} planned by {who}, valid until {_when(view['expires_at'])} "
+              "UTC\n")
+    if view.get("plan"):
+        _plan(view["plan"], out)
+    else:
+        out.write(f"  arguments: {view['args']}\n")
+
+
 def _plan(data: dict[str, Any], out: TextIO) -> None:
     out.write(f"Plan for {data['action']} ({data['target']}):\n")
     for number, step in enumerate(data["steps"], 1):
@@ -204,9 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--yes", action="store_true", help="skip typing the target's name")
     rollback.add_argument("--plan", action="store_true",
                           help="rollback app: only show what it would do")
-    approve = add("approve", "approve a planned action (shows it first)")
-    approve.add_argument("token")
+    approve = add("approve", "approve a planned action (shows its plan first); the token is "
+                  "read from the terminal, or from stdin's first line, never from argv")
     approve.add_argument("--yes", action="store_true", help="skip typing the target's name")
+    add("inspect", "show the stored plan a token would approve, without using it (token read "
+        "like approve's)")
     add("freeze", "freeze automatic actions").add_argument("--reason")
     add("unfreeze", "resume automatic actions")
     add("ack", "acknowledge the pending escalation")
@@ -237,12 +254,13 @@ class Session:
     """One invocation: a client, output streams, the --json switch."""
 
     def __init__(self, client: ControlClient, *, as_json: bool, out: TextIO, err: TextIO,
-                 ask: Callable[[str], str]) -> None:
+                 ask: Callable[[str], str], ask_secret: Callable[[str], str]) -> None:
         self.client = client
         self.as_json = as_json
         self.out = out
         self.err = err
         self.ask = ask
+        self.ask_secret = ask_secret
 
     def progress(self, event: dict[str, Any]) -> None:
         self.err.write(f"[{_when(event.get('ts'))}] {event.get('stage')}: "
@@ -294,24 +312,54 @@ class Session:
             _plan(plan, self.out)
         if plan["two_person_rule"]:
             self.out.write(json.dumps(plan, indent=2) + "\n" if self.as_json else
-                           f"two-person rule: another operator must run\n  {plan['approve_with']}\n"
+                           "two-person rule: another operator must run `brace-watchdogctl "
+                           f"approve` and paste this token when asked:\n  {plan['token']}\n"
                            f"(token valid until {_when(plan['expires_at'])} UTC)\n")
             return EXIT_OK
         if not self.confirm(plan["target"], yes):
             return EXIT_FAILED
         return self.finish(self.call("approve", {"token": plan["token"]}))
 
-    def approve(self, token: str, yes: bool) -> int:
+    def token(self) -> str | None:
+        """The plan token, typed at the terminal (not echoed) or piped as stdin's first line."""
+        try:
+            token = self.ask_secret("Token from the plan: ").strip()
+        except EOFError:
+            token = ""
+        if not token:
+            self.err.write("no token given: paste it when asked, or pipe it on stdin "
+                           "(never on the command line, where `ps` shows it)\n")
+        return token or None
+
+    def inspect(self) -> int:
+        token = self.token()
+        if token is None:
+            return EXIT_USAGE
+        return self.finish(self.call("inspect", {"token": token}), _approval)
+
+    def approve(self, yes: bool) -> int:
+        token = self.token()
+        if token is None:
+            return EXIT_USAGE
         reply = self.call("inspect", {"token": token})
         if not reply["ok"]:
             return self.finish(reply)
         view = reply["data"]
         if not self.as_json:
-            self.out.write(f"{view['action']} {view['args']} planned by {view['requester']}, "
-                           f"valid until {_when(view['expires_at'])} UTC\n")
+            _approval(view, self.out)
         if not self.confirm(view["target"], yes):
             return EXIT_FAILED
         return self.finish(self.call("approve", {"token": token}))
+
+
+def read_secret(prompt: str) -> str:
+    """A line from the terminal without echo, or stdin's next line when it is not a terminal."""
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line
 
 
 def _exit_code(code: str) -> int:
@@ -331,7 +379,9 @@ def run(ns: argparse.Namespace, session: Session) -> int:
         return session.gated(GATED[ns.what], {"dump": ns.dump} if ns.what == "db" else {},
                              ns.yes)
     if ns.command == "approve":
-        return session.approve(ns.token, ns.yes)
+        return session.approve(ns.yes)
+    if ns.command == "inspect":
+        return session.inspect()
     cmd, args = _args_for(ns)
     return session.finish(session.call(cmd, args), PRINTERS.get(cmd, _kv))
 
@@ -339,7 +389,7 @@ def run(ns: argparse.Namespace, session: Session) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     session = Session(ControlClient(socket_path(ns)), as_json=getattr(ns, "json", False),
-                      out=sys.stdout, err=sys.stderr, ask=input)
+                      out=sys.stdout, err=sys.stderr, ask=input, ask_secret=read_secret)
     try:
         return run(ns, session)
     except Unreachable as exc:

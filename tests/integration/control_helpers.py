@@ -109,10 +109,17 @@ class Ctl:
         return json.loads(self.out)
 
 
+def with_login_uid(login_uid: int) -> list[str]:
+    """An argv prefix that sets the audit login uid (as a login would) and then execs the rest;
+    it survives the uid change of ``setpriv`` as it survives ``sudo``."""
+    return ["sh", "-c", f'echo {login_uid} > /proc/self/loginuid && exec "$@"', "sh"]
+
+
 async def ctl(*argv: str, as_nobody: bool = False, stdin: str = "",
-              env: Mapping[str, str] | None = None) -> Ctl:
+              env: Mapping[str, str] | None = None, login_uid: int | None = None) -> Ctl:
     """Run ``brace-watchdogctl`` (as ``python -m brace_watchdog.ctl``) without blocking the loop."""
-    prefix = NOBODY if as_nobody else []
+    prefix = [*(with_login_uid(login_uid) if login_uid is not None else []),
+              *(NOBODY if as_nobody else [])]
     proc = await asyncio.create_subprocess_exec(
         *prefix, sys.executable, "-m", "brace_watchdog.ctl", *argv, cwd=str(REPO),
         env={**os.environ, **(env or {})}, stdin=asyncio.subprocess.PIPE,

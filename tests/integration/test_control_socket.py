@@ -31,6 +31,7 @@ from tests.integration.control_helpers import (
     read_until_result,
     result,
     short_dir,
+    with_login_uid,
 )
 
 NOGROUP = "nogroup"
@@ -254,10 +255,69 @@ async def test_two_person_rule_over_the_socket(tmp_path: Path) -> None:
         assert plan["two_person_rule"] is True
         own = await result(env.socket, "approve", {"token": plan["token"]})
         assert own["error"]["code"] == "refused" and "two-person" in own["error"]["message"]
-        run = await ctl("--socket", str(env.socket), "approve", plan["token"], stdin="touch\n",
+        run = await ctl("--socket", str(env.socket), "approve", stdin=f"{plan['token']}\ntouch\n",
                         as_nobody=True)
         assert run.code == 0, run
+        assert "Plan for touch (touch):\n  1. append a line" in run.out  # the stored plan
         assert (tmp_path / "touched").read_text() == "root->nobody\n"
+
+
+async def test_token_on_the_command_line_is_a_usage_error(tmp_path: Path) -> None:
+    async with control_server(tmp_path) as env:
+        run = await ctl("--socket", str(env.socket), "approve", "bwt_from-argv", "--yes")
+        assert run.code == 2 and "unrecognized arguments: bwt_from-argv" in run.err
+        run = await ctl("--socket", str(env.socket), "approve", "--yes")
+        assert run.code == 2 and "no token given" in run.err
+        assert env.hub.store.audit_log() == []
+
+
+async def test_inspect_shows_the_stored_plan_without_using_the_token(tmp_path: Path) -> None:
+    action = TouchAction(tmp_path / "touched")
+    async with control_server(tmp_path, gated={"touch": action}) as env:
+        add_touch_planner(env)
+        token = (await result(env.socket, "plan-touch"))["data"]["token"]
+        run = await ctl("--socket", str(env.socket), "inspect", stdin=f"{token}\n")
+        assert run.code == 0, run
+        assert "touch planned by root (uid 0)" in run.out and "1. append a line" in run.out
+        view = (await ctl("--socket", str(env.socket), "--json", "inspect",
+                          stdin=f"{token}\n")).json()
+        assert view["plan"]["steps"] == ["append a line"]
+        assert (await result(env.socket, "approve", {"token": token}))["ok"]
+
+
+PLAN_TOUCH = r"""
+import json, socket, sys
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(sys.argv[1])
+sock.sendall(b'{"v":1,"id":1,"cmd":"plan-touch"}\n')
+print(json.loads(sock.makefile("rb").readline())["data"]["token"])
+"""
+
+
+async def _plan_touch_as_nobody(path: Path, *, login_uid: int) -> str:
+    """``plan-touch`` from a process running as nobody whose login uid is ``login_uid``."""
+    proc = await asyncio.create_subprocess_exec(
+        *with_login_uid(login_uid), *NOBODY, sys.executable, "-c", PLAN_TOUCH, str(path),
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0
+    return out.decode().strip()
+
+
+async def test_sudo_does_not_make_a_second_person(tmp_path: Path) -> None:
+    action = TouchAction(tmp_path / "touched")
+    raw = {"control": {"two_person_rule": True, "group": NOGROUP, "operators": ["nobody"]}}
+    async with control_server(tmp_path, raw, gated={"touch": action}) as env:
+        add_touch_planner(env)
+        token = await _plan_touch_as_nobody(env.socket, login_uid=4242)
+        run = await ctl("--socket", str(env.socket), "approve", stdin=f"{token}\ntouch\n",
+                        login_uid=4242)  # the same person, now root (as after `sudo -i`)
+        assert run.code == 1 and "same person (login uid 4242)" in run.err, run
+        assert not (tmp_path / "touched").exists()
+        run = await ctl("--socket", str(env.socket), "approve", stdin=f"{token}\ntouch\n",
+                        login_uid=4243)  # someone else
+        assert run.code == 0, run
+        assert (tmp_path / "touched").read_text() == "nobody->root\n"
 
 
 async def test_hanging_up_does_not_cancel_a_running_action(tmp_path: Path) -> None:

@@ -99,5 +99,6 @@ async def test_failed_and_unavailable_exit_1(tmp_path: Path) -> None:
     async with control_server(tmp_path) as env:
         run = await ctl("--socket", str(env.socket), "restore-test")
         assert run.code == 1 and "unavailable" in run.err
-        run = await ctl("--socket", str(env.socket), "approve", "bwt_not-a-token", "--yes")
+        run = await ctl("--socket", str(env.socket), "approve", "--yes",
+                        stdin="bwt_not-a-token\n")
         assert run.code == 1 and "unknown token" in run.err

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 
 from brace_watchdog.control.approvals import ApprovalBook, hash_token
@@ -135,3 +138,48 @@ def test_consume_is_atomic_at_the_store(store: StateStore, clock: Clock) -> None
     assert store.consume_approval(digest, approver_uid=1, approver_name="x", used_at=clock.now)
     assert not store.consume_approval(digest, approver_uid=1, approver_name="x",
                                       used_at=clock.now)
+
+
+PLAN = {"action": "db_rollback", "steps": ["stop writers", "restore a.dump"]}
+
+
+def test_the_approver_sees_the_stored_plan(store: StateStore, clock: Clock) -> None:
+    approvals = book(store, clock)
+    token, _ = approvals.issue("db_rollback", {"dump": "a.dump"}, ALICE, plan=PLAN)
+    assert approvals.inspect(token, BOB).plan == PLAN
+
+
+@pytest.mark.parametrize("field", ["plan", "requester_login_uid"])
+def test_edited_plan_or_login_uid_breaks_the_binding(store: StateStore, clock: Clock,
+                                                     field: str) -> None:
+    approvals = book(store, clock)
+    token, _ = approvals.issue("db_rollback", {"dump": "a.dump"}, replace(ALICE, login_uid=7),
+                               plan=PLAN)
+    row = store.approval(hash_token(token))
+    assert row is not None
+    params = dict(row["params"])
+    params[field] = {"steps": ["something else"]} if field == "plan" else 8
+    store.execute("UPDATE approvals SET params = ?", (json.dumps(params),))
+    with pytest.raises(RefusedError, match="does not match the stored plan"):
+        approvals.redeem(token, BOB)
+
+
+@pytest.mark.parametrize(("planner_login", "approver_login", "refused"), [
+    (1000, 1000, True),    # alice planned, then `sudo` approved as root: one person
+    (1000, 1001, False),   # two people, each from their own login
+    (None, 1000, False),   # unknown login uid (no audit): the uids decide
+    (1000, None, False),
+    (None, None, False),
+])
+def test_two_person_rule_compares_login_uids(store: StateStore, clock: Clock,
+                                             planner_login: int | None,
+                                             approver_login: int | None, refused: bool) -> None:
+    approvals = book(store, clock, two_person=True)
+    token, _ = approvals.issue("db_rollback", {"dump": "a.dump"},
+                               replace(ALICE, login_uid=planner_login))
+    root = Peer(0, 0, 9, "root", login_uid=approver_login)
+    if refused:
+        with pytest.raises(RefusedError, match=r"same person \(login uid 1000\).*sudo"):
+            approvals.redeem(token, root)
+    else:
+        assert approvals.redeem(token, root).requester_login_uid == planner_login

@@ -2,7 +2,7 @@
 inspect a token, approve a token.
 
 ``rollback-db``, ``rollback-pg-hba`` and ``rollback-docker-daemon`` only run pre-checks and return
-the plan with a token; nothing changes until ``approve TOKEN`` (see
+the plan with a token; nothing changes until ``approve`` with that token (see
 :mod:`brace_watchdog.control.approvals`). The approved action runs under the server's exclusive
 lock, so two gated actions never overlap.
 """
@@ -32,7 +32,8 @@ def _action(ctx: Context, name: str) -> GatedAction:
 def _planner(name: str) -> Handler:
     async def plan(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         planned = await _action(ctx, name).plan(args)
-        token, expires = ctx.approvals.issue(name, planned.args, ctx.peer)
+        token, expires = ctx.approvals.issue(name, planned.args, ctx.peer,
+                                             plan=planned.as_dict())
         ctx.hub.record("approval.planned", "control",
                        f"{ctx.peer.user} (uid {ctx.peer.uid}) planned {name} {planned.args}",
                        evidence={"plan": planned.as_dict(), "expires_at": expires,
@@ -40,7 +41,7 @@ def _planner(name: str) -> Handler:
         two_person = ctx.approvals.two_person_rule
         return {**planned.as_dict(), "token": token, "expires_at": expires,
                 "two_person_rule": two_person,
-                "approve_with": f"brace-watchdogctl approve {token}"}
+                "approve_with": "brace-watchdogctl approve (then paste the token)"}
     return plan
 
 
@@ -48,7 +49,8 @@ def _approval_view(approval: Approval) -> dict[str, Any]:
     target = approval.params.get("target", approval.params.get("dump", approval.action))
     return {"action": approval.action, "args": approval.params,
             "requester": approval.requester_name, "requester_uid": approval.requester_uid,
-            "expires_at": approval.expires_at, "target": str(target)}
+            "requester_login_uid": approval.requester_login_uid,
+            "expires_at": approval.expires_at, "target": str(target), "plan": approval.plan}
 
 
 async def inspect_token(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
