@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
 
-from brace_watchdog.adapters.http_probe import HttpProbeError, KeepAliveProber
+from brace_watchdog.adapters.http_probe import HEADER_LIMIT, HttpProbeError, KeepAliveProber
 
 Reply = Callable[[int], bytes]
 
@@ -112,3 +113,44 @@ async def test_silence_is_a_timeout() -> None:
 def test_only_http_urls() -> None:
     with pytest.raises(ValueError, match="not an http"):
         KeepAliveProber("ftp://example/", timeout=1)
+
+
+async def test_an_endless_body_is_not_drained_past_the_limit() -> None:
+    """A 200 whose close-delimited body never ends: the status counts, the connection goes."""
+    streams: list[asyncio.StreamWriter] = []
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        streams.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        chunk = b"x" * 65536
+        with contextlib.suppress(ConnectionError):
+            while not writer.is_closing():
+                writer.write(chunk)
+                await writer.drain()
+
+    server = await asyncio.start_server(endless, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        prober = KeepAliveProber(f"http://127.0.0.1:{port}/", timeout=30)
+        assert await prober.get() == 200
+        assert await prober.get() == 200           # on a new connection: the old one was dropped
+        prober.close()
+        for writer in streams:
+            writer.close()
+    assert len(streams) == 2
+
+
+async def test_oversized_headers_are_a_probe_error() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * (3 * HEADER_LIMIT) + b"\r\n\r\n"
+    async with raw_server(fixed(answer)) as stats:
+        with pytest.raises(HttpProbeError, match="not an HTTP"):
+            await probe_n(stats["port"], 1)
+
+
+async def test_informational_answers_are_skipped() -> None:
+    answer = (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+              b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    async with raw_server(fixed(answer)) as stats:
+        assert await probe_n(stats["port"], 3) == [200, 200, 200]
+    assert stats["connections"] == 1
