@@ -52,6 +52,7 @@ from bench.common import (
     wait_http,
     write_result,
 )
+from brace_watchdog.adapters.http_probe import KeepAliveProber
 from brace_watchdog.adapters.postgres import free_port
 
 MB = 1024 * 1024
@@ -141,20 +142,27 @@ def _summary(first: tuple[ProcSample, ProcSample], last: tuple[ProcSample, ProcS
 
 
 async def _probe_path(url: str, port: int, rounds: int) -> dict[str, float]:
-    """Median thread CPU of one cold httpx GET vs one raw keep-alive stream request (ms)."""
+    """Median thread CPU (ms) of one cold request: an httpx GET, the daemon's h11 prober
+    (``KeepAliveProber.get``) and a pre-built request on a raw keep-alive stream (no parsing)."""
     client = httpx.AsyncClient(timeout=httpx.Timeout(5.0), follow_redirects=False,
                                trust_env=False, headers={"user-agent": "bench-probe-path"},
                                limits=httpx.Limits(max_connections=4, max_keepalive_connections=4))
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     raw = (f"GET /api/health HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
            "user-agent: bench-probe-path\r\n\r\n").encode()
+    prober = KeepAliveProber(url, timeout=5.0, user_agent="bench-probe-path")
     await client.get(url)
-    cost: dict[str, list[float]] = {"httpx": [], "stream": []}
+    await prober.get()
+    cost: dict[str, list[float]] = {"httpx": [], "prober": [], "stream": []}
     for _ in range(rounds):
         await asyncio.sleep(0.5)
         started = time.thread_time()
         await client.get(url)
         cost["httpx"].append(time.thread_time() - started)
+        await asyncio.sleep(0.5)
+        started = time.thread_time()
+        await prober.get()
+        cost["prober"].append(time.thread_time() - started)
         await asyncio.sleep(0.5)
         started = time.thread_time()
         writer.write(raw)
@@ -163,6 +171,7 @@ async def _probe_path(url: str, port: int, rounds: int) -> dict[str, float]:
         await reader.readexactly(2)
         cost["stream"].append(time.thread_time() - started)
     writer.close()
+    prober.close()
     await client.aclose()
     return {name: statistics.median(values) * 1000 for name, values in cost.items()}
 
@@ -192,6 +201,11 @@ def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
                note="informational: the HTTP client alone, cold (one request per second), "
                     "median; the exporter's whole probe costs "
                     f"{result['exporter_cpu_per_probe'] * 1000:.2f} ms"),
+        figure("probe_path_h11_prober", value=result["path_prober_ms"],
+               baseline_value=result["path_stream_ms"], unit="ms CPU/request",
+               baseline="raw asyncio stream request", target=None,
+               note="informational: the daemon's prober (h11 parsing, framing and limits) "
+                    "alone, cold, median"),
     ]
 
 
@@ -214,7 +228,8 @@ def main(argv: list[str]) -> int:
             target_server(Path(tmp)) as server:
         result = measure(Path(tmp), server, seconds=seconds, warmup=args.warmup)
         path_ms = probe_path(server, args.breakdown_seconds or (30.0 if args.quick else 120.0))
-    result |= {"path_httpx_ms": path_ms["httpx"], "path_stream_ms": path_ms["stream"]}
+    result |= {"path_httpx_ms": path_ms["httpx"], "path_prober_ms": path_ms["prober"],
+               "path_stream_ms": path_ms["stream"]}
     result["rss_trace_mb"] = result["rss_trace_mb"][-6:]
     items = figures(result)
     print_figures(items)

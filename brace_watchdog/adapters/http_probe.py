@@ -28,6 +28,7 @@ __all__ = ["HttpProbeError", "KeepAliveProber"]
 HEADER_LIMIT = 64 * 1024
 BODY_LIMIT = 1024 * 1024
 _READ_SIZE = 64 * 1024
+_END = h11.EndOfMessage()
 
 
 class HttpProbeError(Exception):
@@ -88,7 +89,7 @@ class KeepAliveProber:
                 self._host, self._port, ssl=self._ssl)
             self._http = h11.Connection(h11.CLIENT, max_incomplete_event_size=HEADER_LIMIT)
         assert self._reader is not None and self._http is not None
-        self._writer.write(self._http.send(self._request) + self._http.send(h11.EndOfMessage()))
+        self._writer.write(self._http.send(self._request) + self._http.send(_END))
         await self._writer.drain()
         status, reusable = await _read_answer(self._reader, self._http)
         if reusable:
