@@ -1,7 +1,8 @@
 """The control socket's caps against real clients: a member of the socket's group (uid nobody,
 a real non-root process) floods it while the daemon's file descriptors are as scarce as under a
 default 1024 limit, and root is still answered; blank lines and dribbled bytes do not keep a
-connection open past its request deadline."""
+connection open past its request deadline; running out of descriptors is reported once, not
+once per accept attempt."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import logging
 import os
 import resource
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -74,7 +76,7 @@ print(f"done busy={busy}", flush=True)
 async def scarce_descriptors(spare: int) -> AsyncIterator[None]:
     """Lower this process's (the daemon's) soft RLIMIT_NOFILE to what it holds plus ``spare``."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    in_use = len(os.listdir("/proc/self/fd"))
+    in_use = len(os.listdir("/proc/self/fd")) - 1  # less the one listdir itself opened
     resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + spare, hard))
     try:
         yield
@@ -169,3 +171,26 @@ async def test_dribbled_request_is_cut_off_but_a_prompt_one_is_served(tmp_path: 
             await asyncio.gather(sender, return_exceptions=True)
         assert replies[-1]["error"]["code"] == "request_timeout"  # type: ignore[index]
         writer.close()
+
+
+async def test_accept_errors_are_logged_rate_limited_and_serving_resumes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR)
+    async with control_server(tmp_path) as env:
+        clients = [socket.socket(socket.AF_UNIX) for _ in range(3)]
+        try:
+            async with scarce_descriptors(0):  # not one descriptor left for accept()
+                for client in clients:
+                    client.connect(str(env.socket))  # queued in the listen backlog
+                await asyncio.sleep(3.0)  # the accept loop retries every 0.1 s meanwhile
+            complaints = [r for r in caplog.records if "accept" in r.getMessage()]
+            assert len(complaints) == 1, [r.getMessage() for r in complaints]
+            assert "Too many open files" in complaints[0].getMessage()
+            for client in clients:  # descriptors are back: the queued clients are served
+                reader, writer = await asyncio.open_unix_connection(sock=client)
+                writer.write(b'{"v":1,"id":1,"cmd":"status"}\n')
+                assert (await read_until_result(reader))[-1]["ok"]
+                writer.close()
+        finally:
+            for client in clients:
+                client.close()
