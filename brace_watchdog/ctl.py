@@ -131,6 +131,9 @@ def _status(data: dict[str, Any], out: TextIO) -> None:
     out.write(f"automation: {'FROZEN: ' + data['frozen']['reason'] if data['frozen'] else 'on'}\n")
     escalation = data["escalation"]
     out.write(f"escalation: {escalation['message'] if escalation else 'none'}\n")
+    lock = data.get("action_lock")
+    if lock:
+        out.write(f"running: {lock['origin']} {lock['kind']} since {_when(lock['since'])} UTC\n")
     for action in data["open_actions"]:
         out.write(f"open action #{action['id']} {action['kind']}: {action['status']} "
                   f"at {action['step']}\n")

@@ -1,7 +1,9 @@
 """The hub every component receives: config, state store, metrics, observations, notifier.
 
 It also owns the small cross-cutting verbs that several components need — record an event,
-freeze and unfreeze automation, escalate to a human — so that they behave the same everywhere.
+freeze and unfreeze automation, escalate to a human — so that they behave the same everywhere,
+and the :class:`ActionLock` that lets one action at a time (automatic, manual or gated) change
+the stack.
 Construct it with explicit collaborators; tests pass an in-memory store and their own registry.
 """
 
@@ -15,11 +17,12 @@ from typing import Any, Protocol
 
 from brace_watchdog.component import ProgressTracker
 from brace_watchdog.config import Config
+from brace_watchdog.errors import RefusedError
 from brace_watchdog.metrics import Metrics
 from brace_watchdog.observations import Observations
 from brace_watchdog.state import StateStore
 
-__all__ = ["Hub", "Notifier", "NullNotifier"]
+__all__ = ["ActionLock", "Hub", "Lease", "Notifier", "NullNotifier"]
 
 log = logging.getLogger("brace_watchdog")
 
@@ -40,6 +43,55 @@ class NullNotifier:
         del event, payload
 
 
+@dataclass(frozen=True)
+class Lease:
+    """Who holds the :class:`ActionLock`: the action's kind, its origin, since when."""
+
+    kind: str
+    origin: str
+    since: float
+
+    def describe(self) -> str:
+        since = time.strftime("%H:%M:%S", time.gmtime(self.since))
+        return f"{self.origin} {self.kind} (since {since} UTC)"
+
+
+class ActionLock:
+    """One action at a time: the app rollback (automatic, manual, recovery) and every gated action
+    (DB, pg_hba, docker daemon) take it before they change anything, and release it when done.
+
+    :meth:`acquire` is synchronous: the check and the set cannot be separated by an ``await``, so
+    two coroutines can never both pass the check.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lease: Lease | None = None
+        self.released_at: float | None = None
+
+    @property
+    def holder(self) -> Lease | None:
+        return self._lease
+
+    def check(self, kind: str) -> None:
+        """Raise :class:`RefusedError` naming the action that holds the lock, if any."""
+        if self._lease is not None:
+            raise RefusedError(kind, f"{self._lease.describe()} is running; one action at a "
+                               "time: wait for it to finish (see `status`) and try again")
+
+    def acquire(self, kind: str, origin: str) -> Lease:
+        """Take the lock (no ``await`` between check and set), or raise :class:`RefusedError`."""
+        self.check(kind)
+        self._lease = Lease(kind, origin, self._clock())
+        return self._lease
+
+    def release(self, lease: Lease) -> None:
+        """Give the lock back (a stale lease is ignored)."""
+        if self._lease is lease:
+            self._lease = None
+            self.released_at = self._clock()
+
+
 @dataclass
 class Hub:
     config: Config
@@ -51,8 +103,10 @@ class Hub:
     observations: Observations = field(default_factory=Observations)
     status: dict[str, str] = field(default_factory=dict)
     components: dict[str, Any] = field(default_factory=dict)
+    action_lock: ActionLock = field(init=False)
 
     def __post_init__(self) -> None:
+        self.action_lock = ActionLock(self.clock)
         self.store.on_event = self._announce
         self.observations.window_size = self.config.health.window_size
         self.metrics.automation_frozen.set(1 if self.frozen() else 0)

@@ -46,6 +46,7 @@ from brace_watchdog.state import ReleaseRecord
 __all__ = ["AppRollback"]
 
 DAY = 86400.0
+KIND = "rollback"  # the action kind in the store and the action lock
 
 
 class AppRollback(Component):
@@ -84,14 +85,19 @@ class AppRollback(Component):
         self.tracker.load()
         open_actions = self.hub.store.open_actions("rollback")
         if open_actions:
+            lease = self.hub.action_lock.acquire(KIND, "recovery")
             self._task = asyncio.create_task(self._run().recover(open_actions[0]),
                                              name="rollback:recover")
+            self._task.add_done_callback(lambda _: self.hub.action_lock.release(lease))
 
     async def cycle(self) -> str:
         now = self._clock()
         obs = await self.tracker.track(now, by_rollback=self.busy)
         if self.busy:
             return "rollback in progress"
+        holder = self.hub.action_lock.holder
+        if holder is not None:
+            return f"not deciding while {holder.describe()} runs"
         if obs.release is not None:
             await self.tracker.maybe_promote(now, obs)
         inp = self._policy_input(now, manual=False)
@@ -135,7 +141,11 @@ class AppRollback(Component):
         """The window per probe target (backend, frontend); a sustained one decides."""
         cfg = self.cfg
         deployed = self.tracker.deploy_at
-        ignore = None if deployed is None else deployed + cfg.deploy_grace_seconds
+        # neither a deploy's grace period nor what another action (a DB rollback stopping the
+        # writers) caused before it released the lock counts
+        marks = [t for t in (None if deployed is None else deployed + cfg.deploy_grace_seconds,
+                             self.hub.action_lock.released_at) if t is not None]
+        ignore = max(marks, default=None)
         observations = self.hub.observations
         targets = sorted(observations.probes) or ["none probed yet"]
         verdicts = [assess_window(observations.samples(target), now=now,
@@ -157,7 +167,10 @@ class AppRollback(Component):
             return  # already recorded for this episode
         self._episode = key
         if decision.action == "rollback":
-            await self._start(self._request(decision, inp, origin="automatic"))
+            try:
+                await self._start(self._request(decision, inp, origin="automatic"))
+            except RefusedError:
+                self._episode = None  # another action took the lock meanwhile: decide again
             return
         self.hub.record("rollback.decision", self.name, decision.message,
                         evidence={"reason": decision.reason, **decision.evidence},
@@ -196,18 +209,30 @@ class AppRollback(Component):
 
     async def _start(self, request: RollbackRequest,
                      progress: Progress | None = None) -> RollbackVerdict | None:
-        """Start the rollback task; in dry-run mode only record the plan (its verdict)."""
-        plan = await self._build_plan()
-        if self.hub.config.daemon.dry_run:
-            message = (f"dry run: would roll back {_short(plan.current)} -> {plan.target.short} "
-                       f"({request.reason})")
-            self.hub.metrics.rollbacks.labels(result="dry_run").inc()
-            self.hub.record("rollback.would", self.name, message,
-                            evidence={"decision": request.evidence, "plan": plan.to_dict()})
-            return RollbackVerdict("dry_run", message, plan)
-        self._task = asyncio.create_task(self._run().execute(plan, request, progress),
-                                         name="rollback:execute")
-        return None
+        """Take the action lock, start the rollback task (which releases it when done); in
+        dry-run mode only record the plan (its verdict). RefusedError when another action runs."""
+        lease = self.hub.action_lock.acquire(KIND, request.origin)
+        task: asyncio.Task[RollbackVerdict] | None = None
+        try:
+            plan = await self._build_plan()
+            if self.hub.config.daemon.dry_run:
+                return self._dry_run(plan, request)
+            task = self._task = asyncio.create_task(
+                self._run().execute(plan, request, progress), name="rollback:execute")
+            return None
+        finally:
+            if task is None:
+                self.hub.action_lock.release(lease)
+            else:
+                task.add_done_callback(lambda _: self.hub.action_lock.release(lease))
+
+    def _dry_run(self, plan: RollbackPlan, request: RollbackRequest) -> RollbackVerdict:
+        message = (f"dry run: would roll back {_short(plan.current)} -> {plan.target.short} "
+                   f"({request.reason})")
+        self.hub.metrics.rollbacks.labels(result="dry_run").inc()
+        self.hub.record("rollback.would", self.name, message,
+                        evidence={"decision": request.evidence, "plan": plan.to_dict()})
+        return RollbackVerdict("dry_run", message, plan)
 
     def _run(self) -> RollbackRun:
         return RollbackRun(self.hub, self.cfg, self._docker, self._compose,
@@ -219,8 +244,7 @@ class AppRollback(Component):
     async def manual_rollback(self, requester: str, *,
                               progress: Progress | None = None) -> RollbackVerdict:
         """Operator-initiated rollback: skips the trigger and rate guards, never verification."""
-        if self.busy:
-            raise RefusedError("rollback", "a rollback is already running")
+        self.hub.action_lock.check(KIND)
         now = self._clock()
         await self.tracker.track(now)
         inp = self._policy_input(now, manual=True)

@@ -14,8 +14,9 @@
   and counted in ``brace_control_requests{command,outcome}``; an operator command is audited
   also on arrival (outcome ``received``), so an action killed midway still has its row. A bad
   line costs the client one error response — never the connection, other clients or the daemon.
-* Approved gated actions run in their own task under one lock (one at a time); the client's
-  connection only watches it, so a client that disconnects mid-restore does not cancel it.
+* Approved gated actions run in their own task under the hub's action lock (one action at a
+  time, app rollbacks included); the client's connection only watches it, so a client that
+  disconnects mid-restore does not cancel it.
 """
 
 from __future__ import annotations
@@ -121,7 +122,6 @@ class ControlServer(Component):
         self._clients: set[asyncio.Task[None]] = set()
         self._open_by_uid: Counter[int] = Counter()
         self._complaints = RateLimiter(COMPLAINT_INTERVAL_SECONDS)
-        self._exclusive = asyncio.Lock()
         self._running_action: asyncio.Task[Any] | None = None
         self._served = 0
         self._owns_socket = False
@@ -340,19 +340,19 @@ class ControlServer(Component):
         return Context(hub=self.hub, peer=client.peer, approvals=self.approvals,
                        gated=self.gated, progress=progress, run_exclusive=self._run_exclusive)
 
-    async def _run_exclusive(self, work: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``work`` in its own task, one at a time; the caller's cancellation does not
-        cancel it (a client hanging up mid-restore must not leave a half-done restore)."""
-        if self._exclusive.locked():
-            raise RefusedError("approving", "another gated action is running; wait for it to "
-                               "finish (see `status`) and approve again")
-        async with self._exclusive:
-            self._running_action = asyncio.create_task(_call(work))
-            try:
-                return await asyncio.shield(self._running_action)
-            finally:
-                if self._running_action.done():
-                    self._running_action = None
+    async def _run_exclusive(self, kind: str, work: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``work`` in its own task under the action lock (RefusedError while another action
+        holds it); the caller's cancellation does not cancel it (a client hanging up
+        mid-restore must not leave a half-done restore)."""
+        lease = self.hub.action_lock.acquire(kind, "approved")
+        task = self._running_action = asyncio.create_task(_call(work))
+
+        def done(_: asyncio.Task[Any]) -> None:
+            self.hub.action_lock.release(lease)
+            if self._running_action is task:
+                self._running_action = None
+        task.add_done_callback(done)
+        return await asyncio.shield(task)
 
     def _account(self, peer: Peer, command: str, label: str, outcome: str, detail: str) -> None:
         self.hub.metrics.control_requests.labels(command=label, outcome=outcome).inc()

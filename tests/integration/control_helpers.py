@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry
 
 from brace_watchdog.actions.gated import GatedAction, Plan
 from brace_watchdog.config import parse_config
+from brace_watchdog.control.commands.base import Command
+from brace_watchdog.control.commands.gated import _planner
 from brace_watchdog.control.server import ControlServer
 from brace_watchdog.metrics import Metrics
 from brace_watchdog.runtime import Hub
@@ -151,3 +153,9 @@ class TouchAction:
         await progress("written", "done writing")
         self.finished.set()
         return {"written": str(self.path)}
+
+
+def add_touch_planner(server: ControlServer) -> None:
+    """Serve ``plan-touch``: the planning half of :class:`TouchAction`."""
+    server.commands = {**server.commands,
+                       "plan-touch": Command("plan-touch", "operator", _planner("touch"))}

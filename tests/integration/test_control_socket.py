@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from brace_watchdog.control.commands.base import Command
-from brace_watchdog.control.commands.gated import _planner
 from brace_watchdog.control.server import ControlServer
 from brace_watchdog.errors import FatalError
 from tests.integration.control_helpers import (
     NOBODY,
     Env,
     TouchAction,
+    add_touch_planner,
     call,
     control_server,
     ctl,
@@ -206,16 +205,10 @@ async def test_unconfigured_component_is_unavailable(tmp_path: Path) -> None:
 
 
 # -- approvals through the socket ----------------------------------------------------------
-def add_touch_planner(env: Env) -> None:
-    """Serve ``plan-touch``: the planning half of the harmless test action."""
-    env.server.commands = {**env.server.commands,
-                           "plan-touch": Command("plan-touch", "operator", _planner("touch"))}
-
-
 async def test_plan_approve_streams_progress_and_links_the_token(tmp_path: Path) -> None:
     action = TouchAction(tmp_path / "touched")
     async with control_server(tmp_path, gated={"touch": action}) as env:
-        add_touch_planner(env)
+        add_touch_planner(env.server)
         plan = (await result(env.socket, "plan-touch"))["data"]
         assert plan["steps"] == ["append a line"] and plan["target"] == "touch"
         assert not (tmp_path / "touched").exists()
@@ -238,7 +231,7 @@ async def test_expired_token_is_refused_over_the_socket(tmp_path: Path) -> None:
     action = TouchAction(tmp_path / "touched")
     async with control_server(tmp_path, {"control": {"token_ttl_seconds": 60}},
                               gated={"touch": action}, clock=lambda: now[0]) as env:
-        add_touch_planner(env)
+        add_touch_planner(env.server)
         token = (await result(env.socket, "plan-touch"))["data"]["token"]
         now[0] += 61
         reply = await result(env.socket, "approve", {"token": token})
@@ -250,7 +243,7 @@ async def test_two_person_rule_over_the_socket(tmp_path: Path) -> None:
     action = TouchAction(tmp_path / "touched")
     raw = {"control": {"two_person_rule": True, "group": NOGROUP, "operators": ["nobody"]}}
     async with control_server(tmp_path, raw, gated={"touch": action}) as env:
-        add_touch_planner(env)
+        add_touch_planner(env.server)
         plan = (await result(env.socket, "plan-touch"))["data"]
         assert plan["two_person_rule"] is True
         own = await result(env.socket, "approve", {"token": plan["token"]})
@@ -274,7 +267,7 @@ async def test_token_on_the_command_line_is_a_usage_error(tmp_path: Path) -> Non
 async def test_inspect_shows_the_stored_plan_without_using_the_token(tmp_path: Path) -> None:
     action = TouchAction(tmp_path / "touched")
     async with control_server(tmp_path, gated={"touch": action}) as env:
-        add_touch_planner(env)
+        add_touch_planner(env.server)
         token = (await result(env.socket, "plan-touch"))["data"]["token"]
         run = await ctl("--socket", str(env.socket), "inspect", stdin=f"{token}\n")
         assert run.code == 0, run
@@ -308,7 +301,7 @@ async def test_sudo_does_not_make_a_second_person(tmp_path: Path) -> None:
     action = TouchAction(tmp_path / "touched")
     raw = {"control": {"two_person_rule": True, "group": NOGROUP, "operators": ["nobody"]}}
     async with control_server(tmp_path, raw, gated={"touch": action}) as env:
-        add_touch_planner(env)
+        add_touch_planner(env.server)
         token = await _plan_touch_as_nobody(env.socket, login_uid=4242)
         run = await ctl("--socket", str(env.socket), "approve", stdin=f"{token}\ntouch\n",
                         login_uid=4242)  # the same person, now root (as after `sudo -i`)
@@ -323,7 +316,7 @@ async def test_sudo_does_not_make_a_second_person(tmp_path: Path) -> None:
 async def test_hanging_up_does_not_cancel_a_running_action(tmp_path: Path) -> None:
     action = TouchAction(tmp_path / "touched", delay=0.5)
     async with control_server(tmp_path, gated={"touch": action}) as env:
-        add_touch_planner(env)
+        add_touch_planner(env.server)
         token = (await result(env.socket, "plan-touch"))["data"]["token"]
         reader, writer = await asyncio.open_unix_connection(str(env.socket))
         writer.write(json.dumps({"v": 1, "id": 1, "cmd": "approve",
@@ -333,7 +326,7 @@ async def test_hanging_up_does_not_cancel_a_running_action(tmp_path: Path) -> No
         assert first["event"] == "progress"
         token2 = (await result(env.socket, "plan-touch"))["data"]["token"]
         busy = await result(env.socket, "approve", {"token": token2})
-        assert busy["error"]["code"] == "refused" and "another gated action" in busy[
+        assert busy["error"]["code"] == "refused" and "one action at a time" in busy[
             "error"]["message"]
         writer.close()
         await asyncio.wait_for(action.finished.wait(), 10)
@@ -356,7 +349,7 @@ async def test_dry_run_approves_without_executing(tmp_path: Path) -> None:
     action = TouchAction(tmp_path / "touched")
     async with control_server(tmp_path, {"daemon": {"dry_run": True}},
                               gated={"touch": action}) as env:
-        add_touch_planner(env)
+        add_touch_planner(env.server)
         token = (await result(env.socket, "plan-touch"))["data"]["token"]
         reply = await result(env.socket, "approve", {"token": token})
         assert reply["data"] == {"dry_run": True, "would_run": ["append a line"]}
@@ -366,7 +359,7 @@ async def test_dry_run_approves_without_executing(tmp_path: Path) -> None:
 async def test_operator_request_is_audited_on_arrival_before_it_finishes(tmp_path: Path) -> None:
     action = TouchAction(tmp_path / "touched", delay=1.0)
     async with control_server(tmp_path, gated={"touch": action}) as env:
-        add_touch_planner(env)
+        add_touch_planner(env.server)
         token = (await result(env.socket, "plan-touch"))["data"]["token"]
         reader, writer = await asyncio.open_unix_connection(str(env.socket))
         writer.write(json.dumps({"v": 1, "id": 1, "cmd": "approve",

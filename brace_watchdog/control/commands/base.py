@@ -32,7 +32,7 @@ class Context:
     approvals: ApprovalBook
     gated: Mapping[str, GatedAction]
     progress: ProgressSink
-    run_exclusive: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+    run_exclusive: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
 Handler = Callable[[Context, dict[str, Any]], Awaitable[Any]]

@@ -3,8 +3,8 @@ inspect a token, approve a token.
 
 ``rollback-db``, ``rollback-pg-hba`` and ``rollback-docker-daemon`` only run pre-checks and return
 the plan with a token; nothing changes until ``approve`` with that token (see
-:mod:`brace_watchdog.control.approvals`). The approved action runs under the server's exclusive
-lock, so two gated actions never overlap.
+:mod:`brace_watchdog.control.approvals`). The approved action runs under the hub's
+action lock, so no two actions (gated ones, app rollbacks) ever overlap.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ async def approve(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
                        f"planned by {approval.requester_name}",
                        evidence=_approval_view(approval))
         return await _execute(ctx, action, approval)
-    result: dict[str, Any] = await ctx.run_exclusive(run)
+    kind = ctx.approvals.inspect(args["token"], ctx.peer).action  # refused tokens: as redeem
+    result: dict[str, Any] = await ctx.run_exclusive(kind, run)
     return result
 
 

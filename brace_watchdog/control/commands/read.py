@@ -37,6 +37,7 @@ async def status(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         "frozen": hub.frozen(),
         "escalation": hub.escalation(),
         "open_actions": [action_dict(a) for a in hub.store.open_actions()],
+        "action_lock": asdict(hub.action_lock.holder) if hub.action_lock.holder else None,
         "last_restore_test": last[0] if last else None,
         "dry_run": hub.config.daemon.dry_run,
         "peer": {"uid": ctx.peer.uid, "user": ctx.peer.user},
