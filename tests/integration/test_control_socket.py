@@ -21,7 +21,6 @@ from brace_watchdog.control.server import ControlServer
 from brace_watchdog.errors import FatalError
 from tests.integration.control_helpers import (
     NOBODY,
-    Env,
     TouchAction,
     add_touch_planner,
     call,
