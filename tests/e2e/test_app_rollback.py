@@ -1,9 +1,12 @@
-"""App rollback end to end: a real docker engine, real ``docker-compose`` 1.29, real images.
+"""App rollback end to end: a real docker engine, real compose, real images.
 
-Each test builds its own compose project (host networking, free loopback ports) from the
-``brace-test/web`` images — v1 answers ``/api/health`` with 200, v2 with 500 — and drives the
-real components (health probes, the rollback component, the database monitor against a real
-PostgreSQL where needed) over a real SQLite state file, with small time values.
+Each test builds its own compose project of the four app services (host networking, free
+loopback ports) from the ``brace-test/web`` images — v1 answers ``/api/health`` with 200, v2
+with 500 — and drives the real components (health probes, the rollback component, the database
+monitor against a real PostgreSQL where needed) over a real SQLite state file, with small time
+values. Every test runs under Debian's ``docker-compose`` 1.29; the ones marked ``BOTH_COMPOSES`` run
+under the ``docker compose`` v5 plugin as well (what production runs), each stack deploying
+with the same compose the daemon rolls back with.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from brace_watchdog.observations import FiringAlert
 from brace_watchdog.state import StateStore
 from tests.support.pg import PgCluster
 from tests.support.stack import (
+    APP_SERVICES,
+    BOTH_COMPOSES,
+    COMPOSE_V1,
     Harness,
     Stack,
     daemon_event,
@@ -30,6 +36,11 @@ from tests.support.stack import (
 )
 
 pytestmark = pytest.mark.docker
+
+
+def all_on(stack: Stack, version: str) -> dict[str, str]:
+    """What :meth:`Stack.running_images` shows when every service runs web ``version``."""
+    return dict.fromkeys(APP_SERVICES, stack.images[version])
 
 
 def open_rollbacks(state_dir: Path) -> int:
@@ -58,15 +69,15 @@ async def known_good(h: Harness) -> str:
     return str(event.evidence["release"]["fingerprint"])
 
 
+@BOTH_COMPOSES
 async def test_bad_image_deploy_is_rolled_back_and_verified(stack: Stack, tmp_path: Path) -> None:
     stack.deploy("v1")
     async with Harness(rollback_config(stack, tmp_path)) as h:
         good = await known_good(h)
-        assert len(stack.pins()) == 2
+        assert len(stack.pins()) == 4
         stack.deploy("v2")
         done = await h.wait_event("rollback.succeeded", timeout=40)
-        assert stack.running_images() == {"backend": stack.images["v1"],
-                                          "frontend": stack.images["v1"]}
+        assert stack.running_images() == all_on(stack, "v1")
         deploys = h.events("deploy")
         assert deploys[0].evidence["change"] == "image"
         assert deploys[0].evidence["services"] == {"backend": "image"}
@@ -82,7 +93,10 @@ async def test_bad_image_deploy_is_rolled_back_and_verified(stack: Stack, tmp_pa
         assert "action.rollback.compose_done" in steps and "action.rollback.succeeded" in steps
         compose = next(e for e in h.store.events(action_id=action.id, limit=50)
                        if e.kind == "action.rollback.compose_done")
+        assert compose.evidence["argv"][:len(stack.compose_command)] == list(
+            stack.compose_command)
         assert "--no-deps" in compose.evidence["argv"]
+        assert compose.evidence["argv"][-4:] == list(APP_SERVICES)
         assert [e for e, _ in h.notifier.sent][:2] == ["rollback.started", "rollback.succeeded"]
         assert "v2 GET /api/health -> 500" in h.notifier.sent[0][1]["logs"]["backend"]
         assert done.evidence["checks"]["probes"]["consecutive_ok"] == 3
@@ -127,6 +141,7 @@ async def test_5xx_on_the_known_good_release_escalates_without_acting(stack: Sta
         assert "-> 500" in h.notifier.sent[0][1]["evidence"]["logs"]["backend"]
 
 
+@BOTH_COMPOSES
 async def test_config_only_bad_deploy_rolls_back_to_the_snapshot(stack: Stack,
                                                                  tmp_path: Path) -> None:
     stack.deploy("v1")
@@ -147,6 +162,7 @@ async def test_config_only_bad_deploy_rolls_back_to_the_snapshot(stack: Stack,
         assert "HEALTH_STATUS" in stack.compose_file.read_text()  # the operator's file untouched
         status = h.rollback.status()
         assert status["current"]["fingerprint"] == good
+        assert stack.running_images() == all_on(stack, "v1")
 
 
 async def test_schema_moved_escalates_with_the_db_plan(stack: Stack, tmp_path: Path,
@@ -246,7 +262,7 @@ async def test_dry_run_records_the_plan_and_changes_nothing(stack: Stack,
         assert would.message.startswith("dry run: would roll back")
         plan = would.evidence["plan"]
         assert plan["target"]["fingerprint"] == good
-        assert plan["argv"][:1] == ["docker-compose"] and "--no-build" in plan["argv"]
+        assert plan["argv"][:1] == list(COMPOSE_V1) and "--no-build" in plan["argv"]
         assert plan["retags"][0]["image_id"] == stack.images["v1"]
         await asyncio.sleep(2)
         assert len(h.events("rollback.would")) == 1
@@ -255,6 +271,7 @@ async def test_dry_run_records_the_plan_and_changes_nothing(stack: Stack,
         assert h.metric("brace_rollbacks_total", result="dry_run") == 1
 
 
+@BOTH_COMPOSES
 async def test_manual_rollback_plan_and_status(stack: Stack, tmp_path: Path) -> None:
     stack.deploy("v1")
     async with Harness(rollback_config(stack, tmp_path, max_per_day=0)) as h:
@@ -271,8 +288,9 @@ async def test_manual_rollback_plan_and_status(stack: Stack, tmp_path: Path) -> 
 
         verdict = await h.rollback.manual_rollback("alice", progress=progress)
         assert verdict.result == "succeeded"
-        assert said[0][1].startswith("running: docker-compose")
+        assert said[0][1].startswith(f"running: {' '.join(stack.compose_command)} ")
         assert said[-1][0] == "succeeded"
+        assert stack.running_images() == all_on(stack, "v1")
         assert h.store.actions(kind="rollback")[0].requester == "alice"
         with pytest.raises(RefusedError, match="known-good"):
             await h.rollback.manual_rollback("alice")
@@ -309,6 +327,7 @@ async def test_real_daemon_killed_mid_rollback_does_not_repeat(stack: Stack,
     assert stack.running_images()["backend"] == stack.images["v2"]
 
 
+@BOTH_COMPOSES
 async def test_release_dir_mode_redeploys_the_known_good_folder(stack: Stack,
                                                                 tmp_path: Path) -> None:
     stack.deploy("v1", release_dir="r1")
@@ -338,7 +357,7 @@ async def test_pins_of_releases_no_longer_needed_are_released(stack: Stack,
                 await asyncio.sleep(0.1)
         unpinned = await h.wait_event("release.unpinned")
         assert unpinned.message.startswith(f"released the pins of {first[:12]}")
-        assert len(stack.pins()) == 4  # two releases kept, two services each
+        assert len(stack.pins()) == 8  # two releases kept, four services each
         assert not any(first[:12] in pin for pin in stack.pins())
         assert h.store.release(first).pinned is False  # type: ignore[union-attr]
 

