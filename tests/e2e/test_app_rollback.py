@@ -4,8 +4,8 @@ Each test builds its own compose project of the four app services (host networki
 loopback ports) from the ``brace-test/web`` images — v1 answers ``/api/health`` with 200, v2
 with 500 — and drives the real components (health probes, the rollback component, the database
 monitor against a real PostgreSQL where needed) over a real SQLite state file, with small time
-values. Every test runs under Debian's ``docker-compose`` 1.29; the ones marked ``BOTH_COMPOSES`` run
-under the ``docker compose`` v5 plugin as well (what production runs), each stack deploying
+values. Every test runs under Debian's ``docker-compose`` 1.29; those marked ``BOTH_COMPOSES``
+run under the ``docker compose`` v5 plugin as well (what production runs), each stack deploying
 with the same compose the daemon rolls back with.
 """
 
@@ -36,11 +36,6 @@ from tests.support.stack import (
 )
 
 pytestmark = pytest.mark.docker
-
-
-def all_on(stack: Stack, version: str) -> dict[str, str]:
-    """What :meth:`Stack.running_images` shows when every service runs web ``version``."""
-    return dict.fromkeys(APP_SERVICES, stack.images[version])
 
 
 def open_rollbacks(state_dir: Path) -> int:
@@ -77,7 +72,7 @@ async def test_bad_image_deploy_is_rolled_back_and_verified(stack: Stack, tmp_pa
         assert len(stack.pins()) == 4
         stack.deploy("v2")
         done = await h.wait_event("rollback.succeeded", timeout=40)
-        assert stack.running_images() == all_on(stack, "v1")
+        assert stack.running_images() == stack.all_on("v1")
         deploys = h.events("deploy")
         assert deploys[0].evidence["change"] == "image"
         assert deploys[0].evidence["services"] == {"backend": "image"}
@@ -162,7 +157,7 @@ async def test_config_only_bad_deploy_rolls_back_to_the_snapshot(stack: Stack,
         assert "HEALTH_STATUS" in stack.compose_file.read_text()  # the operator's file untouched
         status = h.rollback.status()
         assert status["current"]["fingerprint"] == good
-        assert stack.running_images() == all_on(stack, "v1")
+        assert stack.running_images() == stack.all_on("v1")
 
 
 async def test_schema_moved_escalates_with_the_db_plan(stack: Stack, tmp_path: Path,
@@ -290,7 +285,7 @@ async def test_manual_rollback_plan_and_status(stack: Stack, tmp_path: Path) -> 
         assert verdict.result == "succeeded"
         assert said[0][1].startswith(f"running: {' '.join(stack.compose_command)} ")
         assert said[-1][0] == "succeeded"
-        assert stack.running_images() == all_on(stack, "v1")
+        assert stack.running_images() == stack.all_on("v1")
         assert h.store.actions(kind="rollback")[0].requester == "alice"
         with pytest.raises(RefusedError, match="known-good"):
             await h.rollback.manual_rollback("alice")

@@ -11,6 +11,7 @@ import pytest
 from brace_watchdog.state import StateStore
 from tests.integration.control_helpers import ctl
 from tests.support.stack import (
+    BOTH_COMPOSES,
     Stack,
     daemon_event,
     start_daemon,
@@ -21,6 +22,7 @@ from tests.support.stack import (
 pytestmark = pytest.mark.docker
 
 
+@BOTH_COMPOSES
 async def test_manual_rollback_through_the_socket_succeeds(stack: Stack, tmp_path: Path) -> None:
     state, sock = tmp_path / "state.db", str(tmp_path / "control.sock")
     stack.deploy("v1")
@@ -35,7 +37,7 @@ async def test_manual_rollback_through_the_socket_succeeds(stack: Stack, tmp_pat
         assert plan["plan"]["manual"]["action"] == "rollback", plan
         run = await ctl("--socket", sock, "rollback", "app")
         assert run.code == 0, (run, (tmp_path / "daemon.log").read_text()[-3000:])
-        assert "running: docker-compose" in run.err  # progress streamed live
+        assert f"running: {' '.join(stack.compose_command)} " in run.err  # streamed live
         assert "succeeded" in run.out
         again = await ctl("--socket", sock, "rollback", "app")
         assert again.code == 1 and "refused" in again.err and "known-good" in again.err
@@ -44,8 +46,7 @@ async def test_manual_rollback_through_the_socket_succeeds(stack: Stack, tmp_pat
         assert status["rollback"]["current"]["fingerprint"] == good["fingerprint"]
     finally:
         assert stop_daemon(daemon) == 0
-    assert stack.running_images() == {"backend": stack.images["v1"],
-                                      "frontend": stack.images["v1"]}
+    assert stack.running_images() == stack.all_on("v1")
     store = StateStore(state).open()
     try:
         action = store.actions(kind="rollback")[0]

@@ -241,6 +241,10 @@ class Stack:
             filters={"label": f"com.docker.compose.project={self.project}"})
         return {c.labels["com.docker.compose.service"]: str(c.attrs["Image"]) for c in found}
 
+    def all_on(self, version: str) -> dict[str, str]:
+        """What :meth:`running_images` shows when every app service runs web ``version``."""
+        return dict.fromkeys(APP_SERVICES, self.images[version])
+
     def pins(self) -> list[str]:
         return sorted(t for image in self.client.images.list(name=PIN_REPOSITORY)
                       for t in image.tags if t.startswith(f"{PIN_REPOSITORY}:{self.project}-"))
