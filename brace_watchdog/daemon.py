@@ -43,6 +43,7 @@ log = logging.getLogger("brace_watchdog.daemon")
 
 ComponentFactory = Callable[[Hub], list[Component]]
 HOUSEKEEPING_SECONDS = 5.0  # STATUS= and loop-lag cadence; watchdog pings may need it faster
+STATE_FLUSH_SECONDS = 1.0  # how often writes queued by an unavailable state store are retried
 
 
 def build_components(hub: Hub) -> list[Component]:
@@ -141,6 +142,7 @@ class Supervisor:
         self._tasks = [asyncio.create_task(self._run_component(c), name=f"component:{c.name}")
                        for c in self.components]
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self._tasks.append(asyncio.create_task(self._flush_state(), name="state-flush"))
         self.notify.ready(hub.status_line() or "started")
 
     async def _start_component(self, component: Component) -> None:
@@ -242,6 +244,21 @@ class Supervisor:
                 self.notify.watchdog()
                 last_ping = loop.time()
             self.notify.status(self.hub.status_line())
+
+    async def _flush_state(self) -> None:
+        """Retry the writes an unavailable state store queued; a failure here is never fatal."""
+        assert self.hub is not None
+        was_writable = True
+        while True:
+            await asyncio.sleep(STATE_FLUSH_SECONDS)
+            try:
+                writable = self.hub.flush_store().writable
+            except WatchdogError as exc:
+                log.error("state store flush failed: %s", exc)
+                continue
+            if writable != was_writable:
+                self.notify.status(self.hub.status_line())
+                was_writable = writable
 
     def _watchdog_healthy(self) -> bool:
         assert self.hub is not None

@@ -6,6 +6,7 @@
     ├── FatalError                    the daemon cannot go on; the supervisor stops
     │   ├── ConfigError               invalid configuration (all problems at once)
     │   └── StateError                state store corrupt, unwritable or from the future
+    ├── StateUnavailableError         state store locked or its disk full for now (writes queue)
     ├── AdapterError                  an external system misbehaved; a cycle logs it and carries on
     │   ├── CommandError              a subprocess failed or timed out
     │   ├── DockerError               the docker engine refused or is unreachable
@@ -30,6 +31,7 @@ __all__ = [
     "PostgresError",
     "RefusedError",
     "StateError",
+    "StateUnavailableError",
     "WatchdogError",
 ]
 
@@ -56,6 +58,14 @@ class ConfigError(FatalError):
 
 class StateError(FatalError):
     """The state store cannot be opened, migrated or written."""
+
+
+class StateUnavailableError(WatchdogError):
+    """The state store is locked by another process or its disk is full, for now.
+
+    Not fatal: writes that can wait are queued and retried; a caller that needs a write to land
+    before it goes on (an action's first journal row, an approval token) gets this error instead.
+    """
 
 
 class AdapterError(WatchdogError):

@@ -92,6 +92,18 @@ class Metrics:
             "brace_watchdog_events", "Events written to the state store.", ("kind",))
         self.notifications = self._c(
             "brace_watchdog_notifications", "Webhook notifications by result.", ("result",))
+        self.state_store_up = self._g(
+            "brace_watchdog_state_store_up",
+            "1 while state store writes land; 0 while it is locked or its disk is full.")
+        self.state_pending_writes = self._g(
+            "brace_watchdog_state_pending_writes",
+            "Writes queued in memory until the state store accepts them again.")
+        self.state_write_failures = self._c(
+            "brace_watchdog_state_write_failures",
+            "State store writes that failed for a reason that may pass.", ("reason",))
+        self.state_writes_dropped = self._c(
+            "brace_watchdog_state_writes_dropped",
+            "Queued state store writes given up (queue full, or a write that cannot succeed).")
 
     def _health(self) -> None:
         self.health_up = self._g("brace_health_up", "1 when the last probe of the target was ok.",

@@ -20,7 +20,7 @@ from brace_watchdog.config import Config
 from brace_watchdog.errors import RefusedError
 from brace_watchdog.metrics import Metrics
 from brace_watchdog.observations import Observations
-from brace_watchdog.state import StateStore
+from brace_watchdog.state import StateStore, StoreHealth
 
 __all__ = ["ActionLock", "Hub", "Lease", "Notifier", "NullNotifier"]
 
@@ -104,10 +104,13 @@ class Hub:
     status: dict[str, str] = field(default_factory=dict)
     components: dict[str, Any] = field(default_factory=dict)
     action_lock: ActionLock = field(init=False)
+    _dropped_seen: int = 0
 
     def __post_init__(self) -> None:
         self.action_lock = ActionLock(self.clock)
         self.store.on_event = self._announce
+        self.store.on_write_failure = self._store_write_failed
+        self.metrics.state_store_up.set(1)
         self.observations.window_size = self.config.health.window_size
         self.metrics.automation_frozen.set(1 if self.frozen() else 0)
         self.metrics.escalation_pending.set(1 if self.escalation() else 0)
@@ -128,11 +131,30 @@ class Hub:
         log.log(level, "%s: %s", source, message, extra={"event_kind": kind, "event_id": event_id})
         self.metrics.events.labels(kind=kind).inc()
 
+    def _store_write_failed(self, reason: str) -> None:
+        self.metrics.state_write_failures.labels(reason=reason).inc()
+        self.metrics.state_store_up.set(0)
+
+    def flush_store(self) -> StoreHealth:
+        """Write what the store queued while it was unavailable; export how it stands."""
+        if self.store.health().pending:
+            self.store.flush()
+        health = self.store.health()
+        self.metrics.state_store_up.set(1 if health.writable else 0)
+        self.metrics.state_pending_writes.set(health.pending)
+        self.metrics.state_writes_dropped.inc(max(0, health.dropped - self._dropped_seen))
+        self._dropped_seen = health.dropped
+        return health
+
     def set_status(self, component: str, line: str) -> None:
         self.status[component] = line
 
     def status_line(self) -> str:
         prefix = "FROZEN; " if self.frozen() else ""
+        health = self.store.health()
+        if not health.writable:
+            prefix += (f"STATE STORE UNAVAILABLE ({health.reason}; {health.pending} writes "
+                       "queued); ")
         return prefix + " | ".join(f"{k}: {v}" for k, v in sorted(self.status.items()))
 
     # -- automation guard ------------------------------------------------------------------

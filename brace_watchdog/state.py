@@ -7,30 +7,52 @@ transition, decision and action step lands there with its evidence as JSON.
 
 Calls are short (single-row writes, indexed reads) and serialised by a lock, so they are safe from
 the event loop and from worker threads alike; with ``synchronous=NORMAL`` a write costs
-microseconds.
+microseconds. SQLite may wait at most ``BUSY_TIMEOUT_SECONDS`` per call: a file locked by another
+process or a full disk makes the store *unavailable* (a
+:class:`~brace_watchdog.errors.StateUnavailableError`, not fatal) and queues writes in order until
+:meth:`StateStore.flush` can write them; the supervisor flushes every second and exports
+:meth:`StateStore.health`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tenacity
 
-from brace_watchdog.errors import StateError
+from brace_watchdog.errors import StateError, StateUnavailableError, WatchdogError
 
-__all__ = ["ActionRecord", "Event", "ReleaseRecord", "StateStore"]
+__all__ = ["ActionRecord", "Event", "ReleaseRecord", "StateStore", "StoreHealth"]
+
+log = logging.getLogger("brace_watchdog.state")
 
 Clock = Callable[[], float]
 EventHook = Callable[[str, str, str, str, int], None]
-"""Called after every event is written: (kind, source, severity, message, event id)."""
+"""Called after every event is written or queued: (kind, source, severity, message, event id);
+the id is 0 for a queued event."""
+FailureHook = Callable[[str], None]
+"""Called on every write that failed for a reason that may pass: ``locked``, ``full``, ``io``."""
+Write = Callable[[sqlite3.Connection], Any]
+
+BUSY_TIMEOUT_SECONDS = 0.05  # the longest SQLite may hold a caller (the event loop) per call
+OPEN_TIMEOUT_SECONDS = 10.0  # opening and migrating (before the loop serves anything) may wait
+CLOSE_TIMEOUT_SECONDS = 3.0  # the last flush on close, within the daemon's shutdown budget
+MAX_PENDING_WRITES = 100_000  # queued while unavailable; beyond it the oldest go, counted
+_TRANSIENT = {sqlite3.SQLITE_BUSY: "locked", sqlite3.SQLITE_LOCKED: "locked",
+              sqlite3.SQLITE_FULL: "full", sqlite3.SQLITE_IOERR: "io",
+              sqlite3.SQLITE_CANTOPEN: "io"}
+_INSERT_EVENT = ("INSERT INTO events (ts, kind, source, severity, message, evidence, action_id) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?)")
 
 _MIGRATIONS: list[str] = [
     # version 1
@@ -155,6 +177,16 @@ ACTION_OPEN_STATUSES = ("planned", "running")
 
 
 @dataclass(frozen=True)
+class StoreHealth:
+    """Whether writes land now; ``reason`` is SQLite's last error while they do not."""
+
+    writable: bool
+    reason: str
+    pending: int
+    dropped: int
+
+
+@dataclass(frozen=True)
 class ReleaseRecord:
     """A row of ``releases``; ``release`` is a :class:`brace_watchdog.releases.Release` as JSON."""
 
@@ -174,14 +206,31 @@ class ReleaseRecord:
 
 
 class StateStore:
-    """The daemon's durable memory. Construct, then :meth:`open` (which migrates)."""
+    """The daemon's durable memory. Construct, then :meth:`open` (which migrates).
 
-    def __init__(self, path: Path | str, *, clock: Clock = time.time) -> None:
+    Every write is its own transaction. When one fails because another process holds the file
+    or its disk is full, the store degrades: the write and every later one are queued in order
+    (never dropped silently: see ``max_pending``) and :meth:`flush` writes them once SQLite
+    accepts writes again. SQLite waits at most ``busy_timeout`` seconds per call, so a caller on
+    the event loop is never held longer than that.
+    """
+
+    def __init__(self, path: Path | str, *, clock: Clock = time.time,
+                 busy_timeout: float = BUSY_TIMEOUT_SECONDS,
+                 max_pending: int = MAX_PENDING_WRITES) -> None:
         self.path = Path(path)
         self.clock = clock
+        self.busy_timeout = busy_timeout
+        self.max_pending = max_pending
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self._pending: deque[Write] = deque()
+        self._reason = ""
+        self._dropped = 0
+        self._flags: dict[str, Any] = {}
+        self._kinds: dict[int, str] = {}
         self.on_event: EventHook | None = None
+        self.on_write_failure: FailureHook | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> StateStore:
@@ -193,23 +242,31 @@ class StateStore:
                                  "check [daemon] state_path and permissions") from None
         try:
             conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
-                                   timeout=10)
+                                   timeout=OPEN_TIMEOUT_SECONDS)
             conn.row_factory = sqlite3.Row
             _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._conn = conn
             self._migrate(conn)
+            _set_busy_timeout(conn, self.busy_timeout)
         except sqlite3.DatabaseError as exc:
             raise StateError(f"state file {self.path} is unusable ({exc}); move it aside to start "
                              "with an empty history, or restore it from a backup") from None
         return self
 
     def close(self) -> None:
+        """Write what is queued (waiting up to ``CLOSE_TIMEOUT_SECONDS``), then close."""
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            if self._conn is None:
+                return
+            if self._pending:
+                _set_busy_timeout(self._conn, CLOSE_TIMEOUT_SECONDS)
+                if not self.flush():
+                    log.error("state store %s: %d queued writes could not be written (%s) and "
+                              "are lost", self.path, len(self._pending), self._reason)
+            self._conn.close()
+            self._conn = None
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring the schema to SCHEMA_VERSION in one write transaction.
@@ -238,29 +295,108 @@ class StateStore:
     def schema_version(self) -> int:
         return int(self._query_one("PRAGMA user_version")[0])
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Several statements atomically (``BEGIN IMMEDIATE`` … ``COMMIT``)."""
+    # -- degraded mode: queued writes ---------------------------------------------------------
+    def health(self) -> StoreHealth:
         with self._lock:
-            conn = self._connection()
+            return StoreHealth(writable=not self._pending, reason=self._reason,
+                               pending=len(self._pending), dropped=self._dropped)
+
+    def flush(self) -> bool:
+        """Write queued writes in order; True when none is left (the store is writable again)."""
+        with self._lock:
+            while self._pending:
+                try:
+                    self._run(self._pending[0])
+                except StateUnavailableError:
+                    return False
+                except (StateError, sqlite3.Error) as exc:
+                    log.error("state store: dropping a queued write that cannot succeed: %s", exc)
+                    self._dropped += 1
+                self._pending.popleft()
+            if self._reason:
+                log.warning("state store %s is writable again; queued writes are written",
+                            self.path)
+                self._reason = ""
+            return True
+
+    def _write(self, op: Write, *, queue: bool = True) -> Any:
+        """Run ``op`` in its own transaction now, or queue it behind earlier queued writes.
+
+        ``queue=False``: the caller needs the write to land before it goes on; when it cannot,
+        :class:`StateUnavailableError` is raised and nothing is queued.
+        """
+        with self._lock:
+            if not self._pending or (not queue and self.flush()):
+                try:
+                    return self._run(op)
+                except StateUnavailableError:
+                    if not queue:
+                        raise
+            elif not queue:
+                raise StateUnavailableError(self._unavailable_message())
+            self._enqueue(op)
+            return None
+
+    def _run(self, op: Write) -> Any:
+        conn = self._connection()
+        try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
+                result = op(conn)
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise self._failure(exc, write=True) from None
+        if self._reason and not self._pending:
+            log.warning("state store %s is writable again", self.path)
+            self._reason = ""
+        return result
 
+    def _failure(self, exc: sqlite3.OperationalError, *, write: bool) -> WatchdogError:
+        """A transient failure (locked, disk full, I/O) or a fatal one (anything else)."""
+        reason = _transient_reason(exc)
+        if reason is None:
+            return StateError(f"state store write failed ({exc}): {self.path}")
+        if write:
+            if not self._reason:
+                log.error("state store %s unavailable (%s): writes are queued until it recovers",
+                          self.path, exc)
+            self._reason = str(exc)
+            if self.on_write_failure is not None:
+                self.on_write_failure(reason)
+        return StateUnavailableError(f"state store {self.path} unavailable ({exc})")
+
+    def _unavailable_message(self) -> str:
+        return (f"state store {self.path} unavailable ({self._reason}); "
+                f"{len(self._pending)} writes queued")
+
+    def _enqueue(self, op: Write) -> None:
+        if len(self._pending) >= self.max_pending:
+            self._pending.popleft()
+            self._dropped += 1
+            log.error("state store: %d writes queued, the oldest is dropped (%d so far)",
+                      self.max_pending, self._dropped)
+        self._pending.append(op)
+
+    # -- plain statements ----------------------------------------------------------------------
     def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> sqlite3.Cursor:
-        with self._lock:
-            try:
-                return self._connection().execute(sql, params)
-            except sqlite3.OperationalError as exc:
-                raise StateError(f"state store write failed ({exc}): {self.path}") from None
+        """One write statement that must land now (raises StateUnavailableError otherwise)."""
+        cursor: sqlite3.Cursor = self._write(lambda conn: conn.execute(sql, params), queue=False)
+        return cursor
 
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        """Rows written so far (queued writes are not visible yet)."""
         with self._lock:
-            return list(self._connection().execute(sql, params).fetchall())
+            try:
+                return list(self._connection().execute(sql, params).fetchall())
+            except sqlite3.OperationalError as exc:
+                raise self._failure(exc, write=False) from None
 
     def _query_one(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Row:
         rows = self.query(sql, params)
@@ -275,12 +411,9 @@ class StateStore:
     def append_event(self, kind: str, source: str, message: str, *,
                      evidence: dict[str, Any] | None = None, severity: str = "info",
                      action_id: int | None = None) -> int:
-        cursor = self.execute(
-            "INSERT INTO events (ts, kind, source, severity, message, evidence, action_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (self.clock(), kind, source, severity, message, _dumps(evidence or {}), action_id),
-        )
-        event_id = int(cursor.lastrowid or 0)
+        """Append an event; its id, or 0 when it is queued (the store is unavailable)."""
+        row = (self.clock(), kind, source, severity, message, _dumps(evidence or {}), action_id)
+        event_id = int(self._write(lambda conn: conn.execute(_INSERT_EVENT, row).lastrowid) or 0)
         if self.on_event is not None:
             self.on_event(kind, source, severity, message, event_id)
         return event_id
@@ -299,48 +432,79 @@ class StateStore:
 
     # -- flags (automation frozen, escalation pending, ...) ---------------------------------
     def set_flag(self, name: str, value: Any) -> None:
-        self.execute("INSERT INTO flags (name, value, updated_at) VALUES (?, ?, ?) "
-                     "ON CONFLICT(name) DO UPDATE SET value = excluded.value, "
-                     "updated_at = excluded.updated_at", (name, _dumps(value), self.clock()))
+        row = (name, _dumps(value), self.clock())
+        with self._lock:
+            self._flags[name] = value
+            self._write(lambda conn: conn.execute(
+                "INSERT INTO flags (name, value, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value, "
+                "updated_at = excluded.updated_at", row))
 
     def flag(self, name: str, default: Any = None) -> Any:
-        rows = self.query("SELECT value FROM flags WHERE name = ?", (name,))
-        return json.loads(rows[0]["value"]) if rows else default
+        """A flag's value; while the store is unavailable, the last value known to this process."""
+        with self._lock:
+            if self._pending and name in self._flags:
+                return self._flags[name]
+            try:
+                rows = self.query("SELECT value FROM flags WHERE name = ?", (name,))
+            except StateUnavailableError:
+                return self._flags.get(name, default)
+            if not rows:
+                return default
+            self._flags[name] = json.loads(rows[0]["value"])
+            return self._flags[name]
 
     # -- action journal --------------------------------------------------------------------
     def begin_action(self, kind: str, *, origin: str, plan: dict[str, Any],
                      requester: str = "", status: str = "running") -> int:
+        """Journal a new action and its ``begin`` event; raises StateUnavailableError rather than
+        let an action start that a restart could not see."""
         now = self.clock()
-        cursor = self.execute(
-            "INSERT INTO actions (kind, origin, requester, status, step, created_at, updated_at, "
-            "plan) VALUES (?, ?, ?, ?, 'begin', ?, ?, ?)",
-            (kind, origin, requester, status, now, now, _dumps(plan)),
-        )
-        action_id = int(cursor.lastrowid or 0)
-        self.append_event(f"action.{kind}.begin", origin, f"{kind} started",
-                          evidence={"plan": plan, "requester": requester}, action_id=action_id)
+        message, evidence = f"{kind} started", _dumps({"plan": plan, "requester": requester})
+
+        def op(conn: sqlite3.Connection) -> tuple[int, int]:
+            action_id = int(conn.execute(
+                "INSERT INTO actions (kind, origin, requester, status, step, created_at, "
+                "updated_at, plan) VALUES (?, ?, ?, ?, 'begin', ?, ?, ?)",
+                (kind, origin, requester, status, now, now, _dumps(plan))).lastrowid or 0)
+            row = (now, f"action.{kind}.begin", origin, "info", message, evidence, action_id)
+            return action_id, int(conn.execute(_INSERT_EVENT, row).lastrowid or 0)
+
+        ids: tuple[int, int] = self._write(op, queue=False)
+        action_id, event_id = ids
+        self._kinds[action_id] = kind
+        if self.on_event is not None:
+            self.on_event(f"action.{kind}.begin", origin, "info", message, event_id)
         return action_id
 
     def journal_step(self, action_id: int, step: str, *, evidence: dict[str, Any] | None = None,
                      status: str | None = None, result: str | None = None) -> None:
-        """Record progress of an action: its current step, and optionally its end status."""
-        with self.transaction() as conn:
+        """Record progress of an action: its current step, and optionally its end status.
+
+        Queued in order when the store is unavailable, so an action in progress goes on.
+        """
+        now = self.clock()
+        severity = "error" if status in ("failed", "interrupted") else "info"
+        event = (now, action_id, step, severity, result or step, _dumps(evidence or {}),
+                 action_id)
+
+        def op(conn: sqlite3.Connection) -> int:
             conn.execute("UPDATE actions SET step = ?, updated_at = ?, "
                          "status = COALESCE(?, status), result = COALESCE(?, result) WHERE id = ?",
-                         (step, self.clock(), status, result, action_id))
-            row = conn.execute("SELECT kind FROM actions WHERE id = ?", (action_id,)).fetchone()
-            kind = f"action.{row[0] if row else 'unknown'}.{step}"
-            severity = "error" if status in ("failed", "interrupted") else "info"
-            cursor = conn.execute(
+                         (step, now, status, result, action_id))
+            return int(conn.execute(
                 "INSERT INTO events (ts, kind, source, severity, message, evidence, action_id) "
-                "VALUES (?, ?, 'journal', ?, ?, ?, ?)",
-                (self.clock(), kind, severity, result or step, _dumps(evidence or {}), action_id))
+                "VALUES (?, 'action.' || COALESCE((SELECT kind FROM actions WHERE id = ?), "
+                "'unknown') || '.' || ?, 'journal', ?, ?, ?, ?)", event).lastrowid or 0)
+
+        event_id = int(self._write(op) or 0)
         if self.on_event is not None:
-            self.on_event(kind, "journal", severity, result or step, int(cursor.lastrowid or 0))
+            kind = f"action.{self._kinds.get(action_id, 'unknown')}.{step}"
+            self.on_event(kind, "journal", severity, result or step, event_id)
 
     def action(self, action_id: int) -> ActionRecord | None:
         rows = self.query("SELECT * FROM actions WHERE id = ?", (action_id,))
-        return _action(rows[0]) if rows else None
+        return self._action(rows[0]) if rows else None
 
     def actions(self, *, kind: str | None = None, statuses: tuple[str, ...] = (),
                 since_ts: float | None = None, limit: int = 100) -> list[ActionRecord]:
@@ -348,7 +512,12 @@ class StateStore:
                                 ("created_at >= ?", since_ts)])
         rows = self.query(f"SELECT * FROM actions WHERE {where} ORDER BY id DESC LIMIT ?",
                           (*params, limit))
-        return [_action(row) for row in rows]
+        return [self._action(row) for row in rows]
+
+    def _action(self, row: sqlite3.Row) -> ActionRecord:
+        record = _action(row)
+        self._kinds[record.id] = record.kind
+        return record
 
     def open_actions(self, kind: str | None = None) -> list[ActionRecord]:
         """Actions that were started and never finished: what a restart must resolve."""
@@ -358,10 +527,11 @@ class StateStore:
     def upsert_release(self, fingerprint: str, *, release: dict[str, Any], first_seen: float,
                        compose_file: str = "") -> ReleaseRecord:
         """Remember a release the first time it is seen; return its (possibly older) record."""
-        self.execute("INSERT INTO releases (fingerprint, first_seen, services, working_dir, "
-                     "compose_file) VALUES (?, ?, ?, ?, ?) ON CONFLICT(fingerprint) DO NOTHING",
-                     (fingerprint, first_seen, _dumps(release),
-                      str(release.get("working_dir", "")), compose_file))
+        row = (fingerprint, first_seen, _dumps(release), str(release.get("working_dir", "")),
+               compose_file)
+        self._write(lambda conn: conn.execute(
+            "INSERT INTO releases (fingerprint, first_seen, services, working_dir, compose_file) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(fingerprint) DO NOTHING", row), queue=False)
         record = self.release(fingerprint)
         if record is None:
             raise StateError(f"release {fingerprint[:12]} vanished from the state store")
@@ -374,11 +544,11 @@ class StateStore:
     def mark_known_good(self, fingerprint: str, *, at: float, alembic_revision: str | None,
                         compose_file: str, compose_snapshot: bytes | None,
                         env_snapshot: bytes | None, extra: dict[str, Any] | None = None) -> None:
-        self.execute("UPDATE releases SET known_good_at = ?, alembic_revision = ?, "
-                     "compose_file = ?, compose_snapshot = ?, env_snapshot = ?, extra = ? "
-                     "WHERE fingerprint = ?", (at, alembic_revision, compose_file,
-                                               compose_snapshot, env_snapshot,
-                                               _dumps(extra or {}), fingerprint))
+        row = (at, alembic_revision, compose_file, compose_snapshot, env_snapshot,
+               _dumps(extra or {}), fingerprint)
+        self._write(lambda conn: conn.execute(
+            "UPDATE releases SET known_good_at = ?, alembic_revision = ?, compose_file = ?, "
+            "compose_snapshot = ?, env_snapshot = ?, extra = ? WHERE fingerprint = ?", row))
 
     def known_good_releases(self, limit: int = 10) -> list[ReleaseRecord]:
         """Known-good releases, newest known-good first."""
@@ -387,12 +557,13 @@ class StateStore:
         return [_release(row) for row in rows]
 
     def mark_release_failed_verification(self, fingerprint: str, at: float) -> None:
-        self.execute("UPDATE releases SET failed_verification_at = ? WHERE fingerprint = ?",
-                     (at, fingerprint))
+        self._write(lambda conn: conn.execute(
+            "UPDATE releases SET failed_verification_at = ? WHERE fingerprint = ?",
+            (at, fingerprint)))
 
     def set_release_pinned(self, fingerprint: str, pinned: bool) -> None:
-        self.execute("UPDATE releases SET pinned = ? WHERE fingerprint = ?",
-                     (int(pinned), fingerprint))
+        self._write(lambda conn: conn.execute(
+            "UPDATE releases SET pinned = ? WHERE fingerprint = ?", (int(pinned), fingerprint)))
 
     def pinned_releases(self) -> list[ReleaseRecord]:
         return [_release(r) for r in self.query("SELECT * FROM releases WHERE pinned = 1")]
@@ -403,15 +574,14 @@ class StateStore:
                               backend: str = "", pg_version: str = "", alembic_revision: str = "",
                               duration_seconds: float = 0.0, rto_exceeded: bool = False,
                               details: dict[str, Any] | None = None) -> int:
-        cursor = self.execute(
+        """Record a restore test's result; its id, or 0 when it is queued."""
+        row = (started_at, finished_at, dump_name, dump_size, int(passed), stage, message,
+               backend, pg_version, alembic_revision, duration_seconds, int(rto_exceeded),
+               _dumps(details or {}))
+        return int(self._write(lambda conn: conn.execute(
             "INSERT INTO restore_results (started_at, finished_at, dump_name, dump_size, passed, "
             "stage, message, backend, pg_version, alembic_revision, duration_seconds, rto_exceeded,"
-            " details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (started_at, finished_at, dump_name, dump_size, int(passed), stage, message, backend,
-             pg_version, alembic_revision, duration_seconds, int(rto_exceeded),
-             _dumps(details or {})),
-        )
-        return int(cursor.lastrowid or 0)
+            " details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row).lastrowid) or 0)
 
     def restore_results(self, *, dump_name: str | None = None, limit: int = 20
                         ) -> list[dict[str, Any]]:
@@ -450,8 +620,8 @@ class StateStore:
         return cursor.rowcount == 1
 
     def link_approval(self, token_hash: str, action_id: int) -> None:
-        self.execute("UPDATE approvals SET action_id = ? WHERE token_hash = ?",
-                     (action_id, token_hash))
+        self._write(lambda conn: conn.execute(
+            "UPDATE approvals SET action_id = ? WHERE token_hash = ?", (action_id, token_hash)))
 
     def approvals(self, *, since_ts: float | None = None, limit: int = 100
                   ) -> list[dict[str, Any]]:
@@ -462,9 +632,10 @@ class StateStore:
 
     # -- audit -----------------------------------------------------------------------------
     def audit(self, *, uid: int, user: str, command: str, outcome: str, detail: str = "") -> None:
-        self.execute("INSERT INTO audit (ts, uid, user, command, outcome, detail) "
-                     "VALUES (?, ?, ?, ?, ?, ?)",
-                     (self.clock(), uid, user, command, outcome, detail))
+        row = (self.clock(), uid, user, command, outcome, detail)
+        self._write(lambda conn: conn.execute(
+            "INSERT INTO audit (ts, uid, user, command, outcome, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?)", row))
 
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         return [dict(r) for r in self.query("SELECT * FROM audit ORDER BY id DESC LIMIT ?",
@@ -476,6 +647,18 @@ class StateStore:
 def _enable_wal(conn: sqlite3.Connection) -> None:
     """Switch to WAL; SQLite answers "locked" without waiting while another opener switches."""
     conn.execute("PRAGMA journal_mode=WAL")
+
+
+def _set_busy_timeout(conn: sqlite3.Connection, seconds: float) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
+
+def _transient_reason(exc: sqlite3.OperationalError) -> str | None:
+    """``locked``, ``full`` or ``io`` for a failure that may pass; None for anything else."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return None
+    return _TRANSIENT.get(code & 0xFF)
 
 
 def _where(conditions: list[tuple[str, Any]]) -> tuple[str, list[Any]]:

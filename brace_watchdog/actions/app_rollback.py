@@ -37,7 +37,7 @@ from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.component import Component
 from brace_watchdog.config import Config
-from brace_watchdog.errors import AdapterError, RefusedError
+from brace_watchdog.errors import AdapterError, RefusedError, StateUnavailableError
 from brace_watchdog.monitors.policy import WindowVerdict, assess_window
 from brace_watchdog.releases import Release, ReleaseObservation
 from brace_watchdog.runtime import Hub
@@ -171,6 +171,9 @@ class AppRollback(Component):
                 await self._start(self._request(decision, inp, origin="automatic"))
             except RefusedError:
                 self._episode = None  # another action took the lock meanwhile: decide again
+            except StateUnavailableError:
+                self._episode = None  # not started: decide again once the store is writable
+                raise
             return
         self.hub.record("rollback.decision", self.name, decision.message,
                         evidence={"reason": decision.reason, **decision.evidence},
@@ -217,8 +220,10 @@ class AppRollback(Component):
             plan = await self._build_plan()
             if self.hub.config.daemon.dry_run:
                 return self._dry_run(plan, request)
+            run = self._run()
+            action_id = run.begin(plan, request)  # journalled before anything runs, or refused
             task = self._task = asyncio.create_task(
-                self._run().execute(plan, request, progress), name="rollback:execute")
+                run.execute(plan, request, action_id, progress), name="rollback:execute")
             return None
         finally:
             if task is None:

@@ -126,11 +126,11 @@ class RollbackRun:
         self._monotonic = monotonic
 
     # -- one rollback ----------------------------------------------------------------------
-    async def execute(self, plan: RollbackPlan, request: RollbackRequest,
+    async def execute(self, plan: RollbackPlan, request: RollbackRequest, action_id: int,
                       progress: Progress | None = None) -> RollbackVerdict:
-        """Journal, run the steps, verify; the verdict says how it ended."""
+        """Run the steps of the action :meth:`begin` journalled, verify; the verdict says how
+        it ended."""
         say = progress or _silent
-        action_id = self._begin(plan, request)
         async with self._heartbeat():
             await self._notify("rollback.started", action_id, request.reason,
                                journal_data(plan, request), logs=True)
@@ -149,7 +149,8 @@ class RollbackRun:
         await say("succeeded", verdict.message)
         return verdict
 
-    def _begin(self, plan: RollbackPlan, request: RollbackRequest) -> int:
+    def begin(self, plan: RollbackPlan, request: RollbackRequest) -> int:
+        """Journal the action; raises StateUnavailableError (nothing done) when the store is."""
         started = self.hub.clock()
         action_id = self.hub.store.begin_action(
             "rollback", origin=request.origin, plan=journal_data(plan, request),

@@ -12,6 +12,7 @@ with the same compose the daemon rolls back with.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.errors import RefusedError
 from brace_watchdog.observations import FiringAlert
 from brace_watchdog.state import StateStore
+from tests.support.faults import hold_write_lock
 from tests.support.pg import PgCluster
 from tests.support.stack import (
     APP_SERVICES,
@@ -373,3 +375,23 @@ async def test_a_named_alert_alone_triggers_the_rollback(stack: Stack, tmp_path:
         assert action.plan["target"]["fingerprint"] == good
         begin = h.events("rollback.started")[0]
         assert begin.evidence["decision"]["firing_alerts"] == ["BraceBackendErrors"]
+
+
+async def test_a_rollback_decided_while_the_state_file_is_locked_starts_once_it_is_free(
+        stack: Stack, tmp_path: Path) -> None:
+    """A rollback must be journalled before it runs: while another process holds the state file
+    it does not start (no unjournalled action), and it is not forgotten either."""
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        await known_good(h)
+        stack.deploy("v2")
+        await h.wait_event("deploy")
+        with hold_write_lock(tmp_path / "state.db"):
+            deadline = time.monotonic() + 30
+            while not h.unavailable:  # the window fills, the policy decides, the journal refuses
+                assert time.monotonic() < deadline, "the rollback cycle never met the lock"
+                assert stack.running_images()["backend"] == stack.images["v2"]
+                await asyncio.sleep(0.2)
+        await h.wait_event("rollback.succeeded", timeout=40)
+        assert len(h.store.actions(kind="rollback")) == 1
+        assert "unavailable (database is locked)" in str(h.unavailable[0])

@@ -24,10 +24,10 @@ BIN = Path(sys.executable).with_name("brace-watchdog")
 
 
 def write_config(path: Path, *, health_url: str, metrics_port: int, interval: float = 0.2,
-                 extra: str = "") -> None:
+                 extra: str = "", state_path: str = "state.db") -> None:
     path.write_text(f"""
 [daemon]
-state_path = "state.db"
+state_path = "{state_path}"
 [metrics]
 listen = "127.0.0.1:{metrics_port}"
 [health]
@@ -45,13 +45,16 @@ enabled = false
 
 
 class Daemon:
-    def __init__(self, tmp_path: Path, server: SwitchableServer) -> None:
+    def __init__(self, tmp_path: Path, server: SwitchableServer, *,
+                 state_path: str = "state.db") -> None:
         self.dir = tmp_path
         (tmp_path / "backups").mkdir()
         self.config = tmp_path / "brace-watchdog.toml"
         self.metrics_port = free_port()
         self.health_url = server.url()
-        write_config(self.config, health_url=self.health_url, metrics_port=self.metrics_port)
+        self.state_path = tmp_path / state_path
+        write_config(self.config, health_url=self.health_url, metrics_port=self.metrics_port,
+                     state_path=state_path)
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(tmp_path / "notify.sock"))
         self.notify.settimeout(0.2)
@@ -75,6 +78,22 @@ class Daemon:
                 assert self.proc.poll() is None, self.output()
         raise AssertionError(f"no {prefix!r} within {timeout}s; got {self.messages}\n"
                              + self.output())
+
+    def drain(self, seconds: float) -> list[str]:
+        """Every notify message that arrives within ``seconds``; the daemon must stay up."""
+        deadline = time.monotonic() + seconds
+        got, self.messages = self.messages, []
+        while time.monotonic() < deadline:
+            try:
+                got.append(self.notify.recv(4096).decode())
+            except TimeoutError:
+                assert self.proc.poll() is None, self.output()
+        return got
+
+    def total(self, prefix: str) -> float:
+        """Sum of every sample whose line starts with ``prefix`` (e.g. a name and some labels)."""
+        return sum(float(line.rsplit(" ", 1)[1]) for line in self.scrape().splitlines()
+                   if line.startswith(prefix))
 
     def scrape(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"

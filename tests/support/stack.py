@@ -43,6 +43,7 @@ from brace_watchdog.actions.app_rollback import AppRollback
 from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.component import Component
 from brace_watchdog.config import Config, parse_config
+from brace_watchdog.errors import StateUnavailableError
 from brace_watchdog.metrics import Metrics
 from brace_watchdog.monitors.database import DatabaseMonitor
 from brace_watchdog.monitors.health import HealthMonitor
@@ -315,6 +316,7 @@ class Harness:
         if "database" in extra:
             self.components.insert(0, DatabaseMonitor(self.hub))
         self._tasks: list[asyncio.Task[None]] = []
+        self.unavailable: list[StateUnavailableError] = []
 
     async def __aenter__(self) -> Harness:
         for component in self.components:
@@ -336,7 +338,10 @@ class Harness:
 
     async def _drive(self, component: Component) -> None:
         while True:
-            await component.cycle()
+            try:
+                await component.cycle()
+            except StateUnavailableError as exc:  # the supervisor logs it and carries on too
+                self.unavailable.append(exc)
             self.hub.progress.beat(component.name)
             await asyncio.sleep(component.interval())
 
