@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.support.skips import skip_or_fail
+from tests.support.skips import skip_missing
 
 __all__ = ["fill_up", "hold_write_lock", "small_tmpfs"]
 
@@ -51,7 +51,7 @@ def hold_write_lock(state_path: Path) -> Iterator[subprocess.Popen[str]]:
 def small_tmpfs(path: Path, size: str = "1m") -> Iterator[Path]:
     """A tmpfs of ``size`` mounted at ``path`` (needs root), unmounted afterwards."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
-        skip_or_fail("mounting a small tmpfs needs root and mount(8)")
+        skip_missing("root and mount(8), to mount a small tmpfs")
     path.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
                    check=True)
