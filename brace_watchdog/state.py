@@ -142,6 +142,11 @@ _MIGRATIONS: list[str] = [
         detail TEXT NOT NULL DEFAULT ''
     );
     """,
+    # version 2: the release a rollback left (never rolled back automatically again)
+    """
+    ALTER TABLE releases ADD COLUMN rolled_back_at REAL;
+    ALTER TABLE releases ADD COLUMN rolled_back_by INTEGER
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -203,6 +208,8 @@ class ReleaseRecord:
     failed_verification_at: float | None
     pinned: bool
     extra: dict[str, Any]
+    rolled_back_at: float | None = None
+    rolled_back_by: int | None = None
 
 
 class StateStore:
@@ -561,6 +568,11 @@ class StateStore:
             "UPDATE releases SET failed_verification_at = ? WHERE fingerprint = ?",
             (at, fingerprint)))
 
+    def mark_release_rolled_back(self, fingerprint: str, *, at: float, action_id: int) -> None:
+        """Remember that rollback ``action_id`` left this release (kept across restarts)."""
+        self.execute("UPDATE releases SET rolled_back_at = ?, rolled_back_by = ? "
+                     "WHERE fingerprint = ?", (at, action_id, fingerprint))
+
     def set_release_pinned(self, fingerprint: str, pinned: bool) -> None:
         self._write(lambda conn: conn.execute(
             "UPDATE releases SET pinned = ? WHERE fingerprint = ?", (int(pinned), fingerprint)))
@@ -705,4 +717,5 @@ def _release(row: sqlite3.Row) -> ReleaseRecord:
         working_dir=row["working_dir"], alembic_revision=row["alembic_revision"],
         compose_file=row["compose_file"], compose_snapshot=row["compose_snapshot"],
         env_snapshot=row["env_snapshot"], failed_verification_at=row["failed_verification_at"],
-        pinned=bool(row["pinned"]), extra=json.loads(row["extra"]))
+        pinned=bool(row["pinned"]), extra=json.loads(row["extra"]),
+        rolled_back_at=row["rolled_back_at"], rolled_back_by=row["rolled_back_by"])

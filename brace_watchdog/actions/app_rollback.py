@@ -122,6 +122,7 @@ class AppRollback(Component):
         known_good = self._known_good()
         db = self.hub.observations.database
         current = self.tracker.running
+        current_record = self.hub.store.release(current.fingerprint) if current else None
         return PolicyInput(
             now=now, verdict=verdict,
             current_fingerprint=current.fingerprint if current else None,
@@ -135,7 +136,8 @@ class AppRollback(Component):
             last_deploy_at=self.tracker.deploy_at,
             rollback_times=tuple(a.created_at for a in self.hub.store.actions(
                 kind="rollback", since_ts=now - DAY)),
-            frozen=self.hub.frozen() is not None, manual=manual)
+            frozen=self.hub.frozen() is not None, manual=manual,
+            current_rolled_back_at=current_record.rolled_back_at if current_record else None)
 
     def _window_verdict(self, now: float) -> WindowVerdict:
         """The window per probe target (backend, frontend); a sustained one decides."""

@@ -13,8 +13,10 @@ Guards, in order (an operator's manual request skips those marked *auto*):
 3. *auto* frozen: automation is frozen until an operator resumes it;
 4. no current release / no known-good release / the running release *is* the known-good one;
 5. *auto* the known-good release already failed a rollback verification;
-6. schema guard: the Alembic revision moved (or is unknown) since the known-good release;
-7. *auto* cooldown after any rollback, and at most ``max_per_day`` rollbacks per 24 hours.
+6. *auto* the running release was rolled back before (a redeploy of a bad release): one attempt
+   per bad release, whatever the cooldown;
+7. schema guard: the Alembic revision moved (or is unknown) since the known-good release;
+8. *auto* cooldown after any rollback, and at most ``max_per_day`` rollbacks per 24 hours.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class PolicyInput:
     rollback_times: tuple[float, ...] = ()
     frozen: bool = False
     manual: bool = False
+    current_rolled_back_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,8 @@ class Decision:
 def decide(inp: PolicyInput, cfg: RollbackConfig) -> Decision:
     """Run the guards in order; the first that holds decides."""
     evidence = _evidence(inp)
-    for guard in (_trigger, _grace, _frozen, _releases, _failed_before, _schema, _rate):
+    for guard in (_trigger, _grace, _frozen, _releases, _failed_before, _rolled_back_before,
+                  _schema, _rate):
         decision = guard(inp, cfg, evidence)
         if decision is not None:
             return decision
@@ -126,6 +130,17 @@ def _failed_before(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) ->
     return Decision("escalate", "target_failed_before", "escalated: a rollback to release "
                     f"{_short(inp.known_good_fingerprint)} already failed verification; "
                     "no second automatic attempt", ev)
+
+
+def _rolled_back_before(inp: PolicyInput, cfg: RollbackConfig,
+                        ev: dict[str, Any]) -> Decision | None:
+    if inp.manual or inp.current_rolled_back_at is None:
+        return None
+    ago = inp.now - inp.current_rolled_back_at
+    return Decision("escalate", "rolled_back_before", f"escalated: release "
+                    f"{_short(inp.current_fingerprint)} was rolled back {ago:.0f}s ago and has "
+                    "been deployed again; a bad release is rolled back once, never "
+                    "automatically again — an operator must decide", ev)
 
 
 def _schema(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) -> Decision | None:

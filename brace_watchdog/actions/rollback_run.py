@@ -155,6 +155,9 @@ class RollbackRun:
         action_id = self.hub.store.begin_action(
             "rollback", origin=request.origin, plan=journal_data(plan, request),
             requester=request.requester)
+        if plan.current is not None:
+            self.hub.store.mark_release_rolled_back(plan.current.fingerprint, at=started,
+                                                    action_id=action_id)
         if request.first_failure_ts is not None:
             self.hub.metrics.rollback_time_to_action.set(started - request.first_failure_ts)
         self.hub.metrics.rollback_last.set(started)

@@ -15,7 +15,7 @@ from brace_watchdog.errors import StateError
 from brace_watchdog.metrics import Metrics
 from brace_watchdog.observations import Observations, ProbeSample
 from brace_watchdog.runtime import Hub
-from brace_watchdog.state import SCHEMA_VERSION, StateStore
+from brace_watchdog.state import _MIGRATIONS, SCHEMA_VERSION, StateStore
 
 
 def _open_and_write(path: str) -> None:
@@ -40,6 +40,25 @@ def test_history_survives_a_restart(tmp_path: Path) -> None:
     assert reopened.flag("automation_frozen") == {"reason": "test"}
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     reopened.close()
+
+
+def test_a_version_1_file_is_migrated_and_keeps_its_releases(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(_MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    conn.execute("INSERT INTO releases (fingerprint, first_seen, services) VALUES ('f1', 5, '{}')")
+    conn.commit()
+    conn.close()
+    store = StateStore(path).open()
+    assert store.schema_version == SCHEMA_VERSION
+    record = store.release("f1")
+    assert record is not None and record.rolled_back_at is None and record.first_seen == 5
+    store.mark_release_rolled_back("f1", at=42.0, action_id=7)
+    store.close()
+    again = StateStore(path).open()
+    record = again.release("f1")
+    assert record is not None and (record.rolled_back_at, record.rolled_back_by) == (42.0, 7)
+    again.close()
 
 
 def test_concurrent_first_opens_migrate_once(tmp_path: Path) -> None:

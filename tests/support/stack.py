@@ -348,10 +348,11 @@ class Harness:
     def events(self, *kinds: str) -> list[Event]:
         return self.store.events(kinds=kinds, limit=1000)
 
-    async def wait_event(self, kind: str, timeout: float = 30.0) -> Event:
+    async def wait_event(self, kind: str, timeout: float = 30.0, *, since_id: int = 0) -> Event:
+        """The first ``kind`` event (after event ``since_id``), waiting up to ``timeout``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = self.events(kind)
+            found = self.store.events(kinds=(kind,), since_id=since_id, limit=1000)
             if found:
                 return found[0]
             await asyncio.sleep(0.05)

@@ -87,6 +87,15 @@ def test_target_that_failed_verification_is_not_tried_again() -> None:
     assert (decision.action, decision.reason) == ("escalate", "target_failed_before")
 
 
+def test_a_redeployed_release_that_was_rolled_back_escalates_whatever_the_cooldown() -> None:
+    for times in ((), (NOW - 10 * DAY_SECONDS,)):
+        decision = decide(inp(current_rolled_back_at=NOW - 3 * DAY_SECONDS,
+                              rollback_times=times), CFG)
+        assert (decision.action, decision.reason) == ("escalate", "rolled_back_before")
+        assert "rolled back 259200s ago" in decision.message
+    assert decide(inp(current_rolled_back_at=NOW - 5, manual=True), CFG).acts
+
+
 def test_schema_untracked_is_ignored() -> None:
     assert decide(inp(known_good_revision="a", current_revision="b"), CFG).action == "rollback"
 
@@ -166,6 +175,9 @@ def test_manual_keeps_the_safety_guards(overrides: dict[str, Any], reason: str) 
     ({"current_fingerprint": "good" * 10, "known_good_failed_at": 1.0}, "known_good_running"),
     ({"known_good_failed_at": 1.0, "schema_tracked": True, "current_revision": "x"},
      "target_failed_before"),
+    ({"known_good_failed_at": 1.0, "current_rolled_back_at": 1.0}, "target_failed_before"),
+    ({"current_rolled_back_at": 1.0, "schema_tracked": True, "current_revision": "x",
+      "rollback_times": (NOW - 1,)}, "rolled_back_before"),
     ({"schema_tracked": True, "known_good_revision": "a", "current_revision": "b",
       "rollback_times": (NOW - 1,)}, "schema_moved"),
     ({"rollback_times": (NOW - 1, NOW - 2)}, "cooldown"),
