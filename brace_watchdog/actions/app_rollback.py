@@ -208,6 +208,7 @@ class AppRollback(Component):
                                           Path(known_good.compose_file or self.cfg.compose_file),
                                           target.working_dir)
         current = self.tracker.running
+        await self._compose.detect()  # the argv depends on the version (--pull never)
         return build_plan(self.cfg, target, current, snapshot=snapshot,
                           disk_matches_snapshot=on_disk == (snapshot.compose, snapshot.env),
                           snapshot_dir=self._snapshot_root / target.short, compose=self._compose)

@@ -1,10 +1,12 @@
 """How an app rollback is planned, carried out and verified — the steps, not the decision.
 
 * :func:`build_plan` (pure) turns the known-good release and the running one into a
-  :class:`RollbackPlan`: in ``retag`` mode the tags the compose file uses are pointed back at the
-  known-good image IDs, and when the config changed too the daemon's snapshot of the known-good
-  compose file (and ``.env``) is used with the original working dir and project; in
-  ``release_dir`` mode the compose command runs in the known-good release's own directory.
+  :class:`RollbackPlan`: the tags the known-good containers ran with are pointed back at the
+  known-good image IDs (in both modes: a tag is mutable, so compose must find exactly the
+  known-good image under it and never pull); in ``retag`` mode, when the config changed too, the
+  daemon's snapshot of the known-good compose file (and ``.env``) is used with the original
+  working dir and project; in ``release_dir`` mode the compose command runs in the known-good
+  release's own directory.
 * :class:`RollbackSteps` executes a plan through the docker and compose adapters.
 * :func:`verify_images` and :func:`verify_probes` prove the result: the containers really run the
   known-good image IDs, then N consecutive OK probes of the backend and the frontend.
@@ -114,24 +116,24 @@ def build_plan(cfg: RollbackConfig, target: Release, current: Release | None, *,
     use_snapshot = (snapshot is not None and snapshot.compose is not None
                     and not disk_matches_snapshot)
     services = tuple(cfg.services)
-    retags: tuple[tuple[str, str], ...] = ()
+    # In both modes the tags the known-good containers ran with are pointed back at their image
+    # IDs first: a release folder's compose file names mutable tags too, which may have moved.
+    retags = tuple(dict.fromkeys((s.image_ref, s.image_id) for s in target.services
+                                 if s.image_ref and not s.image_ref.startswith("sha256:")
+                                 and "@" not in s.image_ref))
     if cfg.mode == "release_dir":
         files = target.config_files or (str(cfg.compose_file),)
         up = UpPlan(files=tuple(files), project=cfg.project, services=services,
                     cwd=target.working_dir or str(Path(files[0]).parent))
+    elif use_snapshot and snapshot is not None:
+        env_file = str(snapshot_dir / ".env") if snapshot.env is not None else ""
+        workdir = target.working_dir or str(cfg.compose_file.parent)
+        up = UpPlan(files=(str(snapshot_dir / snapshot.compose_name),), project=cfg.project,
+                    services=services, cwd=workdir, project_directory=workdir,
+                    env_file=env_file)
     else:
-        retags = tuple((s.image_ref, s.image_id) for s in target.services
-                       if s.image_ref and not s.image_ref.startswith("sha256:")
-                       and "@" not in s.image_ref)
-        if use_snapshot and snapshot is not None:
-            env_file = str(snapshot_dir / ".env") if snapshot.env is not None else ""
-            workdir = target.working_dir or str(cfg.compose_file.parent)
-            up = UpPlan(files=(str(snapshot_dir / snapshot.compose_name),), project=cfg.project,
-                        services=services, cwd=workdir, project_directory=workdir,
-                        env_file=env_file)
-        else:
-            up = UpPlan(files=(str(cfg.compose_file),), project=cfg.project, services=services,
-                        cwd=str(cfg.compose_file.parent))
+        up = UpPlan(files=(str(cfg.compose_file),), project=cfg.project, services=services,
+                    cwd=str(cfg.compose_file.parent))
     return RollbackPlan(mode=cfg.mode, target=target, current=current, retags=retags,
                         config_changed=changed, use_snapshot=use_snapshot and cfg.mode == "retag",
                         snapshot_dir=str(snapshot_dir), up=up,

@@ -1,8 +1,11 @@
-"""The compose CLI adapter: ``<compose_command> … up -d --no-build --no-deps SERVICES``.
+"""The compose CLI adapter: ``<compose_command> … up -d --no-build [--pull never] --no-deps …``.
 
-Works with both ``docker compose`` (v2 plugin) and ``docker-compose`` (1.29): the argv prefix comes
-from ``[rollback] compose_command`` and only options both understand are used (``-f``, ``-p``,
-``--project-directory``, ``--env-file``). Every run goes through
+Works with both ``docker compose`` (the v2+ plugin; tested with v5) and ``docker-compose`` (1.29):
+the argv prefix comes from ``[rollback] compose_command``. A rollback never builds and never
+pulls: ``--no-build`` always, and ``--pull never`` where the compose version has it (v2.8+, learnt
+once from ``version --short`` by :meth:`ComposeCLI.detect`). 1.29 has no ``--pull``; it pulls only
+an image that is missing, and the rollback makes sure none is (it points every tag at a present
+known-good image first). Every run goes through
 :func:`~brace_watchdog.adapters.process.run_command` — argv list, timeout, output captured — and
 a failure is a :class:`~brace_watchdog.errors.CommandError` carrying the output's tail.
 """
@@ -15,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from brace_watchdog.adapters.process import CommandResult, run_command
+from brace_watchdog.errors import AdapterError
 
-__all__ = ["ComposeCLI", "UpPlan"]
+__all__ = ["ComposeCLI", "UpPlan", "has_pull_option"]
+
+PULL_SINCE = (2, 8)  # ``up --pull never`` exists from compose v2.8 on
 
 Runner = Callable[..., Awaitable[CommandResult]]
 
@@ -38,14 +44,41 @@ class UpPlan:
                 "project_directory": self.project_directory, "env_file": self.env_file}
 
 
+def has_pull_option(version: str) -> bool:
+    """Whether compose ``version`` (``1.29.2``, ``v2.27.0``, ``5.6.1``) has ``up --pull``."""
+    numbers: list[int] = []
+    for part in version.strip().lstrip("v").split(".")[:2]:
+        digits = "".join(c for c in part if c.isdigit())
+        if not digits:
+            return False
+        numbers.append(int(digits))
+    return tuple(numbers) >= PULL_SINCE
+
+
 class ComposeCLI:
     """Runs the compose CLI given as an argv prefix (``["docker", "compose"]``)."""
 
     def __init__(self, command: Sequence[str], *, timeout: float,
-                 runner: Runner = run_command) -> None:
+                 runner: Runner = run_command, version: str | None = None) -> None:
         self.command = tuple(command)
         self.timeout = timeout
         self._run = runner
+        self.version = version
+
+    async def detect(self) -> str:
+        """The compose version (asked once; ``""`` while it cannot be learnt, asked again)."""
+        if self.version is None:
+            try:
+                result = await self._run([*self.command, "version", "--short"],
+                                         timeout=min(self.timeout, 30.0))
+            except AdapterError:
+                return ""
+            self.version = result.stdout.strip()
+        return self.version
+
+    @property
+    def pull_never(self) -> bool:
+        return has_pull_option(self.version or "")
 
     def up_argv(self, plan: UpPlan) -> list[str]:
         argv = list(self.command)
@@ -56,7 +89,8 @@ class ComposeCLI:
             argv += ["--project-directory", plan.project_directory]
         if plan.env_file:
             argv += ["--env-file", plan.env_file]
-        return [*argv, "up", "-d", "--no-build", "--no-deps", *plan.services]
+        pull = ["--pull", "never"] if self.pull_never else []
+        return [*argv, "up", "-d", "--no-build", *pull, "--no-deps", *plan.services]
 
     async def up(self, plan: UpPlan) -> CommandResult:
         """Recreate ``plan.services`` from the given files; CommandError on failure."""

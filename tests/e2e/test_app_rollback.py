@@ -27,6 +27,7 @@ from tests.support.stack import (
     APP_SERVICES,
     BOTH_COMPOSES,
     COMPOSE_V1,
+    COMPOSE_V2,
     Harness,
     Stack,
     daemon_event,
@@ -93,6 +94,7 @@ async def test_bad_image_deploy_is_rolled_back_and_verified(stack: Stack, tmp_pa
         assert compose.evidence["argv"][:len(stack.compose_command)] == list(
             stack.compose_command)
         assert "--no-deps" in compose.evidence["argv"]
+        assert_never_builds_or_pulls(stack, compose.evidence["argv"])
         assert compose.evidence["argv"][-4:] == list(APP_SERVICES)
         assert [e for e, _ in h.notifier.sent][:2] == ["rollback.started", "rollback.succeeded"]
         assert "v2 GET /api/health -> 500" in h.notifier.sent[0][1]["logs"]["backend"]
@@ -332,14 +334,25 @@ async def test_release_dir_mode_redeploys_the_known_good_folder(stack: Stack,
     config = rollback_config(stack, tmp_path, mode="release_dir")
     async with Harness(config) as h:
         await known_good(h)
+        # tags are mutable: the pipeline re-pointed the good folder's backend tag at v2 too
+        stack.client.images.get(stack.images["v2"]).tag(f"{stack.project}/backend", "r1")
         stack.deploy("v2", release_dir="r2")  # the pipeline's new folder and tags
         done = await h.wait_event("rollback.succeeded", timeout=40)
         action = h.store.actions(kind="rollback")[0]
         assert action.plan["up"]["cwd"] == str(good_dir)
         assert action.plan["up"]["files"] == [str(good_dir / "docker-compose.yml")]
-        assert action.plan["retags"] == []
-        assert stack.running_images()["backend"] == stack.images["v1"]
+        assert {"tag": f"{stack.project}/backend:r1",
+                "image_id": stack.images["v1"]} in action.plan["retags"]
+        assert stack.running_images() == stack.all_on("v1")
         assert "verified" in done.message
+        assert_never_builds_or_pulls(stack, action.plan["argv"])
+
+
+def assert_never_builds_or_pulls(stack: Stack, argv: list[str]) -> None:
+    """``--no-build`` always; ``--pull never`` where the compose has it (v2.8+, so v5)."""
+    assert "--no-build" in argv
+    pull = argv[argv.index("--pull"):argv.index("--pull") + 2] if "--pull" in argv else []
+    assert pull == (["--pull", "never"] if stack.compose_command == COMPOSE_V2 else [])
 
 
 async def test_pins_of_releases_no_longer_needed_are_released(stack: Stack,

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from brace_watchdog.actions.rollback_steps import RollbackPlan, Snapshot, build_plan, split_ref
-from brace_watchdog.adapters.compose import ComposeCLI, UpPlan
+from brace_watchdog.adapters.compose import ComposeCLI, UpPlan, has_pull_option
+from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.config import RollbackConfig
+from brace_watchdog.errors import CommandError
 from brace_watchdog.releases import Release, ServiceRelease
 
 CFG = RollbackConfig(enabled=True, compose_command=("docker", "compose"),
@@ -67,9 +69,12 @@ def test_no_snapshot_kept_falls_back_to_the_file_on_disk() -> None:
     assert not p.use_snapshot and p.up.files == (str(CFG.compose_file),)
 
 
-def test_release_dir_mode_runs_in_the_known_good_directory_without_retagging() -> None:
+def test_release_dir_mode_runs_in_the_known_good_directory_with_its_tags_pinned_back() -> None:
     p = plan(cfg=replace(CFG, mode="release_dir"), disk_matches_snapshot=False)
-    assert p.retags == () and not p.use_snapshot
+    # the release folder's compose file names mutable tags: they are pointed back first
+    assert p.retags == (("registry:5000/brace/backend:prod", "sha256:good"),
+                        ("brace/frontend", "sha256:front"))
+    assert not p.use_snapshot
     assert p.up.cwd == "/srv/brace/infra"
     assert p.up.files == ("/srv/brace/infra/docker-compose.prod.yml",)
 
@@ -106,3 +111,38 @@ def test_the_journalled_plan_reads_back_as_the_same_plan(kwargs: dict[str, objec
     p = plan(**kwargs)
     again = RollbackPlan.from_dict(json.loads(json.dumps(p.to_dict())))
     assert again == p and again.expected_images == p.expected_images
+
+
+@pytest.mark.parametrize(("version", "pull"), [
+    ("1.29.2", False), ("v2.7.9", False), ("2.8.0", True), ("v2.27.1", True),
+    ("5.6.1", True), ("", False), ("garbage", False), ("2", False), ("10.0.0-rc1", True),
+])
+def test_pull_option_by_compose_version(version: str, pull: bool) -> None:
+    assert has_pull_option(version) is pull
+
+
+async def test_compose_v2_and_later_never_pull_and_1_29_is_told_nothing_it_lacks() -> None:
+    calls: list[list[str]] = []
+
+    def runner_for(version: str):  # type: ignore[no-untyped-def]
+        async def run(argv: list[str], **_: object) -> CommandResult:
+            calls.append(list(argv))
+            return CommandResult(tuple(argv), 0, version + "\n", "", 0.0)
+        return run
+
+    up = UpPlan(files=("a.yml",), project="p", services=("x",), cwd="/")
+    v5 = ComposeCLI(["docker", "compose"], timeout=1, runner=runner_for("5.6.1"))
+    assert await v5.detect() == "5.6.1" and await v5.detect() == "5.6.1"
+    assert calls == [["docker", "compose", "version", "--short"]]  # asked once
+    assert v5.up_argv(up)[-5:] == ["--no-build", "--pull", "never", "--no-deps", "x"]
+    v1 = ComposeCLI(["docker-compose"], timeout=1, runner=runner_for("1.29.2"))
+    await v1.detect()
+    assert "--pull" not in v1.up_argv(up) and "--no-build" in v1.up_argv(up)
+
+
+async def test_an_unknown_compose_version_is_asked_again() -> None:
+    async def fails(argv: list[str], **_: object) -> CommandResult:
+        raise CommandError("cannot run docker: No such file", argv=list(argv))
+
+    cli = ComposeCLI(["docker", "compose"], timeout=1, runner=fails)
+    assert await cli.detect() == "" and cli.version is None and not cli.pull_never
