@@ -139,6 +139,13 @@ class Metrics:
     def _alerts(self) -> None:
         self.alertmanager_up = self._g(
             "brace_alertmanager_up", "1 when the last Alertmanager poll succeeded.")
+        self.alerts_stale = self._g(
+            "brace_alerts_stale",
+            "1 while the known alerts are stale (Alertmanager down or not polled); stale alerts "
+            "never trigger actions.")
+        self.alertmanager_last_success = self._g(
+            "brace_alertmanager_last_success_timestamp_seconds",
+            "Unix time of the last successful Alertmanager poll.")
         self.alerts_firing = self._g(
             "brace_alerts_firing", "Active, unsilenced alerts matching the configured matchers.",
             ("alertname", "severity"))

@@ -20,6 +20,8 @@ __all__ = [
     "Observations",
     "ProbeResult",
     "ProbeSample",
+    "alerts_fresh",
+    "alerts_stale_after",
 ]
 
 ProbeResult = Literal["ok", "http_4xx", "http_5xx", "timeout", "connection_error"]
@@ -100,6 +102,18 @@ class FiringAlert:
     starts_at: str = ""
 
 
+def alerts_stale_after(interval_seconds: float, timeout_seconds: float) -> float:
+    """How old the last successful Alertmanager poll may be: two polls missed, one timing out."""
+    return 2 * interval_seconds + timeout_seconds
+
+
+def alerts_fresh(up: bool | None, fetched_at: float | None, now: float,
+                 stale_after: float) -> bool:
+    """Alerts are current only while the last poll succeeded and is at most ``stale_after`` old;
+    when Alertmanager is down, or the alerts monitor stopped polling, they are stale."""
+    return up is True and fetched_at is not None and now - fetched_at <= stale_after
+
+
 @dataclass
 class Observations:
     """The latest view of the world, shared by components inside one event loop."""
@@ -110,6 +124,17 @@ class Observations:
     database: DatabaseStatus | None = None
     alerts: tuple[FiringAlert, ...] = ()
     alertmanager_up: bool | None = None
+    alerts_fetched_at: float | None = None
+
+    def publish_alerts(self, alerts: tuple[FiringAlert, ...], at: float) -> None:
+        """A successful Alertmanager poll at ``at`` found ``alerts`` firing."""
+        self.alerts, self.alerts_fetched_at, self.alertmanager_up = alerts, at, True
+
+    def current_alerts(self, now: float, stale_after: float) -> tuple[FiringAlert, ...]:
+        """The firing alerts, or none while they are stale (:func:`alerts_fresh`): stale alerts
+        are shown (``brace_alerts_firing``) but never trigger anything."""
+        fresh = alerts_fresh(self.alertmanager_up, self.alerts_fetched_at, now, stale_after)
+        return self.alerts if fresh else ()
 
     def resize(self, window_size: int) -> None:
         """Adopt a new window size, keeping the newest samples of every target."""

@@ -39,6 +39,7 @@ from brace_watchdog.component import Component
 from brace_watchdog.config import Config
 from brace_watchdog.errors import AdapterError, RefusedError, StateUnavailableError
 from brace_watchdog.monitors.policy import WindowVerdict, assess_window
+from brace_watchdog.observations import alerts_stale_after
 from brace_watchdog.releases import Release, ReleaseObservation
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import ReleaseRecord
@@ -117,7 +118,6 @@ class AppRollback(Component):
 
     # -- deciding --------------------------------------------------------------------------
     def _policy_input(self, now: float, *, manual: bool) -> PolicyInput:
-        cfg = self.cfg
         verdict = self._window_verdict(now)
         known_good = self._known_good()
         db = self.hub.observations.database
@@ -127,8 +127,7 @@ class AppRollback(Component):
             now=now, verdict=verdict,
             current_fingerprint=current.fingerprint if current else None,
             known_good_fingerprint=known_good.fingerprint if known_good else None,
-            firing_alerts=tuple(a.name for a in self.hub.observations.alerts
-                                if a.name in cfg.trigger_alerts),
+            firing_alerts=self._trigger_alerts(now),
             known_good_failed_at=known_good.failed_verification_at if known_good else None,
             schema_tracked=self.hub.config.database.enabled,
             known_good_revision=known_good.alembic_revision if known_good else None,
@@ -138,6 +137,13 @@ class AppRollback(Component):
                 kind="rollback", since_ts=now - DAY)),
             frozen=self.hub.frozen() is not None, manual=manual,
             current_rolled_back_at=current_record.rolled_back_at if current_record else None)
+
+    def _trigger_alerts(self, now: float) -> tuple[str, ...]:
+        """Configured trigger alerts firing now; stale ones (Alertmanager down) never count."""
+        alerts = self.hub.config.alerts
+        current = self.hub.observations.current_alerts(
+            now, alerts_stale_after(alerts.interval_seconds, alerts.timeout_seconds))
+        return tuple(a.name for a in current if a.name in self.cfg.trigger_alerts)
 
     def _window_verdict(self, now: float) -> WindowVerdict:
         """The window per probe target (backend, frontend); a sustained one decides."""

@@ -11,7 +11,10 @@ with one ``filter=`` parameter per ``[alerts] matchers`` entry, through one reus
 ``brace_alertmanager_up``, and records events on transitions only: ``alert.firing``,
 ``alert.resolved``, ``alertmanager.down``, ``alertmanager.up``. An unreachable or misbehaving
 Alertmanager is a metric, an event and a status line, never a crash; the last known alerts stay
-in ``hub.observations.alerts`` while ``alertmanager_up`` is False (consumers must check it).
+in ``hub.observations.alerts`` but are *stale* (``brace_alerts_stale``, computed at scrape time)
+once a poll failed or none succeeded for :func:`~brace_watchdog.observations.alerts_stale_after`;
+consumers read :meth:`~brace_watchdog.observations.Observations.current_alerts`, which gives
+nothing while they are stale.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import httpx
 from brace_watchdog.component import Component
 from brace_watchdog.errors import HttpError
 from brace_watchdog.monitors.memory import MonitorMemory
-from brace_watchdog.observations import FiringAlert
+from brace_watchdog.observations import FiringAlert, alerts_fresh, alerts_stale_after
 from brace_watchdog.runtime import Hub
 
 __all__ = ["AlertsMonitor", "alert_key", "alerts_query", "parse_alerts"]
@@ -90,9 +93,20 @@ class AlertsMonitor(Component):
         self._client: httpx.AsyncClient | None = None
         self._series: set[tuple[str, str]] = set()
         self._state = MonitorMemory(hub.store, self.name)
+        hub.metrics.alerts_stale.set_function(self._stale)
 
     def interval(self) -> float:
         return self._hub.config.alerts.interval_seconds
+
+    def stale_after(self) -> float:
+        cfg = self._hub.config.alerts
+        return alerts_stale_after(cfg.interval_seconds, cfg.timeout_seconds)
+
+    def _stale(self) -> float:
+        obs = self._hub.observations
+        fresh = alerts_fresh(obs.alertmanager_up, obs.alerts_fetched_at, self._hub.clock(),
+                             self.stale_after())
+        return 0.0 if fresh else 1.0
 
     async def start(self) -> None:
         self._http()
@@ -161,13 +175,14 @@ class AlertsMonitor(Component):
 
     async def _reachable(self) -> None:
         self._hub.metrics.alertmanager_up.set(1)
-        self._hub.observations.alertmanager_up = True
         if self._state.get("up") is False:
             self._hub.record("alertmanager.up", self.name, "alertmanager is reachable again")
         self._state.update(up=True)
 
     def _publish(self, alerts: tuple[FiringAlert, ...]) -> None:
-        self._hub.observations.alerts = alerts
+        now = self._hub.clock()
+        self._hub.observations.publish_alerts(alerts, now)
+        self._hub.metrics.alertmanager_last_success.set(now)
         counts = Counter((a.name, a.severity) for a in alerts)
         gauge = self._hub.metrics.alerts_firing
         for name, severity in self._series - counts.keys():

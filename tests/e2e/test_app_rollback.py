@@ -379,10 +379,16 @@ async def test_a_named_alert_alone_triggers_the_rollback(stack: Stack, tmp_path:
         good = await known_good(h)
         stack.deploy("v1", {"RELEASE": "2"})  # healthy probes, but production alerts fire
         await h.wait_event("deploy")
-        h.hub.observations.alerts = (FiringAlert("SomethingElse", "warning"),)
-        await asyncio.sleep(1.5)
+        h.hub.observations.publish_alerts((FiringAlert("SomethingElse", "warning"),),
+                                          h.hub.clock())
+        await asyncio.sleep(0.75)
         assert h.store.actions(kind="rollback") == []
-        h.hub.observations.alerts = (FiringAlert("BraceBackendErrors", "critical"),)
+        stale = h.hub.clock() - 3600  # polled an hour ago: Alertmanager is down since then
+        h.hub.observations.publish_alerts((FiringAlert("BraceBackendErrors", "critical"),), stale)
+        await asyncio.sleep(0.75)
+        assert h.store.actions(kind="rollback") == []  # a stale trigger alert never acts
+        h.hub.observations.publish_alerts((FiringAlert("BraceBackendErrors", "critical"),),
+                                          h.hub.clock())
         await h.wait_event("rollback.succeeded", timeout=30)
         action = h.store.actions(kind="rollback")[0]
         assert action.plan["target"]["fingerprint"] == good

@@ -213,3 +213,38 @@ async def test_nothing_listening_is_unreachable() -> None:
     assert status.startswith("alertmanager unreachable: ")
     assert f"cannot connect to {hub.config.alerts.alertmanager_url}/api/v2/alerts" in status
     assert _up(hub) == 0
+
+
+async def test_alertmanager_down_makes_alerts_stale(alertmanager: Alertmanager) -> None:
+    """The last known alerts stay visible but are stale: they never reach a policy."""
+    now = [time.time()]
+    hub = _hub(alertmanager.url, interval_seconds=15)
+    hub.clock = lambda: now[0]
+    monitor = AlertsMonitor(hub)
+    stale_after = monitor.stale_after()
+    await monitor.start()
+    try:
+        alertmanager.post(alertname="BraceBackendErrors", severity="critical")
+        assert await monitor.cycle() == "1 firing: BraceBackendErrors"
+        assert _stale(hub) == 0
+        assert [a.name for a in hub.observations.current_alerts(now[0], stale_after)] == [
+            "BraceBackendErrors"]
+        now[0] += stale_after + 1  # the alerts monitor stopped polling (or hung)
+        assert _stale(hub) == 1
+        assert hub.observations.current_alerts(now[0], stale_after) == ()
+
+        assert await monitor.cycle() == "1 firing: BraceBackendErrors"
+        assert _stale(hub) == 0
+        alertmanager.stop()
+        assert (await monitor.cycle()).startswith("alertmanager unreachable: ")
+        assert _stale(hub) == 1  # at once, not only once the bound has passed
+        assert hub.observations.current_alerts(now[0], stale_after) == ()
+        assert _firing(hub, "BraceBackendErrors", "critical") == 1  # still shown, as known
+        assert hub.metrics.registry.get_sample_value(
+            "brace_alertmanager_last_success_timestamp_seconds") == now[0]
+    finally:
+        await monitor.stop()
+
+
+def _stale(hub: Hub) -> float | None:
+    return hub.metrics.registry.get_sample_value("brace_alerts_stale")
