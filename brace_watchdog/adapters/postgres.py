@@ -2,9 +2,10 @@
 
 Both backends sit behind :class:`ThrowawayServer`: ``start()`` (ready to accept connections),
 ``restore()``, ``list_toc()``, ``query()``, ``server_major()``, ``stop()`` (idempotent, always
-safe). The shared logic runs client tools (``pg_isready``, ``psql``, ``pg_restore``) through one
-abstract ``_exec``: on the host through :func:`~brace_watchdog.adapters.process.run_command` for
-the local cluster, and *inside* the container for docker so client and server versions match.
+safe). ``pg_restore`` runs through one abstract ``_exec``: on the host through
+:func:`~brace_watchdog.adapters.process.run_command` for the local cluster, and *inside* the
+container for docker so tool and server versions match. Readiness and SQL go over a kept libpq
+connection to ``127.0.0.1:port`` (:mod:`~brace_watchdog.adapters.pg_sessions`), no child process.
 
 - :class:`LocalServer`: ``initdb``/``pg_ctl`` in ``<tmp>/brace-restore-<pid>-XXXX`` on a free
   loopback port; as root the server runs as an unprivileged user (``runuser``).
@@ -41,8 +42,9 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from brace_watchdog.adapters.docker import DockerAdapter
+from brace_watchdog.adapters.pg_sessions import SqlSessions
 from brace_watchdog.adapters.process import CommandResult, run_command
-from brace_watchdog.errors import ActionError, CommandError, DockerError, PostgresError
+from brace_watchdog.errors import ActionError, CommandError, DockerError
 
 __all__ = [
     "CONTAINER_LABEL",
@@ -63,7 +65,6 @@ CONTAINER_LABEL = "brace-watchdog.restore-test"
 OWNER_LABEL = "brace-watchdog.owner-pid"
 RUN_LABEL = "brace-watchdog.run-id"
 SUPERUSER = "postgres"
-FIELD_SEPARATOR = "\x1f"
 THROWAWAY_SETTINGS: dict[str, str] = {
     "fsync": "off",
     "full_page_writes": "off",
@@ -118,8 +119,17 @@ class ThrowawayServer(ABC):
         self.ready_attempts = ready_attempts
         self.ready_wait = ready_wait
         self.command_timeout = command_timeout
-        self.port = 0
         self.password = secrets.token_urlsafe(18)
+        self.sql = SqlSessions(SUPERUSER, self.password)
+
+    @property
+    def port(self) -> int:
+        """The host port the server listens on (``127.0.0.1``); 0 before ``start``."""
+        return self.sql.port
+
+    @port.setter
+    def port(self, value: int) -> None:
+        self.sql.port = value
 
     # -- backend specifics ------------------------------------------------------------------
     @abstractmethod
@@ -136,7 +146,7 @@ class ThrowawayServer(ABC):
 
     @abstractmethod
     def _tool(self, name: str) -> str:
-        """Path or name of client tool ``name`` (psql, pg_restore, pg_isready)."""
+        """Path or name of client tool ``name`` (pg_restore, initdb, pg_ctl)."""
 
     @abstractmethod
     def _dump_path(self) -> str:
@@ -144,8 +154,8 @@ class ThrowawayServer(ABC):
 
     @abstractmethod
     async def _precheck(self) -> str | None:
-        """Before a pg_isready: raise ActionError('starting') when the server died; return a
-        reason when a cheap check already shows it is not ready (skipping the probe)."""
+        """Before a readiness probe: raise ActionError('starting') when the server died; return
+        a reason when a cheap check already shows it is not ready (skipping the probe)."""
 
     # -- shared logic -----------------------------------------------------------------------
     async def __aenter__(self) -> ThrowawayServer:
@@ -160,21 +170,16 @@ class ThrowawayServer(ABC):
         return ["-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER]
 
     async def wait_ready(self) -> None:
-        """Poll ``pg_isready`` with bounded retries; ActionError('starting') when it never is."""
+        """Poll the server with bounded retries (a connection and ``select 1``, kept for the
+        queries that follow); ActionError('starting') when it never answers."""
         last = ""
         try:
             async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(self.ready_attempts), wait=wait_fixed(self.ready_wait),
                     retry=retry_if_exception_type(_NotReady), reraise=True):
                 with attempt:
-                    reason = await self._precheck()
-                    if reason:
-                        last = reason
-                        raise _NotReady(reason)
-                    result = await self._exec([self._tool("pg_isready"), *self._conn(),
-                                               "-d", "postgres", "-t", "5"], time_limit=15)
-                    last = (result.stdout + result.stderr).strip()
-                    if result.returncode != 0:
+                    last = await self._precheck() or await self.sql.ping()
+                    if last:
                         raise _NotReady(last)
         except _NotReady:
             waited = self.ready_attempts * self.ready_wait
@@ -184,17 +189,10 @@ class ThrowawayServer(ABC):
 
     async def query(self, sql: str, *more: str, db: str = "postgres",
                     time_limit: float | None = None) -> list[list[str]]:
-        """Run SQL statements (one psql, in order, stopping at the first error); the rows of
-        all of them as text fields. PostgresError on failure."""
-        statements = [arg for text in (sql, *more) for arg in ("-c", text)]
-        result = await self._exec(
-            [self._tool("psql"), "-X", "-q", "-A", "-t", "-F", FIELD_SEPARATOR,
-             "-v", "ON_ERROR_STOP=1", *self._conn(), "-d", db, *statements],
-            time_limit=time_limit or self.command_timeout)
-        if result.returncode != 0:
-            raise PostgresError((result.stderr or result.stdout).strip()[-1000:]
-                                or f"psql exited {result.returncode}")
-        return [line.split(FIELD_SEPARATOR) for line in result.stdout.splitlines() if line]
+        """Run SQL statements (in order, stopping at the first error); the rows of all of them
+        as text fields, as psql prints them. PostgresError on failure."""
+        return await self.sql.query((sql, *more), db=db,
+                                    time_limit=time_limit or self.command_timeout)
 
     async def server_major(self, *, roles: Sequence[str] = ()) -> tuple[int, str]:
         """``(major, version text)`` of the running server, creating ``roles`` on the way
@@ -336,6 +334,7 @@ class LocalServer(ThrowawayServer):
                                           f"server log: {self._log_tail()}") from None
 
     async def stop(self) -> None:
+        await self.sql.close()
         workdir, self.workdir = self.workdir, None
         if workdir is None:
             return
@@ -478,6 +477,7 @@ class DockerServer(ThrowawayServer):
 
     async def stop(self) -> None:
         """Remove our container, also one whose creation failed half-way (found by run id)."""
+        await self.sql.close()
         creating, self._creating = self._creating, None
         if creating is not None and not creating.done():
             with contextlib.suppress(Exception):

@@ -206,6 +206,7 @@ async def test_orphans_of_dead_owner_are_removed(good_dump: Path) -> None:
     removed = await remove_local_orphans(alive=others_alive)
     assert server.workdir in removed and not server.workdir.exists()
     server.workdir = None
+    await server.sql.close()      # the dead owner's connection would have died with it
 
 
 def make_hub(config: Config) -> Hub:
