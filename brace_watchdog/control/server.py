@@ -385,7 +385,11 @@ def _bind(path: Path, group: str) -> socket.socket:
                          "choose a shorter [control] socket")
     gid = _group_id(group)
     _claim(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FatalError(f"cannot create the control socket's folder {path.parent}: "
+                         f"{exc.strerror}; fix [control] socket") from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))
@@ -416,6 +420,9 @@ def _claim(path: Path) -> None:
         mode = path.lstat().st_mode
     except FileNotFoundError:
         return
+    except OSError as exc:
+        raise FatalError(f"cannot use control socket path {path}: {exc.strerror}; fix "
+                         "[control] socket") from None
     if not stat.S_ISSOCK(mode):
         raise FatalError(f"{path} exists and is not a socket; move it away or fix "
                          "[control] socket")
