@@ -210,6 +210,7 @@ class DbRollbackConfig:
     step_timeout_seconds: float = 300.0
     health_attempts: int = 30
     health_wait_seconds: float = 2.0
+    prove_safety_dump: Literal["list", "restore"] = "list"
 
 
 @dataclass(frozen=True)
@@ -613,6 +614,8 @@ def _db_rollback(r: TableReader, base: Path) -> DbRollbackConfig:
         step_timeout_seconds=r.number("step_timeout_seconds", 300.0, above=0),
         health_attempts=r.integer("health_attempts", 30, minimum=1, maximum=10_000),
         health_wait_seconds=r.number("health_wait_seconds", 2.0, minimum=0),
+        prove_safety_dump=r.string("prove_safety_dump", "list",  # type: ignore[arg-type]
+                                   choices=("list", "restore")),
     )
     r.finish()
     return cfg

@@ -147,6 +147,11 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE releases ADD COLUMN rolled_back_at REAL;
     ALTER TABLE releases ADD COLUMN rolled_back_by INTEGER
     """,
+    # version 3: restore-test results are keyed by the dump's content, not its name
+    """
+    ALTER TABLE restore_results ADD COLUMN dump_sha256 TEXT NOT NULL DEFAULT '';
+    CREATE INDEX restore_results_sha256 ON restore_results(dump_sha256, finished_at);
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -509,6 +514,13 @@ class StateStore:
             kind = f"action.{self._kinds.get(action_id, 'unknown')}.{step}"
             self.on_event(kind, "journal", severity, result or step, event_id)
 
+    def last_journal_evidence(self, action_id: int) -> dict[str, Any]:
+        """The evidence of the newest journal entry of an action (``{}`` if none)."""
+        rows = self.query("SELECT evidence FROM events WHERE action_id = ? AND source = 'journal' "
+                          "ORDER BY id DESC LIMIT 1", (action_id,))
+        value = json.loads(rows[0]["evidence"]) if rows else {}
+        return value if isinstance(value, dict) else {}
+
     def action(self, action_id: int) -> ActionRecord | None:
         rows = self.query("SELECT * FROM actions WHERE id = ?", (action_id,))
         return self._action(rows[0]) if rows else None
@@ -582,23 +594,27 @@ class StateStore:
 
     # -- restore-test results --------------------------------------------------------------
     def record_restore_result(self, *, started_at: float, finished_at: float, dump_name: str,
-                              dump_size: int, passed: bool, stage: str = "", message: str = "",
+                              dump_size: int, passed: bool, dump_sha256: str = "",
+                              stage: str = "", message: str = "",
                               backend: str = "", pg_version: str = "", alembic_revision: str = "",
                               duration_seconds: float = 0.0, rto_exceeded: bool = False,
                               details: dict[str, Any] | None = None) -> int:
         """Record a restore test's result; its id, or 0 when it is queued."""
         row = (started_at, finished_at, dump_name, dump_size, int(passed), stage, message,
                backend, pg_version, alembic_revision, duration_seconds, int(rto_exceeded),
-               _dumps(details or {}))
+               _dumps(details or {}), dump_sha256)
         return int(self._write(lambda conn: conn.execute(
             "INSERT INTO restore_results (started_at, finished_at, dump_name, dump_size, passed, "
             "stage, message, backend, pg_version, alembic_revision, duration_seconds, rto_exceeded,"
-            " details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row).lastrowid) or 0)
+            " details, dump_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            row).lastrowid) or 0)
 
-    def restore_results(self, *, dump_name: str | None = None, limit: int = 20
-                        ) -> list[dict[str, Any]]:
-        where, params = ("WHERE dump_name = ?", (dump_name,)) if dump_name else ("", ())
-        rows = self.query(f"SELECT * FROM restore_results {where} ORDER BY id DESC LIMIT ?",
+    def restore_results(self, *, dump_name: str | None = None, dump_sha256: str | None = None,
+                        limit: int = 20) -> list[dict[str, Any]]:
+        """Newest first; ``dump_sha256`` selects the tests of exactly that content (what a DB
+        rollback's gate asks), ``dump_name`` those of a file name (for display)."""
+        where, params = _where([("dump_name = ?", dump_name), ("dump_sha256 = ?", dump_sha256)])
+        rows = self.query(f"SELECT * FROM restore_results WHERE {where} ORDER BY id DESC LIMIT ?",
                           (*params, limit))
         return [_restore_result(row) for row in rows]
 

@@ -11,8 +11,13 @@
   (default ``systemctl restart docker``), wait for the engine API (``docker_host``), verify the
   compose services run and ``[health] url`` answers.
 
-Files on the host are replaced atomically (temporary file in the same folder, mode and owner of
-the file it replaces, ``os.replace``).
+A plan binds the **content** of both files (sha256 of the current file and of the ``.bak``, in the
+token); at execute both are read again and a change since the plan is refused before anything
+happens. What is installed is exactly the approved ``.bak`` bytes (re-read and compared after a
+copy inside the container), so the diff shown at plan time is what gets applied. On the host the
+kept copy is created with ``O_EXCL|O_NOFOLLOW`` (a planted file or symlink makes the step fail,
+never redirects it) and the live file is replaced atomically (temporary file in the same folder
+made by ``mkstemp``, mode and owner of the file it replaces, ``os.replace``).
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ import asyncio
 import difflib
 import json
 import os
-import shutil
 import socket
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +55,11 @@ from brace_watchdog.errors import (
     PostgresError,
     RefusedError,
 )
+from brace_watchdog.files import create_exclusive, identify_bytes, read_nofollow
 from brace_watchdog.runtime import Hub
 
-__all__ = ["DockerDaemonRollback", "PgHbaRollback", "install_file", "keep_copy",
-           "preview_diff", "validate_daemon_json"]
+__all__ = ["DockerDaemonRollback", "FilePair", "PgHbaRollback", "check_binding",
+           "install_bytes", "keep_copy", "preview_diff", "validate_daemon_json"]
 
 DIFF_LINES = 40
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
@@ -84,21 +90,61 @@ def validate_daemon_json(text: str, name: str) -> dict[str, Any]:
     return value
 
 
-def keep_copy(path: Path, copy: Path) -> None:
-    """Copy ``path`` to ``copy`` with its mode, times and owner."""
-    shutil.copy2(path, copy)
-    info = path.stat()
-    os.chown(copy, info.st_uid, info.st_gid)
+@dataclass(frozen=True)
+class FilePair:
+    """The live file and its known-good ``.bak`` as read now (bytes, exactly)."""
+
+    current: bytes
+    backup: bytes
+    current_exists: bool = True
+
+    def binding(self) -> dict[str, str]:
+        """What a plan's token binds: the sha256 of both files."""
+        return {"current_sha256": identify_bytes(self.current).sha256,
+                "backup_sha256": identify_bytes(self.backup).sha256}
+
+    def diff(self, current_name: str, backup_name: str) -> list[str]:
+        return preview_diff(self.current.decode("utf-8", "replace"),
+                            self.backup.decode("utf-8", "replace"),
+                            current_name=current_name, backup_name=backup_name)
 
 
-def install_file(source: Path, path: Path) -> None:
-    """Replace ``path`` atomically with the content of ``source``, keeping ``path``'s mode and
-    owner (or ``source``'s when ``path`` does not exist)."""
-    info = (path if path.exists() else source).stat()
+def check_binding(found: FilePair, approved: dict[str, Any], *, current: Path,
+                  backup: Path) -> None:
+    """RefusedError unless ``found`` is the content the approval binds (pure)."""
+    now = found.binding()
+    for key, path in (("current_sha256", current), ("backup_sha256", backup)):
+        want = approved.get(key)
+        if not isinstance(want, str):
+            raise RefusedError("checking", "this approval does not bind the files' content (a "
+                               "token from an older daemon?); plan again")
+        if now[key] != want:
+            raise RefusedError("checking", f"{path} changed after the plan was made (approved "
+                               f"sha256 {want[:16]}…, now {now[key][:16]}…); nothing was "
+                               "changed: plan again and review the new diff")
+
+
+def keep_copy(data: bytes, like: Path, copy: Path) -> None:
+    """Write ``data`` (the live file's approved content) to the new file ``copy``
+    (O_EXCL|O_NOFOLLOW) with the mode, owner and times of ``like``."""
+    info = like.stat()
+    with create_exclusive(copy, 0o600) as out:
+        out.write(data)
+        out.flush()
+        os.fchown(out.fileno(), info.st_uid, info.st_gid)
+        os.fchmod(out.fileno(), info.st_mode & 0o7777)
+        os.fsync(out.fileno())
+    os.utime(copy, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+
+
+def install_bytes(data: bytes, path: Path, *, like: Path) -> None:
+    """Replace ``path`` atomically with ``data``, keeping ``path``'s mode and owner (or
+    ``like``'s when ``path`` does not exist)."""
+    info = (path if path.exists() else like).stat()
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(source.read_bytes())
+            out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(temp, info.st_mode & 0o7777)
@@ -108,17 +154,19 @@ def install_file(source: Path, path: Path) -> None:
         Path(temp).unlink(missing_ok=True)
 
 
-def _read_text(path: Path, what: str) -> str:
+def _read_bytes(path: Path, what: str) -> bytes:
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RefusedError("checking", f"{what} {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        data = read_nofollow(path)
+        data.decode("utf-8")
+    except RefusedError as exc:
+        raise RefusedError("checking", f"{what}: {exc.message}") from None
+    except UnicodeDecodeError as exc:
         raise RefusedError("checking", f"cannot read {what} {path}: {exc}") from None
+    return data
 
 
 class _ConfigRollback:
-    """Shared plumbing: config, commands, journaled execution."""
+    """Shared plumbing: config, commands, content binding, journaled execution."""
 
     name = ""
 
@@ -134,12 +182,10 @@ class _ConfigRollback:
                    ) -> CommandResult:
         return await run_command(argv, timeout=self.cfg.command_timeout_seconds, env=env)
 
-    async def _journaled(self, plan: Plan, steps: list[Step], state: dict[str, Any], *,
-                         requester: str, approver: str, progress: Progress,
-                         undo: str) -> dict[str, Any]:
+    def _begin(self, plan: Plan, state: dict[str, Any], *, requester: str, approver: str,
+               progress: Progress, undo: str) -> StepJournal:
         action_id = self.hub.store.begin_action(self.name, origin="control", plan=plan.as_dict(),
                                                 requester=f"{requester}, approved by {approver}")
-        journal = StepJournal(self.hub, action_id, progress)
 
         def advice(stage: str, now: dict[str, Any]) -> list[str]:
             kept = now.get("kept_as")
@@ -147,11 +193,14 @@ class _ConfigRollback:
                     if kept else []) + ["fix the cause and plan again, or repair by hand",
                                         "then brace-watchdogctl ack"]
 
-        await journal.run_all(steps, kind=self.name, state=state, next_steps=advice)
-        result = {"action_id": action_id, **state}
+        return StepJournal(self.hub, action_id, progress, state=state, advice=advice)
+
+    async def _journaled(self, journal: StepJournal, steps: list[Step]) -> dict[str, Any]:
+        await journal.run_all(steps, kind=self.name)
+        result = {"action_id": journal.action_id, **journal.state}
         journal.finish(f"{self.name} done", result)
-        self.hub.record(f"{self.name}.succeeded", "control", f"{self.name} #{action_id} "
-                        "succeeded", evidence=result, action_id=action_id)
+        self.hub.record(f"{self.name}.succeeded", "control", f"{self.name} #{journal.action_id}"
+                        " succeeded", evidence=result, action_id=journal.action_id)
         return result
 
 
@@ -167,24 +216,28 @@ class PgHbaRollback(_ConfigRollback):
                                "'container'")
         return target.container
 
-    async def _read(self, path: Path, what: str) -> str:
+    async def _read(self, path: Path, what: str) -> bytes:
         if not self.cfg.pg_hba_in_container:
-            return await asyncio.to_thread(_read_text, path, what)
+            return await asyncio.to_thread(_read_bytes, path, what)
         try:
             result = await self._run([*self.docker, "exec", await self._container(), "cat",
                                       str(path)])
         except CommandError as exc:
             raise RefusedError("checking", f"cannot read {what} {path} in the container: {exc}"
                                ) from None
-        return result.stdout
+        return result.stdout.encode("utf-8")
 
-    async def _copy(self, source: Path, dest: Path, *, keep: bool) -> None:
-        if not self.cfg.pg_hba_in_container:
-            await asyncio.to_thread(keep_copy if keep else install_file, source, dest)
-            return
-        flags = ["-p"] if keep else []
-        await self._run([*self.docker, "exec", await self._container(), "cp", *flags,
-                         str(source), str(dest)])
+    async def _files(self) -> FilePair:
+        cfg = self.cfg
+        files = FilePair(await self._read(cfg.pg_hba_path, "current file"),
+                         await self._read(cfg.pg_hba_backup_path, "backup"))
+        if not files.backup.strip():
+            raise RefusedError("checking", f"{cfg.pg_hba_backup_path} is empty; refusing to "
+                               "install an empty pg_hba.conf")
+        if files.current == files.backup:
+            raise RefusedError("checking", f"{cfg.pg_hba_path} is already identical to "
+                               f"{cfg.pg_hba_backup_path}; nothing to roll back")
+        return files
 
     def _reload_argv(self) -> list[str]:
         if self.cfg.reload_command:
@@ -192,60 +245,82 @@ class PgHbaRollback(_ConfigRollback):
         return [*compose_base(self.hub.config), "restart", self.hub.config.database.service]
 
     async def plan(self, args: dict[str, Any]) -> Plan:
-        cfg = self.cfg
         if not self.hub.config.database.dsn:
             raise RefusedError("checking", "a pg_hba rollback verifies with a real connection: "
                                "set [database] dsn")
-        backup = await self._read(cfg.pg_hba_backup_path, "backup")
-        if not backup.strip():
-            raise RefusedError("checking", f"{cfg.pg_hba_backup_path} is empty; refusing to "
-                               "install an empty pg_hba.conf")
-        current = await self._read(cfg.pg_hba_path, "current file")
-        if current == backup:
-            raise RefusedError("checking", f"{cfg.pg_hba_path} is already identical to "
-                               f"{cfg.pg_hba_backup_path}; nothing to roll back")
+        return self._plan(await self._files())
+
+    def _plan(self, files: FilePair) -> Plan:
+        cfg = self.cfg
         where = " (inside the database container)" if cfg.pg_hba_in_container else ""
         steps = (f"keep the current {cfg.pg_hba_path}{where} as "
                  f"{cfg.pg_hba_path.name}.rollback-<UTC time>",
-                 f"replace it with {cfg.pg_hba_backup_path}",
+                 f"replace it with {cfg.pg_hba_backup_path} (exactly the content shown in the "
+                 "diff; a change after this plan is refused)",
                  f"reload PostgreSQL: {' '.join(self._reload_argv())}",
                  "verify a new connection to [database] dsn succeeds "
                  f"(up to {cfg.verify_attempts} tries)")
-        diff = preview_diff(current, backup, current_name=str(cfg.pg_hba_path),
-                            backup_name=str(cfg.pg_hba_backup_path))
-        return Plan(self.name, {"target": "pg_hba"}, "pg_hba", steps, {"diff": diff})
+        diff = files.diff(str(cfg.pg_hba_path), str(cfg.pg_hba_backup_path))
+        return Plan(self.name, {"target": "pg_hba", **files.binding()}, "pg_hba", steps,
+                    {"diff": diff})
 
     async def execute(self, args: dict[str, Any], *, requester: str, approver: str,
                       progress: Progress) -> dict[str, Any]:
-        plan = await self.plan({})
         cfg = self.cfg
+        files = await self._files()
+        check_binding(files, args, current=cfg.pg_hba_path, backup=cfg.pg_hba_backup_path)
+        plan = self._plan(files)
         kept = rollback_copy_name(cfg.pg_hba_path, self.hub.clock())
         state: dict[str, Any] = {"kept_as": None, "pg_hba": "unchanged", "connection": None}
+        undo = (f"copy {{kept}} over {cfg.pg_hba_path} and run "
+                f"{' '.join(self._reload_argv())}")
+        journal = self._begin(plan, state, requester=requester, approver=approver,
+                              progress=progress, undo=undo)
 
         async def keep() -> None:
-            await self._copy(cfg.pg_hba_path, kept, keep=True)
-            state["kept_as"] = str(kept)
+            await self._keep(files, kept)
+            journal.checkpoint(kept_as=str(kept))
 
         async def restore() -> None:
-            await self._copy(cfg.pg_hba_backup_path, cfg.pg_hba_path, keep=False)
-            state["pg_hba"] = "restored from .bak (not yet reloaded)"
+            journal.checkpoint(pg_hba="being replaced by the .bak (may be either file)")
+            await self._install(files)
+            journal.checkpoint(pg_hba="restored from .bak (not yet reloaded)")
 
         async def reload() -> None:
             await self._run(self._reload_argv())
-            state["pg_hba"] = "restored and reloaded"
+            journal.checkpoint(pg_hba="restored and reloaded")
 
         steps: list[Step] = [
             ("keeping_current", f"keeping the current file as {kept.name}", keep),
             ("restoring", f"installing {cfg.pg_hba_backup_path.name}", restore),
             ("reloading", "reloading PostgreSQL", reload),
-            ("verifying", "connecting to the database", lambda: self._verify(state)),
+            ("verifying", "connecting to the database", lambda: self._verify(journal)),
         ]
-        undo = (f"copy {{kept}} over {cfg.pg_hba_path} and run "
-                f"{' '.join(self._reload_argv())}")
-        return await self._journaled(plan, steps, state, requester=requester, approver=approver,
-                                     progress=progress, undo=undo)
+        return await self._journaled(journal, steps)
 
-    async def _verify(self, state: dict[str, Any]) -> None:
+    async def _keep(self, files: FilePair, kept: Path) -> None:
+        cfg = self.cfg
+        if not cfg.pg_hba_in_container:
+            await asyncio.to_thread(keep_copy, files.current, cfg.pg_hba_path, kept)
+            return
+        await self._run([*self.docker, "exec", await self._container(), "cp", "-p",
+                         str(cfg.pg_hba_path), str(kept)])
+
+    async def _install(self, files: FilePair) -> None:
+        cfg = self.cfg
+        if not cfg.pg_hba_in_container:
+            await asyncio.to_thread(install_bytes, files.backup, cfg.pg_hba_path,
+                                    like=cfg.pg_hba_backup_path)
+            return
+        await self._run([*self.docker, "exec", await self._container(), "cp",
+                         str(cfg.pg_hba_backup_path), str(cfg.pg_hba_path)])
+        installed = await self._read(cfg.pg_hba_path, "installed file")
+        if installed != files.backup:
+            raise ActionError("restoring", f"{cfg.pg_hba_path} in the container does not hold "
+                              "the approved .bak content after the copy (the .bak changed "
+                              "meanwhile?)")
+
+    async def _verify(self, journal: StepJournal) -> None:
         db = self.hub.config.database
 
         async def attempt() -> str:
@@ -259,7 +334,7 @@ class PgHbaRollback(_ConfigRollback):
 
         outcome = await wait_until(attempt, lambda r: r == "ok", attempts=self.cfg.verify_attempts,
                                    wait_seconds=self.cfg.verify_wait_seconds)
-        state["connection"] = outcome
+        journal.checkpoint(connection=outcome)
         if outcome != "ok":
             raise ActionError("verifying", f"new connections still fail: {outcome}")
 
@@ -273,64 +348,78 @@ class DockerDaemonRollback(_ConfigRollback):
         chosen = self.cfg.verify_services
         return self.hub.config.rollback.services if chosen is None else chosen
 
-    async def plan(self, args: dict[str, Any]) -> Plan:
+    async def _files(self) -> FilePair:
         cfg = self.cfg
-        backup = await asyncio.to_thread(_read_text, cfg.docker_daemon_json_backup, "backup")
-        validate_daemon_json(backup, str(cfg.docker_daemon_json_backup))
-        current = ""
-        if cfg.docker_daemon_json.exists():
-            current = await asyncio.to_thread(_read_text, cfg.docker_daemon_json, "current file")
+        backup = await asyncio.to_thread(_read_bytes, cfg.docker_daemon_json_backup, "backup")
+        validate_daemon_json(backup.decode("utf-8"), str(cfg.docker_daemon_json_backup))
+        exists = cfg.docker_daemon_json.exists() or cfg.docker_daemon_json.is_symlink()
+        current = (await asyncio.to_thread(_read_bytes, cfg.docker_daemon_json, "current file")
+                   if exists else b"")
         if current == backup:
             raise RefusedError("checking", f"{cfg.docker_daemon_json} is already identical to "
                                f"{cfg.docker_daemon_json_backup}; nothing to roll back")
+        return FilePair(current, backup, exists)
+
+    async def plan(self, args: dict[str, Any]) -> Plan:
+        return self._plan(await self._files())
+
+    def _plan(self, files: FilePair) -> Plan:
+        cfg = self.cfg
         services = self._services()
         steps = (f"keep the current {cfg.docker_daemon_json} as "
                  f"{cfg.docker_daemon_json.name}.rollback-<UTC time>",
-                 f"replace it with {cfg.docker_daemon_json_backup} (valid JSON)",
+                 f"replace it with {cfg.docker_daemon_json_backup} (valid JSON; exactly the "
+                 "content shown in the diff; a change after this plan is refused)",
                  f"restart docker: {' '.join(cfg.docker_restart_command)}",
                  f"wait up to {cfg.engine_wait_seconds:.0f}s for the engine API "
                  f"({cfg.docker_host or 'default socket'})",
                  f"verify compose services run and {self.hub.config.health.url} answers: "
                  f"{', '.join(services)}" if services else "verify: no services configured")
-        diff = preview_diff(current, backup, current_name=str(cfg.docker_daemon_json),
-                            backup_name=str(cfg.docker_daemon_json_backup))
-        return Plan(self.name, {"target": "docker"}, "docker", steps,
-                    {"diff": diff, "current_valid_json": _is_json_object(current)})
+        diff = files.diff(str(cfg.docker_daemon_json), str(cfg.docker_daemon_json_backup))
+        return Plan(self.name, {"target": "docker", **files.binding()}, "docker", steps,
+                    {"diff": diff,
+                     "current_valid_json": _is_json_object(files.current.decode("utf-8"))})
 
     async def execute(self, args: dict[str, Any], *, requester: str, approver: str,
                       progress: Progress) -> dict[str, Any]:
-        plan = await self.plan({})
         cfg = self.cfg
         path = cfg.docker_daemon_json
+        files = await self._files()
+        check_binding(files, args, current=path, backup=cfg.docker_daemon_json_backup)
+        plan = self._plan(files)
         kept = rollback_copy_name(path, self.hub.clock())
         state: dict[str, Any] = {"kept_as": None, "daemon_json": "unchanged", "engine": None,
                                  "services": None}
+        undo = f"copy {{kept}} over {path} and run {' '.join(cfg.docker_restart_command)}"
+        journal = self._begin(plan, state, requester=requester, approver=approver,
+                              progress=progress, undo=undo)
 
         async def keep() -> None:
-            if path.exists():
-                await asyncio.to_thread(keep_copy, path, kept)
-                state["kept_as"] = str(kept)
+            if files.current_exists:
+                await asyncio.to_thread(keep_copy, files.current, path, kept)
+                journal.checkpoint(kept_as=str(kept))
 
         async def restore() -> None:
-            await asyncio.to_thread(install_file, cfg.docker_daemon_json_backup, path)
-            state["daemon_json"] = "restored from .bak"
+            journal.checkpoint(daemon_json="being replaced by the .bak (may be either file)")
+            await asyncio.to_thread(install_bytes, files.backup, path,
+                                    like=cfg.docker_daemon_json_backup)
+            journal.checkpoint(daemon_json="restored from .bak")
 
         async def restart() -> None:
-            state["engine"] = "restarting"
+            journal.checkpoint(engine="restarting")
             await self._run(cfg.docker_restart_command)
 
         steps: list[Step] = [
             ("keeping_current", f"keeping the current file as {kept.name}", keep),
             ("restoring", f"installing {cfg.docker_daemon_json_backup.name}", restore),
             ("restarting", f"running {' '.join(cfg.docker_restart_command)}", restart),
-            ("waiting_engine", "waiting for the docker engine API", lambda: self._engine(state)),
-            ("verifying", "checking compose services", lambda: self._verify(state)),
+            ("waiting_engine", "waiting for the docker engine API",
+             lambda: self._engine(journal)),
+            ("verifying", "checking compose services", lambda: self._verify(journal)),
         ]
-        undo = f"copy {{kept}} over {path} and run {' '.join(cfg.docker_restart_command)}"
-        return await self._journaled(plan, steps, state, requester=requester, approver=approver,
-                                     progress=progress, undo=undo)
+        return await self._journaled(journal, steps)
 
-    async def _engine(self, state: dict[str, Any]) -> None:
+    async def _engine(self, journal: StepJournal) -> None:
         cfg = self.cfg
         adapter = DockerAdapter(cfg.docker_host or None, timeout=5.0)
 
@@ -349,26 +438,27 @@ class DockerDaemonRollback(_ConfigRollback):
                                   wait_seconds=1.0)
         finally:
             adapter.close()
-        state["engine"] = "up" if up else "not answering"
+        journal.checkpoint(engine="up" if up else "not answering")
         if not up:
             raise DockerError(f"docker engine did not answer within {cfg.engine_wait_seconds:.0f}s"
                               " after the restart")
 
-    async def _verify(self, state: dict[str, Any]) -> None:
+    async def _verify(self, journal: StepJournal) -> None:
         services = self._services()
         if not services:
-            state["services"] = "not checked (verify_services = [])"
+            journal.checkpoint(services="not checked (verify_services = [])")
             return
         env = {"DOCKER_HOST": self.cfg.docker_host} if self.cfg.docker_host else None
         result = await self._run([*compose_base(self.hub.config), "ps", "--services",
                                   "--filter", "status=running"], env=env)
         missing = sorted(set(services) - set(result.stdout.split()))
         if missing:
-            state["services"] = f"not running: {missing}"
+            journal.checkpoint(services=f"not running: {missing}")
             raise ActionError("verifying", f"compose services not running: {missing}")
-        state["services"] = "running"
-        state["health"] = await verify_health(self.hub, attempts=self.cfg.verify_attempts,
-                                              wait_seconds=self.cfg.verify_wait_seconds)
+        journal.checkpoint(services="running")
+        health = await verify_health(self.hub, attempts=self.cfg.verify_attempts,
+                                     wait_seconds=self.cfg.verify_wait_seconds)
+        journal.checkpoint(health=health)
 
 
 def _unix_socket_accepts(docker_host: str) -> bool:

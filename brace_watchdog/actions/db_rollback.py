@@ -1,25 +1,38 @@
 """Full DB rollback (the runbook's "Full DB rollback"), a gated action: plan, then approve.
 
-Pre-checks (``plan``): the dump resolves strictly inside ``[backups] directory``; it is a readable
-custom-format archive; the production server's major version can restore it; ``pg_dump`` and
-``pg_restore`` are not older than that server (an older ``pg_dump`` refuses a newer server, which
-would otherwise surface at the safety dump with the writers already stopped); its restore-test
-history is shown (and, with ``require_passing_restore_test``, a passing test is required).
+Pre-checks (``plan``): the dump resolves strictly inside ``[backups] directory`` (a subfolder is
+kept in its name); its content is hashed (sha256, size, inode: the approval binds exactly these
+bytes); it is a readable custom-format archive; the production server's major version can
+restore it; ``pg_dump`` and ``pg_restore`` are not older than that server (an older ``pg_dump``
+refuses a newer server, which would otherwise surface at the safety dump with the writers
+already stopped); the restore-test history of *that content* (looked up by hash, not by name) is shown
+(and, with ``require_passing_restore_test``, a passing test is required).
 
-Steps (``execute``), each journaled, streamed as progress and stopping at the first failure:
+Steps (``execute``), each journaled with the state an operator needs after a crash (see
+:func:`next_steps`), streamed as progress and stopping at the first failure. Before any step,
+the approved dump is copied (``O_NOFOLLOW``) into a private folder of the daemon and its hash
+checked: a dump changed after approval is refused and nothing happens; the restore reads only
+that copy.
 
 1. freeze automatic actions;
 2. stop the writers (``compose stop backend admin-bot scheduler``) and check none still runs;
-3. safety dump of the current database into the backups folder as
-   ``brace_safety_YYYYMMDD_HHMMSS.dump`` — it matches ``brace_*.dump`` and starts with ``PGDMP``,
-   so the backups monitor counts it as a valid backup (timestamp from its mtime) and a restore
-   test can prove it, yet its name tells it apart from the scheduled dumps. It is written under a
-   hidden ``.partial`` name first and renamed when complete, so nobody sees half a dump;
-4. ``pg_restore --clean --if-exists --no-owner --single-transaction`` — inside the database
-   container (``docker exec``, after ``docker cp`` of the dump) or with local binaries against
-   ``[database] dsn`` (``[db_rollback] target``). One transaction: a restore that fails midway
-   is rolled back entirely and the database stays as it was;
+3. safety dump of the current database, written in the private folder and **proven** before
+   anything destructive: ``pg_restore --list`` must list every table the live database has
+   (and with ``prove_safety_dump = "restore"`` it is restored into a throwaway server by the
+   restore-test machinery); then published into the backups folder as
+   ``brace_safety_YYYYMMDD_HHMMSS.dump`` (created with ``O_EXCL|O_NOFOLLOW``, linked into place,
+   never replacing anything). It matches ``brace_*.dump`` and starts with ``PGDMP``, so the
+   backups monitor counts it as a valid backup, yet its name tells it apart;
+4. ``pg_restore --clean --if-exists --no-owner --single-transaction`` with ``application_name``
+   ``brace-watchdog-restore-<action id>`` — inside the database container (``docker exec``, after
+   ``docker cp`` of the copy) or with local binaries (``[db_rollback] target``). One
+   transaction: a restore that fails midway is rolled back entirely. A restore that times out
+   or is cancelled is ended *in the server* (``pg_terminate_backend`` of that application name,
+   waited for, under the lock) and its outcome reported as unknown;
 5. start the writers (``compose up -d``); 6. verify ``[health] url``; 7. run the smoke command.
+
+Connection details never reach argv: local tools and the smoke command get a 0600 libpq service
+file in a private folder (:mod:`brace_watchdog.adapters.pgservice`).
 
 A failure leaves the writers as they are (stopped, if it happened before step 5), keeps
 automation frozen, escalates, and reports the exact state and how to continue (:func:`next_steps`).
@@ -29,13 +42,16 @@ Automation stays frozen after success too: the runbook wants a post-mortem befor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from brace_watchdog.actions import restore_policy
 from brace_watchdog.actions.gated import (
     Plan,
     Progress,
@@ -44,18 +60,27 @@ from brace_watchdog.actions.gated import (
     compose_base,
     stamp,
     verify_health,
+    wait_until,
 )
+from brace_watchdog.actions.restore_run import RestoreRun, server_factory
+from brace_watchdog.adapters.pgservice import SERVICE, pg_service
 from brace_watchdog.adapters.process import CommandResult, run_command
 from brace_watchdog.config import DbRollbackConfig
 from brace_watchdog.dumps import DumpHeader, InvalidDumpError, read_dump_header, resolve_dump
 from brace_watchdog.errors import ActionError, CommandError, RefusedError
+from brace_watchdog.files import FileIdentity, copy_verified, identify, private_dir, publish
 from brace_watchdog.runtime import Hub
 
-__all__ = ["ACTION", "TOOLS", "DbRollback", "DbTarget", "next_steps", "safety_dump_name",
-           "tool_major", "tools_problem"]
+__all__ = ["ACTION", "TOOLS", "DbRollback", "DbTarget", "approved_identity", "next_steps",
+           "safety_dump_name", "tool_major", "tools_problem"]
 
 ACTION = "db_rollback"
 CONTAINER_DUMP = "/tmp/brace-watchdog-rollback.dump"  # noqa: S108 - a path inside the container
+CONTAINER_SAFETY = "/tmp/brace-watchdog-safety.dump"  # noqa: S108 - a path inside the container
+APP_NAME = "brace-watchdog-restore"
+_LIVE_TABLES_SQL = ("select schemaname || '.' || tablename from pg_tables where schemaname "
+                    "not in ('pg_catalog', 'information_schema') order by 1")
+UNKNOWN = "UNKNOWN"
 TOOLS = ("pg_dump", "pg_restore")
 _TOOL_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
 
@@ -64,35 +89,54 @@ def safety_dump_name(now: float) -> str:
     return f"brace_safety_{stamp(now)}.dump"
 
 
+def approved_identity(args: dict[str, Any]) -> FileIdentity:
+    """The dump content an approval binds; RefusedError for a token without one."""
+    try:
+        return FileIdentity(str(args["sha256"]), int(args["size"]), int(args["inode"]))
+    except (KeyError, TypeError, ValueError):
+        raise RefusedError("checking", "this approval does not bind the dump's content (a token "
+                           "from an older daemon?); plan again") from None
+
+
 @dataclass(frozen=True)
 class DbTarget:
-    """How to reach the production database: its container, or local binaries + a DSN."""
+    """How to reach the production database: its container, or local binaries (connection
+    details come from the environment, never argv)."""
 
     mode: str
     container: str = ""
     database: str = "brace"
     user: str = "postgres"
     bin_dir: str = ""
-    dsn: str = ""
     docker: tuple[str, ...] = ("docker",)
 
-    def tool(self, name: str) -> list[str]:
+    def tool(self, name: str, *, env: dict[str, str] | None = None) -> list[str]:
         if self.mode == "container":
-            return [*self.docker, "exec", self.container, name]
+            extra = [f"--env={key}={value}" for key, value in (env or {}).items()]
+            return [*self.docker, "exec", *extra, self.container, name]
         return [os.path.join(self.bin_dir, name) if self.bin_dir else name]
 
     def conn(self) -> list[str]:
-        return ["-d", self.dsn] if self.mode == "local" else ["-U", self.user, "-d", self.database]
+        if self.mode == "local":  # the details are in the private service file
+            return ["-d", f"service={SERVICE}"]
+        return ["-U", self.user, "-d", self.database]
+
+    def psql_argv(self, sql: str) -> list[str]:
+        return [*self.tool("psql"), "-X", "-tA", "-v", "ON_ERROR_STOP=1", *self.conn(),
+                "-c", sql]
 
     def version_argv(self) -> list[str]:
-        return [*self.tool("psql"), "-X", "-tA", *self.conn(), "-c", "show server_version_num"]
+        return self.psql_argv("show server_version_num")
 
     def dump_argv(self, out: str) -> list[str]:
         return [*self.tool("pg_dump"), "-Fc", "-f", out, *self.conn()]
 
-    def restore_argv(self, dump: str) -> list[str]:
-        return [*self.tool("pg_restore"), "--clean", "--if-exists", "--no-owner",
-                "--single-transaction", *self.conn(), dump]
+    def list_argv(self, dump: str) -> list[str]:
+        return [*self.tool("pg_restore"), "--list", dump]
+
+    def restore_argv(self, dump: str, *, app_name: str = APP_NAME) -> list[str]:
+        return [*self.tool("pg_restore", env={"PGAPPNAME": app_name}), "--clean", "--if-exists",
+                "--no-owner", "--single-transaction", *self.conn(), dump]
 
 
 def tool_major(version_output: str) -> int | None:
@@ -120,19 +164,30 @@ def tools_problem(tool_majors: Mapping[str, int], server_major: int, *, target: 
 
 
 def next_steps(stage: str, state: dict[str, Any], *, up_argv: Sequence[str]) -> list[str]:
-    """What the operator can do after a failure at ``stage`` with things as in ``state``."""
+    """What the operator can do after a failure (or a crash) at ``stage`` with ``state``."""
     steps: list[str] = []
-    if state.get("database") == "unchanged (restore rolled back)":
+    database = str(state.get("database") or "")
+    if database == "unchanged (restore rolled back)":
         steps.append("the restore ran in one transaction and was rolled back: the database holds "
                      "the same data as before the rollback; read the pg_restore error above")
-    if state.get("writers") == "stopped":
-        steps.append(f"writers are STOPPED; to start them again as they are: {' '.join(up_argv)}")
-    if state.get("database") == "restored":
+    elif database == "restoring" or database.startswith(UNKNOWN):
+        steps.append("the database state is UNKNOWN: a restore was started and did not finish "
+                     "normally; check it (alembic_version, row counts) before anything else — "
+                     "do NOT start the writers on it unchecked")
+    if state.get("writers") in ("stopped", "stopping"):
+        steps.append(f"writers are {str(state['writers']).upper()}; to start them again as they "
+                     f"are: {' '.join(up_argv)}")
+    if database == "restored":
         steps.append("the database holds the dump's data and the writers were started; "
                      "investigate the health/smoke failure before anything else")
     if state.get("safety_dump"):
+        digest = str(state.get("safety_dump_sha256") or "")[:16]
         steps.append(f"to return to the data from before the rollback: brace-watchdogctl "
-                     f"rollback db --dump {state['safety_dump']} (restore-test it first)")
+                     f"rollback db --dump {state['safety_dump']} (sha256 {digest}…; "
+                     "restore-test it first)")
+    elif state.get("writers") == "stopped" and stage == "safety_dump":
+        steps.append("no safety dump was completed: the data from before the rollback exists "
+                     "only in the database itself")
     steps.append("fix the cause and plan the rollback again (brace-watchdogctl rollback db "
                  "--dump NAME), or finish the runbook steps by hand")
     steps.append("automatic actions stay frozen: brace-watchdogctl unfreeze when done, "
@@ -160,11 +215,15 @@ class DbRollback:
 
     async def _run(self, argv: Sequence[str], *, timeout: float | None = None,
                    check: bool = True) -> CommandResult:
+        """Run a command; with ``[database] dsn`` set it gets a private service file."""
         db = self.hub.config.database
-        env = {"PGPASSWORD": db.password.reveal()} if db.password else None
-        return await run_command(argv, timeout=timeout or self.cfg.step_timeout_seconds,
-                                 check=check, env=env,
-                                 secrets=[db.dsn.reveal(), db.password.reveal()])
+        service: contextlib.AbstractContextManager[dict[str, str]] = (
+            pg_service(db.dsn.reveal(), db.password.reveal()) if db.dsn
+            else contextlib.nullcontext({}))
+        with service as env:
+            return await run_command(argv, timeout=timeout or self.cfg.step_timeout_seconds,
+                                     check=check, env=env,
+                                     secrets=[db.dsn.reveal(), db.password.reveal()])
 
     async def target(self) -> DbTarget:
         cfg = self.cfg
@@ -172,7 +231,7 @@ class DbRollback:
             if not self.hub.config.database.dsn:
                 raise RefusedError("checking", "[db_rollback] target = 'local' needs "
                                    "[database] dsn (or BRACE_WATCHDOG_DB_DSN)")
-            return DbTarget("local", bin_dir=cfg.bin_dir, dsn=self.hub.config.database.dsn.reveal())
+            return DbTarget("local", bin_dir=cfg.bin_dir)
         container = cfg.container or await self._service_container()
         return DbTarget("container", container=container, database=cfg.database, user=cfg.user,
                         docker=self.docker)
@@ -189,10 +248,20 @@ class DbRollback:
                                "[db_rollback] container or start the database")
         return ids[0]
 
+    def work_root(self) -> Path:
+        """Root-owned parent of the private folders: next to the state file."""
+        return self.hub.store.path.parent / "work"
+
     # -- plan --------------------------------------------------------------------------------
     async def plan(self, args: dict[str, Any]) -> Plan:
-        dump = await asyncio.to_thread(resolve_dump, self.hub.config.backups.directory,
-                                       str(args.get("dump", "")))
+        folder = self.hub.config.backups.directory
+        dump = await asyncio.to_thread(resolve_dump, folder, str(args.get("dump", "")))
+        name = str(dump.relative_to(folder.resolve()))
+        identity = await asyncio.to_thread(identify, dump)
+        return await self._plan(dump, name, identity)
+
+    async def _plan(self, dump: Path, name: str, identity: FileIdentity) -> Plan:
+        """Pre-checks of the content at ``dump`` (the original or the private copy)."""
         try:
             header = await asyncio.to_thread(read_dump_header, dump)
         except InvalidDumpError as exc:
@@ -200,25 +269,26 @@ class DbRollback:
         target = await self.target()
         server_major = await self._server_major(target)
         if header.required_major > server_major:
-            raise RefusedError("checking", f"{dump.name} needs PostgreSQL {header.required_major}"
+            raise RefusedError("checking", f"{name} needs PostgreSQL {header.required_major}"
                                f" (dumped from {header.server_version} with pg_dump "
                                f"{header.dump_version}) but production runs {server_major}")
         tools = await self._tool_majors(target)
         problem = tools_problem(tools, server_major, target=target.mode)
         if problem:
             raise RefusedError("checking", problem)
-        history = self.hub.store.restore_results(dump_name=dump.name, limit=5)
-        passed = [r for r in history if r["passed"]]
+        history = self.hub.store.restore_results(dump_sha256=identity.sha256, limit=5)
         warnings: list[str] = []
-        if not passed:
-            advice = (f"run brace-watchdogctl restore-test --dump {dump.name} first")
+        if not [r for r in history if r["passed"]]:
+            advice = f"run brace-watchdogctl restore-test --dump {name} first"
             if self.cfg.require_passing_restore_test:
-                raise RefusedError("checking", f"{dump.name} has no passing restore test "
-                                   f"([db_rollback] require_passing_restore_test); {advice}")
-            warnings.append(f"{dump.name} has never passed a restore test; {advice}")
-        return Plan(ACTION, {"dump": dump.name, "target": dump.name}, dump.name,
-                    self._describe(dump, target),
-                    {**_checks(dump, header, server_major, history), "tools": tools},
+                raise RefusedError("checking", f"{name} ({identity.short()}) has no passing "
+                                   "restore test of this content ([db_rollback] "
+                                   f"require_passing_restore_test); {advice}")
+            warnings.append(f"{name} has never passed a restore test; {advice}")
+        args = {"dump": name, "target": name, "sha256": identity.sha256, "size": identity.size,
+                "inode": identity.inode}
+        return Plan(ACTION, args, name, self._describe(name, target),
+                    {**_checks(name, identity, header, server_major, history), "tools": tools},
                     tuple(warnings))
 
     async def _server_major(self, target: DbTarget) -> int:
@@ -246,15 +316,20 @@ class DbRollback:
             majors[tool] = major
         return majors
 
-    def _describe(self, dump: Path, target: DbTarget) -> tuple[str, ...]:
+    def _describe(self, name: str, target: DbTarget) -> tuple[str, ...]:
         cfg = self.cfg
         folder = self.hub.config.backups.directory
         smoke = " ".join(cfg.smoke_command) if cfg.smoke_command else "none configured (skipped)"
+        proof = ("pg_restore --list checked against the live tables, then a full restore into "
+                 "a throwaway server" if cfg.prove_safety_dump == "restore"
+                 else "pg_restore --list checked against the live tables")
         return (
             "freeze automatic actions (they stay frozen afterwards, for the post-mortem)",
             f"stop writers: {' '.join(self.compose('stop', *cfg.writers))}",
-            f"safety dump of the current database to {folder}/brace_safety_<UTC time>.dump",
-            f"restore {dump.name}: {' '.join(target.restore_argv(str(dump)))}",
+            f"safety dump of the current database to {folder}/brace_safety_<UTC time>.dump, "
+            f"proven before the restore ({proof})",
+            f"restore a private copy of {name} (its sha256 checked): "
+            f"{' '.join(target.restore_argv('<copy>'))}",
             f"start writers: {' '.join(self.compose('up', '-d', *cfg.writers))}",
             f"verify {self.hub.config.health.url} answers ok "
             f"(up to {cfg.health_attempts} tries)",
@@ -264,39 +339,58 @@ class DbRollback:
     # -- execute -----------------------------------------------------------------------------
     async def execute(self, args: dict[str, Any], *, requester: str, approver: str,
                       progress: Progress) -> dict[str, Any]:
-        plan = await self.plan({"dump": args["dump"]})
-        dump = self.hub.config.backups.directory / plan.args["dump"]
+        approved = approved_identity(args)
+        name = str(args.get("dump", ""))
+        dump = await asyncio.to_thread(resolve_dump, self.hub.config.backups.directory, name)
+        work = await asyncio.to_thread(private_dir, self.work_root(), "db-rollback-")
+        try:
+            copy = await asyncio.to_thread(copy_verified, dump, work, approved)
+            plan = await self._plan(copy, name, approved)
+            return await self._execute(plan, copy, work, requester=requester,
+                                       approver=approver, progress=progress)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+
+    async def _execute(self, plan: Plan, copy: Path, work: Path, *, requester: str,
+                       approver: str, progress: Progress) -> dict[str, Any]:
         target = await self.target()
         action_id = self.hub.store.begin_action(
             ACTION, origin="control", plan=plan.as_dict(),
             requester=f"{requester}, approved by {approver}")
-        run = _Run(self, target, dump, StepJournal(self.hub, action_id, progress),
-                   who=f"{approver} (DB rollback #{action_id})")
-        await run.journal.run_all(
-            run.steps(), kind=ACTION, state=run.state,
-            next_steps=lambda stage, state: next_steps(
-                stage, state, up_argv=self.compose("up", "-d", *self.cfg.writers)))
+        up = self.compose("up", "-d", *self.cfg.writers)
+        run = _Run(self, target, copy, work, who=f"{approver} (DB rollback #{action_id})",
+                   name=plan.target, app_name=f"{APP_NAME}-{action_id}")
+        run.journal = StepJournal(self.hub, action_id, progress, state=run.state,
+                                  advice=lambda stage, state: next_steps(stage, state,
+                                                                         up_argv=up))
+        await run.journal.run_all(run.steps(), kind=ACTION)
         result = {"action_id": action_id, **run.state}
-        run.journal.finish(f"database restored from {dump.name}", result)
-        self.hub.record(f"{ACTION}.succeeded", "control",
-                        f"DB rollback #{action_id} to {dump.name} succeeded", evidence=result,
+        run.journal.finish(f"database restored from {plan.target}", result)
+        self.hub.record("db_rollback.succeeded", "control",
+                        f"DB rollback #{action_id} to {plan.target} succeeded", evidence=result,
                         action_id=action_id)
         return result
 
 
 class _Run:
-    """The mutable state of one DB rollback; ``state`` is what a failure report shows."""
+    """The mutable state of one DB rollback; ``state`` is what a failure report shows and what
+    every journal entry persists."""
 
-    def __init__(self, owner: DbRollback, target: DbTarget, dump: Path, journal: StepJournal,
-                 *, who: str) -> None:
+    journal: StepJournal
+
+    def __init__(self, owner: DbRollback, target: DbTarget, dump: Path, work: Path, *,
+                 who: str, name: str, app_name: str) -> None:
         self.owner = owner
         self.target = target
         self.dump = dump
-        self.journal = journal
+        self.work = work
         self.who = who
+        self.name = name
+        self.app_name = app_name
         self.state: dict[str, Any] = {"automation": "running", "writers": "running",
-                                      "safety_dump": None, "database": "untouched",
-                                      "dump": dump.name, "health": None, "smoke": None}
+                                      "safety_dump": None, "safety_dump_sha256": None,
+                                      "database": "untouched", "dump": name,
+                                      "restore_started": False, "health": None, "smoke": None}
 
     def steps(self) -> list[Step]:
         writers = ", ".join(self.owner.cfg.writers) or "(none configured)"
@@ -304,14 +398,14 @@ class _Run:
             ("freezing", "freezing automatic actions", self.freeze),
             ("stopping_writers", f"stopping writers: {writers}", self.stop_writers),
             ("safety_dump", "dumping the current database", self.safety_dump),
-            ("restoring", f"restoring {self.dump.name}", self.restore),
+            ("restoring", f"restoring {self.name}", self.restore),
             ("starting_writers", f"starting writers: {writers}", self.start_writers),
             ("verifying", f"probing {self.owner.hub.config.health.url}", self.verify),
             ("smoke", "running the smoke test", self.smoke),
         ]
 
     async def freeze(self) -> None:
-        self.owner.hub.freeze(f"DB rollback to {self.dump.name}", by=self.who)
+        self.owner.hub.freeze(f"DB rollback to {self.name}", by=self.who)
         self.state["automation"] = "frozen"
 
     async def stop_writers(self) -> None:
@@ -319,66 +413,117 @@ class _Run:
         if not writers:
             self.state["writers"] = "none configured"
             return
-        self.state["writers"] = "stopping"
+        self.journal.checkpoint(writers="stopping")
         await self.owner._run(self.owner.compose("stop", *writers))
         running = await self.owner._run(self.owner.compose(
             "ps", "--services", "--filter", "status=running"))
         still = sorted(set(running.stdout.split()) & set(writers))
         if still:
             raise ActionError("stopping_writers", f"still running after stop: {still}")
-        self.state["writers"] = "stopped"
+        self.journal.checkpoint(writers="stopped")
 
     async def safety_dump(self) -> None:
-        folder = self.owner.hub.config.backups.directory
         name = safety_dump_name(self.owner.hub.clock())
-        partial = folder / f".{name}.partial"
+        local = self.work / name
+        toc = await self._dump_to(local)
+        await self._prove(local, toc)
+        identity = await asyncio.to_thread(identify, local)
         try:
-            await self._dump_to(partial)
-            await asyncio.to_thread(read_dump_header, partial)
-            partial.rename(folder / name)
-        finally:
-            partial.unlink(missing_ok=True)
-        self.state["safety_dump"] = name
+            await asyncio.to_thread(publish, local, self.owner.hub.config.backups.directory / name)
+        except FileExistsError:
+            raise ActionError("safety_dump", f"{name} already exists in the backups folder; "
+                              "nothing was replaced") from None
+        self.journal.checkpoint(safety_dump=name, safety_dump_sha256=identity.sha256)
 
-    async def _dump_to(self, path: Path) -> None:
+    async def _dump_to(self, path: Path) -> str:
+        """Dump production into ``path``; return ``pg_restore --list`` of the dump."""
         target, run = self.target, self.owner._run
         timeout = self.owner.cfg.restore_timeout_seconds
         if target.mode == "local":
             await run(target.dump_argv(str(path)), timeout=timeout)
-            return
-        await run(target.dump_argv(CONTAINER_DUMP), timeout=timeout)
+            return (await run(target.list_argv(str(path)), timeout=timeout)).stdout
+        await run(target.dump_argv(CONTAINER_SAFETY), timeout=timeout)
         try:
-            await run([*target.docker, "cp", f"{target.container}:{CONTAINER_DUMP}", str(path)],
-                      timeout=timeout)
+            toc = (await run(target.list_argv(CONTAINER_SAFETY), timeout=timeout)).stdout
+            await run([*target.docker, "cp", f"{target.container}:{CONTAINER_SAFETY}",
+                       str(path)], timeout=timeout)
         finally:
-            await run([*target.docker, "exec", target.container, "rm", "-f", CONTAINER_DUMP],
+            await run([*target.docker, "exec", target.container, "rm", "-f", CONTAINER_SAFETY],
                       check=False)
+        return toc
+
+    async def _prove(self, path: Path, toc: str) -> None:
+        """The safety dump lists every live table (and, if configured, restores)."""
+        await asyncio.to_thread(read_dump_header, path)
+        live = await self.owner._run(self.target.psql_argv(_LIVE_TABLES_SQL))
+        tables = {restore_policy.TocTable(*line.split(".", 1))
+                  for line in live.stdout.splitlines() if "." in line}
+        problem = restore_policy.missing_from_toc(tables, restore_policy.toc_tables(toc))
+        if problem:
+            raise ActionError("safety_dump", f"the safety dump is not proven: {problem}; "
+                              "nothing destructive was done")
+        if self.owner.cfg.prove_safety_dump != "restore":
+            return
+        config = self.owner.hub.config.restore_test
+        result = await RestoreRun(config, path, server_factory(config)).execute()
+        if not result.passed:
+            raise ActionError("safety_dump", f"the safety dump did not restore into a throwaway "
+                              f"server: {result.message}; nothing destructive was done")
 
     async def restore(self) -> None:
         target, run = self.target, self.owner._run
         timeout = self.owner.cfg.restore_timeout_seconds
-        self.state["database"] = "restoring"
+        path = str(self.dump) if target.mode == "local" else CONTAINER_DUMP
+        if target.mode != "local":
+            await run([*target.docker, "cp", str(self.dump),
+                       f"{target.container}:{CONTAINER_DUMP}"], timeout=timeout)
+        self.journal.checkpoint(database="restoring", restore_started=True)
         try:
-            if target.mode == "local":
-                await run(target.restore_argv(str(self.dump)), timeout=timeout)
-            else:
-                await run([*target.docker, "cp", str(self.dump),
-                           f"{target.container}:{CONTAINER_DUMP}"], timeout=timeout)
-                try:
-                    await run(target.restore_argv(CONTAINER_DUMP), timeout=timeout)
-                finally:
-                    await run([*target.docker, "exec", target.container, "rm", "-f",
-                               CONTAINER_DUMP], check=False)
-        except CommandError:
-            self.state["database"] = "unchanged (restore rolled back)"
+            await run(target.restore_argv(path, app_name=self.app_name), timeout=timeout)
+        except CommandError as exc:
+            if not exc.timed_out:
+                self.state["database"] = "unchanged (restore rolled back)"
+                raise
+            await self._end_restore(f"pg_restore timed out after {timeout:.0f}s")
             raise
-        self.state["database"] = "restored"
+        except asyncio.CancelledError:
+            await _shielded(self._end_restore("the restore was cancelled"))
+            raise
+        finally:
+            if target.mode != "local":
+                await _shielded(run([*target.docker, "exec", target.container, "rm", "-f",
+                                     CONTAINER_DUMP], check=False))
+        self.journal.checkpoint(database="restored")
+
+    async def _end_restore(self, why: str) -> None:
+        """End the restore inside the server (by its application_name) and wait until no
+        backend of it remains; the lock stays held meanwhile. Its outcome stays UNKNOWN."""
+        sql = (f"select count(*), count(pg_terminate_backend(pid)) from pg_stat_activity "
+               f"where application_name = '{self.app_name}'")
+        argv = self.target.psql_argv(sql)
+
+        async def remaining() -> int:
+            self.owner.hub.progress.beat("control")
+            try:
+                result = await self.owner._run(argv, check=True)
+                return int(result.stdout.split("|")[0])
+            except (CommandError, ValueError):
+                return -1
+
+        left = await wait_until(remaining, lambda n: n == 0,
+                                attempts=max(1, int(self.owner.cfg.step_timeout_seconds)),
+                                wait_seconds=1.0)
+        ended = ("ended inside the server (no backend of it remains)" if left == 0 else
+                 f"could NOT be confirmed ended: look for application_name {self.app_name} in "
+                 "pg_stat_activity")
+        self.journal.checkpoint(database=f"{UNKNOWN}: {why}; the restore {ended}; its single "
+                                "transaction was rolled back unless it had just committed")
 
     async def start_writers(self) -> None:
         writers = self.owner.cfg.writers
         if writers:
             await self.owner._run(self.owner.compose("up", "-d", *writers))
-            self.state["writers"] = "started"
+            self.journal.checkpoint(writers="started")
 
     async def verify(self) -> None:
         cfg = self.owner.cfg
@@ -394,10 +539,24 @@ class _Run:
         self.state["smoke"] = "passed"
 
 
-def _checks(dump: Path, header: DumpHeader, server_major: int,
+async def _shielded(work: Any) -> Any:
+    """Finish ``work`` even when the caller is being cancelled (then re-raise the cancel)."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return task.result()
+
+
+def _checks(name: str, identity: FileIdentity, header: DumpHeader, server_major: int,
             history: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "dump": {"name": dump.name, "size": dump.stat().st_size,
+        "dump": {"name": name, "size": identity.size, "sha256": identity.sha256,
                  "server_version": header.server_version, "pg_dump": header.dump_version,
                  "created": header.created},
         "production_server_major": server_major,

@@ -25,7 +25,7 @@ from brace_watchdog.errors import ActionError, WatchdogError
 from brace_watchdog.monitors.health import probe
 from brace_watchdog.runtime import Hub
 
-__all__ = ["GatedAction", "GatedFailure", "Plan", "Progress", "Step", "StepJournal",
+__all__ = ["Advice", "GatedAction", "GatedFailure", "Plan", "Progress", "Step", "StepJournal",
            "compose_base", "probe_health", "resolve_interrupted", "stamp", "verify_health",
            "wait_until"]
 
@@ -75,53 +75,75 @@ class GatedFailure(ActionError):
                 "action_id": self.action_id}
 
 
+Advice = Callable[[str, dict[str, Any]], list[str]]
+"""``advice(stage, state)``: the next safe commands for an action stopped at ``stage``."""
+
+
 class StepJournal:
-    """Runs the steps of one journaled action: progress line, journal entry, watchdog beat."""
+    """Runs the steps of one journaled action: progress line, journal entry, watchdog beat.
+
+    Every journal entry carries ``state`` (where things stand: writers, files, database) and
+    ``advice(stage, state)`` — so a daemon killed at any point leaves, in its last entry, exactly
+    what an operator needs (:func:`resolve_interrupted` reports it after the restart). Steps
+    change ``state`` through :meth:`checkpoint`, which journals the change before going on.
+    """
 
     def __init__(self, hub: Hub, action_id: int, progress: Progress, *,
+                 state: dict[str, Any] | None = None, advice: Advice | None = None,
                  component: str = "control") -> None:
         self.hub = hub
         self.action_id = action_id
         self.progress = progress
+        self.state = state if state is not None else {}
+        self.advice: Advice = advice or (lambda stage, state: [])
         self.component = component
+        self.current = "begin"
         self.done: list[str] = []
 
+    def _evidence(self, **extra: Any) -> dict[str, Any]:
+        return {**extra, "state": dict(self.state),
+                "next_steps": self.advice(self.current, self.state)}
+
+    def checkpoint(self, **changes: Any) -> None:
+        """Update ``state`` and journal it at once (before the step does anything more)."""
+        self.state.update(changes)
+        self.hub.store.journal_step(self.action_id, self.current,
+                                    evidence=self._evidence(checkpoint=sorted(changes)))
+
     async def step(self, name: str, message: str, work: Callable[[], Awaitable[T]]) -> T:
+        self.current = name
         await self.progress(name, message)
-        self.hub.store.journal_step(self.action_id, name, evidence={"message": message})
+        self.hub.store.journal_step(self.action_id, name, evidence=self._evidence(message=message))
         self.hub.progress.beat(self.component)
         result = await work()
         self.done.append(name)
         self.hub.progress.beat(self.component)
         return result
 
-    async def run_all(self, steps: Sequence[Step], *, kind: str, state: dict[str, Any],
-                      next_steps: Callable[[str, dict[str, Any]], list[str]]) -> None:
+    async def run_all(self, steps: Sequence[Step], *, kind: str) -> None:
         """Run ``steps`` in order; the first failure journals, escalates and raises
-        :class:`GatedFailure` with ``state`` as it stands and ``next_steps(stage, state)``."""
+        :class:`GatedFailure` with ``state`` as it stands and ``advice(stage, state)``."""
         for stage, message, work in steps:
             try:
                 await self.step(stage, message, work)
             except (WatchdogError, OSError) as exc:
-                raise await self.fail(stage, exc, kind=kind, state=dict(state),
-                                      next_steps=next_steps(stage, state)) from None
+                raise await self.fail(stage, exc, kind=kind) from None
             except asyncio.CancelledError:
                 # status stays "running": the next start escalates it (resolve_interrupted)
                 self.hub.store.journal_step(
                     self.action_id, stage, result=f"interrupted at {stage} (daemon stopping)",
-                    evidence={"state": dict(state), "next_steps": next_steps(stage, state)})
+                    evidence=self._evidence())
                 raise
 
     def finish(self, result: str, evidence: dict[str, Any]) -> None:
         self.hub.store.journal_step(self.action_id, "done", evidence=evidence,
                                     status="succeeded", result=result)
 
-    async def fail(self, stage: str, error: BaseException, *, kind: str,
-                   state: dict[str, Any], next_steps: Sequence[str]) -> GatedFailure:
+    async def fail(self, stage: str, error: BaseException, *, kind: str) -> GatedFailure:
         """Journal, escalate and build the failure the operator sees."""
         message = str(getattr(error, "message", "") or error)
-        evidence = {"stage": stage, "error": message, "state": state,
-                    "next_steps": list(next_steps)}
+        state, next_steps = dict(self.state), self.advice(stage, self.state)
+        evidence = {"stage": stage, "error": message, "state": state, "next_steps": next_steps}
         self.hub.store.journal_step(self.action_id, stage, evidence=evidence, status="failed",
                                     result=f"failed at {stage}: {message}")
         await self.hub.escalate(f"{kind}_failed", f"{kind} #{self.action_id} failed at {stage}: "
@@ -186,16 +208,25 @@ GATED_KINDS = ("db_rollback", "pg_hba_rollback", "docker_daemon_rollback")
 
 async def resolve_interrupted(hub: Hub) -> list[int]:
     """At start-up: gated actions a previous daemon left unfinished are marked interrupted and
-    escalated — their real state is unknown and only an operator can judge it."""
+    escalated with the state their last journal entry recorded and the next safe commands — only
+    an operator can judge what happened after that entry."""
     found: list[int] = []
     for action in hub.store.open_actions():
         if action.kind not in GATED_KINDS:
             continue
+        last = hub.store.last_journal_evidence(action.id)
+        state = last.get("state", {}) if isinstance(last.get("state"), dict) else {}
+        next_steps = [str(s) for s in last.get("next_steps", []) if isinstance(s, str)]
+        known = "; ".join(f"{key}: {value}" for key, value in state.items()
+                          if value not in (None, ""))
         message = (f"{action.kind} #{action.id} was interrupted at step {action.step!r} by a "
-                   "daemon restart; check the database, writers and files by hand "
+                   f"daemon restart. Last recorded state: {known or 'nothing changed yet'}. "
+                   f"Next: {' | '.join(next_steps) or 'check the database, writers and files'} "
                    f"(brace-watchdogctl explain / timeline --action-id {action.id})")
-        hub.store.journal_step(action.id, action.step, status="interrupted", result=message)
+        hub.store.journal_step(action.id, action.step, status="interrupted", result=message,
+                               evidence={"state": state, "next_steps": next_steps})
         await hub.escalate(f"{action.kind}_interrupted", message, source="control",
-                           evidence={"action_id": action.id, "step": action.step})
+                           evidence={"action_id": action.id, "step": action.step,
+                                     "state": state, "next_steps": next_steps})
         found.append(action.id)
     return found

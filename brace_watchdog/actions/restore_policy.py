@@ -20,6 +20,7 @@ __all__ = [
     "alembic_problem",
     "freshness_problem",
     "is_due",
+    "missing_from_toc",
     "pg_restore_errors",
     "quote_ident",
     "row_count_sql",
@@ -81,10 +82,13 @@ def table_problems(expected: set[TocTable], restored: set[TocTable]) -> list[str
     missing = sorted(expected - restored)
     if not missing:
         return []
-    shown = ", ".join(str(t) for t in missing[:20])
-    more = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
     return [f"{len(missing)} table(s) of the dump's table of contents missing after restore: "
-            f"{shown}{more}"]
+            f"{_listing(missing)}"]
+
+
+def _listing(tables: list[TocTable]) -> str:
+    shown = ", ".join(str(t) for t in tables[:20])
+    return shown + (f" and {len(tables) - 20} more" if len(tables) > 20 else "")
 
 
 def truthy(value: str) -> bool:
@@ -170,3 +174,12 @@ def quote_ident(name: str) -> str:
     if "\x00" in name:
         raise ValueError("identifier contains a NUL byte")
     return '"' + name.replace('"', '""') + '"'
+
+
+def missing_from_toc(live: set[TocTable], listed: set[TocTable]) -> str | None:
+    """Why a dump does not cover the live database: tables it has that the TOC lacks."""
+    missing = sorted(live - listed)
+    if not missing:
+        return None
+    return (f"{len(missing)} live table(s) missing from its table of contents "
+            f"(pg_restore --list): {_listing(missing)}")

@@ -28,6 +28,7 @@ from brace_watchdog.adapters.postgres import DockerServer, LocalServer, Throwawa
 from brace_watchdog.config import RestoreTestConfig
 from brace_watchdog.dumps import DumpHeader, read_dump_header
 from brace_watchdog.errors import ActionError, AdapterError, CommandError, PostgresError
+from brace_watchdog.files import identify
 
 __all__ = ["STAGES", "RestoreResult", "RestoreRun", "ServerFactory", "server_factory"]
 
@@ -54,6 +55,7 @@ class RestoreResult:
     message: str
     dump_name: str
     dump_size: int = 0
+    dump_sha256: str = ""
     backend: str = ""
     pg_version: str = ""
     alembic_revision: str = ""
@@ -110,6 +112,7 @@ class RestoreRun:
         self._stage_started = self._started
         self.facts: dict[str, Any] = {"stage_seconds": {}, "table_counts": {}}
         self.server: ThrowawayServer | None = None
+        self._seen: tuple[object, ...] = ()
 
     def elapsed(self) -> float:
         return self.monotonic() - self._started
@@ -183,10 +186,16 @@ class RestoreRun:
         self.facts["recovery_seconds"] = self.elapsed()
         self._enter("verifying")
         await self._verify(self.server, expected, header)
+        await self._check_unchanged()
         self.facts["recovery_seconds"] = self.elapsed()
 
     async def _check(self) -> DumpHeader:
-        self.facts["dump_size"] = (await asyncio.to_thread(self.dump.stat)).st_size
+        try:
+            identity = await asyncio.to_thread(identify, self.dump)
+        except ActionError as exc:
+            raise ActionError("checking", exc.message) from None
+        self.facts["dump_size"], self.facts["dump_sha256"] = identity.size, identity.sha256
+        self._seen = await asyncio.to_thread(_change_marks, self.dump)
         header = await asyncio.to_thread(read_dump_header, self.dump)
         if header.format != "custom":
             raise ActionError("checking", f"{self.dump.name} is a {header.format}-format archive;"
@@ -224,6 +233,17 @@ class RestoreRun:
                 raise ActionError("verifying", problem)
         if self.config.freshness_query:
             await self._verify_freshness(server, header)
+
+    async def _check_unchanged(self) -> None:
+        """The result is recorded for the hashed content: refuse it if the file was rewritten
+        or replaced meanwhile (ctime moves on every write and cannot be set back)."""
+        try:
+            now = await asyncio.to_thread(_change_marks, self.dump)
+        except OSError as exc:
+            now = (str(exc),)
+        if now != self._seen:
+            raise ActionError("verifying", f"{self.dump.name} was changed or replaced during the "
+                              "test; the result would not describe its content: test it again")
 
     async def _verify_alembic(self, server: ThrowawayServer) -> None:
         try:
@@ -269,6 +289,7 @@ class RestoreRun:
         return RestoreResult(
             passed=passed, stage="done" if passed else (failure[0] if failure else ""),
             message=message, dump_name=self.dump.name, dump_size=int(facts.get("dump_size", 0)),
+            dump_sha256=str(facts.get("dump_sha256", "")),
             backend=str(facts.get("backend", self.config.backend)),
             pg_version=str(facts.get("pg_version", "")),
             alembic_revision=str(facts.get("alembic_revision", "")), table_counts=counts,
@@ -277,6 +298,11 @@ class RestoreRun:
             rto_exceeded=passed and policy.rto_exceeded(recovery, self.config.rto_seconds),
             started_at=self.started_at, finished_at=self.clock(),
             errors=tuple(facts.get("errors", ())))
+
+
+def _change_marks(path: Path) -> tuple[object, ...]:
+    info = path.stat()
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 async def _query(server: ThrowawayServer, sql: str, what: str) -> list[list[str]]:

@@ -62,6 +62,7 @@ def record_result(store: StateStore, result: RestoreResult) -> int:
     return store.record_restore_result(
         started_at=result.started_at, finished_at=result.finished_at,
         dump_name=result.dump_name, dump_size=result.dump_size, passed=result.passed,
+        dump_sha256=result.dump_sha256,
         stage=result.stage, message=result.message, backend=result.backend,
         pg_version=result.pg_version, alembic_revision=result.alembic_revision,
         duration_seconds=result.duration_seconds, rto_exceeded=result.rto_exceeded,

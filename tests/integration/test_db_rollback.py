@@ -22,6 +22,7 @@ import pytest
 from brace_watchdog.actions.app_rollback import AppRollback
 from brace_watchdog.actions.restore_test import RestoreTestScheduler
 from brace_watchdog.dumps import read_dump_header
+from brace_watchdog.files import identify
 from tests.integration.control_helpers import Env, control_server, ctl, result
 from tests.support.images import run_postgres
 from tests.support.net import free_port, wait_for_port
@@ -116,9 +117,11 @@ def _facts(cluster: PgCluster, db: str) -> tuple[str, str]:
             cluster.psql("select count(*) || '/' || coalesce(sum(amount), 0) from orders", db=db))
 
 
-def _passed(env: Env, name: str) -> None:
-    env.hub.store.record_restore_result(started_at=1, finished_at=2, dump_name=name,
-                                        dump_size=1, passed=True)
+def _passed(env: Env, dump: Path) -> None:
+    """A passing restore test of ``dump``'s current content (results are keyed by hash)."""
+    env.hub.store.record_restore_result(started_at=1, finished_at=2, dump_name=dump.name,
+                                        dump_size=1, passed=True,
+                                        dump_sha256=identify(dump).sha256)
 
 
 async def test_db_rollback_end_to_end(tmp_path: Path, newer_pg_cluster: PgCluster,
@@ -197,7 +200,7 @@ async def test_failure_mid_restore_leaves_the_documented_state(
                     "drop owned by rb_ghost; drop role rb_ghost;", db=dump.dbname)
     broken = _facts(pg_cluster, dump.dbname)
     async with control_server(tmp_path, _config(pg_cluster, dump.dbname, stack, backups)) as env:
-        _passed(env, DUMP)
+        _passed(env, dump.path)
         run = await ctl("--socket", str(env.socket), "rollback", "db", "--dump", DUMP, "--yes")
         assert run.code == 1, run
         assert "restoring" in run.err and "rb_ghost" in run.err
@@ -328,7 +331,7 @@ async def test_db_rollback_inside_the_database_container(
                               "database": "brace", "user": "postgres", "health_attempts": 30,
                               "health_wait_seconds": 0.5}
         async with control_server(tmp_path, raw) as env:
-            _passed(env, DUMP)
+            _passed(env, dump.path)
             run = await ctl("--socket", str(env.socket), "--json", "rollback", "db", "--dump",
                             DUMP, "--yes")
             assert run.code == 0, run

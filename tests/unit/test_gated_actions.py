@@ -21,25 +21,28 @@ from brace_watchdog.state import ActionRecord, Event
 UP = ["docker", "compose", "up", "-d", "backend"]
 
 
-def test_local_target_commands() -> None:
-    target = DbTarget("local", bin_dir="/pg/bin", dsn="postgresql://u:p@h/db")
-    assert target.restore_argv("/b/x.dump") == [
+def test_local_target_commands_carry_no_connection_details() -> None:
+    target = DbTarget("local", bin_dir="/pg/bin")
+    assert target.restore_argv("/b/x.dump", app_name="app-7") == [
         "/pg/bin/pg_restore", "--clean", "--if-exists", "--no-owner", "--single-transaction",
-        "-d", "postgresql://u:p@h/db", "/b/x.dump"]
-    assert target.dump_argv("/b/s.dump")[:4] == ["/pg/bin/pg_dump", "-Fc", "-f", "/b/s.dump"]
+        "-d", "service=brace_watchdog", "/b/x.dump"]
+    assert target.dump_argv("/b/s.dump") == ["/pg/bin/pg_dump", "-Fc", "-f", "/b/s.dump", "-d",
+                                             "service=brace_watchdog"]
+    assert target.list_argv("/b/s.dump") == ["/pg/bin/pg_restore", "--list", "/b/s.dump"]
     assert target.version_argv()[0] == "/pg/bin/psql"
 
 
 def test_container_target_commands() -> None:
     target = DbTarget("container", container="brace-db-1", database="brace", user="postgres")
-    assert target.restore_argv("/tmp/d") == [
-        "docker", "exec", "brace-db-1", "pg_restore", "--clean", "--if-exists", "--no-owner",
-        "--single-transaction", "-U", "postgres", "-d", "brace", "/tmp/d"]
+    assert target.restore_argv("/tmp/d", app_name="app-7") == [
+        "docker", "exec", "--env=PGAPPNAME=app-7", "brace-db-1", "pg_restore", "--clean",
+        "--if-exists", "--no-owner", "--single-transaction", "-U", "postgres", "-d", "brace",
+        "/tmp/d"]
     assert target.version_argv()[-2:] == ["-c", "show server_version_num"]
 
 
 def test_local_target_without_bin_dir_uses_path() -> None:
-    assert DbTarget("local", dsn="x").tool("pg_dump") == ["pg_dump"]
+    assert DbTarget("local").tool("pg_dump") == ["pg_dump"]
 
 
 @pytest.mark.parametrize(("state", "expected", "absent"), [
@@ -53,6 +56,14 @@ def test_local_target_without_bin_dir_uses_path() -> None:
      ["holds the dump's data", "--dump s.dump"], ["STOPPED"]),
     ({"database": "untouched", "writers": "running", "safety_dump": None},
      ["unfreeze"], ["STOPPED", "rolled back"]),
+    ({"database": "restoring", "writers": "stopped", "safety_dump": "s.dump",
+      "safety_dump_sha256": "ab" * 32},
+     ["UNKNOWN", "do NOT start the writers", "writers are STOPPED", "--dump s.dump",
+      "sha256 abababab"], ["rolled back", "holds the dump's data"]),
+    ({"database": "UNKNOWN: pg_restore timed out", "writers": "stopped", "safety_dump": "s"},
+     ["UNKNOWN", "check it"], ["unchanged", "rolled back:", "holds the dump's data"]),
+    ({"database": "untouched", "writers": "stopping", "safety_dump": None},
+     ["writers are STOPPING"], ["UNKNOWN"]),
 ])
 def test_next_steps_follow_the_state(state: dict[str, object], expected: list[str],
                                      absent: list[str]) -> None:
