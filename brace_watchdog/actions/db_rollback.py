@@ -5,8 +5,8 @@ kept in its name); its content is hashed (sha256, size, inode: the approval bind
 bytes); it is a readable custom-format archive; the production server's major version can
 restore it; ``pg_dump`` and ``pg_restore`` are not older than that server (an older ``pg_dump``
 refuses a newer server, which would otherwise surface at the safety dump with the writers
-already stopped); the restore-test history of *that content* (looked up by hash, not by name) is shown
-(and, with ``require_passing_restore_test``, a passing test is required).
+already stopped); the restore-test history of *that content* (looked up by hash, not by name)
+is shown (and, with ``require_passing_restore_test``, a passing test is required).
 
 Steps (``execute``), each journaled with the state an operator needs after a crash (see
 :func:`next_steps`), streamed as progress and stopping at the first failure. Before any step,
@@ -62,7 +62,7 @@ from brace_watchdog.actions.gated import (
     verify_health,
     wait_until,
 )
-from brace_watchdog.actions.restore_run import RestoreRun, server_factory
+from brace_watchdog.actions.restore_run import RestoreRun, server_factory, shielded
 from brace_watchdog.adapters.pgservice import SERVICE, pg_service
 from brace_watchdog.adapters.process import CommandResult, run_command
 from brace_watchdog.config import DbRollbackConfig
@@ -487,11 +487,11 @@ class _Run:
             await self._end_restore(f"pg_restore timed out after {timeout:.0f}s")
             raise
         except asyncio.CancelledError:
-            await _shielded(self._end_restore("the restore was cancelled"))
+            await shielded(self._end_restore("the restore was cancelled"))
             raise
         finally:
             if target.mode != "local":
-                await _shielded(run([*target.docker, "exec", target.container, "rm", "-f",
+                await shielded(run([*target.docker, "exec", target.container, "rm", "-f",
                                      CONTAINER_DUMP], check=False))
         self.journal.checkpoint(database="restored")
 
@@ -537,20 +537,6 @@ class _Run:
             return
         await self.owner._run(cfg.smoke_command, timeout=cfg.smoke_timeout_seconds)
         self.state["smoke"] = "passed"
-
-
-async def _shielded(work: Any) -> Any:
-    """Finish ``work`` even when the caller is being cancelled (then re-raise the cancel)."""
-    task = asyncio.ensure_future(work)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
-    return task.result()
 
 
 def _checks(name: str, identity: FileIdentity, header: DumpHeader, server_major: int,

@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from brace_watchdog.actions import restore_policy as policy
 from brace_watchdog.adapters.docker import DockerAdapter
@@ -30,7 +30,9 @@ from brace_watchdog.dumps import DumpHeader, read_dump_header
 from brace_watchdog.errors import ActionError, AdapterError, CommandError, PostgresError
 from brace_watchdog.files import identify
 
-__all__ = ["STAGES", "RestoreResult", "RestoreRun", "ServerFactory", "server_factory"]
+__all__ = ["STAGES", "RestoreResult", "RestoreRun", "ServerFactory", "server_factory", "shielded"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("brace_watchdog.restore_test")
 
@@ -149,17 +151,10 @@ class RestoreRun:
         self._enter("cleaning")
         server, self.server = self.server, None
         if server is not None:
-            task = asyncio.ensure_future(server.stop())
-            cancelled = False
-            while not task.done():
-                try:
-                    await asyncio.shield(task)
-                except asyncio.CancelledError:
-                    cancelled = True
-                except Exception:  # logged; a failed cleanup must not mask the result
-                    log.exception("restore test: cleanup of the %s server failed", server.backend)
-            if cancelled:
-                raise asyncio.CancelledError
+            try:
+                await shielded(server.stop())
+            except Exception:  # logged; a failed cleanup must not mask the result
+                log.exception("restore test: cleanup of the %s server failed", server.backend)
         self.facts["stage_seconds"]["cleaning"] = round(self.monotonic() - self._stage_started, 3)
         self.stage = failed_stage
 
@@ -298,6 +293,23 @@ class RestoreRun:
             rto_exceeded=passed and policy.rto_exceeded(recovery, self.config.rto_seconds),
             started_at=self.started_at, finished_at=self.clock(),
             errors=tuple(facts.get("errors", ())))
+
+
+async def shielded(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even when the caller is cancelled meanwhile; then re-raise
+    the cancellation (chained to ``work``'s own error, if any)."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+        except Exception:  # noqa: S112 - the task is done; its error is re-raised below
+            continue
+    if cancelled:
+        raise asyncio.CancelledError from task.exception()
+    return task.result()
 
 
 def _change_marks(path: Path) -> tuple[object, ...]:
