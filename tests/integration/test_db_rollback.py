@@ -107,7 +107,8 @@ def _config(cluster: PgCluster, dbname: str, stack: Stack, backups: Path,
                      "project": stack.project},
         "db_rollback": {"target": "local", "bin_dir": str(bin_dir), "health_attempts": 30,
                         "health_wait_seconds": 0.5,
-                        "smoke_command": [str(bin_dir / "psql"), dsn, "-X", "-tA", "-c",
+                        # no connection details: the smoke command gets the private service file
+                        "smoke_command": [str(bin_dir / "psql"), "-X", "-tA", "-c",
                                           "select count(*) from alembic_version"]},
     }
 
@@ -233,7 +234,7 @@ async def test_tools_older_than_the_server_are_refused_at_plan(
     before = _containers(docker_client, stack)
     async with control_server(tmp_path, _config(newer_pg_cluster, dump.dbname, stack,
                                                 backups)) as env:
-        _passed(env, DUMP)
+        _passed(env, dump.path)
         run = await ctl("--socket", str(env.socket), "rollback", "db", "--dump", DUMP, "--yes")
         assert run.code == 1, run
         assert (f"client tools older than the production server: pg_dump 15, pg_restore 15 "
