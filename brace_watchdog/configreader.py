@@ -4,16 +4,28 @@
 are checked: each accessor returns a typed value (or the default) and records an error such
 as ``health.interval_seconds: must be > 0`` instead of raising, so a config with five
 mistakes is reported once with all five.
+
+An option is declared once, as a dataclass field: its type, its default and, through
+:func:`option`, its limits (``above``, ``minimum``, ``maximum``, ``non_empty``) or a custom
+``read`` function. :func:`read_section` reads every field of a section from its table by the
+field's type (``bool``, ``int``, ``float``, ``str``, a ``Literal`` of strings, ``tuple[str,
+...]``, ``Path``, ``Path | None``), so a default is never written twice and cannot drift.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
-from collections.abc import Iterable
-from typing import Any, TypeVar
+import os
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
-__all__ = ["Problems", "TableReader", "parse_listen_address"]
+__all__ = ["CustomRead", "Problems", "ReadContext", "TableReader", "option", "parse_listen_address",
+           "read_section", "resolve_path"]
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
@@ -149,6 +161,89 @@ class TableReader:
             self.error(key, f"must be <= {_fmt(maximum)}")
             return default
         return value
+
+
+@dataclass(frozen=True)
+class ReadContext:
+    """What a custom reader may need beyond its table: the config file's folder and the env."""
+
+    base: Path
+    env: Mapping[str, str]
+    values: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The section's fields read so far (a custom reader may derive its default from one)."""
+
+
+CustomRead = Callable[[TableReader, str, Any, ReadContext], Any]
+
+
+def option(default: Any, *, above: float | None = None, minimum: float | None = None,
+           maximum: float | None = None, non_empty: bool = False,
+           read: CustomRead | None = None) -> Any:
+    """A config field: its default and how it is checked (see the module docstring)."""
+    metadata = {"above": above, "minimum": minimum, "maximum": maximum,
+                "non_empty": non_empty, "read": read}
+    if isinstance(default, list | dict | set):
+        raise TypeError("config defaults are immutable: use a tuple")
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def read_section(cls: type[T], reader: TableReader, context: ReadContext,
+                 **given: Any) -> T:
+    """Read every field of dataclass ``cls`` from ``reader`` (except those ``given``), report
+    unknown keys, and build it."""
+    hints = typing.get_type_hints(cls)
+    values = dict(given)
+    context = dataclasses.replace(context, values=values)
+    for item in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if item.name not in values:
+            values[item.name] = _read_field(reader, item, hints[item.name], context)
+    reader.finish()
+    return cls(**values)
+
+
+_BY_TYPE: dict[Any, Callable[[TableReader, str, Any, Mapping[str, Any]], Any]] = {
+    bool: lambda r, key, default, _: r.boolean(key, default),
+    int: lambda r, key, default, m: r.integer(key, default, minimum=m.get("minimum"),
+                                              maximum=m.get("maximum")),
+    float: lambda r, key, default, m: r.number(key, default, above=m.get("above"),
+                                               minimum=m.get("minimum"), maximum=m.get("maximum")),
+    str: lambda r, key, default, _: r.string(key, default),
+    tuple[str, ...]: lambda r, key, default, m: r.strings(key, list(default),
+                                                          non_empty=bool(m.get("non_empty"))),
+}
+
+
+def _read_field(reader: TableReader, item: dataclasses.Field[Any], kind: Any,
+                context: ReadContext) -> Any:
+    meta, name = item.metadata, item.name
+    default: Any = item.default
+    custom: CustomRead | None = meta.get("read")
+    if custom is not None:
+        return custom(reader, name, default, context)
+    if kind in _BY_TYPE:
+        return _BY_TYPE[kind](reader, name, default, meta)
+    if get_origin(kind) is Literal:
+        return reader.string(name, default, choices=get_args(kind))
+    if kind is Path:
+        return _path(reader, name, default, context.base)
+    if kind == Path | None:
+        text = reader.string(name, "")
+        return resolve_path(text, context.base) if text else None
+    raise TypeError(f"{reader.key_path(name)}: no reader for {kind!r}; give option(read=...)")
+
+
+def _path(reader: TableReader, key: str, default: Path, base: Path) -> Path:
+    text = reader.string(key, str(default))
+    if not text:
+        reader.error(key, "must not be empty")
+        text = str(default)
+    return resolve_path(text, base)
+
+
+def resolve_path(text: str, base: Path) -> Path:
+    """``text`` as a path; a relative one resolves against ``base`` (the config's folder)."""
+    candidate = Path(text)
+    return candidate if candidate.is_absolute() else Path(os.path.normpath(base / candidate))
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:

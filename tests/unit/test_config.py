@@ -6,14 +6,24 @@ Pure tests: ``parse_config`` on dicts, ``load_config`` only on files under ``tmp
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from brace_watchdog.config import Config, Secret, load_config, parse_config
-from brace_watchdog.configreader import parse_listen_address
+from brace_watchdog.configreader import (
+    Problems,
+    ReadContext,
+    TableReader,
+    option,
+    parse_listen_address,
+    read_section,
+    resolve_path,
+)
 from brace_watchdog.errors import ConfigError
+from brace_watchdog.monitors.policy import classify_status
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,8 +115,9 @@ def test_lower_case_log_level_and_numeric_ok_statuses_are_accepted() -> None:
                            "health": {"ok_statuses": [200, "3xx"]}})
     assert config.daemon.log_level == "DEBUG"
     assert config.health.ok_statuses == ("200", "3xx")
-    assert config.health.is_ok_status(200) and config.health.is_ok_status(302)
-    assert not config.health.is_ok_status(204)
+    assert classify_status(200, config.health.ok_statuses) == "ok"
+    assert classify_status(302, config.health.ok_statuses) == "ok"
+    assert classify_status(204, config.health.ok_statuses) != "ok"
 
 
 def test_unknown_keys_at_root_and_in_sections() -> None:
@@ -254,8 +265,8 @@ def test_all_errors_are_reported_at_once() -> None:
     assert problems == [
         "daemon.log_format: must be one of 'text', 'json', not 'xml'",
         "metrics.listen: must be host:port, not 'nope'",
-        "health.interval_seconds: must be > 0",
         "health.url: must be an http(s) URL with a host, not 'ftp://x'",
+        "health.interval_seconds: must be > 0",
         "backups.unknown: unknown key",
         "extra: unknown key",
     ]
@@ -317,3 +328,28 @@ def test_development_config_documents_every_foundation_key() -> None:
         written = set(document[section])
         missing = {f for f in fields - written if (section, f) not in NOT_IN_FILES}
         assert not missing, f"[{section}] keys not documented in etc/brace-watchdog.toml"
+
+
+def test_every_option_is_declared_once_absent_keys_give_the_dataclass_defaults() -> None:
+    base = Path("/srv/brace")
+    parsed, defaults = parse_config({}, base_dir=base), Config()
+    for section in fields(Config):
+        if section.name == "source":
+            continue
+        for item in fields(getattr(defaults, section.name)):
+            got = getattr(getattr(parsed, section.name), item.name)
+            want = getattr(getattr(defaults, section.name), item.name)
+            if isinstance(want, Path):
+                want = resolve_path(str(want), base)
+            assert got == want, f"[{section.name}] {item.name}: read {got!r}, declared {want!r}"
+
+
+def test_declaring_an_option_the_reader_cannot_read_fails_loudly() -> None:
+    @dataclass(frozen=True)
+    class Odd:
+        ratio: complex = 1j
+
+    with pytest.raises(TypeError, match=r"odd\.ratio: no reader for"):
+        read_section(Odd, TableReader({}, "odd", Problems()), ReadContext(Path("/"), {}))
+    with pytest.raises(TypeError, match="immutable"):
+        option([1])
