@@ -174,7 +174,7 @@ def next_steps(stage: str, state: dict[str, Any], *, up_argv: Sequence[str]) -> 
         steps.append("the database state is UNKNOWN: a restore was started and did not finish "
                      "normally; check it (alembic_version, row counts) before anything else — "
                      "do NOT start the writers on it unchecked")
-    if state.get("writers") in ("stopped", "stopping"):
+    if state.get("writers") in ("stopped", "stopping", "starting"):
         steps.append(f"writers are {str(state['writers']).upper()}; to start them again as they "
                      f"are: {' '.join(up_argv)}")
     if database == "restored":
@@ -406,7 +406,7 @@ class _Run:
 
     async def freeze(self) -> None:
         self.owner.hub.freeze(f"DB rollback to {self.name}", by=self.who)
-        self.state["automation"] = "frozen"
+        self.journal.checkpoint(automation="frozen")
 
     async def stop_writers(self) -> None:
         writers = self.owner.cfg.writers
@@ -522,6 +522,7 @@ class _Run:
     async def start_writers(self) -> None:
         writers = self.owner.cfg.writers
         if writers:
+            self.journal.checkpoint(writers="starting")
             await self.owner._run(self.owner.compose("up", "-d", *writers))
             self.journal.checkpoint(writers="started")
 

@@ -46,7 +46,7 @@ enabled = false
 
 class Daemon:
     def __init__(self, tmp_path: Path, server: SwitchableServer, *,
-                 state_path: str = "state.db") -> None:
+                 state_path: str = "state.db", extra: str = "") -> None:
         self.dir = tmp_path
         (tmp_path / "backups").mkdir()
         self.config = tmp_path / "brace-watchdog.toml"
@@ -54,16 +54,27 @@ class Daemon:
         self.health_url = server.url()
         self.state_path = tmp_path / state_path
         write_config(self.config, health_url=self.health_url, metrics_port=self.metrics_port,
-                     state_path=state_path)
+                     state_path=state_path, extra=extra)
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(tmp_path / "notify.sock"))
         self.notify.settimeout(0.2)
         self.messages: list[str] = []
-        env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
-               "WATCHDOG_USEC": "1000000"}
         self.log = (tmp_path / "daemon.log").open("w")
-        self.proc = subprocess.Popen([str(BIN), "run", "--config", str(self.config)], env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.dir / "notify.sock"),
+               "WATCHDOG_USEC": "1000000"}
+        return subprocess.Popen([str(BIN), "run", "--config", str(self.config)], env=env,
+                                stdout=self.log, stderr=subprocess.STDOUT)
+
+    def restart(self) -> None:
+        """SIGKILL the daemon (if it runs) and start it again on the same config and state."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.messages.clear()
+        self.proc = self._start()
 
     def wait_for(self, prefix: str, timeout: float = 20) -> str:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,304 @@
+"""SIGKILL at each step of each gated action, with the daemon as a real process: the restarted
+daemon reports exactly where the action stopped (the state its last journal entry recorded) and
+the next safe commands.
+
+Each step is held open at a real blocking point — the command that step runs is wrapped by
+``gate``, which blocks (recording its pid) while ``block-<label>`` exists and otherwise runs the
+real tool (docker-compose against a real busybox writer, PostgreSQL 15 tools against a real
+cluster, the real docker engine); steps that wait in the daemon itself (health, connection,
+engine) are held by what they wait for. Steps with no blocking point at all (freezing, keeping
+and installing a file: microseconds of local work) have none to be killed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration.control_helpers import ctl
+from tests.support.daemon import Daemon
+from tests.support.net import free_port
+from tests.support.pg import PG_BIN, PgCluster, make_brace_dump
+from tests.support.webserver import SwitchableServer, switchable_server
+
+pytestmark = [pytest.mark.slow]
+
+DUMP = "brace_20260101_000000.dump"
+GATE = """#!/bin/sh
+# gate LABEL COMMAND...: block while {dir}/block-LABEL exists, else run COMMAND
+label=$1; shift
+if [ -e {dir}/block-$label ]; then echo $$ > {dir}/entered-$label; exec sleep 600; fi
+exec "$@"
+"""
+COMPOSE = """#!/bin/sh
+sub=none
+for arg in "$@"; do case $arg in stop|up|ps) sub=$arg; break;; esac; done
+exec {dir}/gate compose-$sub docker-compose "$@"
+"""
+PG_DUMP = """#!/bin/sh
+[ "$1" = --version ] && exec {pg}/pg_dump "$@"
+exec {dir}/gate pg_dump {pg}/pg_dump "$@"
+"""
+PG_RESTORE = """#!/bin/sh
+for arg in "$@"; do case $arg in --version|--list) exec {pg}/pg_restore "$@";; esac; done
+exec {dir}/gate pg_restore {pg}/pg_restore "$@"
+"""
+
+
+@dataclass
+class Gates:
+    dir: Path
+
+    def script(self, name: str, text: str) -> str:
+        path = self.dir / name
+        path.write_text(text.format(dir=self.dir, pg=PG_BIN))
+        path.chmod(0o755)
+        return str(path)
+
+    def block(self, label: str) -> None:
+        (self.dir / f"block-{label}").touch()
+
+    async def entered(self, label: str, timeout: float = 120) -> None:
+        marker = self.dir / f"entered-{label}"
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            assert time.monotonic() < deadline, f"{label} never blocked"
+            await asyncio.sleep(0.1)
+
+    def release(self) -> None:
+        """Kill every blocked stand-in (they outlive the SIGKILLed daemon)."""
+        for marker in self.dir.glob("entered-*"):
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(marker.read_text()), signal.SIGKILL)
+
+
+@pytest.fixture
+def gates(tmp_path: Path) -> Iterator[Gates]:
+    folder = tmp_path / "gates"
+    folder.mkdir()
+    found = Gates(folder)
+    found.script("gate", GATE)
+    try:
+        yield found
+    finally:
+        found.release()
+
+
+def _step_of(state: Path, kind: str) -> str:
+    with contextlib.closing(sqlite3.connect(f"file:{state}?mode=ro", uri=True)) as conn:
+        row = conn.execute("SELECT step FROM actions WHERE kind = ? ORDER BY id DESC LIMIT 1",
+                           (kind,)).fetchone()
+    return str(row[0]) if row else ""
+
+
+async def _in_step(state: Path, kind: str, step: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while _step_of(state, kind) != step:
+        assert time.monotonic() < deadline, f"{kind} never reached {step}"
+        await asyncio.sleep(0.1)
+
+
+async def _kill_and_restart(daemon: Daemon, run: asyncio.Task[object]) -> str:
+    """SIGKILL mid-step, start again; the escalation the new daemon reports."""
+    daemon.restart()
+    daemon.wait_for("READY=1", timeout=60)
+    await run
+    status = await ctl("--socket", str(daemon.dir / "control.sock"), "--json", "status")
+    assert status.code == 0, status
+    escalation = status.json()["escalation"]
+    assert escalation, status.out
+    return str(escalation["message"])
+
+
+def _writer_project(tmp_path: Path, busybox: str) -> tuple[Path, str]:
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(f"""version: "2.4"
+services:
+  backend:
+    image: {busybox}
+    network_mode: none
+    stop_grace_period: 1s
+    labels: {{brace-watchdog.test: '1'}}
+    command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+""")
+    return compose, f"bwkill{os.getpid()}x{time.monotonic_ns() % 10**6}"
+
+
+DB_STEPS = {
+    "stopping_writers": ("compose-stop", ["writers: stopping", "writers are STOPPING",
+                                          "up -d backend"]),
+    "safety_dump": ("pg_dump", ["writers: stopped", "no safety dump was completed",
+                                "writers are STOPPED"]),
+    "restoring": ("pg_restore", ["database: restoring", "safety_dump: brace_safety_",
+                                 "safety_dump_sha256: ", "UNKNOWN", "do NOT start the writers",
+                                 "rollback db --dump brace_safety_"]),
+    "starting_writers": ("compose-up", ["database: restored", "writers: starting",
+                                        "writers are STARTING"]),
+    "verifying": (None, ["database: restored", "writers: started", "holds the dump's data"]),
+    "smoke": ("smoke", ["database: restored", "health: ok", "holds the dump's data"]),
+}
+
+
+@pytest.mark.docker
+@pytest.mark.postgres
+@pytest.mark.parametrize("step", list(DB_STEPS))
+async def test_db_rollback_killed_at_each_step(
+        step: str, tmp_path: Path, gates: Gates, pg_cluster: PgCluster,
+        busybox_image: str) -> None:
+    label, expected = DB_STEPS[step]
+    dump = make_brace_dump(pg_cluster, tmp_path / "src" / DUMP, rows=5)
+    compose, project = _writer_project(tmp_path, busybox_image)
+    bins = gates.dir / "bin"
+    bins.mkdir()
+    (bins / "psql").symlink_to(PG_BIN / "psql")
+    gates.script("bin/pg_dump", PG_DUMP)
+    gates.script("bin/pg_restore", PG_RESTORE)
+    smoke = [str(gates.dir / "gate"), "smoke", "true"]
+    extra = f"""
+[database]
+dsn = "{pg_cluster.dsn(dbname=dump.dbname)}"
+[rollback]
+compose_command = ["{gates.script("compose", COMPOSE)}"]
+compose_file = "{compose}"
+project = "{project}"
+[db_rollback]
+target = "local"
+bin_dir = "{bins}"
+writers = ["backend"]
+require_passing_restore_test = false
+health_attempts = 10000
+health_wait_seconds = 0.2
+smoke_command = {json.dumps(smoke)}
+"""
+    with switchable_server() as health:
+        daemon = Daemon(tmp_path, health, extra=extra)
+        os.replace(dump.path, tmp_path / "backups" / DUMP)
+        try:
+            await ctl_compose(compose, project, "up", "-d")
+            daemon.wait_for("READY=1", timeout=60)
+            await _hold(step, label, gates, health, daemon)
+            run = asyncio.ensure_future(ctl("--socket", str(tmp_path / "control.sock"),
+                                            "rollback", "db", "--dump", DUMP, "--yes"))
+            if label:
+                await gates.entered(label)
+            await _in_step(daemon.state_path, "db_rollback", step)
+            message = await _kill_and_restart(daemon, run)
+        finally:
+            daemon.close()
+            await ctl_compose(compose, project, "down", "-t", "1")
+    assert f"interrupted at step '{step}'" in message, message
+    for fragment in expected:
+        assert fragment in message, (fragment, message)
+    assert "brace-watchdogctl unfreeze" in message
+
+
+async def _hold(step: str, label: str | None, gates: Gates, health: SwitchableServer,
+                daemon: Daemon) -> None:
+    if label:
+        gates.block(label)
+    if step == "verifying":
+        health.mode = "500"
+
+
+async def ctl_compose(file: Path, project: str, *args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "docker-compose", "-f", str(file), "-p", project, *args,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    await asyncio.wait_for(proc.wait(), 180)
+
+
+HBA_STEPS = {
+    "reloading": ["kept_as: ", "pg_hba: restored from .bak (not yet reloaded)", "to undo: copy"],
+    "verifying": ["pg_hba: restored and reloaded", "to undo: copy"],
+}
+
+
+@pytest.mark.parametrize("step", list(HBA_STEPS))
+async def test_pg_hba_rollback_killed_at_each_step(step: str, tmp_path: Path,
+                                                   gates: Gates) -> None:
+    hba = tmp_path / "pg_hba.conf"
+    hba.write_text("host all all 127.0.0.1/32 reject\n")
+    (tmp_path / "pg_hba.conf.bak").write_text("host all all 127.0.0.1/32 scram-sha-256\n")
+    reload = [str(gates.dir / "gate"), "reload", "true"]
+    extra = f"""
+[database]
+dsn = "postgresql://nobody@127.0.0.1:{free_port()}/none?connect_timeout=1"
+[network_rollback]
+pg_hba_path = "{hba}"
+reload_command = {json.dumps(reload)}
+verify_attempts = 10000
+verify_wait_seconds = 0.2
+"""
+    with switchable_server() as health:
+        daemon = Daemon(tmp_path, health, extra=extra)
+        try:
+            daemon.wait_for("READY=1", timeout=60)
+            if step == "reloading":
+                gates.block("reload")
+            run = asyncio.ensure_future(ctl("--socket", str(tmp_path / "control.sock"),
+                                            "rollback", "pg-hba", "--yes"))
+            await _in_step(daemon.state_path, "pg_hba_rollback", step)
+            message = await _kill_and_restart(daemon, run)
+        finally:
+            daemon.close()
+    assert f"interrupted at step '{step}'" in message, message
+    for fragment in HBA_STEPS[step]:
+        assert fragment in message, (fragment, message)
+
+
+DOCKER_STEPS = {
+    "restarting": ["daemon_json: restored from .bak", "engine: restarting", "to undo: copy"],
+    "waiting_engine": ["daemon_json: restored from .bak", "engine: restarting"],
+    "verifying": ["daemon_json: restored from .bak", "engine: up", "to undo: copy"],
+}
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("step", list(DOCKER_STEPS))
+async def test_docker_daemon_rollback_killed_at_each_step(step: str, tmp_path: Path,
+                                                          gates: Gates) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "daemon.json").write_text('{"broken": true}')
+    (folder / "daemon.json.bak").write_text('{"log-driver": "json-file"}')
+    restart = [str(gates.dir / "gate"), "restart", "true"]
+    engine = ("unix:///var/run/docker.sock" if step == "verifying"
+              else f"unix://{tmp_path}/no-engine.sock")
+    extra = f"""
+[rollback]
+compose_command = ["{gates.script("compose", COMPOSE)}"]
+compose_file = "{tmp_path / 'none.yml'}"
+project = "bwkill{os.getpid()}"
+[network_rollback]
+docker_daemon_json = "{folder / 'daemon.json'}"
+docker_restart_command = {json.dumps(restart)}
+docker_host = "{engine}"
+engine_wait_seconds = 600
+verify_services = ["backend"]
+"""
+    with switchable_server() as health:
+        daemon = Daemon(tmp_path, health, extra=extra)
+        try:
+            daemon.wait_for("READY=1", timeout=60)
+            gates.block({"restarting": "restart", "verifying": "compose-ps"}.get(step, "none"))
+            run = asyncio.ensure_future(ctl("--socket", str(tmp_path / "control.sock"),
+                                            "rollback", "docker-daemon", "--yes"))
+            await _in_step(daemon.state_path, "docker_daemon_rollback", step)
+            if step == "verifying":
+                await gates.entered("compose-ps")
+            message = await _kill_and_restart(daemon, run)
+        finally:
+            daemon.close()
+    assert f"interrupted at step '{step}'" in message, message
+    for fragment in DOCKER_STEPS[step]:
+        assert fragment in message, (fragment, message)
