@@ -36,6 +36,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from bench.common import PG_BIN, pg_tool
 from brace_watchdog.actions.restore_run import RestoreRun, server_factory
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.adapters.postgres import LocalServer, free_port
@@ -66,12 +67,12 @@ def _generate_sql(rows_per_table: int) -> list[str]:
 
 async def make_dump(path: Path, rows_per_table: int) -> None:
     """Fill a throwaway cluster with generated rows and pg_dump -Fc it to ``path``."""
-    source = LocalServer(path, throwaway_settings=True)
+    source = LocalServer(path, throwaway_settings=True, bin_dir=str(PG_BIN))
     await source.start()
     try:
         for sql in _generate_sql(rows_per_table):
             await source.query(sql, time_limit=1800)
-        await run_command(["pg_dump", "-Fc", "-h", "127.0.0.1", "-p", str(source.port),
+        await run_command([pg_tool("pg_dump"), "-Fc", "-h", "127.0.0.1", "-p", str(source.port),
                            "-U", "postgres", "-d", "postgres", "-f", str(path)], timeout=1800)
     finally:
         await source.stop()
@@ -79,12 +80,14 @@ async def make_dump(path: Path, rows_per_table: int) -> None:
 
 async def manual_restore(dump: Path) -> None:
     """The runbook's commands against a fresh default-settings server."""
-    server = LocalServer(dump, throwaway_settings=False, reuse_initdb=False)  # a fresh initdb
+    server = LocalServer(dump, throwaway_settings=False, reuse_initdb=False,
+                         bin_dir=str(PG_BIN))  # a fresh initdb
     await server.start()
     try:
         target = ["-h", "127.0.0.1", "-p", str(server.port), "-U", "postgres"]
-        await run_command(["pg_restore", *target, "-d", "postgres", str(dump)], timeout=3600)
-        await run_command(["psql", *target, "-c", "select 1;"], timeout=60)
+        await run_command([pg_tool("pg_restore"), *target, "-d", "postgres", str(dump)],
+                          timeout=3600)
+        await run_command([pg_tool("psql"), *target, "-c", "select 1;"], timeout=60)
     finally:
         await server.stop()
 
@@ -99,13 +102,13 @@ async def docker_manual_restore(dump: Path, image: str) -> None:
     try:
         target = ["-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
         for _ in range(600):
-            ready = await run_command(["pg_isready", *target], timeout=10, check=False)
+            ready = await run_command([pg_tool("pg_isready"), *target], timeout=10, check=False)
             if ready.returncode == 0:
                 break
             await asyncio.sleep(0.1)
-        await run_command(["pg_restore", *target, "-d", "postgres", str(dump)], timeout=3600,
-                          env=env)
-        await run_command(["psql", *target, "-c", "select 1;"], timeout=60, env=env)
+        await run_command([pg_tool("pg_restore"), *target, "-d", "postgres", str(dump)],
+                          timeout=3600, env=env)
+        await run_command([pg_tool("psql"), *target, "-c", "select 1;"], timeout=60, env=env)
     finally:
         await run_command(["docker", "rm", "-f", name], timeout=120, check=False)
 
@@ -114,7 +117,7 @@ def brace_restore(*, jobs: int, throwaway: bool, image: str = ""
                   ) -> Callable[[Path], Awaitable[None]]:
     async def run(dump: Path) -> None:
         backend = {"backend": "docker", "image": image, "network": "host"} if image else {
-            "backend": "local"}
+            "backend": "local", "local_bin_dir": str(PG_BIN)}
         cfg = parse_config({"restore_test": {**backend, "jobs": jobs,
                                              "throwaway_settings": throwaway,
                                              "timeout_seconds": 3600}}).restore_test

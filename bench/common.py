@@ -340,9 +340,17 @@ def _proc_field(path: str, key: str) -> str:
     return "unknown"
 
 
+PG_BIN = Path(os.environ.get("BRACE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+"""Debian's PostgreSQL tools: not on PATH on a fresh machine, so every benchmark names them."""
+
+
+def pg_tool(name: str) -> str:
+    return str(PG_BIN / name)
+
+
 def machine_facts() -> dict[str, str]:
     """CPU, cores, memory, kernel and the versions of the tools the benchmarks compare with."""
-    pg_bin = Path(os.environ.get("BRACE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+    pg_bin = PG_BIN
     return {
         "cpu": _proc_field("/proc/cpuinfo", "model name"),
         "cores": str(os.cpu_count()),
