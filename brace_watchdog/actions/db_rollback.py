@@ -46,7 +46,7 @@ import contextlib
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,8 +75,7 @@ __all__ = ["ACTION", "TOOLS", "DbRollback", "DbTarget", "approved_identity", "ne
            "safety_dump_name", "tool_major", "tools_problem"]
 
 ACTION = "db_rollback"
-CONTAINER_DUMP = "/tmp/brace-watchdog-rollback.dump"  # noqa: S108 - a path inside the container
-CONTAINER_SAFETY = "/tmp/brace-watchdog-safety.dump"  # noqa: S108 - a path inside the container
+CONTAINER_FOLDER = "/tmp/brace-watchdog-XXXXXXXX"  # noqa: S108 - a mktemp template in the container
 APP_NAME = "brace-watchdog-restore"
 _LIVE_TABLES_SQL = ("select schemaname || '.' || tablename from pg_tables where schemaname "
                     "not in ('pg_catalog', 'information_schema') order by 1")
@@ -442,15 +441,27 @@ class _Run:
         if target.mode == "local":
             await run(target.dump_argv(str(path)), timeout=timeout)
             return (await run(target.list_argv(str(path)), timeout=timeout)).stdout
-        await run(target.dump_argv(CONTAINER_SAFETY), timeout=timeout)
-        try:
-            toc = (await run(target.list_argv(CONTAINER_SAFETY), timeout=timeout)).stdout
-            await run([*target.docker, "cp", f"{target.container}:{CONTAINER_SAFETY}",
-                       str(path)], timeout=timeout)
-        finally:
-            await run([*target.docker, "exec", target.container, "rm", "-f", CONTAINER_SAFETY],
-                      check=False)
+        async with self._container_folder() as folder:
+            inner = f"{folder}/{path.name}"
+            await run(target.dump_argv(inner), timeout=timeout)
+            toc = (await run(target.list_argv(inner), timeout=timeout)).stdout
+            await run([*target.docker, "cp", f"{target.container}:{inner}", str(path)],
+                      timeout=timeout)
         return toc
+
+    @contextlib.asynccontextmanager
+    async def _container_folder(self) -> AsyncIterator[str]:
+        """A fresh private folder (``mktemp -d``) inside the database container, removed after
+        use: nothing is written at a predictable path in the container's shared /tmp."""
+        docker, container = self.target.docker, self.target.container
+        made = await self.owner._run([*docker, "exec", container, "mktemp", "-d",
+                                      CONTAINER_FOLDER])
+        folder = made.stdout.strip()
+        try:
+            yield folder
+        finally:
+            await shielded(self.owner._run([*docker, "exec", container, "rm", "-rf", "--",
+                                            folder], check=False))
 
     async def _prove(self, path: Path, toc: str) -> None:
         """The safety dump lists every live table (and, if configured, restores)."""
@@ -471,15 +482,25 @@ class _Run:
                               f"server: {result.message}; nothing destructive was done")
 
     async def restore(self) -> None:
-        target, run = self.target, self.owner._run
+        target = self.target
+        if target.mode == "local":
+            await self._restore_from(str(self.dump))
+        else:
+            async with self._container_folder() as folder:
+                inner = f"{folder}/{self.dump.name}"
+                await self.owner._run([*target.docker, "cp", str(self.dump),
+                                       f"{target.container}:{inner}"],
+                                      timeout=self.owner.cfg.restore_timeout_seconds)
+                await self._restore_from(inner)
+        self.journal.checkpoint(database="restored")
+
+    async def _restore_from(self, path: str) -> None:
         timeout = self.owner.cfg.restore_timeout_seconds
-        path = str(self.dump) if target.mode == "local" else CONTAINER_DUMP
-        if target.mode != "local":
-            await run([*target.docker, "cp", str(self.dump),
-                       f"{target.container}:{CONTAINER_DUMP}"], timeout=timeout)
-        self.journal.checkpoint(database="restoring", restore_started=True)
+        self.journal.checkpoint(database="restoring", restore_started=True,
+                                restore_application_name=self.app_name)
         try:
-            await run(target.restore_argv(path, app_name=self.app_name), timeout=timeout)
+            await self.owner._run(self.target.restore_argv(path, app_name=self.app_name),
+                                  timeout=timeout)
         except CommandError as exc:
             if not exc.timed_out:
                 self.state["database"] = "unchanged (restore rolled back)"
@@ -489,11 +510,6 @@ class _Run:
         except asyncio.CancelledError:
             await shielded(self._end_restore("the restore was cancelled"))
             raise
-        finally:
-            if target.mode != "local":
-                await shielded(run([*target.docker, "exec", target.container, "rm", "-f",
-                                     CONTAINER_DUMP], check=False))
-        self.journal.checkpoint(database="restored")
 
     async def _end_restore(self, why: str) -> None:
         """End the restore inside the server (by its application_name) and wait until no

@@ -292,6 +292,7 @@ def cli_restore_test(config: Config, dump: str | None) -> int:
 
 def _render(result: RestoreResult) -> str:
     lines = [result.summary(), f"  dump size:  {result.dump_size} bytes",
+             f"  sha256:     {result.dump_sha256 or '-'}",
              f"  backend:    {result.backend} (PostgreSQL {result.pg_version or '?'})",
              f"  alembic:    {result.alembic_revision or '-'}",
              f"  duration:   {result.duration_seconds:.1f}s (recovery "

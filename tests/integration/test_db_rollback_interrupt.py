@@ -1,6 +1,7 @@
 """A container restore that times out is ended *inside* the database container (by its
 application_name), reported as UNKNOWN — never "unchanged" — and the action returns only once
-no backend of it remains. Real postgres container, real docker exec, real pg_restore."""
+no backend of it remains; the dumps pass through a private mktemp folder in the container, so a
+symlink planted in its /tmp is never followed. Real postgres container, docker exec, pg_restore."""
 
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ async def test_timed_out_container_restore_is_ended_inside_and_reported_unknown(
                        input=_without_slow_index(dump.path), check=True, capture_output=True,
                        text=True)
         prod.exec("psql", "-d", "brace", "-c", "update alembic_version set version_num = 'bad'")
+        # a container user plants the predictable names root used to write in the shared /tmp
+        prod.exec("sh", "-c", "echo precious > /tmp/victim && for n in rollback safety; do "
+                  "ln -s /tmp/victim /tmp/brace-watchdog-$n.dump; done")
         raw = {"database": {"dsn": prod.dsn(dbname="brace")},
                "backups": {"directory": str(backups)},
                "db_rollback": {"target": "container", "container": prod.container.name,
@@ -71,6 +75,10 @@ async def test_timed_out_container_restore_is_ended_inside_and_reported_unknown(
         code, revision = prod.exec("psql", "-tA", "-d", "brace", "-c",
                                    "select version_num from alembic_version")
         assert revision.strip() == "bad"  # the terminated transaction was rolled back
+        assert prod.exec("cat", "/tmp/victim") == (0, "precious\n")
+        code, listing = prod.exec("ls", "-a", "/tmp")
+        assert "brace-watchdog-" not in listing.replace("brace-watchdog-rollback.dump", "") \
+            .replace("brace-watchdog-safety.dump", ""), listing
     finally:
         prod.stop()
 

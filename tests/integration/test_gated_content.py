@@ -214,3 +214,31 @@ async def test_a_safety_dump_missing_a_live_table_stops_before_the_restore(
                                db=dump.dbname) == "live"
         assert not list(backups.glob("brace_safety_*"))
     shutil.rmtree(bins)
+
+
+@pytest.mark.postgres
+async def test_full_restore_proof_of_the_safety_dump_gates_the_restore(
+        tmp_path: Path, pg_cluster: PgCluster) -> None:
+    """prove_safety_dump = "restore": the safety dump goes through the restore-test machinery
+    first. Production grants to a role the throwaway server does not have, so the safety dump
+    lists every table (the --list check passes) yet does not restore cleanly: nothing
+    destructive happens."""
+    backups = tmp_path / "backups"
+    dump = make_brace_dump(pg_cluster, backups / "brace_20260101_000000.dump", rows=5)
+    pg_cluster.psql("create role bw_prod_only; grant select on users to bw_prod_only; "
+                    "update alembic_version set version_num = 'live'", db=dump.dbname)
+    raw = _db_config(pg_cluster, dump.dbname, backups, prove_safety_dump="restore")
+    raw["restore_test"] = {"backend": "local", "local_bin_dir": str(PG_BIN)}
+    async with control_server(tmp_path, raw) as env:
+        _passed(env, dump.path)
+        plan = await _plan(env, "rollback-db", {"dump": dump.path.name})
+        assert any("full restore into a throwaway server" in step for step in plan["steps"])
+        reply = await result(env.socket, "approve", {"token": plan["token"]})
+        assert reply["error"]["code"] == "failed", reply
+        assert reply["error"]["details"]["stage"] == "safety_dump"
+        message = reply["error"]["message"]
+        assert "did not restore into a throwaway server" in message and "bw_prod_only" in message
+        assert reply["error"]["details"]["state"]["database"] == "untouched"
+        assert pg_cluster.psql("select version_num from alembic_version",
+                               db=dump.dbname) == "live"
+        assert not list(backups.glob("brace_safety_*"))
