@@ -6,16 +6,12 @@ checked through the metrics registry. A real HTTP server stands in for a misbeha
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -24,76 +20,14 @@ from brace_watchdog.metrics import Metrics
 from brace_watchdog.monitors.alerts import AlertsMonitor
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import StateStore
+from tests.support.alertmanager import Alertmanager, start_alertmanager
 from tests.support.net import free_port
-from tests.support.skips import skip_missing
 from tests.support.webserver import switchable_server
-
-ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
-CONFIG = 'route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n'
-
-
-def _iso(delta: timedelta = timedelta()) -> str:
-    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@dataclass
-class Alertmanager:
-    url: str
-    proc: subprocess.Popen[bytes]
-
-    def post(self, *, ends_in: timedelta = timedelta(hours=1), **labels: str) -> None:
-        alert = {"labels": labels, "annotations": {}, "startsAt": _iso(-timedelta(minutes=1)),
-                 "endsAt": _iso(ends_in)}
-        httpx.post(f"{self.url}/api/v2/alerts", json=[alert], timeout=5).raise_for_status()
-
-    def silence(self, alertname: str) -> None:
-        body = {"matchers": [{"name": "alertname", "value": alertname, "isRegex": False,
-                              "isEqual": True}],
-                "startsAt": _iso(), "endsAt": _iso(timedelta(hours=1)),
-                "createdBy": "brace-watchdog tests", "comment": "test silence"}
-        httpx.post(f"{self.url}/api/v2/silences", json=body, timeout=5).raise_for_status()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _start(tmp_path: Path, port: int | None = None) -> Alertmanager:
-    config = tmp_path / "alertmanager.yml"
-    config.write_text(CONFIG, encoding="utf-8")
-    port = port or free_port()
-    with (tmp_path / "alertmanager.log").open("wb") as log_file:
-        proc = subprocess.Popen(
-            [ALERTMANAGER, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
-             "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=log_file)
-    am = Alertmanager(url=f"http://127.0.0.1:{port}", proc=proc)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            if httpx.get(f"{am.url}/-/ready", timeout=1).status_code == 200:
-                return am
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    am.stop()
-    log = (tmp_path / "alertmanager.log").read_text(errors="replace")
-    raise RuntimeError(f"alertmanager did not become ready on port {port}:\n{log}")
 
 
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
-    if not Path(ALERTMANAGER).exists():
-        skip_missing(f"{ALERTMANAGER} not installed (Debian package prometheus-alertmanager)")
-    am = _start(tmp_path)
+    am = start_alertmanager(tmp_path)
     yield am
     am.stop()
 
@@ -154,7 +88,7 @@ async def test_firing_silenced_resolved_and_alertmanager_gone(alertmanager: Aler
         assert _kinds(hub)[5:] == ["alertmanager.down"]
         assert _firing(hub, "BackendDown", "critical") == 1          # last known, up=0
 
-        restarted = _start(tmp_path, port=int(alertmanager.url.rsplit(":", 1)[1]))
+        restarted = start_alertmanager(tmp_path, port=int(alertmanager.url.rsplit(":", 1)[1]))
         try:
             assert await monitor.cycle() == "0 firing"               # alerts were not persisted
         finally:

@@ -13,8 +13,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
+from brace_watchdog.config import load_config
 from tests.support.net import free_port
 from tests.support.webserver import SwitchableServer
 
@@ -45,16 +47,24 @@ enabled = false
 
 
 class Daemon:
-    def __init__(self, tmp_path: Path, server: SwitchableServer, *,
-                 state_path: str = "state.db", extra: str = "") -> None:
+    def __init__(self, tmp_path: Path, server: SwitchableServer | None = None, *,
+                 state_path: str = "state.db", extra: str = "", config: Path | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        """Either the small health-only config against ``server`` (plus ``extra`` TOML), or
+        ``config`` as given; ``env`` overrides either (``BRACE_WATCHDOG__SECTION__KEY``)."""
         self.dir = tmp_path
-        (tmp_path / "backups").mkdir()
-        self.config = tmp_path / "brace-watchdog.toml"
-        self.metrics_port = free_port()
-        self.health_url = server.url()
-        self.state_path = tmp_path / state_path
-        write_config(self.config, health_url=self.health_url, metrics_port=self.metrics_port,
-                     state_path=state_path, extra=extra)
+        self.env = dict(env or {})
+        if config is None:
+            assert server is not None
+            (tmp_path / "backups").mkdir()
+            config = tmp_path / "brace-watchdog.toml"
+            self.health_url = server.url()
+            write_config(config, health_url=self.health_url, metrics_port=free_port(),
+                         state_path=state_path, extra=extra)
+        self.config = config
+        loaded = load_config(config, environ=self.env)
+        self.metrics_port = loaded.metrics.port
+        self.state_path = loaded.daemon.state_path
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(tmp_path / "notify.sock"))
         self.notify.settimeout(0.2)
@@ -63,7 +73,7 @@ class Daemon:
         self.proc = self._start()
 
     def _start(self) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.dir / "notify.sock"),
+        env = {**os.environ, **self.env, "NOTIFY_SOCKET": str(self.dir / "notify.sock"),
                "WATCHDOG_USEC": "1000000"}
         return subprocess.Popen([str(BIN), "run", "--config", str(self.config)], env=env,
                                 stdout=self.log, stderr=subprocess.STDOUT)
