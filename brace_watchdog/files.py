@@ -67,10 +67,11 @@ def _open_regular(path: Path) -> Iterator[tuple[BinaryIO, os.stat_result]]:
     except OSError as exc:
         raise RefusedError("checking", f"cannot open {path} ({exc.strerror}); a symlink is "
                            "never followed here") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise RefusedError("checking", f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as stream:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise RefusedError("checking", f"{path} is not a regular file")
         yield stream, info
 
 

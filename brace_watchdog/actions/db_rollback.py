@@ -63,7 +63,7 @@ from brace_watchdog.actions.gated import (
     wait_until,
 )
 from brace_watchdog.actions.restore_run import RestoreRun, server_factory, shielded
-from brace_watchdog.adapters.pgservice import SERVICE, pg_service
+from brace_watchdog.adapters.pgservice import SERVICE, dsn_secrets, pg_service
 from brace_watchdog.adapters.process import CommandResult, run_command
 from brace_watchdog.config import DbRollbackConfig
 from brace_watchdog.dumps import DumpHeader, InvalidDumpError, read_dump_header, resolve_dump
@@ -222,7 +222,7 @@ class DbRollback:
         with service as env:
             return await run_command(argv, timeout=timeout or self.cfg.step_timeout_seconds,
                                      check=check, env=env,
-                                     secrets=[db.dsn.reveal(), db.password.reveal()])
+                                     secrets=dsn_secrets(db.dsn.reveal(), db.password.reveal()))
 
     async def target(self) -> DbTarget:
         cfg = self.cfg

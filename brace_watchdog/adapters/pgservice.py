@@ -20,9 +20,19 @@ from psycopg.conninfo import conninfo_to_dict
 
 from brace_watchdog.errors import ConfigError
 
-__all__ = ["SERVICE", "pg_service", "service_file_text"]
+__all__ = ["SERVICE", "dsn_secrets", "pg_service", "service_file_text"]
 
 SERVICE = "brace_watchdog"
+
+
+def dsn_secrets(dsn: str, password: str = "") -> list[str]:
+    """Every string to mask in output: the DSN, the password given apart, and the password
+    inside the DSN (which an error may quote alone)."""
+    try:
+        inner = str(conninfo_to_dict(dsn).get("password") or "") if dsn else ""
+    except ProgrammingError:
+        inner = ""
+    return [text for text in (dsn, password, inner) if text]
 
 
 def service_file_text(dsn: str, password: str = "") -> str:
