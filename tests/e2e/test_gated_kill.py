@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ import pytest
 from tests.integration.control_helpers import ctl
 from tests.support.daemon import Daemon
 from tests.support.net import free_port
-from tests.support.pg import PG_BIN, PgCluster, make_brace_dump
+from tests.support.pg import PG_BIN, PgCluster, make_brace_dump, start_cluster
+from tests.support.skips import skip_missing
 from tests.support.webserver import SwitchableServer, switchable_server
 
 pytestmark = [pytest.mark.slow]
@@ -120,18 +122,47 @@ async def _kill_and_restart(daemon: Daemon, run: asyncio.Task[object]) -> str:
     return str(escalation["message"])
 
 
-def _writer_project(tmp_path: Path, busybox: str) -> tuple[Path, str]:
-    compose = tmp_path / "docker-compose.yml"
+@dataclass
+class Writers:
+    """One compose project of a busybox writer, shared by the DB rollback kill tests."""
+
+    file: Path
+    project: str
+
+
+@pytest.fixture(scope="module")
+def writers(tmp_path_factory: pytest.TempPathFactory, busybox_image: str) -> Iterator[Writers]:
+    folder = tmp_path_factory.mktemp("writers")
+    compose = folder / "docker-compose.yml"
     compose.write_text(f"""version: "2.4"
 services:
   backend:
-    image: {busybox}
+    image: {busybox_image}
     network_mode: none
     stop_grace_period: 1s
     labels: {{brace-watchdog.test: '1'}}
     command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
 """)
-    return compose, f"bwkill{os.getpid()}x{time.monotonic_ns() % 10**6}"
+    found = Writers(compose, f"bwkill{os.getpid()}x{time.monotonic_ns() % 10**6}")
+    try:
+        yield found
+    finally:
+        _compose(found, "down", "-t", "1")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+    """One PostgreSQL 15 for the DB rollback kill tests (each gets its own database)."""
+    if not (PG_BIN / "initdb").exists():
+        skip_missing(f"PostgreSQL 15 binaries not found in {PG_BIN}")
+    found = start_cluster(tmp_path_factory.mktemp("pg"))
+    yield found
+    found.stop()
+
+
+def _compose(writers: Writers, *args: str) -> None:
+    subprocess.run(["docker-compose", "-f", str(writers.file), "-p", writers.project, *args],
+                   capture_output=True, timeout=180, check=False)
 
 
 DB_STEPS = {
@@ -153,11 +184,9 @@ DB_STEPS = {
 @pytest.mark.postgres
 @pytest.mark.parametrize("step", list(DB_STEPS))
 async def test_db_rollback_killed_at_each_step(
-        step: str, tmp_path: Path, gates: Gates, pg_cluster: PgCluster,
-        busybox_image: str) -> None:
+        step: str, tmp_path: Path, gates: Gates, cluster: PgCluster, writers: Writers) -> None:
     label, expected = DB_STEPS[step]
-    dump = make_brace_dump(pg_cluster, tmp_path / "src" / DUMP, rows=5)
-    compose, project = _writer_project(tmp_path, busybox_image)
+    dump = make_brace_dump(cluster, tmp_path / "src" / DUMP, rows=5)
     bins = gates.dir / "bin"
     bins.mkdir()
     (bins / "psql").symlink_to(PG_BIN / "psql")
@@ -166,11 +195,11 @@ async def test_db_rollback_killed_at_each_step(
     smoke = [str(gates.dir / "gate"), "smoke", "true"]
     extra = f"""
 [database]
-dsn = "{pg_cluster.dsn(dbname=dump.dbname)}"
+dsn = "{cluster.dsn(dbname=dump.dbname)}"
 [rollback]
 compose_command = ["{gates.script("compose", COMPOSE)}"]
-compose_file = "{compose}"
-project = "{project}"
+compose_file = "{writers.file}"
+project = "{writers.project}"
 [db_rollback]
 target = "local"
 bin_dir = "{bins}"
@@ -184,7 +213,7 @@ smoke_command = {json.dumps(smoke)}
         daemon = Daemon(tmp_path, health, extra=extra)
         os.replace(dump.path, tmp_path / "backups" / DUMP)
         try:
-            await ctl_compose(compose, project, "up", "-d")
+            await asyncio.to_thread(_compose, writers, "up", "-d")
             daemon.wait_for("READY=1", timeout=60)
             await _hold(step, label, gates, health, daemon)
             run = asyncio.ensure_future(ctl("--socket", str(tmp_path / "control.sock"),
@@ -195,7 +224,6 @@ smoke_command = {json.dumps(smoke)}
             message = await _kill_and_restart(daemon, run)
         finally:
             daemon.close()
-            await ctl_compose(compose, project, "down", "-t", "1")
     assert f"interrupted at step '{step}'" in message, message
     for fragment in expected:
         assert fragment in message, (fragment, message)
@@ -208,13 +236,6 @@ async def _hold(step: str, label: str | None, gates: Gates, health: SwitchableSe
         gates.block(label)
     if step == "verifying":
         health.mode = "500"
-
-
-async def ctl_compose(file: Path, project: str, *args: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "docker-compose", "-f", str(file), "-p", project, *args,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    await asyncio.wait_for(proc.wait(), 180)
 
 
 HBA_STEPS = {
