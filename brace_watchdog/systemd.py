@@ -4,6 +4,8 @@
 changes), ``WATCHDOG=1`` every ``WATCHDOG_USEC/2`` while the supervisor judges every component
 healthy, ``RELOADING=1`` (with ``MONOTONIC_USEC=``) / ``READY=1`` around a SIGHUP reload and
 ``STOPPING=1`` on shutdown. Without ``NOTIFY_SOCKET`` (running by hand) every call is a no-op.
+Read from the process environment, ``NOTIFY_SOCKET`` and ``WATCHDOG_*`` are removed from it, so
+child processes (pg_ctl, docker, compose) cannot send messages in the daemon's name.
 
 Messages are UTF-8 datagrams (sent by ``sdnotify``) on a non-blocking socket: a full queue costs a
 message, never a blocked event loop. A lost lifecycle message
@@ -26,6 +28,9 @@ import sdnotify
 __all__ = ["SystemdNotify"]
 
 STATUS_LIMIT = 200
+# Taken out of the process environment once read: a child that inherits NOTIFY_SOCKET (a local
+# restore test's postgres is built with systemd support) would send READY=1/STOPPING=1 as ours.
+_OWN_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 log = logging.getLogger("brace_watchdog.systemd")
 
 
@@ -73,7 +78,10 @@ class SystemdNotify:
     def __init__(self, environ: Mapping[str, str] | None = None, *, pid: int | None = None,
                  sender_factory: Callable[[str], _Sender] = _DatagramSender,
                  monotonic_usec: Callable[[], int] = _monotonic_usec) -> None:
-        env = os.environ if environ is None else environ
+        env = dict(os.environ) if environ is None else environ
+        if environ is None:  # sd_notify's unset_environment: our children must not speak for us
+            for name in _OWN_VARIABLES:
+                os.environ.pop(name, None)
         address = env.get("NOTIFY_SOCKET", "")
         self.enabled = bool(address)
         self._sender: _Sender | None = sender_factory(address) if self.enabled else None

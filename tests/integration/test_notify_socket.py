@@ -8,7 +8,9 @@ queue drains.
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,3 +71,17 @@ def test_a_refused_ready_arrives_after_the_queue_drains(
     notify.watchdog()
     notify.close()
     assert received(sock) == ["READY=1\nSTATUS=ok\nMAINPID=7", "WATCHDOG=1"]
+
+
+def test_children_do_not_inherit_the_notify_socket(listener: tuple[socket.socket, str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    sock, path = listener
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    notify = SystemdNotify()
+    child = subprocess.run(["env"], capture_output=True, text=True, check=True).stdout
+    notify.ready("ok")
+    notify.close()
+    assert notify.watchdog_interval == 15.0
+    assert "NOTIFY_SOCKET" not in child and "WATCHDOG_USEC" not in child
+    assert received(sock) == [f"READY=1\nSTATUS=ok\nMAINPID={os.getpid()}"]

@@ -279,8 +279,9 @@ exec /usr/bin/setpriv --reuid=postgres --regid=postgres --clear-groups -- "$@"
 
 
 @contextmanager
-def _build_lock() -> Iterator[None]:
-    with LOCK_PATH.open("a") as handle:
+def _build_lock(path: Path = LOCK_PATH) -> Iterator[None]:
+    """An exclusive lock on ``path``: one builder at a time across test processes."""
+    with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
