@@ -28,7 +28,7 @@ import pytest
 
 from tests.support.images import PgContainer, run_postgres
 from tests.support.net import free_port
-from tests.support.stack import COMPOSE, Stack, ensure_web_images, new_stack
+from tests.support.stack import Stack, ensure_web_images, new_stack
 from tests.support.systemd_box import (
     SystemdBox,
     boot,
@@ -155,7 +155,7 @@ local_bin_dir = "/usr/lib/postgresql/15/bin"
 
 [rollback]
 enabled = true
-compose_command = {json.dumps(COMPOSE)}
+compose_command = {json.dumps(list(stack.compose_command))}
 compose_file = "{stack.compose_file}"
 project = "{stack.project}"
 services = ["backend", "frontend"]
