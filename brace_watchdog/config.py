@@ -40,6 +40,7 @@ __all__ = [
     "DatabaseConfig",
     "DbRollbackConfig",
     "HealthConfig",
+    "LeadershipConfig",
     "MetricsConfig",
     "NetworkRollbackConfig",
     "NotifyConfig",
@@ -362,6 +363,44 @@ class NetworkRollbackConfig:
     engine_wait_seconds: float = option(60.0, above=0)
     verify_services: tuple[str, ...] | None = option(None, read=_optional_strings)
 
+LEADERSHIP_LOCK_KEY = 0x62726163_65776467  # "bracewdg"
+
+
+def _instance_name(r: TableReader, key: str, default: str, _: ReadContext) -> str:
+    name = r.string(key, default)
+    if len(name) > 30 or any(c in name for c in ":/ "):
+        r.error(key, "must be at most 30 characters without ':', '/' or spaces")
+        return default
+    return name
+
+
+def _lease(r: TableReader, key: str, default: float, context: ReadContext) -> float:
+    lease = r.number(key, default, above=0)
+    shortest = (2 * context.values["check_interval_seconds"]
+                + context.values["check_timeout_seconds"])
+    if lease < shortest:
+        r.error(key, f"must be at least 2 x check_interval_seconds + check_timeout_seconds "
+                f"({shortest:g}), not {lease:g}: a live leader must confirm the lock at least "
+                "twice per lease")
+    return lease
+
+
+@dataclass(frozen=True)
+class LeadershipConfig:
+    """Several instances, one acting: a PostgreSQL session advisory lock (needs ``[database]``)."""
+
+    enabled: bool = False
+    lock_key: int = option(LEADERSHIP_LOCK_KEY, minimum=-(2**63), maximum=2**63 - 1)
+    name: str = option("", read=_instance_name)
+    check_interval_seconds: float = option(2.0, above=0)
+    check_timeout_seconds: float = option(1.0, above=0)
+    lease_seconds: float = option(10.0, read=_lease)
+
+    @property
+    def settle_seconds(self) -> float:
+        """How long a new leader waits before acting: the old one's check interval + timeout."""
+        return self.check_interval_seconds + self.check_timeout_seconds
+
 
 @dataclass(frozen=True)
 class NotifyConfig:
@@ -385,6 +424,7 @@ class Config:
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     db_rollback: DbRollbackConfig = field(default_factory=DbRollbackConfig)
     network_rollback: NetworkRollbackConfig = field(default_factory=NetworkRollbackConfig)
+    leadership: LeadershipConfig = field(default_factory=LeadershipConfig)
     source: Path | None = None
 
 

@@ -131,12 +131,24 @@ def _status(data: dict[str, Any], out: TextIO) -> None:
     out.write(f"automation: {'FROZEN: ' + data['frozen']['reason'] if data['frozen'] else 'on'}\n")
     escalation = data["escalation"]
     out.write(f"escalation: {escalation['message'] if escalation else 'none'}\n")
+    _leader(data.get("leadership"), out)
     lock = data.get("action_lock")
     if lock:
         out.write(f"running: {lock['origin']} {lock['kind']} since {_when(lock['since'])} UTC\n")
     for action in data["open_actions"]:
         out.write(f"open action #{action['id']} {action['kind']}: {action['status']} "
                   f"at {action['step']}\n")
+
+
+def _leader(data: dict[str, Any] | None, out: TextIO) -> None:
+    if not data or not data["enabled"]:
+        return
+    leader = data["leader"]
+    who = (f"{leader['host']} (pid {leader['pid']})" if leader else "none (lock free)")
+    held = data["held_seconds"]
+    since = f", holding the lock for {held:.0f}s" if held is not None else ""
+    role = "this instance" if data["reason"] in ("leader", "settling", "stale") else "another"
+    out.write(f"leader: {who}{since} — {role}; {data['message']}\n")
 
 
 def _explain(data: dict[str, Any], out: TextIO) -> None:

@@ -27,6 +27,7 @@ from brace_watchdog.component import Component
 from brace_watchdog.config import Config, load_config
 from brace_watchdog.control.server import ControlServer
 from brace_watchdog.errors import ConfigError, FatalError, WatchdogError
+from brace_watchdog.leader_election import LeaderElection, leadership_active
 from brace_watchdog.metrics import Metrics, MetricsServer, start_metrics_server
 from brace_watchdog.monitors.alerts import AlertsMonitor
 from brace_watchdog.monitors.backups import BackupsMonitor
@@ -49,7 +50,10 @@ STATE_FLUSH_SECONDS = 1.0  # how often writes queued by an unavailable state sto
 def build_components(hub: Hub) -> list[Component]:
     """The production set of components, chosen by configuration."""
     config = hub.config
-    components: list[Component] = [HealthMonitor(hub), BackupsMonitor(hub)]
+    components: list[Component] = []
+    if leadership_active(config):  # first: it decides whether the others may act
+        components.append(LeaderElection(hub))
+    components += [HealthMonitor(hub), BackupsMonitor(hub)]
     if config.alerts.alertmanager_url:
         components.append(AlertsMonitor(hub))
     if config.database.enabled:
@@ -308,7 +312,8 @@ def _restart_only_changes(old: Config, new: Config) -> list[str]:
                                                   bool(new.alerts.alertmanager_url)),
              "database.dsn (on/off)": (old.database.enabled, new.database.enabled),
              "restore_test.enabled": (old.restore_test.enabled, new.restore_test.enabled),
-             "rollback.enabled": (old.rollback.enabled, new.rollback.enabled)}
+             "rollback.enabled": (old.rollback.enabled, new.rollback.enabled),
+             "leadership": (old.leadership, new.leadership)}
     return [key for key, (a, b) in pairs.items() if a != b]
 
 

@@ -104,6 +104,14 @@ class Metrics:
         self.state_writes_dropped = self._c(
             "brace_watchdog_state_writes_dropped",
             "Queued state store writes given up (queue full, or a write that cannot succeed).")
+        self.leader = self._g(
+            "brace_watchdog_leader",
+            "1 while this instance holds the leadership lock and acts ([leadership]); 1 when "
+            "leadership is off (a single instance always acts).")
+        self.leader.set(1)
+        self.leadership_changes = self._c(
+            "brace_watchdog_leadership_changes",
+            "Times this instance acquired or lost the leadership lock.", ("change",))
 
     def _health(self) -> None:
         self.health_up = self._g("brace_health_up", "1 when the last probe of the target was ok.",

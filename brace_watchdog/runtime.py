@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from brace_watchdog.component import ProgressTracker
 from brace_watchdog.config import Config
 from brace_watchdog.errors import RefusedError
+from brace_watchdog.leadership import LeadershipGate
 from brace_watchdog.metrics import Metrics
 from brace_watchdog.observations import Observations
 from brace_watchdog.state import StateStore, StoreHealth
@@ -61,11 +62,14 @@ class ActionLock:
     (DB, pg_hba, docker daemon) take it before they change anything, and release it when done.
 
     :meth:`acquire` is synchronous: the check and the set cannot be separated by an ``await``, so
-    two coroutines can never both pass the check.
+    two coroutines can never both pass the check. ``guard`` (the leadership gate's ``check``)
+    refuses every action on an instance that is not the leader: no lock, no action.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time,
+                 guard: Callable[[str], None] = lambda kind: None) -> None:
         self._clock = clock
+        self._guard = guard
         self._lease: Lease | None = None
         self.released_at: float | None = None
 
@@ -74,7 +78,9 @@ class ActionLock:
         return self._lease
 
     def check(self, kind: str) -> None:
-        """Raise :class:`RefusedError` naming the action that holds the lock, if any."""
+        """Raise :class:`RefusedError` naming the action that holds the lock, if any, or the
+        leader when this instance is a follower."""
+        self._guard(kind)
         if self._lease is not None:
             raise RefusedError(kind, f"{self._lease.describe()} is running; one action at a "
                                "time: wait for it to finish (see `status`) and try again")
@@ -103,11 +109,13 @@ class Hub:
     observations: Observations = field(default_factory=Observations)
     status: dict[str, str] = field(default_factory=dict)
     components: dict[str, Any] = field(default_factory=dict)
+    leadership: LeadershipGate = field(init=False)
     action_lock: ActionLock = field(init=False)
     _dropped_seen: int = 0
 
     def __post_init__(self) -> None:
-        self.action_lock = ActionLock(self.clock)
+        self.leadership = LeadershipGate(self.clock)
+        self.action_lock = ActionLock(self.clock, self.leadership.check)
         self.store.on_event = self._announce
         self.store.on_write_failure = self._store_write_failed
         self.metrics.state_store_up.set(1)

@@ -72,6 +72,7 @@ class AppRollback(Component):
         self._episode: tuple[str, str, str | None] | None = None
         self._decision: Decision | None = None
         self._task: asyncio.Task[RollbackVerdict] | None = None
+        self._generation = -1  # the leadership generation whose open actions were reconciled
 
     # -- component contract ----------------------------------------------------------------
     def interval(self) -> float:
@@ -84,18 +85,46 @@ class AppRollback(Component):
 
     async def start(self) -> None:
         self.tracker.load()
+        self.hub.leadership.on_lost.append(self._leadership_lost)
+        self._reconcile()
+
+    def _reconcile(self) -> bool:
+        """Once per leadership (at start, or when this instance became the leader): resolve a
+        rollback that a crash or a lost leader left open. True when a recovery started."""
+        gate = self.hub.leadership
+        if self._generation == gate.generation or not gate.decision().acts:
+            return False
+        self._generation = gate.generation
         open_actions = self.hub.store.open_actions("rollback")
-        if open_actions:
+        if not open_actions:
+            return False
+        try:
             lease = self.hub.action_lock.acquire(KIND, "recovery")
-            self._task = asyncio.create_task(self._run().recover(open_actions[0]),
-                                             name="rollback:recover")
-            self._task.add_done_callback(lambda _: self.hub.action_lock.release(lease))
+        except RefusedError:
+            self._generation = -1  # another action runs: try again next cycle
+            return False
+        self._task = asyncio.create_task(self._run().recover(open_actions[0]),
+                                         name="rollback:recover")
+        self._task.add_done_callback(lambda _: self.hub.action_lock.release(lease))
+        return True
+
+    def _leadership_lost(self, reason: str) -> None:
+        """No lock, no action: the running step stops now; the journal says where."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel(f"leadership lost: {reason}")
 
     async def cycle(self) -> str:
         now = self._clock()
-        obs = await self.tracker.track(now, by_rollback=self.busy)
+        self._reconcile()
+        # a follower sees the leader's rollback in the shared journal: not a deploy
+        elsewhere = (self.hub.leadership.view.enabled and not self.busy
+                     and bool(self.hub.store.open_actions("rollback")))
+        obs = await self.tracker.track(now, by_rollback=self.busy or elsewhere)
         if self.busy:
             return "rollback in progress"
+        leader = self.hub.leadership.decision()
+        if not leader.acts:
+            return f"watching only ({leader.message})"
         holder = self.hub.action_lock.holder
         if holder is not None:
             return f"not deciding while {holder.describe()} runs"

@@ -22,6 +22,7 @@ from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_fi
 
 from brace_watchdog.config import Config
 from brace_watchdog.errors import ActionError, WatchdogError
+from brace_watchdog.leadership import LeadershipLostError
 from brace_watchdog.monitors.health import probe
 from brace_watchdog.runtime import Hub
 
@@ -111,6 +112,7 @@ class StepJournal:
                                     evidence=self._evidence(checkpoint=sorted(changes)))
 
     async def step(self, name: str, message: str, work: Callable[[], Awaitable[T]]) -> T:
+        await self.hub.leadership.confirm(name)  # no lock, no action
         self.current = name
         await self.progress(name, message)
         self.hub.store.journal_step(self.action_id, name, evidence=self._evidence(message=message))
@@ -126,12 +128,20 @@ class StepJournal:
         for stage, message, work in steps:
             try:
                 await self.step(stage, message, work)
+            except LeadershipLostError as exc:
+                # status stays "running" at the last step begun: the new leader escalates it
+                # (resolve_interrupted); this step was never started
+                self.hub.store.journal_step(
+                    self.action_id, self.current, result=f"{stage} not started: {exc.message}",
+                    evidence=self._evidence())
+                raise
             except (WatchdogError, OSError) as exc:
                 raise await self.fail(stage, exc, kind=kind) from None
             except asyncio.CancelledError:
-                # status stays "running": the next start escalates it (resolve_interrupted)
+                # status stays "running": the next start (or the new leader) escalates it
                 self.hub.store.journal_step(
-                    self.action_id, stage, result=f"interrupted at {stage} (daemon stopping)",
+                    self.action_id, stage,
+                    result=f"interrupted at {stage} (daemon stopping or leadership lost)",
                     evidence=self._evidence())
                 raise
 

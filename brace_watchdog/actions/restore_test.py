@@ -137,6 +137,9 @@ class RestoreTestScheduler(Component):
         cfg = self.config.restore_test
         if not cfg.enabled:
             return "disabled"
+        leader = self.hub.leadership.decision()
+        if not leader.acts:
+            return f"not scheduling ({leader.message})"
         last = self.last_result()
         if not is_due(last["finished_at"] if last else None, self.clock(), cfg.interval_hours):
             return _describe_last(last)

@@ -42,6 +42,7 @@ from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.config import RollbackConfig
 from brace_watchdog.errors import ActionError, AdapterError
+from brace_watchdog.leadership import LeadershipLostError
 from brace_watchdog.releases import ReleaseObservation, build_release
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import ActionRecord
@@ -136,10 +137,17 @@ class RollbackRun:
                                journal_data(plan, request), logs=True)
             try:
                 await say("running", f"running: {' '.join(plan.argv)}")
-                steps = RollbackSteps(self._docker, self._compose, self._journal(action_id))
+                steps = RollbackSteps(self._docker, self._compose, self._journal(action_id),
+                                      before=self.hub.leadership.confirm)
                 output = await steps.run(plan)
                 await say("verifying", "verifying the known-good images and health probes")
                 checks = await self._verify(action_id, plan, output)
+            except LeadershipLostError as exc:
+                return await self._handed_over(action_id, plan, exc.message, say)
+            except asyncio.CancelledError:
+                if not self.hub.leadership.decision().acts:
+                    await self._handed_over(action_id, plan, "leadership lost mid-step", say)
+                raise
             except Exception as exc:  # any failure ends in freeze + escalate, never a retry
                 error = exc if isinstance(exc, ActionError) else ActionError("internal", repr(exc))
                 verdict = await self._fail(action_id, plan, request, error)
@@ -166,8 +174,24 @@ class RollbackRun:
                         evidence={"decision": request.evidence, "argv": list(plan.argv)})
         return action_id
 
+    async def _handed_over(self, action_id: int, plan: RollbackPlan, why: str,
+                           say: Progress) -> RollbackVerdict:
+        """No lock, no action: journal where this instance stopped and leave the action open,
+        so the new leader reconciles it like a restarted daemon (never repeating a step)."""
+        action = self.hub.store.action(action_id)
+        step = action.step if action else "?"
+        message = (f"rollback {action_id} interrupted after step '{step}': {why}; the new "
+                   "leader completes the verification or escalates")
+        self.hub.store.journal_step(action_id, "leadership_lost", result=message,
+                                    evidence={"after_step": step})
+        self.hub.metrics.rollbacks.labels(result="interrupted").inc()
+        with contextlib.suppress(Exception):
+            await say("interrupted", message)
+        return RollbackVerdict("interrupted", message, plan, action_id, stage=step)
+
     async def _verify(self, action_id: int, plan: RollbackPlan,
                       output: CommandResult) -> RollbackChecks:
+        await self.hub.leadership.confirm("verify")
         self.hub.store.journal_step(action_id, "verifying")
         within = self.cfg.verify_timeout_seconds
         deadline = self._monotonic() + within

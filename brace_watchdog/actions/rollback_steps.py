@@ -141,20 +141,32 @@ def build_plan(cfg: RollbackConfig, target: Release, current: Release | None, *,
 
 
 Journal = Callable[[str, dict[str, Any]], None]
+Before = Callable[[str], Awaitable[None]]
+
+
+async def _go_ahead(step: str) -> None:
+    del step
 
 
 class RollbackSteps:
     """Carries out a plan: retag, write the snapshot, run compose. Each step is journalled."""
 
-    def __init__(self, docker: DockerAdapter, compose: ComposeCLI, journal: Journal) -> None:
+    def __init__(self, docker: DockerAdapter, compose: ComposeCLI, journal: Journal,
+                 before: Before = _go_ahead) -> None:
         self._docker = docker
         self._compose = compose
         self._journal = journal
+        self._before = before
 
     async def run(self, plan: RollbackPlan) -> CommandResult:
-        """Retag, write the snapshot, run compose; the compose run (output trimmed)."""
+        """Retag, write the snapshot, run compose; the compose run (output trimmed).
+        ``before(step)`` runs before each step (leadership: raises when this instance may no
+        longer act)."""
+        await self._before("retag")
         await self._retag(plan)
+        await self._before("snapshot")
         await self._write_snapshot(plan)
+        await self._before("compose")
         try:
             result = await self._compose.up(plan.up)
         except AdapterError as exc:

@@ -123,21 +123,37 @@ class ControlServer(Component):
         self._open_by_uid: Counter[int] = Counter()
         self._complaints = RateLimiter(COMPLAINT_INTERVAL_SECONDS)
         self._running_action: asyncio.Task[Any] | None = None
+        self._generation = -1  # the leadership generation whose open actions were resolved
         self._served = 0
         self._owns_socket = False
 
     # -- component contract ----------------------------------------------------------------
     def interval(self) -> float:
-        return 30.0
+        leadership = self.hub.config.leadership
+        return leadership.check_interval_seconds if self.hub.leadership.view.enabled else 30.0
 
     async def start(self) -> None:
         self._listener = _bind(self.socket_path, self.hub.config.control.group)
         self._owns_socket = True
         self._accepting = asyncio.create_task(self._accept_loop(self._listener))
         self.hub.record("control.listening", self.name, f"control socket at {self.socket_path}")
-        await resolve_interrupted(self.hub)
+        self.hub.leadership.on_lost.append(self._leadership_lost)
+        await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        """Once per leadership (at start, or on becoming the leader): gated actions left open
+        by a crash or by a lost leader are marked interrupted and escalated."""
+        gate = self.hub.leadership
+        if self._generation != gate.generation and gate.decision().acts:
+            self._generation = gate.generation
+            await resolve_interrupted(self.hub)
+
+    def _leadership_lost(self, reason: str) -> None:
+        if self._running_action is not None and not self._running_action.done():
+            self._running_action.cancel(f"leadership lost: {reason}")
 
     async def cycle(self) -> str:
+        await self._reconcile()
         busy = " (gated action running)" if self._running_action else ""
         return f"{len(self._clients)} clients, {self._served} requests served{busy}"
 

@@ -15,6 +15,7 @@ from brace_watchdog.control.protocol import ArgSpec, ProtocolError
 from brace_watchdog.errors import AdapterError
 from brace_watchdog.monitors.backups import scan_backups
 from brace_watchdog.observations import BackupScan
+from brace_watchdog.runtime import Hub
 from brace_watchdog.state import ActionRecord, Event
 
 __all__ = ["COMMANDS"]
@@ -38,11 +39,22 @@ async def status(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         "escalation": hub.escalation(),
         "open_actions": [action_dict(a) for a in hub.store.open_actions()],
         "action_lock": asdict(hub.action_lock.holder) if hub.action_lock.holder else None,
+        "leadership": _leadership(hub),
         "last_restore_test": last[0] if last else None,
         "dry_run": hub.config.daemon.dry_run,
         "peer": {"uid": ctx.peer.uid, "user": ctx.peer.user},
         **_component_views(ctx),
     }
+
+
+def _leadership(hub: Hub) -> dict[str, Any]:
+    """Who acts: this instance (leadership off, or the leader) or another one, since when."""
+    view, decision = hub.leadership.view, hub.leadership.decision()
+    return {"enabled": view.enabled, "acts": decision.acts, "reason": decision.reason,
+            "message": decision.message,
+            "leader": asdict(view.leader) if view.leader else None,
+            "held_seconds": (hub.clock() - view.leader.since
+                             if view.leader and view.leader.since is not None else None)}
 
 
 def _component_views(ctx: Context) -> dict[str, Any]:

@@ -1,0 +1,124 @@
+"""The PostgreSQL side of leadership: one dedicated async connection and a session advisory lock.
+
+:class:`AdvisoryLockSession` connects with ``application_name = brace-watchdog@HOST:PID`` (how
+every instance can name the holder) and ``idle_session_timeout = lease`` (a stopped or vanished
+holder loses its session, and with it the lock, after the lease), takes the lock with
+``pg_try_advisory_lock(key)`` and confirms it by asking ``pg_locks`` for our own backend pid, each
+query under ``statement_timeout``. Async psycopg only; every failure is a :class:`PostgresError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from brace_watchdog.errors import PostgresError
+from brace_watchdog.leadership import LeaderInfo
+
+__all__ = ["APP_PREFIX", "AdvisoryLockSession", "application_name", "parse_application_name"]
+
+APP_PREFIX = "brace-watchdog@"
+
+# objid of a one-bigint advisory lock is its low 32 bits, classid the high 32 bits
+_HOLDER_SQL = """
+select a.application_name, a.pid
+  from pg_locks l join pg_stat_activity a on a.pid = l.pid
+ where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+   and l.database = (select oid from pg_database where datname = current_database())
+   and l.classid::bigint = (%(key)s::bigint >> 32) & 4294967295
+   and l.objid::bigint = %(key)s::bigint & 4294967295
+"""
+
+
+def application_name(host: str, pid: int, since: float | None = None) -> str:
+    """``brace-watchdog@HOST:PID``, and ``/SINCE`` (unix time) once it holds the lock."""
+    tail = f":{pid}" + (f"/{int(since)}" if since is not None else "")
+    return f"{APP_PREFIX}{host[:63 - len(APP_PREFIX) - len(tail)]}{tail}"
+
+
+def parse_application_name(name: str) -> LeaderInfo | None:
+    if not name.startswith(APP_PREFIX):
+        return None
+    who, _, since = name[len(APP_PREFIX):].partition("/")
+    host, _, pid = who.rpartition(":")
+    if not host or not pid.isdigit() or (since and not since.isdigit()):
+        return None
+    return LeaderInfo(host, int(pid), float(since) if since else None)
+
+
+class AdvisoryLockSession:
+    """One connection holding (or trying to hold) the leadership lock."""
+
+    def __init__(self, dsn: str, *, password: str = "", key: int, host: str, pid: int,
+                 lease_seconds: float, timeout_seconds: float) -> None:
+        self._dsn = dsn
+        self._password = password
+        self.key = key
+        self.host, self.pid = host, pid
+        self.name = application_name(host, pid)
+        self._lease_ms = int(lease_seconds * 1000)
+        self._timeout = timeout_seconds
+        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    async def connect(self) -> None:
+        await self.close()
+        params: dict[str, Any] = {
+            "application_name": self.name,
+            "options": (f"-c idle_session_timeout={self._lease_ms} "
+                        f"-c statement_timeout={int(self._timeout * 1000)}"),
+            "connect_timeout": max(1, int(self._timeout + 0.999))}
+        if self._password:
+            params["password"] = self._password
+        try:
+            self._conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
+                self._dsn, autocommit=True, **params), timeout=self._timeout + 1)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            raise PostgresError(f"leadership: cannot connect: {_short(exc)}") from None
+
+    async def try_acquire(self, now: float) -> bool:
+        """Take the lock if it is free; the holder's application_name then says since when."""
+        row = await self._one("select pg_try_advisory_lock(%(key)s::bigint)")
+        if not (row and row[0]):
+            return False
+        await self._one("select set_config('application_name', %(name)s, false)",
+                        name=application_name(self.host, self.pid, now))
+        return True
+
+    async def held(self) -> bool:
+        """True when our session is alive and holds the lock (pg_locks, our backend pid)."""
+        row = await self._one(f"select count(*) from ({_HOLDER_SQL}) h "
+                              "where h.pid = pg_backend_pid()")
+        return bool(row and row[0])
+
+    async def holder(self) -> LeaderInfo | None:
+        row = await self._one(_HOLDER_SQL)
+        return parse_application_name(str(row[0])) if row else None
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
+                await asyncio.wait_for(conn.close(), timeout=self._timeout)
+
+    async def _one(self, sql: str, **params: object) -> tuple[object, ...] | None:
+        if self._conn is None or self._conn.closed:
+            raise PostgresError("leadership: no connection")
+        try:
+            async with asyncio.timeout(self._timeout + 0.5):
+                cur = await self._conn.execute(sql, {"key": self.key, **params})
+                return await cur.fetchone()
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            await self.close()
+            raise PostgresError(f"leadership: {_short(exc)}") from None
+
+
+def _short(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

@@ -1,0 +1,99 @@
+"""The leadership component: keeps trying (follower) or confirming (leader) the advisory lock.
+
+Every ``check_interval_seconds`` a follower tries ``pg_try_advisory_lock``; the leader asks
+PostgreSQL whether the lock is still its own. Winning bumps ``brace_watchdog_leader`` and
+``brace_watchdog_leadership_changes_total{change="acquired"}``; a lost connection or lock demotes
+at once (:meth:`~brace_watchdog.leadership.LeadershipGate.demote` tells the acting components,
+which stop their action and journal it as interrupted). The new leader reconciles the journal the
+way a restarted daemon does: each acting component notices the gate's new ``generation``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from brace_watchdog.adapters.pg_lock import AdvisoryLockSession
+from brace_watchdog.component import Component
+from brace_watchdog.config import Config, LeadershipConfig
+from brace_watchdog.errors import PostgresError
+from brace_watchdog.leadership import LeaderInfo
+from brace_watchdog.runtime import Hub
+
+__all__ = ["LeaderElection", "leadership_active"]
+
+log = logging.getLogger("brace_watchdog.leadership")
+
+
+def leadership_active(config: Config) -> bool:
+    return config.leadership.enabled and config.database.enabled
+
+
+class LeaderElection(Component):
+    name = "leadership"
+
+    def __init__(self, hub: Hub, *, session: AdvisoryLockSession | None = None,
+                 host: str | None = None, pid: int | None = None) -> None:
+        self.hub = hub
+        self.cfg: LeadershipConfig = hub.config.leadership
+        self.me = LeaderInfo(host or self.cfg.name or socket.gethostname(), pid or os.getpid())
+        db = hub.config.database
+        self.session = session or AdvisoryLockSession(
+            db.dsn.reveal(), password=db.password.reveal(), key=self.cfg.lock_key,
+            host=self.me.host, pid=self.me.pid, lease_seconds=self.cfg.lease_seconds,
+            timeout_seconds=self.cfg.check_timeout_seconds)
+        hub.leadership.enable(self._still_ours, lease_seconds=self.cfg.lease_seconds,
+                              settle_seconds=self.cfg.settle_seconds)
+        hub.leadership.on_lost.append(self._lost)
+        hub.metrics.leader.set(0)
+
+    def interval(self) -> float:
+        return self.cfg.check_interval_seconds
+
+    async def start(self) -> None:
+        await self.cycle()
+
+    async def cycle(self) -> str:
+        gate = self.hub.leadership
+        try:
+            if not self.session.connected:
+                await self.session.connect()
+            if gate.view.held:
+                if not await self.session.held():
+                    gate.demote("the lock is no longer ours")
+            elif await self.session.try_acquire(self.hub.clock()):
+                self._won()
+            gate.observed(await self.session.holder())
+        except PostgresError as exc:
+            gate.demote(str(exc))
+            gate.observed(None)
+            raise
+        if gate.view.held:
+            gate.confirmed(self.hub.clock())
+        return gate.decision().message
+
+    async def stop(self) -> None:
+        await self.session.close()  # closing the session releases the lock
+
+    async def _still_ours(self) -> bool:
+        try:
+            return await self.session.held()
+        except PostgresError:
+            return False
+
+    def _won(self) -> None:
+        now = self.hub.clock()
+        self.hub.leadership.promoted(now, LeaderInfo(self.me.host, self.me.pid, now))
+        self.hub.metrics.leader.set(1)
+        self.hub.metrics.leadership_changes.labels(change="acquired").inc()
+        self.hub.record("leadership.acquired", self.name,
+                        f"{self.me.describe()} is the leader now; acting after "
+                        f"{self.cfg.settle_seconds:.1f}s")
+
+    def _lost(self, reason: str) -> None:
+        self.hub.metrics.leader.set(0)
+        self.hub.metrics.leadership_changes.labels(change="lost").inc()
+        self.hub.record("leadership.lost", self.name,
+                        f"{self.me.describe()} lost the leadership ({reason}); stopped acting",
+                        severity="warning")

@@ -1,0 +1,146 @@
+"""Leadership decisions (pure): who may act, the gate the hub and action lock consult, config."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from brace_watchdog.adapters.pg_lock import application_name, parse_application_name
+from brace_watchdog.config import parse_config
+from brace_watchdog.errors import ConfigError, RefusedError
+from brace_watchdog.leadership import (
+    LeaderInfo,
+    LeadershipGate,
+    LeadershipLostError,
+    LeaderView,
+    may_act,
+)
+from brace_watchdog.runtime import ActionLock
+
+LEADER = LeaderInfo("node-b", 42, 50.0)
+
+
+def test_disabled_always_acts_whatever_else_it_knows() -> None:
+    for held, acquired, confirmed in itertools.product((False, True), (None, 0.0),
+                                                       (None, 0.0, 99.0)):
+        view = LeaderView(enabled=False, held=held, acquired_at=acquired, confirmed_at=confirmed)
+        assert may_act(view, 100.0).reason == "single"
+
+
+@pytest.mark.parametrize(("view", "now", "reason"), [
+    (LeaderView(enabled=True), 100.0, "follower"),
+    (LeaderView(enabled=True, held=False, acquired_at=1.0, confirmed_at=99.0), 100.0, "follower"),
+    (LeaderView(enabled=True, held=True, acquired_at=None, confirmed_at=99.0), 100.0, "follower"),
+    (LeaderView(enabled=True, held=True, acquired_at=1.0, confirmed_at=None), 100.0, "follower"),
+    # confirmed longer ago than the lease: never act on an old belief
+    (LeaderView(enabled=True, held=True, acquired_at=1.0, confirmed_at=89.9,
+                lease_seconds=10.0), 100.0, "stale"),
+    (LeaderView(enabled=True, held=True, acquired_at=1.0, confirmed_at=90.0,
+                lease_seconds=10.0), 100.0, "leader"),
+    # just promoted: the previous leader gets settle_seconds to notice
+    (LeaderView(enabled=True, held=True, acquired_at=98.0, confirmed_at=100.0,
+                settle_seconds=3.0), 100.0, "settling"),
+    (LeaderView(enabled=True, held=True, acquired_at=97.0, confirmed_at=100.0,
+                settle_seconds=3.0), 100.0, "leader"),
+])
+def test_enabled_acts_only_as_a_confirmed_settled_leader(view: LeaderView, now: float,
+                                                         reason: str) -> None:
+    decision = may_act(view, now)
+    assert decision.reason == reason
+    assert decision.acts is (reason == "leader")
+
+
+def test_a_follower_names_the_leader_to_ask() -> None:
+    decision = may_act(LeaderView(enabled=True, leader=LEADER), 1.0)
+    assert "node-b (pid 42)" in decision.message
+    assert "lock free" in may_act(LeaderView(enabled=True), 1.0).message
+
+
+def _gate(now: list[float], answers: list[bool]) -> LeadershipGate:
+    async def confirm() -> bool:
+        return answers.pop(0)
+    gate = LeadershipGate(lambda: now[0])
+    gate.enable(confirm, lease_seconds=10.0, settle_seconds=3.0)
+    return gate
+
+
+async def test_gate_refuses_actions_until_settled_and_confirms_before_steps() -> None:
+    now, answers = [100.0], [True, False]
+    gate = _gate(now, answers)
+    lock = ActionLock(lambda: now[0], gate.check)
+    with pytest.raises(RefusedError, match="follower"):
+        lock.acquire("rollback", "automatic")
+    gate.promoted(100.0, LEADER)
+    assert gate.generation == 1
+    with pytest.raises(RefusedError, match="settling|waiting"):
+        lock.check("db_rollback")
+    now[0] = 104.0
+    lock.release(lock.acquire("rollback", "automatic"))
+    await gate.confirm("retag")
+    assert gate.view.confirmed_at == 104.0
+    lost: list[str] = []
+    gate.on_lost.append(lost.append)
+    with pytest.raises(LeadershipLostError, match="before step 'compose'"):
+        await gate.confirm("compose")  # PostgreSQL says: not ours any more
+    assert lost and gate.generation == 2 and not gate.view.held
+    with pytest.raises(RefusedError):
+        lock.check("rollback")
+
+
+async def test_gate_does_not_ask_postgres_when_its_belief_is_already_stale() -> None:
+    now, answers = [100.0], [True]
+    gate = _gate(now, answers)
+    gate.promoted(90.0, LEADER)
+    now[0] = 100.5  # last confirmed 10.5 s ago, lease 10 s
+    with pytest.raises(LeadershipLostError, match="not confirmed"):
+        await gate.confirm("compose")
+    assert answers == [True]
+
+
+async def test_disabled_gate_never_refuses() -> None:
+    gate = LeadershipGate()
+    gate.check("rollback")
+    await gate.confirm("compose")
+    assert not gate.demote("x")
+
+
+@pytest.mark.parametrize(("host", "pid", "since"), [
+    ("node-a", 1, None), ("node-a", 99999, 1733100000.0), ("a" * 80, 4194304, 1733100000.0),
+    ("host:with:colons", 7, None)])
+def test_application_name_round_trips_and_fits_postgres(host: str, pid: int,
+                                                       since: float | None) -> None:
+    name = application_name(host, pid, since)
+    assert len(name) <= 63
+    info = parse_application_name(name)
+    assert info is not None and info.pid == pid and info.since == since
+    assert host.startswith(info.host)
+
+
+@pytest.mark.parametrize("name", ["psql", "brace-watchdog@", "brace-watchdog@host:x",
+                                  "brace-watchdog@host:1/x", "brace-watchdog@:1"])
+def test_foreign_application_names_are_not_leaders(name: str) -> None:
+    assert parse_application_name(name) is None
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ({"lease_seconds": 4.0}, "leadership.lease_seconds: must be at least 2 x"),
+    ({"check_interval_seconds": 0}, "leadership.check_interval_seconds"),
+    ({"name": "a:b"}, "leadership.name"),
+    ({"lock_key": 2**64}, "leadership.lock_key"),
+    ({"enabled": "yes"}, "leadership.enabled"),
+    ({"surprise": 1}, "leadership.surprise"),
+])
+def test_bad_leadership_config_is_refused_with_its_key(raw: dict[str, Any],
+                                                      expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"leadership": raw})
+    assert any(expected in p for p in info.value.problems), info.value.problems
+
+
+def test_leadership_config_defaults_and_settle() -> None:
+    cfg = parse_config({"leadership": {"enabled": True, "check_interval_seconds": 0.5,
+                                       "check_timeout_seconds": 0.5, "lease_seconds": 2}})
+    assert cfg.leadership.enabled and cfg.leadership.settle_seconds == 1.0
+    assert not parse_config({}).leadership.enabled
