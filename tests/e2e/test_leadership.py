@@ -1,0 +1,206 @@
+"""Leadership end to end: several real ``brace-watchdog run`` processes, one real PostgreSQL, one
+real compose stack, one shared state file — exactly one instance acts, a killed, stopped or
+cut-off leader is replaced within the lease, and a rollback is never carried out twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from brace_watchdog.state import StateStore
+from tests.integration.control_helpers import ctl
+from tests.support.pg import PgCluster
+from tests.support.stack import (
+    Stack,
+    daemon_event,
+    kill_daemon,
+    start_daemon,
+    stop_daemon,
+    write_daemon_config,
+)
+
+pytestmark = pytest.mark.docker
+
+LEASE = 4.0
+LEADERSHIP = f"""
+[database]
+dsn = "{{dsn}}"
+interval_seconds = 1.0
+
+[leadership]
+enabled = true
+name = "{{name}}"
+check_interval_seconds = 0.5
+check_timeout_seconds = 2.0
+lease_seconds = {LEASE}
+"""
+TAKEOVER = LEASE + 30.0  # the lease, plus a generous margin for a loaded machine
+
+
+@dataclass
+class Instance:
+    name: str
+    root: Path
+    metrics_port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def socket(self) -> str:
+        return str(self.root / "control.sock")
+
+    def leader(self) -> float | None:
+        """``brace_watchdog_leader`` (None while the exporter does not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                        timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        found = re.search(r"^brace_watchdog_leader (\S+)$", text, re.M)
+        return float(found.group(1)) if found else None
+
+    def log(self) -> str:
+        path = self.root / "daemon.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+def _configure(stack: Stack, root: Path, name: str, shared: Path, dsn: str) -> Instance:
+    root.mkdir(parents=True)
+    config = write_daemon_config(stack, root, max_per_day=5, on_schema_change="app_only")
+    text = config.read_text().replace(f'state_path = "{root}/state.db"',
+                                      f'state_path = "{shared}"')
+    config.write_text(text + LEADERSHIP.format(dsn=dsn, name=name))
+    port = int(re.search(r'listen = "127\.0\.0\.1:(\d+)"', text).group(1))  # type: ignore[union-attr]
+    return Instance(name, root, port, start_daemon(config, root / "daemon.log"))
+
+
+@asynccontextmanager
+async def instances(stack: Stack, tmp_path: Path, cluster: PgCluster,
+                    count: int) -> AsyncIterator[list[Instance]]:
+    shared = tmp_path / "shared-state.db"
+    started: list[Instance] = []
+    try:
+        for n in range(count):
+            started.append(_configure(stack, tmp_path / f"node{n}", f"node{n}", shared,
+                                      cluster.dsn()))
+        yield started
+    finally:
+        for inst in started:
+            with suppress(ProcessLookupError):
+                os.kill(inst.proc.pid, signal.SIGCONT)
+            stop_daemon(inst.proc)
+
+
+async def the_leader(group: list[Instance], timeout: float = TAKEOVER) -> Instance:
+    """Wait until exactly one live instance reports ``brace_watchdog_leader 1``."""
+    deadline = time.monotonic() + timeout
+    seen: list[float | None] = []
+    while time.monotonic() < deadline:
+        seen = await asyncio.gather(*(asyncio.to_thread(i.leader) for i in group))
+        leaders = [i for i, value in zip(group, seen, strict=True) if value == 1.0]
+        if len(leaders) == 1 and all(v is not None for v in seen):
+            return leaders[0]
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no single leader within {timeout}s: {seen}\n"
+                         + "\n".join(i.log() for i in group))
+
+
+def rollback_actions(shared: Path) -> list[tuple[int, str, str]]:
+    store = StateStore(shared).open()
+    try:
+        return [(a.id, a.status, a.step) for a in store.actions(kind="rollback")]
+    finally:
+        store.close()
+
+
+def journal_steps(shared: Path, action_id: int) -> list[str]:
+    store = StateStore(shared).open()
+    try:
+        return [e.kind for e in store.events(limit=100000) if e.action_id == action_id
+                and e.kind.startswith("action.rollback.")]
+    finally:
+        store.close()
+
+
+async def test_three_daemons_exactly_one_rolls_back_a_bad_deploy(
+        stack: Stack, tmp_path: Path, pg_cluster: PgCluster) -> None:
+    shared = tmp_path / "shared-state.db"
+    stack.deploy("v1")
+    async with instances(stack, tmp_path, pg_cluster, 3) as group:
+        leader = await the_leader(group)
+        await daemon_event(shared, "release.known_good", timeout=40)
+        follower = next(i for i in group if i is not leader)
+        status = json.loads((await ctl("--socket", follower.socket, "--json", "status")).out)
+        assert status["leadership"]["leader"]["host"] == leader.name
+        assert not status["leadership"]["acts"]
+        text = (await ctl("--socket", follower.socket, "status")).out
+        assert f"leader: {leader.name} (pid {leader.proc.pid})" in text
+        refused = await ctl("--socket", follower.socket, "rollback", "app")
+        assert refused.code == 1 and f"the leader is {leader.name}" in refused.err, refused
+        stack.deploy("v2")
+        await daemon_event(shared, "rollback.succeeded", timeout=60)
+        await asyncio.sleep(3)  # time for a second instance to (wrongly) act too
+        assert [status for _, status, _ in rollback_actions(shared)] == ["succeeded"]
+        assert await the_leader(group) is leader
+    assert stack.running_images() == stack.all_on("v1")
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+async def test_a_dead_or_stopped_leader_is_replaced_within_the_lease_and_acts_once(
+        stack: Stack, tmp_path: Path, pg_cluster: PgCluster, how: str) -> None:
+    shared = tmp_path / "shared-state.db"
+    stack.deploy("v1")
+    async with instances(stack, tmp_path, pg_cluster, 2) as group:
+        old = await the_leader(group)
+        await daemon_event(shared, "release.known_good", timeout=40)
+        if how == "SIGKILL":
+            kill_daemon(old.proc)
+        else:
+            os.kill(old.proc.pid, signal.SIGSTOP)
+        survivor = next(i for i in group if i is not old)
+        assert await the_leader([survivor]) is survivor
+        stack.deploy("v2")
+        await daemon_event(shared, "rollback.succeeded", timeout=60)
+        if how == "SIGSTOP":
+            os.kill(old.proc.pid, signal.SIGCONT)  # it wakes up believing it leads
+            await asyncio.sleep(LEASE)
+            assert old.leader() == 0.0, old.log()
+            assert await the_leader(group) is survivor
+        await asyncio.sleep(2)
+        assert [status for _, status, _ in rollback_actions(shared)] == ["succeeded"]
+    assert stack.running_images() == stack.all_on("v1")
+
+
+async def test_the_leaders_session_terminated_mid_rollback_stops_it_and_no_step_repeats(
+        stack: Stack, tmp_path: Path, pg_cluster: PgCluster) -> None:
+    shared = tmp_path / "shared-state.db"
+    stack.deploy("v1")
+    async with instances(stack, tmp_path, pg_cluster, 2) as group:
+        leader = await the_leader(group)
+        await daemon_event(shared, "release.known_good", timeout=40)
+        stack.deploy("v2")
+        await daemon_event(shared, "rollback.started", timeout=60)
+        pg_cluster.psql("select pg_terminate_backend(pid) from pg_stat_activity "
+                        f"where application_name like 'brace-watchdog@{leader.name}:%/%'")
+        ended = await daemon_event(shared, "rollback.succeeded", "escalation", timeout=90)
+        await asyncio.sleep(3)
+        actions = rollback_actions(shared)
+        assert len(actions) == 1, actions
+        steps = journal_steps(shared, actions[0][0])
+        assert "action.rollback.leadership_lost" in steps, (steps, leader.log())
+        for step in ("retagged", "compose_done", "images_verified"):
+            assert steps.count(f"action.rollback.{step}") <= 1, steps  # never repeated
+        assert actions[0][1] in ("succeeded", "interrupted"), (actions, ended.message)
+        await the_leader(group)
