@@ -74,7 +74,7 @@ async def test_gate_refuses_actions_until_settled_and_confirms_before_steps() ->
         lock.acquire("rollback", "automatic")
     gate.promoted(100.0, LEADER)
     assert gate.generation == 1
-    with pytest.raises(RefusedError, match="settling|waiting"):
+    with pytest.raises(RefusedError, match=r"settling|waiting"):
         lock.check("db_rollback")
     now[0] = 104.0
     lock.release(lock.acquire("rollback", "automatic"))
