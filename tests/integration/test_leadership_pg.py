@@ -1,0 +1,157 @@
+"""The leadership lock adapter and component against a real PostgreSQL: one session wins, every
+session names the holder, a terminated or silent holder loses the lock, the gate follows."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from brace_watchdog.adapters.pg_lock import AdvisoryLockSession
+from brace_watchdog.config import parse_config
+from brace_watchdog.errors import PostgresError, RefusedError
+from brace_watchdog.leader_election import LeaderElection
+from brace_watchdog.leadership import LeadershipLostError
+from brace_watchdog.metrics import Metrics
+from brace_watchdog.runtime import Hub
+from brace_watchdog.state import StateStore
+from tests.support.pg import PgCluster, start_cluster
+
+KEY = 4242424242424242
+
+
+@pytest.fixture(scope="module")
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
+    """One server for the module (each test closes its sessions): ~10 s saved per test."""
+    cluster = start_cluster(tmp_path_factory.mktemp("pg-leadership"))
+    yield cluster
+    cluster.stop()
+
+
+async def _acquire_soon(session: AdvisoryLockSession, now: float) -> bool:
+    """The old holder's backend exits a moment after its client went away: try for a while."""
+    for _ in range(100):
+        if await session.try_acquire(now):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+def _session(cluster: PgCluster, host: str, *, lease: float = 30.0) -> AdvisoryLockSession:
+    return AdvisoryLockSession(cluster.dsn(), key=KEY, host=host, pid=os.getpid(),
+                               lease_seconds=lease, timeout_seconds=2.0)
+
+
+async def test_one_session_wins_and_every_session_names_it(pg_cluster: PgCluster) -> None:
+    a, b = _session(pg_cluster, "node-a"), _session(pg_cluster, "node-b")
+    await a.connect()
+    await b.connect()
+    try:
+        assert await b.holder() is None
+        assert await a.try_acquire(1733100000.0)
+        assert not await b.try_acquire(1733100001.0)
+        assert await a.held() and not await b.held()
+        for session in (a, b):
+            holder = await session.holder()
+            assert holder is not None
+            assert (holder.host, holder.pid, holder.since) == ("node-a", os.getpid(),
+                                                               1733100000.0)
+        await a.close()  # closing the session frees the lock
+        assert await _acquire_soon(b, 1733100002.0)
+        assert (await b.holder()).host == "node-b"  # type: ignore[union-attr]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_terminated_session_is_noticed_and_the_lock_is_free(
+        pg_cluster: PgCluster) -> None:
+    a, b = _session(pg_cluster, "node-a"), _session(pg_cluster, "node-b")
+    await a.connect()
+    await b.connect()
+    try:
+        assert await a.try_acquire(1.0)
+        pg_cluster.psql("select pg_terminate_backend(pid) from pg_stat_activity "
+                        "where application_name like 'brace-watchdog@node-a:%'")
+        with pytest.raises(PostgresError, match="leadership"):
+            await a.held()
+        assert not a.connected
+        assert await _acquire_soon(b, 2.0)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_silent_holder_loses_its_session_after_the_lease(pg_cluster: PgCluster) -> None:
+    a, b = _session(pg_cluster, "node-a", lease=1.0), _session(pg_cluster, "node-b")
+    await a.connect()
+    await b.connect()
+    try:
+        assert await a.try_acquire(1.0)
+        # as a SIGSTOPped leader would: say nothing; PostgreSQL ends the idle session
+        assert await _acquire_soon(b, 2.0)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_connection_refused_is_a_postgres_error(pg_cluster: PgCluster) -> None:
+    session = AdvisoryLockSession(pg_cluster.dsn(password="wrong"), key=KEY, host="h", pid=1,
+                                  lease_seconds=5, timeout_seconds=2)
+    with pytest.raises(PostgresError, match="cannot connect"):
+        await session.connect()
+    with pytest.raises(PostgresError, match="no connection"):
+        await session.held()
+
+
+def _hub(cluster: PgCluster, tmp: str, name: str) -> Hub:
+    config = parse_config({
+        "daemon": {"state_path": f"{tmp}/{name}.db"}, "database": {"dsn": cluster.dsn()},
+        "leadership": {"enabled": True, "name": name, "check_interval_seconds": 0.2,
+                       "check_timeout_seconds": 1.0, "lease_seconds": 2.0, "lock_key": KEY}})
+    return Hub(config=config, store=StateStore(config.daemon.state_path).open(),
+               metrics=Metrics(CollectorRegistry(), process=False))
+
+
+async def test_election_gates_actions_and_a_lost_lock_demotes_before_the_step(
+        pg_cluster: PgCluster, tmp_path: object) -> None:
+    first, second = _hub(pg_cluster, str(tmp_path), "a"), _hub(pg_cluster, str(tmp_path), "b")
+    one, two = LeaderElection(first), LeaderElection(second)
+    try:
+        await one.start()
+        await two.start()
+        assert first.metrics.leader._value.get() == 1  # type: ignore[attr-defined]
+        assert second.metrics.leader._value.get() == 0  # type: ignore[attr-defined]
+        with pytest.raises(RefusedError, match="the leader is a "):
+            second.action_lock.acquire("rollback", "manual")
+        with pytest.raises(RefusedError, match=r"settling|waiting"):
+            first.action_lock.check("rollback")
+        await asyncio.sleep(first.config.leadership.settle_seconds + 0.1)
+        await one.cycle()
+        first.action_lock.check("rollback")
+        await first.leadership.confirm("retag")
+        lost: list[str] = []
+        first.leadership.on_lost.append(lost.append)
+        pg_cluster.psql("select pg_terminate_backend(pid) from pg_stat_activity "
+                        "where application_name like 'brace-watchdog@a:%/%'")
+        with pytest.raises(LeadershipLostError, match="before step 'compose'"):
+            await first.leadership.confirm("compose")
+        assert lost and first.metrics.leader._value.get() == 0  # type: ignore[attr-defined]
+        for _ in range(100):
+            await two.cycle()
+            if second.leadership.view.held:
+                break
+            await asyncio.sleep(0.1)
+        assert second.leadership.view.held
+        changes = second.metrics.leadership_changes.labels(change="acquired")
+        assert changes._value.get() == 1  # type: ignore[attr-defined]
+        kinds = [e.kind for e in first.store.events(limit=100)]
+        assert "leadership.lost" in kinds
+    finally:
+        await one.stop()
+        await two.stop()
+        first.store.close()
+        second.store.close()
