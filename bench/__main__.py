@@ -106,6 +106,7 @@ BENCHMARKS = (
               (*QUICK_RESTORE, *DOCKER_RESTORE), restore_docker_figures, 2400),
     Benchmark("rollback", "bench.bench_rollback", ("--rounds", "3"), ("--rounds", "1"),
               rollback_figures, 1200),
+    Benchmark("failover", "bench.bench_failover", (), ("--quick",), native, 900),
 )
 
 
