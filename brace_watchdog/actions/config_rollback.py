@@ -178,9 +178,10 @@ class _ConfigRollback:
     def cfg(self) -> NetworkRollbackConfig:
         return self.hub.config.network_rollback
 
-    async def _run(self, argv: Sequence[str], *, env: dict[str, str] | None = None
-                   ) -> CommandResult:
-        return await run_command(argv, timeout=self.cfg.command_timeout_seconds, env=env)
+    async def _run(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
+                   stdin: bytes | None = None) -> CommandResult:
+        return await run_command(argv, timeout=self.cfg.command_timeout_seconds, env=env,
+                                 stdin=stdin)
 
     def _begin(self, plan: Plan, state: dict[str, Any], *, requester: str, approver: str,
                progress: Progress, undo: str) -> StepJournal:
@@ -303,8 +304,7 @@ class PgHbaRollback(_ConfigRollback):
         if not cfg.pg_hba_in_container:
             await asyncio.to_thread(keep_copy, files.current, cfg.pg_hba_path, kept)
             return
-        await self._run([*self.docker, "exec", await self._container(), "cp", "-p",
-                         str(cfg.pg_hba_path), str(kept)])
+        await self._container_write(files.current, kept, like=cfg.pg_hba_path, exclusive=True)
 
     async def _install(self, files: FilePair) -> None:
         cfg = self.cfg
@@ -312,13 +312,21 @@ class PgHbaRollback(_ConfigRollback):
             await asyncio.to_thread(install_bytes, files.backup, cfg.pg_hba_path,
                                     like=cfg.pg_hba_backup_path)
             return
-        await self._run([*self.docker, "exec", await self._container(), "cp",
-                         str(cfg.pg_hba_backup_path), str(cfg.pg_hba_path)])
-        installed = await self._read(cfg.pg_hba_path, "installed file")
-        if installed != files.backup:
-            raise ActionError("restoring", f"{cfg.pg_hba_path} in the container does not hold "
-                              "the approved .bak content after the copy (the .bak changed "
-                              "meanwhile?)")
+        await self._container_write(files.backup, cfg.pg_hba_path, like=cfg.pg_hba_path,
+                                    exclusive=False)
+
+    async def _container_write(self, data: bytes, dest: Path, *, like: Path,
+                               exclusive: bool) -> None:
+        """Write ``data`` (the approved bytes, on stdin) to ``dest`` inside the container with
+        ``like``'s owner and mode: through a ``mktemp`` file in the same folder, then hard-linked
+        (``exclusive``: fails if anything, a symlink too, is at ``dest``) or renamed over it —
+        never opening ``dest`` itself, so a planted symlink is never followed."""
+        publish = 'ln "$t" "$1"' if exclusive else 'mv -f "$t" "$1"'
+        script = ('set -e; umask 077; t=$(mktemp "$1.XXXXXX"); trap \'rm -f "$t"\' EXIT; '
+                  'cat > "$t"; chown "$(stat -c %u:%g "$2")" "$t"; '
+                  f'chmod "$(stat -c %a "$2")" "$t"; {publish}')
+        await self._run([*self.docker, "exec", "-i", await self._container(), "sh", "-c", script,
+                         "sh", str(dest), str(like)], stdin=data)
 
     async def _verify(self, journal: StepJournal) -> None:
         db = self.hub.config.database

@@ -10,12 +10,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
 
 from brace_watchdog.files import identify
 from tests.integration.control_helpers import Env, control_server, result
 from tests.integration.test_pg_hba_rollback import _break
 from tests.integration.test_pg_hba_rollback import _config as hba_config
+from tests.support.images import run_postgres
 from tests.support.pg import PG_BIN, PgCluster, make_brace_dump
 
 NIGHTLY = "nightly/brace_20260101_000000.dump"
@@ -242,3 +244,30 @@ async def test_full_restore_proof_of_the_safety_dump_gates_the_restore(
         assert pg_cluster.psql("select version_num from alembic_version",
                                db=dump.dbname) == "live"
         assert not list(backups.glob("brace_safety_*"))
+
+
+@pytest.mark.docker
+async def test_pg_hba_in_the_container_never_follows_a_planted_symlink(
+        tmp_path: Path, docker_client: docker.DockerClient, postgres_image: str) -> None:
+    prod = run_postgres(docker_client, image=postgres_image)
+    data = "/var/lib/postgresql/data"
+    hba = f"{data}/pg_hba.conf"
+    name = str(prod.container.name)
+    try:
+        prod.exec("cp", "-p", hba, f"{hba}.bak")
+        prod.exec("sh", "-c", f"printf 'local all all trust\\nhost all all all reject\\n' > {hba}"
+                  f" && echo precious > /tmp/victim"
+                  f" && ln -s /tmp/victim {hba}.rollback-20260101_000000")
+        raw = {"database": {"dsn": prod.dsn()},
+               "db_rollback": {"target": "container", "container": name},
+               "network_rollback": {"pg_hba_path": hba, "pg_hba_in_container": True,
+                                    "reload_command": ["true"], "verify_attempts": 1}}
+        async with control_server(tmp_path, raw, clock=lambda: FIXED_NOW) as env:
+            plan = await _plan(env, "rollback-pg-hba")
+            reply = await result(env.socket, "approve", {"token": plan["token"]})
+            assert reply["error"]["code"] == "failed", reply
+            assert reply["error"]["details"]["stage"] == "keeping_current"
+        assert prod.exec("cat", "/tmp/victim") == (0, "precious\n")
+        assert "reject" in prod.exec("cat", hba)[1]
+    finally:
+        prod.stop()
