@@ -1,0 +1,151 @@
+"""The Swarm driver's engine side against a REAL single-node Swarm on a private dockerd: a bad
+update (health 404, crash loop) is taken back to the known-good spec — by `service rollback` when
+Swarm's previous spec is the known-good one, by pinning the known-good image ID otherwise — and
+verified (every task on the known-good image, health OK); an update Swarm rolls back itself is
+seen as such."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from docker.types import EndpointSpec, UpdateConfig
+
+from brace_watchdog.adapters.swarm import SwarmAdapter
+from brace_watchdog.swarm_release import (
+    ServiceTarget,
+    SwarmService,
+    choose_step,
+    converged,
+    swarm_rolled_back,
+)
+from tests.support.net import free_port
+from tests.support.swarm import PrivateSwarm, private_swarm
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+STACK = "brace"
+CRASH_TAG = "brace-test/busybox:crash"
+
+
+@pytest.fixture(scope="module")
+def swarm(docker_client: docker.DockerClient, busybox_image: str) -> Iterator[PrivateSwarm]:
+    with private_swarm(docker_client, [busybox_image]) as engine:
+        # the same files, but an entrypoint that exits at once: a crash loop under any args
+        engine.client.images.build(fileobj=io.BytesIO(
+            f'FROM {busybox_image}\nENTRYPOINT ["false"]\n'.encode()), tag=CRASH_TAG, rm=True)
+        yield engine
+
+
+def _health(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
+            return str(r.status)
+    except urllib.error.HTTPError as exc:
+        return str(exc.code)
+    except OSError as exc:
+        return type(exc).__name__
+
+
+def _create(engine: PrivateSwarm, tmp_path: Path, busybox_image: str, name: str,
+            **extra: object) -> tuple[str, int, str]:
+    """A stack service serving ``/api/health`` on a loopback port (host network), pinned to the
+    busybox image ID; (service id, port, image id)."""
+    www = tmp_path / "www"
+    (www / "api").mkdir(parents=True)
+    (www / "api" / "health").write_text("ok\n")
+    port = free_port()
+    image = engine.client.images.get(busybox_image).id
+    service = engine.client.services.create(
+        image, args=["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/www"],
+        name=f"{STACK}_{name}", labels={"com.docker.stack.namespace": STACK},
+        networks=["host"], mounts=[f"{www}:/www:ro"], endpoint_spec=EndpointSpec(),
+        stop_grace_period=1_000_000_000, **extra)
+    return service.id, port, image
+
+
+async def _service(adapter: SwarmAdapter, name: str) -> SwarmService:
+    return next(s for s in await adapter.services(STACK) if s.name == name)
+
+
+async def _until(check: object, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"not {what} within {timeout}s"
+        await asyncio.sleep(0.5)
+
+
+async def _recovered(adapter: SwarmAdapter, service_id: str, image_id: str, port: int) -> None:
+    async def ok() -> bool:
+        tasks = await adapter.tasks(service_id)
+        return converged(tasks, image_id, 1) and await asyncio.to_thread(_health, port) == "200"
+    await _until(ok, "back on the known-good image and healthy")
+
+
+async def test_a_bad_config_update_goes_back_by_service_rollback(
+        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
+    adapter = SwarmAdapter(swarm.host)
+    service_id, port, image = _create(swarm, tmp_path, busybox_image, "backend")
+    try:
+        await _recovered(adapter, service_id, image, port)
+        good = (await _service(adapter, "backend")).current
+        swarm.client.services.get(service_id).update(  # the bad deploy: health answers 404
+            args=["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/"])
+        await _until(lambda: asyncio.to_thread(lambda: _health(port) == "404"), "failing")
+        bad = await _service(adapter, "backend")
+        assert bad.version > 0 and bad.current != good and bad.current.image == good.image
+        step = choose_step(bad, good)
+        assert step.method == "rollback", step
+        await adapter.rollback(service_id)
+        await _recovered(adapter, service_id, image, port)
+        assert (await _service(adapter, "backend")).current == good
+    finally:
+        adapter.close()
+
+
+async def test_a_crash_looping_image_goes_back_by_pinning_the_known_good_image(
+        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
+    adapter = SwarmAdapter(swarm.host)
+    service_id, port, image = _create(swarm, tmp_path, busybox_image, "frontend")
+    try:
+        await _recovered(adapter, service_id, image, port)
+        good = (await _service(adapter, "frontend")).current
+        crash = swarm.client.images.get(CRASH_TAG).id
+        swarm.client.services.get(service_id).update(image=crash)
+        # deployed twice: Swarm's previous spec is the bad one now, not the known-good
+        swarm.client.services.get(service_id).update(image=crash, force_update=True)
+        bad = await _service(adapter, "frontend")
+        assert bad.current == ServiceTarget(crash, good.spec_hash) and bad.previous != good
+        step = choose_step(bad, good)
+        assert step.method == "update", step
+        await adapter.update_image(service_id, good.image)
+        await _recovered(adapter, service_id, image, port)
+        assert (await _service(adapter, "frontend")).current == good
+    finally:
+        adapter.close()
+
+
+async def test_an_update_swarm_rolls_back_itself_is_recognised(
+        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
+    adapter = SwarmAdapter(swarm.host)
+    service_id, port, image = _create(
+        swarm, tmp_path, busybox_image, "admin",
+        update_config=UpdateConfig(failure_action="rollback", monitor=3_000_000_000))
+    try:
+        await _recovered(adapter, service_id, image, port)
+        assert not swarm_rolled_back(await _service(adapter, "admin"))
+        swarm.client.services.get(service_id).update(image=swarm.client.images.get(CRASH_TAG).id)
+
+        async def undone() -> bool:
+            return swarm_rolled_back(await _service(adapter, "admin"))
+        await _until(undone, "rolled back by Swarm")
+        await _recovered(adapter, service_id, image, port)
+    finally:
+        adapter.close()

@@ -1,0 +1,94 @@
+"""A real single-node Docker Swarm on a PRIVATE dockerd the test starts (the shared engine is never
+put in swarm mode): own data-root, exec-root, pidfile and unix socket, no bridge, no iptables;
+``swarm init --advertise-addr 127.0.0.1`` on a free loopback port; images copied in from the
+shared engine (``save``/``load``). On exit: ``swarm leave --force``, dockerd stopped, its mounts
+and folder removed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+
+from tests.integration.control_helpers import short_dir
+from tests.support.net import free_port
+from tests.support.skips import skip_missing
+
+__all__ = ["PrivateSwarm", "private_swarm"]
+
+
+@dataclass
+class PrivateSwarm:
+    folder: Path
+    client: docker.DockerClient
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.folder / 'd.sock'}"
+
+
+def _wait_engine(host: str, log: Path, timeout: float = 60) -> docker.DockerClient:
+    deadline = time.monotonic() + timeout
+    while True:
+        if Path(host.removeprefix("unix://")).exists():
+            client = docker.DockerClient(base_url=host, timeout=120, version="1.41")
+            try:
+                client.ping()
+                return client
+            except (docker.errors.DockerException, OSError):
+                client.close()
+        if time.monotonic() > deadline:
+            raise AssertionError(log.read_text()[-3000:])
+        time.sleep(0.2)
+
+
+def _unmount_below(folder: Path) -> None:
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for point in sorted((m for m in mounts if m.startswith(f"{folder}/")), reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
+@contextmanager
+def private_swarm(shared: docker.DockerClient, images: list[str]) -> Iterator[PrivateSwarm]:
+    if not shutil.which("dockerd"):
+        skip_missing("dockerd is not installed (Debian package docker.io)")
+    folder = short_dir()
+    argv = ["dockerd", "--data-root", str(folder / "data"), "--exec-root", str(folder / "x"),
+            "--pidfile", str(folder / "d.pid"), "-H", f"unix://{folder / 'd.sock'}",
+            "--bridge=none", "--iptables=false", "--ip-masq=false"]
+    log = folder / "dockerd.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)
+    client: docker.DockerClient | None = None
+    try:
+        client = _wait_engine(f"unix://{folder / 'd.sock'}", log)
+        client.swarm.init(advertise_addr="127.0.0.1",
+                          listen_addr=f"127.0.0.1:{free_port()}")
+        for image in images:
+            client.images.load(b"".join(shared.images.get(image).save(named=True)))
+        yield PrivateSwarm(folder, client)
+    finally:
+        if client is not None:
+            with suppress(docker.errors.DockerException):
+                for service in client.services.list():
+                    service.remove()
+                client.swarm.leave(force=True)
+            client.close()
+        with suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        _unmount_below(folder)
+        shutil.rmtree(folder, ignore_errors=True)
