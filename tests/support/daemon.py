@@ -56,7 +56,7 @@ class Daemon:
         self.env = dict(env or {})
         if config is None:
             assert server is not None
-            (tmp_path / "backups").mkdir()
+            (tmp_path / "backups").mkdir(exist_ok=True)
             config = tmp_path / "brace-watchdog.toml"
             self.health_url = server.url()
             write_config(config, health_url=self.health_url, metrics_port=free_port(),
