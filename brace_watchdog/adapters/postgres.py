@@ -15,7 +15,10 @@ connection to ``127.0.0.1:port`` (:mod:`~brace_watchdog.adapters.pg_sessions`), 
 
 Orphans (left by a daemon that died mid-test) are found by the owner pid written into the
 directory name / container label and removed by :func:`remove_local_orphans` and
-:func:`remove_docker_orphans`.
+:func:`remove_docker_orphans`. A container also names its owner's pid namespace (boot id and
+namespace inode): a daemon in a container, or on another host sharing the engine, cannot tell
+whether a pid of another namespace is alive, so it leaves those containers alone (a container
+without that label, from an older version, is judged by its pid as before).
 
 Throwaway settings switch durability off (``fsync=off`` …): they exist only on these servers.
 """
@@ -49,12 +52,15 @@ from brace_watchdog.errors import ActionError, CommandError, DockerError
 __all__ = [
     "CONTAINER_LABEL",
     "LOCAL_PREFIX",
+    "OWNER_LABEL",
+    "OWNER_NS_LABEL",
     "THROWAWAY_SETTINGS",
     "DockerServer",
     "LocalServer",
     "ThrowawayServer",
     "free_port",
     "pid_alive",
+    "pid_namespace",
     "remove_docker_orphans",
     "remove_local_orphans",
 ]
@@ -64,6 +70,7 @@ TEMPLATE_PREFIX = f"{LOCAL_PREFIX}template-"
 CONTAINER_LABEL = "brace-watchdog.restore-test"
 OWNER_LABEL = "brace-watchdog.owner-pid"
 RUN_LABEL = "brace-watchdog.run-id"
+OWNER_NS_LABEL = "brace-watchdog.owner-pidns"
 SUPERUSER = "postgres"
 THROWAWAY_SETTINGS: dict[str, str] = {
     "fsync": "off",
@@ -89,6 +96,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def pid_namespace() -> str:
+    """Where our pids mean something: this kernel's boot id and our pid namespace's inode."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
 
 
 def pid_alive(pid: int) -> bool:
@@ -457,7 +473,8 @@ class DockerServer(ThrowawayServer):
             self.image, name=f"{LOCAL_PREFIX}{self.run_id}", command=command,
             environment=self._environment(),
             labels={CONTAINER_LABEL: "1", OWNER_LABEL: str(os.getpid()),
-                    RUN_LABEL: self.run_id, **self.extra_labels},
+                    OWNER_NS_LABEL: pid_namespace(), RUN_LABEL: self.run_id,
+                    **self.extra_labels},
             network_mode=self.network,
             ports=None if self.network == "host" else {"5432/tcp": ("127.0.0.1", host_port)},
             volumes={str(self.dump): {"bind": self._dump_path(), "mode": "ro"}}))
@@ -489,11 +506,16 @@ class DockerServer(ThrowawayServer):
 
 
 async def remove_docker_orphans(docker: DockerAdapter, *,
-                                alive: Callable[[int], bool] = pid_alive) -> list[str]:
-    """Remove restore-test containers whose owning daemon process is gone."""
+                                alive: Callable[[int], bool] = pid_alive,
+                                namespace: str | None = None) -> list[str]:
+    """Remove restore-test containers whose owning daemon process is gone (only those of our
+    pid namespace: another one's pids cannot be checked from here)."""
+    ours = pid_namespace() if namespace is None else namespace
     removed: list[str] = []
     for container_id, labels in await docker.containers_with_label(f"{CONTAINER_LABEL}=1"):
         owner = labels.get(OWNER_LABEL, "")
+        if labels.get(OWNER_NS_LABEL, ours) != ours:
+            continue
         if owner.isdigit() and alive(int(owner)):
             continue
         await docker.remove_container(container_id)

@@ -23,6 +23,7 @@ from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.adapters.postgres import (
     CONTAINER_LABEL,
     OWNER_LABEL,
+    OWNER_NS_LABEL,
     DockerServer,
     remove_docker_orphans,
 )
@@ -168,3 +169,19 @@ async def test_orphaned_container_is_removed(adapter: DockerAdapter, good_dump: 
     removed = await remove_docker_orphans(adapter, alive=others_alive)
     assert removed == [server.container_id]
     await server.stop()
+
+
+async def test_a_container_of_another_pid_namespace_is_never_an_orphan(
+        adapter: DockerAdapter, good_dump: Path, postgres_image: str,
+        docker_client: docker.DockerClient) -> None:
+    """A daemon in a container (its own pid namespace) sharing the engine must not remove the
+    host's restore-test containers because their pids are not alive in *its* namespace."""
+    server = DockerServer(good_dump, adapter, image=postgres_image, ready_wait=0.25,
+                          labels={**TEST_LABELS, OWNER_NS_LABEL: "another-boot:4026531836"})
+    await server.start()
+    try:
+        assert server.container_id not in await remove_docker_orphans(
+            adapter, alive=lambda pid: False)
+        assert len(ours(docker_client)) == 1
+    finally:
+        await server.stop()
