@@ -46,6 +46,7 @@ from brace_watchdog.state import StateStore
 __all__ = ["AlreadyRunning", "RestoreTestScheduler", "cli_restore_test", "record_result"]
 
 log = logging.getLogger("brace_watchdog.restore_test")
+FIRST_SCAN_WAIT_SECONDS = 1.0
 
 
 class AlreadyRunning(RefusedError):
@@ -96,7 +97,14 @@ class RestoreTestScheduler(Component):
         self._line = ""
 
     def interval(self) -> float:
+        """``check_interval``; 1 s until the backups monitor's first scan, so a due test starts
+        right after it rather than one whole interval later (after every restart)."""
+        if self.hub.observations.backups is None:
+            return min(self.check_interval, FIRST_SCAN_WAIT_SECONDS)
         return self.check_interval
+
+    def progress_deadline(self) -> float:
+        return max(3 * self.check_interval, self.check_interval + 30.0)
 
     def reconfigure(self, config: Config) -> None:
         self.config = config
