@@ -266,13 +266,14 @@ def test_db_password_comes_from_load_credential(box: SystemdBox, metrics_port: i
              explain=lambda: box.journal(UNIT)[-2000:])
 
 
-def reload(box: SystemdBox, port: int, config: str, *, result: str = "success") -> None:
-    """Write ``config``, ``systemctl reload``, wait until the daemon counted the reload's
-    ``result`` and the unit is back in ``running`` (it is ``reloading`` between RELOADING=1
-    and READY=1; a lost READY=1 kept it there for good)."""
+def reload(box: SystemdBox, port: int, config: str, *, result: str = "success",
+           argv: tuple[str, ...] = ("systemctl", "reload", UNIT)) -> None:
+    """Write ``config``, run ``argv``, wait until the daemon counted the reload's ``result``
+    and the unit is back in ``running`` (it is ``reloading`` between RELOADING=1 and READY=1;
+    a lost READY=1 kept it there for good)."""
     before = metric(port, "brace_watchdog_config_reloads_total", result=result)
     box.write(CONFIG, config, "0640")
-    box.run("systemctl", "reload", UNIT, timeout=60)
+    box.run(*argv, timeout=60)
     box.wait(f"a reload counted as {result}", lambda: metric(
         port, "brace_watchdog_config_reloads_total", result=result) == before + 1, timeout=30,
         explain=lambda: box.journal(UNIT)[-2000:])
@@ -284,9 +285,18 @@ def test_reload_with_a_valid_then_an_invalid_config(box: SystemdBox, metrics_por
     pid = unit_state(box)["MainPID"]
     original = box.run("cat", CONFIG).stdout
     reload(box, metrics_port, original.replace('log_level = "INFO"', 'log_level = "DEBUG"'))
-    reload(box, metrics_port, original + "\n[nonsense]\nkey = 1\n", result="failure")
+    invalid = original + "\n[nonsense]\nkey = 1\n"
+    box.write(CONFIG, invalid, "0640")
+    refused = box.run("systemctl", "reload", UNIT, check=False, timeout=60)
+    assert refused.returncode != 0  # ExecReload's check-config failed: no SIGHUP at all
+    assert "nonsense: unknown key" in box.journal(UNIT)  # check-config said why
+    assert metric(metrics_port, "brace_watchdog_config_reloads_total", result="failure") == 0
+    # a bare SIGHUP with the same file: the daemon itself refuses it and keeps running
+    reload(box, metrics_port, invalid, result="failure",
+           argv=("systemctl", "kill", "--kill-who=main", "--signal=HUP", UNIT))
     assert "reload refused" in box.journal(UNIT)
-    assert unit_state(box)["MainPID"] == pid  # the old config kept running
+    state = unit_state(box)
+    assert (state["MainPID"], state["ActiveState"]) == (pid, "active")  # old config running
     reload(box, metrics_port, original)
 
 

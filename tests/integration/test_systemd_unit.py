@@ -17,13 +17,15 @@ MAKEFILE = UNIT.parents[1] / "Makefile"
 
 
 def _verify(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    """Run systemd-analyze verify on a copy whose ExecStart points at a binary that exists
-    here (the real one is only there after `make install`)."""
+    """Run systemd-analyze verify on a copy whose ExecStart=/ExecReload= point at a binary that
+    exists here (the real one is only there after `make install`)."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         skip_missing("systemd-analyze is not installed (Debian package: systemd)")
-    lines = [f"ExecStart={shutil.which('true')} run --config /etc/brace-watchdog/x.toml"
-             if line.startswith("ExecStart=") else line for line in unit_text.splitlines()]
+    true = shutil.which("true")
+    lines = [line.replace("/usr/local/bin/brace-watchdog", str(true), 1)
+             if line.startswith(("ExecStart=", "ExecReload=")) else line
+             for line in unit_text.splitlines()]
     copy = tmp_path / UNIT.name
     copy.write_text("\n".join(lines) + "\n")
     return subprocess.run([analyze, "verify", "--man=no", str(copy)], capture_output=True,
@@ -59,7 +61,6 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     ("NotifyAccess", "main"),
     ("WatchdogSec", "30"),
     ("Restart", "on-failure"),
-    ("ExecReload", "/bin/kill -HUP $MAINPID"),
     ("RuntimeDirectory", "brace-watchdog"),
     ("StateDirectory", "brace-watchdog"),
     ("ProtectSystem", "strict"),
@@ -70,6 +71,13 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
 ])
 def test_unit_keeps_its_contract(key: str, expected: str) -> None:
     assert _service_section()[key] == [expected]
+
+
+def test_reload_checks_the_file_before_signalling() -> None:
+    assert _service_section()["ExecReload"] == [
+        "/usr/local/bin/brace-watchdog check-config --config "
+        "/etc/brace-watchdog/brace-watchdog.toml",
+        "/bin/kill -HUP $MAINPID"]
 
 
 def test_execstart_matches_make_install_and_has_no_secrets() -> None:
