@@ -188,6 +188,21 @@ def _plan(data: dict[str, Any], out: TextIO) -> None:
         out.write(f"  WARNING: {warning}\n")
 
 
+def _app_plan(data: dict[str, Any], out: TextIO) -> None:
+    """The plan of ``rollback app --to``: target, retags, compose command, refusals."""
+    manual, plan = data["manual"], data.get("plan")
+    out.write(f"Plan for the app rollback to {str(data.get('target') or '-')[:12]}:\n"
+              f"  policy: {manual['message']}\n")
+    if plan is not None:
+        for retag in plan["retags"]:
+            out.write(f"  retag {retag['tag']} -> {retag['image_id'][:19]}\n")
+        if plan["use_snapshot"]:
+            out.write(f"  compose config from the daemon's snapshot in {plan['snapshot_dir']}\n")
+        out.write(f"  run: {' '.join(plan['argv'])}\n")
+    if data.get("refused"):
+        out.write(f"  REFUSED: {data['refused']}\n")
+
+
 def _markdown(data: dict[str, Any], out: TextIO) -> None:
     out.write(data["markdown"])
 
@@ -234,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--yes", action="store_true", help="skip typing the target's name")
     rollback.add_argument("--plan", action="store_true",
                           help="rollback app: only show what it would do")
+    rollback.add_argument("--to", metavar="RELEASE",
+                          help="rollback app: to this known-good release (fingerprint prefix, "
+                          "see `status`); shows the plan and asks first")
     approve = add("approve", "approve a planned action (shows its plan first); the token is "
                   "read from the terminal, or from stdin's first line, never from argv")
     approve.add_argument("--yes", action="store_true", help="skip typing the target's name")
@@ -335,6 +353,27 @@ class Session:
             return EXIT_FAILED
         return self.finish(self.call("approve", {"token": plan["token"]}))
 
+    def rollback_app(self, release: str | None, *, plan_only: bool, yes: bool) -> int:
+        """``rollback app [--plan] [--to RELEASE]``: without ``--to`` at once (the daemon's
+        choice); with it, plan, show, confirm, then run bound to the confirmed target."""
+        if release is None or plan_only:
+            args = {"plan_only": True} if plan_only else {}
+            return self.finish(self.call("rollback-app", {
+                **args, **({"to": release} if release else {})}))
+        reply = self.call("rollback-app", {"plan_only": True, "to": release})
+        if not reply["ok"]:
+            return self.finish(reply)
+        data = reply["data"]["plan"]
+        if not self.as_json:
+            _app_plan(data, self.out)
+        if data.get("refused") or data["manual"]["action"] != "rollback":
+            self.err.write("refused; nothing was changed\n")
+            return EXIT_FAILED
+        target = str(data["target"])
+        if not self.confirm(target[:12], yes):
+            return EXIT_FAILED
+        return self.finish(self.call("rollback-app", {"to": release, "expect": target}))
+
     def token(self) -> str | None:
         """The plan token, typed at the terminal (not echoed) or piped as stdin's first line."""
         try:
@@ -386,8 +425,7 @@ def _exit_code(code: str) -> int:
 def run(ns: argparse.Namespace, session: Session) -> int:
     if ns.command == "rollback":
         if ns.what == "app":
-            args = {"plan_only": True} if ns.plan else {}
-            return session.finish(session.call("rollback-app", args))
+            return session.rollback_app(ns.to, plan_only=ns.plan, yes=ns.yes)
         if ns.what == "db" and not ns.dump:
             session.err.write("rollback db needs --dump NAME\n")
             return EXIT_USAGE

@@ -27,6 +27,7 @@ __all__ = [
     "ReleaseObservation",
     "ServiceRelease",
     "Stability",
+    "TagUser",
     "build_release",
     "config_digest",
     "diff",
@@ -59,6 +60,18 @@ class ComposeContainer:
     @property
     def running(self) -> bool:
         return self.state == "running"
+
+
+@dataclass(frozen=True)
+class TagUser:
+    """A container (running or not) created from ``image_ref`` (``project``/``service`` empty
+    outside compose); what a retag of that tag would affect."""
+
+    name: str
+    project: str
+    service: str
+    image_ref: str
+    image_id: str
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,11 @@ Each short cycle (docker SDK calls in worker threads) does three things; the fir
 3. **decide** — :func:`~brace_watchdog.actions.rollback_policy.decide` over the health window;
    every decision that is not "nothing to do" is recorded once per episode with its evidence.
 
-A rollback runs in its own task as a :class:`~brace_watchdog.actions.rollback_run.RollbackRun`
+The target is chosen by :func:`~brace_watchdog.actions.rollback_target.choose_target` (the newest
+usable known-good release, or the one an operator names with ``--to``); a plan whose retags
+conflict (:func:`~brace_watchdog.actions.rollback_target.retag_conflicts`) is refused, and an
+automatic one escalates instead. A rollback runs in its own task as a
+:class:`~brace_watchdog.actions.rollback_run.RollbackRun`
 (journal, steps, verification, verdict; after a restart, recovery of an open one). The control
 socket uses :meth:`AppRollback.manual_rollback`, :meth:`AppRollback.plan` and
 :meth:`AppRollback.status`.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,12 @@ from brace_watchdog.actions.release_tracker import ReleaseTracker, read_snapshot
 from brace_watchdog.actions.rollback_policy import Decision, PolicyInput, decide
 from brace_watchdog.actions.rollback_run import RollbackRequest, RollbackRun, RollbackVerdict
 from brace_watchdog.actions.rollback_steps import RollbackPlan, Snapshot, build_plan
+from brace_watchdog.actions.rollback_target import (
+    Candidate,
+    TargetChoice,
+    choose_target,
+    retag_conflicts,
+)
 from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.component import Component
@@ -48,6 +59,11 @@ __all__ = ["AppRollback"]
 
 DAY = 86400.0
 KIND = "rollback"  # the action kind in the store and the action lock
+CANDIDATES = 20  # known-good releases an operator may name with --to
+
+
+class PlanRefused(RefusedError):
+    """The plan itself may not run (its retags conflict); nothing was changed."""
 
 
 class AppRollback(Component):
@@ -146,9 +162,20 @@ class AppRollback(Component):
         return self._task is not None and not self._task.done()
 
     # -- deciding --------------------------------------------------------------------------
-    def _policy_input(self, now: float, *, manual: bool) -> PolicyInput:
+    def _target(self, requested: str | None = None) -> tuple[TargetChoice, ReleaseRecord | None]:
+        """The rollback target's choice and record (RefusedError: ``requested`` names none)."""
+        records = self.hub.store.known_good_releases(CANDIDATES)
+        current = self.tracker.running
+        choice = choose_target([Candidate(r.fingerprint, r.known_good_at or 0.0,
+                                          r.failed_verification_at) for r in records],
+                               current.fingerprint if current else None, requested)
+        fingerprint = choice.target.fingerprint if choice.target else None
+        return choice, next((r for r in records if r.fingerprint == fingerprint), None)
+
+    def _policy_input(self, now: float, *, manual: bool,
+                      requested: str | None = None) -> PolicyInput:
         verdict = self._window_verdict(now)
-        known_good = self._known_good()
+        choice, known_good = self._target(requested)
         db = self.hub.observations.database
         current = self.tracker.running
         current_record = self.hub.store.release(current.fingerprint) if current else None
@@ -165,7 +192,9 @@ class AppRollback(Component):
             rollback_times=tuple(a.created_at for a in self.hub.store.actions(
                 kind="rollback", since_ts=now - DAY)),
             frozen=self.hub.frozen() is not None, manual=manual,
-            current_rolled_back_at=current_record.rolled_back_at if current_record else None)
+            current_rolled_back_at=current_record.rolled_back_at if current_record else None,
+            newest_known_good=choice.newest.fingerprint if choice.newest else None,
+            requested=choice.requested, target_note=choice.note)
 
     def _trigger_alerts(self, now: float) -> tuple[str, ...]:
         """Configured trigger alerts firing now; stale ones (Alertmanager down) never count."""
@@ -206,6 +235,8 @@ class AppRollback(Component):
         if decision.action == "rollback":
             try:
                 await self._start(self._request(decision, inp, origin="automatic"))
+            except PlanRefused as exc:
+                await self._refuse_plan(exc, decision)
             except RefusedError:
                 self._episode = None  # another action took the lock meanwhile: decide again
             except StateUnavailableError:
@@ -223,7 +254,15 @@ class AppRollback(Component):
                  requester: str = "") -> RollbackRequest:
         return RollbackRequest(origin=origin, requester=requester, reason=decision.message,
                                first_failure_ts=inp.verdict.first_failure_ts,
-                               evidence=decision.evidence)
+                               evidence=decision.evidence,
+                               target_fingerprint=inp.known_good_fingerprint)
+
+    async def _refuse_plan(self, exc: PlanRefused, decision: Decision) -> None:
+        message = f"no automatic rollback: {exc.message}; escalated"
+        evidence = {"reason": "retag_conflict", **decision.evidence}
+        self.hub.record("rollback.decision", self.name, message, evidence=evidence,
+                        severity="warning")
+        await self._escalate("retag_conflict", message, decision.evidence)
 
     async def _escalate(self, reason: str, message: str, evidence: dict[str, Any]) -> None:
         extra: dict[str, Any] = {"logs": await self._failing_logs()}
@@ -232,8 +271,9 @@ class AppRollback(Component):
         await self.hub.escalate(reason, message, source=self.name, evidence={**evidence, **extra})
 
     # -- acting ----------------------------------------------------------------------------
-    async def _build_plan(self) -> RollbackPlan:
-        known_good = self._known_good()
+    async def _build_plan(self, target_fingerprint: str | None) -> RollbackPlan:
+        known_good = (self.hub.store.release(target_fingerprint) if target_fingerprint
+                      else None)
         if known_good is None:
             raise RefusedError("plan", "no known-good release recorded yet")
         target = Release.from_dict(known_good.release)
@@ -244,9 +284,13 @@ class AppRollback(Component):
                                           target.working_dir)
         current = self.tracker.running
         await self._compose.detect()  # the argv depends on the version (--pull never)
-        return build_plan(self.cfg, target, current, snapshot=snapshot,
+        plan = build_plan(self.cfg, target, current, snapshot=snapshot,
                           disk_matches_snapshot=on_disk == (snapshot.compose, snapshot.env),
                           snapshot_dir=self._snapshot_root / target.short, compose=self._compose)
+        users = await self._docker.tag_users([ref for ref, _ in plan.retags])
+        conflicts = retag_conflicts(plan.retags, project=self.cfg.project,
+                                    services=self.cfg.services, users=users)
+        return replace(plan, conflicts=conflicts)
 
     async def _start(self, request: RollbackRequest,
                      progress: Progress | None = None) -> RollbackVerdict | None:
@@ -255,7 +299,9 @@ class AppRollback(Component):
         lease = self.hub.action_lock.acquire(KIND, request.origin)
         task: asyncio.Task[RollbackVerdict] | None = None
         try:
-            plan = await self._build_plan()
+            plan = await self._build_plan(request.target_fingerprint)
+            if plan.conflicts:
+                raise PlanRefused("plan", "the retags conflict: " + "; ".join(plan.conflicts))
             if self.hub.config.daemon.dry_run:
                 return self._dry_run(plan, request)
             run = self._run()
@@ -284,14 +330,19 @@ class AppRollback(Component):
                            monotonic=self._monotonic)
 
     # -- control socket --------------------------------------------------------------------
-    async def manual_rollback(self, requester: str, *,
-                              progress: Progress | None = None) -> RollbackVerdict:
-        """Operator-initiated rollback: skips the trigger and rate guards, never verification."""
+    async def manual_rollback(self, requester: str, *, progress: Progress | None = None,
+                              to: str | None = None, expect: str | None = None) -> RollbackVerdict:
+        """Operator-initiated rollback: skips the trigger and rate guards, never verification.
+        ``to`` names the target (a fingerprint prefix); ``expect`` is the target's fingerprint
+        the operator confirmed from the plan — refused when the target is another one now."""
         self.hub.action_lock.check(KIND)
         now = self._clock()
         await self.tracker.track(now)
-        inp = self._policy_input(now, manual=True)
+        inp = self._policy_input(now, manual=True, requested=to)
         decision = decide(inp, self.cfg)
+        if expect is not None and expect != inp.known_good_fingerprint:
+            raise RefusedError("rollback", f"the target is now {_fp(inp.known_good_fingerprint)}"
+                               f", not the confirmed {expect[:12]}; plan again")
         self.hub.record("rollback.requested", self.name, f"{requester} requested a rollback: "
                         f"{decision.message}", evidence={"reason": decision.reason,
                                                           **decision.evidence})
@@ -304,15 +355,21 @@ class AppRollback(Component):
         assert self._task is not None  # _start created it
         return await asyncio.shield(self._task)
 
-    async def plan(self) -> dict[str, Any]:
-        """What a rollback would do now, and what the automatic policy currently decides."""
+    async def plan(self, to: str | None = None) -> dict[str, Any]:
+        """What a rollback (to ``to``, or the automatic choice) would do now, and what the
+        automatic policy currently decides. ``target`` is what the operator confirms."""
         now = self._clock()
-        manual = decide(self._policy_input(now, manual=True), self.cfg)
+        manual_input = self._policy_input(now, manual=True, requested=to)
+        manual = decide(manual_input, self.cfg)
         automatic = decide(self._policy_input(now, manual=False), self.cfg)
         out: dict[str, Any] = {"automatic": _decision_dict(automatic),
-                               "manual": _decision_dict(manual)}
+                               "manual": _decision_dict(manual),
+                               "target": manual_input.known_good_fingerprint}
         if manual.acts:
-            out["plan"] = (await self._build_plan()).to_dict()
+            plan = await self._build_plan(manual_input.known_good_fingerprint)
+            out["plan"] = plan.to_dict()
+            if plan.conflicts:
+                out["refused"] = "the retags conflict: " + "; ".join(plan.conflicts)
         return out
 
     def status(self) -> dict[str, Any]:
@@ -374,6 +431,10 @@ class AppRollback(Component):
         kg = known_good.fingerprint[:12] if known_good else "none"
         state = "" if decision.action == "none" else f"; {decision.action}: {decision.reason}"
         return f"release {current} (known-good {kg}){state}"
+
+
+def _fp(fingerprint: str | None) -> str:
+    return fingerprint[:12] if fingerprint else "none"
 
 
 def _short(release: Release | None) -> str:

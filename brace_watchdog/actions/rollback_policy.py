@@ -11,7 +11,8 @@ Guards, in order (an operator's manual request skips those marked *auto*):
 1. *auto* trigger: the sustained-failure window verdict or a named trigger alert firing;
 2. *auto* deploy grace: an alert trigger inside ``deploy_grace_seconds`` after a deploy waits;
 3. *auto* frozen: automation is frozen until an operator resumes it;
-4. no current release / no known-good release / the running release *is* the known-good one;
+4. no current release / no known-good release / the running release *is* the newest known-good
+   one (or, for an operator's ``--to RELEASE``, *is* that release);
 5. *auto* the known-good release already failed a rollback verification;
 6. *auto* the running release was rolled back before (a redeploy of a bad release): one attempt
    per bad release, whatever the cooldown;
@@ -49,6 +50,11 @@ class PolicyInput:
     frozen: bool = False
     manual: bool = False
     current_rolled_back_at: float | None = None
+    # ``known_good_*`` describe the target (:mod:`~brace_watchdog.actions.rollback_target`);
+    # these say what the newest known-good release is, and whether an operator named the target
+    newest_known_good: str | None = None
+    requested: bool = False
+    target_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,8 @@ def decide(inp: PolicyInput, cfg: RollbackConfig) -> Decision:
             return decision
     note = " (schema moved; on_schema_change = app_only)" if evidence.get("schema_moved") else ""
     who = "operator request" if inp.manual else "sustained failures"
+    if inp.target_note:
+        note += f" ({inp.target_note})"
     return Decision("rollback", "rollback",
                     f"rolling back to known-good release {_short(inp.known_good_fingerprint)} "
                     f"after {who}{note}", evidence)
@@ -85,7 +93,9 @@ def _evidence(inp: PolicyInput) -> dict[str, Any]:
             "known_good_release": inp.known_good_fingerprint,
             "known_good_revision": inp.known_good_revision,
             "current_revision": inp.current_revision, "last_deploy_at": inp.last_deploy_at,
-            "manual": inp.manual}
+            "manual": inp.manual, "newest_known_good": inp.newest_known_good or
+            inp.known_good_fingerprint, "requested_target": inp.requested,
+            "target_note": inp.target_note}
 
 
 def _trigger(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) -> Decision | None:
@@ -118,7 +128,12 @@ def _releases(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) -> Deci
     if inp.known_good_fingerprint is None:
         return Decision("escalate", "no_known_good", "escalated: no known-good release recorded "
                         "yet, nothing to roll back to", ev)
-    if inp.current_fingerprint == inp.known_good_fingerprint:
+    if inp.requested:
+        if inp.current_fingerprint == inp.known_good_fingerprint:
+            return Decision("escalate", "target_running", f"no rollback: release "
+                            f"{_short(inp.known_good_fingerprint)} is already running", ev)
+        return None
+    if inp.current_fingerprint == (inp.newest_known_good or inp.known_good_fingerprint):
         return Decision("escalate", "known_good_running", "no rollback: running release is "
                         "known-good, so the failures are not a deploy problem; escalated", ev)
     return None

@@ -66,6 +66,7 @@ class RollbackRequest:
     reason: str
     first_failure_ts: float | None
     evidence: dict[str, Any]
+    target_fingerprint: str | None = None
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ class RollbackPlan:
     up: UpPlan
     argv: tuple[str, ...]
     snapshot: Snapshot | None = field(default=None, compare=False)
+    conflicts: tuple[str, ...] = ()
 
     @property
     def expected_images(self) -> dict[str, str]:
@@ -73,7 +74,7 @@ class RollbackPlan:
                 "config_changed": self.config_changed, "use_snapshot": self.use_snapshot,
                 "snapshot_dir": self.snapshot_dir,
                 "up": self.up.to_dict(), "argv": list(self.argv),
-                "expected_images": self.expected_images}
+                "expected_images": self.expected_images, "conflicts": list(self.conflicts)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RollbackPlan:
@@ -87,7 +88,7 @@ class RollbackPlan:
                    use_snapshot=bool(data["use_snapshot"]), snapshot_dir=str(data["snapshot_dir"]),
                    up=UpPlan(**{**up, "files": tuple(up["files"]),
                                 "services": tuple(up["services"])}),
-                   argv=tuple(data["argv"]))
+                   argv=tuple(data["argv"]), conflicts=tuple(data.get("conflicts", ())))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from docker import DockerClient
 
 from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.errors import DockerError
-from brace_watchdog.releases import ComposeContainer, config_digest
+from brace_watchdog.releases import ComposeContainer, TagUser, config_digest
 
 __all__ = ["DockerAdapter"]
 
@@ -136,6 +136,29 @@ class DockerAdapter:
             found = self.client.containers.list(
                 all=True, filters={"label": f"{_COMPOSE}.project={project}"})
             return [_compose_container(c.attrs) for c in found]
+        return await self.call(find)
+
+    async def tag_users(self, refs: Sequence[str]) -> list[TagUser]:
+        """Every container (running or not, any project) created from one of ``refs``, by the
+        reference it was created with (``Config.Image``; the list API would show an ID once the
+        tag moved)."""
+        wanted = set(refs)
+        if not wanted:
+            return []
+
+        def find() -> list[TagUser]:
+            users = []
+            for c in self.client.containers.list(all=True, ignore_removed=True):
+                attrs = c.attrs
+                ref = str((attrs.get("Config") or {}).get("Image", ""))
+                if ref in wanted:
+                    labels = (attrs.get("Config") or {}).get("Labels") or {}
+                    users.append(TagUser(
+                        name=str(attrs.get("Name", "")).lstrip("/"),
+                        project=labels.get(f"{_COMPOSE}.project", ""),
+                        service=labels.get(f"{_COMPOSE}.service", ""), image_ref=ref,
+                        image_id=str(attrs.get("Image", ""))))
+            return users
         return await self.call(find)
 
     async def image_id(self, ref: str) -> str | None:

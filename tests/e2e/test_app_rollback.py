@@ -22,6 +22,7 @@ from brace_watchdog.errors import RefusedError
 from brace_watchdog.observations import FiringAlert
 from brace_watchdog.state import StateStore
 from tests.support.faults import hold_write_lock
+from tests.support.images import TEST_LABEL
 from tests.support.pg import PgCluster
 from tests.support.stack import (
     APP_SERVICES,
@@ -414,3 +415,57 @@ async def test_a_rollback_decided_while_the_state_file_is_locked_starts_once_it_
         await h.wait_event("rollback.succeeded", timeout=40)
         assert len(h.store.actions(kind="rollback")) == 1
         assert "unavailable (database is locked)" in str(h.unavailable[0])
+
+
+async def nth_known_good(h: Harness, count: int) -> str:
+    """The fingerprint of the ``count``-th release that became known-good."""
+    while len(found := h.events("release.known_good")) < count:
+        await asyncio.sleep(0.1)
+    newest = max(found, key=lambda e: e.id)
+    return str(newest.evidence["release"]["fingerprint"])
+
+
+async def test_falls_back_to_the_previous_known_good_when_the_newest_failed(
+        stack: Stack, tmp_path: Path) -> None:
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        older = await known_good(h)
+        stack.deploy("v1", {"RELEASE": "2"})  # a healthy config release becomes known-good too
+        newest = await nth_known_good(h, 2)
+        h.store.mark_release_failed_verification(newest, h.hub.clock())  # an earlier attempt
+        stack.deploy("v2")
+        await h.wait_event("rollback.succeeded", timeout=40)
+        action = h.store.actions(kind="rollback")[0]
+        assert action.plan["target"]["fingerprint"] == older
+        started = h.events("rollback.started")[0]
+        assert f"falling back to the previous known-good release {older[:12]}" in started.message
+        assert stack.running_images() == stack.all_on("v1")
+
+
+async def test_a_retag_that_would_switch_a_container_outside_the_list_is_refused(
+        stack: Stack, tmp_path: Path) -> None:
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        await known_good(h)
+        stack.set_image("backend", "v2")
+        # a one-off (a migration, say) made from the backend's tag, outside [rollback] services
+        outsider = stack.client.containers.create(stack.tag("backend"), ["true"],
+                                                  name=f"{stack.project}-migrate",
+                                                  labels={TEST_LABEL: "1"})
+        try:
+            stack.deploy("v2")
+            escalation = await h.wait_event("escalation", timeout=30)
+            assert escalation.evidence["reason"] == "retag_conflict"
+            assert f"(container {outsider.name}) also uses {stack.tag('backend')}" in \
+                escalation.message
+            await asyncio.sleep(1.5)
+            assert h.store.actions(kind="rollback") == []
+            assert len(h.events("escalation")) == 1, "escalated once per episode"
+            assert stack.running_images()["backend"] == stack.images["v2"]
+            plan = await h.rollback.plan()
+            assert "container " + outsider.name in plan["refused"]
+            with pytest.raises(RefusedError, match="retags conflict"):
+                await h.rollback.manual_rollback("alice")
+            assert stack.running_images()["backend"] == stack.images["v2"]
+        finally:
+            outsider.remove(force=True)

@@ -3,6 +3,7 @@ stack, driven by ``brace-watchdogctl`` over its real control socket."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -55,3 +56,45 @@ async def test_manual_rollback_through_the_socket_succeeds(stack: Stack, tmp_pat
         assert store.events(kinds=("rollback.succeeded",))
     finally:
         store.close()
+
+
+def _known_good(state: Path) -> list[str]:
+    store = StateStore(state).open()
+    try:
+        return [r.fingerprint for r in store.known_good_releases()]
+    finally:
+        store.close()
+
+
+async def test_rollback_to_a_chosen_release_plans_confirms_and_runs(stack: Stack,
+                                                                    tmp_path: Path) -> None:
+    state, sock = tmp_path / "state.db", str(tmp_path / "control.sock")
+    stack.deploy("v1")
+    daemon = start_daemon(write_daemon_config(stack, tmp_path, max_per_day=0),
+                          tmp_path / "daemon.log")
+    try:
+        older = (await daemon_event(state, "release.known_good")).evidence["release"]
+        stack.deploy("v1", {"RELEASE": "2"})  # a second healthy release becomes known-good
+        for _ in range(300):
+            if len(_known_good(state)) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert len(_known_good(state)) == 2
+        stack.deploy("v2")
+        await daemon_event(state, "deploy")
+        short = older["fingerprint"][:12]
+        plan = (await ctl("--socket", sock, "--json", "rollback", "app", "--to", short,
+                          "--plan")).json()
+        assert plan["plan"]["target"] == older["fingerprint"], plan
+        unknown = await ctl("--socket", sock, "rollback", "app", "--to", "c0ffee00", "--yes")
+        assert unknown.code == 1 and "no known-good release starts with c0ffee00" in unknown.err
+        declined = await ctl("--socket", sock, "rollback", "app", "--to", short, stdin="no\n")
+        assert declined.code == 1 and "not confirmed" in declined.err
+        run = await ctl("--socket", sock, "rollback", "app", "--to", short, stdin=short + "\n")
+        assert run.code == 0, (run, (tmp_path / "daemon.log").read_text()[-3000:])
+        assert f"Plan for the app rollback to {short}" in run.out and "succeeded" in run.out
+        status = json.loads((await ctl("--socket", sock, "--json", "status")).out)
+        assert status["rollback"]["current"]["fingerprint"] == older["fingerprint"]
+    finally:
+        assert stop_daemon(daemon) == 0
+    assert stack.running_images() == stack.all_on("v1")

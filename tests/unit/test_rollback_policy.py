@@ -191,3 +191,24 @@ def test_every_decision_carries_the_window_evidence() -> None:
         evidence = decide(inp(**overrides), CFG).evidence
         assert evidence["window"]["reason"] == "8/10 failing"
         assert evidence["current_release"] is not None
+
+
+def test_the_newest_known_good_running_escalates_even_with_an_older_target() -> None:
+    decision = decide(inp(current_fingerprint="new" * 10, newest_known_good="new" * 10,
+                          target_note="falling back"), CFG)
+    assert (decision.action, decision.reason) == ("escalate", "known_good_running")
+
+
+def test_a_fallback_target_rolls_back_and_says_why() -> None:
+    decision = decide(inp(newest_known_good="new" * 10, target_note="the newest failed"), CFG)
+    assert decision.acts and "(the newest failed)" in decision.message
+    assert decision.evidence["newest_known_good"] == "new" * 10
+
+
+def test_an_operator_may_go_back_from_a_known_good_release_to_an_older_one() -> None:
+    request = inp(manual=True, requested=True, current_fingerprint="new" * 10,
+                  newest_known_good="new" * 10)
+    assert decide(request, CFG).acts
+    same = replace(request, current_fingerprint="good" * 10)
+    decision = decide(same, CFG)
+    assert (decision.action, decision.reason) == ("escalate", "target_running")

@@ -52,11 +52,13 @@ async def restore_test(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def rollback_app(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    """Roll the app back now (``plan_only``: show what it would do and what the policy says)."""
+    """Roll the app back now (``plan_only``: show what it would do and what the policy says);
+    ``to`` names the target release, ``expect`` the target the operator confirmed."""
     rollback = component(ctx, "rollback", AppRollback)
     if args.get("plan_only"):
-        return {"plan": jsonable(await rollback.plan())}
-    verdict = await rollback.manual_rollback(_who(ctx), progress=ctx.progress)
+        return {"plan": jsonable(await rollback.plan(args.get("to")))}
+    verdict = await rollback.manual_rollback(_who(ctx), progress=ctx.progress,
+                                             to=args.get("to"), expect=args.get("expect"))
     return {"result": verdict.to_dict()}
 
 
@@ -79,8 +81,10 @@ async def ack(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 COMMANDS = (
     Command("restore-test", "operator", restore_test, {"dump": ArgSpec("str", max_chars=1024)},
             summary="run a restore test now (newest dump, or --dump NAME)"),
-    Command("rollback-app", "operator", rollback_app, {"plan_only": ArgSpec("bool")},
-            summary="roll the app back to the last known-good release"),
+    Command("rollback-app", "operator", rollback_app,
+            {"plan_only": ArgSpec("bool"), "to": ArgSpec("str", max_chars=64),
+             "expect": ArgSpec("str", max_chars=64)},
+            summary="roll the app back to the last known-good release (or --to RELEASE)"),
     Command("freeze", "operator", freeze, {"reason": ArgSpec("str", max_chars=500)},
             summary="freeze automatic actions"),
     Command("unfreeze", "operator", unfreeze, summary="resume automatic actions"),
