@@ -206,6 +206,10 @@ class Metrics:
             "brace_release_info", "The current and known-good release (value 1).",
             ("role", "fingerprint"))
         self.deploys = self._c("brace_deploys", "Deploys detected, by what changed.", ("change",))
+        self.known_good_images = self._g(
+            "brace_known_good_images",
+            "Images of the kept known-good releases: present, archived_only, missing.",
+            ("state",))
         self.rollback_time_to_action = self._g(
             "brace_rollback_time_to_action_seconds",
             "Last rollback: time from first failing sample to the action starting.")

@@ -146,10 +146,19 @@ class AppRollback(Component):
             return f"not deciding while {holder.describe()} runs"
         if obs.release is not None:
             await self.tracker.maybe_promote(now, obs)
+        await self._check_images()
         inp = self._policy_input(now, manual=False)
         decision = decide(inp, self.cfg)
         await self._handle(decision, inp)
         return self._status_line(obs, decision)
+
+    async def _check_images(self) -> None:
+        """Every cycle: can the kept known-good releases' images still be had? (metric)"""
+        check = await self.tracker.archive.check(self.tracker.kept_image_ids())
+        gauge = self.hub.metrics.known_good_images
+        for state, ids in (("present", check.present), ("archived_only", check.archived_only),
+                           ("missing", check.missing)):
+            gauge.labels(state=state).set(len(ids))
 
     async def stop(self) -> None:
         if self._task is not None and not self._task.done():

@@ -5,7 +5,9 @@ threads), builds the running :class:`~brace_watchdog.releases.Release`, records 
 fingerprint changes (event + ``brace_deploys_total{change}``), and promotes a release that stayed
 unchanged and healthy for ``stable_after_seconds`` to *known-good*: stored with its tags, image IDs,
 the Alembic revision and a snapshot of the compose file and ``.env``, its images pinned under
-daemon-owned tags; the pins of releases no longer needed are released. The running release is
+daemon-owned tags and saved as archives (:mod:`~brace_watchdog.actions.image_archive`: a tag
+does not survive ``docker system prune -af``, an archive does); the pins and archives of
+releases no longer needed are released. The running release is
 kept in a state flag, so a restart neither mistakes it for a deploy nor forgets a grace period.
 """
 
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+from brace_watchdog.actions.image_archive import ImageArchive, archive_folder
 from brace_watchdog.actions.rollback_steps import pin_refs
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.config import RollbackConfig
@@ -50,6 +53,7 @@ class ReleaseTracker:
         self.seen_at = now
         self.deploy_at: float | None = None
         self._metric_fp: dict[str, str] = {}
+        self.archive = ImageArchive(docker, archive_folder(hub.config.daemon.state_path))
 
     @property
     def running(self) -> Release | None:
@@ -115,15 +119,18 @@ class ReleaseTracker:
             source = self.cfg.compose_file
         compose, env = await asyncio.to_thread(read_snapshot, source, release.working_dir)
         pins = await self._pin(release)
+        archived = await self._archive(release)
         self.hub.store.mark_known_good(
             release.fingerprint, at=now, alembic_revision=revision, compose_file=str(source),
             compose_snapshot=compose, env_snapshot=env,
-            extra={"tags": {s.service: s.image_ref for s in release.services}, "pins": pins})
+            extra={"tags": {s.service: s.image_ref for s in release.services}, "pins": pins,
+                   "archived": archived})
         self.hub.store.set_release_pinned(release.fingerprint, bool(pins))
         self.hub.record("release.known_good", SOURCE,
                         f"release {release.short} is known-good ({why})",
                         evidence={"release": release.to_dict(), "alembic_revision": revision,
                                   "compose_file": str(source), "pins": pins,
+                                  "archived": archived,
                                   "snapshot": compose is not None, "env_snapshot": env is not None})
         self.set_release_metric("known_good", release.fingerprint)
         await self._release_old_pins()
@@ -139,8 +146,26 @@ class ReleaseTracker:
                                 f"{exc}", severity="warning")
         return pins
 
+    async def _archive(self, release: Release) -> bool:
+        """Save the release's images as archives (a failure is recorded, and shows in the
+        ``brace_known_good_images{state="missing"}`` check once the engine loses the image)."""
+        try:
+            await self.archive.keep(release.image_ids().values())
+        except AdapterError as exc:
+            self.hub.record("release.archive_failed", SOURCE, f"cannot archive the images of "
+                            f"{release.short}: {exc}", severity="warning")
+            return False
+        return True
+
+    def kept_image_ids(self) -> set[str]:
+        """The image IDs of the known-good releases kept for rollbacks (pinned, archived)."""
+        return {image for record in self.hub.store.known_good_releases(KEEP_PINNED)
+                for image in Release.from_dict(record.release).image_ids().values()}
+
     async def _release_old_pins(self) -> None:
         keep = {r.fingerprint for r in self.hub.store.known_good_releases(KEEP_PINNED)}
+        with contextlib.suppress(AdapterError, OSError):
+            await self.archive.drop_except(self.kept_image_ids())
         for record in self.hub.store.pinned_releases():
             if record.fingerprint in keep:
                 continue

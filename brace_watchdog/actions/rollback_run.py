@@ -8,8 +8,8 @@ returns a :class:`RollbackVerdict`. It never raises for a failed rollback, like
 
 The journal of one action (each arrow a step, so a restarted daemon knows where it stood)::
 
-    begin → retagged → snapshot_written → compose_done → verifying → images_verified
-          → probes_verified → succeeded | failed
+    begin → [images_loaded] → retagged → snapshot_written → compose_done → verifying
+          → images_verified → probes_verified → succeeded | failed
 
 Success: event, metric, notification. Failure: the target release is marked as having failed
 verification, automation is frozen and an operator is asked; never retried.
@@ -30,6 +30,7 @@ from typing import Any, Literal
 import httpx
 
 from brace_watchdog.actions.gated import Progress
+from brace_watchdog.actions.image_archive import ImageArchive, archive_folder
 from brace_watchdog.actions.rollback_steps import (
     ProbeStreak,
     RollbackPlan,
@@ -139,7 +140,9 @@ class RollbackRun:
             try:
                 await say("running", f"running: {' '.join(plan.argv)}")
                 steps = RollbackSteps(self._docker, self._compose, self._journal(action_id),
-                                      before=self.hub.leadership.confirm)
+                                      before=self.hub.leadership.confirm,
+                                      archive=ImageArchive(self._docker, archive_folder(
+                                          self.hub.config.daemon.state_path)))
                 output = await steps.run(plan)
                 await say("verifying", "verifying the known-good images and health probes")
                 checks = await self._verify(action_id, plan, output)

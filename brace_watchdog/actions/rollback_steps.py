@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from brace_watchdog.actions.image_archive import ImageArchive
 from brace_watchdog.adapters.compose import ComposeCLI, UpPlan
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.adapters.process import CommandResult
@@ -153,17 +154,19 @@ class RollbackSteps:
     """Carries out a plan: retag, write the snapshot, run compose. Each step is journalled."""
 
     def __init__(self, docker: DockerAdapter, compose: ComposeCLI, journal: Journal,
-                 before: Before = _go_ahead) -> None:
+                 before: Before = _go_ahead, *, archive: ImageArchive | None = None) -> None:
         self._docker = docker
         self._compose = compose
         self._journal = journal
         self._before = before
+        self._archive = archive
 
     async def run(self, plan: RollbackPlan) -> CommandResult:
-        """Retag, write the snapshot, run compose; the compose run (output trimmed).
-        ``before(step)`` runs before each step (leadership: raises when this instance may no
-        longer act)."""
+        """Load pruned images, retag, write the snapshot, run compose; the compose run (output
+        trimmed). ``before(step)`` runs before each step (leadership: raises when this instance
+        may no longer act)."""
         await self._before("retag")
+        await self._ensure_images(plan)
         await self._retag(plan)
         await self._before("snapshot")
         await self._write_snapshot(plan)
@@ -177,13 +180,26 @@ class RollbackSteps:
         self._journal("compose_done", asdict(output))
         return output
 
+    async def _ensure_images(self, plan: RollbackPlan) -> None:
+        """Every known-good image in the engine: loaded from its archive when it was pruned."""
+        loaded = []
+        for image_id in sorted(set(plan.expected_images.values())):
+            try:
+                if await self._docker.image_id(image_id) is not None:
+                    continue
+                if self._archive is None or not await self._archive.restore(image_id):
+                    raise ActionError("images", f"known-good image {image_id[:19]} is gone from "
+                                      "the engine and not archived; cannot roll back to it")
+            except AdapterError as exc:
+                raise ActionError("images", f"loading {image_id[:19]}: {exc}") from None
+            loaded.append(image_id)
+        if loaded:
+            self._journal("images_loaded", {"loaded": loaded})
+
     async def _retag(self, plan: RollbackPlan) -> None:
         for ref, image_id in plan.retags:
             repository, tag = split_ref(ref)
             try:
-                if await self._docker.image_id(image_id) is None:
-                    raise ActionError("retag", f"known-good image {image_id[:19]} for {ref} is "
-                                      "gone (pin removed?); cannot roll back by retagging")
                 await self._docker.tag_image(image_id, repository, tag)
             except AdapterError as exc:
                 raise ActionError("retag", f"retagging {ref}: {exc}") from None

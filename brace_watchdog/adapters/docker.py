@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
@@ -169,6 +170,26 @@ class DockerAdapter:
             except docker.errors.ImageNotFound:
                 return None
         return await self.call(resolve)
+
+    async def image_ids(self) -> set[str]:
+        """The ID of every image the engine has (one API call)."""
+        return await self.call(lambda: {str(i) for i in self.client.api.images(all=True,
+                                                                               quiet=True)})
+
+    async def save_image(self, image_id: str, target: Path) -> None:
+        """``docker save`` one image (by ID) into the file ``target``, streamed."""
+        def save() -> None:
+            with target.open("wb") as out:
+                for chunk in self.client.images.get(image_id).save(named=False):
+                    out.write(chunk)
+        await self.call(save)
+
+    async def load_image(self, source: Path) -> list[str]:
+        """``docker load`` an archive (streamed); the IDs of the images it brought."""
+        def load() -> list[str]:
+            with source.open("rb") as data:
+                return [str(image.id) for image in self.client.images.load(data)]
+        return await self.call(load)
 
     async def tag_image(self, image_id: str, repository: str, tag: str) -> None:
         """Point ``repository:tag`` at ``image_id`` (moving the tag if it pointed elsewhere)."""

@@ -163,6 +163,7 @@ class Stack:
     release: str = "current"
     tags: set[str] = field(default_factory=set)
     compose_command: tuple[str, ...] = COMPOSE_V1
+    own_images: list[str] = field(default_factory=list)
 
     @property
     def compose_file(self) -> Path:
@@ -259,6 +260,23 @@ class Stack:
         for ref in [*self.pins(), *sorted(self.tags)]:
             with contextlib.suppress(docker.errors.ImageNotFound):
                 self.client.images.remove(ref, noprune=True)
+        for image_id in self.own_images:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                self.client.images.remove(image_id, force=True)
+
+    def unique_image(self, version: str) -> str:
+        """A copy of web ``version`` with an image ID of its own (a test may delete it, as a
+        prune would, without touching the images other tests share); registered as
+        ``<version>-<project>`` in :attr:`images` and removed by :meth:`destroy`."""
+        container = self.client.containers.create(self.images[version],  # its own CMD kept
+                                                  labels={TEST_LABEL: "1"})
+        try:
+            image = container.commit(changes=[f"LABEL brace-test.copy={self.project}"])
+        finally:
+            container.remove(force=True)
+        self.own_images.append(str(image.id))
+        self.images[f"{version}-{self.project}"] = str(image.id)
+        return f"{version}-{self.project}"
 
 
 def new_stack(client: docker.DockerClient, root: Path, images: dict[str, str],

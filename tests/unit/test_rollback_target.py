@@ -1,9 +1,10 @@
-"""Choosing the rollback target and refusing conflicting retags (pure)."""
+"""Choosing the rollback target, refusing conflicting retags, checking known-good images (pure)."""
 
 from __future__ import annotations
 
 import pytest
 
+from brace_watchdog.actions.image_archive import ImageCheck, classify
 from brace_watchdog.actions.rollback_target import (
     Candidate,
     choose_target,
@@ -120,3 +121,12 @@ def test_containers_on_other_tags_do_not_matter() -> None:
     users = [user("smoke", "other:tag", "sha256:x")]
     assert retag_conflicts([("app:prod", "sha256:good")], project="brace", services=SERVICES,
                            users=users) == ()
+
+
+# -- known-good images: present, archived only, missing -------------------------------------------
+def test_images_are_present_archived_only_or_missing() -> None:
+    check = classify(["sha256:a", "sha256:b", "sha256:c", "sha256:a"],
+                     in_engine={"sha256:a", "sha256:x"}, archived={"sha256:a", "sha256:b"})
+    assert check == ImageCheck(present=("sha256:a",), archived_only=("sha256:b",),
+                               missing=("sha256:c",))
+    assert classify([], in_engine=set(), archived=set()) == ImageCheck()
