@@ -67,14 +67,17 @@ def restore_docker_figures(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def rollback_figures(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """bench_rollback.py: first 5xx to verified rollback vs its floor (window + compose)."""
-    return [figure("rollback_time_to_recovery", value=data["median_recovery_seconds"],
-                   baseline_value=data["median_floor_seconds"], unit="s",
-                   baseline="floor (window + compose recreate)", target=data["target_ratio"],
-                   ratio_value=data["median_ratio"],
-                   note=f"median of {len(data['rounds'])} rounds; window "
-                        f"{data['window_seconds']} s, probes every "
-                        f"{data['probe_interval_seconds']} s")]
+    """bench_rollback.py: first failing probe to verified rollback vs the policy's floor, per
+    bad-release scenario (5xx, hang, crash)."""
+    policy = data["policy"]
+    return [figure(f"rollback_recovery_{name}", value=result["median_recovery_seconds"],
+                   baseline_value=result["median_floor_seconds"], unit="s",
+                   baseline="floor (grace + (min_samples-1) probes + compose recreate)",
+                   target=data["target_ratio"], ratio_value=result["median_ratio"],
+                   note=f"median of {len(result['rounds'])} rounds, {data['compose']}; grace "
+                        f"{policy['grace']} s, min_samples {policy['min_samples']}, probes every "
+                        f"{policy['interval']} s, timeout {policy['timeout']} s")
+            for name, result in data["scenarios"].items()]
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ class AppRollback(Component):
         self._decision: Decision | None = None
         self._task: asyncio.Task[RollbackVerdict] | None = None
         self._generation = -1  # the leadership generation whose open actions were reconciled
+        self._detect: asyncio.Task[str] | None = None
 
     # -- component contract ----------------------------------------------------------------
     def interval(self) -> float:
@@ -101,6 +102,8 @@ class AppRollback(Component):
 
     async def start(self) -> None:
         self.tracker.load()
+        # learn the compose version now, so the first rollback does not wait for it
+        self._detect = asyncio.create_task(self._compose.detect(), name="rollback:compose")
         self.hub.leadership.on_lost.append(self._leadership_lost)
         self._reconcile()
 
@@ -164,6 +167,9 @@ class AppRollback(Component):
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the journal keeps it open; the next start resolves it
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._detect is not None:
+            self._detect.cancel()
+            await asyncio.gather(self._detect, return_exceptions=True)
         self._docker.close()
 
     @property

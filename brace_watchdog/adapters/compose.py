@@ -70,7 +70,7 @@ class ComposeCLI:
         if self.version is None:
             try:
                 result = await self._run([*self.command, "version", "--short"],
-                                         timeout=min(self.timeout, 30.0))
+                                         timeout=min(self.timeout, 10.0))
             except AdapterError:
                 return ""
             self.version = result.stdout.strip()

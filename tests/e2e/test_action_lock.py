@@ -16,12 +16,11 @@ from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.control.server import ControlServer
 from brace_watchdog.errors import RefusedError
 from tests.integration.control_helpers import TouchAction, add_touch_planner, call, short_dir
-from tests.support.stack import Harness, Stack, rollback_config
+from tests.support.stack import Harness, Stack, rollback_config, slow_compose
 
 pytestmark = pytest.mark.docker
 
-SLOW_COMPOSE = ComposeCLI(["sh", "-c", 'sleep 4; exec docker-compose "$@"', "compose"],
-                          timeout=60)
+SLOW_COMPOSE = ComposeCLI(slow_compose(4), timeout=60)
 
 
 async def test_racing_manual_and_automatic_rollbacks_start_exactly_one(stack: Stack,

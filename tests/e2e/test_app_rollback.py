@@ -34,6 +34,7 @@ from tests.support.stack import (
     daemon_event,
     kill_daemon,
     rollback_config,
+    slow_compose,
     start_daemon,
     stop_daemon,
     write_daemon_config,
@@ -224,7 +225,7 @@ async def test_missing_retag_target_fails_without_running_compose(stack: Stack,
 
 
 async def test_restart_mid_rollback_does_not_repeat(stack: Stack, tmp_path: Path) -> None:
-    slow = ComposeCLI(["sh", "-c", 'sleep 30; exec docker-compose "$@"', "compose"], timeout=60)
+    slow = ComposeCLI(slow_compose(30), timeout=60)
     await die_during_rollback(stack, tmp_path, "action.rollback.retagged", slow)
     # the daemon died after retagging, before compose ran
     async with Harness(rollback_config(stack, tmp_path)) as again:
@@ -300,7 +301,7 @@ async def test_real_daemon_killed_mid_rollback_does_not_repeat(stack: Stack,
                                                                tmp_path: Path) -> None:
     state = tmp_path / "state.db"
     stack.deploy("v1")
-    slow = ["sh", "-c", 'sleep 60; exec docker-compose "$@"', "compose"]
+    slow = slow_compose(60)
     daemon = start_daemon(write_daemon_config(stack, tmp_path, compose_command=slow))
     try:
         await daemon_event(state, "release.known_good")

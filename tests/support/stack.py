@@ -54,9 +54,10 @@ from tests.support.net import free_port, wait_for_port
 from tests.support.skips import skip_missing
 
 __all__ = ["APP_SERVICES", "BOTH_COMPOSES", "COMPOSE_V1", "COMPOSE_V2", "COMPOSE_VARIANTS",
-           "WEB_REPO", "Harness", "RecordingNotifier", "Stack", "compose_or_skip", "daemon_event",
-           "ensure_web_images", "kill_daemon", "new_stack", "rollback_config", "start_daemon",
-           "stop_daemon", "wait_for_event", "write_daemon_config"]
+           "CRASHING", "HANGING", "WEB_REPO", "Harness", "RecordingNotifier", "Stack",
+           "compose_or_skip", "daemon_event", "ensure_web_images", "kill_daemon", "new_stack",
+           "rollback_config", "slow_compose", "start_daemon", "stop_daemon", "wait_for_event",
+           "write_daemon_config"]
 
 WEB_REPO = "brace-test/web"
 RECIPE_VERSION = "3"
@@ -69,8 +70,19 @@ BOTH_COMPOSES = pytest.mark.parametrize("stack", list(COMPOSE_VARIANTS.values())
 APP_SERVICES = ("backend", "frontend", "admin-bot", "scheduler")
 WORKERS = ("admin-bot", "scheduler")
 PIN_REPOSITORY = "brace-watchdog/pin"
-# A worker without a port; ``$$`` is compose's escape for a literal ``$``.
+# A backend that accepts connections and never answers, and one that exits at start (run with
+# ``restart: always``: a crash loop). ``$$`` is compose's escape for a literal ``$``.
+HANGING = ["/bin/sh", "-c", 'exec nc -ll -p "$${PORT}" -e sleep 3600']
+CRASHING = ["/bin/sh", "-c", "echo 'backend: cannot start' >&2; exit 1"]
+# A worker without a port.
 _WORKER_COMMAND = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 1 & wait $$!; done"]
+
+
+def slow_compose(seconds: float, command: tuple[str, ...] = COMPOSE_V1) -> list[str]:
+    """A compose argv whose ``up`` starts ``seconds`` late (a rollback caught mid-way); other
+    subcommands (``version``) run at once."""
+    return ["sh", "-c", f'case " $* " in *" up "*) sleep {seconds};; esac; exec {" ".join(command)}'
+            ' "$@"', "compose"]
 
 
 def compose_or_skip(command: tuple[str, ...]) -> str:
@@ -183,7 +195,8 @@ class Stack:
     def frontend_url(self) -> str:
         return f"http://127.0.0.1:{self.frontend_port}/"
 
-    def write_compose(self, backend_env: dict[str, str] | None = None) -> None:
+    def write_compose(self, backend_env: dict[str, str] | None = None,
+                      backend_command: list[str] | None = None) -> None:
         def service(name: str, env: dict[str, str], port: int | None = None) -> str:
             lines = [f"  {name}:", f"    image: {self.tag(name)}", "    network_mode: host",
                      "    volumes:", f"      - {self.root}/override:/srv/override:ro",
@@ -191,6 +204,9 @@ class Stack:
             if port is None:
                 lines.append(f"    command: {json.dumps(_WORKER_COMMAND)}")
             else:
+                if name == "backend" and backend_command is not None:
+                    lines += [f"    command: {json.dumps(backend_command)}",
+                              "    restart: always"]
                 lines += ["    environment:", f'      PORT: "{port}"']
                 lines += [f'      {k}: "{v}"' for k, v in sorted(env.items())]
             return "\n".join(lines)
@@ -218,24 +234,28 @@ class Stack:
                               cwd=self.compose_file.parent)
 
     def deploy(self, backend: str = "v1", backend_env: dict[str, str] | None = None, *,
-               release_dir: str | None = None) -> float:
+               release_dir: str | None = None, backend_command: list[str] | None = None,
+               wait: bool = True) -> float:
         """Release ``backend`` (v1/v2) with ``backend_env`` — in its own release folder with
-        its own tags when ``release_dir`` names one; return the compose run's seconds."""
+        its own tags when ``release_dir`` names one, with ``backend_command`` (and ``restart:
+        always``) when given (:data:`HANGING`, :data:`CRASHING`); return the compose run's
+        seconds. ``wait``: until the backend and frontend ports accept connections."""
         if release_dir is not None:
             self.release = release_dir
             self.compose_file.parent.mkdir(parents=True, exist_ok=True)
         self.set_image("backend", backend)
         for name in ("frontend", *WORKERS):
             self.set_image(name, "v1")
-        self.write_compose(backend_env)
+        self.write_compose(backend_env, backend_command)
         (self.root / "override").mkdir(exist_ok=True)
         started = time.monotonic()
         result = self.compose("up", "-d", "--no-build")
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(self.compose_command)} up failed: {result.stderr}")
         elapsed = time.monotonic() - started
-        wait_for_port(self.backend_port, timeout=30)
-        wait_for_port(self.frontend_port, timeout=30)
+        if wait:
+            wait_for_port(self.backend_port, timeout=30)
+            wait_for_port(self.frontend_port, timeout=30)
         return elapsed
 
     def running_images(self) -> dict[str, str]:
@@ -288,12 +308,13 @@ def new_stack(client: docker.DockerClient, root: Path, images: dict[str, str],
 
 
 def rollback_config(stack: Stack, state_dir: Path, *, dry_run: bool = False, dsn: str = "",
-                    probe_interval: float = 0.2, **rollback: Any) -> Config:
+                    probe_interval: float = 0.2, probe_timeout: float = 2.0,
+                    **rollback: Any) -> Config:
     """A config for driving :class:`AppRollback` against ``stack`` with small time values."""
     raw: dict[str, Any] = {
         "daemon": {"state_path": str(state_dir / "state.db"), "dry_run": dry_run},
         "health": {"url": stack.backend_url, "frontend_url": stack.frontend_url,
-                   "interval_seconds": probe_interval, "timeout_seconds": 2.0},
+                   "interval_seconds": probe_interval, "timeout_seconds": probe_timeout},
         "database": {"dsn": dsn, "interval_seconds": 0.5},
         "restore_test": {"enabled": False},
         "notify": {"log_lines": 5},

@@ -118,9 +118,13 @@ RESTORE = {"rounds": 3, "dump_bytes": 2e8,
                               "docker_manual": 11.0, "docker_same": 12.0, "docker_fast": 9.0},
            "ratios": {"same_settings": 1.02, "jobs2_throwaway": 0.7,
                       "docker_same_settings": 1.09, "docker_jobs2_throwaway": 0.82}}
-ROLLBACK = {"median_recovery_seconds": 9.0, "median_floor_seconds": 8.8, "median_ratio": 1.02,
-            "target_ratio": 1.3, "rounds": [{}, {}, {}], "window_seconds": 8.0,
-            "probe_interval_seconds": 0.25}
+ROLLBACK = {"target_ratio": 1.3, "compose": "compose-v5",
+            "policy": {"grace": 1.0, "min_samples": 6, "interval": 0.25, "timeout": 1.0},
+            "scenarios": {
+                "5xx": {"median_recovery_seconds": 9.0, "median_floor_seconds": 8.8,
+                        "median_ratio": 1.02, "rounds": [{}, {}, {}]},
+                "hang": {"median_recovery_seconds": 14.0, "median_floor_seconds": 10.0,
+                         "median_ratio": 1.4, "rounds": [{}]}}}
 
 
 def test_restore_and_rollback_results_become_figures_with_their_own_ratios() -> None:
@@ -133,8 +137,9 @@ def test_restore_and_rollback_results_become_figures_with_their_own_ratios() -> 
         ("restore_docker_same_settings", 11.0, False),
         ("restore_docker_jobs2_throwaway", 11.0, False)]
     assert restore_docker_figures({**RESTORE, "ratios": {"same_settings": 1.0}}) == []
-    (rollback,) = rollback_figures(ROLLBACK)
-    assert rollback["ratio"] == 1.02 and rollback["passed"] and rollback["target"] == 1.3
+    fivexx, hang = rollback_figures(ROLLBACK)
+    assert fivexx["ratio"] == 1.02 and fivexx["passed"] and fivexx["target"] == 1.3
+    assert (hang["name"], hang["ratio"], hang["passed"]) == ("rollback_recovery_hang", 1.4, False)
 
 
 def test_render_lists_figures_failures_and_machine_facts() -> None:
@@ -144,6 +149,6 @@ def test_render_lists_figures_failures_and_machine_facts() -> None:
     text = render([crashed, good], {"cores": "2"}, quick=True, command="python -m bench",
                   started="now", total_seconds=61.0)
     assert "**NOT MEASURED** (exit 2, no fresh results)" in text
-    assert "| rollback | rollback_time_to_recovery | 9 s |" in text
+    assert "| rollback | rollback_recovery_5xx | 9 s |" in text
     assert "1.02x | ratio <= 1.3x | pass |" in text
     assert "| cores | 2 |" in text
