@@ -9,7 +9,8 @@ services are removed/masked: with host networking they would take the host's por
 
 :func:`boot` runs it as systemd's containers need (``--cap-add SYS_ADMIN``, tmpfs ``/run``,
 the cgroup tree, ``container=docker``; ``--privileged`` is refused on this machine) with host
-networking only, the host's docker socket and CLI, the project's files at ``/src`` and a host
+networking only, the host's docker socket, CLI and CLI plugins (``docker compose``), the
+project's files at ``/src`` and a host
 wheelhouse at ``/wheels`` so ``make install`` needs no network. Each folder in ``shared`` is
 mounted at the *same* path inside, because the daemon asks the host's engine to bind-mount
 paths it sees (the dump of a docker restore test, a compose stack's volumes). "/" is made
@@ -48,6 +49,8 @@ PACKAGES = ("systemd", "systemd-sysv", "dbus", "procps", "python3", "python3-ven
 HASH_LABEL = "brace-test.hash"
 LOCK_PATH = Path(tempfile.gettempdir()) / "brace-test-systemd-image.lock"
 ROOT = Path(__file__).resolve().parents[2]
+CLI_PLUGIN_DIRS = (Path("/usr/local/lib/docker/cli-plugins"),
+                   Path("/usr/libexec/docker/cli-plugins"))
 # Run in the new root file system: no PostgreSQL cluster or service of its own, no getty.
 _FINISH = """set -e
 rm -rf /etc/postgresql/15/main /var/lib/postgresql/15/main
@@ -156,6 +159,9 @@ def wheelhouse(cache: Path = Path("/var/tmp")) -> Path:
             for built in target.glob("brace_watchdog-*"):
                 built.unlink()  # the project itself is built by `make install` from /src
             (target / ".complete").touch()
+            for old in cache.glob("brace-test-wheelhouse-*"):
+                if old != target:  # of an older pyproject.toml
+                    shutil.rmtree(old, ignore_errors=True)
     return target
 
 
@@ -230,8 +236,10 @@ def boot(image: str, *, src: Path, wheels: Path, shared: Sequence[Path] = (),
     if docker_cli is None:
         skip_missing("the docker CLI (Debian package: docker.io)")
     box = SystemdBox(f"brace-test-systemd-{uuid.uuid4().hex[:12]}")
+    plugins = [path for path in CLI_PLUGIN_DIRS if path.is_dir()]  # `docker compose` v2+
     mounts = ["--volume=/var/run/docker.sock:/var/run/docker.sock",
               f"--volume={Path(docker_cli).resolve()}:/usr/bin/docker:ro",
+              *[f"--volume={path}:{path}:ro" for path in plugins],
               f"--volume={src}:/src", f"--volume={wheels}:/wheels:ro",
               *[f"--volume={path}:{path}" for path in shared]]
     _run(["docker", "run", "--detach", f"--name={box.name}", "--network=host",
