@@ -193,7 +193,7 @@ def box(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFac
         shared: Path, stack: Stack, database: tuple[PgContainer, str, str],
         metrics_port: int) -> Iterator[SystemdBox]:
     """systemd booted, brace-watchdog installed by `make install` and started."""
-    image = ensure_systemd_image(docker_client)
+    image = ensure_systemd_image(docker_client, build=False)
     src = project_copy(tmp_path_factory.mktemp("src"))
     booted = boot(image, src=src, wheels=wheelhouse(), shared=[shared])
     try:
