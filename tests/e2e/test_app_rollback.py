@@ -12,8 +12,10 @@ with the same compose the daemon rolls back with.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -506,3 +508,33 @@ async def test_known_good_images_survive_a_prune_through_their_archive(stack: St
         assert stack.running_images()["backend"] == image
         loaded = h.events("action.rollback.images_loaded")[0]
         assert loaded.evidence["loaded"] == [image]
+
+
+async def test_a_lock_taken_mid_rollback_does_not_stop_it(stack: Stack, tmp_path: Path) -> None:
+    """Another process takes the state file the moment the rollback has started: its journal
+    steps wait in memory, the rollback completes, and every step lands once the lock goes."""
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        await known_good(h)
+        locks = contextlib.ExitStack()
+        announce = h.store.on_event
+        assert announce is not None
+
+        def lock_when_started(kind: str, *rest: Any) -> None:
+            announce(kind, *rest)  # type: ignore[arg-type]
+            if kind == "rollback.started":
+                locks.enter_context(hold_write_lock(tmp_path / "state.db"))
+
+        h.store.on_event = lock_when_started
+        stack.deploy("v2")
+        with locks:
+            deadline = time.monotonic() + 60
+            while not (h.store.health().pending and not h.rollback.busy):
+                assert time.monotonic() < deadline, "the rollback did not finish under the lock"
+                await asyncio.sleep(0.2)
+            assert stack.running_images() == stack.all_on("v1")
+        assert h.store.flush()
+        action = h.store.actions(kind="rollback")[0]
+        assert action.status == "succeeded"
+        steps = [e.kind for e in h.store.events(action_id=action.id, limit=50)]
+        assert "action.rollback.compose_done" in steps and "rollback.succeeded" in steps
