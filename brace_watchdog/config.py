@@ -297,6 +297,7 @@ class RestoreTestConfig:
 @dataclass(frozen=True)
 class RollbackConfig:
     enabled: bool = False
+    driver: Literal["compose", "swarm"] = "compose"
     mode: Literal["retag", "release_dir"] = "retag"
     compose_command: tuple[str, ...] = option(("docker", "compose"), non_empty=True)
     compose_file: Path = Path("infra/docker-compose.prod.yml")

@@ -46,6 +46,7 @@ from brace_watchdog.actions.rollback_target import (
 )
 from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.adapters.docker import DockerAdapter
+from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.component import Component
 from brace_watchdog.config import Config
 from brace_watchdog.errors import AdapterError, RefusedError, StateUnavailableError
@@ -76,7 +77,8 @@ class AppRollback(Component):
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.hub = hub
         self.cfg = hub.config.rollback
-        self._docker = docker or DockerAdapter()
+        self._docker = docker or (SwarmAdapter() if self.cfg.driver == "swarm"
+                                  else DockerAdapter())
         self._compose = compose or ComposeCLI(self.cfg.compose_command,
                                               timeout=self.cfg.compose_timeout_seconds)
         self._clock = clock or hub.clock
@@ -298,7 +300,8 @@ class AppRollback(Component):
                                           Path(known_good.compose_file or self.cfg.compose_file),
                                           target.working_dir)
         current = self.tracker.running
-        await self._compose.detect()  # the argv depends on the version (--pull never)
+        if self.cfg.driver == "compose":
+            await self._compose.detect()  # the argv depends on the version (--pull never)
         plan = build_plan(self.cfg, target, current, snapshot=snapshot,
                           disk_matches_snapshot=on_disk == (snapshot.compose, snapshot.env),
                           snapshot_dir=self._snapshot_root / target.short, compose=self._compose)

@@ -38,9 +38,11 @@ from brace_watchdog.actions.rollback_steps import (
     verify_images,
     verify_probes,
 )
+from brace_watchdog.actions.swarm_steps import SwarmSteps
 from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.adapters.process import CommandResult
+from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.config import RollbackConfig
 from brace_watchdog.errors import ActionError, AdapterError
 from brace_watchdog.leadership import LeadershipLostError
@@ -138,12 +140,7 @@ class RollbackRun:
             await self._notify("rollback.started", action_id, request.reason,
                                journal_data(plan, request), logs=True)
             try:
-                await say("running", f"running: {' '.join(plan.argv)}")
-                steps = RollbackSteps(self._docker, self._compose, self._journal(action_id),
-                                      before=self.hub.leadership.confirm,
-                                      archive=ImageArchive(self._docker, archive_folder(
-                                          self.hub.config.daemon.state_path)))
-                output = await steps.run(plan)
+                output = await (await self._steps(action_id, plan, say)).run(plan)
                 await say("verifying", "verifying the known-good images and health probes")
                 checks = await self._verify(action_id, plan, output)
             except LeadershipLostError as exc:
@@ -160,6 +157,18 @@ class RollbackRun:
         verdict = await self._succeed(action_id, plan, request, checks)
         await say("succeeded", verdict.message)
         return verdict
+
+    async def _steps(self, action_id: int, plan: RollbackPlan,
+                     say: Progress) -> RollbackSteps | SwarmSteps:
+        """The driver's steps: compose (retag, snapshot, up) or Swarm (per-service rollback)."""
+        journal, confirm = self._journal(action_id), self.hub.leadership.confirm
+        if isinstance(self._docker, SwarmAdapter):
+            await say("running", f"rolling back the services of stack {self.cfg.project}")
+            return SwarmSteps(self._docker, self.cfg.project, journal, confirm)
+        await say("running", f"running: {' '.join(plan.argv)}")
+        archive = ImageArchive(self._docker, archive_folder(self.hub.config.daemon.state_path))
+        return RollbackSteps(self._docker, self._compose, journal, before=confirm,
+                             archive=archive)
 
     def begin(self, plan: RollbackPlan, request: RollbackRequest) -> int:
         """Journal the action; raises StateUnavailableError (nothing done) when the store is."""

@@ -4,19 +4,20 @@
 typed :class:`~brace_watchdog.swarm_release.SwarmService` values, lists a service's tasks with the
 image ID each task's container really runs, and changes a service: pin its image
 (``update``), go back to Swarm's previous spec (``rollback``), or scale it. Every blocking SDK call
-runs in :func:`asyncio.to_thread`; every engine failure is a :class:`DockerError`.
+runs in a worker thread (:meth:`DockerAdapter.call`); every engine failure is a
+:class:`DockerError`.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import docker
-from docker.errors import DockerException, NotFound
+from docker.errors import NotFound
 
+from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.errors import DockerError
+from brace_watchdog.releases import ComposeContainer
 from brace_watchdog.swarm_release import (
     STACK_LABEL,
     ServiceTarget,
@@ -30,89 +31,87 @@ __all__ = ["SwarmAdapter"]
 T = TypeVar("T")
 
 
-class SwarmAdapter:
-    def __init__(self, base_url: str | None = None, *, timeout: float = 60.0) -> None:
-        self._base_url = base_url
-        self._timeout = timeout
-        self._client: docker.DockerClient | None = None
+class SwarmAdapter(DockerAdapter):
+    """A docker engine that is a Swarm manager; :meth:`compose_containers` reports the stack's
+    task containers as the compose driver's :class:`ComposeContainer` values (the service's
+    spec image and spec hash in place of compose's labels), so release tracking, attribution
+    and image verification are the compose driver's own."""
 
-    def _docker(self) -> docker.DockerClient:
-        if self._client is None:
-            self._client = (docker.DockerClient(base_url=self._base_url, timeout=int(self._timeout))
-                            if self._base_url else docker.from_env(timeout=int(self._timeout)))
-        return self._client
-
-    async def _call(self, what: str, work: Callable[[], T]) -> T:
-        def run() -> T:
-            try:
-                return work()
-            except DockerException as exc:
-                raise DockerError(f"swarm: {what}: {exc}") from None
-        return await asyncio.to_thread(run)
+    async def _run(self, what: str, work: Callable[[], T]) -> T:
+        try:
+            return await self.call(work)
+        except DockerError as exc:
+            raise DockerError(f"swarm: {what}: {exc}") from None
 
     async def services(self, stack: str) -> list[SwarmService]:
         def work() -> list[SwarmService]:
-            found = self._docker().services.list(filters={"label": f"{STACK_LABEL}={stack}"})
+            found = self.client.services.list(filters={"label": f"{STACK_LABEL}={stack}"})
             return sorted((_service(s.attrs, stack) for s in found), key=lambda s: s.name)
-        return await self._call(f"listing the services of stack {stack}", work)
+        return await self._run(f"listing the services of stack {stack}", work)
 
     async def tasks(self, service_id: str) -> list[SwarmTask]:
         """Tasks meant to run, with the image ID of each one's container (this node's)."""
-        def work() -> list[SwarmTask]:
-            client = self._docker()
-            api: Any = client.api  # the SDK's low-level calls are untyped
-            out = []
-            for task in api.tasks(filters={"service": service_id,
-                                                  "desired-state": "running"}):
-                status = task.get("Status", {})
-                cid = status.get("ContainerStatus", {}).get("ContainerID", "")
-                image = ""
-                if cid:
-                    try:
-                        image = client.containers.get(cid).attrs.get("Image", "")
-                    except NotFound:
-                        image = ""
-                out.append(SwarmTask(image_id=image, state=str(status.get("State", ""))))
-            return out
-        return await self._call(f"listing the tasks of {service_id}", work)
+        return [SwarmTask(image_id=c.image_id, state=c.state)
+                for c in await self._run(f"listing the tasks of {service_id}",
+                                         lambda: self._task_containers(service_id, "", None))]
 
-    async def image_id(self, reference: str) -> str | None:
-        def work() -> str | None:
-            try:
-                return str(self._docker().images.get(reference).id)
-            except NotFound:
-                return None
-        return await self._call(f"inspecting image {reference}", work)
+    async def compose_containers(self, project: str) -> list[ComposeContainer]:
+        def work() -> list[ComposeContainer]:
+            found = self.client.services.list(filters={"label": f"{STACK_LABEL}={project}"})
+            out: list[ComposeContainer] = []
+            for item in found:
+                service = _service(item.attrs, project)
+                # a task with no container yet (pending, preparing) is not part of a release
+                out += [c for c in self._task_containers(service.id, project, service)
+                        if c.image_id]
+            return out
+        return await self._run(f"reading stack {project}", work)
+
+    def _task_containers(self, service_id: str, stack: str,
+                         service: SwarmService | None) -> list[ComposeContainer]:
+        api: Any = self.client.api  # the SDK's low-level calls are untyped
+        out = []
+        for task in api.tasks(filters={"service": service_id, "desired-state": "running"}):
+            status = task.get("Status", {})
+            cid = str(status.get("ContainerStatus", {}).get("ContainerID", ""))
+            image, created = "", str(task.get("CreatedAt", ""))
+            if cid:
+                try:
+                    image = str(self.client.containers.get(cid).attrs.get("Image", ""))
+                except NotFound:
+                    cid = ""
+            out.append(ComposeContainer(
+                id=cid or str(task.get("ID", "")), name=str(task.get("ID", "")), project=stack,
+                service=service.name if service else "", image_id=image,
+                image_ref=service.current.image if service else "",
+                config_hash=service.current.spec_hash if service else "", working_dir="",
+                config_files=(), state=str(status.get("State", "")), created=created))
+        return out
 
     async def update_image(self, service_id: str, image: str) -> None:
         """``service update --image``: the rest of the spec as it is."""
-        await self._call(f"updating {service_id}",
-                         lambda: self._service(service_id).update(image=image))
+        await self._run(f"updating {service_id}",
+                        lambda: self._service(service_id).update(image=image))
 
     async def rollback(self, service_id: str) -> None:
         """``service rollback``: Swarm restores its previous spec. The SDK has no call for the
         API's ``rollback=previous`` update, so it is posted as the CLI posts it."""
         def work() -> None:
-            api: Any = self._docker().api
+            api: Any = self.client.api
             current = api.inspect_service(service_id)
             url = api._url("/services/{0}/update", service_id)
             response = api._post_json(url, data=current["Spec"], params={
                 "version": current["Version"]["Index"], "rollback": "previous"})
             api._raise_for_status(response)
-        await self._call(f"rolling back {service_id}", work)
+        await self._run(f"rolling back {service_id}", work)
 
     async def scale(self, service_id: str, replicas: int) -> None:
-        await self._call(f"scaling {service_id} to {replicas}",
-                         lambda: self._service(service_id).scale(replicas))
+        await self._run(f"scaling {service_id} to {replicas}",
+                        lambda: self._service(service_id).scale(replicas))
 
     def _service(self, service_id: str) -> Any:
-        services: Any = self._docker().services  # untyped in the SDK's stubs
+        services: Any = self.client.services  # untyped in the SDK's stubs
         return services.get(service_id)
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
 
 
 def _target(spec: dict[str, Any] | None) -> ServiceTarget | None:

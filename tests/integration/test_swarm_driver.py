@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,9 +19,10 @@ from pathlib import Path
 
 import docker
 import pytest
-from docker.types import EndpointSpec, UpdateConfig
+from docker.types import UpdateConfig
 
 from brace_watchdog.adapters.swarm import SwarmAdapter
+from brace_watchdog.state import StateStore
 from brace_watchdog.swarm_release import (
     ServiceTarget,
     SwarmService,
@@ -26,12 +30,11 @@ from brace_watchdog.swarm_release import (
     converged,
     swarm_rolled_back,
 )
-from tests.support.net import free_port
-from tests.support.swarm import PrivateSwarm, private_swarm
+from tests.support.stack import daemon_event, stop_daemon, write_daemon_toml
+from tests.support.swarm import STACK, PrivateSwarm, create_web_service, private_swarm
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-STACK = "brace"
 CRASH_TAG = "brace-test/busybox:crash"
 
 
@@ -56,19 +59,7 @@ def _health(port: int) -> str:
 
 def _create(engine: PrivateSwarm, tmp_path: Path, busybox_image: str, name: str,
             **extra: object) -> tuple[str, int, str]:
-    """A stack service serving ``/api/health`` on a loopback port (host network), pinned to the
-    busybox image ID; (service id, port, image id)."""
-    www = tmp_path / "www"
-    (www / "api").mkdir(parents=True)
-    (www / "api" / "health").write_text("ok\n")
-    port = free_port()
-    image = engine.client.images.get(busybox_image).id
-    service = engine.client.services.create(
-        image, args=["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/www"],
-        name=f"{STACK}_{name}", labels={"com.docker.stack.namespace": STACK},
-        networks=["host"], mounts=[f"{www}:/www:ro"], endpoint_spec=EndpointSpec(),
-        stop_grace_period=1_000_000_000, **extra)
-    return service.id, port, image
+    return create_web_service(engine, tmp_path, busybox_image, name, **extra)
 
 
 async def _service(adapter: SwarmAdapter, name: str) -> SwarmService:
@@ -148,4 +139,44 @@ async def test_an_update_swarm_rolls_back_itself_is_recognised(
         await _until(undone, "rolled back by Swarm")
         await _recovered(adapter, service_id, image, port)
     finally:
+        adapter.close()
+
+
+def _daemon_config(root: Path, port: int) -> Path:
+    return write_daemon_toml(
+        root, backend=f"http://127.0.0.1:{port}/api/health", driver="swarm", project=STACK,
+        services=["api"], failure_results=["http_4xx", "http_5xx", "timeout", "connection_error"],
+        verify_timeout_seconds=90.0)
+
+
+async def test_the_daemon_rolls_back_a_bad_swarm_update_and_verifies_it(
+        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
+    service_id, port, image = _create(swarm, tmp_path, busybox_image, "api")
+    adapter = SwarmAdapter(swarm.host)
+    log = (tmp_path / "daemon.log").open("ab")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "brace_watchdog", "run", "--config",
+         str(_daemon_config(tmp_path, port))], stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "DOCKER_HOST": swarm.host})
+    state = tmp_path / "state.db"
+    try:
+        await _recovered(adapter, service_id, image, port)
+        good = (await _service(adapter, "api")).current
+        await daemon_event(state, "release.known_good", timeout=60)
+        swarm.client.services.get(service_id).update(  # the bad deploy: health answers 404
+            args=["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/"])
+        done = await daemon_event(state, "rollback.succeeded", "rollback.failed", timeout=180)
+        assert done.kind == "rollback.succeeded", (done.message,
+                                                   (tmp_path / "daemon.log").read_text())
+        assert (await _service(adapter, "api")).current == good
+        assert await asyncio.to_thread(_health, port) == "200"
+        store = StateStore(state).open()
+        try:
+            kinds = [e.kind for e in store.events(limit=1000)]
+        finally:
+            store.close()
+        assert "action.rollback.swarm_rollback" in kinds, kinds
+    finally:
+        stop_daemon(daemon)
+        log.close()
         adapter.close()

@@ -57,7 +57,7 @@ __all__ = ["APP_SERVICES", "BOTH_COMPOSES", "COMPOSE_V1", "COMPOSE_V2", "COMPOSE
            "CRASHING", "HANGING", "WEB_REPO", "Harness", "RecordingNotifier", "Stack",
            "compose_or_skip", "daemon_event", "ensure_web_images", "kill_daemon", "new_stack",
            "rollback_config", "slow_compose", "start_daemon", "stop_daemon", "wait_for_event",
-           "write_daemon_config"]
+           "write_daemon_config", "write_daemon_toml"]
 
 WEB_REPO = "brace-test/web"
 RECIPE_VERSION = "3"
@@ -441,13 +441,20 @@ DAEMON_ROLLBACK = {"enabled": True, "services": list(APP_SERVICES),
 
 def write_daemon_config(stack: Stack, root: Path, **rollback: Any) -> Path:
     """A TOML config for running the real daemon (``brace-watchdog run``) against ``stack``."""
+    return write_daemon_toml(root, backend=stack.backend_url, frontend=stack.frontend_url,
+                             compose_command=list(stack.compose_command),
+                             compose_file=str(stack.compose_file), project=stack.project,
+                             **rollback)
+
+
+def write_daemon_toml(root: Path, *, backend: str, frontend: str = "", **rollback: Any) -> Path:
+    """The daemon config of :func:`write_daemon_config` for any engine: ``[rollback]`` is
+    ``DAEMON_ROLLBACK`` updated with ``rollback``."""
     (root / "backups").mkdir(parents=True, exist_ok=True)
-    section = {**DAEMON_ROLLBACK, "compose_command": list(stack.compose_command),
-               "compose_file": str(stack.compose_file), "project": stack.project, **rollback}
+    section = {**DAEMON_ROLLBACK, **rollback}
     path = root / "brace-watchdog.toml"
     path.write_text(_DAEMON_CONFIG.format(
-        root=root, metrics_port=free_port(), backend=stack.backend_url,
-        frontend=stack.frontend_url,
+        root=root, metrics_port=free_port(), backend=backend, frontend=frontend,
         rollback="\n".join(f"{key} = {json.dumps(value)}" for key, value in section.items())))
     return path
 

@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+from docker.types import EndpointSpec
 
 from tests.integration.control_helpers import short_dir
 from tests.support.net import free_port
 from tests.support.skips import skip_missing
 
-__all__ = ["PrivateSwarm", "private_swarm"]
+__all__ = ["STACK", "PrivateSwarm", "create_web_service", "private_swarm"]
+
+STACK = "brace"
 
 
 @dataclass
@@ -33,6 +36,23 @@ class PrivateSwarm:
     @property
     def host(self) -> str:
         return f"unix://{self.folder / 'd.sock'}"
+
+
+def create_web_service(engine: PrivateSwarm, root: Path, image_ref: str, name: str,
+                       **extra: object) -> tuple[str, int, str]:
+    """A ``STACK`` service serving ``/api/health`` (200) on a loopback port (host network),
+    pinned to the image ID of ``image_ref``; (service id, port, image id)."""
+    www = root / "www"
+    (www / "api").mkdir(parents=True)
+    (www / "api" / "health").write_text("ok\n")
+    port = free_port()
+    image = engine.client.images.get(image_ref).id
+    service = engine.client.services.create(
+        image, args=["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/www"],
+        name=f"{STACK}_{name}", labels={"com.docker.stack.namespace": STACK},
+        networks=["host"], mounts=[f"{www}:/www:ro"], endpoint_spec=EndpointSpec(),
+        stop_grace_period=1_000_000_000, **extra)
+    return str(service.id), port, str(image)
 
 
 def _wait_engine(host: str, log: Path, timeout: float = 60) -> docker.DockerClient:
