@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -161,11 +162,12 @@ def wheelhouse(cache: Path = Path("/var/tmp")) -> Path:
     with _build_lock(cache / "brace-test-wheelhouse.lock"):
         if not (target / ".complete").exists():
             shutil.rmtree(target, ignore_errors=True)
-            _run([sys.executable, "-m", "pip", "wheel",
-                  "--quiet", "--wheel-dir", str(target), str(ROOT), "setuptools", "wheel"],
-                 timeout=900)
-            for built in target.glob("brace_watchdog-*"):
-                built.unlink()  # the project itself is built by `make install` from /src
+            project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+            # the dependencies and the build backend; the project itself is built by
+            # `make install` from /src (building it here would write build/ into the worktree)
+            _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(target),
+                  *project["build-system"]["requires"], "wheel",
+                  *project["project"]["dependencies"]], timeout=900)
             (target / ".complete").touch()
             for old in cache.glob("brace-test-wheelhouse-*"):
                 if old != target:  # of an older pyproject.toml
