@@ -110,6 +110,7 @@ BENCHMARKS = (
     Benchmark("rollback", "bench.bench_rollback", ("--rounds", "3"), ("--rounds", "1"),
               rollback_figures, 1200),
     Benchmark("failover", "bench.bench_failover", (), ("--quick",), native, 900),
+    Benchmark("swarm_rollback", "bench.bench_swarm_rollback", (), ("--quick",), native, 1200),
 )
 
 
