@@ -74,6 +74,7 @@ __all__ = ["ControlServer"]
 
 log = logging.getLogger("brace_watchdog.control")
 
+LINGER_SECONDS = 1.0
 READ_CHUNK = 64 * 1024
 ACCEPT_BACKOFF_SECONDS = 0.1
 COMPLAINT_INTERVAL_SECONDS = 60.0
@@ -242,6 +243,7 @@ class ControlServer(Component):
             reader, writer = await asyncio.open_unix_connection(sock=conn, limit=READ_CHUNK)
             peer = await asyncio.to_thread(identify, creds, self.uid_lookup)
             await self._serve(reader, _Client(writer, peer, self._idle_timeout()))
+            await _linger(reader, writer)
         except (OSError, asyncio.IncompleteReadError) as exc:
             log.debug("control client dropped: %s", exc)
         except Exception:  # one client's bug must never reach the others or the daemon
@@ -461,3 +463,17 @@ def _claim(path: Path) -> None:
 def _default_gated(hub: Hub) -> dict[str, GatedAction]:
     actions: list[GatedAction] = [DbRollback(hub), PgHbaRollback(hub), DockerDaemonRollback(hub)]
     return {action.name: action for action in actions}
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then discard what the client still sends for at most ``LINGER_SECONDS``.
+
+    Closing a socket with unread input makes the kernel reset the connection, and a client still
+    writing (blank lines past its deadline, say) would lose the answer it was just sent.
+    """
+    if writer.can_write_eof():
+        writer.write_eof()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(LINGER_SECONDS):
+            while await reader.read(READ_CHUNK):
+                pass
