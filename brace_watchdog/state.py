@@ -569,6 +569,14 @@ class StateStore:
             "UPDATE releases SET known_good_at = ?, alembic_revision = ?, compose_file = ?, "
             "compose_snapshot = ?, env_snapshot = ?, extra = ? WHERE fingerprint = ?", row))
 
+    def set_release_config(self, fingerprint: str, *, compose_file: str,
+                           compose_snapshot: bytes | None, env_snapshot: bytes | None) -> None:
+        """Keep the config a release was deployed with (first sighting only; never replaced)."""
+        row = (compose_file, compose_snapshot, env_snapshot, fingerprint)
+        self._write(lambda conn: conn.execute(
+            "UPDATE releases SET compose_file = ?, compose_snapshot = ?, env_snapshot = ? "
+            "WHERE fingerprint = ? AND compose_snapshot IS NULL", row))
+
     def known_good_releases(self, limit: int = 10) -> list[ReleaseRecord]:
         """Known-good releases, newest known-good first."""
         rows = self.query("SELECT * FROM releases WHERE known_good_at IS NOT NULL "

@@ -4,7 +4,9 @@
 threads), builds the running :class:`~brace_watchdog.releases.Release`, records a *deploy* when its
 fingerprint changes (event + ``brace_deploys_total{change}``), and promotes a release that stayed
 unchanged and healthy for ``stable_after_seconds`` to *known-good*: stored with its tags, image IDs,
-the Alembic revision and a snapshot of the compose file and ``.env``, its images pinned under
+the Alembic revision and the snapshot of the compose file and ``.env`` taken when the release
+was first seen (its deploy: an edit during the stability window is not "known-good"), its images
+pinned under
 daemon-owned tags and saved as archives (:mod:`~brace_watchdog.actions.image_archive`: a tag
 does not survive ``docker system prune -af``, an archive does); the pins and archives of
 releases no longer needed are released. The running release is
@@ -83,6 +85,7 @@ class ReleaseTracker:
         previous, self.current, self.seen_at = self.current, release, now
         self.hub.store.upsert_release(release.fingerprint, release=release.to_dict(),
                                       first_seen=now)
+        await self._keep_config(release)
         if previous is not None:
             change = diff(previous, release)
             self.deploy_at = now
@@ -112,12 +115,28 @@ class ReleaseTracker:
             await self._promote(release, now, verdict.reason,
                                 db.revision if db is not None and db.up else None)
 
+    def _config_source(self, release: Release) -> Path:
+        source = Path(release.config_files[0]) if release.config_files else self.cfg.compose_file
+        return source if source.exists() else self.cfg.compose_file
+
+    async def _keep_config(self, release: Release) -> None:
+        """Snapshot the compose file and ``.env`` when the release is first seen (its deploy),
+        so an edit during the stability window never becomes the known-good config."""
+        source = self._config_source(release)
+        compose, env = await asyncio.to_thread(read_snapshot, source, release.working_dir)
+        self.hub.store.set_release_config(release.fingerprint, compose_file=str(source),
+                                          compose_snapshot=compose, env_snapshot=env)
+
     async def _promote(self, release: Release, now: float, why: str,
                        revision: str | None) -> None:
-        source = Path(release.config_files[0]) if release.config_files else self.cfg.compose_file
-        if not source.exists():
-            source = self.cfg.compose_file
-        compose, env = await asyncio.to_thread(read_snapshot, source, release.working_dir)
+        kept = self.hub.store.release(release.fingerprint)
+        compose: bytes | None
+        if kept is not None and kept.compose_snapshot is not None:  # taken at the deploy
+            source, compose, env = (Path(kept.compose_file), kept.compose_snapshot,
+                                    kept.env_snapshot)
+        else:
+            source = self._config_source(release)
+            compose, env = await asyncio.to_thread(read_snapshot, source, release.working_dir)
         pins = await self._pin(release)
         archived = await self._archive(release)
         self.hub.store.mark_known_good(

@@ -538,3 +538,17 @@ async def test_a_lock_taken_mid_rollback_does_not_stop_it(stack: Stack, tmp_path
         assert action.status == "succeeded"
         steps = [e.kind for e in h.store.events(action_id=action.id, limit=50)]
         assert "action.rollback.compose_done" in steps and "rollback.succeeded" in steps
+
+
+async def test_the_config_snapshot_is_the_deployed_one_not_an_edit_before_promotion(
+        stack: Stack, tmp_path: Path) -> None:
+    stack.deploy("v1")
+    deployed = stack.compose_file.read_bytes()
+    async with Harness(rollback_config(stack, tmp_path, stable_after_seconds=3.0)) as h:
+        while h.rollback.tracker.current is None:  # the release is seen (its deploy)
+            await asyncio.sleep(0.05)
+        # an operator edits the file during the stability window without deploying it
+        stack.compose_file.write_bytes(deployed + b"# edited, never deployed\n")
+        good = await known_good(h)
+        record = h.store.release(good)
+        assert record is not None and record.compose_snapshot == deployed
