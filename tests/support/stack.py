@@ -441,10 +441,10 @@ DAEMON_ROLLBACK = {"enabled": True, "services": list(APP_SERVICES),
 
 def write_daemon_config(stack: Stack, root: Path, **rollback: Any) -> Path:
     """A TOML config for running the real daemon (``brace-watchdog run``) against ``stack``."""
+    settings = {"compose_command": list(stack.compose_command),
+                "compose_file": str(stack.compose_file), "project": stack.project, **rollback}
     return write_daemon_toml(root, backend=stack.backend_url, frontend=stack.frontend_url,
-                             compose_command=list(stack.compose_command),
-                             compose_file=str(stack.compose_file), project=stack.project,
-                             **rollback)
+                             **settings)
 
 
 def write_daemon_toml(root: Path, *, backend: str, frontend: str = "", **rollback: Any) -> Path:
