@@ -29,6 +29,7 @@ from brace_watchdog.swarm_release import (
 __all__ = ["SwarmAdapter"]
 
 T = TypeVar("T")
+SEQUENCE_ATTEMPTS = 3
 
 
 class SwarmAdapter(DockerAdapter):
@@ -38,10 +39,16 @@ class SwarmAdapter(DockerAdapter):
     and image verification are the compose driver's own."""
 
     async def _run(self, what: str, work: Callable[[], T]) -> T:
-        try:
-            return await self.call(work)
-        except DockerError as exc:
-            raise DockerError(f"swarm: {what}: {exc}") from None
+        for attempt in range(1, SEQUENCE_ATTEMPTS + 1):
+            try:
+                return await self.call(work)
+            except DockerError as exc:
+                # the spec version moved between our read and our write (Swarm advancing its
+                # own update): read again and retry, a few times
+                if "out of sequence" in str(exc) and attempt < SEQUENCE_ATTEMPTS:
+                    continue
+                raise DockerError(f"swarm: {what}: {exc}") from None
+        raise AssertionError("unreachable")
 
     async def services(self, stack: str) -> list[SwarmService]:
         def work() -> list[SwarmService]:

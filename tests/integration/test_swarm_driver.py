@@ -62,6 +62,19 @@ def _create(engine: PrivateSwarm, tmp_path: Path, busybox_image: str, name: str,
     return create_web_service(engine, tmp_path, busybox_image, name, **extra)
 
 
+def _update(engine: PrivateSwarm, service_id: str, **changes: object) -> None:
+    """A deploy, as `docker service update` does it: retried when Swarm's own update moved the
+    spec version between the read and the write ("update out of sequence")."""
+    for attempt in range(5):
+        try:
+            engine.client.services.get(service_id).update(**changes)
+            return
+        except docker.errors.APIError as exc:
+            if "out of sequence" not in str(exc) or attempt == 4:
+                raise
+            time.sleep(0.5)
+
+
 async def _service(adapter: SwarmAdapter, name: str) -> SwarmService:
     return next(s for s in await adapter.services(STACK) if s.name == name)
 
@@ -87,7 +100,7 @@ async def test_a_bad_config_update_goes_back_by_service_rollback(
     try:
         await _recovered(adapter, service_id, image, port)
         good = (await _service(adapter, "backend")).current
-        swarm.client.services.get(service_id).update(  # the bad deploy: health answers 404
+        _update(swarm, service_id,  # the bad deploy: health answers 404
             args=["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/"])
         await _until(lambda: asyncio.to_thread(lambda: _health(port) == "404"), "failing")
         bad = await _service(adapter, "backend")
@@ -109,9 +122,9 @@ async def test_a_crash_looping_image_goes_back_by_pinning_the_known_good_image(
         await _recovered(adapter, service_id, image, port)
         good = (await _service(adapter, "frontend")).current
         crash = swarm.client.images.get(CRASH_TAG).id
-        swarm.client.services.get(service_id).update(image=crash)
+        _update(swarm, service_id, image=crash)
         # deployed twice: Swarm's previous spec is the bad one now, not the known-good
-        swarm.client.services.get(service_id).update(image=crash, force_update=True)
+        _update(swarm, service_id, image=crash, force_update=True)
         bad = await _service(adapter, "frontend")
         assert bad.current == ServiceTarget(crash, good.spec_hash) and bad.previous != good
         step = choose_step(bad, good)
@@ -132,7 +145,7 @@ async def test_an_update_swarm_rolls_back_itself_is_recognised(
     try:
         await _recovered(adapter, service_id, image, port)
         assert not swarm_rolled_back(await _service(adapter, "admin"))
-        swarm.client.services.get(service_id).update(image=swarm.client.images.get(CRASH_TAG).id)
+        _update(swarm, service_id, image=swarm.client.images.get(CRASH_TAG).id)
 
         async def undone() -> bool:
             return swarm_rolled_back(await _service(adapter, "admin"))
@@ -163,7 +176,7 @@ async def test_the_daemon_rolls_back_a_bad_swarm_update_and_verifies_it(
         await _recovered(adapter, service_id, image, port)
         good = (await _service(adapter, "api")).current
         await daemon_event(state, "release.known_good", timeout=60)
-        swarm.client.services.get(service_id).update(  # the bad deploy: health answers 404
+        _update(swarm, service_id,  # the bad deploy: health answers 404
             args=["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/"])
         done = await daemon_event(state, "rollback.succeeded", "rollback.failed", timeout=180)
         assert done.kind == "rollback.succeeded", (done.message,
