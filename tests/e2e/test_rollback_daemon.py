@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,13 +24,18 @@ from tests.support.stack import (
 pytestmark = pytest.mark.docker
 
 
-@BOTH_COMPOSES
-async def test_manual_rollback_through_the_socket_succeeds(stack: Stack, tmp_path: Path) -> None:
-    state, sock = tmp_path / "state.db", str(tmp_path / "control.sock")
+def operated_daemon(stack: Stack, tmp_path: Path) -> tuple[Path, str, subprocess.Popen[bytes]]:
+    """v1 deployed and the real daemon watching it: (state file, control socket, process).
+    max_per_day = 0: the automatic path only escalates; an operator's request rolls back."""
     stack.deploy("v1")
-    # max_per_day = 0: the automatic path only escalates; the operator's request rolls back
     daemon = start_daemon(write_daemon_config(stack, tmp_path, max_per_day=0),
                           tmp_path / "daemon.log")
+    return tmp_path / "state.db", str(tmp_path / "control.sock"), daemon
+
+
+@BOTH_COMPOSES
+async def test_manual_rollback_through_the_socket_succeeds(stack: Stack, tmp_path: Path) -> None:
+    state, sock, daemon = operated_daemon(stack, tmp_path)
     try:
         good = (await daemon_event(state, "release.known_good")).evidence["release"]
         stack.deploy("v2")
@@ -68,10 +74,7 @@ def _known_good(state: Path) -> list[str]:
 
 async def test_rollback_to_a_chosen_release_plans_confirms_and_runs(stack: Stack,
                                                                     tmp_path: Path) -> None:
-    state, sock = tmp_path / "state.db", str(tmp_path / "control.sock")
-    stack.deploy("v1")
-    daemon = start_daemon(write_daemon_config(stack, tmp_path, max_per_day=0),
-                          tmp_path / "daemon.log")
+    state, sock, daemon = operated_daemon(stack, tmp_path)
     try:
         older = (await daemon_event(state, "release.known_good")).evidence["release"]
         stack.deploy("v1", {"RELEASE": "2"})  # a second healthy release becomes known-good
