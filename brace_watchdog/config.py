@@ -29,7 +29,7 @@ from brace_watchdog.configreader import (
     resolve_path,
 )
 from brace_watchdog.errors import ConfigError
-from brace_watchdog.observations import PROBE_RESULTS
+from brace_watchdog.observations import SAMPLE_RESULTS
 
 __all__ = [
     "AlertsConfig",
@@ -52,8 +52,10 @@ __all__ = [
 ]
 
 ENV_PREFIX = "BRACE_WATCHDOG__"
-DEFAULT_FAILURE_RESULTS: tuple[str, ...] = ("http_5xx", "timeout", "connection_error")
-"""What a bad deploy looks like from outside: it answers 5xx, hangs, or refuses/resets."""
+DEFAULT_FAILURE_RESULTS: tuple[str, ...] = ("http_5xx", "timeout", "connection_error",
+                                            "container_down", "container_unhealthy")
+"""What a bad deploy looks like: it answers 5xx, hangs, refuses/resets connections, or one of
+its services crash-loops, exits or turns unhealthy."""
 # Control connections allowed at most; systemd/brace-watchdog.service sets LimitNOFILE= well above.
 MAX_CONTROL_CLIENTS = 1024
 
@@ -164,9 +166,9 @@ def _db_password(r: TableReader, key: str, default: Secret, context: ReadContext
 def _failure_results(r: TableReader, key: str, default: tuple[str, ...],
                      _: ReadContext) -> tuple[str, ...]:
     results = r.strings(key, list(default), non_empty=True)
-    unknown = [x for x in results if x not in PROBE_RESULTS or x == "ok"]
+    unknown = [x for x in results if x not in SAMPLE_RESULTS or x == "ok"]
     if unknown:
-        r.error(key, f"unknown probe results {unknown}; use {list(PROBE_RESULTS[1:])}")
+        r.error(key, f"unknown probe results {unknown}; use {list(SAMPLE_RESULTS[1:])}")
         return default
     return results
 
@@ -229,6 +231,11 @@ class HealthConfig:
     timeout_seconds: float = option(5.0, above=0)
     ok_statuses: tuple[str, ...] = option(("2xx", "3xx"), read=_ok_statuses)
     window_size: int = option(360, minimum=10, maximum=100_000)
+
+    def targets(self) -> tuple[tuple[str, str], ...]:
+        """The probe targets: ``backend`` (``url``), and ``frontend`` when it has a URL."""
+        backend = (("backend", self.url),)
+        return (*backend, ("frontend", self.frontend_url)) if self.frontend_url else backend
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,9 @@ class Metrics:
             "brace_known_good_images",
             "Images of the kept known-good releases: present, archived_only, missing.",
             ("state",))
+        self.service_up = self._g(
+            "brace_service_up", "1 while the engine shows the service's containers live "
+            "(running, not restarting, not unhealthy).", ("service",))
         self.rollback_time_to_action = self._g(
             "brace_rollback_time_to_action_seconds",
             "Last rollback: time from first failing sample to the action starting.")

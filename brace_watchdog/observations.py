@@ -1,5 +1,9 @@
 """Plain value types the monitors publish and the policies read: probes, backups, database, alerts.
 
+Samples come from two sources and share one window per target: HTTP probes of the health
+monitor (:data:`PROBE_RESULTS`) and the liveness of every ``[rollback] services`` container as
+the engine reports it (:data:`LIVENESS_RESULTS`, targets ``service:<name>``).
+
 No I/O here. Monitors produce these; decision code (``monitors/policy.py``, rollback, control)
 receives them as values, never the clients that made them.
 """
@@ -12,7 +16,9 @@ from pathlib import Path
 from typing import Literal
 
 __all__ = [
+    "LIVENESS_RESULTS",
     "PROBE_RESULTS",
+    "SAMPLE_RESULTS",
     "BackupFile",
     "BackupScan",
     "DatabaseStatus",
@@ -22,16 +28,37 @@ __all__ = [
     "ProbeSample",
     "alerts_fresh",
     "alerts_stale_after",
+    "service_target",
+    "target_service",
 ]
 
-ProbeResult = Literal["ok", "http_4xx", "http_5xx", "timeout", "connection_error"]
+ProbeResult = Literal["ok", "http_4xx", "http_5xx", "timeout", "connection_error",
+                      "container_down", "container_unhealthy", "container_starting"]
 PROBE_RESULTS: tuple[ProbeResult, ...] = ("ok", "http_4xx", "http_5xx", "timeout",
                                           "connection_error")
+"""Results of an HTTP probe (the health monitor)."""
+LIVENESS_RESULTS: tuple[ProbeResult, ...] = ("ok", "container_down", "container_unhealthy",
+                                             "container_starting")
+"""Results of a service's liveness as the engine reports it (the rollback's release tracker)."""
+SAMPLE_RESULTS: tuple[ProbeResult, ...] = (*PROBE_RESULTS, *LIVENESS_RESULTS[1:])
+SERVICE_TARGET_PREFIX = "service:"
+
+
+def service_target(service: str) -> str:
+    """The sample target of a compose service's liveness (``service:scheduler``)."""
+    return SERVICE_TARGET_PREFIX + service
+
+
+def target_service(target: str) -> str:
+    """The compose service a sample target is about: ``service:scheduler`` → ``scheduler``;
+    an HTTP target (``backend``, ``frontend``) is named after its service."""
+    return target.removeprefix(SERVICE_TARGET_PREFIX)
 
 
 @dataclass(frozen=True)
 class ProbeSample:
-    """One probe of one target (``backend`` or ``frontend``)."""
+    """One probe of one target: an HTTP target (``backend``, ``frontend``) or a compose
+    service's liveness (``service:<name>``, see :func:`service_target`)."""
 
     ts: float
     target: str

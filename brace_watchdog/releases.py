@@ -1,23 +1,22 @@
-"""The release model: what runs in the compose project, its identity, deploys and stability.
+"""The release model: what runs in the compose project, its identity, deploys and liveness.
 
 Pure values and functions, no I/O. The docker adapter reports the compose project's containers
 as :class:`ComposeContainer` values (from the ``com.docker.compose.*`` labels); this module turns
 them into a :class:`Release` — per service the image ID and the compose config hash, plus the
-project's working dir — fingerprints it, tells what a deploy changed (:func:`diff`) and decides
-when a release has been unchanged and healthy long enough to become known-good
-(:func:`stability`).
+project's working dir — fingerprints it and tells what a deploy changed (:func:`diff`);
+:func:`service_liveness` reads each service's containers as evidence of
+health (crash loops, exits, docker health checks).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from brace_watchdog.monitors.policy import is_healthy
-from brace_watchdog.observations import ProbeSample
+from brace_watchdog.observations import ProbeResult
 
 __all__ = [
     "Change",
@@ -25,14 +24,14 @@ __all__ = [
     "Release",
     "ReleaseDiff",
     "ReleaseObservation",
+    "ServiceLiveness",
     "ServiceRelease",
-    "Stability",
     "TagUser",
     "build_release",
     "config_digest",
     "diff",
     "pin_tag",
-    "stability",
+    "service_liveness",
 ]
 
 Change = Literal["none", "image", "config", "both"]
@@ -56,6 +55,9 @@ class ComposeContainer:
     created: str
     oneoff: bool = False
     config_digest: str = ""
+    restart_count: int = 0
+    health: str = ""
+    """Docker's health status (``healthy``/``unhealthy``/``starting``); ``""`` without one."""
 
     @property
     def running(self) -> bool:
@@ -221,36 +223,51 @@ def diff(old: Release, new: Release) -> ReleaseDiff:
     return ReleaseDiff(_combine(images, configs), per_service)
 
 
-@dataclass(frozen=True)
-class Stability:
-    """Whether a release may become known-good, and since when it has been healthy."""
-
-    ready: bool
-    healthy_since: float
-    reason: str
-
-
-def stability(*, now: float, since: float, samples: Iterable[ProbeSample],
-              stable_after_seconds: float) -> Stability:
-    """Known-good needs ``stable_after_seconds`` without a single non-ok probe since ``since``
-    (the later of the release's first sighting and its last bad probe) and at least one ok
-    probe in that span; a bad probe restarts the clock."""
-    relevant = [s for s in samples if s.ts >= since]
-    bad = [s.ts for s in relevant if not is_healthy(s)]
-    healthy_since = max([since, *bad])
-    if bad and healthy_since == max(bad):
-        healthy_since = max(bad) + 1e-6
-    oks = [s for s in relevant if is_healthy(s) and s.ts >= healthy_since]
-    waited = now - healthy_since
-    if not oks:
-        return Stability(False, healthy_since, "no ok probe yet since the release appeared "
-                                               "or last failed")
-    if waited < stable_after_seconds:
-        return Stability(False, healthy_since, f"healthy for {waited:.0f}s of "
-                                               f"{stable_after_seconds:.0f}s")
-    return Stability(True, healthy_since, f"unchanged and healthy for {waited:.0f}s")
-
-
 def pin_tag(project: str, service: str, fingerprint: str) -> tuple[str, str]:
     """The daemon-owned (repository, tag) that keeps a known-good image from being pruned."""
     return PIN_REPOSITORY, f"{project}-{service}-{fingerprint[:12]}"
+
+
+@dataclass(frozen=True)
+class ServiceLiveness:
+    """One service's liveness at one look: ``ok``, ``container_down`` (no container running,
+    one restarting, or a restart count that rose since the last look), ``container_unhealthy``
+    or ``container_starting`` (docker's health check, where the service defines one)."""
+
+    service: str
+    result: ProbeResult
+    detail: str
+
+
+def service_liveness(project: str, services: Sequence[str],
+                     containers: Iterable[ComposeContainer],
+                     restarts_before: Mapping[str, int]) -> tuple[ServiceLiveness, ...]:
+    """The liveness of each of ``services``; ``restarts_before`` maps container IDs to the
+    restart counts of the previous look (a container not in it has not restarted since)."""
+    by_service: dict[str, list[ComposeContainer]] = {name: [] for name in services}
+    for c in containers:
+        if c.project == project and c.service in by_service and not c.oneoff:
+            by_service[c.service].append(c)
+    return tuple(ServiceLiveness(name, *_liveness(group, restarts_before))
+                 for name, group in by_service.items())
+
+
+def _liveness(group: list[ComposeContainer],
+              restarts_before: Mapping[str, int]) -> tuple[ProbeResult, str]:
+    if not group:
+        return "container_down", "no container"
+    rose = [f"{c.name} restarted ({restarts_before[c.id]} -> {c.restart_count})" for c in group
+            if c.restart_count > restarts_before.get(c.id, c.restart_count)]
+    if rose:
+        return "container_down", "; ".join(rose)
+    down = [f"{c.name} {c.state}" for c in group if c.state in ("restarting", "dead")]
+    running = [c for c in group if c.running]
+    if down or not running:
+        return "container_down", "; ".join(down or [f"{c.name} {c.state}" for c in group])
+    for health in ("unhealthy", "starting"):
+        named = [c.name for c in running if c.health == health]
+        if named:
+            result: ProbeResult = ("container_unhealthy" if health == "unhealthy"
+                                   else "container_starting")
+            return result, f"{', '.join(named)} {health}"
+    return "ok", f"{len(running)} running"

@@ -1,4 +1,5 @@
-"""The SQLite state store: event log, action journal, releases, restore results, approvals, audit.
+"""The SQLite state store: event log, action journal, releases and their health evidence, restore
+results, approvals, audit.
 
 One file in WAL mode at ``[daemon] state_path``. The schema is versioned (``PRAGMA user_version``)
 and migrated forward on open; a file from a newer daemon, a corrupt file or an unwritable one is
@@ -152,9 +153,26 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE restore_results ADD COLUMN dump_sha256 TEXT NOT NULL DEFAULT '';
     CREATE INDEX restore_results_sha256 ON restore_results(dump_sha256, finished_at);
     """,
+    # version 4: what the daemon itself watched of each release (aggregates, not samples)
+    """
+    CREATE TABLE release_health (
+        fingerprint TEXT PRIMARY KEY,
+        observed_until REAL NOT NULL,
+        healthy_seconds REAL NOT NULL DEFAULT 0,
+        watched_seconds REAL NOT NULL DEFAULT 0,
+        ok_samples INTEGER NOT NULL DEFAULT 0,
+        failing_samples INTEGER NOT NULL DEFAULT 0,
+        other_samples INTEGER NOT NULL DEFAULT 0,
+        last_bad_at REAL,
+        last_failing_at REAL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
+_HEALTH_COLUMNS = ("fingerprint", "observed_until", "healthy_seconds", "watched_seconds",
+                   "ok_samples", "failing_samples", "other_samples", "last_bad_at",
+                   "last_failing_at")
 
 
 @dataclass(frozen=True)
@@ -599,6 +617,16 @@ class StateStore:
 
     def pinned_releases(self) -> list[ReleaseRecord]:
         return [_release(r) for r in self.query("SELECT * FROM releases WHERE pinned = 1")]
+
+    def save_release_health(self, evidence: dict[str, Any]) -> None:
+        """Store a release's health evidence (the columns of ``release_health``), replacing it."""
+        values = tuple(evidence[c] for c in _HEALTH_COLUMNS)
+        self.execute(f"INSERT OR REPLACE INTO release_health ({', '.join(_HEALTH_COLUMNS)}) "
+                     f"VALUES ({', '.join('?' * len(_HEALTH_COLUMNS))})", values)
+
+    def release_health(self, fingerprint: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM release_health WHERE fingerprint = ?", (fingerprint,))
+        return dict(rows[0]) if rows else None
 
     # -- restore-test results --------------------------------------------------------------
     def record_restore_result(self, *, started_at: float, finished_at: float, dump_name: str,

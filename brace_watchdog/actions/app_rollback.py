@@ -5,9 +5,11 @@ Each short cycle (docker SDK calls in worker threads) does three things; the fir
 
 1. **track** — read the compose project's containers, build the running :class:`Release`; a new
    fingerprint is a *deploy* (event + ``brace_deploys_total{change}``, with what changed);
-2. **promote** — a release unchanged and healthy for ``stable_after_seconds`` becomes the
-   *known-good* release: stored with its tags, image IDs, the Alembic revision and a snapshot of
-   the compose file and ``.env``; its images are pinned under daemon-owned tags and the pins of
+2. **promote** — the running release's health evidence (what the daemon itself watched,
+   persisted; :mod:`~brace_watchdog.actions.promotion_policy`) is updated; a release watched
+   unchanged and healthy for ``stable_after_seconds`` becomes the *known-good* release: stored
+   with its tags, image IDs, the Alembic revision and a snapshot of the compose file and
+   ``.env``; its images are pinned under daemon-owned tags and the pins of
    releases no longer needed are released;
 3. **decide** — :func:`~brace_watchdog.actions.rollback_policy.decide` over the health window;
    every decision that is not "nothing to do" is recorded once per episode with its evidence.
@@ -50,8 +52,8 @@ from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.component import Component
 from brace_watchdog.config import Config
 from brace_watchdog.errors import AdapterError, RefusedError, StateUnavailableError
-from brace_watchdog.monitors.policy import WindowVerdict, assess_window
-from brace_watchdog.observations import alerts_stale_after
+from brace_watchdog.monitors.policy import WindowVerdict, assess_window, is_failing
+from brace_watchdog.observations import alerts_stale_after, service_target, target_service
 from brace_watchdog.releases import Release, ReleaseObservation
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import ReleaseRecord
@@ -149,6 +151,9 @@ class AppRollback(Component):
         holder = self.hub.action_lock.holder
         if holder is not None:
             return f"not deciding while {holder.describe()} runs"
+        self.tracker.record_health(now, targets=self._evidence_targets(),
+                                   max_gap_seconds=self._max_gap(),
+                                   alert_firing=bool(self._trigger_alerts(now)))
         if obs.release is not None:
             await self.tracker.maybe_promote(now, obs)
         await self._check_images()
@@ -219,6 +224,16 @@ class AppRollback(Component):
         current = self.hub.observations.current_alerts(
             now, alerts_stale_after(alerts.interval_seconds, alerts.timeout_seconds))
         return tuple(a.name for a in current if a.name in self.cfg.trigger_alerts)
+
+    def _evidence_targets(self) -> tuple[str, ...]:
+        """Every target that must report before a span counts as watched healthy."""
+        return (*(target for target, _ in self.hub.config.health.targets()),
+                *(service_target(s) for s in self.cfg.services))
+
+    def _max_gap(self) -> float:
+        """The longest span between two evidence updates that still counts as watched."""
+        health = self.hub.config.health
+        return 2 * (health.interval_seconds + health.timeout_seconds + self.cfg.interval_seconds)
 
     def _window_verdict(self, now: float) -> WindowVerdict:
         """The window per probe target (backend, frontend); a sustained one decides."""
@@ -393,8 +408,10 @@ class AppRollback(Component):
     def status(self) -> dict[str, Any]:
         known_good = self._known_good()
         current, observed = self.tracker.running, self.tracker.observation
+        health = self.tracker.health
         return {"current": current.to_dict() if current else None,
                 "observed": observed.describe() if observed else "not yet",
+                "health": health.to_dict() if health else None,
                 "known_good": _record_dict(known_good), "deploy_at": self.tracker.deploy_at,
                 "busy": self.busy, "frozen": self.hub.frozen(),
                 "decision": _decision_dict(self._decision) if self._decision else None,
@@ -412,8 +429,8 @@ class AppRollback(Component):
         lines = self.hub.config.notify.log_lines
         if lines <= 0:
             return {}
-        failing = {s.target for s in self.hub.observations.samples()
-                   if s.result in self.cfg.failure_results}
+        failing = {target_service(s.target) for s in self.hub.observations.samples()
+                   if is_failing(s, self.cfg.failure_results)}
         services = [s for s in self.cfg.services if s in failing] or list(self.cfg.services)
         logs: dict[str, str] = {}
         for container in self.tracker.containers:

@@ -2,35 +2,41 @@
 
 :class:`ReleaseTracker` reads the compose project's containers through the docker adapter (worker
 threads), builds the running :class:`~brace_watchdog.releases.Release`, records a *deploy* when its
-fingerprint changes (event + ``brace_deploys_total{change}``), and promotes a release that stayed
-unchanged and healthy for ``stable_after_seconds`` to *known-good*: stored with its tags, image IDs,
-the Alembic revision and the snapshot of the compose file and ``.env`` taken when the release
-was first seen (its deploy: an edit during the stability window is not "known-good"), its images
-pinned under
-daemon-owned tags and saved as archives (:mod:`~brace_watchdog.actions.image_archive`: a tag
-does not survive ``docker system prune -af``, an archive does); the pins and archives of
-releases no longer needed are released. The running release is
-kept in a state flag, so a restart neither mistakes it for a deploy nor forgets a grace period.
+fingerprint changes (event + ``brace_deploys_total{change}``), publishes each service's liveness
+(a ``service:<name>`` sample in the rollback window, ``brace_service_up``), keeps the running
+release's health evidence in the state store (:mod:`~brace_watchdog.actions.promotion_policy`),
+and promotes a release the daemon watched healthy for ``stable_after_seconds`` to *known-good*:
+stored with its tags, image IDs, the Alembic revision and the snapshot of the compose file and
+``.env`` taken when the release was first seen (its deploy: an edit during the stability window
+is not "known-good"), its images pinned under daemon-owned tags and saved as archives
+(:mod:`~brace_watchdog.actions.image_archive`: a tag does not survive ``docker system prune
+-af``, an archive does); the pins and archives of releases no longer needed are released. The
+running release is kept in a state flag, so a restart neither mistakes it for a deploy nor
+forgets a grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 
 from brace_watchdog.actions.image_archive import ImageArchive, archive_folder
+from brace_watchdog.actions.promotion_policy import ReleaseHealth, observe, promotion
 from brace_watchdog.actions.rollback_steps import pin_refs
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.config import RollbackConfig
 from brace_watchdog.errors import AdapterError
+from brace_watchdog.observations import ProbeSample, service_target
 from brace_watchdog.releases import (
     ComposeContainer,
     Release,
     ReleaseObservation,
     build_release,
     diff,
-    stability,
+    service_liveness,
 )
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import ReleaseRecord
@@ -56,6 +62,10 @@ class ReleaseTracker:
         self.deploy_at: float | None = None
         self._metric_fp: dict[str, str] = {}
         self.archive = ImageArchive(docker, archive_folder(hub.config.daemon.state_path))
+        self._restarts: dict[str, int] = {}
+        self._started_at = now
+        self.health: ReleaseHealth | None = None
+        self._liveness: dict[str, str] = {}
 
     @property
     def running(self) -> Release | None:
@@ -70,12 +80,14 @@ class ReleaseTracker:
             self.seen_at = float(tracked.get("seen_at") or self.seen_at)
             self.deploy_at = tracked.get("deploy_at")
             self.set_release_metric("current", self.current.fingerprint)
+            self._enter(self.current.fingerprint, self._started_at)
         known_good = self.known_good()
         if known_good is not None:
             self.set_release_metric("known_good", known_good.fingerprint)
 
     async def track(self, now: float, *, by_rollback: bool = False) -> ReleaseObservation:
         self.containers = await self._docker.compose_containers(self.cfg.project)
+        self._publish_liveness(now)
         obs = build_release(self.cfg.project, self.cfg.services, self.containers)
         self.observation = obs
         release = obs.release
@@ -86,6 +98,7 @@ class ReleaseTracker:
         self.hub.store.upsert_release(release.fingerprint, release=release.to_dict(),
                                       first_seen=now)
         await self._keep_config(release)
+        self._enter(release.fingerprint, now)
         if previous is not None:
             change = diff(previous, release)
             self.deploy_at = now
@@ -100,17 +113,56 @@ class ReleaseTracker:
         self.set_release_metric("current", release.fingerprint)
         return obs
 
+    def _publish_liveness(self, now: float) -> None:
+        """Each service's liveness: a sample in its window, a gauge, an event when it changes."""
+        found = service_liveness(self.cfg.project, self.cfg.services, self.containers,
+                                 self._restarts)
+        self._restarts = {c.id: c.restart_count for c in self.containers}
+        for live in found:
+            self.hub.observations.add_probe(ProbeSample(
+                ts=now, target=service_target(live.service), result=live.result,
+                detail=live.detail))
+            self.hub.metrics.service_up.labels(service=live.service).set(
+                1 if live.result == "ok" else 0)
+            previous = self._liveness.get(live.service)
+            self._liveness[live.service] = live.result
+            if previous != live.result:
+                self.hub.record("service.transition", f"service.{live.service}",
+                                f"{live.service} {previous or 'unknown'} -> {live.result} "
+                                f"({live.detail})",
+                                severity="info" if live.result == "ok" else "warning",
+                                evidence={"service": live.service, "from": previous,
+                                          "to": live.result, "detail": live.detail})
+
+    def _enter(self, fingerprint: str, now: float) -> None:
+        """Resume a release's evidence; the time since it was last watched never counts."""
+        saved = self.hub.store.release_health(fingerprint)
+        health = ReleaseHealth.from_dict(saved) if saved else ReleaseHealth(fingerprint, now)
+        self.health = replace(health, observed_until=max(health.observed_until, now))
+
+    def record_health(self, now: float, *, targets: Collection[str], max_gap_seconds: float,
+                      alert_firing: bool) -> None:
+        """Fold the new samples into the running release's evidence and persist it."""
+        if self.health is None:
+            return
+        health = observe(self.health, self.hub.observations.samples(), now=now, targets=targets,
+                         failure_results=self.cfg.failure_results,
+                         max_gap_seconds=max_gap_seconds, alert_firing=alert_firing)
+        if health != self.health:
+            self.hub.store.save_release_health(health.to_dict())
+        self.health = health
+
     async def maybe_promote(self, now: float, obs: ReleaseObservation) -> None:
         release = obs.release
         known_good = self.known_good()
-        if release is None or obs.not_running or obs.mixed or (
+        if release is None or obs.not_running or obs.mixed or self.health is None or (
+                self.health.fingerprint != release.fingerprint) or (
                 known_good is not None and known_good.fingerprint == release.fingerprint):
             return
         db = self.hub.observations.database
         if self.hub.config.database.enabled and (db is None or not db.up):
             return  # the known-good record needs the schema revision it ran on
-        verdict = stability(now=now, since=self.seen_at, samples=self.hub.observations.samples(),
-                            stable_after_seconds=self.cfg.stable_after_seconds)
+        verdict = promotion(self.health, stable_after_seconds=self.cfg.stable_after_seconds)
         if verdict.ready:
             await self._promote(release, now, verdict.reason,
                                 db.revision if db is not None and db.up else None)

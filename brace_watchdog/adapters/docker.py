@@ -242,4 +242,5 @@ def _compose_container(attrs: dict[str, Any]) -> ComposeContainer:
         state=str((attrs.get("State") or {}).get("Status", "")),
         created=str(attrs.get("Created", "")),
         oneoff=labels.get(f"{_COMPOSE}.oneoff", "False") == "True",
-        config_digest=config_digest(attrs))
+        config_digest=config_digest(attrs), restart_count=int(attrs.get("RestartCount") or 0),
+        health=str(((attrs.get("State") or {}).get("Health") or {}).get("Status") or ""))

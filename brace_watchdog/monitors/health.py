@@ -90,19 +90,13 @@ class HealthMonitor(Component):
     def progress_deadline(self) -> float:
         return max(3 * self.interval(), self.interval() + 2 * self._config.timeout_seconds + 10)
 
-    def _targets(self) -> list[tuple[str, str]]:
-        targets = [("backend", self._config.url)]
-        if self._config.frontend_url:
-            targets.append(("frontend", self._config.frontend_url))
-        return targets
-
     async def start(self) -> None:
         self._build_probers()
 
     def _build_probers(self) -> None:
         self._close_probers()
         self._probers = {target: KeepAliveProber(url, timeout=self._config.timeout_seconds)
-                         for target, url in self._targets()}
+                         for target, url in self._config.targets()}
 
     def reconfigure(self, config: Config) -> None:
         self._config = config.health

@@ -1,7 +1,7 @@
 """Pure decisions over observations: probe classification and "is this failure sustained?".
 
 One rule reads every sample, for triggering (:func:`assess_window`), promotion to known-good
-(:func:`~brace_watchdog.releases.stability`) and rollback verification alike: a sample is
+(:mod:`~brace_watchdog.actions.promotion_policy`) and rollback verification alike: a sample is
 *healthy* only when its result is ``ok``; it is *failing* when its result is one of
 ``[rollback] failure_results``; anything else (by default a 4xx) is neither — it does not count
 towards a rollback, and it is no evidence of health either.

@@ -5,17 +5,21 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from brace_watchdog.actions.promotion_policy import ReleaseHealth
 from brace_watchdog.config import parse_config
 from brace_watchdog.errors import StateError
 from brace_watchdog.metrics import Metrics
 from brace_watchdog.observations import Observations, ProbeSample
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import _MIGRATIONS, SCHEMA_VERSION, StateStore
+
+_MIGRATIONS_V1 = _MIGRATIONS[0]
 
 
 def _open_and_write(path: str) -> None:
@@ -135,3 +139,28 @@ def test_window_resize_keeps_the_newest_samples() -> None:
     assert [s.ts for s in observations.samples("backend")] == [2.0, 3.0, 4.0]
     observations.add_probe(ProbeSample(ts=5.0, target="backend", result="ok"))
     assert len(observations.samples("backend")) == 3
+
+
+def test_release_health_evidence_survives_a_restart_and_a_v1_file_migrates(
+        tmp_path: Path) -> None:
+    """A state file of schema v1 (before release_health) gains the table; evidence written by
+    one process is read back, exactly, by the next."""
+    path = tmp_path / "state.db"
+    old = sqlite3.connect(path)
+    old.executescript(_MIGRATIONS_V1)
+    old.execute("PRAGMA user_version = 1")
+    old.close()
+    store = StateStore(path).open()
+    evidence = ReleaseHealth("f" * 64, observed_until=12.5, healthy_seconds=3.25,
+                             watched_seconds=4.0, ok_samples=9, failing_samples=1,
+                             last_bad_at=8.0, last_failing_at=8.0)
+    store.save_release_health(evidence.to_dict())
+    store.save_release_health(replace(evidence, ok_samples=10).to_dict())  # replaces
+    store.close()
+    reopened = StateStore(path).open()
+    assert reopened.schema_version == SCHEMA_VERSION
+    saved = reopened.release_health("f" * 64)
+    assert saved is not None
+    assert ReleaseHealth.from_dict(saved) == replace(evidence, ok_samples=10)
+    assert reopened.release_health("0" * 64) is None
+    reopened.close()

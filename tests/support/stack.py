@@ -1,16 +1,19 @@
 """A throwaway compose stack for the rollback tests: real images, real compose (1.29 or v5).
 
-Images ``brace-test/web:v1`` (``/api/health`` answers 200) and ``brace-test/web:v2`` (500) are
+Images ``brace-test/web:v1-*`` (``/api/health`` answers 200) and ``:v2-*`` (500) are
 committed from the shared busybox image with a tiny HTTP responder. busybox ``httpd`` runs CGI
 only under ``/cgi-bin/`` and this build lacks its proxy feature, so ``/api/health`` could not be
 a CGI path: the responder is ``nc -ll -e`` running a shell handler per connection. The handler
-honours ``HEALTH_STATUS`` (a config-only deploy can break health), ``FLAP_EVERY=n`` (every
+honours ``HEALTH_STATUS`` (a config-only deploy can break health; ``hang`` never answers),
+``FLAP_EVERY=n`` (every
 n-th answer is a 500) and a bind-mounted ``override/status`` file (:meth:`Stack.break_health`
-makes *every* release answer that status without changing any release), and logs each request to
-stderr (the container log).
+makes *every* release answer that status without changing any release; ``OVERRIDE=name`` makes
+a release read ``override/name`` instead), and logs each request to
+stderr (the container log). ``CRASH=1`` makes a container exit at start (every service has
+``restart: always``, so that is a crash loop); ``WORKER=1`` makes it a worker without a port.
 
 The stack has the production app's four services: ``backend`` and ``frontend`` answer HTTP,
-``admin-bot`` and ``scheduler`` are workers without a port (a shell loop, from the same image).
+``admin-bot`` and ``scheduler`` are workers without a port (``WORKER=1``, from the same image).
 Each :class:`Stack` has a unique compose project, its own image tags (``<project>/backend:current``)
 and free loopback ports; containers use host networking only. A stack runs one compose
 implementation for every deploy (:data:`COMPOSE_VARIANTS`: Debian's ``docker-compose`` 1.29 or
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -60,7 +64,7 @@ __all__ = ["APP_SERVICES", "BOTH_COMPOSES", "COMPOSE_V1", "COMPOSE_V2", "COMPOSE
            "write_daemon_config", "write_daemon_toml"]
 
 WEB_REPO = "brace-test/web"
-RECIPE_VERSION = "3"
+RECIPE_VERSION = "4"
 COMPOSE_V1 = ("docker-compose",)
 COMPOSE_V2 = ("docker", "compose")
 COMPOSE_VARIANTS = {"compose-1.29": COMPOSE_V1, "compose-v5": COMPOSE_V2}
@@ -74,8 +78,6 @@ PIN_REPOSITORY = "brace-watchdog/pin"
 # ``restart: always``: a crash loop). ``$$`` is compose's escape for a literal ``$``.
 HANGING = ["/bin/sh", "-c", 'exec nc -ll -p "$${PORT}" -e sleep 3600']
 CRASHING = ["/bin/sh", "-c", "echo 'backend: cannot start' >&2; exit 1"]
-# A worker without a port.
-_WORKER_COMMAND = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 1 & wait $$!; done"]
 
 
 def slow_compose(seconds: float, command: tuple[str, ...] = COMPOSE_V1) -> list[str]:
@@ -99,6 +101,8 @@ def compose_or_skip(command: tuple[str, ...]) -> str:
 
 _SERVE = """#!/bin/sh
 trap 'exit 0' TERM INT
+if [ -n "${CRASH:-}" ]; then echo "$(cat /srv/version) crashing at start" >&2; exit 1; fi
+if [ -n "${WORKER:-}" ]; then while :; do sleep 1 & wait $!; done; fi
 nc -ll -p "${PORT:-8080}" -e /srv/handler &
 wait
 """
@@ -111,13 +115,14 @@ done
 status=200
 case "$path" in
   /api/health*) status="${HEALTH_STATUS:-$(cat /srv/health_status)}"
-    [ -s /srv/override/status ] && status="$(cat /srv/override/status)";;
+    o="/srv/override/${OVERRIDE:-status}"; [ -s "$o" ] && status="$(cat "$o")";;
 esac
 if [ -n "${FLAP_EVERY:-}" ]; then
   n=$(( $(cat /tmp/count 2>/dev/null || echo 0) + 1 )); echo "$n" > /tmp/count
   [ $((n % FLAP_EVERY)) -eq 0 ] && status=500
 fi
 echo "$(cat /srv/version) $method $path -> $status" >&2
+[ "$status" = hang ] && exec sleep 3600
 body="{\"status\": $status, \"version\": \"$(cat /srv/version)\"}"
 printf 'HTTP/1.0 %s X\r\nContent-Type: application/json\r\nContent-Length: %s\r\n' \
   "$status" "${#body}"
@@ -139,13 +144,16 @@ def _files_tar(version: str, status: int) -> bytes:
 
 
 def ensure_web_images(client: docker.DockerClient, busybox: str) -> dict[str, str]:
-    """Build (once per recipe) ``brace-test/web:v1`` (200) and ``:v2`` (500); return their IDs."""
+    """Build (once per recipe) ``brace-test/web:v1-<recipe>`` (200) and ``:v2-<recipe>`` (500);
+    return their IDs. The tag names the recipe (scripts included), so test runs of other
+    versions of this file on the same engine never retag these images under them."""
     base_id = client.images.get(busybox).id
+    scripts = hashlib.sha256((_SERVE + _HANDLER).encode()).hexdigest()[:12]
     ids: dict[str, str] = {}
     with _build_lock():
         for version, status in (("v1", 200), ("v2", 500)):
-            recipe = f"{RECIPE_VERSION}:{base_id}:{status}"
-            tag = f"{WEB_REPO}:{version}"
+            recipe = f"{RECIPE_VERSION}:{base_id}:{status}:{scripts}"
+            tag = f"{WEB_REPO}:{version}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
             try:
                 image = client.images.get(tag)
                 if image.labels.get("brace-test.recipe") == recipe:
@@ -156,7 +164,7 @@ def ensure_web_images(client: docker.DockerClient, busybox: str) -> dict[str, st
             container = client.containers.create(busybox, ["true"], labels={TEST_LABEL: "1"})
             try:
                 container.put_archive("/", _files_tar(version, status))
-                image = container.commit(WEB_REPO, version, changes=[
+                image = container.commit(*tag.split(":"), changes=[
                     'CMD ["/srv/serve"]', f"LABEL brace-test.recipe={recipe} {TEST_LABEL}=1"])
             finally:
                 container.remove(force=True)
@@ -196,30 +204,33 @@ class Stack:
         return f"http://127.0.0.1:{self.frontend_port}/"
 
     def write_compose(self, backend_env: dict[str, str] | None = None,
-                      backend_command: list[str] | None = None) -> None:
-        def service(name: str, env: dict[str, str], port: int | None = None) -> str:
+                      backend_command: list[str] | None = None,
+                      env: dict[str, dict[str, str]] | None = None) -> None:
+        """``backend_env``, and per service ``env``, add environment variables;
+        ``backend_command`` replaces the backend's command."""
+        env = {**(env or {}), "backend": {**(env or {}).get("backend", {}), **(backend_env or {})}}
+
+        def service(name: str, own: dict[str, str]) -> str:
             lines = [f"  {name}:", f"    image: {self.tag(name)}", "    network_mode: host",
+                     "    restart: always",
                      "    volumes:", f"      - {self.root}/override:/srv/override:ro",
                      "    stop_grace_period: 2s", "    labels:", f'      {TEST_LABEL}: "1"']
-            if port is None:
-                lines.append(f"    command: {json.dumps(_WORKER_COMMAND)}")
-            else:
-                if name == "backend" and backend_command is not None:
-                    lines += [f"    command: {json.dumps(backend_command)}",
-                              "    restart: always"]
-                lines += ["    environment:", f'      PORT: "{port}"']
-                lines += [f'      {k}: "{v}"' for k, v in sorted(env.items())]
+            if name == "backend" and backend_command is not None:
+                lines.append(f"    command: {json.dumps(backend_command)}")
+            lines.append("    environment:")
+            lines += [f'      {k}: "{v}"' for k, v in sorted({**own, **env.get(name, {})}.items())]
             return "\n".join(lines)
         text = "\n".join(['version: "2.4"', "services:",
-                          service("backend", backend_env or {}, self.backend_port),
-                          service("frontend", {}, self.frontend_port),
-                          *(service(name, {}) for name in WORKERS)]) + "\n"
+                          service("backend", {"PORT": str(self.backend_port)}),
+                          service("frontend", {"PORT": str(self.frontend_port)}),
+                          *(service(name, {"WORKER": "1"}) for name in WORKERS)]) + "\n"
         self.compose_file.write_text(text)
 
-    def break_health(self, status: int | None) -> None:
-        """Make the backend of any release answer ``status`` (None: back to the image's own)."""
+    def break_health(self, status: int | None, override: str = "status") -> None:
+        """Make the backend of any release answer ``status`` (None: back to the image's own);
+        with ``override``, only a release deployed with ``OVERRIDE=<override>`` in its env."""
         (self.root / "override").mkdir(exist_ok=True)
-        (self.root / "override" / "status").write_text(f"{status}\n" if status else "")
+        (self.root / "override" / override).write_text(f"{status}\n" if status else "")
 
     def set_image(self, service: str, version: str) -> None:
         """Point the service's tag at web ``version`` (what a release pipeline does)."""
@@ -235,18 +246,18 @@ class Stack:
 
     def deploy(self, backend: str = "v1", backend_env: dict[str, str] | None = None, *,
                release_dir: str | None = None, backend_command: list[str] | None = None,
-               wait: bool = True) -> float:
-        """Release ``backend`` (v1/v2) with ``backend_env`` — in its own release folder with
-        its own tags when ``release_dir`` names one, with ``backend_command`` (and ``restart:
-        always``) when given (:data:`HANGING`, :data:`CRASHING`); return the compose run's
-        seconds. ``wait``: until the backend and frontend ports accept connections."""
+               env: dict[str, dict[str, str]] | None = None, wait: bool = True) -> float:
+        """Release ``backend`` (v1/v2) with ``backend_env`` (and per service ``env``) — in its
+        own release folder with its own tags when ``release_dir`` names one, with
+        ``backend_command`` when given (:data:`HANGING`, :data:`CRASHING`); return the compose
+        run's seconds. ``wait``: until the backend and frontend ports accept connections."""
         if release_dir is not None:
             self.release = release_dir
             self.compose_file.parent.mkdir(parents=True, exist_ok=True)
         self.set_image("backend", backend)
         for name in ("frontend", *WORKERS):
             self.set_image(name, "v1")
-        self.write_compose(backend_env, backend_command)
+        self.write_compose(backend_env, backend_command, env)
         (self.root / "override").mkdir(exist_ok=True)
         started = time.monotonic()
         result = self.compose("up", "-d", "--no-build")

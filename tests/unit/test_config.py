@@ -99,7 +99,8 @@ def test_bounds_accept_edges() -> None:
      "rollback.on_schema_change: must be one of 'escalate', 'app_only', not 'yolo'"),
     ({"rollback": {"failure_results": ["ok"]}},
      "rollback.failure_results: unknown probe results ['ok']; "
-     "use ['http_4xx', 'http_5xx', 'timeout', 'connection_error']"),
+     "use ['http_4xx', 'http_5xx', 'timeout', 'connection_error', 'container_down', "
+     "'container_unhealthy', 'container_starting']"),
     ({"health": {"ok_statuses": ["2xx", "600"]}},
      "health.ok_statuses: entries must be status codes (200) or classes ('2xx'), not '600'"),
     ({"health": {"ok_statuses": []}}, "health.ok_statuses: must not be empty"),

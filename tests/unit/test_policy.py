@@ -131,7 +131,9 @@ def test_newest_ok_is_recovering_whatever_counts() -> None:
 
 def test_the_one_rule_healthy_failing_or_neither() -> None:
     kinds = {"ok": (True, False), "http_5xx": (False, True), "timeout": (False, True),
-             "connection_error": (False, True), "http_4xx": (False, False)}
+             "connection_error": (False, True), "http_4xx": (False, False),
+             "container_down": (False, True), "container_unhealthy": (False, True),
+             "container_starting": (False, False)}
     default = RollbackConfig().failure_results
     for result, (healthy, failing) in kinds.items():
         sample = ProbeSample(ts=0, target="backend", result=result)  # type: ignore[arg-type]

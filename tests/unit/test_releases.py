@@ -1,4 +1,4 @@
-"""The release model: building a release from compose containers, fingerprints, diffs, stability."""
+"""The release model: building a release from compose containers, fingerprints, diffs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from brace_watchdog.releases import (
     build_release,
     diff,
     pin_tag,
-    stability,
 )
 
 SERVICES = ("backend", "frontend")
@@ -120,32 +119,6 @@ def test_diff_moved_working_dir_is_config_and_new_service_is_both() -> None:
 
 def sample(ts: float, result: str = "ok") -> ProbeSample:
     return ProbeSample(ts=ts, target="backend", result=result)  # type: ignore[arg-type]
-
-
-def test_stability_needs_time_and_an_ok_probe() -> None:
-    assert not stability(now=100, since=0, samples=[], stable_after_seconds=10).ready
-    early = stability(now=5, since=0, samples=[sample(1)], stable_after_seconds=10)
-    assert not early.ready and "healthy for 5s of 10s" in early.reason
-    ready = stability(now=10, since=0, samples=[sample(1), sample(9)], stable_after_seconds=10)
-    assert ready.ready and ready.healthy_since == 0
-
-
-def test_stability_a_bad_probe_restarts_the_clock() -> None:
-    result = stability(now=20, since=0, samples=[sample(1), sample(12, "http_5xx"), sample(15)],
-                       stable_after_seconds=10)
-    assert not result.ready and 12 < result.healthy_since < 12.01
-    later = stability(now=23, since=0, samples=[sample(12, "timeout"), sample(15)],
-                      stable_after_seconds=10)
-    assert later.ready
-    only_bad = stability(now=99, since=0, samples=[sample(12, "http_5xx")],
-                         stable_after_seconds=10)
-    assert not only_bad.ready
-
-
-def test_stability_ignores_probes_before_since() -> None:
-    result = stability(now=30, since=15, samples=[sample(10, "http_5xx"), sample(20)],
-                       stable_after_seconds=10)
-    assert result.ready and result.healthy_since == 15
 
 
 def test_pin_tag_is_project_scoped() -> None:

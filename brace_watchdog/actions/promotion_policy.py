@@ -1,0 +1,96 @@
+"""Pure rules of known-good: a release's health evidence, and when it earns promotion.
+
+:class:`ReleaseHealth` is what the daemon has *itself watched* of one release — aggregates, not
+samples: how long it has been observed healthy since the last bad sample, how long it was
+watched at all, sample counts, the last bad and failing sample. The release tracker persists it
+per release in the state store after every cycle, so the evidence survives a restart.
+
+:func:`observe` folds new samples in. Evidence only advances to the time *every* required
+target (the HTTP probes and each service's liveness, ``service:<name>``) has reported: a probe
+still hanging is no evidence, so a release whose backend hangs never looks healthy meanwhile.
+A span counts as watched only when it is not longer than ``max_gap_seconds``; and the tracker
+moves ``observed_until`` to "now" whenever it (re)starts watching a release (daemon start, a
+redeploy of an older release), so time the daemon did not watch never counts. Any sample that
+is not healthy (the one rule of :mod:`~brace_watchdog.monitors.policy`) or a firing trigger
+alert restarts the healthy clock.
+
+:func:`promotion` decides: ``stable_after_seconds`` of watched healthy time, at least one ``ok``
+sample. No I/O, no clock; tested exhaustively in ``tests/unit/test_promotion_policy.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from brace_watchdog.monitors.policy import is_failing, is_healthy
+from brace_watchdog.observations import ProbeSample
+
+__all__ = ["Promotion", "ReleaseHealth", "observe", "promotion"]
+
+
+@dataclass(frozen=True)
+class ReleaseHealth:
+    """The daemon's own evidence about one release (persisted per fingerprint)."""
+
+    fingerprint: str
+    observed_until: float
+    healthy_seconds: float = 0.0
+    watched_seconds: float = 0.0
+    ok_samples: int = 0
+    failing_samples: int = 0
+    other_samples: int = 0
+    last_bad_at: float | None = None
+    last_failing_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReleaseHealth:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def observe(health: ReleaseHealth, samples: Iterable[ProbeSample], *, now: float,
+            targets: Collection[str], failure_results: Collection[str], max_gap_seconds: float,
+            alert_firing: bool = False) -> ReleaseHealth:
+    """``health`` with the samples up to the time every target has reported folded in."""
+    relevant = [s for s in samples if s.target in targets and health.observed_until < s.ts]
+    newest = {s.target: s.ts for s in sorted(relevant, key=lambda s: s.ts)}
+    if alert_firing:
+        health = replace(health, healthy_seconds=0.0, last_bad_at=now)
+    if not targets or set(targets) - set(newest):
+        return health  # some target has not reported since: no evidence yet
+    until = min(*newest.values(), now)
+    span = [s for s in relevant if s.ts <= until]
+    ok = sum(1 for s in span if is_healthy(s))
+    failing = [s.ts for s in span if is_failing(s, failure_results)]
+    bad = [s.ts for s in span if not is_healthy(s)]
+    gap = until - health.observed_until
+    watched = gap if gap <= max_gap_seconds else 0.0
+    healthy = 0.0 if bad or alert_firing else health.healthy_seconds + watched
+    return replace(health, observed_until=until, healthy_seconds=healthy,
+                   watched_seconds=health.watched_seconds + watched,
+                   ok_samples=health.ok_samples + ok,
+                   failing_samples=health.failing_samples + len(failing),
+                   other_samples=health.other_samples + len(bad) - len(failing),
+                   last_bad_at=max(bad, default=health.last_bad_at),
+                   last_failing_at=max(failing, default=health.last_failing_at))
+
+
+@dataclass(frozen=True)
+class Promotion:
+    ready: bool
+    reason: str
+
+
+def promotion(health: ReleaseHealth, *, stable_after_seconds: float) -> Promotion:
+    """Known-good needs ``stable_after_seconds`` of watched healthy time and an ``ok`` sample."""
+    if health.ok_samples == 0:
+        return Promotion(False, "no ok sample watched yet")
+    if health.healthy_seconds < stable_after_seconds:
+        return Promotion(False, f"watched healthy for {health.healthy_seconds:.0f}s of "
+                                f"{stable_after_seconds:.0f}s")
+    return Promotion(True, f"watched unchanged and healthy for {health.healthy_seconds:.0f}s, "
+                           "no bad sample since")

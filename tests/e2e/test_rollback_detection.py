@@ -1,0 +1,85 @@
+"""Bad deploys as they really look, rolled back end to end: a release that hangs, one whose
+backend crash-loops, and one whose ``scheduler`` (a worker without HTTP health) crash-loops.
+
+Real docker engine, real ``docker-compose``, real images (``tests/support/stack.py``); every
+service has ``restart: always``, so ``CRASH=1`` (exit at start) is a crash loop as production
+would see it. The health monitor and the rollback component run with small time values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from brace_watchdog.state import Event
+from tests.support.stack import Harness, Stack, rollback_config
+
+pytestmark = pytest.mark.docker
+
+
+def window_targets(started: Event) -> dict[str, set[str]]:
+    """target -> the results in the window the rollback decided on."""
+    targets: dict[str, set[str]] = {}
+    for _, target, result, _ in started.evidence["decision"]["window"]["samples"]:
+        targets.setdefault(target, set()).add(result)
+    return targets
+
+
+async def rolled_back_to(h: Harness) -> str:
+    """The release the rollback's own redeploy brought back, once the tracker has seen it."""
+    for _ in range(200):
+        back = [e for e in h.events("deploy") if "by the rollback" in e.message]
+        if back:
+            return str(back[0].evidence["to"]["fingerprint"])
+        await asyncio.sleep(0.05)
+    raise AssertionError("the tracker never saw the rolled-back release")
+
+
+async def test_a_hanging_release_is_rolled_back(stack: Stack, tmp_path: Path) -> None:
+    stack.deploy("v1")
+    # each probe of a hanging backend takes the 2 s timeout: a window that holds 5 of them
+    async with Harness(rollback_config(stack, tmp_path, window_seconds=14.0)) as h:
+        good = await h.wait_event("release.known_good", timeout=20)
+        stack.deploy("v1", {"HEALTH_STATUS": "hang"})
+        await h.wait_event("rollback.succeeded", timeout=60)
+        started = h.events("rollback.started")[0]
+        assert window_targets(started)["backend"] == {"timeout"}
+        assert "newest timeout" in started.evidence["decision"]["window"]["reason"]
+        back = await rolled_back_to(h)
+        assert back == good.evidence["release"]["fingerprint"]
+
+
+async def test_a_crash_looping_backend_is_rolled_back(stack: Stack, tmp_path: Path) -> None:
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        await h.wait_event("release.known_good", timeout=20)
+        stack.deploy("v1", {"CRASH": "1"}, wait=False)  # exits at start, restarted forever
+        await h.wait_event("rollback.succeeded", timeout=60)
+        targets = window_targets(h.events("rollback.started")[0])
+        assert "connection_error" in targets.get("backend", set()) or (
+            "container_down" in targets.get("service:backend", set())), targets
+        down = [e for e in h.events("service.transition") if e.evidence["service"] == "backend"
+                and e.evidence["to"] == "container_down"]
+        assert down, "the engine's view of the crash loop was recorded"
+        assert "crashing at start" in h.notifier.sent[0][1]["logs"]["backend"]
+
+
+async def test_a_crash_looping_scheduler_is_rolled_back(stack: Stack, tmp_path: Path) -> None:
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        await h.wait_event("release.known_good", timeout=20)
+        assert h.metric("brace_service_up", service="scheduler") == 1
+        stack.deploy("v1", env={"scheduler": {"CRASH": "1"}})
+        await h.wait_event("rollback.succeeded", timeout=60)
+        started = h.events("rollback.started")[0]
+        deploy = h.events("deploy")[0]
+        targets = window_targets(started)
+        assert list(targets) == ["service:scheduler"] and "container_down" in targets[
+            "service:scheduler"]
+        backend = [s.result for s in h.hub.observations.samples("backend") if s.ts >= deploy.ts
+                   and s.ts <= started.ts]
+        assert backend and set(backend) == {"ok"}, "HTTP health never failed"
+        assert list(h.notifier.sent[0][1]["logs"]) == ["scheduler"]
+        assert "crashing at start" in h.notifier.sent[0][1]["logs"]["scheduler"]
