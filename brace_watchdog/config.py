@@ -313,6 +313,7 @@ class RollbackConfig:
                                        non_empty=True)
     stable_after_seconds: float = option(600.0, minimum=0)
     deploy_grace_seconds: float = option(60.0, minimum=0)
+    max_deploy_age_seconds: float = option(3600.0, above=0)
     window_seconds: float = option(120.0, above=0)
     min_samples: int = option(6, minimum=1)
     error_ratio: float = option(0.5, above=0, maximum=1)

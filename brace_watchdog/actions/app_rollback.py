@@ -91,6 +91,7 @@ class AppRollback(Component):
         self.tracker = ReleaseTracker(hub, self._docker, self.cfg, self._clock())
         self._episode: tuple[str, str, str | None] | None = None
         self._decision: Decision | None = None
+        self._engine_error = ""
         self._task: asyncio.Task[RollbackVerdict] | None = None
         self._generation = -1  # the leadership generation whose open actions were reconciled
         self._detect: asyncio.Task[str] | None = None
@@ -139,10 +140,7 @@ class AppRollback(Component):
     async def cycle(self) -> str:
         now = self._clock()
         self._reconcile()
-        # a follower sees the leader's rollback in the shared journal: not a deploy
-        elsewhere = (self.hub.leadership.view.enabled and not self.busy
-                     and bool(self.hub.store.open_actions("rollback")))
-        obs = await self.tracker.track(now, by_rollback=self.busy or elsewhere)
+        obs, engine_error = await self._track(now)
         if self.busy:
             return "rollback in progress"
         leader = self.hub.leadership.decision()
@@ -151,15 +149,18 @@ class AppRollback(Component):
         holder = self.hub.action_lock.holder
         if holder is not None:
             return f"not deciding while {holder.describe()} runs"
-        self.tracker.record_health(now, targets=self._evidence_targets(),
-                                   max_gap_seconds=self._max_gap(),
-                                   alert_firing=bool(self._trigger_alerts(now)))
-        if obs.release is not None:
-            await self.tracker.maybe_promote(now, obs)
+        if engine_error is None:
+            self.tracker.record_health(now, targets=self._evidence_targets(),
+                                       max_gap_seconds=self._max_gap(),
+                                       alert_firing=bool(self._trigger_alerts(now)))
+            if obs.release is not None:
+                await self.tracker.maybe_promote(now, obs)
         await self._check_images()
         inp = self._policy_input(now, manual=False)
         decision = decide(inp, self.cfg)
         await self._handle(decision, inp)
+        if engine_error is not None:
+            raise engine_error  # decided on it; the supervisor still counts the failed cycle
         return self._status_line(obs, decision)
 
     async def _check_images(self) -> None:
@@ -169,6 +170,21 @@ class AppRollback(Component):
         for state, ids in (("present", check.present), ("archived_only", check.archived_only),
                            ("missing", check.missing)):
             gauge.labels(state=state).set(len(ids))
+
+    async def _track(self, now: float) -> tuple[ReleaseObservation, AdapterError | None]:
+        """The tracker's look at the engine; when the engine does not answer, the last
+        observation and the error (the policy escalates instead of acting on it)."""
+        # a follower sees the leader's rollback in the shared journal: not a deploy
+        elsewhere = (self.hub.leadership.view.enabled and not self.busy
+                     and bool(self.hub.store.open_actions("rollback")))
+        try:
+            obs = await self.tracker.track(now, by_rollback=self.busy or elsewhere,
+                                           failing=lambda: self._window_verdict(now).sustained)
+        except AdapterError as exc:
+            self._engine_error = str(exc)[:200]
+            return self.tracker.observation or ReleaseObservation(None), exc
+        self._engine_error = ""
+        return obs, None
 
     async def stop(self) -> None:
         if self._task is not None and not self._task.done():
@@ -216,7 +232,11 @@ class AppRollback(Component):
             frozen=self.hub.frozen() is not None, manual=manual,
             current_rolled_back_at=current_record.rolled_back_at if current_record else None,
             newest_known_good=choice.newest.fingerprint if choice.newest else None,
-            requested=choice.requested, target_note=choice.note)
+            requested=choice.requested, target_note=choice.note,
+            failing_before_deploy=self.tracker.failing_before_deploy,
+            database_up=None if db is None or not self.hub.config.database.enabled else db.up,
+            database_problem="" if db is None or db.up else f"{db.failure_kind}: {db.message}",
+            engine_error=self._engine_error)
 
     def _trigger_alerts(self, now: float) -> tuple[str, ...]:
         """Configured trigger alerts firing now; stale ones (Alertmanager down) never count."""

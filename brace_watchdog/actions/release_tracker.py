@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 
@@ -60,6 +60,7 @@ class ReleaseTracker:
         self.observation: ReleaseObservation | None = None
         self.seen_at = now
         self.deploy_at: float | None = None
+        self.failing_before_deploy = False
         self._metric_fp: dict[str, str] = {}
         self.archive = ImageArchive(docker, archive_folder(hub.config.daemon.state_path))
         self._restarts: dict[str, int] = {}
@@ -79,13 +80,17 @@ class ReleaseTracker:
             self.current = Release.from_dict(tracked["release"])
             self.seen_at = float(tracked.get("seen_at") or self.seen_at)
             self.deploy_at = tracked.get("deploy_at")
+            self.failing_before_deploy = bool(tracked.get("failing_before"))
             self.set_release_metric("current", self.current.fingerprint)
             self._enter(self.current.fingerprint, self._started_at)
         known_good = self.known_good()
         if known_good is not None:
             self.set_release_metric("known_good", known_good.fingerprint)
 
-    async def track(self, now: float, *, by_rollback: bool = False) -> ReleaseObservation:
+    async def track(self, now: float, *, by_rollback: bool = False,
+                    failing: Callable[[], bool] = lambda: False) -> ReleaseObservation:
+        """Look at the project's containers; a new fingerprint is a deploy. ``failing`` tells,
+        when one is detected, whether failures were already sustained before it."""
         self.containers = await self._docker.compose_containers(self.cfg.project)
         self._publish_liveness(now)
         obs = build_release(self.cfg.project, self.cfg.services, self.containers)
@@ -100,18 +105,25 @@ class ReleaseTracker:
         await self._keep_config(release)
         self._enter(release.fingerprint, now)
         if previous is not None:
-            change = diff(previous, release)
-            self.deploy_at = now
-            self.hub.metrics.deploys.labels(change=change.change).inc()
-            who = " by the rollback" if by_rollback else ""
-            self.hub.record("deploy", SOURCE, f"deploy detected{who}: {previous.short} -> "
-                            f"{release.short} ({change.describe()})",
-                            evidence={"change": change.change, "services": change.services,
-                                      "from": previous.to_dict(), "to": release.to_dict()})
+            self.failing_before_deploy = failing()
+            self._record_deploy(previous, release, now, by_rollback)
         self.hub.store.set_flag(CURRENT_FLAG, {"release": release.to_dict(), "seen_at": now,
-                                               "deploy_at": self.deploy_at})
+                                               "deploy_at": self.deploy_at,
+                                               "failing_before": self.failing_before_deploy})
         self.set_release_metric("current", release.fingerprint)
         return obs
+
+    def _record_deploy(self, previous: Release, release: Release, now: float,
+                       by_rollback: bool) -> None:
+        change = diff(previous, release)
+        self.deploy_at = now
+        self.hub.metrics.deploys.labels(change=change.change).inc()
+        who = " by the rollback" if by_rollback else ""
+        self.hub.record("deploy", SOURCE, f"deploy detected{who}: {previous.short} -> "
+                        f"{release.short} ({change.describe()})",
+                        evidence={"change": change.change, "services": change.services,
+                                  "from": previous.to_dict(), "to": release.to_dict(),
+                                  "failing_before": self.failing_before_deploy})
 
     def _publish_liveness(self, now: float) -> None:
         """Each service's liveness: a sample in its window, a gauge, an event when it changes."""

@@ -11,13 +11,17 @@ Guards, in order (an operator's manual request skips those marked *auto*):
 1. *auto* trigger: the sustained-failure window verdict or a named trigger alert firing;
 2. *auto* deploy grace: an alert trigger inside ``deploy_grace_seconds`` after a deploy waits;
 3. *auto* frozen: automation is frozen until an operator resumes it;
-4. no current release / no known-good release / the running release *is* the newest known-good
+4. *auto* infrastructure: the database (where configured) is down, or the docker engine does not
+   answer — failures then say nothing about the deploy;
+5. no current release / no known-good release / the running release *is* the newest known-good
    one (or, for an operator's ``--to RELEASE``, *is* that release);
-5. *auto* the known-good release already failed a rollback verification;
-6. *auto* the running release was rolled back before (a redeploy of a bad release): one attempt
+6. *auto* attribution: the daemon saw the deploy, it is younger than
+   ``max_deploy_age_seconds``, and the failures were not already sustained before it;
+7. *auto* the known-good release already failed a rollback verification;
+8. *auto* the running release was rolled back before (a redeploy of a bad release): one attempt
    per bad release, whatever the cooldown;
-7. schema guard: the Alembic revision moved (or is unknown) since the known-good release;
-8. *auto* cooldown after any rollback, and at most ``max_per_day`` rollbacks per 24 hours.
+9. schema guard: the Alembic revision moved (or is unknown) since the known-good release;
+10. *auto* cooldown after any rollback, and at most ``max_per_day`` rollbacks per 24 hours.
 """
 
 from __future__ import annotations
@@ -55,6 +59,13 @@ class PolicyInput:
     newest_known_good: str | None = None
     requested: bool = False
     target_note: str = ""
+    failing_before_deploy: bool = False
+    """The failures were already sustained when the last deploy was detected."""
+    database_up: bool | None = None
+    """None: no database configured, or not checked yet."""
+    database_problem: str = ""
+    engine_error: str = ""
+    """Why the docker engine did not answer the last look ("" while it answers)."""
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,8 @@ class Decision:
 def decide(inp: PolicyInput, cfg: RollbackConfig) -> Decision:
     """Run the guards in order; the first that holds decides."""
     evidence = _evidence(inp)
-    for guard in (_trigger, _grace, _frozen, _releases, _failed_before, _rolled_back_before,
-                  _schema, _rate):
+    for guard in (_trigger, _grace, _frozen, _infrastructure, _releases, _attribution,
+                  _failed_before, _rolled_back_before, _schema, _rate):
         decision = guard(inp, cfg, evidence)
         if decision is not None:
             return decision
@@ -93,6 +104,8 @@ def _evidence(inp: PolicyInput) -> dict[str, Any]:
             "known_good_release": inp.known_good_fingerprint,
             "known_good_revision": inp.known_good_revision,
             "current_revision": inp.current_revision, "last_deploy_at": inp.last_deploy_at,
+            "failing_before_deploy": inp.failing_before_deploy,
+            "database_up": inp.database_up, "engine_error": inp.engine_error or None,
             "manual": inp.manual, "newest_known_good": inp.newest_known_good or
             inp.known_good_fingerprint, "requested_target": inp.requested,
             "target_note": inp.target_note}
@@ -119,6 +132,39 @@ def _frozen(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) -> Decisi
         return None
     return Decision("hold", "frozen", "no rollback: automatic actions are frozen until an "
                     "operator resumes them", ev)
+
+
+def _infrastructure(inp: PolicyInput, cfg: RollbackConfig,
+                    ev: dict[str, Any]) -> Decision | None:
+    if inp.manual:
+        return None
+    if inp.database_up is False:
+        why = f" ({inp.database_problem})" if inp.database_problem else ""
+        return Decision("escalate", "database_down", f"escalated: the database is down{why}; "
+                        "the failures need not be the deploy's, so no automatic rollback", ev)
+    if inp.engine_error:
+        return Decision("escalate", "engine_down", "escalated: the docker engine does not "
+                        f"answer ({inp.engine_error}); no automatic rollback", ev)
+    return None
+
+
+def _attribution(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) -> Decision | None:
+    if inp.manual:
+        return None
+    if inp.last_deploy_at is None:
+        return Decision("escalate", "deploy_unseen", "escalated: the daemon did not see the "
+                        "running release being deployed, so it cannot tell that the deploy "
+                        "caused the failures", ev)
+    age = inp.now - inp.last_deploy_at
+    if age > cfg.max_deploy_age_seconds:
+        return Decision("escalate", "deploy_too_old", f"escalated: the last deploy was "
+                        f"{age:.0f}s ago, older than max_deploy_age_seconds = "
+                        f"{cfg.max_deploy_age_seconds:.0f}; failures this late are not "
+                        "attributed to it", ev)
+    if inp.failing_before_deploy:
+        return Decision("escalate", "failures_predate_deploy", "escalated: the failures "
+                        "predate the deploy (they were already sustained when it happened)", ev)
+    return None
 
 
 def _releases(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) -> Decision | None:

@@ -57,8 +57,66 @@ def test_deploy_grace_boundary(age: float, action: str) -> None:
         assert decision.reason == "deploy_grace"
 
 
-def test_no_deploy_seen_has_no_grace() -> None:
-    assert decide(inp(last_deploy_at=None), CFG).action == "rollback"
+def test_no_deploy_seen_has_no_grace_but_cannot_be_attributed() -> None:
+    decision = decide(inp(last_deploy_at=None), CFG)
+    assert (decision.action, decision.reason) == ("escalate", "deploy_unseen")
+    assert decide(inp(last_deploy_at=None, manual=True), CFG).action == "rollback"
+
+
+@pytest.mark.parametrize(("up", "problem", "action"), [
+    (None, "", "rollback"), (True, "", "rollback"), (False, "refused: connection refused",
+                                                     "escalate"), (False, "", "escalate")])
+def test_database_down_escalates(up: bool | None, problem: str, action: str) -> None:
+    decision = decide(inp(database_up=up, database_problem=problem), CFG)
+    assert decision.action == action
+    if action == "escalate":
+        assert decision.reason == "database_down"
+        assert decision.message.startswith("escalated: the database is down")
+        assert problem in decision.message
+        assert decision.evidence["database_up"] is False
+
+
+def test_engine_not_answering_escalates() -> None:
+    decision = decide(inp(engine_error="docker engine unreachable: refused"), CFG)
+    assert (decision.action, decision.reason) == ("escalate", "engine_down")
+    assert "docker engine does not answer (docker engine unreachable: refused)" in (
+        decision.message)
+    assert decision.evidence["engine_error"] == "docker engine unreachable: refused"
+
+
+@pytest.mark.parametrize(("age", "action"), [(60, "rollback"), (3600, "rollback"),
+                                             (3600.5, "escalate"), (86400 * 3, "escalate")])
+def test_deploy_age_boundary(age: float, action: str) -> None:
+    decision = decide(inp(last_deploy_at=NOW - age), CFG)
+    assert decision.action == action
+    if action == "escalate":
+        assert decision.reason == "deploy_too_old"
+        assert "older than max_deploy_age_seconds = 3600" in decision.message
+
+
+def test_failures_that_predate_the_deploy_escalate() -> None:
+    decision = decide(inp(failing_before_deploy=True), CFG)
+    assert (decision.action, decision.reason) == ("escalate", "failures_predate_deploy")
+    assert "failures predate the deploy" in decision.message
+    assert decision.evidence["failing_before_deploy"] is True
+
+
+@pytest.mark.parametrize(("db", "engine", "age", "before", "expected"), [
+    (db, engine, age, before, "database_down" if db is False else "engine_down" if engine
+     else "deploy_unseen" if age is None else "deploy_too_old" if age > 3600
+     else "failures_predate_deploy" if before else "rollback")
+    for db in (None, True, False) for engine in ("", "gone") for age in (None, 100.0, 4000.0)
+    for before in (False, True)])
+def test_every_infrastructure_and_attribution_combination(
+        db: bool | None, engine: str, age: float | None, before: bool, expected: str) -> None:
+    """Brute force: infrastructure first, then who saw the deploy, its age, what predates it."""
+    decision = decide(inp(database_up=db, engine_error=engine, failing_before_deploy=before,
+                          last_deploy_at=None if age is None else NOW - age), CFG)
+    assert decision.reason == expected
+    manual = decide(inp(manual=True, database_up=db, engine_error=engine,
+                        failing_before_deploy=before,
+                        last_deploy_at=None if age is None else NOW - age), CFG)
+    assert manual.action == "rollback", "an operator's request is theirs to attribute"
 
 
 def test_frozen_holds() -> None:
@@ -170,6 +228,12 @@ def test_manual_keeps_the_safety_guards(overrides: dict[str, Any], reason: str) 
     ({"verdict": verdict(False), "frozen": True, "current_fingerprint": None}, "not_triggered"),
     ({"last_deploy_at": NOW, "frozen": True, "firing_alerts": ("A",)}, "deploy_grace"),
     ({"frozen": True, "known_good_fingerprint": None}, "frozen"),
+    ({"database_up": False, "current_fingerprint": None}, "database_down"),
+    ({"engine_error": "x", "known_good_fingerprint": None}, "engine_down"),
+    ({"current_fingerprint": "good" * 10, "failing_before_deploy": True}, "known_good_running"),
+    ({"failing_before_deploy": True, "known_good_failed_at": 1.0}, "failures_predate_deploy"),
+    ({"last_deploy_at": NOW - 4000, "schema_tracked": True, "current_revision": "x"},
+     "deploy_too_old"),
     ({"current_fingerprint": None, "known_good_fingerprint": None}, "no_current_release"),
     ({"known_good_fingerprint": None, "known_good_failed_at": 1.0}, "no_known_good"),
     ({"current_fingerprint": "good" * 10, "known_good_failed_at": 1.0}, "known_good_running"),

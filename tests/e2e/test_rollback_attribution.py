@@ -1,0 +1,59 @@
+"""Attribution: the daemon rolls back only failures it can blame on the deploy. A database
+outage (a real PostgreSQL, stopped) and failures that were already there before the deploy
+escalate with their reason — in the event and in the notification — and change nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.support.pg import PgCluster
+from tests.support.stack import Harness, Stack, rollback_config
+
+pytestmark = pytest.mark.docker
+
+
+async def test_a_database_outage_escalates_instead_of_rolling_back(
+        stack: Stack, tmp_path: Path, pg_cluster: PgCluster) -> None:
+    pg_cluster.psql("create table alembic_version (version_num varchar(32) primary key);"
+                    "insert into alembic_version values ('aaa111');")
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path, dsn=pg_cluster.dsn()),
+                       extra=("database",)) as h:
+        await h.wait_event("release.known_good", timeout=30)
+        pg_cluster.pg_ctl("stop", "-m", "immediate", "-w")
+        await h.wait_event("database.down", timeout=20)
+        stack.deploy("v2")  # a bad deploy in the middle of the outage
+        escalation = await h.wait_event("escalation", timeout=30)
+        assert escalation.evidence["reason"] == "database_down"
+        assert escalation.message.startswith("escalated: the database is down (refused")
+        await asyncio.sleep(1.5)
+        assert h.store.actions(kind="rollback") == []
+        assert stack.running_images()["backend"] == stack.images["v2"]
+        sent = [payload for event, payload in h.notifier.sent if event == "escalation"]
+        assert sent[0]["reason"] == "database_down"
+        assert "database is down" in sent[0]["message"]
+
+
+async def test_failures_that_predate_the_deploy_escalate(stack: Stack, tmp_path: Path) -> None:
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        await h.wait_event("release.known_good", timeout=20)
+        stack.break_health(500)  # every release fails: not the deploy's doing
+        await h.wait_event("escalation", timeout=20)  # known_good_running
+        # a deploy during the outage, failing as well; in a thread, so that the probes go on
+        # while compose runs, as they would in the daemon's own process
+        await asyncio.to_thread(stack.deploy, "v1", {"RELEASE": "2"})
+        deploy = await h.wait_event("deploy")
+        assert deploy.evidence["failing_before"] is True
+        while len(h.events("escalation")) < 2:
+            await asyncio.sleep(0.05)
+        escalation = h.events("escalation")[1]
+        assert escalation.evidence["reason"] == "failures_predate_deploy"
+        assert "failures predate the deploy" in escalation.message
+        await asyncio.sleep(1.5)
+        assert h.store.actions(kind="rollback") == []
+        assert [p["reason"] for e, p in h.notifier.sent if e == "escalation"] == [
+            "known_good_running", "failures_predate_deploy"]
