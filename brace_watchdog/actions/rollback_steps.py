@@ -32,6 +32,7 @@ from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.config import RollbackConfig
 from brace_watchdog.errors import ActionError, AdapterError
 from brace_watchdog.monitors.health import probe
+from brace_watchdog.monitors.policy import is_healthy
 from brace_watchdog.releases import Release, build_release, diff, pin_tag
 
 __all__ = ["ProbeStreak", "RollbackPlan", "RollbackSteps", "Snapshot",
@@ -262,7 +263,7 @@ async def verify_probes(client: httpx.AsyncClient, urls: dict[str, str], *, succ
                                          for target, url in urls.items()))
         rounds += 1
         last = {s.target: f"{s.result} {s.status}".strip() for s in samples}
-        streak = streak + 1 if all(s.result == "ok" for s in samples) else 0
+        streak = streak + 1 if all(is_healthy(s) for s in samples) else 0
         if streak >= successes:
             return ProbeStreak(rounds=rounds, consecutive_ok=streak, last=last)
         if clock() + interval > deadline:
