@@ -242,20 +242,20 @@ class ServiceLiveness:
 def service_liveness(project: str, services: Sequence[str],
                      containers: Iterable[ComposeContainer],
                      restarts_before: Mapping[str, int]) -> tuple[ServiceLiveness, ...]:
-    """The liveness of each of ``services``; ``restarts_before`` maps container IDs to the
-    restart counts of the previous look (a container not in it has not restarted since)."""
+    """The liveness of each of ``services`` that has a container; ``restarts_before`` maps
+    container IDs to the restart counts of the previous look (a container not in it has not
+    restarted since). A service without any container gives nothing: the release is unknown
+    then (:func:`build_release`), which the rollback policy escalates when failures trigger."""
     by_service: dict[str, list[ComposeContainer]] = {name: [] for name in services}
     for c in containers:
         if c.project == project and c.service in by_service and not c.oneoff:
             by_service[c.service].append(c)
     return tuple(ServiceLiveness(name, *_liveness(group, restarts_before))
-                 for name, group in by_service.items())
+                 for name, group in by_service.items() if group)
 
 
 def _liveness(group: list[ComposeContainer],
               restarts_before: Mapping[str, int]) -> tuple[ProbeResult, str]:
-    if not group:
-        return "container_down", "no container"
     rose = [f"{c.name} restarted ({restarts_before[c.id]} -> {c.restart_count})" for c in group
             if c.restart_count > restarts_before.get(c.id, c.restart_count)]
     if rose:
