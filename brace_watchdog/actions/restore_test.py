@@ -145,6 +145,7 @@ class RestoreTestScheduler(Component):
         cfg = self.config.restore_test
         if not cfg.enabled:
             return "disabled"
+        await self._remove_leftovers()
         leader = self.hub.leadership.decision()
         if not leader.acts:
             return f"not scheduling ({leader.message})"
@@ -157,6 +158,23 @@ class RestoreTestScheduler(Component):
             return "due, but no valid dump seen yet"
         self._launch(newest.path, origin="schedule")
         return f"started: {self._line}"
+
+    async def _remove_leftovers(self) -> None:
+        """Containers of ours that a run could not remove (the engine was down during its
+        cleanup): removed once the engine answers again, while no run is active."""
+        if self.config.restore_test.backend != "docker" or self.docker is None:
+            return
+        try:
+            removed = await remove_docker_orphans(self.docker,
+                                                  own_idle=lambda: not self.running)
+        except DockerError as exc:
+            log.debug("restore test: cannot look for leftover containers: %s", exc)
+            return
+        if removed:
+            self.hub.record("restore_test.leftovers_removed", self.name,
+                            f"removed {len(removed)} throwaway container(s) an earlier restore "
+                            "test could not remove", evidence={"removed": removed},
+                            severity="warning")
 
     @property
     def running(self) -> bool:

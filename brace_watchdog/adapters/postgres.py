@@ -507,16 +507,25 @@ class DockerServer(ThrowawayServer):
 
 async def remove_docker_orphans(docker: DockerAdapter, *,
                                 alive: Callable[[int], bool] = pid_alive,
-                                namespace: str | None = None) -> list[str]:
+                                namespace: str | None = None,
+                                own_idle: Callable[[], bool] | None = None) -> list[str]:
     """Remove restore-test containers whose owning daemon process is gone (only those of our
-    pid namespace: another one's pids cannot be checked from here)."""
+    pid namespace: another one's pids cannot be checked from here).
+
+    With ``own_idle``, containers of this very process are removed too whenever ``own_idle()``
+    says (just before each removal) that no restore test of ours is running: what a run could
+    not remove itself, e.g. because the engine was down during its cleanup.
+    """
     ours = pid_namespace() if namespace is None else namespace
     removed: list[str] = []
     for container_id, labels in await docker.containers_with_label(f"{CONTAINER_LABEL}=1"):
         owner = labels.get(OWNER_LABEL, "")
         if labels.get(OWNER_NS_LABEL, ours) != ours:
             continue
-        if owner.isdigit() and alive(int(owner)):
+        mine = owner == str(os.getpid())
+        if mine and not (own_idle is not None and own_idle()):
+            continue
+        if not mine and owner.isdigit() and alive(int(owner)):
             continue
         await docker.remove_container(container_id)
         removed.append(container_id)
