@@ -63,6 +63,7 @@ from brace_watchdog.actions.gated import (
     wait_until,
 )
 from brace_watchdog.actions.restore_run import RestoreRun, server_factory, shielded
+from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.adapters.pgservice import SERVICE, dsn_secrets, pg_service
 from brace_watchdog.adapters.process import CommandResult, run_command
 from brace_watchdog.config import DbRollbackConfig
@@ -206,6 +207,14 @@ class DbRollback:
     @property
     def cfg(self) -> DbRollbackConfig:
         return self.hub.config.db_rollback
+
+    async def _up_args(self) -> list[str]:
+        """``up -d --no-build [--pull never]`` for this compose: writers come back from the images
+        they ran, never rebuilt or pulled."""
+        compose = ComposeCLI(self.cfg.compose_command or self.hub.config.rollback.compose_command,
+                             timeout=self.cfg.step_timeout_seconds)
+        await compose.detect()
+        return compose.up_args()
 
     def compose(self, *args: str) -> list[str]:
         cfg = self.cfg
@@ -356,9 +365,9 @@ class DbRollback:
         action_id = self.hub.store.begin_action(
             ACTION, origin="control", plan=plan.as_dict(),
             requester=f"{requester}, approved by {approver}")
-        up = self.compose("up", "-d", *self.cfg.writers)
+        up = self.compose(*await self._up_args(), *self.cfg.writers)
         run = _Run(self, target, copy, work, who=f"{approver} (DB rollback #{action_id})",
-                   name=plan.target, app_name=f"{APP_NAME}-{action_id}")
+                   name=plan.target, app_name=f"{APP_NAME}-{action_id}", up_argv=up)
         run.journal = StepJournal(self.hub, action_id, progress, state=run.state,
                                   advice=lambda stage, state: next_steps(stage, state,
                                                                          up_argv=up))
@@ -378,8 +387,9 @@ class _Run:
     journal: StepJournal
 
     def __init__(self, owner: DbRollback, target: DbTarget, dump: Path, work: Path, *,
-                 who: str, name: str, app_name: str) -> None:
+                 who: str, name: str, app_name: str, up_argv: list[str]) -> None:
         self.owner = owner
+        self.up_argv = up_argv
         self.target = target
         self.dump = dump
         self.work = work
@@ -539,7 +549,7 @@ class _Run:
         writers = self.owner.cfg.writers
         if writers:
             self.journal.checkpoint(writers="starting")
-            await self.owner._run(self.owner.compose("up", "-d", *writers))
+            await self.owner._run(self.up_argv)
             self.journal.checkpoint(writers="started")
 
     async def verify(self) -> None:

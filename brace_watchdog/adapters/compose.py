@@ -89,8 +89,11 @@ class ComposeCLI:
             argv += ["--project-directory", plan.project_directory]
         if plan.env_file:
             argv += ["--env-file", plan.env_file]
-        pull = ["--pull", "never"] if self.pull_never else []
-        return [*argv, "up", "-d", "--no-build", *pull, "--no-deps", *plan.services]
+        return [*argv, *self.up_args(), "--no-deps", *plan.services]
+
+    def up_args(self) -> list[str]:
+        """``up -d --no-build [--pull never]``: recreate from local images only."""
+        return ["up", "-d", "--no-build", *(["--pull", "never"] if self.pull_never else [])]
 
     async def up(self, plan: UpPlan) -> CommandResult:
         """Recreate ``plan.services`` from the given files; CommandError on failure."""
