@@ -326,6 +326,7 @@ class RollbackConfig:
     on_schema_change: Literal["escalate", "app_only"] = "escalate"
     interval_seconds: float = option(5.0, above=0)
     compose_timeout_seconds: float = option(300.0, above=0)
+    engine_retry_seconds: float = option(60.0, minimum=0)
 
 
 @dataclass(frozen=True)

@@ -207,9 +207,22 @@ def _markdown(data: dict[str, Any], out: TextIO) -> None:
     out.write(data["markdown"])
 
 
+def _releases(data: dict[str, Any], out: TextIO) -> None:
+    def state(row: dict[str, Any]) -> str:
+        marks = [("current", row["current"]), ("known-good", row["known_good_at"]),
+                 ("newest-known-good", row["newest_known_good"]),
+                 (f"FAILED {_when(row['failed_at'])}", row["failed_at"]),
+                 ("pinned", row["pinned"]),
+                 (f"rolled-back-from (#{row['rolled_back_by']} {_when(row['rolled_back_at'])})",
+                  row["rolled_back_at"])]
+        return ", ".join(name for name, on in marks if on) or "-"
+    _table([(r["release"], _when(r["first_seen"]), state(r)) for r in data["releases"]],
+           ("RELEASE", "FIRST SEEN (UTC)", "STATE"), out)
+
+
 PRINTERS: dict[str, Printer] = {
     "status": _status, "events": _events, "backups": _backups, "explain": _explain,
-    "timeline": _markdown,
+    "timeline": _markdown, "releases": _releases,
 }
 
 
@@ -243,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     timeline.add_argument("--hours", type=int)
     add("backups", "backups and their restore tests").add_argument("--limit", type=int)
     add("restore-test", "run a restore test now").add_argument("--dump")
+    releases = add("releases", "releases (current, known-good, failed, pinned, rolled back "
+                   "from); clear-failed RELEASE clears a failed mark")
+    releases.add_argument("verb", nargs="?", choices=("clear-failed",))
+    releases.add_argument("release", nargs="?", help="fingerprint or its first characters")
+    releases.add_argument("--limit", type=int)
     rollback = add("rollback", "app rollback now; db/pg-hba/docker-daemon: plan, confirm, approve")
     rollback.add_argument("what", choices=("app", "db", "pg-hba", "docker-daemon"))
     rollback.add_argument("--dump", help="dump name in the backups folder (rollback db)")
@@ -266,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _args_for(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     picks = {"events": ("limit", "since_id", "kind"), "explain": ("id",),
              "timeline": ("action_id", "hours"), "backups": ("limit",),
-             "restore-test": ("dump",), "freeze": ("reason",)}
+             "restore-test": ("dump",), "freeze": ("reason",), "releases": ("limit",)}
     args = {k: getattr(ns, k) for k in picks.get(ns.command, ()) if getattr(ns, k) is not None}
     return ns.command, args
 
@@ -422,15 +440,27 @@ def _exit_code(code: str) -> int:
     return EXIT_USAGE if code in USAGE_CODES else EXIT_FAILED
 
 
+def _rollback(ns: argparse.Namespace, session: Session) -> int:
+    if ns.what == "app":
+        return session.rollback_app(ns.to, plan_only=ns.plan, yes=ns.yes)
+    if ns.what == "db" and not ns.dump:
+        session.err.write("rollback db needs --dump NAME\n")
+        return EXIT_USAGE
+    return session.gated(GATED[ns.what], {"dump": ns.dump} if ns.what == "db" else {}, ns.yes)
+
+
+def _clear_failed(ns: argparse.Namespace, session: Session) -> int:
+    if not ns.release:
+        session.err.write("releases clear-failed needs RELEASE (see `releases`)\n")
+        return EXIT_USAGE
+    return session.finish(session.call("release-clear-failed", {"release": ns.release}))
+
+
 def run(ns: argparse.Namespace, session: Session) -> int:
     if ns.command == "rollback":
-        if ns.what == "app":
-            return session.rollback_app(ns.to, plan_only=ns.plan, yes=ns.yes)
-        if ns.what == "db" and not ns.dump:
-            session.err.write("rollback db needs --dump NAME\n")
-            return EXIT_USAGE
-        return session.gated(GATED[ns.what], {"dump": ns.dump} if ns.what == "db" else {},
-                             ns.yes)
+        return _rollback(ns, session)
+    if ns.command == "releases" and ns.verb == "clear-failed":
+        return _clear_failed(ns, session)
     if ns.command == "approve":
         return session.approve(ns.yes)
     if ns.command == "inspect":

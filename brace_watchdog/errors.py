@@ -13,7 +13,9 @@
     │   ├── PostgresError             PostgreSQL refused, timed out or answered wrongly
     │   └── HttpError                 an HTTP peer (Alertmanager, webhook) misbehaved
     └── ActionError                   a restore test, rollback or gated action failed at a stage
-        └── RefusedError              an action was refused by a guard (not a failure of anything)
+        ├── RefusedError              an action was refused by a guard (not a failure of anything)
+        └── OutageError               it stopped because the docker engine stayed unavailable:
+                                      no verdict on its target
 
 Messages are written for the operator: what was wrong and what to do.
 """
@@ -28,6 +30,7 @@ __all__ = [
     "DockerError",
     "FatalError",
     "HttpError",
+    "OutageError",
     "PostgresError",
     "RefusedError",
     "StateError",
@@ -114,3 +117,8 @@ class ActionError(WatchdogError):
 
 class RefusedError(ActionError):
     """A guard refused the action before anything was changed."""
+
+
+class OutageError(ActionError):
+    """An action stopped because the docker engine (or compose through it) stayed unavailable
+    past the step's deadline; it says nothing about the release it was rolling back to."""

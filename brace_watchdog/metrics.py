@@ -193,7 +193,8 @@ class Metrics:
 
     def _rollback(self) -> None:
         self.rollbacks = self._c(
-            "brace_rollbacks", "App rollbacks by result (succeeded, failed, dry_run).", ("result",))
+            "brace_rollbacks", "App rollbacks by result (succeeded, failed, outage, interrupted, "
+            "dry_run).", ("result",))
         self.rollback_last = self._g(
             "brace_rollback_last_timestamp_seconds", "Unix time of the last rollback action.")
         self.automation_frozen = self._g(

@@ -611,6 +611,17 @@ class StateStore:
         self.execute("UPDATE releases SET rolled_back_at = ?, rolled_back_by = ? "
                      "WHERE fingerprint = ?", (at, action_id, fingerprint))
 
+    def clear_release_failed(self, fingerprint: str) -> None:
+        self.execute("UPDATE releases SET failed_verification_at = NULL WHERE fingerprint = ?",
+                     (fingerprint,))
+
+    def releases(self, *, prefix: str = "", limit: int = 50) -> list[ReleaseRecord]:
+        """Releases (whose fingerprint starts with ``prefix``), most recently seen first."""
+        rows = self.query("SELECT * FROM releases WHERE substr(fingerprint, 1, ?) = ? "
+                          "ORDER BY first_seen DESC, id DESC LIMIT ?",
+                          (len(prefix), prefix, limit))
+        return [_release(row) for row in rows]
+
     def set_release_pinned(self, fingerprint: str, pinned: bool) -> None:
         self._write(lambda conn: conn.execute(
             "UPDATE releases SET pinned = ? WHERE fingerprint = ?", (int(pinned), fingerprint)))

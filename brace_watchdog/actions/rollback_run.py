@@ -32,9 +32,11 @@ import httpx
 from brace_watchdog.actions.gated import Progress
 from brace_watchdog.actions.image_archive import ImageArchive, archive_folder
 from brace_watchdog.actions.rollback_steps import (
+    EngineRetry,
     ProbeStreak,
     RollbackPlan,
     RollbackSteps,
+    engine_answers,
     verify_images,
     verify_probes,
 )
@@ -44,7 +46,7 @@ from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.config import RollbackConfig
-from brace_watchdog.errors import ActionError, AdapterError
+from brace_watchdog.errors import ActionError, AdapterError, OutageError
 from brace_watchdog.leadership import LeadershipLostError
 from brace_watchdog.releases import ReleaseObservation, build_release
 from brace_watchdog.runtime import Hub
@@ -53,7 +55,7 @@ from brace_watchdog.state import ActionRecord
 __all__ = ["Escalate", "FailingLogs", "RollbackChecks", "RollbackRequest", "RollbackRun",
            "RollbackVerdict", "Verdict"]
 
-Verdict = Literal["dry_run", "succeeded", "failed", "interrupted"]
+Verdict = Literal["dry_run", "succeeded", "failed", "outage", "interrupted"]
 Escalate = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 FailingLogs = Callable[[], Awaitable[dict[str, str]]]
 SOURCE = "rollback"
@@ -119,7 +121,8 @@ class RollbackRun:
                  *, escalate: Escalate, failing_logs: FailingLogs,
                  transport: httpx.AsyncBaseTransport | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 retry_wait: float = 1.0) -> None:
         self.hub = hub
         self.cfg = cfg
         self._docker = docker
@@ -129,6 +132,7 @@ class RollbackRun:
         self._transport = transport
         self._sleep = sleep
         self._monotonic = monotonic
+        self._retry_wait = retry_wait
 
     # -- one rollback ----------------------------------------------------------------------
     async def execute(self, plan: RollbackPlan, request: RollbackRequest, action_id: int,
@@ -150,8 +154,7 @@ class RollbackRun:
                     await self._handed_over(action_id, plan, "leadership lost mid-step", say)
                 raise
             except Exception as exc:  # any failure ends in freeze + escalate, never a retry
-                error = exc if isinstance(exc, ActionError) else ActionError("internal", repr(exc))
-                verdict = await self._fail(action_id, plan, request, error)
+                verdict = await self._fail(action_id, plan, request, exc)
                 await say("failed", verdict.message)
                 return verdict
         verdict = await self._succeed(action_id, plan, request, checks)
@@ -168,7 +171,8 @@ class RollbackRun:
         await say("running", f"running: {' '.join(plan.argv)}")
         archive = ImageArchive(self._docker, archive_folder(self.hub.config.daemon.state_path))
         return RollbackSteps(self._docker, self._compose, journal, before=confirm,
-                             archive=archive)
+                             archive=archive, retry=EngineRetry(self.cfg.engine_retry_seconds,
+                                                                wait=self._retry_wait))
 
     def begin(self, plan: RollbackPlan, request: RollbackRequest) -> int:
         """Journal the action; raises StateUnavailableError (nothing done) when the store is."""
@@ -251,20 +255,41 @@ class RollbackRun:
         return RollbackVerdict("succeeded", message, plan, action_id, checks=checks)
 
     async def _fail(self, action_id: int, plan: RollbackPlan, request: RollbackRequest,
-                    error: ActionError) -> RollbackVerdict:
-        target = plan.target.fingerprint
-        message = (f"rollback to {target[:12]} failed at {error.stage}: {error.message}; "
-                   "automatic actions frozen until an operator resumes them")
-        self.hub.store.journal_step(action_id, "failed", status="failed", result=message,
+                    exc: Exception) -> RollbackVerdict:
+        """End a rollback that did not succeed: a verdict on the target, or an outage (the
+        target's record untouched). Either way automation freezes and a human is asked."""
+        error = await self._judge(exc)
+        short = plan.target.short
+        outage = isinstance(error, OutageError)
+        result: Verdict = "outage" if outage else "failed"
+        if outage:
+            message = (f"rollback to {short} stopped at {error.stage}: {error.message}; an "
+                       f"engine outage is no verdict on release {short}, which is not marked "
+                       "failed; automatic actions frozen until an operator resumes them")
+        else:
+            message = (f"rollback to {short} failed at {error.stage}: {error.message}; "
+                       "automatic actions frozen until an operator resumes them")
+            self.hub.store.mark_release_failed_verification(plan.target.fingerprint,
+                                                            self.hub.clock())
+        self.hub.store.journal_step(action_id, result, status="failed", result=message,
                                     evidence={"stage": error.stage})
-        self.hub.store.mark_release_failed_verification(target, self.hub.clock())
-        self.hub.metrics.rollbacks.labels(result="failed").inc()
+        self.hub.metrics.rollbacks.labels(result=result).inc()
         evidence = {"action_id": action_id, "stage": error.stage, "error": error.message,
                     "plan": journal_data(plan, request)}
-        self.hub.freeze(f"rollback {action_id} failed", by=SOURCE, evidence=evidence)
-        await self._notify("rollback.failed", action_id, message, evidence)
-        await self._escalate("rollback_failed", message, evidence)
-        return RollbackVerdict("failed", message, plan, action_id, stage=error.stage)
+        why = "stopped by an engine outage" if outage else "failed"
+        self.hub.freeze(f"rollback {action_id} {why}", by=SOURCE, evidence=evidence)
+        await self._notify(f"rollback.{result}", action_id, message, evidence)
+        await self._escalate(f"rollback_{result}", message, evidence)
+        return RollbackVerdict(result, message, plan, action_id, stage=error.stage)
+
+    async def _judge(self, exc: Exception) -> ActionError:
+        """The error as an operator reads it; any failure while the engine does not answer is
+        an outage, not a verdict."""
+        error = exc if isinstance(exc, ActionError) else ActionError("internal", repr(exc))
+        if isinstance(error, OutageError) or await engine_answers(self._docker):
+            return error
+        return OutageError(error.stage, f"{error.message} (and the docker engine does not "
+                           "answer)")
 
     # -- crash recovery --------------------------------------------------------------------
     async def recover(self, action: ActionRecord) -> RollbackVerdict:

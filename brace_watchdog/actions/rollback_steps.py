@@ -20,24 +20,28 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from brace_watchdog.actions.image_archive import ImageArchive
 from brace_watchdog.adapters.compose import ComposeCLI, UpPlan
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.config import RollbackConfig
-from brace_watchdog.errors import ActionError, AdapterError
+from brace_watchdog.errors import ActionError, AdapterError, OutageError
 from brace_watchdog.monitors.health import probe
 from brace_watchdog.monitors.policy import is_healthy
 from brace_watchdog.releases import Release, build_release, diff, pin_tag
 
-__all__ = ["ProbeStreak", "RollbackPlan", "RollbackSteps", "Snapshot",
-           "build_plan", "pin_refs", "split_ref", "verify_images", "verify_probes"]
+__all__ = ["EngineRetry", "ProbeStreak", "RollbackPlan", "RollbackSteps", "Snapshot",
+           "build_plan", "engine_answers", "pin_refs", "split_ref", "verify_images",
+           "verify_probes"]
 
+T = TypeVar("T")
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -151,14 +155,47 @@ async def _go_ahead(step: str) -> None:
     del step
 
 
+@dataclass(frozen=True)
+class EngineRetry:
+    """Engine and compose errors are retried for ``within`` seconds (the step's deadline),
+    ``wait`` seconds apart; then the step stops with :class:`OutageError` — no verdict."""
+
+    within: float
+    wait: float = 1.0
+
+    async def call(self, stage: str, work: Callable[[], Awaitable[T]]) -> T:
+        retrying = AsyncRetrying(retry=retry_if_exception_type(AdapterError), reraise=True,
+                                 stop=stop_after_delay(self.within), wait=wait_fixed(self.wait))
+        async def attempt() -> T:
+            return await work()
+        try:
+            return await retrying(attempt)
+        except AdapterError as exc:
+            raise OutageError(stage, f"the docker engine stayed unavailable for "
+                              f"{self.within:.0f}s: {exc}") from None
+
+
+async def engine_answers(docker: DockerAdapter) -> bool:
+    try:
+        return await docker.ping()
+    except AdapterError:
+        return False
+
+
+DEFAULT_RETRY = EngineRetry(60.0)
+
+
 class RollbackSteps:
-    """Carries out a plan: retag, write the snapshot, run compose. Each step is journalled."""
+    """Carries out a plan: retag, write the snapshot, run compose. Each step is journalled;
+    engine errors are retried (:class:`EngineRetry`)."""
 
     def __init__(self, docker: DockerAdapter, compose: ComposeCLI, journal: Journal,
-                 before: Before = _go_ahead, *, archive: ImageArchive | None = None) -> None:
+                 before: Before = _go_ahead, *, archive: ImageArchive | None = None,
+                 retry: EngineRetry = DEFAULT_RETRY) -> None:
         self._docker = docker
         self._compose = compose
         self._journal = journal
+        self._retry = retry
         self._before = before
         self._archive = archive
 
@@ -172,10 +209,7 @@ class RollbackSteps:
         await self._before("snapshot")
         await self._write_snapshot(plan)
         await self._before("compose")
-        try:
-            result = await self._compose.up(plan.up)
-        except AdapterError as exc:
-            raise ActionError("compose", f"{exc}") from None
+        result = await self._retry.call("compose", partial(self._up, plan))
         output = replace(result, stdout=result.stdout[-4000:], stderr=result.stderr[-4000:],
                          duration_seconds=round(result.duration_seconds, 3))
         self._journal("compose_done", asdict(output))
@@ -185,25 +219,33 @@ class RollbackSteps:
         """Every known-good image in the engine: loaded from its archive when it was pruned."""
         loaded = []
         for image_id in sorted(set(plan.expected_images.values())):
-            try:
-                if await self._docker.image_id(image_id) is not None:
-                    continue
-                if self._archive is None or not await self._archive.restore(image_id):
-                    raise ActionError("images", f"known-good image {image_id[:19]} is gone from "
-                                      "the engine and not archived; cannot roll back to it")
-            except AdapterError as exc:
-                raise ActionError("images", f"loading {image_id[:19]}: {exc}") from None
-            loaded.append(image_id)
+            if await self._retry.call("images", partial(self._ensure_image, image_id)):
+                loaded.append(image_id)
         if loaded:
             self._journal("images_loaded", {"loaded": loaded})
 
+    async def _ensure_image(self, image_id: str) -> bool:
+        """True when ``image_id`` had to be loaded from its archive."""
+        if await self._docker.image_id(image_id) is not None:
+            return False
+        if self._archive is None or not await self._archive.restore(image_id):
+            raise ActionError("images", f"known-good image {image_id[:19]} is gone from the "
+                              "engine and not archived; cannot roll back to it")
+        return True
+
+    async def _up(self, plan: RollbackPlan) -> CommandResult:
+        """One compose run; its failure is retried only while the engine does not answer."""
+        try:
+            return await self._compose.up(plan.up)
+        except AdapterError as exc:
+            if await engine_answers(self._docker):
+                raise ActionError("compose", f"{exc}") from None
+            raise
+
     async def _retag(self, plan: RollbackPlan) -> None:
         for ref, image_id in plan.retags:
-            repository, tag = split_ref(ref)
-            try:
-                await self._docker.tag_image(image_id, repository, tag)
-            except AdapterError as exc:
-                raise ActionError("retag", f"retagging {ref}: {exc}") from None
+            await self._retry.call("retag", partial(self._docker.tag_image, image_id,
+                                                    *split_ref(ref)))
         if plan.retags:
             self._journal("retagged", {"retags": [list(r) for r in plan.retags]})
 
@@ -231,14 +273,19 @@ async def verify_images(docker: DockerAdapter, project: str, services: Sequence[
                         clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep,
                         beat: Callable[[], None] = lambda: None) -> dict[str, str]:
     """Wait until every service runs exactly the expected image ID (returned: the running
-    image ID per service); ActionError otherwise."""
+    image ID per service); ActionError otherwise, OutageError when the engine did not answer
+    until the deadline."""
     deadline = clock() + within
     while True:
         beat()
         try:
             obs = build_release(project, services, await docker.compose_containers(project))
         except AdapterError as exc:
-            raise ActionError("verify_images", str(exc)) from None
+            if clock() >= deadline:
+                raise OutageError("verify_images", f"the docker engine did not answer until "
+                                  f"the deadline ({within:.0f}s): {exc}") from None
+            await sleep(interval)
+            continue
         running = obs.release.image_ids() if obs.release else {}
         wrong = {s: running.get(s) for s in services if running.get(s) != expected.get(s)}
         if not wrong and not obs.not_running and not obs.mixed:

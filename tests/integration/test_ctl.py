@@ -102,3 +102,36 @@ async def test_failed_and_unavailable_exit_1(tmp_path: Path) -> None:
         run = await ctl("--socket", str(env.socket), "approve", "--yes",
                         stdin="bwt_not-a-token\n")
         assert run.code == 1 and "unknown token" in run.err
+
+
+async def test_releases_lists_marks_and_clear_failed_is_audited(tmp_path: Path) -> None:
+    async with control_server(tmp_path) as env:
+        store, sock = env.hub.store, ["--socket", str(env.socket)]
+        for fingerprint, seen in (("aaaa" * 16, 10.0), ("bbbb" * 16, 20.0), ("bbbc" * 16, 30.0)):
+            store.upsert_release(fingerprint, release={"working_dir": "/srv"}, first_seen=seen)
+        store.mark_known_good("aaaa" * 16, at=15.0, alembic_revision=None, compose_file="",
+                              compose_snapshot=None, env_snapshot=None)
+        store.mark_release_failed_verification("aaaa" * 16, 40.0)
+        store.mark_release_rolled_back("bbbb" * 16, at=35.0, action_id=3)
+        store.set_flag("rollback.current_release", {"release": {"fingerprint": "bbbc" * 16}})
+        run = await ctl(*sock, "releases")
+        assert run.code == 0, run
+        lines = run.out.splitlines()
+        assert lines[0].split() == ["RELEASE", "FIRST", "SEEN", "(UTC)", "STATE"]
+        assert lines[1].startswith("bbbc" * 3) and lines[1].endswith("current")
+        assert "rolled-back-from (#3" in lines[2]
+        assert "known-good, newest-known-good, FAILED" in lines[3]
+        assert (await ctl(*sock, "releases", "clear-failed", "bbb")).code == 2  # too short
+        run = await ctl(*sock, "releases", "clear-failed", "bbbb")
+        assert run.code == 2 and "at least 6" in run.err
+        run = await ctl(*sock, "releases", "clear-failed", "bbbbbbbbb")
+        assert run.code == 1 and "not marked failed" in run.err
+        assert (await ctl(*sock, "releases", "clear-failed")).code == 2
+        run = await ctl(*sock, "--json", "releases", "clear-failed", "aaaaaaaa")
+        assert run.code == 0 and run.json() == {"cleared": "aaaa" * 16, "failed_at": 40.0}
+        assert store.release("aaaa" * 16).failed_verification_at is None  # type: ignore[union-attr]
+        cleared = store.events(kinds=("release.failed_cleared",))
+        assert cleared and "root (uid 0) cleared the failed mark" in cleared[0].message
+        audit = [row for row in store.audit_log() if row["command"] == "release-clear-failed"]
+        assert "ok" in [row["outcome"] for row in audit]
+        assert "FAILED" not in (await ctl(*sock, "releases")).out

@@ -45,6 +45,7 @@ from prometheus_client import CollectorRegistry
 
 from brace_watchdog.actions.app_rollback import AppRollback
 from brace_watchdog.adapters.compose import ComposeCLI
+from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.component import Component
 from brace_watchdog.config import Config, parse_config
 from brace_watchdog.errors import StateUnavailableError
@@ -352,21 +353,31 @@ class RecordingNotifier:
 
 class Harness:
     """Runs the real components (health probes, rollback, optionally the database monitor)
-    each on its own interval in this event loop, over a real state file."""
+    each on its own interval in this event loop, over a real state file.
+
+    A component whose cycle raises fails the test when the harness closes (a crashed component
+    must not look like "nothing happened"); only the errors a test names in ``tolerate`` (say
+    ``DockerError`` while it breaks the engine) and a busy state file are collected instead
+    (``errors``, ``unavailable``) — the supervisor logs those and carries on too.
+    """
 
     def __init__(self, config: Config, *, extra: tuple[str, ...] = (),
-                 compose: ComposeCLI | None = None) -> None:
+                 compose: ComposeCLI | None = None, docker: DockerAdapter | None = None,
+                 tolerate: tuple[type[Exception], ...] = ()) -> None:
         self.store = StateStore(config.daemon.state_path).open()
         self.notifier = RecordingNotifier()
         self.hub = Hub(config=config, store=self.store,
                        metrics=Metrics(CollectorRegistry(), process=False),
                        notifier=self.notifier)
-        self.rollback = AppRollback(self.hub, compose=compose)
+        self.rollback = AppRollback(self.hub, compose=compose, docker=docker)
         self.components: list[Component] = [HealthMonitor(self.hub), self.rollback]
         if "database" in extra:
             self.components.insert(0, DatabaseMonitor(self.hub))
         self._tasks: list[asyncio.Task[None]] = []
         self.unavailable: list[StateUnavailableError] = []
+        self.tolerate = tolerate
+        self.errors: list[Exception] = []
+        self.crashes: list[tuple[str, Exception]] = []
 
     async def __aenter__(self) -> Harness:
         for component in self.components:
@@ -385,6 +396,9 @@ class Harness:
         for component in self.components:
             await component.stop()
         self.store.close()
+        if self.crashes:
+            name, exc = self.crashes[0]
+            raise AssertionError(f"component {name} raised in its cycle: {exc!r}") from exc
 
     async def _drive(self, component: Component) -> None:
         while True:
@@ -392,6 +406,11 @@ class Harness:
                 await component.cycle()
             except StateUnavailableError as exc:  # the supervisor logs it and carries on too
                 self.unavailable.append(exc)
+            except Exception as exc:
+                if not isinstance(exc, self.tolerate):
+                    self.crashes.append((component.name, exc))
+                    raise
+                self.errors.append(exc)
             self.hub.progress.beat(component.name)
             await asyncio.sleep(component.interval())
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from brace_watchdog.control.commands import gated, operate, read
+from brace_watchdog.control.commands import gated, operate, read, releases
 from brace_watchdog.control.commands.base import Command, Context
 
 __all__ = ["REGISTRY", "Command", "Context"]
 
-REGISTRY: dict[str, Command] = {c.name: c for c in (*read.COMMANDS, *operate.COMMANDS,
-                                                     *gated.COMMANDS)}
+REGISTRY: dict[str, Command] = {c.name: c for c in (*read.COMMANDS, *releases.COMMANDS,
+                                                     *operate.COMMANDS, *gated.COMMANDS)}
