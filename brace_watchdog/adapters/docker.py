@@ -116,7 +116,8 @@ class DockerAdapter:
     async def containers_with_label(self, label: str) -> list[tuple[str, dict[str, str]]]:
         """``(id, labels)`` of every container, running or not, carrying ``label`` (k or k=v)."""
         def find() -> list[tuple[str, dict[str, str]]]:
-            found = self.client.containers.list(all=True, filters={"label": label})
+            found = self.client.containers.list(all=True, filters={"label": label},
+                                                ignore_removed=True)
             return [(str(c.id), dict(c.labels)) for c in found]
         return await self.call(find)
 
@@ -132,10 +133,11 @@ class DockerAdapter:
 
     # -- compose releases ------------------------------------------------------------------
     async def compose_containers(self, project: str) -> list[ComposeContainer]:
-        """Every container (running or not) of a compose project, from its compose labels."""
+        """Every container (running or not) of a compose project, from its compose labels; one
+        removed between the listing and its inspection (compose recreating it) is left out."""
         def find() -> list[ComposeContainer]:
             found = self.client.containers.list(
-                all=True, filters={"label": f"{_COMPOSE}.project={project}"})
+                all=True, filters={"label": f"{_COMPOSE}.project={project}"}, ignore_removed=True)
             return [_compose_container(c.attrs) for c in found]
         return await self.call(find)
 
