@@ -101,3 +101,47 @@ async def test_rollback_to_a_chosen_release_plans_confirms_and_runs(stack: Stack
     finally:
         assert stop_daemon(daemon) == 0
     assert stack.running_images() == stack.all_on("v1")
+
+
+async def test_every_ctl_command_against_a_real_daemon(stack: Stack, tmp_path: Path) -> None:
+    """The commands not driven elsewhere against a real daemon, each once through its socket
+    (the gated rollbacks are refused at their pre-checks here: their integration tests run
+    them through)."""
+    state, sock = tmp_path / "state.db", ["--socket", str(tmp_path / "control.sock")]
+    stack.deploy("v1")
+    daemon = start_daemon(write_daemon_config(stack, tmp_path), tmp_path / "daemon.log")
+    try:
+        known = await daemon_event(state, "release.known_good")
+        ok = {"status": ["status"], "events": ["events", "--kind", "release.known_good"],
+              "explain": ["explain", str(known.id)], "timeline": ["timeline"],
+              "backups": ["backups"], "releases": ["releases"],
+              "freeze": ["freeze", "--reason", "maintenance"], "unfreeze": ["unfreeze"],
+              "ack": ["ack"]}
+        for name, argv in ok.items():
+            run = await ctl(*sock, *argv)
+            assert run.code == 0, (name, run)
+        assert "newest-known-good" in (await ctl(*sock, "releases")).out
+        assert "is known-good" in (await ctl(*sock, "explain", str(known.id))).out
+        failing = {"releases clear-failed": (["releases", "clear-failed", known.evidence[
+                       "release"]["fingerprint"][:12]], "not marked failed"),
+                   "restore-test": (["restore-test"], "unavailable"),
+                   "rollback db": (["rollback", "db", "--dump", "x.dump", "--yes"],
+                                   "no dump named 'x.dump'"),
+                   "rollback pg-hba": (["rollback", "pg-hba", "--yes"], "error ("),
+                   "rollback docker-daemon": (["rollback", "docker-daemon", "--yes"],
+                                              "error ("),
+                   "inspect": (["inspect"], "unknown token"),
+                   "approve": (["approve", "--yes"], "unknown token")}
+        for name, (argv, why) in failing.items():
+            run = await ctl(*sock, *argv, stdin="bwt_not-a-token\n")
+            assert run.code == 1 and why in run.err, (name, run)
+    finally:
+        assert stop_daemon(daemon) == 0
+    store = StateStore(state).open()
+    try:
+        audited = {row["command"] for row in store.audit_log(limit=1000)}
+    finally:
+        store.close()
+    assert {"status", "events", "explain", "timeline", "backups", "releases", "freeze",
+            "unfreeze", "ack", "release-clear-failed", "restore-test", "rollback-db",
+            "rollback-pg-hba", "rollback-docker-daemon", "inspect"} <= audited
