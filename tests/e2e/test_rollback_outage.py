@@ -90,4 +90,3 @@ async def test_a_long_engine_outage_stops_without_a_verdict(stack: Stack, tmp_pa
         assert h.metric("brace_rollbacks_total", result="failed") == 0
         assert h.events("action.rollback.compose_done") == []
         await proxy.mend()
-    assert h.errors, "the tracker saw the outage too"
