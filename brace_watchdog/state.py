@@ -167,6 +167,10 @@ _MIGRATIONS: list[str] = [
         last_failing_at REAL
     );
     """,
+    # version 5: every config file of a release (-f files, .env, env_file targets) by path
+    """
+    ALTER TABLE releases ADD COLUMN config_files BLOB
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -233,6 +237,7 @@ class ReleaseRecord:
     extra: dict[str, Any]
     rolled_back_at: float | None = None
     rolled_back_by: int | None = None
+    config_files: bytes | None = None
 
 
 class StateStore:
@@ -580,19 +585,23 @@ class StateStore:
 
     def mark_known_good(self, fingerprint: str, *, at: float, alembic_revision: str | None,
                         compose_file: str, compose_snapshot: bytes | None,
-                        env_snapshot: bytes | None, extra: dict[str, Any] | None = None) -> None:
-        row = (at, alembic_revision, compose_file, compose_snapshot, env_snapshot,
+                        env_snapshot: bytes | None, extra: dict[str, Any] | None = None,
+                        config_files: bytes | None = None) -> None:
+        row = (at, alembic_revision, compose_file, compose_snapshot, env_snapshot, config_files,
                _dumps(extra or {}), fingerprint)
         self._write(lambda conn: conn.execute(
             "UPDATE releases SET known_good_at = ?, alembic_revision = ?, compose_file = ?, "
-            "compose_snapshot = ?, env_snapshot = ?, extra = ? WHERE fingerprint = ?", row))
+            "compose_snapshot = ?, env_snapshot = ?, config_files = ?, extra = ? "
+            "WHERE fingerprint = ?", row))
 
     def set_release_config(self, fingerprint: str, *, compose_file: str,
-                           compose_snapshot: bytes | None, env_snapshot: bytes | None) -> None:
+                           compose_snapshot: bytes | None, env_snapshot: bytes | None,
+                           config_files: bytes | None = None) -> None:
         """Keep the config a release was deployed with (first sighting only; never replaced)."""
-        row = (compose_file, compose_snapshot, env_snapshot, fingerprint)
+        row = (compose_file, compose_snapshot, env_snapshot, config_files, fingerprint)
         self._write(lambda conn: conn.execute(
-            "UPDATE releases SET compose_file = ?, compose_snapshot = ?, env_snapshot = ? "
+            "UPDATE releases SET compose_file = ?, compose_snapshot = ?, env_snapshot = ?, "
+            "config_files = ? "
             "WHERE fingerprint = ? AND compose_snapshot IS NULL", row))
 
     def known_good_releases(self, limit: int = 10) -> list[ReleaseRecord]:
@@ -781,4 +790,5 @@ def _release(row: sqlite3.Row) -> ReleaseRecord:
         compose_file=row["compose_file"], compose_snapshot=row["compose_snapshot"],
         env_snapshot=row["env_snapshot"], failed_verification_at=row["failed_verification_at"],
         pinned=bool(row["pinned"]), extra=json.loads(row["extra"]),
-        rolled_back_at=row["rolled_back_at"], rolled_back_by=row["rolled_back_by"])
+        rolled_back_at=row["rolled_back_at"], rolled_back_by=row["rolled_back_by"],
+        config_files=row["config_files"])

@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from brace_watchdog.actions.config_snapshot import ConfigSnapshot, read_files
 from brace_watchdog.actions.gated import Progress
 from brace_watchdog.actions.release_tracker import ReleaseTracker, read_snapshot
 from brace_watchdog.actions.rollback_policy import Decision, PolicyInput, decide
@@ -88,7 +89,7 @@ class AppRollback(Component):
         self._sleep = sleep
         self._monotonic = monotonic
         self._snapshot_root = hub.config.daemon.state_path.parent / "releases"
-        self.tracker = ReleaseTracker(hub, self._docker, self.cfg, self._clock())
+        self.tracker = ReleaseTracker(hub, self._docker, self.cfg, self._clock(), self._compose)
         self._episode: tuple[str, str, str | None] | None = None
         self._decision: Decision | None = None
         self._engine_error = ""
@@ -102,8 +103,8 @@ class AppRollback(Component):
 
     def reconfigure(self, config: Config) -> None:
         self.cfg = self.tracker.cfg = config.rollback
-        self._compose = ComposeCLI(self.cfg.compose_command,
-                                   timeout=self.cfg.compose_timeout_seconds)
+        self._compose = self.tracker.compose = ComposeCLI(
+            self.cfg.compose_command, timeout=self.cfg.compose_timeout_seconds)
 
     async def start(self) -> None:
         self.tracker.load()
@@ -330,20 +331,27 @@ class AppRollback(Component):
             raise RefusedError("plan", "no known-good release recorded yet")
         target = Release.from_dict(known_good.release)
         snapshot = Snapshot(Path(known_good.compose_file or self.cfg.compose_file).name,
-                            known_good.compose_snapshot, known_good.env_snapshot)
-        on_disk = await asyncio.to_thread(read_snapshot,
-                                          Path(known_good.compose_file or self.cfg.compose_file),
-                                          target.working_dir)
+                            known_good.compose_snapshot, known_good.env_snapshot,
+                            ConfigSnapshot.from_blob(known_good.config_files))
+        matches = await asyncio.to_thread(self._disk_matches, known_good, snapshot)
         current = self.tracker.running
         if self.cfg.driver == "compose":
             await self._compose.detect()  # the argv depends on the version (--pull never)
         plan = build_plan(self.cfg, target, current, snapshot=snapshot,
-                          disk_matches_snapshot=on_disk == (snapshot.compose, snapshot.env),
+                          disk_matches_snapshot=matches,
                           snapshot_dir=self._snapshot_root / target.short, compose=self._compose)
         users = await self._docker.tag_users([ref for ref, _ in plan.retags])
         conflicts = retag_conflicts(plan.retags, project=self.cfg.project,
                                     services=self.cfg.services, users=users)
         return replace(plan, conflicts=conflicts)
+
+    def _disk_matches(self, known_good: ReleaseRecord, snapshot: Snapshot) -> bool:
+        """Whether the config files on disk are still the known-good ones (blocking)."""
+        if snapshot.files is not None:
+            return read_files(snapshot.files.paths) == snapshot.files
+        on_disk = read_snapshot(Path(known_good.compose_file or self.cfg.compose_file),
+                                Release.from_dict(known_good.release).working_dir)
+        return on_disk == (snapshot.compose, snapshot.env)
 
     async def _start(self, request: RollbackRequest,
                      progress: Progress | None = None) -> RollbackVerdict | None:

@@ -6,10 +6,11 @@ fingerprint changes (event + ``brace_deploys_total{change}``), publishes each se
 (a ``service:<name>`` sample in the rollback window, ``brace_service_up``), keeps the running
 release's health evidence in the state store (:mod:`~brace_watchdog.actions.promotion_policy`),
 and promotes a release the daemon watched healthy for ``stable_after_seconds`` to *known-good*:
-stored with its tags, image IDs, the Alembic revision and the snapshot of the compose file and
-``.env`` taken when the release was first seen (its deploy: an edit during the stability window
-is not "known-good"), its images pinned under daemon-owned tags and saved as archives
-(:mod:`~brace_watchdog.actions.image_archive`: a tag does not survive ``docker system prune
+stored with its tags, image IDs, the Alembic revision and the snapshot of its config files
+(:mod:`~brace_watchdog.actions.config_snapshot`: every ``-f`` file, ``.env`` and every
+``env_file:`` target) taken when the release was first seen (its deploy: an edit during the
+stability window is not "known-good"), its images pinned under daemon-owned tags and saved as
+archives (:mod:`~brace_watchdog.actions.image_archive`: a tag does not survive ``docker system prune
 -af``, an archive does); the pins and archives of releases no longer needed are released. The
 running release is kept in a state flag, so a restart neither mistakes it for a deploy nor
 forgets a grace period.
@@ -23,9 +24,11 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 
+from brace_watchdog.actions.config_snapshot import ConfigSnapshot, read_files, referenced_files
 from brace_watchdog.actions.image_archive import ImageArchive, archive_folder
 from brace_watchdog.actions.promotion_policy import ReleaseHealth, observe, promotion
 from brace_watchdog.actions.rollback_steps import pin_refs
+from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.config import RollbackConfig
 from brace_watchdog.errors import AdapterError
@@ -51,8 +54,10 @@ SOURCE = "rollback"
 class ReleaseTracker:
     """The rollback component's memory of releases; ``cfg`` is replaced on reload."""
 
-    def __init__(self, hub: Hub, docker: DockerAdapter, cfg: RollbackConfig, now: float) -> None:
+    def __init__(self, hub: Hub, docker: DockerAdapter, cfg: RollbackConfig, now: float,
+                 compose: ComposeCLI | None = None) -> None:
         self.hub = hub
+        self.compose = compose
         self.cfg = cfg
         self._docker = docker
         self.current: Release | None = None
@@ -183,29 +188,48 @@ class ReleaseTracker:
         source = Path(release.config_files[0]) if release.config_files else self.cfg.compose_file
         return source if source.exists() else self.cfg.compose_file
 
-    async def _keep_config(self, release: Release) -> None:
-        """Snapshot the compose file and ``.env`` when the release is first seen (its deploy),
-        so an edit during the stability window never becomes the known-good config."""
+    def _compose_files(self, release: Release, source: Path) -> list[str]:
+        return [f for f in release.config_files if Path(f).exists()] or [str(source)]
+
+    async def _read_config(self, release: Release) -> tuple[Path, bytes | None, bytes | None,
+                                                             ConfigSnapshot]:
+        """The release's compose file, ``.env`` and the snapshot of every file its stack reads
+        (every ``-f`` file, ``.env``, every ``env_file:`` target), as they are on disk now."""
         source = self._config_source(release)
         compose, env = await asyncio.to_thread(read_snapshot, source, release.working_dir)
+        files = self._compose_files(release, source)
+        project_dir = release.working_dir or str(Path(files[0]).parent)
+        config = None
+        if self.compose is not None and self.cfg.driver == "compose":
+            config = await self.compose.config_json(files, self.cfg.project, project_dir)
+        paths = referenced_files(config, files, project_dir)
+        return source, compose, env, await asyncio.to_thread(read_files, paths)
+
+    async def _keep_config(self, release: Release) -> None:
+        """Snapshot the config files when the release is first seen (its deploy), so an edit
+        during the stability window never becomes the known-good config."""
+        source, compose, env, files = await self._read_config(release)
         self.hub.store.set_release_config(release.fingerprint, compose_file=str(source),
-                                          compose_snapshot=compose, env_snapshot=env)
+                                          compose_snapshot=compose, env_snapshot=env,
+                                          config_files=files.to_blob())
 
     async def _promote(self, release: Release, now: float, why: str,
                        revision: str | None) -> None:
         kept = self.hub.store.release(release.fingerprint)
         compose: bytes | None
+        files: ConfigSnapshot | None
         if kept is not None and kept.compose_snapshot is not None:  # taken at the deploy
-            source, compose, env = (Path(kept.compose_file), kept.compose_snapshot,
-                                    kept.env_snapshot)
+            source, compose, env, files = (Path(kept.compose_file), kept.compose_snapshot,
+                                           kept.env_snapshot,
+                                           ConfigSnapshot.from_blob(kept.config_files))
         else:
-            source = self._config_source(release)
-            compose, env = await asyncio.to_thread(read_snapshot, source, release.working_dir)
+            source, compose, env, files = await self._read_config(release)
         pins = await self._pin(release)
         archived = await self._archive(release)
         self.hub.store.mark_known_good(
             release.fingerprint, at=now, alembic_revision=revision, compose_file=str(source),
             compose_snapshot=compose, env_snapshot=env,
+            config_files=files.to_blob() if files is not None else None,
             extra={"tags": {s.service: s.image_ref for s in release.services}, "pins": pins,
                    "archived": archived})
         self.hub.store.set_release_pinned(release.fingerprint, bool(pins))
@@ -214,7 +238,8 @@ class ReleaseTracker:
                         evidence={"release": release.to_dict(), "alembic_revision": revision,
                                   "compose_file": str(source), "pins": pins,
                                   "archived": archived,
-                                  "snapshot": compose is not None, "env_snapshot": env is not None})
+                                  "snapshot": compose is not None, "env_snapshot": env is not None,
+                                  "config_files": list(files.paths) if files else []})
         self.set_release_metric("known_good", release.fingerprint)
         await self._release_old_pins()
 

@@ -4,7 +4,8 @@
   :class:`RollbackPlan`: the tags the known-good containers ran with are pointed back at the
   known-good image IDs (in both modes: a tag is mutable, so compose must find exactly the
   known-good image under it and never pull); in ``retag`` mode, when the config changed too, the
-  daemon's snapshot of the known-good compose file (and ``.env``) is used with the original
+  daemon's snapshot of the known-good config files (every ``-f`` file, ``.env``, every
+  ``env_file:`` target) is written back to their places before compose runs in the original
   working dir and project; in ``release_dir`` mode the compose command runs in the known-good
   release's own directory.
 * :class:`RollbackSteps` executes a plan through the docker and compose adapters.
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from brace_watchdog.actions.config_snapshot import ConfigSnapshot, write_back
 from brace_watchdog.actions.image_archive import ImageArchive
 from brace_watchdog.adapters.compose import ComposeCLI, UpPlan
 from brace_watchdog.adapters.docker import DockerAdapter
@@ -48,11 +50,13 @@ Sleep = Callable[[float], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The known-good compose file and ``.env`` as the daemon kept them."""
+    """The known-good compose file and ``.env`` as the daemon kept them, and every config file
+    of the stack (``files``; None in a record from before the daemon kept them all)."""
 
     compose_name: str
     compose: bytes | None
     env: bytes | None
+    files: ConfigSnapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class RollbackPlan:
     argv: tuple[str, ...]
     snapshot: Snapshot | None = field(default=None, compare=False)
     conflicts: tuple[str, ...] = ()
+    config_files: tuple[str, ...] = ()  # the files the snapshot writes back
 
     @property
     def expected_images(self) -> dict[str, str]:
@@ -78,7 +83,7 @@ class RollbackPlan:
                 "current": self.current.to_dict() if self.current else None,
                 "retags": [{"tag": ref, "image_id": image} for ref, image in self.retags],
                 "config_changed": self.config_changed, "use_snapshot": self.use_snapshot,
-                "snapshot_dir": self.snapshot_dir,
+                "snapshot_dir": self.snapshot_dir, "config_files": list(self.config_files),
                 "up": self.up.to_dict(), "argv": list(self.argv),
                 "expected_images": self.expected_images, "conflicts": list(self.conflicts)}
 
@@ -94,7 +99,8 @@ class RollbackPlan:
                    use_snapshot=bool(data["use_snapshot"]), snapshot_dir=str(data["snapshot_dir"]),
                    up=UpPlan(**{**up, "files": tuple(up["files"]),
                                 "services": tuple(up["services"])}),
-                   argv=tuple(data["argv"]), conflicts=tuple(data.get("conflicts", ())))
+                   argv=tuple(data["argv"]), conflicts=tuple(data.get("conflicts", ())),
+                   config_files=tuple(data.get("config_files", ())))
 
 
 @dataclass(frozen=True)
@@ -115,12 +121,14 @@ def build_plan(cfg: RollbackConfig, target: Release, current: Release | None, *,
                compose: ComposeCLI) -> RollbackPlan:
     """Decide the concrete steps; pure (writing the snapshot happens when the plan runs).
 
-    In ``retag`` mode the snapshot is used when the compose file or ``.env`` on disk no longer
-    match what the known-good release ran with (a config deploy); otherwise the file on disk is
-    the known-good config and only the tags need to move back.
+    In ``retag`` mode the snapshot is used when a config file on disk no longer matches what the
+    known-good release ran with (a config deploy): every kept file is written back to its place
+    and compose runs with them; otherwise the files on disk are the known-good config and only
+    the tags need to move back.
     """
     changed = _config_changed(target, current)
-    use_snapshot = (snapshot is not None and snapshot.compose is not None
+    use_snapshot = (snapshot is not None and (snapshot.compose is not None
+                                              or snapshot.files is not None)
                     and not disk_matches_snapshot)
     services = tuple(cfg.services)
     # In both modes the tags the known-good containers ran with are pointed back at their image
@@ -132,6 +140,11 @@ def build_plan(cfg: RollbackConfig, target: Release, current: Release | None, *,
         files = target.config_files or (str(cfg.compose_file),)
         up = UpPlan(files=tuple(files), project=cfg.project, services=services,
                     cwd=target.working_dir or str(Path(files[0]).parent))
+    elif use_snapshot and snapshot is not None and snapshot.files is not None:
+        files = target.config_files or (str(cfg.compose_file),)
+        workdir = target.working_dir or str(Path(files[0]).parent)
+        up = UpPlan(files=tuple(files), project=cfg.project, services=services, cwd=workdir,
+                    project_directory=workdir)
     elif use_snapshot and snapshot is not None:
         env_file = str(snapshot_dir / ".env") if snapshot.env is not None else ""
         workdir = target.working_dir or str(cfg.compose_file.parent)
@@ -144,7 +157,9 @@ def build_plan(cfg: RollbackConfig, target: Release, current: Release | None, *,
     return RollbackPlan(mode=cfg.mode, target=target, current=current, retags=retags,
                         config_changed=changed, use_snapshot=use_snapshot and cfg.mode == "retag",
                         snapshot_dir=str(snapshot_dir), up=up,
-                        argv=tuple(compose.up_argv(up)), snapshot=snapshot)
+                        argv=tuple(compose.up_argv(up)), snapshot=snapshot,
+                        config_files=(snapshot.files.paths if use_snapshot and snapshot is not None
+                                      and snapshot.files is not None else ()))
 
 
 Journal = Callable[[str, dict[str, Any]], None]
@@ -253,6 +268,9 @@ class RollbackSteps:
         snap = plan.snapshot
         if not plan.use_snapshot or snap is None:
             return
+        if snap.files is not None:
+            await self._write_back(snap.files)
+            return
         folder = Path(plan.snapshot_dir)
 
         def write() -> None:
@@ -266,6 +284,14 @@ class RollbackSteps:
             raise ActionError("snapshot", f"cannot write the compose snapshot to {folder}: "
                               f"{exc.strerror}") from None
         self._journal("snapshot_written", {"folder": str(folder)})
+
+    async def _write_back(self, files: ConfigSnapshot) -> None:
+        try:
+            written = await asyncio.to_thread(write_back, files)
+        except OSError as exc:
+            raise ActionError("snapshot", f"cannot write the known-good config back to "
+                              f"{exc.filename}: {exc.strerror}") from None
+        self._journal("snapshot_written", {"files": written})
 
 
 async def verify_images(docker: DockerAdapter, project: str, services: Sequence[str],

@@ -12,6 +12,7 @@ a failure is a :class:`~brace_watchdog.errors.CommandError` carrying the output'
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,22 @@ class ComposeCLI:
     def up_args(self) -> list[str]:
         """``up -d --no-build [--pull never]``: recreate from local images only."""
         return ["up", "-d", "--no-build", *(["--pull", "never"] if self.pull_never else [])]
+
+    async def config_json(self, files: Sequence[str], project: str,
+                          cwd: str) -> dict[str, Any] | None:
+        """The stack's config with its ``env_file:`` paths (``config --no-env-resolution
+        --format json``); None under a compose that cannot print it (1.29) or when it fails."""
+        if not has_pull_option(await self.detect()):  # 1.29: no JSON, env files merged away
+            return None
+        argv = [*self.command, *(a for f in files for a in ("-f", f)), "-p", project,
+                "config", "--no-env-resolution", "--format", "json"]
+        try:
+            result = await self._run(argv, timeout=min(self.timeout, 30.0),
+                                     cwd=Path(cwd) if cwd else None)
+            config = json.loads(result.stdout)
+        except (AdapterError, ValueError):
+            return None
+        return config if isinstance(config, dict) else None
 
     async def up(self, plan: UpPlan) -> CommandResult:
         """Recreate ``plan.services`` from the given files; CommandError on failure."""

@@ -155,16 +155,44 @@ async def test_config_only_bad_deploy_rolls_back_to_the_snapshot(stack: Stack,
         deploy = await h.wait_event("deploy")
         assert deploy.evidence["change"] == "config"
         done = await h.wait_event("rollback.succeeded", timeout=40)
-        assert "compose file on disk still holds the bad config" in done.message
+        assert f"written back over the bad one: {stack.compose_file}" in done.message
         action = h.store.actions(kind="rollback")[0]
         assert action.plan["use_snapshot"] is True
-        snapshot_file = Path(action.plan["up"]["files"][0])
-        assert snapshot_file.read_text() == good_file
-        assert snapshot_file.parent != stack.root
+        assert action.plan["up"]["files"] == [str(stack.compose_file)]
         assert action.plan["up"]["project_directory"] == str(stack.root)
-        assert "HEALTH_STATUS" in stack.compose_file.read_text()  # the operator's file untouched
+        assert stack.compose_file.read_text() == good_file  # written back before the up
         status = h.rollback.status()
         assert status["current"]["fingerprint"] == good
+        assert stack.running_images() == stack.all_on("v1")
+
+
+@pytest.mark.parametrize("stack", [COMPOSE_V2], ids=["compose-v5"], indirect=True)
+async def test_bad_env_file_deploy_rolls_back_to_the_known_good_env_file(
+        stack: Stack, tmp_path: Path) -> None:
+    """Only the backend's ``env_file:`` target changes: the snapshot taken at the deploy holds
+    it (compose v2+ lists env files; 1.29 cannot), and the rollback writes it back before the
+    up. A symlink put in its place is replaced, not followed."""
+    (stack.root / "conf").mkdir()
+    env_file = stack.root / "conf" / "backend.env"
+    env_file.write_text("GREETING=good\n")
+    stack.deploy("v1", backend_env_file="conf/backend.env")
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        await known_good(h)
+        elsewhere = tmp_path / "elsewhere.env"
+        elsewhere.write_text("HEALTH_STATUS=500\n")
+        env_file.unlink()
+        env_file.symlink_to(elsewhere)  # the bad config, reached through a symlink
+        stack.deploy("v1", backend_env_file="conf/backend.env")
+        deploy = await h.wait_event("deploy")
+        assert deploy.evidence["change"] == "config"
+        done = await h.wait_event("rollback.succeeded", timeout=40)
+        assert str(env_file) in done.message
+        action = h.store.actions(kind="rollback")[0]
+        assert str(env_file) in action.plan["config_files"]
+        written = h.events("action.rollback.snapshot_written")
+        assert str(env_file) in written[0].evidence["files"]
+        assert not env_file.is_symlink() and env_file.read_text() == "GREETING=good\n"
+        assert elsewhere.read_text() == "HEALTH_STATUS=500\n"  # the symlink was not followed
         assert stack.running_images() == stack.all_on("v1")
 
 

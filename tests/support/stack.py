@@ -206,9 +206,11 @@ class Stack:
 
     def write_compose(self, backend_env: dict[str, str] | None = None,
                       backend_command: list[str] | None = None,
-                      env: dict[str, dict[str, str]] | None = None) -> None:
+                      env: dict[str, dict[str, str]] | None = None,
+                      backend_env_file: str = "") -> None:
         """``backend_env``, and per service ``env``, add environment variables;
-        ``backend_command`` replaces the backend's command."""
+        ``backend_command`` replaces the backend's command; ``backend_env_file`` (a path
+        relative to the compose file's folder) is the backend's ``env_file:``."""
         env = {**(env or {}), "backend": {**(env or {}).get("backend", {}), **(backend_env or {})}}
 
         def service(name: str, own: dict[str, str]) -> str:
@@ -216,6 +218,8 @@ class Stack:
                      "    restart: always",
                      "    volumes:", f"      - {self.root}/override:/srv/override:ro",
                      "    stop_grace_period: 2s", "    labels:", f'      {TEST_LABEL}: "1"']
+            if name == "backend" and backend_env_file:
+                lines.append(f"    env_file: [{json.dumps(backend_env_file)}]")
             if name == "backend" and backend_command is not None:
                 lines.append(f"    command: {json.dumps(backend_command)}")
             lines.append("    environment:")
@@ -247,10 +251,12 @@ class Stack:
 
     def deploy(self, backend: str = "v1", backend_env: dict[str, str] | None = None, *,
                release_dir: str | None = None, backend_command: list[str] | None = None,
-               env: dict[str, dict[str, str]] | None = None, wait: bool = True) -> float:
+               env: dict[str, dict[str, str]] | None = None, wait: bool = True,
+               backend_env_file: str = "") -> float:
         """Release ``backend`` (v1/v2) with ``backend_env`` (and per service ``env``) — in its
         own release folder with its own tags when ``release_dir`` names one, with
-        ``backend_command`` when given (:data:`HANGING`, :data:`CRASHING`); return the compose
+        ``backend_command`` when given (:data:`HANGING`, :data:`CRASHING`), with
+        ``backend_env_file`` as the backend's ``env_file:``; return the compose
         run's seconds. ``wait``: until the backend and frontend ports accept connections."""
         if release_dir is not None:
             self.release = release_dir
@@ -258,7 +264,7 @@ class Stack:
         self.set_image("backend", backend)
         for name in ("frontend", *WORKERS):
             self.set_image(name, "v1")
-        self.write_compose(backend_env, backend_command, env)
+        self.write_compose(backend_env, backend_command, env, backend_env_file)
         (self.root / "override").mkdir(exist_ok=True)
         started = time.monotonic()
         result = self.compose("up", "-d", "--no-build")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from brace_watchdog.actions.config_snapshot import ConfigSnapshot
 from brace_watchdog.actions.rollback_steps import RollbackPlan, Snapshot, build_plan, split_ref
 from brace_watchdog.adapters.compose import ComposeCLI, UpPlan, has_pull_option
 from brace_watchdog.adapters.process import CommandResult
@@ -57,6 +58,20 @@ def test_retag_with_changed_file_uses_the_snapshot_in_the_original_project_dir()
     assert p.argv[-10:-6] == ("--project-directory", "/srv/brace/infra", "--env-file",
                              "/var/snap/.env")
     assert p.to_dict()["use_snapshot"] is True
+
+
+def test_full_snapshot_is_written_back_and_compose_runs_with_the_original_files() -> None:
+    files = ConfigSnapshot((("/srv/brace/infra/docker-compose.prod.yml", b"services: {}\n"),
+                            ("/srv/brace/infra/.env", None),
+                            ("/srv/brace/infra/conf/backend.env", b"A=1\n")))
+    p = plan(disk_matches_snapshot=False, snapshot=replace(SNAP, files=files))
+    assert p.use_snapshot and p.config_files == files.paths
+    assert p.up == UpPlan(files=("/srv/brace/infra/docker-compose.prod.yml",), project="brace",
+                          services=("backend", "frontend"), cwd="/srv/brace/infra",
+                          project_directory="/srv/brace/infra")
+    journalled = RollbackPlan.from_dict(json.loads(json.dumps(p.to_dict())))
+    assert journalled.config_files == files.paths and journalled.up == p.up
+    assert plan(snapshot=replace(SNAP, files=files)).config_files == ()  # disk still matches
 
 
 def test_snapshot_without_env_passes_no_env_file() -> None:
