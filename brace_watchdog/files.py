@@ -6,7 +6,10 @@ copies it into a private folder and refuses (:class:`ContentChangedError`) when 
 not what was approved, so the copy is exactly the approved bytes. Files created in shared folders
 use ``O_CREAT | O_EXCL | O_NOFOLLOW`` (:func:`create_exclusive`) and are published under their
 final name with ``link()``, which never replaces or follows what is already there
-(:func:`publish`). Private folders are ``mkdtemp`` folders (mode 0700) under a root-owned parent.
+(:func:`publish`). A file rewritten in place is replaced atomically (:func:`install_bytes`:
+``mkstemp`` in the same folder, mode and owner kept, ``os.replace`` — a symlink there is
+replaced, not followed). Private folders are ``mkdtemp`` folders (mode 0700) under a root-owned
+parent.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import BinaryIO
 from brace_watchdog.errors import RefusedError
 
 __all__ = ["ContentChangedError", "FileIdentity", "copy_verified", "create_exclusive",
-           "identify", "identify_bytes", "private_dir", "publish", "read_nofollow"]
+           "identify", "identify_bytes", "install_bytes", "private_dir", "publish", "read_nofollow"]
 
 CHUNK = 1024 * 1024
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -144,3 +147,23 @@ def publish(source: Path, dest: Path, mode: int = 0o640) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
+
+
+def install_bytes(data: bytes, path: Path, *, like: Path | None = None) -> None:
+    """Replace ``path`` atomically with ``data`` (a symlink at ``path`` is replaced, not
+    followed), keeping ``path``'s mode and owner (or ``like``'s when ``path`` does not exist;
+    ``mkstemp``'s 0600 and the daemon's user when neither does)."""
+    source = path if path.exists() else like
+    info = source.stat() if source is not None else None
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        if info is not None:
+            os.chmod(temp, info.st_mode & 0o7777)
+            os.chown(temp, info.st_uid, info.st_gid)
+        os.replace(temp, path)
+    finally:
+        Path(temp).unlink(missing_ok=True)

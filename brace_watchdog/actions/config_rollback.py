@@ -27,7 +27,6 @@ import difflib
 import json
 import os
 import socket
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +54,7 @@ from brace_watchdog.errors import (
     PostgresError,
     RefusedError,
 )
-from brace_watchdog.files import create_exclusive, identify_bytes, read_nofollow
+from brace_watchdog.files import create_exclusive, identify_bytes, install_bytes, read_nofollow
 from brace_watchdog.runtime import Hub
 
 __all__ = ["DockerDaemonRollback", "FilePair", "PgHbaRollback", "check_binding",
@@ -135,23 +134,6 @@ def keep_copy(data: bytes, like: Path, copy: Path) -> None:
         os.fchmod(out.fileno(), info.st_mode & 0o7777)
         os.fsync(out.fileno())
     os.utime(copy, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
-
-
-def install_bytes(data: bytes, path: Path, *, like: Path) -> None:
-    """Replace ``path`` atomically with ``data``, keeping ``path``'s mode and owner (or
-    ``like``'s when ``path`` does not exist)."""
-    info = (path if path.exists() else like).stat()
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, info.st_mode & 0o7777)
-        os.chown(temp, info.st_uid, info.st_gid)
-        os.replace(temp, path)
-    finally:
-        Path(temp).unlink(missing_ok=True)
 
 
 def _read_bytes(path: Path, what: str) -> bytes:

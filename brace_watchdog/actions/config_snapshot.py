@@ -6,8 +6,8 @@
 * :class:`ConfigSnapshot` holds their contents (``None``: the file did not exist) and serialises to
   the state store's ``config_files`` blob.
 * :func:`read_files` reads them from disk; :func:`write_back` restores them, each atomically
-  (temporary file in the same folder, then a rename that replaces a symlink instead of following
-  it).
+  (:func:`~brace_watchdog.files.install_bytes`: temporary file in the same
+  folder, then a rename that replaces a symlink instead of following it; mode and owner kept).
 
 The ``env_file:`` targets come from ``compose config --no-env-resolution --format json``
 (:meth:`~brace_watchdog.adapters.compose.ComposeCLI.config_json`): compose 1.29 has no such
@@ -17,15 +17,14 @@ output, so under it the snapshot holds the ``-f`` files and ``.env`` only.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
-import stat
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from brace_watchdog.files import install_bytes
 
 __all__ = ["ConfigSnapshot", "read_files", "referenced_files", "write_back"]
 
@@ -93,20 +92,6 @@ def write_back(snapshot: ConfigSnapshot) -> list[str]:
     for path, data in snapshot.files:
         if data is None:
             continue
-        target = Path(path)
-        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            with contextlib.suppress(FileNotFoundError):
-                mode = target.lstat().st_mode
-                if stat.S_ISREG(mode):
-                    os.chmod(temp, stat.S_IMODE(mode))
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        install_bytes(data, Path(path))
         written.append(path)
     return written
