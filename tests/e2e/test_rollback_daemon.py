@@ -16,6 +16,8 @@ from tests.support.stack import (
     BOTH_COMPOSES,
     Stack,
     daemon_event,
+    kill_daemon,
+    slow_compose,
     start_daemon,
     stop_daemon,
     write_daemon_config,
@@ -145,3 +147,57 @@ async def test_every_ctl_command_against_a_real_daemon(stack: Stack, tmp_path: P
     assert {"status", "events", "explain", "timeline", "backups", "releases", "freeze",
             "unfreeze", "ack", "release-clear-failed", "restore-test", "rollback-db",
             "rollback-pg-hba", "rollback-docker-daemon", "inspect"} <= audited
+
+
+# (journal step to SIGKILL at, compose ``up`` delay so the step is caught before compose runs,
+#  what the restarted daemon must conclude)
+KILL_STEPS = [("action.rollback.begin", 60, "interrupted"),
+              ("action.rollback.retagged", 60, "interrupted"),
+              ("action.rollback.compose_done", 0, "succeeded"),
+              ("action.rollback.images_verified", 0, "succeeded")]
+
+
+@pytest.mark.parametrize(("step", "delay", "outcome"), KILL_STEPS,
+                         ids=[s.rsplit(".", 1)[1] for s, _, _ in KILL_STEPS])
+async def test_sigkill_at_each_journal_step_reconciles(stack: Stack, tmp_path: Path, step: str,
+                                                       delay: int, outcome: str) -> None:
+    """SIGKILL the daemon (and its compose run) right after ``step`` is journalled: the
+    restarted daemon completes the rollback (verification only) or marks it interrupted,
+    freezes and escalates — and never repeats a retag or a compose run."""
+    state = tmp_path / "state.db"
+    stack.deploy("v1")
+    slow = {"compose_command": slow_compose(delay, stack.compose_command)} if delay else {}
+    # a long verification, so a kill after images_verified lands before probes_verified
+    config = write_daemon_config(stack, tmp_path, verify_successes=12, **slow)
+    daemon = start_daemon(config, tmp_path / "daemon.log")
+    try:
+        await daemon_event(state, "release.known_good")
+        stack.deploy("v2")
+        await daemon_event(state, step, timeout=60)
+    finally:
+        kill_daemon(daemon)
+    restarted = start_daemon(write_daemon_config(stack, tmp_path, verify_successes=12),
+                             tmp_path / "daemon.log")
+    try:
+        end = await daemon_event(state, "action.rollback.interrupted", "rollback.succeeded",
+                                 timeout=60)
+        await asyncio.sleep(2)
+    finally:
+        assert stop_daemon(restarted) == 0
+    store = StateStore(state).open()
+    try:
+        actions = store.actions(kind="rollback")
+        assert [a.status for a in actions] == [outcome], (end, actions)
+        for once in ("action.rollback.retagged", "action.rollback.compose_done"):
+            assert len(store.events(kinds=(once,))) <= 1, once
+        if outcome == "interrupted":
+            assert store.flag("automation_frozen") is not None
+            assert store.events(kinds=("action.rollback.compose_done",)) == []
+            escalation = store.events(kinds=("escalation",))[-1]
+            assert escalation.evidence["reason"] == "rollback_interrupted"
+        else:
+            assert store.events(kinds=("action.rollback.resumed",))
+    finally:
+        store.close()
+    expected = "v2" if outcome == "interrupted" else "v1"
+    assert stack.running_images()["backend"] == stack.images[expected]
