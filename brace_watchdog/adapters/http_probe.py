@@ -2,14 +2,18 @@
 
 The health monitor probes two URLs every few seconds for the daemon's whole life. Measured here
 (``bench/bench_footprint.py``), one ``httpx.AsyncClient.get`` costs ~1.7 ms of CPU per cold probe
-while a request on a kept-alive asyncio stream costs a fraction of that, and the brief's footprint
-target (CPU per probe at most 0.5x prometheus-blackbox-exporter) is out of reach with the former.
-This prober does exactly what a probe needs and no more: send ``GET``, read the status, drain the
-body so the connection can be reused, and report the status. The HTTP/1.1 parsing and framing
-(Content-Length, chunked, close-delimited, HTTP/1.0, 1xx, header size limit) is ``h11``'s — the
-sans-IO parser httpx itself is built on. A body larger than ``BODY_LIMIT`` is not drained: the
-status is already known, so the connection is closed instead. Everything else (Alertmanager,
-webhooks, verification) uses httpx.
+while writing a pre-built request on a kept-alive asyncio stream costs ~0.26 ms, and the brief's
+footprint target (CPU per probe at most 0.5x prometheus-blackbox-exporter) is out of reach with the
+former. This prober does exactly what a probe needs and no more: send ``GET``, read the status
+line and headers (1xx interim answers skipped, at most ``HEADER_LIMIT``), drain the body
+(Content-Length, chunked, or until close) so the connection can be reused, and report the status.
+A body past ``BODY_LIMIT`` is not drained: the status is known, so the connection is dropped
+instead. Everything else (Alertmanager, webhooks, verification) uses httpx.
+
+Why not ``h11`` (the sans-IO parser under httpx)? It was tried: the footprint benchmark measured
+its exchange at ~0.5 ms CPU per cold probe against ~0.2 ms for a raw stream request, which took
+the daemon from 0.46x to 0.85x blackbox_exporter's CPU per probe (target 0.5x);
+``bench/bench_footprint.py`` keeps measuring both paths (``probe_path_h11``).
 
 A request on a reused connection that fails before any byte of the answer arrived is retried
 once on a fresh connection: the server may have closed an idle keep-alive connection.
@@ -21,14 +25,10 @@ import asyncio
 import ssl
 from urllib.parse import urlsplit
 
-import h11
-
 __all__ = ["HttpProbeError", "KeepAliveProber"]
 
 HEADER_LIMIT = 64 * 1024
 BODY_LIMIT = 1024 * 1024
-_READ_SIZE = 64 * 1024
-_END = h11.EndOfMessage()
 
 
 class HttpProbeError(Exception):
@@ -52,11 +52,10 @@ class KeepAliveProber:
         self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host_header = parts.netloc.rsplit("@", 1)[-1]
-        self._request = h11.Request(method="GET", target=path, headers=[
-            ("Host", host_header), ("User-Agent", user_agent), ("Accept", "*/*")])
+        self._request = (f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\n"
+                         f"User-Agent: {user_agent}\r\nAccept: */*\r\n\r\n").encode("latin-1")
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._http: h11.Connection | None = None
 
     async def get(self) -> int:
         """One probe; raises TimeoutError or HttpProbeError, never anything else for the network."""
@@ -66,7 +65,11 @@ class KeepAliveProber:
         except (TimeoutError, HttpProbeError):
             self.close()
             raise
-        except (OSError, h11.LocalProtocolError, ValueError) as exc:
+        except asyncio.LimitOverrunError:
+            self.close()
+            raise HttpProbeError(f"not an HTTP/1.x answer: headers past {HEADER_LIMIT} bytes"
+                                 ) from None
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             self.close()
             raise HttpProbeError(f"{type(exc).__name__}: {exc}") from None
 
@@ -86,15 +89,21 @@ class KeepAliveProber:
     async def _exchange(self) -> int:
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(
-                self._host, self._port, ssl=self._ssl)
-            self._http = h11.Connection(h11.CLIENT, max_incomplete_event_size=HEADER_LIMIT)
-        assert self._reader is not None and self._http is not None
-        self._writer.write(self._http.send(self._request) + self._http.send(_END))
+                self._host, self._port, ssl=self._ssl, limit=HEADER_LIMIT)
+        assert self._reader is not None
+        self._writer.write(self._request)
         await self._writer.drain()
-        status, reusable = await _read_answer(self._reader, self._http)
-        if reusable:
-            self._http.start_next_cycle()
-        else:
+        try:
+            head = await self._reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise _StaleConnection from None
+            raise
+        status, headers = _parse_head(head)
+        while 100 <= status < 200 and status != 101:  # interim answers: the real one follows
+            status, headers = _parse_head(await self._reader.readuntil(b"\r\n\r\n"))
+        keep_alive = await _drain_body(self._reader, headers)
+        if not keep_alive:
             self.close()
         return status
 
@@ -102,30 +111,56 @@ class KeepAliveProber:
         if self._writer is not None:
             self._writer.close()
         self._reader = self._writer = None
-        self._http = None
 
 
-async def _read_answer(reader: asyncio.StreamReader, http: h11.Connection) -> tuple[int, bool]:
-    """The final status and whether the connection may carry the next request."""
-    status, body, answered = 0, 0, False
-    while True:
-        try:
-            event = http.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise HttpProbeError(f"not an HTTP/1.x answer: {exc}") from None
-        if event is h11.NEED_DATA:
-            data = await reader.read(_READ_SIZE)
-            if not data and not answered:
-                raise _StaleConnection
-            answered = True
-            http.receive_data(data)
-        elif isinstance(event, h11.Response):
-            status = event.status_code
-        elif isinstance(event, h11.Data):
-            body += len(event.data)
-            if body > BODY_LIMIT:
-                return status, False
-        elif isinstance(event, h11.EndOfMessage):
-            return status, http.our_state is h11.DONE and http.their_state is h11.DONE
-        elif isinstance(event, h11.ConnectionClosed):
-            raise HttpProbeError("connection closed in the middle of the answer")
+def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code = rest[:3]
+    if not version.startswith("HTTP/1.") or not code.isdigit():
+        raise HttpProbeError(f"not an HTTP/1.x answer: {lines[0][:80]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip().lower()
+    if version == "HTTP/1.0" and "keep-alive" not in headers.get("connection", ""):
+        headers["connection"] = "close"
+    return int(code), headers
+
+
+async def _drain_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bool:
+    """Read and discard the body; True when the connection may be reused (never past
+    ``BODY_LIMIT``: a longer body costs the connection, not an unbounded read)."""
+    close = "close" in headers.get("connection", "")
+    if "chunked" in headers.get("transfer-encoding", ""):
+        total = 0
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+            total += size
+            if total > BODY_LIMIT:
+                return False
+            await reader.readexactly(size + 2) if size else await _drain_trailers(reader)
+            if not size:
+                return not close
+    if "content-length" in headers:
+        length = int(headers["content-length"])
+        if length > BODY_LIMIT:
+            return False
+        await reader.readexactly(length)
+        return not close
+    await _read_at_most(reader, BODY_LIMIT)
+    return False
+
+
+async def _read_at_most(reader: asyncio.StreamReader, limit: int) -> None:
+    """Read until the peer closes, or until ``limit`` bytes were read (then stop)."""
+    left = limit
+    while left > 0 and (chunk := await reader.read(min(left, 64 * 1024))):
+        left -= len(chunk)
+
+
+async def _drain_trailers(reader: asyncio.StreamReader) -> None:
+    while await reader.readuntil(b"\r\n") != b"\r\n":
+        pass
