@@ -522,10 +522,8 @@ async def remove_docker_orphans(docker: DockerAdapter, *,
         owner = labels.get(OWNER_LABEL, "")
         if labels.get(OWNER_NS_LABEL, ours) != ours:
             continue
-        mine = owner == str(os.getpid())
-        if mine and not (own_idle is not None and own_idle()):
-            continue
-        if not mine and owner.isdigit() and alive(int(owner)):
+        if owner.isdigit() and alive(int(owner)) and not (
+                owner == str(os.getpid()) and own_idle is not None and own_idle()):
             continue
         await docker.remove_container(container_id)
         removed.append(container_id)

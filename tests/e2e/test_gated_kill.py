@@ -167,7 +167,7 @@ def _compose(writers: Writers, *args: str) -> None:
 
 DB_STEPS = {
     "stopping_writers": ("compose-stop", ["writers: stopping", "writers are STOPPING",
-                                          "up -d backend"]),
+                                          "up -d --no-build backend"]),
     "safety_dump": ("pg_dump", ["writers: stopped", "no safety dump was completed",
                                 "writers are STOPPED"]),
     "restoring": ("pg_restore", ["database: restoring", "safety_dump: brace_safety_",

@@ -37,7 +37,7 @@ from tests.integration.restore_fixtures import (
     others_alive,
     source_cluster,
 )
-from tests.support.pg import BraceDump, PgCluster, make_brace_dump
+from tests.support.pg import PG_BIN, BraceDump, PgCluster, make_brace_dump
 from tests.support.pgwheel import PgInstall
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -198,7 +198,7 @@ async def test_timeout_fails_and_cleans(good_dump: Path) -> None:
 
 
 async def test_orphans_of_dead_owner_are_removed(good_dump: Path) -> None:
-    server = LocalServer(good_dump)
+    server = LocalServer(good_dump, bin_dir=str(PG_BIN))
     await server.start()
     assert server.workdir is not None and server.workdir.exists()
     kept = await remove_local_orphans()
@@ -317,19 +317,19 @@ async def test_failure_is_recorded_announced_and_counted(tmp_path: Path) -> None
 
 
 async def test_initdb_template_is_reused_only_when_trusted(good_dump: Path) -> None:
-    first = LocalServer(good_dump)
+    first = LocalServer(good_dump, bin_dir=str(PG_BIN))
     await first.start()
     await first.stop()
     templates = list(TMP.glob(f"{TEMPLATE_PREFIX}*"))
     assert templates, "the first start leaves a pristine initdb template"
-    second = LocalServer(good_dump)
+    second = LocalServer(good_dump, bin_dir=str(PG_BIN))
     assert second._trusted_template(templates[0])
     async with second:
         assert (await second.server_major())[0] == 15
     os.chmod(templates[0], 0o755)  # a template others could have written is not used
     try:
         assert not second._trusted_template(templates[0])
-        async with LocalServer(good_dump) as third:
+        async with LocalServer(good_dump, bin_dir=str(PG_BIN)) as third:
             assert (await third.query("select 1")) == [["1"]]
     finally:
         os.chmod(templates[0], 0o700)
