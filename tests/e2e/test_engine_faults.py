@@ -55,6 +55,18 @@ def _until(daemon: Daemon, metric: str, value: float, timeout: float = 30.0) -> 
         daemon.drain(0.3)
 
 
+def _ride_out_the_outage(daemon: Daemon) -> None:
+    """The engine stays away for OUTAGE_SECONDS: probes go on, the watchdog stays healthy and
+    is pinged."""
+    probes, seen = daemon.total("brace_health_probes_total{"), []
+    deadline = time.monotonic() + OUTAGE_SECONDS
+    while time.monotonic() < deadline:
+        seen += daemon.drain(2.0)
+        assert daemon.sample("brace_watchdog_watchdog_healthy") == 1.0
+    assert daemon.total("brace_health_probes_total{") > probes
+    assert seen.count("WATCHDOG=1") >= OUTAGE_SECONDS / 4, seen
+
+
 def test_engine_down_30s_while_idle(engine: PrivateDockerd, tmp_path: Path) -> None:
     compose = tmp_path / "docker-compose.yml"
     compose.write_text("services: {}\n")
@@ -69,13 +81,7 @@ def test_engine_down_30s_while_idle(engine: PrivateDockerd, tmp_path: Path) -> N
             _until(daemon, ROLLBACK_UP, 1.0)
             engine.stop()
             _until(daemon, ROLLBACK_UP, 0.0)
-            probes, seen = daemon.total("brace_health_probes_total{"), []
-            deadline = time.monotonic() + OUTAGE_SECONDS
-            while time.monotonic() < deadline:
-                seen += daemon.drain(2.0)
-                assert daemon.sample("brace_watchdog_watchdog_healthy") == 1.0
-            assert daemon.total("brace_health_probes_total{") > probes
-            assert seen.count("WATCHDOG=1") >= OUTAGE_SECONDS / 4, seen
+            _ride_out_the_outage(daemon)
             assert (daemon.sample('brace_watchdog_component_errors_total{component="rollback"}')
                     or 0) > 1
             engine.start()
@@ -164,13 +170,7 @@ def test_engine_down_30s_during_a_restore_test(engine: PrivateDockerd, pg_cluste
                 daemon.wait_for("READY=1", timeout=60)
                 _until_logged(daemon, "restore test: restoring ")
                 engine.stop()
-                probes, seen = daemon.total("brace_health_probes_total{"), []
-                deadline = time.monotonic() + OUTAGE_SECONDS
-                while time.monotonic() < deadline:
-                    seen += daemon.drain(2.0)
-                    assert daemon.sample("brace_watchdog_watchdog_healthy") == 1.0
-                assert daemon.total("brace_health_probes_total{") > probes
-                assert seen.count("WATCHDOG=1") >= OUTAGE_SECONDS / 4, seen
+                _ride_out_the_outage(daemon)
                 assert _count(daemon.state_path, results) == 1          # failed, exactly once
                 engine.start()
                 _until_count(daemon, "SELECT count(*) FROM events WHERE kind = "
