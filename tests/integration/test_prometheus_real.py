@@ -24,6 +24,7 @@ import pytest
 from tests.support.daemon import Daemon
 from tests.support.net import free_port
 from tests.support.pg import PgCluster, make_brace_dump
+from tests.support.procs import terminate
 from tests.support.skips import skip_missing
 from tests.support.webserver import SwitchableServer, switchable_server
 
@@ -82,13 +83,7 @@ class Prometheus:
         return result
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout=15)
         self.log.close()
 
 

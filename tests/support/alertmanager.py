@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.net import free_port
+from tests.support.procs import terminate
 from tests.support.skips import skip_missing
 
 __all__ = ["Alertmanager", "start_alertmanager"]
@@ -42,13 +43,7 @@ class Alertmanager:
         httpx.post(f"{self.url}/api/v2/silences", json=body, timeout=5).raise_for_status()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 def start_alertmanager(tmp_path: Path, port: int | None = None) -> Alertmanager:
