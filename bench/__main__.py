@@ -1,4 +1,5 @@
-"""The benchmark suite runner: ``python -m bench [--quick] [--only NAME ...]`` (``make bench``).
+"""The benchmark suite runner: ``python -m bench [--quick] [--only NAME ...] [--render]``
+(``make bench``).
 
 Runs every benchmark as its own subprocess, one after another (never in parallel: they measure
 CPU and latency), collects each one's JSON from ``bench/results/`` and writes
@@ -220,13 +221,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs of every benchmark")
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         choices=[b.name for b in BENCHMARKS], help="run only NAME (repeatable)")
+    parser.add_argument("--render", action="store_true",
+                        help="run nothing: rewrite RESULTS.md from the results on disk")
     args = parser.parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     wall = time.monotonic()
     facts = machine_facts()
-    outcomes = [run_one(b, args.quick) if not args.only or b.name in args.only else previous(b)
+    outcomes = [run_one(b, args.quick)
+                if not args.render and (not args.only or b.name in args.only) else previous(b)
                 for b in BENCHMARKS]
-    command = "python -m bench" + (" --quick" if args.quick else "") + "".join(
+    command = "python -m bench" + (" --quick" if args.quick else "") + (
+        " --render" if args.render else "") + "".join(
         f" --only {name}" for name in args.only)
     RESULTS_MD.write_text(render(outcomes, facts, quick=args.quick, command=command,
                                  started=started, total_seconds=time.monotonic() - wall),
