@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from brace_watchdog import __version__
+from brace_watchdog import __version__, failpoints
 from brace_watchdog.actions.restore_test import cli_restore_test
 from brace_watchdog.config import load_config
 from brace_watchdog.daemon import Supervisor
@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         config = load_config(args.config)
+        failpoints.armed()
     except ConfigError as exc:
         print(f"brace-watchdog: {exc}", file=sys.stderr)
         return EXIT_USAGE

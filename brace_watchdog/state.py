@@ -31,6 +31,7 @@ from typing import Any
 
 import tenacity
 
+from brace_watchdog import failpoints
 from brace_watchdog.errors import StateError, StateUnavailableError, WatchdogError
 
 __all__ = ["ActionRecord", "Event", "ReleaseRecord", "StateStore", "StoreHealth"]
@@ -508,6 +509,7 @@ class StateStore:
         ids: tuple[int, int] = self._write(op, queue=False)
         action_id, event_id = ids
         self._kinds[action_id] = kind
+        failpoints.hit("journal:begin")
         if self.on_event is not None:
             self.on_event(f"action.{kind}.begin", origin, "info", message, event_id)
         return action_id
@@ -533,6 +535,8 @@ class StateStore:
                 "'unknown') || '.' || ?, 'journal', ?, ?, ?, ?)", event).lastrowid or 0)
 
         event_id = int(self._write(op) or 0)
+        if event_id:  # committed, not queued
+            failpoints.hit(f"journal:{step}")
         if self.on_event is not None:
             kind = f"action.{self._kinds.get(action_id, 'unknown')}.{step}"
             self.on_event(kind, "journal", severity, result or step, event_id)
