@@ -38,7 +38,7 @@ from brace_watchdog.actions.gated import (
     Progress,
     Step,
     StepJournal,
-    compose_base,
+    compose_project,
     stamp,
     verify_health,
     wait_until,
@@ -225,7 +225,7 @@ class PgHbaRollback(_ConfigRollback):
     def _reload_argv(self) -> list[str]:
         if self.cfg.reload_command:
             return list(self.cfg.reload_command)
-        return [*compose_base(self.hub.config), "restart", self.hub.config.database.service]
+        return compose_project(self.hub.config).argv("restart", self.hub.config.database.service)
 
     async def plan(self, args: dict[str, Any]) -> Plan:
         if not self.hub.config.database.dsn:
@@ -439,8 +439,8 @@ class DockerDaemonRollback(_ConfigRollback):
             journal.checkpoint(services="not checked (verify_services = [])")
             return
         env = {"DOCKER_HOST": self.cfg.docker_host} if self.cfg.docker_host else None
-        result = await self._run([*compose_base(self.hub.config), "ps", "--services",
-                                  "--filter", "status=running"], env=env)
+        result = await self._run(compose_project(self.hub.config).argv(
+            "ps", "--services", "--filter", "status=running"), env=env)
         missing = sorted(set(services) - set(result.stdout.split()))
         if missing:
             journal.checkpoint(services=f"not running: {missing}")

@@ -57,13 +57,13 @@ from brace_watchdog.actions.gated import (
     Progress,
     Step,
     StepJournal,
-    compose_base,
+    compose_project,
     stamp,
     verify_health,
     wait_until,
 )
 from brace_watchdog.actions.restore_run import RestoreRun, server_factory, shielded
-from brace_watchdog.adapters.compose import ComposeCLI
+from brace_watchdog.adapters.compose import ComposeCLI, ComposeProject
 from brace_watchdog.adapters.pgservice import SERVICE, dsn_secrets, pg_service
 from brace_watchdog.adapters.process import CommandResult, run_command
 from brace_watchdog.config import DbRollbackConfig
@@ -211,15 +211,17 @@ class DbRollback:
     async def _up_args(self) -> list[str]:
         """``up -d --no-build [--pull never]`` for this compose: writers come back from the images
         they ran, never rebuilt or pulled."""
-        compose = ComposeCLI(self.cfg.compose_command or self.hub.config.rollback.compose_command,
-                             timeout=self.cfg.step_timeout_seconds)
+        compose = ComposeCLI(self._project().command, timeout=self.cfg.step_timeout_seconds)
         await compose.detect()
         return compose.up_args()
 
-    def compose(self, *args: str) -> list[str]:
+    def _project(self) -> ComposeProject:
         cfg = self.cfg
-        return [*compose_base(self.hub.config, command=cfg.compose_command,
-                              file=cfg.compose_file, project=cfg.project), *args]
+        return compose_project(self.hub.config, command=cfg.compose_command,
+                               file=cfg.compose_file, project=cfg.project)
+
+    def compose(self, *args: str) -> list[str]:
+        return self._project().argv(*args)
 
     async def _run(self, argv: Sequence[str], *, timeout: float | None = None,
                    check: bool = True) -> CommandResult:

@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_fixed
 
+from brace_watchdog.adapters.compose import ComposeProject
 from brace_watchdog.config import Config
 from brace_watchdog.errors import ActionError, WatchdogError
 from brace_watchdog.leadership import LeadershipLostError
@@ -27,7 +28,7 @@ from brace_watchdog.monitors.health import probe
 from brace_watchdog.runtime import Hub
 
 __all__ = ["Advice", "GatedAction", "GatedFailure", "Plan", "Progress", "Step", "StepJournal",
-           "compose_base", "probe_health", "resolve_interrupted", "stamp", "verify_health",
+           "compose_project", "probe_health", "resolve_interrupted", "stamp", "verify_health",
            "wait_until"]
 
 T = TypeVar("T")
@@ -205,12 +206,13 @@ async def verify_health(hub: Hub, *, attempts: int, wait_seconds: float) -> str:
     return result
 
 
-def compose_base(config: Config, *, command: Sequence[str] = (), file: Path | None = None,
-                 project: str = "") -> list[str]:
-    """``<compose> -f FILE -p PROJECT``; empty overrides inherit from ``[rollback]``."""
+def compose_project(config: Config, *, command: Sequence[str] = (), file: Path | None = None,
+                    project: str = "") -> ComposeProject:
+    """The compose project a gated action addresses; empty overrides inherit from
+    ``[rollback]``."""
     rollback = config.rollback
-    return [*(command or rollback.compose_command), "-f", str(file or rollback.compose_file),
-            "-p", project or rollback.project]
+    return ComposeProject(tuple(command or rollback.compose_command),
+                          (str(file or rollback.compose_file),), project or rollback.project)
 
 
 GATED_KINDS = ("db_rollback", "pg_hba_rollback", "docker_daemon_rollback")

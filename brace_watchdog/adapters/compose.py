@@ -1,4 +1,6 @@
-"""The compose CLI adapter: ``<compose_command> … up -d --no-build [--pull never] --no-deps …``.
+"""The compose CLI adapter: every compose command line (``<compose_command> -f FILE… -p PROJECT
+[--project-directory DIR] [--env-file FILE] <subcommand>…``, see :class:`ComposeProject`) and the
+rollback's ``up -d --no-build [--pull never] --no-deps …``.
 
 Works with both ``docker compose`` (the v2+ plugin; tested with v5) and ``docker-compose`` (1.29):
 the argv prefix comes from ``[rollback] compose_command``. A rollback never builds and never
@@ -21,11 +23,35 @@ from typing import Any
 from brace_watchdog.adapters.process import CommandResult, run_command
 from brace_watchdog.errors import AdapterError
 
-__all__ = ["ComposeCLI", "UpPlan", "has_pull_option"]
+__all__ = ["ComposeCLI", "ComposeProject", "UpPlan", "has_pull_option"]
 
 PULL_SINCE = (2, 8)  # ``up --pull never`` exists from compose v2.8 on
 
 Runner = Callable[..., Awaitable[CommandResult]]
+
+
+@dataclass(frozen=True)
+class ComposeProject:
+    """One compose project as the CLI addresses it: the argv prefix (``["docker", "compose"]``),
+    its files, its name, and optionally its project directory and env file."""
+
+    command: tuple[str, ...]
+    files: tuple[str, ...]
+    name: str
+    project_directory: str = ""
+    env_file: str = ""
+
+    def argv(self, *args: str) -> list[str]:
+        """``<command> -f FILE… -p NAME [--project-directory DIR] [--env-file FILE] ARGS…``."""
+        argv = list(self.command)
+        for file in self.files:
+            argv += ["-f", file]
+        argv += ["-p", self.name]
+        if self.project_directory:
+            argv += ["--project-directory", self.project_directory]
+        if self.env_file:
+            argv += ["--env-file", self.env_file]
+        return [*argv, *args]
 
 
 @dataclass(frozen=True)
@@ -81,16 +107,17 @@ class ComposeCLI:
     def pull_never(self) -> bool:
         return has_pull_option(self.version or "")
 
+    def project(self, files: Sequence[str], name: str, *, project_directory: str = "",
+                env_file: str = "") -> ComposeProject:
+        """The project ``files``/``name`` addressed through this CLI."""
+        return ComposeProject(self.command, tuple(files), name,
+                              project_directory=project_directory, env_file=env_file)
+
     def up_argv(self, plan: UpPlan) -> list[str]:
-        argv = list(self.command)
-        for file in plan.files:
-            argv += ["-f", file]
-        argv += ["-p", plan.project]
-        if plan.project_directory:
-            argv += ["--project-directory", plan.project_directory]
-        if plan.env_file:
-            argv += ["--env-file", plan.env_file]
-        return [*argv, *self.up_args(), "--no-deps", *plan.services]
+        """The rollback's ``up``: only ``plan.services``, from local images, no dependencies."""
+        project = self.project(plan.files, plan.project, project_directory=plan.project_directory,
+                               env_file=plan.env_file)
+        return project.argv(*self.up_args(), "--no-deps", *plan.services)
 
     def up_args(self) -> list[str]:
         """``up -d --no-build [--pull never]``: recreate from local images only."""
@@ -102,8 +129,8 @@ class ComposeCLI:
         --format json``); None under a compose that cannot print it (1.29) or when it fails."""
         if not has_pull_option(await self.detect()):  # 1.29: no JSON, env files merged away
             return None
-        argv = [*self.command, *(a for f in files for a in ("-f", f)), "-p", project,
-                "config", "--no-env-resolution", "--format", "json"]
+        argv = self.project(files, project).argv("config", "--no-env-resolution",
+                                                 "--format", "json")
         try:
             result = await self._run(argv, timeout=min(self.timeout, 30.0),
                                      cwd=Path(cwd) if cwd else None)

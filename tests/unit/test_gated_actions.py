@@ -10,7 +10,7 @@ import pytest
 
 from brace_watchdog.actions.config_rollback import preview_diff, validate_daemon_json
 from brace_watchdog.actions.db_rollback import DbTarget, next_steps, safety_dump_name
-from brace_watchdog.actions.gated import Plan, compose_base, stamp
+from brace_watchdog.actions.gated import Plan, compose_project, stamp
 from brace_watchdog.config import parse_config
 from brace_watchdog.control.commands.operate import jsonable
 from brace_watchdog.control.commands.timeline import incident_bounds, render_timeline
@@ -83,11 +83,12 @@ def test_safety_dump_is_a_backup_but_not_a_scheduled_one() -> None:
     assert stamp(0) == "19700101_000000"
 
 
-def test_compose_base_inherits_from_rollback() -> None:
+def test_compose_project_inherits_from_rollback() -> None:
     config = parse_config({"rollback": {"compose_command": ["docker-compose"],
                                         "compose_file": "/srv/c.yml", "project": "p"}})
-    assert compose_base(config) == ["docker-compose", "-f", "/srv/c.yml", "-p", "p"]
-    assert compose_base(config, command=("docker", "compose"), project="q") == [
+    assert compose_project(config).argv("ps") == ["docker-compose", "-f", "/srv/c.yml", "-p", "p",
+                                                  "ps"]
+    assert compose_project(config, command=("docker", "compose"), project="q").argv() == [
         "docker", "compose", "-f", "/srv/c.yml", "-p", "q"]
 
 

@@ -118,6 +118,10 @@ def test_compose_cli_supports_docker_compose_v1() -> None:
     argv = cli.up_argv(UpPlan(files=("a.yml", "b.yml"), project="p", services=("x",), cwd="/"))
     assert argv == ["docker-compose", "-f", "a.yml", "-f", "b.yml", "-p", "p", "up", "-d",
                     "--no-build", "--no-deps", "x"]
+    snapshot = UpPlan(files=("s.yml",), project="p", services=("x",), cwd="/",
+                      project_directory="/srv", env_file="/snap/.env")
+    assert cli.up_argv(snapshot)[:9] == ["docker-compose", "-f", "s.yml", "-p", "p",
+                                         "--project-directory", "/srv", "--env-file", "/snap/.env"]
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"disk_matches_snapshot": False},
