@@ -1,13 +1,15 @@
-"""Fixtures of the end-to-end tests: the ``brace-test/web`` images and a throwaway compose stack."""
+"""Fixtures of the end-to-end tests: the ``brace-test/web`` images, a throwaway compose stack, and
+the check that a test marked ``daemon_ctl`` ran the ctl commands it declares."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
+from tests.support.ctl_coverage import CTL_RUNS, MARKER, command_of
 from tests.support.stack import COMPOSE_V1, Stack, compose_or_skip, ensure_web_images, new_stack
 
 
@@ -26,3 +28,17 @@ def stack(request: pytest.FixtureRequest, docker_client: docker.DockerClient,
     built = new_stack(docker_client, tmp_path / "stack", web_images, command)
     yield built
     built.destroy()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """A test marked ``daemon_ctl(*commands)`` fails unless it ran each of them through
+    ``ctl()`` (checked only when the test itself passed)."""
+    first = len(CTL_RUNS)
+    result = yield
+    marker = item.get_closest_marker(MARKER)
+    if marker is not None:
+        ran = {command_of(argv) for argv in CTL_RUNS[first:]}
+        missing = sorted(set(marker.args) - ran)
+        assert not missing, f"marked {MARKER} but never ran {missing}; ran {sorted(map(str, ran))}"
+    return result

@@ -183,6 +183,7 @@ DB_STEPS = {
 @pytest.mark.docker
 @pytest.mark.postgres
 @pytest.mark.parametrize("step", list(DB_STEPS))
+@pytest.mark.daemon_ctl("rollback db", "status")
 async def test_db_rollback_killed_at_each_step(
         step: str, tmp_path: Path, gates: Gates, cluster: PgCluster, writers: Writers) -> None:
     label, expected = DB_STEPS[step]
@@ -245,6 +246,7 @@ HBA_STEPS = {
 
 
 @pytest.mark.parametrize("step", list(HBA_STEPS))
+@pytest.mark.daemon_ctl("rollback pg-hba", "status")
 async def test_pg_hba_rollback_killed_at_each_step(step: str, tmp_path: Path,
                                                    gates: Gates) -> None:
     hba = tmp_path / "pg_hba.conf"
@@ -286,6 +288,7 @@ DOCKER_STEPS = {
 
 @pytest.mark.docker
 @pytest.mark.parametrize("step", list(DOCKER_STEPS))
+@pytest.mark.daemon_ctl("rollback docker-daemon", "status")
 async def test_docker_daemon_rollback_killed_at_each_step(step: str, tmp_path: Path,
                                                           gates: Gates) -> None:
     folder = tmp_path / "etc"

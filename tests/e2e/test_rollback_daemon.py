@@ -36,6 +36,7 @@ def operated_daemon(stack: Stack, tmp_path: Path) -> tuple[Path, str, subprocess
 
 
 @BOTH_COMPOSES
+@pytest.mark.daemon_ctl("rollback app", "status")
 async def test_manual_rollback_through_the_socket_succeeds(stack: Stack, tmp_path: Path) -> None:
     state, sock, daemon = operated_daemon(stack, tmp_path)
     try:
@@ -74,6 +75,7 @@ def _known_good(state: Path) -> list[str]:
         store.close()
 
 
+@pytest.mark.daemon_ctl("rollback app", "status")
 async def test_rollback_to_a_chosen_release_plans_confirms_and_runs(stack: Stack,
                                                                     tmp_path: Path) -> None:
     state, sock, daemon = operated_daemon(stack, tmp_path)
@@ -105,10 +107,13 @@ async def test_rollback_to_a_chosen_release_plans_confirms_and_runs(stack: Stack
     assert stack.running_images() == stack.all_on("v1")
 
 
+@pytest.mark.daemon_ctl("status", "events", "explain", "timeline", "backups", "releases",
+                        "freeze", "unfreeze", "ack", "releases clear-failed", "restore-test",
+                        "rollback db", "rollback pg-hba", "rollback docker-daemon", "inspect",
+                        "approve")
 async def test_every_ctl_command_against_a_real_daemon(stack: Stack, tmp_path: Path) -> None:
-    """The commands not driven elsewhere against a real daemon, each once through its socket
-    (the gated rollbacks are refused at their pre-checks here: their integration tests run
-    them through)."""
+    """Every command once through the socket of a real daemon (the gated rollbacks are refused
+    at their pre-checks here; test_gated_kill and test_ctl_daemon run them through)."""
     state, sock = tmp_path / "state.db", ["--socket", str(tmp_path / "control.sock")]
     stack.deploy("v1")
     daemon = start_daemon(write_daemon_config(stack, tmp_path), tmp_path / "daemon.log")

@@ -25,6 +25,7 @@ from brace_watchdog.control.server import ControlServer
 from brace_watchdog.metrics import Metrics
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import StateStore
+from tests.support.ctl_coverage import CTL_RUNS
 
 NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
 REPO = Path(__file__).resolve().parents[2]
@@ -119,7 +120,9 @@ def with_login_uid(login_uid: int) -> list[str]:
 
 async def ctl(*argv: str, as_nobody: bool = False, stdin: str = "",
               env: Mapping[str, str] | None = None, login_uid: int | None = None) -> Ctl:
-    """Run ``brace-watchdogctl`` (as ``python -m brace_watchdog.ctl``) without blocking the loop."""
+    """Run ``brace-watchdogctl`` (as ``python -m brace_watchdog.ctl``) without blocking the loop;
+    the argv is recorded in :data:`~tests.support.ctl_coverage.CTL_RUNS`."""
+    CTL_RUNS.append(argv)
     prefix = [*(with_login_uid(login_uid) if login_uid is not None else []),
               *(NOBODY if as_nobody else [])]
     proc = await asyncio.create_subprocess_exec(

@@ -3,19 +3,16 @@ until the action (planned and approved through the control socket) restores the 
 
 from __future__ import annotations
 
-import os
 import pwd
-import shutil
 from pathlib import Path
 from typing import Any
 
 import docker
-import psycopg
 import pytest
 
 from tests.integration.control_helpers import control_server, ctl, result
 from tests.support.images import run_postgres
-from tests.support.pg import PG_BIN, PgCluster
+from tests.support.pg import PG_BIN, PgCluster, dsn_connects
 
 pytestmark = [pytest.mark.postgres]
 
@@ -32,18 +29,12 @@ def _config(cluster: PgCluster, reload_command: list[str] | None = None) -> dict
 
 
 def _connects(cluster: PgCluster) -> bool:
-    return _dsn_connects(cluster.dsn())
+    return dsn_connects(cluster.dsn())
 
 
 def _break(cluster: PgCluster) -> str:
     """Keep the good file as .bak (like the runbook), install a rejecting one, reload."""
-    hba = cluster.datadir / "pg_hba.conf"
-    good = hba.read_text()
-    shutil.copy2(hba, cluster.datadir / "pg_hba.conf.bak")
-    postgres = pwd.getpwnam("postgres")
-    os.chown(cluster.datadir / "pg_hba.conf.bak", postgres.pw_uid, postgres.pw_gid)
-    cluster.write_hba(BROKEN)
-    cluster.reload()
+    good = cluster.break_hba(BROKEN)
     assert not _connects(cluster)
     return good
 
@@ -100,7 +91,7 @@ async def test_pg_hba_rollback_inside_the_database_container(
         prod.exec("cp", "-p", hba, f"{hba}.bak")
         prod.exec("sh", "-c", f"printf 'local all all trust\\nhost all all all reject\\n' > {hba}")
         prod.exec("pg_ctl", "reload", "-D", data)
-        assert not _dsn_connects(prod.dsn())
+        assert not dsn_connects(prod.dsn())
         raw = {"database": {"dsn": prod.dsn()},
                "db_rollback": {"target": "container", "container": name},
                "network_rollback": {"pg_hba_path": hba, "pg_hba_in_container": True,
@@ -111,18 +102,10 @@ async def test_pg_hba_rollback_inside_the_database_container(
             run = await ctl("--socket", str(env.socket), "--json", "rollback", "pg-hba", "--yes")
             assert run.code == 0, run
             assert run.json()["connection"] == "ok"
-            assert _dsn_connects(prod.dsn())
+            assert dsn_connects(prod.dsn())
             code, listing = prod.exec("ls", data)
             assert code == 0 and "pg_hba.conf.rollback-" in listing
             code, owner = prod.exec("stat", "-c", "%U", hba)
             assert owner.strip() == "postgres"
     finally:
         prod.stop()
-
-
-def _dsn_connects(dsn: str) -> bool:
-    try:
-        with psycopg.connect(dsn, connect_timeout=5) as conn:
-            return conn.execute("select 1").fetchone() == (1,)
-    except psycopg.OperationalError:
-        return False

@@ -25,9 +25,12 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
+
 from tests.support.net import free_port
 
-__all__ = ["PG_BIN", "BraceDump", "PgCluster", "make_brace_dump", "start_cluster"]
+__all__ = ["PG_BIN", "BraceDump", "PgCluster", "dsn_connects", "make_brace_dump",
+           "start_cluster"]
 
 PG_BIN = Path(os.environ.get("BRACE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 SERVER_USER = "postgres"
@@ -117,6 +120,18 @@ class PgCluster:
                 raise TimeoutError(f"server on port {self.port} did not reload its config")
             time.sleep(0.05)
 
+    def break_hba(self, lines: Sequence[str]) -> str:
+        """The runbook's broken auth: keep pg_hba.conf as ``pg_hba.conf.bak`` (owned by the
+        server user), install ``lines``, reload; the good file's text."""
+        hba = self.datadir / "pg_hba.conf"
+        good = hba.read_text()
+        shutil.copy2(hba, self.datadir / "pg_hba.conf.bak")
+        server = pwd.getpwnam(SERVER_USER)
+        os.chown(self.datadir / "pg_hba.conf.bak", server.pw_uid, server.pw_gid)
+        self.write_hba(lines)
+        self.reload()
+        return good
+
     def stop(self) -> None:
         """Kill the server (``-m immediate``) and remove its directory; safe to call twice."""
         if (self.datadir / "postmaster.pid").exists():
@@ -129,6 +144,15 @@ class PgCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def dsn_connects(dsn: str) -> bool:
+    """Whether ``dsn`` connects and answers ``select 1`` (False on any connection error)."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            return conn.execute("select 1").fetchone() == (1,)
+    except psycopg.OperationalError:
+        return False
 
 
 def _write_as_server(path: Path, text: str) -> None:
