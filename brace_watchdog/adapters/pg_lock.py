@@ -10,12 +10,11 @@ query under ``statement_timeout``. Async psycopg only; every failure is a :class
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from typing import Any
 
 import psycopg
 from psycopg.rows import TupleRow
 
+from brace_watchdog.adapters.pg_connection import close_quietly, open_connection
 from brace_watchdog.errors import PostgresError
 from brace_watchdog.leadership import LeaderInfo
 
@@ -70,16 +69,12 @@ class AdvisoryLockSession:
 
     async def connect(self) -> None:
         await self.close()
-        params: dict[str, Any] = {
-            "application_name": self.name,
-            "options": (f"-c idle_session_timeout={self._lease_ms} "
-                        f"-c statement_timeout={int(self._timeout * 1000)}"),
-            "connect_timeout": max(1, int(self._timeout + 0.999))}
-        if self._password:
-            params["password"] = self._password
+        options = (f"-c idle_session_timeout={self._lease_ms} "
+                   f"-c statement_timeout={int(self._timeout * 1000)}")
         try:
-            self._conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
-                self._dsn, autocommit=True, **params), timeout=self._timeout + 1)
+            self._conn = await asyncio.wait_for(open_connection(
+                self._dsn, application_name=self.name, connect_timeout=self._timeout,
+                password=self._password, options=options), timeout=self._timeout + 1)
         except (psycopg.Error, OSError, TimeoutError) as exc:
             raise PostgresError(f"leadership: cannot connect: {_short(exc)}") from None
 
@@ -104,9 +99,7 @@ class AdvisoryLockSession:
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None and not conn.closed:
-            with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
-                await asyncio.wait_for(conn.close(), timeout=self._timeout)
+        await close_quietly(conn, timeout=self._timeout)
 
     async def _one(self, sql: str, **params: object) -> tuple[object, ...] | None:
         if self._conn is None or self._conn.closed:

@@ -12,12 +12,11 @@ protocol), so a configured check may hold several statements, as it could with `
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import psycopg
-from psycopg import pq
 
+from brace_watchdog.adapters.pg_connection import close_quietly, open_connection, text_rows
 from brace_watchdog.errors import ActionError, PostgresError
 
 __all__ = ["SqlSessions"]
@@ -37,10 +36,10 @@ class SqlSessions:
     async def _connection(self, db: str, connect_timeout: int) -> psycopg.AsyncConnection[Any]:
         conn = self._connections.get(db)
         if conn is None or conn.closed:
-            conn = await psycopg.AsyncConnection.connect(
-                host="127.0.0.1", port=self.port, user=self.user, password=self.password,
-                dbname=db, autocommit=True, connect_timeout=connect_timeout,
-                application_name=APPLICATION_NAME)
+            conn = await open_connection(
+                application_name=APPLICATION_NAME, connect_timeout=connect_timeout,
+                password=self.password, host="127.0.0.1", port=self.port, user=self.user,
+                dbname=db)
             self._connections[db] = conn
         return conn
 
@@ -65,11 +64,7 @@ class SqlSessions:
             async with asyncio.timeout(time_limit):
                 conn = await self._connection(db, connect_timeout=10)
                 for statement in statements:
-                    async with conn.cursor() as cursor:
-                        await cursor.execute(statement.encode())
-                        rows += _text_rows(cursor)
-                        while cursor.nextset():
-                            rows += _text_rows(cursor)
+                    rows += await text_rows(conn, statement)
         except TimeoutError:
             await self._drop(db)
             raise ActionError("verifying", f"query timed out after {time_limit:.0f}s") from None
@@ -80,24 +75,10 @@ class SqlSessions:
         return rows
 
     async def _drop(self, db: str) -> None:
-        conn = self._connections.pop(db, None)
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error, OSError):
-                await conn.close()
+        await close_quietly(self._connections.pop(db, None))
 
     async def close(self) -> None:
         """Close every connection; idempotent."""
         for db in list(self._connections):
             await self._drop(db)
 
-
-def _text_rows(cursor: psycopg.AsyncCursor[Any]) -> list[list[str]]:
-    result = cursor.pgresult
-    if result is None or result.status != pq.ExecStatus.TUPLES_OK:
-        return []
-    return [[_text(result.get_value(row, column)) for column in range(result.nfields)]
-            for row in range(result.ntuples)]
-
-
-def _text(value: bytes | None) -> str:
-    return "" if value is None else value.decode("utf-8", errors="replace")

@@ -14,7 +14,6 @@ masked; :func:`describe_dsn` shows a DSN as ``user@host:port/dbname`` without it
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 import time
 from collections.abc import Callable
@@ -24,8 +23,8 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import TupleRow
 
+from brace_watchdog.adapters.pg_connection import open_connection, text_rows
 from brace_watchdog.adapters.process import mask
 from brace_watchdog.errors import PostgresError
 from brace_watchdog.observations import FailureKind
@@ -114,12 +113,11 @@ async def probe_database(dsn: str, *, password: str = "", timeout_seconds: float
         conninfo_to_dict(dsn)
     except psycopg.Error:
         raise ProbeFailure("other", _BAD_DSN) from None
-    extra: dict[str, Any] = {"password": password} if password else {}
     try:
         async with asyncio.timeout(timeout_seconds):
-            conn = await psycopg.AsyncConnection.connect(
-                dsn, autocommit=True, connect_timeout=max(2, math.ceil(timeout_seconds)),
-                application_name="brace-watchdog", **extra)
+            conn = await open_connection(dsn, application_name="brace-watchdog",
+                                         connect_timeout=max(2, timeout_seconds),
+                                         password=password)
     except (psycopg.Error, OSError, TimeoutError) as exc:
         raise _failure(exc, secrets, "connect") from None
     try:
@@ -131,19 +129,18 @@ async def probe_database(dsn: str, *, password: str = "", timeout_seconds: float
         await conn.close()
 
 
-async def _query(conn: psycopg.AsyncConnection[TupleRow], timeout_seconds: float,
+async def _query(conn: psycopg.AsyncConnection[Any], timeout_seconds: float,
                  clock: Callable[[], float]) -> DatabaseReading:
     await conn.execute(f"set statement_timeout = {max(1, int(timeout_seconds * 1000))}")
     started = clock()
     await conn.execute("select 1")
     latency = clock() - started
     try:
-        cursor = await conn.execute("select version_num from alembic_version order by 1")
-        rows = await cursor.fetchall()
+        rows = await text_rows(conn, "select version_num from alembic_version order by 1")
     except pg_errors.UndefinedTable:
         revision, note = None, "no alembic_version table"
     else:
-        revision = ",".join(str(row[0]) for row in rows) or None
+        revision = ",".join(row[0] for row in rows) or None
         note = "" if rows else "alembic_version is empty"
     return DatabaseReading(latency_seconds=latency, revision=revision, revision_note=note,
                            server_version=_version(conn.info.server_version))
