@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,13 +79,17 @@ async def call(path: Path, cmd: str, args: dict[str, Any] | None = None, *,
     """Send one request; return every message up to and including the result."""
     reader, writer = await asyncio.open_unix_connection(str(path))
     try:
-        writer.write(json.dumps({"v": 1, "id": request_id, "cmd": cmd,
-                                 "args": args or {}}).encode() + b"\n")
+        writer.write(request_line(cmd, args, request_id=request_id))
         await writer.drain()
         return await read_until_result(reader)
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+def request_line(cmd: str, args: dict[str, Any] | None = None, *, request_id: Any = 1) -> bytes:
+    """One protocol request, newline-terminated."""
+    return json.dumps({"v": 1, "id": request_id, "cmd": cmd, "args": args or {}}).encode() + b"\n"
 
 
 async def read_until_result(reader: asyncio.StreamReader) -> list[dict[str, Any]]:
@@ -100,6 +104,17 @@ async def read_until_result(reader: asyncio.StreamReader) -> list[dict[str, Any]
 
 async def result(path: Path, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
     return (await call(path, cmd, args))[-1]
+
+
+async def read_while_sending(reader: asyncio.StreamReader,
+                             sender: Coroutine[Any, Any, None]) -> list[dict[str, Any]]:
+    """Read up to the result while ``sender`` keeps writing; the sender is stopped after."""
+    task = asyncio.create_task(sender)
+    try:
+        return await read_until_result(reader)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 @dataclass
@@ -156,6 +171,27 @@ class TouchAction:
         await progress("written", "done writing")
         self.finished.set()
         return {"written": str(self.path)}
+
+
+@dataclass
+class RunningApproval:
+    """An approval left running on its own connection (see :func:`approve_touch_in_background`)."""
+
+    token: str
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+
+async def approve_touch_in_background(path: Path) -> RunningApproval:
+    """Plan a touch and approve it on a connection kept open; returns once the action has started
+    (its first progress event is read)."""
+    token = (await result(path, "plan-touch"))["data"]["token"]
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write(request_line("approve", {"token": token}))
+    await writer.drain()
+    first = json.loads(await asyncio.wait_for(reader.readline(), 60))
+    assert first["event"] == "progress", first
+    return RunningApproval(token, reader, writer)
 
 
 def add_touch_planner(server: ControlServer) -> None:

@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.control_helpers import NOBODY, control_server, read_until_result, result
+from tests.integration.control_helpers import (
+    NOBODY,
+    control_server,
+    read_until_result,
+    read_while_sending,
+    result,
+)
 
 NOBODY_UID = 65534
 # The behaviour under test is "root is served promptly during a flood"; 1 s is generous for a
@@ -128,12 +134,7 @@ async def test_blank_lines_do_not_extend_the_request_deadline(tmp_path: Path) ->
                 await writer.drain()
                 await asyncio.sleep(0.001)
 
-        sender = asyncio.create_task(blank_lines_forever())
-        try:
-            reply = (await read_until_result(reader))[-1]
-        finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+        reply = (await read_while_sending(reader, blank_lines_forever()))[-1]
         assert reply["error"]["code"] == "request_timeout"
         assert await reader.read() == b""  # and the connection is closed
         writer.close()
@@ -147,7 +148,6 @@ async def test_dribbled_request_is_cut_off_but_a_prompt_one_is_served(tmp_path: 
         reader, writer = await asyncio.open_unix_connection(str(env.socket))
         writer.write(b'{"v":1,"id":1,"cmd":"status"}\n')
         assert (await read_until_result(reader))[-1]["ok"]
-        replies: list[dict[str, object]] = []
 
         async def dribble() -> None:
             for byte in b'{"v":1,"id":2,"cmd":"status"}' * 20:
@@ -155,13 +155,8 @@ async def test_dribbled_request_is_cut_off_but_a_prompt_one_is_served(tmp_path: 
                 await writer.drain()
                 await asyncio.sleep(0.1)
 
-        sender = asyncio.create_task(dribble())
-        try:
-            replies = await read_until_result(reader)
-        finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
-        assert replies[-1]["error"]["code"] == "request_timeout"  # type: ignore[index]
+        replies = await read_while_sending(reader, dribble())
+        assert replies[-1]["error"]["code"] == "request_timeout"
         writer.close()
 
 

@@ -21,6 +21,7 @@ from tests.integration.control_helpers import (
     NOBODY,
     control_server,
     read_until_result,
+    read_while_sending,
     result,
 )
 
@@ -201,12 +202,9 @@ async def test_storm_beside_a_flood_and_a_slow_dribble(tmp_path: Path) -> None:
                     await writer.drain()
                     await asyncio.sleep(0.05)
 
-            sender = asyncio.create_task(one_byte_at_a_time())
             try:
-                return await read_until_result(reader)
+                return await read_while_sending(reader, one_byte_at_a_time())
             finally:
-                sender.cancel()
-                await asyncio.gather(sender, return_exceptions=True)
                 writer.close()
 
         flooding = asyncio.create_task(flood())

@@ -23,6 +23,7 @@ from tests.integration.control_helpers import (
     NOBODY,
     TouchAction,
     add_touch_planner,
+    approve_touch_in_background,
     call,
     control_server,
     ctl,
@@ -316,18 +317,12 @@ async def test_hanging_up_does_not_cancel_a_running_action(tmp_path: Path) -> No
     action = TouchAction(tmp_path / "touched", delay=0.5)
     async with control_server(tmp_path, gated={"touch": action}) as env:
         add_touch_planner(env.server)
-        token = (await result(env.socket, "plan-touch"))["data"]["token"]
-        reader, writer = await asyncio.open_unix_connection(str(env.socket))
-        writer.write(json.dumps({"v": 1, "id": 1, "cmd": "approve",
-                                 "args": {"token": token}}).encode() + b"\n")
-        await writer.drain()
-        first = json.loads(await reader.readline())
-        assert first["event"] == "progress"
+        running = await approve_touch_in_background(env.socket)
         token2 = (await result(env.socket, "plan-touch"))["data"]["token"]
         busy = await result(env.socket, "approve", {"token": token2})
         assert busy["error"]["code"] == "refused" and "one action at a time" in busy[
             "error"]["message"]
-        writer.close()
+        running.writer.close()
         await asyncio.wait_for(action.finished.wait(), 10)
         assert (tmp_path / "touched").read_text() == "root->root\n"
 
@@ -359,18 +354,13 @@ async def test_operator_request_is_audited_on_arrival_before_it_finishes(tmp_pat
     action = TouchAction(tmp_path / "touched", delay=1.0)
     async with control_server(tmp_path, gated={"touch": action}) as env:
         add_touch_planner(env.server)
-        token = (await result(env.socket, "plan-touch"))["data"]["token"]
-        reader, writer = await asyncio.open_unix_connection(str(env.socket))
-        writer.write(json.dumps({"v": 1, "id": 1, "cmd": "approve",
-                                 "args": {"token": token}}).encode() + b"\n")
-        await writer.drain()
-        assert json.loads(await reader.readline())["event"] == "progress"
+        running = await approve_touch_in_background(env.socket)
         # what a SIGKILL now would leave behind: the committed rows, read by another connection
         with contextlib.closing(sqlite3.connect(tmp_path / "s.db")) as db:
             rows = db.execute("SELECT command, outcome, detail FROM audit ORDER BY id").fetchall()
-        assert rows[-1][:2] == ("approve", "received") and token not in rows[-1][2]
-        assert (await read_until_result(reader))[-1]["ok"]
-        writer.close()
+        assert rows[-1][:2] == ("approve", "received") and running.token not in rows[-1][2]
+        assert (await read_until_result(running.reader))[-1]["ok"]
+        running.writer.close()
         outcomes = [(r["command"], r["outcome"]) for r in env.hub.store.audit_log(limit=2)]
         assert outcomes == [("approve", "ok"), ("approve", "received")]
 
