@@ -24,7 +24,13 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 
-from brace_watchdog.actions.config_snapshot import ConfigSnapshot, read_files, referenced_files
+from brace_watchdog.actions.config_snapshot import (
+    ConfigSnapshot,
+    EnvFileScan,
+    read_files,
+    referenced_files,
+    scan_env_files,
+)
 from brace_watchdog.actions.image_archive import ImageArchive, archive_folder
 from brace_watchdog.actions.promotion_policy import ReleaseHealth, observe, promotion
 from brace_watchdog.actions.rollback_steps import pin_refs
@@ -199,10 +205,18 @@ class ReleaseTracker:
         compose, env = await asyncio.to_thread(read_snapshot, source, release.working_dir)
         files = self._compose_files(release, source)
         project_dir = release.working_dir or str(Path(files[0]).parent)
-        config = None
+        config, scanned = None, EnvFileScan()
         if self.compose is not None and self.cfg.driver == "compose":
             config = await self.compose.config_json(files, self.cfg.project, project_dir)
-        paths = referenced_files(config, files, project_dir)
+            if config is None:  # compose 1.29: read the env_file: keys from the files
+                scanned = await asyncio.to_thread(_scan_files, files)
+        if scanned.unclear:
+            self.hub.record("release.config_unclear", SOURCE,
+                            f"the config snapshot of {release.short} may miss env files: "
+                            f"{'; '.join(scanned.unclear)}", severity="warning",
+                            evidence={"release": release.fingerprint,
+                                      "unclear": list(scanned.unclear)})
+        paths = referenced_files(config, files, project_dir, env_files=scanned.paths)
         return source, compose, env, await asyncio.to_thread(read_files, paths)
 
     async def _keep_config(self, release: Release) -> None:
@@ -305,3 +319,18 @@ def read_snapshot(compose_file: Path, working_dir: str) -> tuple[bytes | None, b
     compose = compose_file.read_bytes() if compose_file.is_file() else None
     env_path = Path(working_dir or compose_file.parent) / ".env"
     return compose, env_path.read_bytes() if env_path.is_file() else None
+
+
+def _scan_files(files: list[str]) -> EnvFileScan:
+    """:func:`scan_env_files` over every readable compose file, merged (blocking)."""
+    paths: list[str] = []
+    unclear: list[str] = []
+    for name in files:
+        try:
+            scan = scan_env_files(Path(name).read_text(errors="replace"), name)
+        except OSError as exc:
+            unclear.append(f"{name}: cannot read: {exc.strerror or exc}")
+            continue
+        paths += scan.paths
+        unclear += scan.unclear
+    return EnvFileScan(tuple(paths), tuple(unclear))

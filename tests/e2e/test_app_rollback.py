@@ -166,12 +166,13 @@ async def test_config_only_bad_deploy_rolls_back_to_the_snapshot(stack: Stack,
         assert stack.running_images() == stack.all_on("v1")
 
 
-@pytest.mark.parametrize("stack", [COMPOSE_V2], ids=["compose-v5"], indirect=True)
+@BOTH_COMPOSES
 async def test_bad_env_file_deploy_rolls_back_to_the_known_good_env_file(
         stack: Stack, tmp_path: Path) -> None:
     """Only the backend's ``env_file:`` target changes: the snapshot taken at the deploy holds
-    it (compose v2+ lists env files; 1.29 cannot), and the rollback writes it back before the
-    up. A symlink put in its place is replaced, not followed."""
+    it (compose v2+ lists env files; under 1.29 the daemon reads them from the compose file),
+    and the rollback writes it back before the up. A symlink put in its place is replaced, not
+    followed."""
     (stack.root / "conf").mkdir()
     env_file = stack.root / "conf" / "backend.env"
     env_file.write_text("GREETING=good\n")

@@ -9,8 +9,10 @@ import pytest
 
 from brace_watchdog.actions.config_snapshot import (
     ConfigSnapshot,
+    EnvFileScan,
     read_files,
     referenced_files,
+    scan_env_files,
     write_back,
 )
 
@@ -77,3 +79,84 @@ def test_write_back_replaces_symlinks_keeps_modes_and_skips_absent(tmp_path: Pat
     assert outside.read_text() == "untouched\n" and not absent.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.env", "linked.env", "outside"]
     assert read_files(snap.paths) == snap
+
+
+COMPOSE_129 = """\
+version: "2.4"
+x-common: &common
+  env_file: common.env            # an extension field: read too
+services:
+  backend:
+    <<: *common
+    image: app:1
+    env_file: ["conf/backend.env", 'conf/b2.env', plain.env]
+    command: |
+      echo "env_file: not/a/key.env"
+      cat env_file
+    environment:
+      A: "1"
+  worker:
+    env_file:
+      - conf/worker.env   # a comment
+      - "/abs/shared.env"
+  bot:
+    env_file:
+    - same-indent.env
+    entrypoint:
+      - >
+        env_file: folded.env
+"""
+
+
+def test_scan_reads_the_forms_compose_1_29_accepts() -> None:
+    scan = scan_env_files(COMPOSE_129, "dc.yml")
+    assert scan == EnvFileScan(("common.env", "conf/backend.env", "conf/b2.env", "plain.env",
+                                "conf/worker.env", "/abs/shared.env", "same-indent.env"))
+
+
+@pytest.mark.parametrize(("line", "why"), [
+    ('    "env_file": a.env', "not a plain key"),
+    ("    labels: {env_file: a.env}", "not a plain key"),
+    ("    - env_file: a.env", "not a plain key"),
+    ("\tenv_file: a.env", "not a plain key"),
+    ("    env_file: *files", "not a plain path"),
+    ("    env_file: &files a.env", "not a plain path"),
+    ("    env_file: !!str a.env", "not a plain path"),
+    ("    env_file: |", "not a plain path"),
+    ("    env_file: {path: a.env}", "not a plain path"),
+    ("    env_file: a.env:", "not a plain path"),
+    ("    env_file: ${CONF}/a.env", "interpolation"),
+    ("    env_file: $$HOME/a.env", "interpolation"),
+    ('    env_file: "a\\tb.env"', "escapes"),
+    ("    env_file: 'it''s.env'", "escapes"),
+    ('    env_file: "a.env" trailing', "escapes"),
+    ("    env_file: [a.env,", "flow sequence"),
+    ("    env_file: [[a.env]]", "flow sequence"),
+    ('    env_file: ["a,b.env"]', "escapes"),
+    ("    env_file: ['']", "empty path"),
+])
+def test_scan_refuses_what_it_cannot_read_with_certainty(line: str, why: str) -> None:
+    scan = scan_env_files(f"services:\n  backend:\n{line}\n    image: x\n", "dc.yml")
+    assert scan.paths == ()
+    assert len(scan.unclear) == 1 and scan.unclear[0].startswith("dc.yml:3: ")
+    assert why in scan.unclear[0]
+
+
+@pytest.mark.parametrize("text", [
+    "services:\n  backend:\n    env_file:\n    image: x\n",
+    "services:\n  backend:\n    env_file:   # nothing\n",
+])
+def test_scan_refuses_an_env_file_key_without_items(text: str) -> None:
+    assert scan_env_files(text, "f").unclear == ("f:3: env_file: without a value or - items",)
+
+
+def test_scan_keeps_what_it_read_beside_an_unclear_item() -> None:
+    text = "services:\n  b:\n    env_file:\n      - ok.env\n      - ${X}.env\n      - two.env\n"
+    scan = scan_env_files(text, "f")
+    assert scan.paths == ("ok.env", "two.env")
+    assert scan.unclear == ("f:5: the path uses interpolation",)
+
+
+def test_scanned_targets_resolve_like_config_ones() -> None:
+    assert referenced_files(None, FILES, "/srv/app", env_files=["a.env", "/abs/b.env"]) == (
+        *FILES, "/srv/app/.env", "/srv/app/a.env", "/abs/b.env")
