@@ -18,6 +18,10 @@ when either does. Swarm's spec version counts every update, which is how a deplo
 
 :func:`swarm_rolled_back` says when Swarm's own ``failure_action: rollback`` already undid an
 update: that is recorded, not fought. :func:`converged` says when every task runs the target.
+
+The gated DB rollback stops writer services by scaling them to 0: :func:`writers_problem` refuses
+what cannot be scaled (a missing or global-mode service), :func:`tasks_gone` says when no task of a
+service is alive any more, :func:`scale_argv` is the command that puts recorded counts back.
 """
 
 from __future__ import annotations
@@ -29,10 +33,20 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = ["STACK_LABEL", "RollbackStep", "ServiceTarget", "SwarmService", "SwarmTask",
-           "choose_step", "converged", "fingerprint", "spec_hash", "swarm_rolled_back"]
+           "choose_step", "converged", "fingerprint", "running_tasks", "scale_argv", "spec_hash",
+           "swarm_rolled_back", "tasks_gone", "writers_problem"]
 
 STACK_LABEL = "com.docker.stack.namespace"
+# a task in one of these states has no live container and never gets one again
+TERMINAL_TASK_STATES = frozenset({"complete", "shutdown", "failed", "rejected", "remove",
+                                  "orphaned"})
 SPEC_KEYS = ("Env", "Command", "Args", "Mounts", "Configs", "Secrets", "User", "Dir")
+
+
+def _short_hash(value: object) -> str:
+    """The first 16 hex digits of sha256 over ``value`` as canonical JSON."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def spec_hash(container_spec: Mapping[str, Any]) -> str:
@@ -40,8 +54,7 @@ def spec_hash(container_spec: Mapping[str, Any]) -> str:
     picked = {key: container_spec.get(key) for key in SPEC_KEYS}
     if isinstance(picked["Env"], list):
         picked["Env"] = sorted(picked["Env"])
-    text = json.dumps(picked, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return _short_hash(picked)
 
 
 @dataclass(frozen=True)
@@ -76,8 +89,7 @@ class RollbackStep:
 
 
 def fingerprint(services: Sequence[SwarmService]) -> str:
-    pairs = sorted((s.name, s.current.image, s.current.spec_hash) for s in services)
-    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:16]
+    return _short_hash(sorted((s.name, s.current.image, s.current.spec_hash) for s in services))
 
 
 def choose_step(service: SwarmService, target: ServiceTarget) -> RollbackStep:
@@ -106,3 +118,35 @@ def converged(tasks: Sequence[SwarmTask], image_id: str, replicas: int | None) -
     if any(t.image_id != image_id for t in running):
         return False
     return len(running) == replicas if replicas is not None else bool(running)
+
+
+def writers_problem(services: Sequence[SwarmService], writers: Sequence[str],
+                    stack: str) -> str | None:
+    """Why the writer services cannot be stopped by scaling them to 0, or None."""
+    found = {s.name: s for s in services}
+    missing = [name for name in writers if name not in found]
+    if missing:
+        return (f"writer service(s) {', '.join(missing)} not found in stack {stack}; check "
+                "[db_rollback] writers; nothing was changed")
+    is_global = [f"{stack}_{name}" for name in writers if found[name].replicas is None]
+    if is_global:
+        return (f"writer service(s) {', '.join(is_global)} run in global mode: Swarm cannot "
+                "scale them to 0, so the DB rollback cannot stop them. Make them replicated "
+                "(deploy.mode: replicated), or take them out of [db_rollback] writers and stop "
+                "them by hand first; nothing was changed")
+    return None
+
+
+def tasks_gone(states: Sequence[str]) -> bool:
+    """No task of a service is alive (``states``: every task's ``Status.State``)."""
+    return all(state in TERMINAL_TASK_STATES for state in states)
+
+
+def running_tasks(states: Sequence[str]) -> int:
+    return sum(state == "running" for state in states)
+
+
+def scale_argv(replicas: Mapping[str, int]) -> list[str]:
+    """``docker service scale NAME=N ...`` for full service names."""
+    return ["docker", "service", "scale", *(f"{name}={count}"
+                                            for name, count in sorted(replicas.items()))]

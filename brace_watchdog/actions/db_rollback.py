@@ -15,7 +15,9 @@ checked: a dump changed after approval is refused and nothing happens; the resto
 that copy.
 
 1. freeze automatic actions;
-2. stop the writers (``compose stop backend admin-bot scheduler``) and check none still runs;
+2. stop the writers (``compose stop backend admin-bot scheduler`` and check none still runs; on
+   Swarm: journal each writer service's replica count, scale it to 0 and wait until no task of it
+   is alive — :mod:`~brace_watchdog.actions.db_writers`);
 3. safety dump of the current database, written in the private folder and **proven** before
    anything destructive: ``pg_restore --list`` must list every table the live database has
    (and with ``prove_safety_dump = "restore"`` it is restored into a throwaway server by the
@@ -29,7 +31,8 @@ that copy.
    transaction: a restore that fails midway is rolled back entirely. A restore that times out
    or is cancelled is ended *in the server* (``pg_terminate_backend`` of that application name,
    waited for, under the lock) and its outcome reported as unknown;
-5. start the writers (``compose up -d``); 6. verify ``[health] url``; 7. run the smoke command.
+5. start the writers (``compose up -d``; on Swarm: each back to its recorded count);
+6. verify ``[health] url``; 7. run the smoke command.
 
 Connection details never reach argv: local tools and the smoke command get a 0600 libpq service
 file in a private folder (:mod:`brace_watchdog.adapters.pgservice`).
@@ -52,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from brace_watchdog.actions import restore_policy
+from brace_watchdog.actions.db_writers import ComposeWriters, SwarmWriters, Writers
 from brace_watchdog.actions.gated import (
     Plan,
     Progress,
@@ -66,6 +70,7 @@ from brace_watchdog.actions.restore_run import RestoreRun, server_factory, shiel
 from brace_watchdog.adapters.compose import ComposeCLI, ComposeProject
 from brace_watchdog.adapters.pgservice import SERVICE, dsn_secrets, pg_service
 from brace_watchdog.adapters.process import CommandResult, run_command
+from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.config import DbRollbackConfig
 from brace_watchdog.dumps import DumpHeader, InvalidDumpError, read_dump_header, resolve_dump
 from brace_watchdog.errors import ActionError, CommandError, RefusedError
@@ -200,9 +205,25 @@ class DbRollback:
 
     name = ACTION
 
-    def __init__(self, hub: Hub, *, docker_command: Sequence[str] = ("docker",)) -> None:
+    def __init__(self, hub: Hub, *, docker_command: Sequence[str] = ("docker",),
+                 swarm: SwarmAdapter | None = None) -> None:
         self.hub = hub
         self.docker = tuple(docker_command)
+        self._swarm = swarm
+
+    async def writers(self, *, detect: bool) -> Writers:
+        """The writers as ``[rollback] driver`` runs them; ``detect`` asks the compose CLI for
+        its exact ``up`` flags (the plan shows the plain command)."""
+        cfg = self.cfg
+        if self.hub.config.rollback.driver == "swarm":
+            if self._swarm is None:
+                self._swarm = SwarmAdapter()
+            return SwarmWriters(self._swarm, cfg.project or self.hub.config.rollback.project,
+                                cfg.writers, timeout=cfg.step_timeout_seconds,
+                                beat=lambda: self.hub.progress.beat("control"))
+        up = await self._up_args() if detect else ["up", "-d"]
+        return ComposeWriters(self._run, self.compose, cfg.writers,
+                              self.compose(*up, *cfg.writers))
 
     @property
     def cfg(self) -> DbRollbackConfig:
@@ -248,6 +269,10 @@ class DbRollback:
 
     async def _service_container(self) -> str:
         service = self.hub.config.database.service
+        if self.hub.config.rollback.driver == "swarm":
+            raise RefusedError("checking", "with [rollback] driver = 'swarm' the database "
+                               "container is not found by compose: set [db_rollback] container "
+                               "(its task container on this node) or target = 'local'")
         try:
             result = await self._run(self.compose("ps", "-q", service))
         except CommandError as exc:
@@ -286,6 +311,8 @@ class DbRollback:
         problem = tools_problem(tools, server_major, target=target.mode)
         if problem:
             raise RefusedError("checking", problem)
+        writers = await self.writers(detect=False)
+        replicas = await writers.check()
         history = self.hub.store.restore_results(dump_sha256=identity.sha256, limit=5)
         warnings: list[str] = []
         if not [r for r in history if r["passed"]]:
@@ -297,9 +324,11 @@ class DbRollback:
             warnings.append(f"{name} has never passed a restore test; {advice}")
         args = {"dump": name, "target": name, "sha256": identity.sha256, "size": identity.size,
                 "inode": identity.inode}
-        return Plan(ACTION, args, name, self._describe(name, target),
-                    {**_checks(name, identity, header, server_major, history), "tools": tools},
-                    tuple(warnings))
+        checks = {**_checks(name, identity, header, server_major, history), "tools": tools}
+        if replicas:
+            checks["writer_replicas"] = replicas
+        return Plan(ACTION, args, name, self._describe(name, target, writers.describe(replicas)),
+                    checks, tuple(warnings))
 
     async def _server_major(self, target: DbTarget) -> int:
         try:
@@ -326,7 +355,8 @@ class DbRollback:
             majors[tool] = major
         return majors
 
-    def _describe(self, name: str, target: DbTarget) -> tuple[str, ...]:
+    def _describe(self, name: str, target: DbTarget,
+                  writer_lines: tuple[str, str]) -> tuple[str, ...]:
         cfg = self.cfg
         folder = self.hub.config.backups.directory
         smoke = " ".join(cfg.smoke_command) if cfg.smoke_command else "none configured (skipped)"
@@ -335,12 +365,12 @@ class DbRollback:
                  else "pg_restore --list checked against the live tables")
         return (
             "freeze automatic actions (they stay frozen afterwards, for the post-mortem)",
-            f"stop writers: {' '.join(self.compose('stop', *cfg.writers))}",
+            writer_lines[0],
             f"safety dump of the current database to {folder}/brace_safety_<UTC time>.dump, "
             f"proven before the restore ({proof})",
             f"restore a private copy of {name} (its sha256 checked): "
             f"{' '.join(target.restore_argv('<copy>'))}",
-            f"start writers: {' '.join(self.compose('up', '-d', *cfg.writers))}",
+            writer_lines[1],
             f"verify {self.hub.config.health.url} answers ok "
             f"(up to {cfg.health_attempts} tries)",
             f"smoke test: {smoke}",
@@ -367,12 +397,13 @@ class DbRollback:
         action_id = self.hub.store.begin_action(
             ACTION, origin="control", plan=plan.as_dict(),
             requester=f"{requester}, approved by {approver}")
-        up = self.compose(*await self._up_args(), *self.cfg.writers)
+        writers = await self.writers(detect=True)
         run = _Run(self, target, copy, work, who=f"{approver} (DB rollback #{action_id})",
-                   name=plan.target, app_name=f"{APP_NAME}-{action_id}", up_argv=up)
-        run.journal = StepJournal(self.hub, action_id, progress, state=run.state,
-                                  advice=lambda stage, state: next_steps(stage, state,
-                                                                         up_argv=up))
+                   name=plan.target, app_name=f"{APP_NAME}-{action_id}", writers=writers)
+        run.journal = StepJournal(
+            self.hub, action_id, progress, state=run.state,
+            advice=lambda stage, state: next_steps(stage, state,
+                                                   up_argv=writers.restart_argv(state)))
         await run.journal.run_all(run.steps(), kind=ACTION)
         result = {"action_id": action_id, **run.state}
         run.journal.finish(f"database restored from {plan.target}", result)
@@ -389,9 +420,9 @@ class _Run:
     journal: StepJournal
 
     def __init__(self, owner: DbRollback, target: DbTarget, dump: Path, work: Path, *,
-                 who: str, name: str, app_name: str, up_argv: list[str]) -> None:
+                 who: str, name: str, app_name: str, writers: Writers) -> None:
         self.owner = owner
-        self.up_argv = up_argv
+        self.writers = writers
         self.target = target
         self.dump = dump
         self.work = work
@@ -420,18 +451,10 @@ class _Run:
         self.journal.checkpoint(automation="frozen")
 
     async def stop_writers(self) -> None:
-        writers = self.owner.cfg.writers
-        if not writers:
+        if not self.owner.cfg.writers:
             self.state["writers"] = "none configured"
             return
-        self.journal.checkpoint(writers="stopping")
-        await self.owner._run(self.owner.compose("stop", *writers))
-        running = await self.owner._run(self.owner.compose(
-            "ps", "--services", "--filter", "status=running"))
-        still = sorted(set(running.stdout.split()) & set(writers))
-        if still:
-            raise ActionError("stopping_writers", f"still running after stop: {still}")
-        self.journal.checkpoint(writers="stopped")
+        await self.writers.stop(self.journal)
 
     async def safety_dump(self) -> None:
         name = safety_dump_name(self.owner.hub.clock())
@@ -548,11 +571,8 @@ class _Run:
                                 "transaction was rolled back unless it had just committed")
 
     async def start_writers(self) -> None:
-        writers = self.owner.cfg.writers
-        if writers:
-            self.journal.checkpoint(writers="starting")
-            await self.owner._run(self.up_argv)
-            self.journal.checkpoint(writers="started")
+        if self.owner.cfg.writers:
+            await self.writers.start(self.journal)
 
     async def verify(self) -> None:
         cfg = self.owner.cfg

@@ -62,6 +62,15 @@ class SwarmAdapter(DockerAdapter):
                 for c in await self._run(f"listing the tasks of {service_id}",
                                          lambda: self._task_containers(service_id, "", None))]
 
+    async def task_states(self, service_id: str) -> list[str]:
+        """``Status.State`` of every task of the service, from the manager's task API (tasks
+        on any node; shut-down tasks included)."""
+        def work() -> list[str]:
+            api: Any = self.client.api  # the SDK's low-level calls are untyped
+            return [str(task.get("Status", {}).get("State", ""))
+                    for task in api.tasks(filters={"service": service_id})]
+        return await self._run(f"listing the tasks of {service_id}", work)
+
     async def compose_containers(self, project: str) -> list[ComposeContainer]:
         def work() -> list[ComposeContainer]:
             found = self.client.services.list(filters={"label": f"{STACK_LABEL}={project}"})

@@ -7,14 +7,12 @@ seen as such."""
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -31,21 +29,9 @@ from brace_watchdog.swarm_release import (
     swarm_rolled_back,
 )
 from tests.support.stack import daemon_event, stop_daemon, write_daemon_toml
-from tests.support.swarm import STACK, PrivateSwarm, create_web_service, private_swarm
+from tests.support.swarm import CRASH_TAG, STACK, PrivateSwarm, create_web_service
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-CRASH_TAG = "brace-test/busybox:crash"
-
-
-@pytest.fixture(scope="module")
-def swarm(docker_client: docker.DockerClient, busybox_image: str) -> Iterator[PrivateSwarm]:
-    with private_swarm(docker_client, [busybox_image]) as engine:
-        # the same files, but an entrypoint that exits at once: a crash loop under any args
-        engine.client.images.build(fileobj=io.BytesIO(
-            f'FROM {busybox_image}\nENTRYPOINT ["false"]\n'.encode()), tag=CRASH_TAG, rm=True)
-        yield engine
-
 
 def _health(port: int) -> str:
     try:

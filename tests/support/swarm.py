@@ -23,9 +23,10 @@ from tests.integration.control_helpers import short_dir
 from tests.support.net import free_port
 from tests.support.skips import skip_missing
 
-__all__ = ["STACK", "PrivateSwarm", "create_web_service", "private_swarm"]
+__all__ = ["CRASH_TAG", "STACK", "PrivateSwarm", "create_web_service", "private_swarm"]
 
 STACK = "brace"
+CRASH_TAG = "brace-test/busybox:crash"
 
 
 @dataclass
@@ -38,9 +39,9 @@ class PrivateSwarm:
         return f"unix://{self.folder / 'd.sock'}"
 
 
-def create_web_service(engine: PrivateSwarm, root: Path, image_ref: str, name: str,
-                       **extra: object) -> tuple[str, int, str]:
-    """A ``STACK`` service serving ``/api/health`` (200) on a loopback port (host network),
+def create_web_service(engine: PrivateSwarm, root: Path, image_ref: str, name: str, *,
+                       stack: str = STACK, **extra: object) -> tuple[str, int, str]:
+    """A ``stack`` service serving ``/api/health`` (200) on a loopback port (host network),
     pinned to the image ID of ``image_ref``; (service id, port, image id)."""
     www = root / "www"
     (www / "api").mkdir(parents=True)
@@ -49,7 +50,7 @@ def create_web_service(engine: PrivateSwarm, root: Path, image_ref: str, name: s
     image = engine.client.images.get(image_ref).id
     service = engine.client.services.create(
         image, args=["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/www"],
-        name=f"{STACK}_{name}", labels={"com.docker.stack.namespace": STACK},
+        name=f"{stack}_{name}", labels={"com.docker.stack.namespace": stack},
         networks=["host"], mounts=[f"{www}:/www:ro"], endpoint_spec=EndpointSpec(),
         stop_grace_period=1_000_000_000, **extra)
     return str(service.id), port, str(image)

@@ -10,7 +10,9 @@ import pytest
 
 from brace_watchdog.actions.config_rollback import preview_diff, validate_daemon_json
 from brace_watchdog.actions.db_rollback import DbTarget, next_steps, safety_dump_name
+from brace_watchdog.actions.db_writers import SwarmWriters
 from brace_watchdog.actions.gated import Plan, compose_project, stamp
+from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.config import parse_config
 from brace_watchdog.control.commands.operate import jsonable
 from brace_watchdog.control.commands.timeline import incident_bounds, render_timeline
@@ -73,6 +75,19 @@ def test_next_steps_follow_the_state(state: dict[str, object], expected: list[st
     for fragment in absent:
         assert fragment not in text
     assert "unfreeze" in text and "ack" in text
+
+
+def test_swarm_writers_are_started_again_at_their_journalled_counts() -> None:
+    # the adapter is never called: restart_argv reads only the journalled state
+    writers = SwarmWriters(SwarmAdapter("unix:///nonexistent"), "brace", ("backend", "bot"),
+                           timeout=10, beat=lambda: None)
+    state = {"database": "untouched", "writers": "stopping",
+             "writer_replicas": {"brace_backend": 3, "brace_bot": 0}}
+    text = "\n".join(next_steps("stopping_writers", state,
+                                up_argv=writers.restart_argv(state)))
+    assert ("writers are STOPPING; to start them again as they are: docker service scale "
+            "brace_backend=3 brace_bot=0") in text
+    assert writers.restart_argv({})[3:] == ["brace_backend=<replicas>", "brace_bot=<replicas>"]
 
 
 def test_safety_dump_is_a_backup_but_not_a_scheduled_one() -> None:

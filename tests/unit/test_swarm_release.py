@@ -11,8 +11,12 @@ from brace_watchdog.swarm_release import (
     choose_step,
     converged,
     fingerprint,
+    running_tasks,
+    scale_argv,
     spec_hash,
     swarm_rolled_back,
+    tasks_gone,
+    writers_problem,
 )
 
 SPEC = {"Image": "a", "Env": ["B=2", "A=1"], "Args": ["httpd"],
@@ -79,3 +83,37 @@ def test_swarms_own_rollback_is_recognised(state: str, rolled_back: bool) -> Non
 ])
 def test_converged(tasks: list[SwarmTask], replicas: int | None, done: bool) -> None:
     assert converged(tasks, "i", replicas) is done
+
+
+def _writer(name: str, replicas: int | None) -> SwarmService:
+    return SwarmService(f"id-{name}", name, 3, GOOD, None, replicas)
+
+
+def test_writers_problem_refuses_missing_and_global_writers() -> None:
+    services = [_writer("backend", 2), _writer("scheduler", 0), _writer("cron", None)]
+    assert writers_problem(services, ["backend", "scheduler"], "brace") is None
+    assert writers_problem(services, [], "brace") is None
+    missing = writers_problem(services, ["backend", "admin-bot"], "brace")
+    assert missing and "admin-bot not found in stack brace" in missing
+    is_global = writers_problem(services, ["backend", "cron"], "brace")
+    assert is_global and "brace_cron run in global mode" in is_global
+    assert "nothing was changed" in is_global
+
+
+@pytest.mark.parametrize(("states", "gone", "running"), [
+    ([], True, 0),
+    (["shutdown", "complete", "failed", "rejected", "remove", "orphaned"], True, 0),
+    (["running"], False, 1),
+    (["shutdown", "running", "running"], False, 2),
+    (["new"], False, 0), (["pending"], False, 0), (["assigned"], False, 0),
+    (["accepted"], False, 0), (["preparing"], False, 0), (["starting"], False, 0),
+    (["unknown"], False, 0),
+])
+def test_tasks_gone_and_running(states: list[str], gone: bool, running: int) -> None:
+    assert tasks_gone(states) is gone
+    assert running_tasks(states) == running
+
+
+def test_scale_argv_names_every_service_with_its_count() -> None:
+    assert scale_argv({"brace_scheduler": 1, "brace_backend": 2}) == [
+        "docker", "service", "scale", "brace_backend=2", "brace_scheduler=1"]
