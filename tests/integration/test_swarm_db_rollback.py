@@ -2,12 +2,15 @@
 private dockerd) and a real PostgreSQL 15 as production: the writer services are scaled to 0 and
 no writer container runs while ``pg_restore`` does (a stand-in ``pg_restore`` asks the engine
 before running the real one); afterwards each is back at its recorded replica count. A
-global-mode writer, which Swarm cannot scale to 0, is refused before anything changes."""
+global-mode writer, which Swarm cannot scale to 0, is refused before anything changes. A daemon
+SIGKILLed (failpoint) after journalling the counts, or after scaling to 0, reports the counts and
+the exact ``docker service scale`` command after its restart — and that command works."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,10 +20,13 @@ from typing import Any
 import pytest
 from docker.types import ServiceMode
 
+from brace_watchdog.failpoints import ENV as FAILPOINTS
 from tests.integration.control_helpers import control_server, ctl
+from tests.support.daemon import Daemon
 from tests.support.net import wait_for_port
 from tests.support.pg import PG_BIN, PgCluster, make_brace_dump
 from tests.support.swarm import PrivateSwarm, create_web_service
+from tests.support.webserver import switchable_server
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres, pytest.mark.slow]
 
@@ -181,3 +187,54 @@ async def test_a_global_mode_writer_is_refused_before_anything_changes(
         assert env.hub.frozen() is None
     assert {name: stack.running(name) for name in before} == before
     assert stack.replicas("backend") == 1
+
+
+@pytest.mark.parametrize(("failpoint", "journalled"), [
+    ("journal:stopping_writers@2", "stopping"),  # the counts journalled, nothing scaled yet
+    ("journal:stopping_writers@3", "stopped"),  # every writer at 0, its tasks gone
+])
+async def test_a_daemon_killed_while_stopping_writers_reports_their_counts(
+        tmp_path: Path, pg_cluster: PgCluster, swarm: PrivateSwarm, stack: Stack,
+        failpoint: str, journalled: str) -> None:
+    stack.add_loop("admin-bot", ServiceMode("replicated", replicas=2))
+    stack.add_loop("scheduler", ServiceMode("replicated", replicas=1))
+    counts = {"admin-bot": 2, "scheduler": 1}
+    stack.wait_running(counts)
+    dump = make_brace_dump(pg_cluster, tmp_path / "src" / DUMP, rows=5)
+    extra = f"""
+[database]
+dsn = "{pg_cluster.dsn(dbname=dump.dbname)}"
+[rollback]
+driver = "swarm"
+project = "{stack.name}"
+[db_rollback]
+target = "local"
+bin_dir = "{_bins(tmp_path / 'bin', swarm, stack)}"
+writers = ["admin-bot", "scheduler"]
+require_passing_restore_test = false
+"""
+    with switchable_server() as health:
+        daemon = Daemon(tmp_path, health, extra=extra,
+                        env={"DOCKER_HOST": swarm.host, FAILPOINTS: failpoint})
+        os.replace(dump.path, tmp_path / "backups" / DUMP)
+        try:
+            daemon.wait_for("READY=1", timeout=60)
+            run = await ctl("--socket", str(tmp_path / "control.sock"), "rollback", "db",
+                            "--dump", DUMP, "--yes")
+            assert daemon.proc.wait(60) == -signal.SIGKILL, (run, daemon.output())
+            del daemon.env[FAILPOINTS]
+            daemon.restart()
+            daemon.wait_for("READY=1", timeout=60)
+            status = await ctl("--socket", str(tmp_path / "control.sock"), "--json", "status")
+        finally:
+            daemon.close()
+    message = str(status.json()["escalation"]["message"])
+    assert "interrupted at step 'stopping_writers'" in message, message
+    command = f"docker service scale {stack.name}_admin-bot=2 {stack.name}_scheduler=1"
+    assert f"writers: {journalled}" in message and command in message, message
+    assert {name: stack.replicas(name) for name in counts} == (
+        counts if journalled == "stopping" else dict.fromkeys(counts, 0))
+    # the reported command puts them back
+    subprocess.run(["docker", "-H", swarm.host, *command.split()[1:], "--detach"], check=True,
+                   capture_output=True, timeout=120)
+    stack.wait_running(counts)
