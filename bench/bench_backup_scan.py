@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import figure, print_figures, write_result
+from bench.common import figure, report
 from brace_watchdog.monitors.backups import VERIFY_PER_SCAN, ScanCache, scan_backups
 
 TARGET_RATIO = 2.0
@@ -128,10 +128,7 @@ def main(argv: list[str]) -> int:
                     note="informational: brace-watchdogctl backups, every match stat-ed and "
                          "its header read at once")]
     print(f"backup scan: {args.files} files", flush=True)
-    print_figures(items)
-    path = write_result("backup_scan", items, result, quick=args.quick)
-    print(f"results: {path}")
-    return 0 if items[0]["passed"] and items[1]["passed"] else 1
+    return report("backup_scan", items, result, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,9 @@ from bench.common import (
     daemon_config,
     figure,
     parse_metric,
-    print_figures,
+    report,
     stop_process,
     target_server,
-    write_result,
 )
 from brace_watchdog.adapters.postgres import free_port
 from tests.support.pg import PgCluster, start_cluster
@@ -141,10 +140,7 @@ def main(argv: list[str]) -> int:
                     baseline_value=LEASE, unit="s", baseline="the lease (idle_session_timeout)",
                     target=TARGET, target_on="value", note=note)]
     print("failover: leader killed or stopped -> the other instance leads")
-    print_figures(items)
-    path = write_result("failover", items, times, quick=args.quick)
-    print(f"results: {path}")
-    return 0 if all(item["passed"] for item in items) else 1
+    return report("failover", items, times, quick=args.quick)
 
 
 if __name__ == "__main__":

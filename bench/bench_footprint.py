@@ -45,13 +45,12 @@ from bench.common import (
     TargetServer,
     daemon_config,
     figure,
-    print_figures,
+    report,
     running_daemon,
     sample_process,
     stop_process,
     target_server,
     wait_http,
-    write_result,
 )
 from brace_watchdog.adapters.http_probe import KeepAliveProber
 from brace_watchdog.adapters.postgres import free_port
@@ -269,10 +268,7 @@ def main(argv: list[str]) -> int:
                "path_h11_ms": path_ms["h11"], "path_stream_ms": path_ms["stream"]}
     result["rss_trace_mb"] = result["rss_trace_mb"][-6:]
     items = figures(result)
-    print_figures(items)
-    path = write_result("footprint", items, result, quick=args.quick)
-    print(f"results: {path}")
-    return 0 if all(item["passed"] for item in items) else 1
+    return report("footprint", items, result, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -37,11 +37,10 @@ from bench.common import (
     figure,
     parse_metric,
     percentile,
-    print_figures,
+    report,
     running_daemon,
     schedule_deviations,
     target_server,
-    write_result,
 )
 from brace_watchdog.adapters.postgres import free_port
 from tests.support.pg import make_brace_dump, start_cluster
@@ -210,14 +209,11 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="brace-bench-scrape-") as tmp:
         raw = measure(Path(tmp), dump, scrapes)
     items = figures(raw)
-    print_figures(items)
     details = {k: v for k, v in raw.items() if not k.endswith("_ms")}
     details |= {"dump_bytes": dump.stat().st_size, "rows_per_table": args.rows,
                 "health_interval_seconds": INTERVAL, "scrape_rate_per_second": RATE,
                 "max_ms": {k: max(v) for k, v in raw.items() if k.endswith("_ms")}}
-    path = write_result("scrape", items, details, quick=args.quick)
-    print(f"results: {path}")
-    return 0 if all(item["passed"] for item in items) else 1
+    return report("scrape", items, details, quick=args.quick)
 
 
 if __name__ == "__main__":

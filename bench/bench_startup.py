@@ -26,10 +26,9 @@ from bench.common import (
     VENV_BIN,
     daemon_config,
     figure,
-    print_figures,
+    report,
     stop_process,
     target_server,
-    write_result,
 )
 from brace_watchdog.adapters.postgres import free_port
 
@@ -87,11 +86,8 @@ def main(argv: list[str]) -> int:
                     target=TARGET_SECONDS, target_on="value",
                     note=f"median of {rounds}; exec to READY=1 under a NOTIFY_SOCKET")]
     print("startup: exec to READY=1", flush=True)
-    print_figures(items)
-    path = write_result("startup", items, {"rounds": rounds, "ready_seconds": readies,
-                                           "import_seconds": imports}, quick=args.quick)
-    print(f"results: {path}")
-    return 0 if items[0]["passed"] else 1
+    return report("startup", items, {"rounds": rounds, "ready_seconds": readies,
+                                     "import_seconds": imports}, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -297,6 +297,16 @@ def write_result(name: str, figures: list[dict[str, Any]], details: dict[str, An
     return path
 
 
+def report(name: str, figures: list[dict[str, Any]], details: dict[str, Any], *,
+           quick: bool) -> int:
+    """Print ``figures``, write them with ``details`` to ``bench/results/<name>.json``; the
+    benchmark's exit code: 0 when every figure met its target."""
+    print_figures(figures)
+    path = write_result(name, figures, details, quick=quick)
+    print(f"results: {path}")
+    return 0 if all(item["passed"] for item in figures) else 1
+
+
 def print_figures(figures: list[dict[str, Any]]) -> None:
     for item in figures:
         rel = "n/a" if item["ratio"] is None else f"{item['ratio']:.3f}x"

@@ -86,16 +86,33 @@ def _configure(stack: Stack, root: Path, name: str, shared: Path, dsn: str) -> I
     return Instance(name, root, port, start_daemon(config, root / "daemon.log"))
 
 
+@dataclass
+class Group:
+    """Instances sharing one state file (``shared``), one of them the ``leader``."""
+
+    members: list[Instance]
+    leader: Instance
+    shared: Path
+
+    def others(self) -> list[Instance]:
+        return [i for i in self.members if i is not self.leader]
+
+
 @asynccontextmanager
 async def instances(stack: Stack, tmp_path: Path, cluster: PgCluster,
-                    count: int) -> AsyncIterator[list[Instance]]:
+                    count: int) -> AsyncIterator[Group]:
+    """``count`` instances watching ``stack`` deployed at v1; yielded once one of them leads and
+    v1 is known good."""
     shared = tmp_path / "shared-state.db"
+    stack.deploy("v1")
     started: list[Instance] = []
     try:
         for n in range(count):
             started.append(_configure(stack, tmp_path / f"node{n}", f"node{n}", shared,
                                       cluster.dsn()))
-        yield started
+        leader = await the_leader(started)
+        await daemon_event(shared, "release.known_good", timeout=40)
+        yield Group(started, leader, shared)
     finally:
         for inst in started:
             with suppress(ProcessLookupError):
@@ -136,12 +153,9 @@ def journal_steps(shared: Path, action_id: int) -> list[str]:
 
 async def test_three_daemons_exactly_one_rolls_back_a_bad_deploy(
         stack: Stack, tmp_path: Path, pg_cluster: PgCluster) -> None:
-    shared = tmp_path / "shared-state.db"
-    stack.deploy("v1")
     async with instances(stack, tmp_path, pg_cluster, 3) as group:
-        leader = await the_leader(group)
-        await daemon_event(shared, "release.known_good", timeout=40)
-        follower = next(i for i in group if i is not leader)
+        leader, shared = group.leader, group.shared
+        follower = group.others()[0]
         status = json.loads((await ctl("--socket", follower.socket, "--json", "status")).out)
         assert status["leadership"]["leader"]["host"] == leader.name
         assert not status["leadership"]["acts"]
@@ -153,23 +167,20 @@ async def test_three_daemons_exactly_one_rolls_back_a_bad_deploy(
         await daemon_event(shared, "rollback.succeeded", timeout=60)
         await asyncio.sleep(3)  # time for a second instance to (wrongly) act too
         assert [status for _, status, _ in rollback_actions(shared)] == ["succeeded"]
-        assert await the_leader(group) is leader
+        assert await the_leader(group.members) is leader
     assert stack.running_images() == stack.all_on("v1")
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
 async def test_a_dead_or_stopped_leader_is_replaced_within_the_lease_and_acts_once(
         stack: Stack, tmp_path: Path, pg_cluster: PgCluster, how: str) -> None:
-    shared = tmp_path / "shared-state.db"
-    stack.deploy("v1")
     async with instances(stack, tmp_path, pg_cluster, 2) as group:
-        old = await the_leader(group)
-        await daemon_event(shared, "release.known_good", timeout=40)
+        old, shared = group.leader, group.shared
         if how == "SIGKILL":
             kill_daemon(old.proc)
         else:
             os.kill(old.proc.pid, signal.SIGSTOP)
-        survivor = next(i for i in group if i is not old)
+        survivor = group.others()[0]
         assert await the_leader([survivor]) is survivor
         stack.deploy("v2")
         await daemon_event(shared, "rollback.succeeded", timeout=60)
@@ -177,7 +188,7 @@ async def test_a_dead_or_stopped_leader_is_replaced_within_the_lease_and_acts_on
             os.kill(old.proc.pid, signal.SIGCONT)  # it wakes up believing it leads
             await asyncio.sleep(LEASE)
             assert old.leader() == 0.0, old.log()
-            assert await the_leader(group) is survivor
+            assert await the_leader(group.members) is survivor
         await asyncio.sleep(2)
         assert [status for _, status, _ in rollback_actions(shared)] == ["succeeded"]
     assert stack.running_images() == stack.all_on("v1")
@@ -185,11 +196,8 @@ async def test_a_dead_or_stopped_leader_is_replaced_within_the_lease_and_acts_on
 
 async def test_the_leaders_session_terminated_mid_rollback_stops_it_and_no_step_repeats(
         stack: Stack, tmp_path: Path, pg_cluster: PgCluster) -> None:
-    shared = tmp_path / "shared-state.db"
-    stack.deploy("v1")
     async with instances(stack, tmp_path, pg_cluster, 2) as group:
-        leader = await the_leader(group)
-        await daemon_event(shared, "release.known_good", timeout=40)
+        leader, shared = group.leader, group.shared
         stack.deploy("v2")
         await daemon_event(shared, "rollback.started", timeout=60)
         pg_cluster.psql("select pg_terminate_backend(pid) from pg_stat_activity "
@@ -203,4 +211,4 @@ async def test_the_leaders_session_terminated_mid_rollback_stops_it_and_no_step_
         for step in ("retagged", "compose_done", "images_verified"):
             assert steps.count(f"action.rollback.{step}") <= 1, steps  # never repeated
         assert actions[0][1] in ("succeeded", "interrupted"), (actions, ended.message)
-        await the_leader(group)
+        await the_leader(group.members)

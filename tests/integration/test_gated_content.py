@@ -17,7 +17,7 @@ from brace_watchdog.files import identify
 from tests.integration.control_helpers import Env, control_server, result
 from tests.integration.test_pg_hba_rollback import _break
 from tests.integration.test_pg_hba_rollback import _config as hba_config
-from tests.support.images import run_postgres
+from tests.support.images import PG_HBA, hba_in_container_config, postgres_with_rejecting_hba
 from tests.support.pg import PG_BIN, PgCluster, make_brace_dump
 
 NIGHTLY = "nightly/brace_20260101_000000.dump"
@@ -249,25 +249,14 @@ async def test_full_restore_proof_of_the_safety_dump_gates_the_restore(
 @pytest.mark.docker
 async def test_pg_hba_in_the_container_never_follows_a_planted_symlink(
         tmp_path: Path, docker_client: docker.DockerClient, postgres_image: str) -> None:
-    prod = run_postgres(docker_client, image=postgres_image)
-    data = "/var/lib/postgresql/data"
-    hba = f"{data}/pg_hba.conf"
-    name = str(prod.container.name)
-    try:
-        prod.exec("cp", "-p", hba, f"{hba}.bak")
-        prod.exec("sh", "-c", f"printf 'local all all trust\\nhost all all all reject\\n' > {hba}"
-                  f" && echo precious > /tmp/victim"
-                  f" && ln -s /tmp/victim {hba}.rollback-20260101_000000")
-        raw = {"database": {"dsn": prod.dsn()},
-               "db_rollback": {"target": "container", "container": name},
-               "network_rollback": {"pg_hba_path": hba, "pg_hba_in_container": True,
-                                    "reload_command": ["true"], "verify_attempts": 1}}
+    with postgres_with_rejecting_hba(docker_client, postgres_image) as prod:
+        prod.exec("sh", "-c", f"echo precious > /tmp/victim"
+                  f" && ln -s /tmp/victim {PG_HBA}.rollback-20260101_000000")
+        raw = hba_in_container_config(prod, reload_command=["true"], verify_attempts=1)
         async with control_server(tmp_path, raw, clock=lambda: FIXED_NOW) as env:
             plan = await _plan(env, "rollback-pg-hba")
             reply = await result(env.socket, "approve", {"token": plan["token"]})
             assert reply["error"]["code"] == "failed", reply
             assert reply["error"]["details"]["stage"] == "keeping_current"
         assert prod.exec("cat", "/tmp/victim") == (0, "precious\n")
-        assert "reject" in prod.exec("cat", hba)[1]
-    finally:
-        prod.stop()
+        assert "reject" in prod.exec("cat", PG_HBA)[1]

@@ -11,7 +11,12 @@ import docker
 import pytest
 
 from tests.integration.control_helpers import control_server, ctl, result
-from tests.support.images import run_postgres
+from tests.support.images import (
+    PG_DATA,
+    PG_HBA,
+    hba_in_container_config,
+    postgres_with_rejecting_hba,
+)
 from tests.support.pg import PG_BIN, PgCluster, dsn_connects
 
 pytestmark = [pytest.mark.postgres]
@@ -83,29 +88,20 @@ async def test_missing_backup_is_refused(tmp_path: Path, pg_cluster: PgCluster) 
 @pytest.mark.docker
 async def test_pg_hba_rollback_inside_the_database_container(
         tmp_path: Path, docker_client: docker.DockerClient, postgres_image: str) -> None:
-    prod = run_postgres(docker_client, image=postgres_image)
-    data = "/var/lib/postgresql/data"
-    hba = f"{data}/pg_hba.conf"
-    name = str(prod.container.name)
-    try:
-        prod.exec("cp", "-p", hba, f"{hba}.bak")
-        prod.exec("sh", "-c", f"printf 'local all all trust\\nhost all all all reject\\n' > {hba}")
-        prod.exec("pg_ctl", "reload", "-D", data)
+    with postgres_with_rejecting_hba(docker_client, postgres_image) as prod:
+        prod.exec("pg_ctl", "reload", "-D", PG_DATA)
         assert not dsn_connects(prod.dsn())
-        raw = {"database": {"dsn": prod.dsn()},
-               "db_rollback": {"target": "container", "container": name},
-               "network_rollback": {"pg_hba_path": hba, "pg_hba_in_container": True,
-                                    "reload_command": ["docker", "exec", "-u", "postgres", name,
-                                                       "pg_ctl", "reload", "-D", data],
-                                    "verify_attempts": 20, "verify_wait_seconds": 0.25}}
+        name = str(prod.container.name)
+        raw = hba_in_container_config(
+            prod, reload_command=["docker", "exec", "-u", "postgres", name, "pg_ctl", "reload",
+                                  "-D", PG_DATA],
+            verify_attempts=20, verify_wait_seconds=0.25)
         async with control_server(tmp_path, raw) as env:
             run = await ctl("--socket", str(env.socket), "--json", "rollback", "pg-hba", "--yes")
             assert run.code == 0, run
             assert run.json()["connection"] == "ok"
             assert dsn_connects(prod.dsn())
-            code, listing = prod.exec("ls", data)
+            code, listing = prod.exec("ls", PG_DATA)
             assert code == 0 and "pg_hba.conf.rollback-" in listing
-            code, owner = prod.exec("stat", "-c", "%U", hba)
+            code, owner = prod.exec("stat", "-c", "%U", PG_HBA)
             assert owner.strip() == "postgres"
-    finally:
-        prod.stop()

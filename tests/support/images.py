@@ -425,3 +425,29 @@ def run_postgres(client: docker.DockerClient, *, password: str = "postgres",
             _remove(container)
             raise RuntimeError(f"postgres container not ready on port {chosen}: {logs}")
         time.sleep(0.2)
+
+
+PG_DATA = "/var/lib/postgresql/data"  # the postgres image's data directory
+PG_HBA = f"{PG_DATA}/pg_hba.conf"
+
+
+@contextmanager
+def postgres_with_rejecting_hba(client: docker.DockerClient, image: str) -> Iterator[PgContainer]:
+    """A postgres container whose good ``pg_hba.conf`` is kept as ``.bak`` (like the runbook)
+    and replaced by one that rejects every TCP connection (not reloaded yet); removed after."""
+    prod = run_postgres(client, image=image)
+    try:
+        prod.exec("cp", "-p", PG_HBA, f"{PG_HBA}.bak")
+        prod.exec("sh", "-c",
+                  f"printf 'local all all trust\\nhost all all all reject\\n' > {PG_HBA}")
+        yield prod
+    finally:
+        prod.stop()
+
+
+def hba_in_container_config(prod: PgContainer, **network_rollback: Any) -> dict[str, Any]:
+    """The raw config of a pg_hba rollback of ``prod``'s file, inside its container."""
+    return {"database": {"dsn": prod.dsn()},
+            "db_rollback": {"target": "container", "container": str(prod.container.name)},
+            "network_rollback": {"pg_hba_path": PG_HBA, "pg_hba_in_container": True,
+                                 **network_rollback}}
