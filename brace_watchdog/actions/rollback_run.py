@@ -305,7 +305,7 @@ class RollbackRun:
             except AdapterError as exc:
                 obs = ReleaseObservation(None, missing=(f"engine error: {exc}",))
             running = obs.release.image_ids() if obs.release else {}
-            if not (running and running == plan.expected_images and not obs.not_running):
+            if not plan.runs_target(obs.release) or obs.not_running:
                 return await self._interrupted(action, plan, running, obs)
             self.hub.store.journal_step(
                 action.id, "resumed", evidence={"running": running},
@@ -320,7 +320,8 @@ class RollbackRun:
     async def _interrupted(self, action: ActionRecord, plan: RollbackPlan,
                            running: dict[str, str], obs: ReleaseObservation) -> RollbackVerdict:
         message = (f"rollback {action.id} was interrupted at step '{action.step}' by a daemon "
-                   "restart and the known-good images are not running; not repeating it — "
+                   "restart and the known-good release (its images, and its config where the "
+                   "rollback changes it) is not running; not repeating it — "
                    "an operator must decide")
         evidence = {"action_id": action.id, "step": action.step, "running": running,
                     "expected": plan.expected_images, "observed": obs.describe()}

@@ -78,6 +78,16 @@ class RollbackPlan:
     def expected_images(self) -> dict[str, str]:
         return self.target.image_ids()
 
+    def runs_target(self, release: Release | None) -> bool:
+        """Whether ``release`` (what runs now) is the target: its images, and its config too
+        when the rollback changes the config (a config-only rollback keeps the same images)."""
+        if release is None or not release.image_ids() or (
+                release.image_ids() != self.expected_images):
+            return False
+        hashes = {s.service: s.config_hash for s in self.target.services}
+        return not self.config_changed or all(
+            hashes.get(s.service) == s.config_hash for s in release.services)
+
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "target": self.target.to_dict(),
                 "current": self.current.to_dict() if self.current else None,

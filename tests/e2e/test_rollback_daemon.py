@@ -3,13 +3,18 @@ stack, driven by ``brace-watchdogctl`` over its real control socket."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from brace_watchdog import failpoints
+from brace_watchdog.actions import rollback_run, rollback_steps
+from brace_watchdog.ctl import EXIT_UNREACHABLE
 from brace_watchdog.state import StateStore
 from tests.integration.control_helpers import ctl
 from tests.support.stack import (
@@ -17,7 +22,6 @@ from tests.support.stack import (
     Stack,
     daemon_event,
     kill_daemon,
-    slow_compose,
     start_daemon,
     stop_daemon,
     write_daemon_config,
@@ -154,39 +158,84 @@ async def test_every_ctl_command_against_a_real_daemon(stack: Stack, tmp_path: P
             "rollback-pg-hba", "rollback-docker-daemon", "inspect"} <= audited
 
 
-# (journal step to SIGKILL at, compose ``up`` delay so the step is caught before compose runs,
-#  what the restarted daemon must conclude)
-KILL_STEPS = [("action.rollback.begin", 60, "interrupted"),
-              ("action.rollback.retagged", 60, "interrupted"),
-              ("action.rollback.compose_done", 0, "succeeded"),
-              ("action.rollback.images_verified", 0, "succeeded")]
+def journalled_steps() -> set[str]:
+    """Every step the compose app rollback journals on its way, read from its code: ``begin``
+    and each ``_journal("STEP", …)`` / ``journal_step(id, "STEP", …)`` with a literal step and
+    no ``status=`` (the endings), less the entries written only off the way."""
+    found = {"begin"}
+    for module in (rollback_run, rollback_steps):
+        for node in ast.walk(ast.parse(Path(str(module.__file__)).read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            position = {"_journal": 0, "journal_step": 1}.get(node.func.attr)
+            if position is None or len(node.args) <= position or any(
+                    k.arg == "status" for k in node.keywords):
+                continue
+            step = node.args[position]
+            if isinstance(step, ast.Constant) and isinstance(step.value, str):
+                found.add(step.value)
+    return found - set(OFF_THE_WAY)
 
 
-@pytest.mark.parametrize(("step", "delay", "outcome"), KILL_STEPS,
-                         ids=[s.rsplit(".", 1)[1] for s, _, _ in KILL_STEPS])
-async def test_sigkill_at_each_journal_step_reconciles(stack: Stack, tmp_path: Path, step: str,
-                                                       delay: int, outcome: str) -> None:
-    """SIGKILL the daemon (and its compose run) right after ``step`` is journalled: the
-    restarted daemon completes the rollback (verification only) or marks it interrupted,
-    freezes and escalates — and never repeats a retag or a compose run."""
-    state = tmp_path / "state.db"
-    stack.deploy("v1")
-    slow = {"compose_command": slow_compose(delay, stack.compose_command)} if delay else {}
-    # a long verification, so a kill after images_verified lands before probes_verified
-    config = write_daemon_config(stack, tmp_path, verify_successes=12, **slow)
-    daemon = start_daemon(config, tmp_path / "daemon.log")
-    try:
-        await daemon_event(state, "release.known_good")
+OFF_THE_WAY = {"resumed": "written by the recovery after a restart",
+               "leadership_lost": "a follower's hand-over (tests/e2e/test_leadership.py)"}
+# (what the bad deploy changed, journal step to SIGKILL at, what the restarted daemon concludes)
+KILL_STEPS = [("image", "begin", "interrupted"), ("image", "retagged", "interrupted"),
+              ("pruned", "images_loaded", "interrupted"),
+              ("config", "snapshot_written", "interrupted"),
+              ("image", "compose_done", "succeeded"), ("image", "verifying", "succeeded"),
+              ("image", "images_verified", "succeeded"),
+              ("image", "probes_verified", "succeeded")]
+
+
+def test_the_kill_steps_are_every_step_the_rollback_journals() -> None:
+    assert {step for _, step, _ in KILL_STEPS} == journalled_steps()
+
+
+async def _bad_deploy(stack: Stack, tmp_path: Path, change: str, state: Path) -> None:
+    """Deploy what ``change`` names over the known-good v1: new images, a broken config, or new
+    images while the known-good backend image was pruned (then an operator rolls back)."""
+    if change == "config":
+        stack.deploy("v1", {"HEALTH_STATUS": "500"})
+    elif change == "image":
         stack.deploy("v2")
-        await daemon_event(state, step, timeout=60)
+    else:
+        good_backend = stack.running_images()["backend"]
+        stack.deploy("v2")
+        await daemon_event(state, "deploy")
+        stack.client.images.remove(good_backend, force=True)  # as `docker image prune -a`
+        run = await ctl("--socket", str(tmp_path / "control.sock"), "rollback", "app")
+        assert run.code == EXIT_UNREACHABLE, run  # the daemon killed itself mid-answer
+
+
+@pytest.mark.parametrize(("change", "step", "outcome"), KILL_STEPS,
+                         ids=[f"{c}-{s}" for c, s, _ in KILL_STEPS])
+@pytest.mark.daemon_ctl("status")
+async def test_sigkill_at_each_journal_step_reconciles(stack: Stack, tmp_path: Path, change: str,
+                                                       step: str, outcome: str) -> None:
+    """SIGKILL the daemon (its failpoint) right after ``step`` is journalled: the restarted
+    daemon completes the rollback (verification only) when the known-good release runs —
+    images and, for a config rollback, config — or else marks it interrupted, freezes and
+    escalates, never marking the target failed; and never repeats a retag or a compose run."""
+    state = tmp_path / "state.db"
+    backend = stack.unique_image("v1") if change == "pruned" else "v1"
+    stack.deploy(backend)
+    config = write_daemon_config(stack, tmp_path, max_per_day=0 if change == "pruned" else 2)
+    daemon = start_daemon(config, tmp_path / "daemon.log",
+                          env={failpoints.ENV: f"journal:{step}"})
+    try:
+        good = (await daemon_event(state, "release.known_good")).evidence["release"]
+        await _bad_deploy(stack, tmp_path, change, state)
+        assert await asyncio.to_thread(daemon.wait, 120) == -signal.SIGKILL
     finally:
         kill_daemon(daemon)
-    restarted = start_daemon(write_daemon_config(stack, tmp_path, verify_successes=12),
-                             tmp_path / "daemon.log")
+    assert f"failpoint journal:{step}" in (tmp_path / "daemon.log").read_text()
+    restarted = start_daemon(config, tmp_path / "daemon.log")
     try:
         end = await daemon_event(state, "action.rollback.interrupted", "rollback.succeeded",
                                  timeout=60)
-        await asyncio.sleep(2)
+        status = await ctl("--socket", str(tmp_path / "control.sock"), "--json", "status")
+        assert status.code == 0, status
     finally:
         assert stop_daemon(restarted) == 0
     store = StateStore(state).open()
@@ -195,6 +244,8 @@ async def test_sigkill_at_each_journal_step_reconciles(stack: Stack, tmp_path: P
         assert [a.status for a in actions] == [outcome], (end, actions)
         for once in ("action.rollback.retagged", "action.rollback.compose_done"):
             assert len(store.events(kinds=(once,))) <= 1, once
+        target = store.release(good["fingerprint"])
+        assert target is not None and target.failed_verification_at is None
         if outcome == "interrupted":
             assert store.flag("automation_frozen") is not None
             assert store.events(kinds=("action.rollback.compose_done",)) == []
@@ -204,5 +255,6 @@ async def test_sigkill_at_each_journal_step_reconciles(stack: Stack, tmp_path: P
             assert store.events(kinds=("action.rollback.resumed",))
     finally:
         store.close()
-    expected = "v2" if outcome == "interrupted" else "v1"
-    assert stack.running_images()["backend"] == stack.images[expected]
+    running = backend if outcome == "succeeded" or change == "config" else "v2"
+    assert stack.running_images()["backend"] == stack.images[running]
+    assert "HEALTH_STATUS" not in stack.compose_file.read_text()  # the good config on disk

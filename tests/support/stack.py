@@ -518,12 +518,15 @@ async def daemon_event(state: Path, *kinds: str, timeout: float = 30) -> Event:
     return found
 
 
-def start_daemon(config: Path, log: Path | None = None) -> subprocess.Popen[bytes]:
-    """``brace-watchdog run --config CONFIG`` as a real process (output to ``log``)."""
+def start_daemon(config: Path, log: Path | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``brace-watchdog run --config CONFIG`` as a real process (output to ``log``; ``env``
+    added to the environment, e.g. ``BRACE_WATCHDOG_FAILPOINTS``)."""
     out = log.open("ab") if log is not None else subprocess.DEVNULL
     try:
         return subprocess.Popen([sys.executable, "-m", "brace_watchdog", "run", "--config",
-                                 str(config)], stdout=out, stderr=subprocess.STDOUT)
+                                 str(config)], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
     finally:
         if log is not None and not isinstance(out, int):
             out.close()

@@ -165,3 +165,19 @@ async def test_an_unknown_compose_version_is_asked_again() -> None:
 
     cli = ComposeCLI(["docker", "compose"], timeout=1, runner=fails)
     assert await cli.detect() == "" and cli.version is None and not cli.pull_never
+
+
+@pytest.mark.parametrize(("running", "config_changed", "runs"), [
+    (release(), False, True),
+    (release(), True, True),
+    (release(config="c2"), False, True),       # an image rollback does not change config
+    (release(config="c2"), True, False),       # a config rollback whose up never ran
+    (release("sha256:bad"), False, False),
+    (release("sha256:bad"), True, False),
+    (None, False, False),
+    (Release("brace", "/srv", (), ()), False, False),
+])
+def test_a_restart_finds_the_target_running_only_with_its_config_where_it_changes(
+        running: Release | None, config_changed: bool, runs: bool) -> None:
+    p = replace(plan(), config_changed=config_changed)
+    assert p.runs_target(running) is runs
