@@ -30,7 +30,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from brace_watchdog.actions.db_rollback import DbRollback
 from brace_watchdog.actions.gated import (
@@ -39,6 +39,7 @@ from brace_watchdog.actions.gated import (
     Step,
     StepJournal,
     compose_project,
+    ordered,
     stamp,
     verify_health,
     wait_until,
@@ -191,6 +192,7 @@ class PgHbaRollback(_ConfigRollback):
     """The ``pg_hba_rollback`` gated action."""
 
     name = "pg_hba_rollback"
+    STEPS: ClassVar[tuple[str, ...]] = ("keeping_current", "restoring", "reloading", "verifying")
 
     async def _container(self) -> str:
         target = await DbRollback(self.hub, docker_command=self.docker).target()
@@ -273,13 +275,12 @@ class PgHbaRollback(_ConfigRollback):
             await self._run(self._reload_argv())
             journal.checkpoint(pg_hba="restored and reloaded")
 
-        steps: list[Step] = [
-            ("keeping_current", f"keeping the current file as {kept.name}", keep),
-            ("restoring", f"installing {cfg.pg_hba_backup_path.name}", restore),
-            ("reloading", "reloading PostgreSQL", reload),
-            ("verifying", "connecting to the database", lambda: self._verify(journal)),
-        ]
-        return await self._journaled(journal, steps)
+        return await self._journaled(journal, ordered(self.STEPS, {
+            "keeping_current": (f"keeping the current file as {kept.name}", keep),
+            "restoring": (f"installing {cfg.pg_hba_backup_path.name}", restore),
+            "reloading": ("reloading PostgreSQL", reload),
+            "verifying": ("connecting to the database", lambda: self._verify(journal)),
+        }))
 
     async def _keep(self, files: FilePair, kept: Path) -> None:
         cfg = self.cfg
@@ -333,6 +334,8 @@ class DockerDaemonRollback(_ConfigRollback):
     """The ``docker_daemon_rollback`` gated action."""
 
     name = "docker_daemon_rollback"
+    STEPS: ClassVar[tuple[str, ...]] = ("keeping_current", "restoring", "restarting",
+                                        "waiting_engine", "verifying")
 
     def _services(self) -> tuple[str, ...]:
         chosen = self.cfg.verify_services
@@ -399,15 +402,14 @@ class DockerDaemonRollback(_ConfigRollback):
             journal.checkpoint(engine="restarting")
             await self._run(cfg.docker_restart_command)
 
-        steps: list[Step] = [
-            ("keeping_current", f"keeping the current file as {kept.name}", keep),
-            ("restoring", f"installing {cfg.docker_daemon_json_backup.name}", restore),
-            ("restarting", f"running {' '.join(cfg.docker_restart_command)}", restart),
-            ("waiting_engine", "waiting for the docker engine API",
-             lambda: self._engine(journal)),
-            ("verifying", "checking compose services", lambda: self._verify(journal)),
-        ]
-        return await self._journaled(journal, steps)
+        return await self._journaled(journal, ordered(self.STEPS, {
+            "keeping_current": (f"keeping the current file as {kept.name}", keep),
+            "restoring": (f"installing {cfg.docker_daemon_json_backup.name}", restore),
+            "restarting": (f"running {' '.join(cfg.docker_restart_command)}", restart),
+            "waiting_engine": ("waiting for the docker engine API",
+                               lambda: self._engine(journal)),
+            "verifying": ("checking compose services", lambda: self._verify(journal)),
+        }))
 
     async def _engine(self, journal: StepJournal) -> None:
         cfg = self.cfg

@@ -52,7 +52,7 @@ import shutil
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from brace_watchdog.actions import restore_policy
 from brace_watchdog.actions.db_writers import ComposeWriters, SwarmWriters, Writers
@@ -62,6 +62,7 @@ from brace_watchdog.actions.gated import (
     Step,
     StepJournal,
     compose_project,
+    ordered,
     stamp,
     verify_health,
     wait_until,
@@ -77,7 +78,7 @@ from brace_watchdog.errors import ActionError, CommandError, RefusedError
 from brace_watchdog.files import FileIdentity, copy_verified, identify, private_dir, publish
 from brace_watchdog.runtime import Hub
 
-__all__ = ["ACTION", "TOOLS", "DbRollback", "DbTarget", "approved_identity", "next_steps",
+__all__ = ["ACTION", "STEPS", "TOOLS", "DbRollback", "DbTarget", "approved_identity", "next_steps",
            "safety_dump_name", "tool_major", "tools_problem"]
 
 ACTION = "db_rollback"
@@ -86,6 +87,8 @@ APP_NAME = "brace-watchdog-restore"
 _LIVE_TABLES_SQL = ("select schemaname || '.' || tablename from pg_tables where schemaname "
                     "not in ('pg_catalog', 'information_schema') order by 1")
 UNKNOWN = "UNKNOWN"
+STEPS = ("freezing", "stopping_writers", "safety_dump", "restoring", "starting_writers",
+         "verifying", "smoke")
 TOOLS = ("pg_dump", "pg_restore")
 _TOOL_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)")
 
@@ -204,6 +207,7 @@ class DbRollback:
     """The ``db_rollback`` gated action."""
 
     name = ACTION
+    STEPS: ClassVar[tuple[str, ...]] = STEPS
 
     def __init__(self, hub: Hub, *, docker_command: Sequence[str] = ("docker",),
                  swarm: SwarmAdapter | None = None) -> None:
@@ -436,15 +440,15 @@ class _Run:
 
     def steps(self) -> list[Step]:
         writers = ", ".join(self.owner.cfg.writers) or "(none configured)"
-        return [
-            ("freezing", "freezing automatic actions", self.freeze),
-            ("stopping_writers", f"stopping writers: {writers}", self.stop_writers),
-            ("safety_dump", "dumping the current database", self.safety_dump),
-            ("restoring", f"restoring {self.name}", self.restore),
-            ("starting_writers", f"starting writers: {writers}", self.start_writers),
-            ("verifying", f"probing {self.owner.hub.config.health.url}", self.verify),
-            ("smoke", "running the smoke test", self.smoke),
-        ]
+        return ordered(STEPS, {
+            "freezing": ("freezing automatic actions", self.freeze),
+            "stopping_writers": (f"stopping writers: {writers}", self.stop_writers),
+            "safety_dump": ("dumping the current database", self.safety_dump),
+            "restoring": (f"restoring {self.name}", self.restore),
+            "starting_writers": (f"starting writers: {writers}", self.start_writers),
+            "verifying": (f"probing {self.owner.hub.config.health.url}", self.verify),
+            "smoke": ("running the smoke test", self.smoke),
+        })
 
     async def freeze(self) -> None:
         self.owner.hub.freeze(f"DB rollback to {self.name}", by=self.who)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -28,12 +28,24 @@ from brace_watchdog.monitors.health import probe
 from brace_watchdog.runtime import Hub
 
 __all__ = ["Advice", "GatedAction", "GatedFailure", "Plan", "Progress", "Step", "StepJournal",
-           "compose_project", "probe_health", "resolve_interrupted", "stamp", "verify_health",
-           "wait_until"]
+           "compose_project", "ordered", "probe_health", "resolve_interrupted", "stamp",
+           "verify_health", "wait_until"]
 
 T = TypeVar("T")
 Progress = Callable[[str, str], Awaitable[None]]
-Step = tuple[str, str, Callable[[], Awaitable[Any]]]
+Work = Callable[[], Awaitable[Any]]
+Step = tuple[str, str, Work]
+
+
+def ordered(names: Sequence[str], table: Mapping[str, tuple[str, Work]]) -> list[Step]:
+    """``table``'s ``(message, work)`` steps in the order ``names`` declares.
+
+    ``names`` is an action's ``STEPS``, the one list of its steps (kill tests enumerate it);
+    a step missing from either side is a programming error, raised at once.
+    """
+    if sorted(names) != sorted(table):
+        raise ValueError(f"declared steps {list(names)} differ from those built {sorted(table)}")
+    return [(name, *table[name]) for name in names]
 
 
 @dataclass(frozen=True)
@@ -219,9 +231,9 @@ GATED_KINDS = ("db_rollback", "pg_hba_rollback", "docker_daemon_rollback")
 
 
 async def resolve_interrupted(hub: Hub) -> list[int]:
-    """At start-up: gated actions a previous daemon left unfinished are marked interrupted and
-    escalated with the state their last journal entry recorded and the next safe commands — only
-    an operator can judge what happened after that entry."""
+    """At start-up: gated actions a previous daemon left unfinished are marked interrupted,
+    automation is frozen, and each is escalated with the state its last journal entry recorded
+    and the next safe commands — only an operator can judge what happened after that entry."""
     found: list[int] = []
     for action in hub.store.open_actions():
         if action.kind not in GATED_KINDS:
@@ -231,10 +243,14 @@ async def resolve_interrupted(hub: Hub) -> list[int]:
         next_steps = [str(s) for s in last.get("next_steps", []) if isinstance(s, str)]
         known = "; ".join(f"{key}: {value}" for key, value in state.items()
                           if value not in (None, ""))
+        if hub.frozen() is None:
+            hub.freeze(f"{action.kind} #{action.id} was interrupted by a daemon restart",
+                       by="control", evidence={"action_id": action.id})
         message = (f"{action.kind} #{action.id} was interrupted at step {action.step!r} by a "
                    f"daemon restart. Last recorded state: {known or 'nothing changed yet'}. "
                    f"Next: {' | '.join(next_steps) or 'check the database, writers and files'} "
-                   f"(brace-watchdogctl explain / timeline --action-id {action.id})")
+                   f"(brace-watchdogctl explain / timeline --action-id {action.id}). Automatic "
+                   "actions are frozen until brace-watchdogctl unfreeze.")
         hub.store.journal_step(action.id, action.step, status="interrupted", result=message,
                                evidence={"state": state, "next_steps": next_steps})
         await hub.escalate(f"{action.kind}_interrupted", message, source="control",

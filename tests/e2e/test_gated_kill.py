@@ -7,7 +7,10 @@ Each step is held open at a real blocking point — the command that step runs i
 real tool (docker-compose against a real busybox writer, PostgreSQL 15 tools against a real
 cluster, the real docker engine); steps that wait in the daemon itself (health, connection,
 engine) are held by what they wait for. Steps with no blocking point at all (freezing, keeping
-and installing a file: microseconds of local work) have none to be killed in.
+and installing a file: microseconds of local work) are killed by a failpoint
+(``BRACE_WATCHDOG_FAILPOINTS``: the daemon SIGKILLs itself right after a chosen journal entry);
+so is every step of the file rollbacks, at its start and after each checkpoint that changes a
+file. The steps come from each action's ``STEPS``, so a new step gets its kill test.
 """
 
 from __future__ import annotations
@@ -23,9 +26,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from brace_watchdog.actions.config_rollback import DockerDaemonRollback, PgHbaRollback
+from brace_watchdog.actions.db_rollback import STEPS as DB_ROLLBACK_STEPS
+from brace_watchdog.actions.gated import GATED_KINDS
+from brace_watchdog.failpoints import ENV as FAILPOINTS
 from tests.integration.control_helpers import ctl
 from tests.support.daemon import Daemon
 from tests.support.net import free_port
@@ -112,14 +120,89 @@ async def _in_step(state: Path, kind: str, step: str, timeout: float = 120) -> N
 
 async def _kill_and_restart(daemon: Daemon, run: asyncio.Task[object]) -> str:
     """SIGKILL mid-step, start again; the escalation the new daemon reports."""
-    daemon.restart()
+    return str((await _restarted_status(daemon, run))["escalation"]["message"])
+
+
+async def _restarted_status(daemon: Daemon, run: asyncio.Task[object]) -> dict[str, Any]:
+    """Start again (SIGKILLing the daemon if it still runs), without failpoints; its status."""
+    daemon.restart(env={})
     daemon.wait_for("READY=1", timeout=60)
     await run
     status = await ctl("--socket", str(daemon.dir / "control.sock"), "--json", "status")
     assert status.code == 0, status
-    escalation = status.json()["escalation"]
-    assert escalation, status.out
-    return str(escalation["message"])
+    found: dict[str, Any] = status.json()
+    assert found["escalation"], status.out
+    return found
+
+
+@dataclass(frozen=True)
+class Journal:
+    """An action's journal as the state file holds it."""
+
+    status: str
+    step: str
+    entries: int
+    last: dict[str, Any]
+
+    @property
+    def state(self) -> dict[str, Any]:
+        found = self.last.get("state", {})
+        return found if isinstance(found, dict) else {}
+
+
+def _journal(state: Path, kind: str) -> Journal:
+    with contextlib.closing(sqlite3.connect(f"file:{state}?mode=ro", uri=True)) as conn:
+        action_id, status, step = conn.execute(
+            "SELECT id, status, step FROM actions WHERE kind = ? ORDER BY id DESC LIMIT 1",
+            (kind,)).fetchone()
+        rows = conn.execute("SELECT evidence FROM events WHERE action_id = ? ORDER BY id",
+                            (action_id,)).fetchall()
+    return Journal(str(status), str(step), len(rows), json.loads(rows[-1][0]))
+
+
+@dataclass(frozen=True)
+class Killed:
+    """What the journal held when a failpoint killed the daemon, and what the restart said."""
+
+    at: Journal
+    message: str
+
+
+async def _killed_by_failpoint(daemon: Daemon, kind: str, point: str,
+                               command: list[str]) -> Killed:
+    """Run ``command`` on a daemon started with ``point`` armed; it must die there. Restarted
+    (unarmed), the daemon reports exactly the last journal entry's state and next steps, marks
+    the action interrupted (one entry more, nothing run again) and freezes automation."""
+    daemon.wait_for("READY=1", timeout=60)
+    run = asyncio.ensure_future(ctl("--socket", str(daemon.dir / "control.sock"), *command,
+                                    "--yes"))
+    died = asyncio.ensure_future(asyncio.to_thread(daemon.proc.wait, 120))
+    await asyncio.wait([run, died], return_when=asyncio.FIRST_COMPLETED)
+    assert died.done() or (await asyncio.wait([died], timeout=10))[0], (
+        f"the action ended without reaching {point}: {run.result()}")
+    assert died.result() == -signal.SIGKILL, daemon.output()
+    step = point.partition("@")[0]
+    assert f"failpoint journal:{step} (hit " in daemon.output()
+    at = _journal(daemon.state_path, kind)
+    assert (at.status, at.step) == ("running", step)
+    status = await _restarted_status(daemon, run)
+    message = str(status["escalation"]["message"])
+    assert f"interrupted at step '{step}'" in message, message
+    for key, value in at.state.items():
+        assert value in (None, "") or f"{key}: {value}" in message, (key, message)
+    for advice in at.last.get("next_steps", []):
+        assert advice in message, (advice, message)
+    assert status["frozen"], status
+    after = _journal(daemon.state_path, kind)
+    assert (after.status, after.step, after.entries) == ("interrupted", step, at.entries + 1)
+    return Killed(at, message)
+
+
+def _points(steps: tuple[str, ...], checkpoints: dict[str, int]) -> list[str]:
+    """``begin``, every step at its first journal entry, and the later entries (checkpoints)
+    named in ``checkpoints`` (step: how many entries it journals before its work ends)."""
+    return ["begin", *steps, *(f"{step}@{n}" for step, last in checkpoints.items()
+                               for n in range(2, last + 1))]
 
 
 @dataclass
@@ -180,13 +263,9 @@ DB_STEPS = {
 }
 
 
-@pytest.mark.docker
-@pytest.mark.postgres
-@pytest.mark.parametrize("step", list(DB_STEPS))
-@pytest.mark.daemon_ctl("rollback db", "status")
-async def test_db_rollback_killed_at_each_step(
-        step: str, tmp_path: Path, gates: Gates, cluster: PgCluster, writers: Writers) -> None:
-    label, expected = DB_STEPS[step]
+def _db_daemon(tmp_path: Path, gates: Gates, cluster: PgCluster, writers: Writers,
+               health: SwitchableServer, env: dict[str, str] | None = None) -> Daemon:
+    """A daemon that may roll the database back to DUMP (gated tools, a real cluster)."""
     dump = make_brace_dump(cluster, tmp_path / "src" / DUMP, rows=5)
     bins = gates.dir / "bin"
     bins.mkdir()
@@ -210,9 +289,20 @@ health_attempts = 10000
 health_wait_seconds = 0.2
 smoke_command = {json.dumps(smoke)}
 """
+    daemon = Daemon(tmp_path, health, extra=extra, env=env)
+    os.replace(dump.path, tmp_path / "backups" / DUMP)
+    return daemon
+
+
+@pytest.mark.docker
+@pytest.mark.postgres
+@pytest.mark.parametrize("step", list(DB_STEPS))
+@pytest.mark.daemon_ctl("rollback db", "status")
+async def test_db_rollback_killed_at_each_step(
+        step: str, tmp_path: Path, gates: Gates, cluster: PgCluster, writers: Writers) -> None:
+    label, expected = DB_STEPS[step]
     with switchable_server() as health:
-        daemon = Daemon(tmp_path, health, extra=extra)
-        os.replace(dump.path, tmp_path / "backups" / DUMP)
+        daemon = _db_daemon(tmp_path, gates, cluster, writers, health)
         try:
             await asyncio.to_thread(_compose, writers, "up", "-d")
             daemon.wait_for("READY=1", timeout=60)
@@ -229,6 +319,31 @@ smoke_command = {json.dumps(smoke)}
     for fragment in expected:
         assert fragment in message, (fragment, message)
     assert "brace-watchdogctl unfreeze" in message
+
+
+DB_FAILPOINT_STEPS = [step for step in DB_ROLLBACK_STEPS if step not in DB_STEPS]
+
+
+@pytest.mark.docker
+@pytest.mark.postgres
+@pytest.mark.parametrize("point", _points(tuple(DB_FAILPOINT_STEPS), {"freezing": 2}))
+@pytest.mark.daemon_ctl("rollback db", "status")
+async def test_db_rollback_killed_where_nothing_blocks(
+        point: str, tmp_path: Path, gates: Gates, cluster: PgCluster, writers: Writers) -> None:
+    """Steps with no tool to hold (freezing): killed by a failpoint right after their entry."""
+    with switchable_server() as health:
+        daemon = _db_daemon(tmp_path, gates, cluster, writers, health,
+                            env={FAILPOINTS: f"journal:{point}"})
+        try:
+            killed = await _killed_by_failpoint(daemon, "db_rollback", point,
+                                                ["rollback", "db", "--dump", DUMP])
+        finally:
+            daemon.close()
+    assert killed.at.state.get("writers", "running") == "running"
+    assert killed.at.state.get("safety_dump") is None
+    assert not list((tmp_path / "backups").glob("brace_safety_*"))
+    assert killed.at.state.get("automation", "running") == (
+        "frozen" if point == "freezing@2" else "running")
 
 
 async def _hold(step: str, label: str | None, gates: Gates, health: SwitchableServer,
@@ -326,3 +441,104 @@ verify_services = ["backend"]
     assert f"interrupted at step '{step}'" in message, message
     for fragment in DOCKER_STEPS[step]:
         assert fragment in message, (fragment, message)
+
+
+def _files_match(folder: Path, name: str, old: str, new: str, live_state: str,
+                 kept_as: str | None) -> None:
+    """The files are as the journal says: the kept copy exists iff journaled and holds the old
+    content, the live file is the old one until journaled restored; nothing is lost and no
+    temporary file is left."""
+    live = (folder / name).read_text()
+    kept = sorted(folder.glob(f"{name}.rollback-*"))
+    assert [str(path) for path in kept] == ([kept_as] if kept_as else [])
+    assert all(path.read_text() == old for path in kept)
+    if live_state == "unchanged":
+        assert live == old
+    elif live_state.startswith("restored"):
+        assert live == new
+    assert live in (old, new)
+    assert old in (live, *(path.read_text() for path in kept))
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        [name, f"{name}.bak", *(path.name for path in kept)])
+
+
+async def _file_rollback_killed(tmp_path: Path, point: str, command: list[str], extra: str,
+                                file: tuple[Path, str, str]) -> Killed:
+    """A file rollback (``file``: the live file, its content and its ``.bak``'s) killed at
+    ``point``."""
+    path, old, new = file
+    path.parent.mkdir()
+    path.write_text(old)
+    path.with_name(f"{path.name}.bak").write_text(new)
+    kind = {"pg-hba": "pg_hba_rollback", "docker-daemon": "docker_daemon_rollback"}[command[1]]
+    with switchable_server() as health:
+        daemon = Daemon(tmp_path, health, extra=extra, env={FAILPOINTS: f"journal:{point}"})
+        try:
+            return await _killed_by_failpoint(daemon, kind, point, command)
+        finally:
+            daemon.close()
+
+
+HBA_OLD, HBA_NEW = "host all all 127.0.0.1/32 reject\n", "host all all 127.0.0.1/32 trust\n"
+
+
+@pytest.mark.parametrize("point", _points(PgHbaRollback.STEPS,
+                                          {"keeping_current": 2, "restoring": 3, "reloading": 2}))
+@pytest.mark.daemon_ctl("rollback pg-hba", "status")
+async def test_pg_hba_rollback_killed_after_each_journal_entry(point: str,
+                                                               tmp_path: Path) -> None:
+    folder = tmp_path / "hba"
+    reloads = tmp_path / "reloads"
+    extra = f"""
+[database]
+dsn = "postgresql://nobody@127.0.0.1:{free_port()}/none?connect_timeout=1"
+[network_rollback]
+pg_hba_path = "{folder / 'pg_hba.conf'}"
+reload_command = ["sh", "-c", "echo reloaded >> {reloads}"]
+verify_attempts = 1
+"""
+    killed = await _file_rollback_killed(tmp_path, point, ["rollback", "pg-hba"], extra,
+                                         (folder / "pg_hba.conf", HBA_OLD, HBA_NEW))
+    state = killed.at.state
+    _files_match(folder, "pg_hba.conf", HBA_OLD, HBA_NEW, str(state.get("pg_hba", "unchanged")),
+                 state.get("kept_as"))
+    ran = reloads.read_text().splitlines() if reloads.exists() else []
+    assert ran == (["reloaded"] if state.get("pg_hba") == "restored and reloaded" else [])
+    if state.get("kept_as"):
+        assert f"to undo: copy {state['kept_as']} over" in killed.message
+
+
+DAEMON_OLD, DAEMON_NEW = '{"broken": true}', '{"log-driver": "json-file"}'
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("point", _points(DockerDaemonRollback.STEPS,
+                                          {"keeping_current": 2, "restoring": 3,
+                                           "restarting": 2}))
+@pytest.mark.daemon_ctl("rollback docker-daemon", "status")
+async def test_docker_daemon_rollback_killed_after_each_journal_entry(point: str,
+                                                                      tmp_path: Path) -> None:
+    folder = tmp_path / "etc"
+    restarts = tmp_path / "restarts"
+    extra = f"""
+[network_rollback]
+docker_daemon_json = "{folder / 'daemon.json'}"
+docker_restart_command = ["sh", "-c", "echo restarted >> {restarts}"]
+docker_host = "unix:///var/run/docker.sock"
+engine_wait_seconds = 1
+verify_services = ["backend"]
+"""
+    killed = await _file_rollback_killed(tmp_path, point, ["rollback", "docker-daemon"], extra,
+                                         (folder / "daemon.json", DAEMON_OLD, DAEMON_NEW))
+    state = killed.at.state
+    _files_match(folder, "daemon.json", DAEMON_OLD, DAEMON_NEW,
+                 str(state.get("daemon_json", "unchanged")), state.get("kept_as"))
+    ran = restarts.read_text().splitlines() if restarts.exists() else []
+    assert ran == (["restarted"] if killed.at.step in ("waiting_engine", "verifying") else [])
+
+
+def test_every_gated_action_and_step_has_a_kill_test() -> None:
+    """The kill tests enumerate each action's declared ``STEPS``; the DB rollback's steps with
+    no blocking point are the failpoint test's, so together they cover every step."""
+    assert set(GATED_KINDS) == {"db_rollback", "pg_hba_rollback", "docker_daemon_rollback"}
+    assert set(DB_STEPS) | set(DB_FAILPOINT_STEPS) == set(DB_ROLLBACK_STEPS)

@@ -78,8 +78,11 @@ class Daemon:
         return subprocess.Popen([str(BIN), "run", "--config", str(self.config)], env=env,
                                 stdout=self.log, stderr=subprocess.STDOUT)
 
-    def restart(self) -> None:
-        """SIGKILL the daemon (if it runs) and start it again on the same config and state."""
+    def restart(self, env: Mapping[str, str] | None = None) -> None:
+        """SIGKILL the daemon (if it runs) and start it again on the same config and state
+        (with ``env`` in place of the overrides it was given, if set)."""
+        if env is not None:
+            self.env = dict(env)
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
