@@ -172,6 +172,9 @@ class Metrics:
     def _restore_test(self) -> None:
         self.restore_running = self._g(
             "brace_restore_test_running", "1 while a restore test runs.")
+        self.restore_stage = self._g(
+            "brace_restore_test_stage",
+            "1 for the stage the running restore test is in, 0 for the others.", ("stage",))
         self.restore_last_run = self._g(
             "brace_restore_test_last_run_timestamp_seconds", "Unix time the last test finished.")
         self.restore_last_success = self._g(

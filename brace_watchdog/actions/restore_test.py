@@ -23,6 +23,7 @@ from typing import Any
 
 from brace_watchdog.actions.restore_policy import is_due
 from brace_watchdog.actions.restore_run import (
+    STAGES,
     RestoreResult,
     RestoreRun,
     ServerFactory,
@@ -92,6 +93,7 @@ class RestoreTestScheduler(Component):
         self._make_server = make_server
         self.work_root = work_root
         self.check_interval = check_interval
+        self._show_stage(None)
         self._task: asyncio.Task[RestoreResult] | None = None
         self._run: RestoreRun | None = None
         self._line = ""
@@ -216,6 +218,7 @@ class RestoreTestScheduler(Component):
         self._run = run
         self._line = f"checking {dump.name}"
         self.hub.metrics.restore_running.set(1)
+        self._show_stage(run.stage)
         self.hub.record("restore_test.started", self.name, f"restore test of {dump.name} started",
                         evidence={"dump": str(dump), "origin": origin,
                                   "backend": self.config.restore_test.backend})
@@ -224,8 +227,14 @@ class RestoreTestScheduler(Component):
 
     def _on_stage(self, stage: str, line: str) -> None:
         self._line = line
+        self._show_stage(stage)
         self.hub.set_status(self.name, line)
         self.hub.progress.beat(self.name)
+
+    def _show_stage(self, current: str | None) -> None:
+        """``brace_restore_test_stage``: 1 for ``current``, 0 for every other stage."""
+        for stage in STAGES:
+            self.hub.metrics.restore_stage.labels(stage=stage).set(1 if stage == current else 0)
 
     async def _execute(self, run: RestoreRun) -> RestoreResult:
         try:
@@ -238,6 +247,7 @@ class RestoreTestScheduler(Component):
             raise
         finally:
             self.hub.metrics.restore_running.set(0)
+            self._show_stage(None)
         await self._finish(result)
         return result
 

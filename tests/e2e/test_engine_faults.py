@@ -168,7 +168,7 @@ def test_engine_down_30s_during_a_restore_test(engine: PrivateDockerd, pg_cluste
             daemon = Daemon(tmp_path, server, env=env)
             try:
                 daemon.wait_for("READY=1", timeout=60)
-                _until_logged(daemon, "restore test: restoring ")
+                daemon.wait_restore_stage("restoring")
                 engine.stop()
                 _ride_out_the_outage(daemon)
                 assert _count(daemon.state_path, results) == 1          # failed, exactly once
@@ -187,14 +187,6 @@ def test_engine_down_30s_during_a_restore_test(engine: PrivateDockerd, pg_cluste
         assert _restore_containers(client) == []
     finally:
         client.close()
-
-
-def _until_logged(daemon: Daemon, marker: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while marker not in daemon.output():
-        assert time.monotonic() < deadline, f"no {marker!r}\n{daemon.output()[-3000:]}"
-        assert daemon.proc.poll() is None, daemon.output()
-        daemon.drain(0.05)
 
 
 def _rows(state: Path, sql: str) -> list[tuple[object, ...]]:

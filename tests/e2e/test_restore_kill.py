@@ -20,16 +20,10 @@ from tests.support.webserver import switchable_server
 ROWS = 100_000  # a dump large enough that pg_restore runs for a moment
 
 
-def _kill_at(daemon: Daemon, stage: str, timeout: float = 180) -> int:
-    """SIGKILL the daemon (only it) as soon as it logs that a restore test entered ``stage``;
-    the killed pid."""
-    marker = f"restore test: {stage} "
-    seen = daemon.output().count(marker)
-    deadline = time.monotonic() + timeout
-    while daemon.output().count(marker) == seen:
-        assert time.monotonic() < deadline, f"no {stage} within {timeout}s\n{daemon.output()}"
-        assert daemon.proc.poll() is None, daemon.output()
-        time.sleep(0.02)
+def _kill_at(daemon: Daemon, stage: str) -> int:
+    """SIGKILL the daemon (only it) as soon as its restore test is in ``stage``; the killed
+    pid."""
+    daemon.wait_restore_stage(stage)
     pid = daemon.proc.pid
     daemon.restart()
     return pid

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from brace_watchdog.actions.restore_run import RestoreResult, RestoreRun, server_factory
+from brace_watchdog.actions.restore_run import STAGES, RestoreResult, RestoreRun, server_factory
 from brace_watchdog.actions.restore_test import (
     AlreadyRunning,
     RestoreTestScheduler,
@@ -233,6 +233,7 @@ async def test_scheduler_request_records_and_refuses_parallel_runs(good_dump: Pa
     assert registry.get_sample_value("brace_restore_test_success") == 1
     assert registry.get_sample_value("brace_restore_test_restored_tables") == 3
     assert registry.get_sample_value("brace_restore_test_runs_total", {"result": "passed"}) == 1
+    assert _stage_gauges(hub) == _only(None)
     kinds = [e.kind for e in hub.store.events()]
     assert "restore_test.started" in kinds and "restore_test.passed" in kinds
     assert await scheduler.cycle() == f"last test passed ({good_dump.name})"
@@ -254,6 +255,15 @@ def test_cli_exit_codes(good_dump: Path, tmp_path: Path, capsys: pytest.CaptureF
     store.close()
 
 
+def _stage_gauges(hub: Hub) -> dict[str, float | None]:
+    return {stage: hub.metrics.registry.get_sample_value("brace_restore_test_stage",
+                                                         {"stage": stage}) for stage in STAGES}
+
+
+def _only(current: str | None) -> dict[str, float | None]:
+    return {stage: 1.0 if stage == current else 0.0 for stage in STAGES}
+
+
 async def test_cycle_starts_a_due_test_and_stop_cancels_it(good_dump: Path) -> None:
     hub = make_hub(make_config(good_dump.parent, interval_hours=1))
     scheduler = RestoreTestScheduler(hub, clock=lambda: 10_000.0)
@@ -264,10 +274,12 @@ async def test_cycle_starts_a_due_test_and_stop_cancels_it(good_dump: Path) -> N
     assert (await scheduler.cycle()).startswith("started: ")
     assert scheduler.running and (await scheduler.cycle()).startswith("running: ")
     while scheduler.running and scheduler.progress()["stage"] in ("checking", "starting"):
+        assert _stage_gauges(hub) == _only(scheduler.progress()["stage"])
         await asyncio.sleep(0.02)
     await scheduler.stop()  # daemon shutdown mid-test: cancelled and cleaned up
     assert not scheduler.running and leftovers() == []
     assert hub.metrics.registry.get_sample_value("brace_restore_test_running") == 0
+    assert _stage_gauges(hub) == _only(None)
     kinds = {e.kind for e in hub.store.events()}
     assert kinds & {"restore_test.cancelled", "restore_test.passed"}
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -129,6 +130,24 @@ class Daemon:
             if line.startswith(name + " ") or line.startswith(name + "{"):
                 return float(line.rsplit(" ", 1)[1])
         return None
+
+    def restore_stage(self) -> str | None:
+        """The stage the daemon's restore test is in (``brace_restore_test_stage``); None while
+        none runs or the exporter does not answer yet."""
+        try:
+            text = self.scrape()
+        except OSError:
+            return None
+        found = re.search(r'^brace_restore_test_stage\{stage="(\w+)"\} 1\.0$', text, re.M)
+        return found.group(1) if found else None
+
+    def wait_restore_stage(self, stage: str, timeout: float = 180) -> None:
+        """Until a restore test is in ``stage``; the daemon must stay up (notify messages that
+        arrive meanwhile are dropped, as by :meth:`drain`)."""
+        deadline = time.monotonic() + timeout
+        while self.restore_stage() != stage:
+            assert time.monotonic() < deadline, f"no {stage} within {timeout}s\n{self.output()}"
+            self.drain(0.02)
 
     def output(self) -> str:
         self.log.flush()
