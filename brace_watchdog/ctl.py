@@ -230,6 +230,9 @@ PRINTERS: dict[str, Printer] = {
 
 
 # -- command line ---------------------------------------------------------------------------------
+AddCommand = Callable[[str, str], argparse.ArgumentParser]
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -248,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=text, description=text)
 
+    _add_reading_commands(add)
+    _add_acting_commands(add)
+    return parser
+
+
+def _add_reading_commands(add: AddCommand) -> None:
+    """The commands that only read: status, events, explain, timeline, backups."""
     add("status", "daemon and component status, freeze and escalation")
     events = add("events", "the event log")
     events.add_argument("--limit", type=int)
@@ -258,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     timeline.add_argument("--action-id", type=int)
     timeline.add_argument("--hours", type=int)
     add("backups", "backups and their restore tests").add_argument("--limit", type=int)
+
+
+def _add_acting_commands(add: AddCommand) -> None:
+    """The commands that (may) change something: restore tests, releases' failed marks,
+    rollbacks and their approval, freeze, escalations."""
     add("restore-test", "run a restore test now").add_argument("--dump")
     releases = add("releases", "releases (current, known-good, failed, pinned, rolled back "
                    "from); clear-failed RELEASE clears a failed mark")
@@ -281,7 +296,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("freeze", "freeze automatic actions").add_argument("--reason")
     add("unfreeze", "resume automatic actions")
     add("ack", "acknowledge the pending escalation")
-    return parser
 
 
 def _args_for(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:

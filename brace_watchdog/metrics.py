@@ -41,6 +41,9 @@ class Metrics:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
         self._daemon()
+        self._components()
+        self._state_store()
+        self._leadership()
         self._health()
         self._backups()
         self._alerts()
@@ -63,6 +66,20 @@ class Metrics:
                          registry=self.registry)
         self.info.info({"version": __version__})
         self.dry_run = self._g("brace_watchdog_dry_run", "1 when [daemon] dry_run is on.")
+        self.watchdog_healthy = self._g(
+            "brace_watchdog_watchdog_healthy",
+            "1 while every component makes progress within its deadline (systemd pings flow).")
+        self.config_reloads = self._c(
+            "brace_watchdog_config_reloads", "SIGHUP reloads by result.", ("result",))
+        self.loop_lag = self._g(
+            "brace_watchdog_event_loop_lag_seconds",
+            "How late the event loop ran a timer it was asked to run (last measurement).")
+        self.events = self._c(
+            "brace_watchdog_events", "Events written to the state store.", ("kind",))
+        self.notifications = self._c(
+            "brace_watchdog_notifications", "Webhook notifications by result.", ("result",))
+
+    def _components(self) -> None:
         self.component_up = self._g(
             "brace_watchdog_component_up", "1 when the component's last cycle succeeded.",
             ("component",))
@@ -80,18 +97,8 @@ class Metrics:
         self.component_overruns = self._c(
             "brace_watchdog_component_overruns",
             "Cycles that took longer than the component's interval.", ("component",))
-        self.watchdog_healthy = self._g(
-            "brace_watchdog_watchdog_healthy",
-            "1 while every component makes progress within its deadline (systemd pings flow).")
-        self.config_reloads = self._c(
-            "brace_watchdog_config_reloads", "SIGHUP reloads by result.", ("result",))
-        self.loop_lag = self._g(
-            "brace_watchdog_event_loop_lag_seconds",
-            "How late the event loop ran a timer it was asked to run (last measurement).")
-        self.events = self._c(
-            "brace_watchdog_events", "Events written to the state store.", ("kind",))
-        self.notifications = self._c(
-            "brace_watchdog_notifications", "Webhook notifications by result.", ("result",))
+
+    def _state_store(self) -> None:
         self.state_store_up = self._g(
             "brace_watchdog_state_store_up",
             "1 while state store writes land; 0 while it is locked or its disk is full.")
@@ -104,6 +111,8 @@ class Metrics:
         self.state_writes_dropped = self._c(
             "brace_watchdog_state_writes_dropped",
             "Queued state store writes given up (queue full, or a write that cannot succeed).")
+
+    def _leadership(self) -> None:
         self.leader = self._g(
             "brace_watchdog_leader",
             "1 while this instance holds the leadership lock and acts ([leadership]); 1 when "
