@@ -161,6 +161,10 @@ class _ConfigRollback:
     def cfg(self) -> NetworkRollbackConfig:
         return self.hub.config.network_rollback
 
+    def leftover(self) -> None:
+        """Nothing of a file rollback outlives the daemon but the command it ran (reported)."""
+        return None
+
     async def _run(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
                    stdin: bytes | None = None) -> CommandResult:
         return await run_command(argv, timeout=self.cfg.command_timeout_seconds, env=env,

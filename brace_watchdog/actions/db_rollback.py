@@ -30,7 +30,8 @@ that copy.
    ``docker cp`` of the copy) or with local binaries (``[db_rollback] target``). One
    transaction: a restore that fails midway is rolled back entirely. A restore that times out
    or is cancelled is ended *in the server* (``pg_terminate_backend`` of that application name,
-   waited for, under the lock) and its outcome reported as unknown;
+   waited for, under the lock) and its outcome reported as unknown; so is a restore that
+   outlived a killed daemon, once the daemon is back (:meth:`DbRollback.leftover`);
 5. start the writers (``compose up -d``; on Swarm: each back to its recorded count);
 6. verify ``[health] url``; 7. run the smoke command.
 
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -61,6 +63,7 @@ from brace_watchdog.actions.gated import (
     Progress,
     Step,
     StepJournal,
+    Work,
     compose_project,
     ordered,
     stamp,
@@ -78,8 +81,9 @@ from brace_watchdog.errors import ActionError, CommandError, RefusedError
 from brace_watchdog.files import FileIdentity, copy_verified, identify, private_dir, publish
 from brace_watchdog.runtime import Hub
 
-__all__ = ["ACTION", "STEPS", "TOOLS", "DbRollback", "DbTarget", "approved_identity", "next_steps",
-           "safety_dump_name", "tool_major", "tools_problem"]
+__all__ = ["ACTION", "STEPS", "TOOLS", "DbRollback", "DbTarget", "approved_identity",
+           "ended_state", "next_steps", "restore_in_flight", "safety_dump_name", "tool_major",
+           "tools_problem"]
 
 ACTION = "db_rollback"
 CONTAINER_FOLDER = "/tmp/brace-watchdog-XXXXXXXX"  # noqa: S108 - a mktemp template in the container
@@ -124,9 +128,12 @@ class DbTarget:
             return [*self.docker, "exec", *extra, self.container, name]
         return [os.path.join(self.bin_dir, name) if self.bin_dir else name]
 
-    def conn(self) -> list[str]:
+    def conn(self, app_name: str = "") -> list[str]:
+        """Connection options; ``app_name`` (local: in the conninfo, above the service file;
+        container: ``PGAPPNAME``, see :meth:`restore_argv`) names the session."""
         if self.mode == "local":  # the details are in the private service file
-            return ["-d", f"service={SERVICE}"]
+            named = f" application_name={app_name}" if app_name else ""
+            return ["-d", f"service={SERVICE}{named}"]
         return ["-U", self.user, "-d", self.database]
 
     def psql_argv(self, sql: str) -> list[str]:
@@ -144,7 +151,7 @@ class DbTarget:
 
     def restore_argv(self, dump: str, *, app_name: str = APP_NAME) -> list[str]:
         return [*self.tool("pg_restore", env={"PGAPPNAME": app_name}), "--clean", "--if-exists",
-                "--no-owner", "--single-transaction", *self.conn(), dump]
+                "--no-owner", "--single-transaction", *self.conn(app_name), dump]
 
 
 def tool_major(version_output: str) -> int | None:
@@ -201,6 +208,21 @@ def next_steps(stage: str, state: dict[str, Any], *, up_argv: Sequence[str]) -> 
     steps.append("automatic actions stay frozen: brace-watchdogctl unfreeze when done, "
                  "then brace-watchdogctl ack")
     return steps
+
+
+def restore_in_flight(state: dict[str, Any]) -> bool:
+    """Whether a journalled ``state`` says a restore was started and not known to have ended."""
+    return (state.get("database") == "restoring"
+            and isinstance(state.get("restore_application_name"), str))
+
+
+def ended_state(why: str, ended: bool, app_name: str) -> str:
+    """The database state after a restore was cut short: UNKNOWN, and whether it was ended."""
+    outcome = ("ended inside the server (no backend of it remains)" if ended else
+               f"could NOT be confirmed ended: look for application_name {app_name} in "
+               "pg_stat_activity")
+    return (f"{UNKNOWN}: {why}; the restore {outcome}; its single transaction was rolled back "
+            "unless it had just committed")
 
 
 class DbRollback:
@@ -286,6 +308,69 @@ class DbRollback:
             raise RefusedError("checking", f"compose service {service!r} has no container; set "
                                "[db_rollback] container or start the database")
         return ids[0]
+
+    async def end_backends(self, target: DbTarget, app_name: str) -> bool:
+        """Terminate every backend named ``app_name`` and wait (up to ``step_timeout_seconds``)
+        until none remains; whether that was confirmed."""
+        sql = (f"select count(*), count(pg_terminate_backend(pid)) from pg_stat_activity "
+               f"where application_name = '{app_name}'")
+
+        async def remaining() -> int:
+            self.hub.progress.beat("control")
+            try:
+                result = await self._run(target.psql_argv(sql), check=True)
+                return int(result.stdout.split("|")[0])
+            except (CommandError, ValueError):
+                return -1
+
+        left = await wait_until(remaining, lambda n: n == 0,
+                                attempts=max(1, int(self.cfg.step_timeout_seconds)),
+                                wait_seconds=1.0)
+        return left == 0
+
+    def leftover(self) -> Work | None:
+        """A restore a killed daemon left in flight (an interrupted rollback whose last entry
+        says ``database: restoring``): the work that ends it inside the server."""
+        for action in self.hub.store.actions(kind=ACTION, statuses=("interrupted",), limit=5):
+            last = self.hub.store.last_journal_evidence(action.id)
+            state = last.get("state")
+            if isinstance(state, dict) and restore_in_flight(state):
+                return functools.partial(self._end_leftover, action.id, action.step, last)
+        return None
+
+    async def _end_leftover(self, action_id: int, step: str, last: dict[str, Any]) -> None:
+        """End the restore of interrupted rollback ``action_id`` (under the action lock, kept
+        until no backend of it remains), then journal and escalate the outcome: UNKNOWN."""
+        state = dict(last["state"])
+        app_name = str(state["restore_application_name"])
+        self.hub.record(f"{ACTION}.restore_leftover", "control", f"DB rollback #{action_id}: "
+                        f"its restore ({app_name}) may still run in the server after the daemon "
+                        "was killed; ending it (pg_terminate_backend); the action lock is held "
+                        "until no backend of it remains; the database state is UNKNOWN until "
+                        "checked", severity="warning", action_id=action_id)
+        why, rounds = "the daemon was killed during the restore", 0
+        while not await self._ended(app_name):
+            rounds += 1
+            if rounds == 1:
+                await self.hub.escalate(f"{ACTION}_restore_not_ended", f"DB rollback "
+                                        f"#{action_id}: {ended_state(why, False, app_name)}; "
+                                        "still trying, the action lock stays held",
+                                        source="control", evidence={"action_id": action_id})
+        state["database"] = ended_state(why, True, app_name)
+        next_steps = [str(step) for step in last.get("next_steps", [])]
+        message = (f"DB rollback #{action_id} (interrupted at {step!r}): database: "
+                   f"{state['database']}. Next: {' | '.join(next_steps)}")
+        self.hub.store.journal_step(action_id, step, result=message,
+                                    evidence={"state": state, "next_steps": next_steps})
+        await self.hub.escalate(f"{ACTION}_restore_ended", message, source="control",
+                                evidence={"action_id": action_id, "state": state})
+
+    async def _ended(self, app_name: str) -> bool:
+        try:
+            return await self.end_backends(await self.target(), app_name)
+        except RefusedError:  # the database container cannot be found (yet)
+            await asyncio.sleep(1.0)
+            return False
 
     def work_root(self) -> Path:
         """Root-owned parent of the private folders: next to the state file."""
@@ -553,26 +638,8 @@ class _Run:
     async def _end_restore(self, why: str) -> None:
         """End the restore inside the server (by its application_name) and wait until no
         backend of it remains; the lock stays held meanwhile. Its outcome stays UNKNOWN."""
-        sql = (f"select count(*), count(pg_terminate_backend(pid)) from pg_stat_activity "
-               f"where application_name = '{self.app_name}'")
-        argv = self.target.psql_argv(sql)
-
-        async def remaining() -> int:
-            self.owner.hub.progress.beat("control")
-            try:
-                result = await self.owner._run(argv, check=True)
-                return int(result.stdout.split("|")[0])
-            except (CommandError, ValueError):
-                return -1
-
-        left = await wait_until(remaining, lambda n: n == 0,
-                                attempts=max(1, int(self.owner.cfg.step_timeout_seconds)),
-                                wait_seconds=1.0)
-        ended = ("ended inside the server (no backend of it remains)" if left == 0 else
-                 f"could NOT be confirmed ended: look for application_name {self.app_name} in "
-                 "pg_stat_activity")
-        self.journal.checkpoint(database=f"{UNKNOWN}: {why}; the restore {ended}; its single "
-                                "transaction was rolled back unless it had just committed")
+        ended = await self.owner.end_backends(self.target, self.app_name)
+        self.journal.checkpoint(database=ended_state(why, ended, self.app_name))
 
     async def start_writers(self) -> None:
         if self.owner.cfg.writers:

@@ -28,7 +28,7 @@ from brace_watchdog.monitors.health import probe
 from brace_watchdog.runtime import Hub
 
 __all__ = ["Advice", "GatedAction", "GatedFailure", "Plan", "Progress", "Step", "StepJournal",
-           "compose_project", "ordered", "probe_health", "resolve_interrupted", "stamp",
+           "Work", "compose_project", "ordered", "probe_health", "resolve_interrupted", "stamp",
            "verify_health", "wait_until"]
 
 T = TypeVar("T")
@@ -71,6 +71,10 @@ class GatedAction(Protocol):
 
     async def execute(self, args: dict[str, Any], *, requester: str, approver: str,
                       progress: Progress) -> dict[str, Any]: ...
+
+    def leftover(self) -> Work | None:
+        """After :func:`resolve_interrupted`: the work that ends what an interrupted run left
+        running (run under the action lock), or None."""
 
 
 class GatedFailure(ActionError):

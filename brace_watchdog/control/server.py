@@ -148,6 +148,15 @@ class ControlServer(Component):
         if self._generation != gate.generation and gate.decision().acts:
             self._generation = gate.generation
             await resolve_interrupted(self.hub)
+            self._end_leftovers()
+
+    def _end_leftovers(self) -> None:
+        """Start ending what an interrupted action left running (a restore in the server), in
+        the background under the action lock: no other action starts until it has ended."""
+        for kind, action in self.gated.items():
+            work = action.leftover()
+            if work is not None and self._running_action is None:
+                self._start_exclusive(kind, "recovery", work)
 
     def _leadership_lost(self, reason: str) -> None:
         if self._running_action is not None and not self._running_action.done():
@@ -362,15 +371,24 @@ class ControlServer(Component):
         """Run ``work`` in its own task under the action lock (RefusedError while another action
         holds it); the caller's cancellation does not cancel it (a client hanging up
         mid-restore must not leave a half-done restore)."""
-        lease = self.hub.action_lock.acquire(kind, "approved")
+        return await asyncio.shield(self._start_exclusive(kind, "approved", work))
+
+    def _start_exclusive(self, kind: str, origin: str,
+                         work: Callable[[], Awaitable[Any]]) -> asyncio.Task[Any]:
+        """Take the action lock (no ``await`` between check and set) and run ``work`` in its own
+        task, which releases it."""
+        lease = self.hub.action_lock.acquire(kind, origin)
         task = self._running_action = asyncio.create_task(_call(work))
 
         def done(_: asyncio.Task[Any]) -> None:
             self.hub.action_lock.release(lease)
             if self._running_action is task:
                 self._running_action = None
+            failure = None if task.cancelled() else task.exception()
+            if failure is not None and origin == "recovery":  # no caller awaits it
+                log.error("ending what %s left running failed: %s", kind, failure)
         task.add_done_callback(done)
-        return await asyncio.shield(task)
+        return task
 
     def _account(self, peer: Peer, command: str, label: str, outcome: str, detail: str) -> None:
         self.hub.metrics.control_requests.labels(command=label, outcome=outcome).inc()

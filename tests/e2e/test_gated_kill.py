@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from brace_watchdog.actions.config_rollback import DockerDaemonRollback, PgHbaRollback
@@ -37,7 +38,7 @@ from brace_watchdog.failpoints import ENV as FAILPOINTS
 from tests.integration.control_helpers import ctl
 from tests.support.daemon import Daemon
 from tests.support.net import free_port
-from tests.support.pg import PG_BIN, PgCluster, make_brace_dump, start_cluster
+from tests.support.pg import PG_BIN, BraceDump, PgCluster, make_brace_dump, start_cluster
 from tests.support.skips import skip_missing
 from tests.support.webserver import SwitchableServer, switchable_server
 
@@ -264,8 +265,10 @@ DB_STEPS = {
 
 
 def _db_daemon(tmp_path: Path, gates: Gates, cluster: PgCluster, writers: Writers,
-               health: SwitchableServer, env: dict[str, str] | None = None) -> Daemon:
-    """A daemon that may roll the database back to DUMP (gated tools, a real cluster)."""
+               health: SwitchableServer, env: dict[str, str] | None = None
+               ) -> tuple[Daemon, BraceDump]:
+    """A daemon that may roll the database (``dump.dbname``) back to DUMP (gated tools, a real
+    cluster)."""
     dump = make_brace_dump(cluster, tmp_path / "src" / DUMP, rows=5)
     bins = gates.dir / "bin"
     bins.mkdir()
@@ -291,7 +294,7 @@ smoke_command = {json.dumps(smoke)}
 """
     daemon = Daemon(tmp_path, health, extra=extra, env=env)
     os.replace(dump.path, tmp_path / "backups" / DUMP)
-    return daemon
+    return daemon, dump
 
 
 @pytest.mark.docker
@@ -302,7 +305,7 @@ async def test_db_rollback_killed_at_each_step(
         step: str, tmp_path: Path, gates: Gates, cluster: PgCluster, writers: Writers) -> None:
     label, expected = DB_STEPS[step]
     with switchable_server() as health:
-        daemon = _db_daemon(tmp_path, gates, cluster, writers, health)
+        daemon, _ = _db_daemon(tmp_path, gates, cluster, writers, health)
         try:
             await asyncio.to_thread(_compose, writers, "up", "-d")
             daemon.wait_for("READY=1", timeout=60)
@@ -332,8 +335,8 @@ async def test_db_rollback_killed_where_nothing_blocks(
         point: str, tmp_path: Path, gates: Gates, cluster: PgCluster, writers: Writers) -> None:
     """Steps with no tool to hold (freezing): killed by a failpoint right after their entry."""
     with switchable_server() as health:
-        daemon = _db_daemon(tmp_path, gates, cluster, writers, health,
-                            env={FAILPOINTS: f"journal:{point}"})
+        daemon, _ = _db_daemon(tmp_path, gates, cluster, writers, health,
+                               env={FAILPOINTS: f"journal:{point}"})
         try:
             killed = await _killed_by_failpoint(daemon, "db_rollback", point,
                                                 ["rollback", "db", "--dump", DUMP])
@@ -344,6 +347,71 @@ async def test_db_rollback_killed_where_nothing_blocks(
     assert not list((tmp_path / "backups").glob("brace_safety_*"))
     assert killed.at.state.get("automation", "running") == (
         "frozen" if point == "freezing@2" else "running")
+
+
+RESTORES = ("select pid, wait_event_type from pg_stat_activity "
+            "where application_name like 'brace-watchdog-restore-%'")
+
+
+@pytest.mark.docker
+@pytest.mark.postgres
+@pytest.mark.daemon_ctl("rollback db", "status")
+async def test_a_restore_that_outlived_the_killed_daemon_is_ended_after_the_restart(
+        tmp_path: Path, gates: Gates, cluster: PgCluster, writers: Writers) -> None:
+    """A real pg_restore held in the server (by a lock the test holds) outlives the SIGKILLed
+    daemon; the restarted daemon ends it by its application_name, holding the action lock
+    until no backend of it remains, and reports the database as UNKNOWN with what to do."""
+    with switchable_server() as health:
+        daemon, dump = _db_daemon(tmp_path, gates, cluster, writers, health)
+        sock = str(tmp_path / "control.sock")
+        try:
+            daemon.wait_for("READY=1", timeout=60)
+            with psycopg.connect(cluster.dsn(dbname=dump.dbname)) as blocker:
+                blocker.execute("lock table users in access share mode")
+                run = asyncio.ensure_future(ctl("--socket", sock, "rollback", "db", "--dump",
+                                                DUMP, "--yes"))
+                await _restore_waits_in_the_server(cluster, dump.dbname)
+                daemon.restart(env={})
+                daemon.wait_for("READY=1", timeout=60)
+                await run
+                status = await _status_once(sock, lambda s: s["action_lock"] is None)
+            left = cluster.psql(RESTORES, db=dump.dbname)
+            users = cluster.psql("select count(*) from users", db=dump.dbname)
+        finally:
+            daemon.close()
+    message = status["escalation"]["message"]
+    assert status["escalation"]["reason"] == "db_rollback_restore_ended", status
+    for fragment in ("interrupted at 'restoring'", "UNKNOWN: the daemon was killed during the "
+                     "restore; the restore ended inside the server", "do NOT start the writers",
+                     "rollback db --dump brace_safety_"):
+        assert fragment in message, (fragment, message)
+    assert status["frozen"]
+    assert left.strip() == ""
+    assert users.strip() == "5"  # the restore's one transaction never committed
+    with contextlib.closing(sqlite3.connect(daemon.state_path)) as conn:
+        held = conn.execute("SELECT message FROM events WHERE kind = "
+                            "'db_rollback.restore_leftover'").fetchall()
+    assert len(held) == 1 and "the action lock is held" in held[0][0]
+
+
+async def _restore_waits_in_the_server(cluster: PgCluster, dbname: str) -> None:
+    deadline = time.monotonic() + 120
+    while "|Lock" not in await asyncio.to_thread(cluster.psql, RESTORES, db=dbname):
+        assert time.monotonic() < deadline, "the restore never reached the server"
+        await asyncio.sleep(0.2)
+
+
+async def _status_once(sock: str, accept: Any, timeout: float = 120) -> dict[str, Any]:
+    """The daemon's status once ``accept(status)`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await ctl("--socket", sock, "--json", "status")
+        assert found.code == 0, found
+        status: dict[str, Any] = found.json()
+        if accept(status):
+            return status
+        assert time.monotonic() < deadline, status
+        await asyncio.sleep(0.2)
 
 
 async def _hold(step: str, label: str | None, gates: Gates, health: SwitchableServer,

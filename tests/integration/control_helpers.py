@@ -162,6 +162,9 @@ class TouchAction:
     async def plan(self, args: dict[str, Any]) -> Plan:
         return Plan(self.name, {"target": "touch"}, "touch", ("append a line",))
 
+    def leftover(self) -> None:
+        return None
+
     async def execute(self, args: dict[str, Any], *, requester: str, approver: str,
                       progress: Any) -> dict[str, Any]:
         await progress("starting", "about to write")

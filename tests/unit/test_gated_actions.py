@@ -27,7 +27,7 @@ def test_local_target_commands_carry_no_connection_details() -> None:
     target = DbTarget("local", bin_dir="/pg/bin")
     assert target.restore_argv("/b/x.dump", app_name="app-7") == [
         "/pg/bin/pg_restore", "--clean", "--if-exists", "--no-owner", "--single-transaction",
-        "-d", "service=brace_watchdog", "/b/x.dump"]
+        "-d", "service=brace_watchdog application_name=app-7", "/b/x.dump"]
     assert target.dump_argv("/b/s.dump") == ["/pg/bin/pg_dump", "-Fc", "-f", "/b/s.dump", "-d",
                                              "service=brace_watchdog"]
     assert target.list_argv("/b/s.dump") == ["/pg/bin/pg_restore", "--list", "/b/s.dump"]
