@@ -4,8 +4,11 @@ Every ``check_interval_seconds`` a follower tries ``pg_try_advisory_lock``; the 
 PostgreSQL whether the lock is still its own. Winning bumps ``brace_watchdog_leader`` and
 ``brace_watchdog_leadership_changes_total{change="acquired"}``; a lost connection or lock demotes
 at once (:meth:`~brace_watchdog.leadership.LeadershipGate.demote` tells the acting components,
-which stop their action and journal it as interrupted). The new leader reconciles the journal the
-way a restarted daemon does: each acting component notices the gate's new ``generation``.
+which stop their action and journal it as interrupted). The leader's journal is written through to
+PostgreSQL (:mod:`brace_watchdog.shared_journal`); confirming the lock *is* writing it. On
+winning the lock, before it is promoted, an instance takes over what other hosts' leaders left
+open in it; then it reconciles its journal the way a restarted daemon does: each acting component
+notices the gate's new ``generation``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from brace_watchdog.config import Config, LeadershipConfig
 from brace_watchdog.errors import PostgresError
 from brace_watchdog.leadership import LeaderInfo
 from brace_watchdog.runtime import Hub
+from brace_watchdog.shared_journal import SharedJournal
 
 __all__ = ["LeaderElection", "leadership_active"]
 
@@ -43,6 +47,7 @@ class LeaderElection(Component):
             db.dsn.reveal(), password=db.password.reveal(), key=self.cfg.lock_key,
             host=self.me.host, pid=self.me.pid, lease_seconds=self.cfg.lease_seconds,
             timeout_seconds=self.cfg.check_timeout_seconds)
+        self.journal = SharedJournal(hub, self.session, host=self.me.host, pid=self.me.pid)
         hub.leadership.enable(self._still_ours, lease_seconds=self.cfg.lease_seconds,
                               settle_seconds=self.cfg.settle_seconds)
         hub.leadership.on_lost.append(self._lost)
@@ -60,10 +65,10 @@ class LeaderElection(Component):
             if not self.session.connected:
                 await self.session.connect()
             if gate.view.held:
-                if not await self.session.held():
+                if not await self.journal.flush():
                     gate.demote("the lock is no longer ours")
             elif await self.session.try_acquire(self.hub.clock()):
-                self._won()
+                await self._take_over()
             gate.observed(await self.session.holder())
         except PostgresError as exc:
             gate.demote(str(exc))
@@ -74,11 +79,23 @@ class LeaderElection(Component):
         return gate.decision().message
 
     async def stop(self) -> None:
+        await self.journal.stop()
         await self.session.close()  # closing the session releases the lock
 
-    async def _still_ours(self) -> bool:
+    async def _take_over(self) -> None:
+        """Settle the shared journal, then lead; when that fails, let the lock go."""
         try:
-            return await self.session.held()
+            await self.journal.take_over()
+        except BaseException:
+            await self.session.close()
+            raise
+        self._won()
+
+    async def _still_ours(self) -> bool:
+        """Before an action step: the journal so far written, in a transaction that found the
+        lock ours."""
+        try:
+            return await self.journal.flush()
         except PostgresError:
             return False
 

@@ -121,6 +121,10 @@ class Metrics:
         self.leadership_changes = self._c(
             "brace_watchdog_leadership_changes",
             "Times this instance acquired or lost the leadership lock.", ("change",))
+        self.actions_adopted = self._c(
+            "brace_watchdog_actions_adopted",
+            "Actions another host's leader left open in the shared journal that this instance "
+            "adopted on taking over ([leadership]).", ("kind",))
 
     def _health(self) -> None:
         self.health_up = self._g("brace_health_up", "1 when the last probe of the target was ok.",

@@ -23,6 +23,7 @@ import logging
 import sqlite3
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import tenacity
 
 from brace_watchdog import failpoints
 from brace_watchdog.errors import StateError, StateUnavailableError, WatchdogError
+from brace_watchdog.journal_handover import ActionStart, JournalEntry, SharedAction
 
 __all__ = ["ActionRecord", "Event", "ReleaseRecord", "StateStore", "StoreHealth"]
 
@@ -45,6 +47,8 @@ the id is 0 for a queued event."""
 FailureHook = Callable[[str], None]
 """Called on every write that failed for a reason that may pass: ``locked``, ``full``, ``io``."""
 Write = Callable[[sqlite3.Connection], Any]
+JournalHook = Callable[[JournalEntry], None]
+"""Called after every action journal write (begin, step, adoption), written or queued."""
 
 BUSY_TIMEOUT_SECONDS = 0.05  # the longest SQLite may hold a caller (the event loop) per call
 OPEN_TIMEOUT_SECONDS = 10.0  # opening and migrating (before the loop serves anything) may wait
@@ -267,6 +271,7 @@ class StateStore:
         self._kinds: dict[int, str] = {}
         self.on_event: EventHook | None = None
         self.on_write_failure: FailureHook | None = None
+        self.on_journal: JournalHook | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> StateStore:
@@ -512,6 +517,8 @@ class StateStore:
         failpoints.hit("journal:begin")
         if self.on_event is not None:
             self.on_event(f"action.{kind}.begin", origin, "info", message, event_id)
+        self._journalled(JournalEntry(action_id, "begin", now, status, evidence={
+            "requester": requester}, start=ActionStart(kind, origin, requester, plan, now)))
         return action_id
 
     def journal_step(self, action_id: int, step: str, *, evidence: dict[str, Any] | None = None,
@@ -540,6 +547,54 @@ class StateStore:
         if self.on_event is not None:
             kind = f"action.{self._kinds.get(action_id, 'unknown')}.{step}"
             self.on_event(kind, "journal", severity, result or step, event_id)
+        self._journalled(JournalEntry(action_id, step, now, status, result, evidence or {}))
+
+    def adopt_action(self, shared: SharedAction, message: str) -> int:
+        """Copy an action another state file left open into this journal (still open, at its
+        step, with its last evidence and ``plan["adopted_from"]``), so the restart path
+        reconciles it here; its ``adopted`` event says which host left it."""
+        now = self.clock()
+        plan = {**shared.plan, "adopted_from": shared.origin_note()}
+        evidence = {**shared.evidence, "adopted_from": shared.origin_note()}
+
+        def op(conn: sqlite3.Connection) -> tuple[int, int]:
+            action_id = int(conn.execute(
+                "INSERT INTO actions (kind, origin, requester, status, step, created_at, "
+                "updated_at, plan) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (shared.kind, shared.origin, shared.requester, shared.status, shared.step, now,
+                 now, _dumps(plan))).lastrowid or 0)
+            row = (now, f"action.{shared.kind}.adopted", "journal", "warning", message,
+                   _dumps(evidence), action_id)
+            return action_id, int(conn.execute(_INSERT_EVENT, row).lastrowid or 0)
+
+        action_id, event_id = self._write(op, queue=False)
+        self._kinds[action_id] = shared.kind
+        if self.on_event is not None:
+            self.on_event(f"action.{shared.kind}.adopted", "journal", "warning", message,
+                          event_id)
+        self._journalled(JournalEntry(action_id, shared.step, now, shared.status, message,
+                                      evidence, ActionStart(shared.kind, shared.origin,
+                                                            shared.requester, plan, now)))
+        return int(action_id)
+
+    def adopted_keys(self) -> set[tuple[str, int]]:
+        """(store id, action id) of every action this journal adopted from another one."""
+        rows = self.query("SELECT json_extract(plan, '$.adopted_from.store_id') AS store, "
+                          "json_extract(plan, '$.adopted_from.action_id') AS action FROM actions "
+                          "WHERE json_extract(plan, '$.adopted_from') IS NOT NULL")
+        return {(str(r["store"]), int(r["action"])) for r in rows}
+
+    def store_identity(self) -> str:
+        """This state file's id in the shared journal: made once, kept in ``flags``."""
+        fresh = _dumps(uuid.uuid4().hex)
+        self._write(lambda conn: conn.execute(
+            "INSERT INTO flags (name, value, updated_at) VALUES ('store_id', ?, ?) "
+            "ON CONFLICT(name) DO NOTHING", (fresh, self.clock())), queue=False)
+        return str(self.flag("store_id"))
+
+    def _journalled(self, entry: JournalEntry) -> None:
+        if self.on_journal is not None:
+            self.on_journal(entry)
 
     def last_journal_evidence(self, action_id: int) -> dict[str, Any]:
         """The evidence of the newest journal entry of an action (``{}`` if none)."""

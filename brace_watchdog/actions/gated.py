@@ -23,6 +23,7 @@ from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_fi
 from brace_watchdog.adapters.compose import ComposeProject
 from brace_watchdog.config import Config
 from brace_watchdog.errors import ActionError, WatchdogError
+from brace_watchdog.journal_handover import adopted_from, interrupted_by
 from brace_watchdog.leadership import LeadershipLostError
 from brace_watchdog.monitors.health import probe
 from brace_watchdog.runtime import Hub
@@ -248,10 +249,11 @@ async def resolve_interrupted(hub: Hub) -> list[int]:
         known = "; ".join(f"{key}: {value}" for key, value in state.items()
                           if value not in (None, ""))
         if hub.frozen() is None:
-            hub.freeze(f"{action.kind} #{action.id} was interrupted by a daemon restart",
+            hub.freeze(f"{action.kind} #{action.id} was interrupted {interrupted_by(action.plan)}",
                        by="control", evidence={"action_id": action.id})
-        message = (f"{action.kind} #{action.id} was interrupted at step {action.step!r} by a "
-                   f"daemon restart. Last recorded state: {known or 'nothing changed yet'}. "
+        message = (f"{action.kind} #{action.id} was interrupted at step {action.step!r} "
+                   f"{interrupted_by(action.plan)}. Last recorded state: "
+                   f"{known or 'nothing changed yet'}. "
                    f"Next: {' | '.join(next_steps) or 'check the database, writers and files'} "
                    f"(brace-watchdogctl explain / timeline --action-id {action.id}). Automatic "
                    "actions are frozen until brace-watchdogctl unfreeze.")
@@ -259,6 +261,7 @@ async def resolve_interrupted(hub: Hub) -> list[int]:
                                evidence={"state": state, "next_steps": next_steps})
         await hub.escalate(f"{action.kind}_interrupted", message, source="control",
                            evidence={"action_id": action.id, "step": action.step,
-                                     "state": state, "next_steps": next_steps})
+                                     "state": state, "next_steps": next_steps,
+                                     "adopted_from": adopted_from(action.plan)})
         found.append(action.id)
     return found

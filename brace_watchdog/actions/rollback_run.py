@@ -47,6 +47,7 @@ from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.config import RollbackConfig
 from brace_watchdog.errors import ActionError, AdapterError, OutageError
+from brace_watchdog.journal_handover import adopted_from, interrupted_by
 from brace_watchdog.leadership import LeadershipLostError
 from brace_watchdog.releases import ReleaseObservation, build_release
 from brace_watchdog.runtime import Hub
@@ -309,7 +310,8 @@ class RollbackRun:
                 return await self._interrupted(action, plan, running, obs)
             self.hub.store.journal_step(
                 action.id, "resumed", evidence={"running": running},
-                result="restarted mid-rollback; known-good images run; completing verification")
+                result=f"interrupted mid-rollback {interrupted_by(action.plan)}; known-good images "
+                       "run; completing verification")
             try:
                 probes = await self._verify_probes(self.cfg.verify_timeout_seconds)
             except ActionError as exc:
@@ -319,12 +321,13 @@ class RollbackRun:
 
     async def _interrupted(self, action: ActionRecord, plan: RollbackPlan,
                            running: dict[str, str], obs: ReleaseObservation) -> RollbackVerdict:
-        message = (f"rollback {action.id} was interrupted at step '{action.step}' by a daemon "
-                   "restart and the known-good release (its images, and its config where the "
-                   "rollback changes it) is not running; not repeating it — "
-                   "an operator must decide")
+        message = (f"rollback {action.id} was interrupted at step '{action.step}' "
+                   f"{interrupted_by(action.plan)} and the known-good release (its images, and "
+                   "its config where the rollback changes it) is not running; not repeating it "
+                   "— an operator must decide")
         evidence = {"action_id": action.id, "step": action.step, "running": running,
-                    "expected": plan.expected_images, "observed": obs.describe()}
+                    "expected": plan.expected_images, "observed": obs.describe(),
+                    "adopted_from": adopted_from(action.plan)}
         self.hub.store.journal_step(action.id, "interrupted", status="interrupted",
                                     result=message, evidence=evidence)
         self.hub.metrics.rollbacks.labels(result="interrupted").inc()

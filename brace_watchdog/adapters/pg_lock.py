@@ -4,12 +4,17 @@
 every instance can name the holder) and ``idle_session_timeout = lease`` (a stopped or vanished
 holder loses its session, and with it the lock, after the lease), takes the lock with
 ``pg_try_advisory_lock(key)`` and confirms it by asking ``pg_locks`` for our own backend pid, each
-query under ``statement_timeout``. Async psycopg only; every failure is a :class:`PostgresError`.
+query under ``statement_timeout``. :meth:`AdvisoryLockSession.run_locked` runs work in one
+transaction of this session that first checks the lock is ours, so a deposed leader writes
+nothing (the shared journal, :mod:`brace_watchdog.adapters.pg_journal`). Async psycopg only; one
+query at a time; every failure is a :class:`PostgresError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -21,6 +26,8 @@ from brace_watchdog.leadership import LeaderInfo
 __all__ = ["APP_PREFIX", "AdvisoryLockSession", "application_name", "parse_application_name"]
 
 APP_PREFIX = "brace-watchdog@"
+T = TypeVar("T")
+Connection = psycopg.AsyncConnection[TupleRow]
 
 # objid of a one-bigint advisory lock is its low 32 bits, classid the high 32 bits
 _HOLDER_SQL = """
@@ -31,6 +38,7 @@ select a.application_name, a.pid
    and l.classid::bigint = (%(key)s::bigint >> 32) & 4294967295
    and l.objid::bigint = %(key)s::bigint & 4294967295
 """
+_HELD_SQL = f"select count(*) from ({_HOLDER_SQL}) h where h.pid = pg_backend_pid()"
 
 
 def application_name(host: str, pid: int, since: float | None = None) -> str:
@@ -61,7 +69,8 @@ class AdvisoryLockSession:
         self.name = application_name(host, pid)
         self._lease_ms = int(lease_seconds * 1000)
         self._timeout = timeout_seconds
-        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
+        self._conn: Connection | None = None
+        self._busy = asyncio.Lock()  # one query (or locked transaction) at a time
 
     @property
     def connected(self) -> bool:
@@ -89,9 +98,26 @@ class AdvisoryLockSession:
 
     async def held(self) -> bool:
         """True when our session is alive and holds the lock (pg_locks, our backend pid)."""
-        row = await self._one(f"select count(*) from ({_HOLDER_SQL}) h "
-                              "where h.pid = pg_backend_pid()")
+        row = await self._one(_HELD_SQL)
         return bool(row and row[0])
+
+    async def run_locked(self, work: Callable[[Connection], Awaitable[T]],
+                         what: str) -> tuple[bool, T | None]:
+        """``(True, work(conn))`` in one transaction that first confirmed the lock is ours;
+        ``(False, None)`` when it is not (nothing written). Failures are PostgresErrors naming
+        ``what``; the session is closed then, which frees the lock."""
+        conn = self._connection()
+        try:
+            async with self._busy, asyncio.timeout(self._timeout * 2 + 0.5), \
+                    conn.transaction():
+                cur = await conn.execute(_HELD_SQL, {"key": self.key})
+                row = await cur.fetchone()
+                if not (row and row[0]):
+                    return False, None
+                return True, await work(conn)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            await self.close()
+            raise PostgresError(f"leadership: {what}: {_short(exc)}") from None
 
     async def holder(self) -> LeaderInfo | None:
         row = await self._one(_HOLDER_SQL)
@@ -101,12 +127,16 @@ class AdvisoryLockSession:
         conn, self._conn = self._conn, None
         await close_quietly(conn, timeout=self._timeout)
 
-    async def _one(self, sql: str, **params: object) -> tuple[object, ...] | None:
+    def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed:
             raise PostgresError("leadership: no connection")
+        return self._conn
+
+    async def _one(self, sql: str, **params: object) -> tuple[object, ...] | None:
+        conn = self._connection()
         try:
-            async with asyncio.timeout(self._timeout + 0.5):
-                cur = await self._conn.execute(sql, {"key": self.key, **params})
+            async with self._busy, asyncio.timeout(self._timeout + 0.5):
+                cur = await conn.execute(sql, {"key": self.key, **params})
                 return await cur.fetchone()
         except (psycopg.Error, OSError, TimeoutError) as exc:
             await self.close()

@@ -1,6 +1,8 @@
 """Leadership end to end: several real ``brace-watchdog run`` processes, one real PostgreSQL, one
 real compose stack, one shared state file — exactly one instance acts, a killed, stopped or
-cut-off leader is replaced within the lease, and a rollback is never carried out twice."""
+cut-off leader is replaced within the lease, and a rollback is never carried out twice. With a
+state file each (two hosts), the new leader adopts the rollback the killed one left open from
+the shared journal in PostgreSQL."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from tests.support.stack import (
     Stack,
     daemon_event,
     kill_daemon,
+    slow_compose,
     start_daemon,
     stop_daemon,
     write_daemon_config,
@@ -55,6 +58,7 @@ class Instance:
     root: Path
     metrics_port: int
     proc: subprocess.Popen[bytes]
+    state: Path
 
     @property
     def socket(self) -> str:
@@ -76,19 +80,23 @@ class Instance:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
 
-def _configure(stack: Stack, root: Path, name: str, shared: Path, dsn: str) -> Instance:
+def _configure(stack: Stack, root: Path, name: str, shared: Path | None, dsn: str,
+               **rollback: object) -> Instance:
     root.mkdir(parents=True)
-    config = write_daemon_config(stack, root, max_per_day=5, on_schema_change="app_only")
+    config = write_daemon_config(stack, root, max_per_day=5, on_schema_change="app_only",
+                                 **rollback)
+    state = shared or root / "state.db"
     text = config.read_text().replace(f'state_path = "{root}/state.db"',
-                                      f'state_path = "{shared}"')
+                                      f'state_path = "{state}"')
     config.write_text(text + LEADERSHIP.format(dsn=dsn, name=name))
     port = int(re.search(r'listen = "127\.0\.0\.1:(\d+)"', text).group(1))  # type: ignore[union-attr]
-    return Instance(name, root, port, start_daemon(config, root / "daemon.log"))
+    return Instance(name, root, port, start_daemon(config, root / "daemon.log"), state)
 
 
 @dataclass
 class Group:
-    """Instances sharing one state file (``shared``), one of them the ``leader``."""
+    """Instances, one of them the ``leader``; ``shared`` is the leader's state file (the one
+    they all share, unless they run as separate hosts)."""
 
     members: list[Instance]
     leader: Instance
@@ -99,20 +107,20 @@ class Group:
 
 
 @asynccontextmanager
-async def instances(stack: Stack, tmp_path: Path, cluster: PgCluster,
-                    count: int) -> AsyncIterator[Group]:
-    """``count`` instances watching ``stack`` deployed at v1; yielded once one of them leads and
-    v1 is known good."""
-    shared = tmp_path / "shared-state.db"
+async def instances(stack: Stack, tmp_path: Path, cluster: PgCluster, count: int, *,
+                    hosts: bool = False, **rollback: object) -> AsyncIterator[Group]:
+    """``count`` instances watching ``stack`` deployed at v1 — sharing one state file, or
+    (``hosts``) each with its own; yielded once one of them leads and v1 is known good."""
+    shared = None if hosts else tmp_path / "shared-state.db"
     stack.deploy("v1")
     started: list[Instance] = []
     try:
         for n in range(count):
             started.append(_configure(stack, tmp_path / f"node{n}", f"node{n}", shared,
-                                      cluster.dsn()))
+                                      cluster.dsn(), **rollback))
         leader = await the_leader(started)
-        await daemon_event(shared, "release.known_good", timeout=40)
-        yield Group(started, leader, shared)
+        await daemon_event(leader.state, "release.known_good", timeout=40)
+        yield Group(started, leader, leader.state)
     finally:
         for inst in started:
             with suppress(ProcessLookupError):
@@ -212,3 +220,55 @@ async def test_the_leaders_session_terminated_mid_rollback_stops_it_and_no_step_
             assert steps.count(f"action.rollback.{step}") <= 1, steps  # never repeated
         assert actions[0][1] in ("succeeded", "interrupted"), (actions, ended.message)
         await the_leader(group.members)
+
+
+# (journal step to SIGKILL the leader at, compose ``up`` delay so the step is caught before
+#  compose runs, what the new leader on the other host must conclude)
+HANDOVER_STEPS = [("action.rollback.retagged", 60, "interrupted"),
+                  ("action.rollback.compose_done", 0, "succeeded")]
+
+
+@pytest.mark.parametrize(("step", "delay", "outcome"), HANDOVER_STEPS,
+                         ids=[s.rsplit(".", 1)[1] for s, _, _ in HANDOVER_STEPS])
+async def test_a_leader_on_another_host_adopts_the_rollback_the_killed_one_left_open(
+        stack: Stack, tmp_path: Path, pg_cluster: PgCluster, step: str, delay: int,
+        outcome: str) -> None:
+    """Two hosts (a state file each), one PostgreSQL: SIGKILL the leader right after ``step``;
+    the other takes over within the lease, adopts the open rollback from the shared journal
+    (the event names the host that left it) and completes it by verification or marks it
+    interrupted and escalates — never retagging or running compose again."""
+    pg_cluster.psql("drop schema if exists brace_watchdog cascade")
+    slow = {"compose_command": slow_compose(delay, stack.compose_command)} if delay else {}
+    async with instances(stack, tmp_path, pg_cluster, 2, hosts=True, verify_successes=12,
+                         **slow) as group:
+        old, new = group.leader, group.others()[0]
+        stack.deploy("v2")
+        await daemon_event(old.state, step, timeout=60)
+        kill_daemon(old.proc)
+        assert await the_leader([new]) is new
+        state = new.state
+        adopted = await daemon_event(state, "action.rollback.adopted", timeout=TAKEOVER)
+        assert f"of {old.name} (pid {old.proc.pid})" in adopted.message, adopted
+        await daemon_event(state, "action.rollback.interrupted", "rollback.succeeded",
+                           timeout=90)
+        await asyncio.sleep(2)
+        assert [status for _, status, _ in rollback_actions(state)] == [outcome], new.log()
+        steps = journal_steps(state, adopted.action_id or 0)
+        assert not {"action.rollback.retagged", "action.rollback.compose_done"} & set(steps)
+        before = journal_steps(old.state, rollback_actions(old.state)[0][0])
+        for once in ("action.rollback.retagged", "action.rollback.compose_done"):
+            assert before.count(once) <= 1, before
+        left = pg_cluster.psql("select count(*) from brace_watchdog.journal "
+                               "where status in ('planned', 'running')")
+        assert left == "0", pg_cluster.psql("table brace_watchdog.journal")
+        if outcome == "interrupted":
+            store = StateStore(state).open()
+            try:
+                escalation = store.events(kinds=("escalation",))[-1]
+                assert f"on {old.name} (pid {old.proc.pid}), which stopped leading" \
+                    in escalation.message
+                assert store.flag("automation_frozen") is not None
+            finally:
+                store.close()
+    expected = "v2" if outcome == "interrupted" else "v1"
+    assert stack.running_images()["backend"] == stack.images[expected]

@@ -4,12 +4,14 @@ session names the holder, a terminated or silent holder loses the lock, the gate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from brace_watchdog.actions.gated import resolve_interrupted
 from brace_watchdog.adapters.pg_lock import AdvisoryLockSession
 from brace_watchdog.config import parse_config
 from brace_watchdog.errors import PostgresError, RefusedError
@@ -150,6 +152,76 @@ async def test_election_gates_actions_and_a_lost_lock_demotes_before_the_step(
         assert changes._value.get() == 1  # type: ignore[attr-defined]
         kinds = [e.kind for e in first.store.events(limit=100)]
         assert "leadership.lost" in kinds
+    finally:
+        await one.stop()
+        await two.stop()
+        first.store.close()
+        second.store.close()
+
+
+def _shared(cluster: PgCluster, where: str) -> list[str]:
+    return cluster.psql("select host || '|' || action_id || '|' || status || '|' || step || '|' "
+                        f"|| coalesce(adopted_by, '') from brace_watchdog.journal where {where} "
+                        "order by updated_at").splitlines()
+
+
+async def _lead(election: LeaderElection) -> None:
+    for _ in range(100):
+        with contextlib.suppress(PostgresError):
+            await election.cycle()
+        if election.hub.leadership.view.held:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{election.me.host} never took the lock")
+
+
+async def test_a_leader_on_another_host_adopts_what_the_old_one_left_open(
+        pg_cluster: PgCluster, tmp_path: object) -> None:
+    """Two state files (two hosts), one PostgreSQL: the leader's journal reaches the shared
+    table under the lock; cut off, it writes nothing more; the new leader adopts its open
+    action, escalates it as the restart path does (naming the old host), and the old leader,
+    leading again later, hands it over instead of resuming it."""
+    pg_cluster.psql("drop schema if exists brace_watchdog cascade")
+    first, second = _hub(pg_cluster, str(tmp_path), "a"), _hub(pg_cluster, str(tmp_path), "b")
+    one, two = LeaderElection(first), LeaderElection(second)
+    try:
+        await one.start()
+        await two.start()
+        assert first.leadership.view.held and not second.leadership.view.held
+        action = first.store.begin_action("db_rollback", origin="manual", plan={"dump": "x"})
+        first.store.journal_step(action, "writers_stopped", evidence={
+            "state": {"writers": "stopped"}, "next_steps": ["start the writers"]})
+        assert await one.journal.flush()
+        assert _shared(pg_cluster, "true") == [f"a|{action}|running|writers_stopped|"]
+        pg_cluster.psql("select pg_terminate_backend(pid) from pg_stat_activity "
+                        "where application_name like 'brace-watchdog@a:%/%'")
+        first.store.journal_step(action, "leadership_lost")  # partitioned: local only
+        with pytest.raises(PostgresError):
+            await one.journal.flush()
+        first.leadership.demote("cut off")
+        await _lead(two)
+        adopted = second.store.open_actions()
+        assert [(a.kind, a.step) for a in adopted] == [("db_rollback", "writers_stopped")]
+        assert adopted[0].plan["adopted_from"]["host"] == "a"
+        event = second.store.events(kinds=("action.db_rollback.adopted",))[0]
+        assert f"db_rollback {action} of a (pid {os.getpid()})" in event.message
+        assert second.metrics.actions_adopted.labels(  # type: ignore[attr-defined]
+            kind="db_rollback")._value.get() == 1
+        assert _shared(pg_cluster, "host = 'a'") == [
+            f"a|{action}|adopted|writers_stopped|b as db_rollback {adopted[0].id}"]
+        assert await resolve_interrupted(second) == [adopted[0].id]
+        escalation = second.store.events(kinds=("escalation",))[-1]
+        assert f"on a (pid {os.getpid()}), which stopped leading" in escalation.message
+        assert "writers: stopped" in escalation.message
+        assert await two.journal.flush()
+        assert _shared(pg_cluster, "host = 'b'") == [
+            f"b|{adopted[0].id}|interrupted|writers_stopped|"]
+        await two.stop()  # b goes away; a, back from its partition, leads again
+        await _lead(one)
+        assert first.store.action(action).status == "handed_over"  # type: ignore[union-attr]
+        assert await one.journal.flush()
+        assert _shared(pg_cluster, "status in ('planned', 'running')") == []
+        assert await resolve_interrupted(first) == []  # nothing left for the restart path
     finally:
         await one.stop()
         await two.stop()

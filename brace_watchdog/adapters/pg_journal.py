@@ -1,0 +1,130 @@
+"""The shared action journal's table in the production PostgreSQL, ``brace_watchdog.journal``.
+
+Plain SQL on a connection the caller already holds inside a transaction that confirmed the
+leadership lock (:meth:`~brace_watchdog.adapters.pg_lock.AdvisoryLockSession.run_locked`), so only
+the leader ever writes here. The dedicated schema ``brace_watchdog`` keeps it away from the
+application's tables (Alembic's autogenerate compares only the default schema unless told
+``include_schemas=True``); :func:`ensure_table` creates both when missing. A row is one action of
+one state file (``store_id``, ``action_id``); once closed (ended, or adopted by another leader)
+it is never changed again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from brace_watchdog.adapters.pg_lock import Connection
+from brace_watchdog.journal_handover import (
+    ADOPTED,
+    OPEN_STATUSES,
+    JournalEntry,
+    SharedAction,
+)
+
+__all__ = ["SCHEMA", "TABLE", "adopted", "ensure_table", "handover_rows", "write_entries"]
+
+SCHEMA = "brace_watchdog"
+TABLE = f"{SCHEMA}.journal"
+KEEP_CLOSED_SECONDS = 30 * 86400  # closed rows older than this go at each takeover
+
+_CREATE = [
+    f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
+    f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+        store_id text NOT NULL,
+        action_id bigint NOT NULL,
+        host text NOT NULL,
+        pid integer NOT NULL,
+        kind text NOT NULL,
+        origin text NOT NULL,
+        requester text NOT NULL DEFAULT '',
+        status text NOT NULL,
+        step text NOT NULL,
+        result text NOT NULL DEFAULT '',
+        plan jsonb NOT NULL DEFAULT '{{}}',
+        evidence jsonb NOT NULL DEFAULT '{{}}',
+        created_at double precision NOT NULL,
+        updated_at double precision NOT NULL,
+        adopted_by text,
+        PRIMARY KEY (store_id, action_id))""",
+]
+_OPEN = f"status IN ({', '.join(repr(status) for status in OPEN_STATUSES)})"
+_INSERT = (f"INSERT INTO {TABLE} (store_id, action_id, host, pid, kind, origin, requester, "
+           "status, step, result, plan, evidence, created_at, updated_at) VALUES (%(store)s, "
+           "%(id)s, %(host)s, %(pid)s, %(kind)s, %(origin)s, %(requester)s, %(status)s, "
+           "%(step)s, %(result)s, %(plan)s, %(evidence)s, %(ts)s, %(ts)s) "
+           "ON CONFLICT (store_id, action_id) DO NOTHING")
+_STEP = (f"UPDATE {TABLE} SET host = %(host)s, pid = %(pid)s, step = %(step)s, "
+         "status = COALESCE(%(status)s, status), result = COALESCE(%(result)s, result), "
+         "evidence = %(evidence)s, updated_at = %(ts)s "
+         f"WHERE store_id = %(store)s AND action_id = %(id)s AND {_OPEN}")
+_COLUMNS = ("store_id, action_id, host, pid, kind, origin, requester, status, step, plan, "
+            "evidence, updated_at, adopted_by")
+
+
+async def ensure_table(conn: Connection, now: float) -> None:
+    """Create the schema and table when missing (checked first: CREATE SCHEMA IF NOT EXISTS
+    needs the CREATE privilege even when the schema exists); drop long-closed rows."""
+    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,))
+    row = await cur.fetchone()
+    if not (row and row[0]):
+        for statement in _CREATE:
+            await conn.execute(statement)
+    await conn.execute(f"DELETE FROM {TABLE} WHERE NOT {_OPEN} AND updated_at < %s",
+                       (now - KEEP_CLOSED_SECONDS,))
+
+
+async def write_entries(conn: Connection, entries: Sequence[JournalEntry], *, store_id: str,
+                        host: str, pid: int) -> None:
+    """Write journal entries in order: a ``begin`` (or adoption) inserts its row, a step
+    updates it while it is open."""
+    for entry in entries:
+        params: dict[str, Any] = {
+            "store": store_id, "id": entry.action_id, "host": host, "pid": pid,
+            "step": entry.step, "status": entry.status, "result": entry.result,
+            "evidence": Jsonb(_plain(entry.evidence)), "ts": entry.ts}
+        if entry.start is not None:
+            start = entry.start
+            await conn.execute(_INSERT, {
+                **params, "kind": start.kind, "origin": start.origin,
+                "requester": start.requester, "status": entry.status or "running",
+                "result": entry.result or "", "plan": Jsonb(_plain(start.plan)),
+                "ts": start.created_at})
+        await conn.execute(_STEP, params)
+
+
+async def handover_rows(conn: Connection, store_id: str,
+                        local_open: Collection[int]) -> list[SharedAction]:
+    """Every open row, and this state file's rows of its ``local_open`` actions."""
+    cur = await conn.execute(
+        f"SELECT {_COLUMNS} FROM {TABLE} WHERE {_OPEN} "
+        "OR (store_id = %(store)s AND action_id = ANY(%(ids)s)) ORDER BY updated_at, action_id",
+        {"store": store_id, "ids": list(local_open)})
+    return [SharedAction(store_id=str(r[0]), action_id=int(r[1]), host=str(r[2]), pid=int(r[3]),
+                         kind=str(r[4]), origin=str(r[5]), requester=str(r[6]),
+                         status=str(r[7]), step=str(r[8]), plan=_dict(r[9]),
+                         evidence=_dict(r[10]), updated_at=float(r[11]),
+                         adopted_by=None if r[12] is None else str(r[12]))
+            for r in await cur.fetchall()]
+
+
+async def adopted(conn: Connection, rows: Sequence[SharedAction], *, by: str,
+                  now: float) -> None:
+    """Close rows another state file took over (``by`` says which and as what)."""
+    for row in rows:
+        await conn.execute(
+            f"UPDATE {TABLE} SET status = %s, adopted_by = %s, updated_at = %s "
+            f"WHERE store_id = %s AND action_id = %s AND {_OPEN}",
+            (ADOPTED, by, now, row.store_id, row.action_id))
+
+
+def _plain(value: dict[str, Any]) -> Any:
+    """JSON-safe (what the SQLite journal stores: anything else as its str)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,132 @@
+"""The shared action journal's values and its pure handover rule (no I/O).
+
+With leadership on, every journal write of the leader (each ``begin``, step and end of an action)
+is also written to PostgreSQL (:mod:`brace_watchdog.adapters.pg_journal`), keyed by the state
+file it came from (its ``store_id``) and the action's id there. A new leader on another host
+reads the open rows and decides here what each one needs (:func:`plan_handover`):
+
+- an open action of **another** state file is *adopted*: copied into this instance's own journal
+  (its plan, step and last evidence, with ``adopted_from`` naming the host that left it) and
+  then reconciled by the same code a restarted daemon runs; its shared row is closed as adopted;
+- one this instance adopted before (a crash between its local copy and the shared close) is only
+  closed, never adopted twice;
+- an action still open in **this** state file whose shared row another leader adopted (this
+  instance was partitioned, and came back) is *handed over*: closed locally, never resumed;
+- an open action of this state file that nobody adopted is left to the ordinary restart path;
+- a shared row still open for an action this state file has closed (the closing write never
+  reached PostgreSQL: the lock was lost, or the daemon stopped first) is *settled* from the local
+  record, so no other leader adopts a finished action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ActionStart", "Handover", "JournalEntry", "SharedAction", "adopted_from",
+           "interrupted_by", "plan_handover"]
+
+OPEN_STATUSES = ("planned", "running")
+ADOPTED = "adopted"  # a shared row's status once another state file took the action over
+HANDED_OVER = "handed_over"  # a local action's status once another leader took it over
+
+
+@dataclass(frozen=True)
+class ActionStart:
+    """What the ``begin`` of an action (or its adoption) says beyond the step."""
+
+    kind: str
+    origin: str
+    requester: str
+    plan: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One journal write as the state store reports it (``status`` None: unchanged)."""
+
+    action_id: int
+    step: str
+    ts: float
+    status: str | None = None
+    result: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    start: ActionStart | None = None
+
+
+@dataclass(frozen=True)
+class SharedAction:
+    """A row of the shared journal: an action of state file ``store_id``, as last written."""
+
+    store_id: str
+    action_id: int
+    host: str
+    pid: int
+    kind: str
+    origin: str
+    requester: str
+    status: str
+    step: str
+    plan: dict[str, Any]
+    evidence: dict[str, Any]
+    updated_at: float
+    adopted_by: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.store_id, self.action_id
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.action_id} of {self.host} (pid {self.pid})"
+
+    def origin_note(self) -> dict[str, Any]:
+        """What the adopting action keeps of where it came from (``plan["adopted_from"]``)."""
+        return {"store_id": self.store_id, "action_id": self.action_id, "host": self.host,
+                "pid": self.pid, "step": self.step}
+
+
+@dataclass(frozen=True)
+class Handover:
+    """What a new leader does with the shared journal; see the module docstring."""
+
+    adopt: tuple[SharedAction, ...] = ()
+    close: tuple[SharedAction, ...] = ()
+    handed_over: tuple[SharedAction, ...] = ()
+    settle: tuple[SharedAction, ...] = ()
+
+
+def plan_handover(store_id: str, rows: Sequence[SharedAction], *, local_open: Collection[int],
+                  adopted: Collection[tuple[str, int]]) -> Handover:
+    """``rows``: the open rows of every state file and this state file's rows of the actions
+    still open here (``local_open``); ``adopted``: the keys this state file already adopted."""
+    adopt: list[SharedAction] = []
+    close: list[SharedAction] = []
+    handed: list[SharedAction] = []
+    settle: list[SharedAction] = []
+    for row in rows:
+        is_open = row.status in OPEN_STATUSES
+        if row.store_id != store_id:
+            if is_open:
+                (close if row.key in adopted else adopt).append(row)
+        elif row.action_id in local_open:
+            if row.status == ADOPTED:
+                handed.append(row)
+        elif is_open:
+            settle.append(row)
+    return Handover(tuple(adopt), tuple(close), tuple(handed), tuple(settle))
+
+
+def adopted_from(plan: dict[str, Any]) -> dict[str, Any] | None:
+    note = plan.get("adopted_from")
+    return note if isinstance(note, dict) else None
+
+
+def interrupted_by(plan: dict[str, Any]) -> str:
+    """Who left an open action behind, for the operator: a restart here, or another host."""
+    note = adopted_from(plan)
+    if note is None:
+        return "by a daemon restart"
+    return (f"on {note.get('host', '?')} (pid {note.get('pid', '?')}), which stopped leading "
+            f"(its action {note.get('action_id', '?')})")

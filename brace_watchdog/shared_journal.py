@@ -1,0 +1,149 @@
+"""The shared action journal: the leader's journal, written through to PostgreSQL, and takeover.
+
+With leadership on, every journal write of the state store (``on_journal``) is queued here and
+written to ``brace_watchdog.journal`` (:mod:`brace_watchdog.adapters.pg_journal`) through the
+leadership session, in a transaction that first confirms the lock: a deposed leader writes
+nothing. The queue is written at once (a background task), and at the latest by the confirmation
+before the next action step (:meth:`SharedJournal.flush` *is* that confirmation), so no step
+starts before PostgreSQL knows every step before it. A leader that cannot write stops acting.
+
+:meth:`SharedJournal.take_over` runs when this instance has just won the lock, before it is
+promoted: it reads the shared rows and carries out :func:`~brace_watchdog.journal_handover.
+plan_handover` — actions another host left open are copied into the local journal, where the
+restart path (the app rollback's and the gated actions' reconciliation) resolves them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+
+from brace_watchdog.adapters import pg_journal
+from brace_watchdog.adapters.pg_lock import AdvisoryLockSession, Connection
+from brace_watchdog.errors import PostgresError
+from brace_watchdog.journal_handover import (
+    HANDED_OVER,
+    JournalEntry,
+    SharedAction,
+    plan_handover,
+)
+from brace_watchdog.runtime import Hub
+
+__all__ = ["SharedJournal"]
+
+log = logging.getLogger("brace_watchdog.leadership")
+WHAT = "shared journal"
+
+
+class SharedJournal:
+    """The leader's journal in PostgreSQL; see the module docstring."""
+
+    def __init__(self, hub: Hub, session: AdvisoryLockSession, *, host: str, pid: int) -> None:
+        self.hub = hub
+        self.session = session
+        self.host, self.pid = host, pid
+        self.store_id = hub.store.store_identity()
+        self._pending: deque[JournalEntry] = deque()
+        self._lock = asyncio.Lock()
+        self._eager: asyncio.Task[None] | None = None
+        hub.store.on_journal = self.record
+
+    def record(self, entry: JournalEntry) -> None:
+        """The store's hook: queue the entry; a leader writes it at once in the background."""
+        self._pending.append(entry)
+        if not self.hub.leadership.view.held:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # written from a worker thread: the next confirmation writes it
+        if self._eager is None or self._eager.done():
+            self._eager = loop.create_task(self._write_soon(), name="leadership:journal")
+
+    async def _write_soon(self) -> None:
+        try:
+            while self._pending and await self.flush():
+                pass
+        except PostgresError as exc:
+            log.warning("%s not written yet (%s); the next confirmation tries again", WHAT, exc)
+
+    async def flush(self) -> bool:
+        """Write what is queued in one transaction that confirms the lock first; False (nothing
+        written) when the lock is not ours. Raises PostgresError when PostgreSQL fails."""
+        return await self._write(())
+
+    async def _write(self, close: Sequence[tuple[SharedAction, str]]) -> bool:
+        async with self._lock:
+            entries = list(self._pending)
+
+            async def work(conn: Connection) -> None:
+                await pg_journal.write_entries(conn, entries, store_id=self.store_id,
+                                               host=self.host, pid=self.pid)
+                for row, by in close:
+                    await pg_journal.adopted(conn, [row], by=by, now=self.hub.clock())
+
+            ok, _ = await self.session.run_locked(work, WHAT)
+            if ok:
+                for _ in entries:
+                    self._pending.popleft()
+            return ok
+
+    async def stop(self) -> None:
+        if self._eager is not None:
+            self._eager.cancel()
+            await asyncio.gather(self._eager, return_exceptions=True)
+
+    # -- takeover --------------------------------------------------------------------------
+    async def take_over(self) -> None:
+        """Just won the lock (not promoted yet): settle the shared journal with the local one."""
+        store = self.hub.store
+        local_open = [action.id for action in store.open_actions()]
+        now = self.hub.clock()
+
+        async def read(conn: Connection) -> list[SharedAction]:
+            await pg_journal.ensure_table(conn, now)
+            return await pg_journal.handover_rows(conn, self.store_id, local_open)
+
+        ok, rows = await self.session.run_locked(read, WHAT)
+        if not ok or rows is None:
+            raise PostgresError("leadership: the lock was lost while reading the shared journal")
+        plan = plan_handover(self.store_id, rows, local_open=local_open,
+                             adopted=store.adopted_keys())
+        for row in plan.handed_over:
+            self._hand_over(row)
+        for row in plan.settle:
+            self._settle(row)
+        close = [(row, f"{self.host}: already adopted") for row in plan.close]
+        for row in plan.adopt:
+            close.append((row, f"{self.host} as {row.kind} {self._adopt(row)}"))
+        if not await self._write(close):
+            raise PostgresError("leadership: the lock was lost while writing the shared journal")
+
+    def _adopt(self, row: SharedAction) -> int:
+        message = (f"{row.describe()} was left open at step '{row.step}' when {row.host} "
+                   "stopped leading; adopted here and reconciled like after a restart (never "
+                   "repeating a step)")
+        action_id = self.hub.store.adopt_action(row, message)
+        self.hub.metrics.actions_adopted.labels(kind=row.kind).inc()
+        return action_id
+
+    def _hand_over(self, row: SharedAction) -> None:
+        """This instance's own open action, which another leader adopted meanwhile."""
+        self.hub.store.journal_step(
+            row.action_id, HANDED_OVER, status=HANDED_OVER, evidence={"adopted_by":
+                                                                      row.adopted_by},
+            result=f"{row.kind} {row.action_id} was taken over by {row.adopted_by} while "
+                   f"{self.host} did not lead; not resumed here")
+
+    def _settle(self, row: SharedAction) -> None:
+        """A shared row left open for an action this state file has closed (or lost)."""
+        local = self.hub.store.action(row.action_id)
+        if local is not None and local.kind == row.kind:
+            entry = JournalEntry(row.action_id, local.step, self.hub.clock(), local.status,
+                                 local.result)
+        else:
+            entry = JournalEntry(row.action_id, row.step, self.hub.clock(), "interrupted",
+                                 "not found in this instance's state file any more")
+        self._pending.append(entry)
