@@ -44,11 +44,18 @@ class SharedJournal:
         self.hub = hub
         self.session = session
         self.host, self.pid = host, pid
-        self.store_id = hub.store.store_identity()
+        self._store_id = ""
         self._pending: deque[JournalEntry] = deque()
         self._lock = asyncio.Lock()
         self._eager: asyncio.Task[None] | None = None
         hub.store.on_journal = self.record
+
+    @property
+    def store_id(self) -> str:
+        """This state file's id in the shared journal (read, or made, at first use)."""
+        if not self._store_id:
+            self._store_id = self.hub.store.store_identity()
+        return self._store_id
 
     def record(self, entry: JournalEntry) -> None:
         """The store's hook: queue the entry; a leader writes it at once in the background."""

@@ -227,3 +227,30 @@ async def test_a_leader_on_another_host_adopts_what_the_old_one_left_open(
         await two.stop()
         first.store.close()
         second.store.close()
+
+
+async def test_a_restarted_leader_settles_a_shared_row_its_closing_entry_never_reached(
+        pg_cluster: PgCluster, tmp_path: object) -> None:
+    """The close of an action was written locally but not to PostgreSQL (the daemon stopped
+    first): on taking the lock again, the shared row is closed from the local record, so no
+    other leader adopts a finished action."""
+    pg_cluster.psql("drop schema if exists brace_watchdog cascade")
+    hub = _hub(pg_cluster, str(tmp_path), "a")
+    first = LeaderElection(hub)
+    again: LeaderElection | None = None
+    try:
+        await first.start()
+        action = hub.store.begin_action("rollback", origin="automatic", plan={"mode": "retag"})
+        assert await first.journal.flush()
+        hub.store.on_journal = None  # as if the process ended before the close went out
+        hub.store.journal_step(action, "succeeded", status="succeeded", result="done")
+        await first.stop()
+        assert _shared(pg_cluster, "true") == [f"a|{action}|running|begin|"]
+        again = LeaderElection(hub)  # the restarted daemon
+        await _lead(again)
+        assert _shared(pg_cluster, "true") == [f"a|{action}|succeeded|succeeded|"]
+    finally:
+        await first.stop()
+        if again is not None:
+            await again.stop()
+        hub.store.close()

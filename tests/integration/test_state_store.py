@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from brace_watchdog.actions.promotion_policy import ReleaseHealth
 from brace_watchdog.config import parse_config
 from brace_watchdog.errors import StateError
+from brace_watchdog.journal_handover import JournalEntry, SharedAction
 from brace_watchdog.metrics import Metrics
 from brace_watchdog.observations import Observations, ProbeSample
 from brace_watchdog.runtime import Hub
@@ -164,3 +165,44 @@ def test_release_health_evidence_survives_a_restart_and_a_v1_file_migrates(
     assert ReleaseHealth.from_dict(saved) == replace(evidence, ok_samples=10)
     assert reopened.release_health("0" * 64) is None
     reopened.close()
+
+
+def test_the_journal_hook_sees_every_write_and_an_adopted_action_keeps_where_it_came_from(
+        tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store, other = StateStore(path).open(), StateStore(path).open()
+    seen: list[JournalEntry] = []
+    store.on_journal = seen.append
+    try:
+        identity = store.store_identity()
+        assert len(identity) == 32 and other.store_identity() == identity
+        action = store.begin_action("rollback", origin="automatic", plan={"mode": "retag"})
+        store.journal_step(action, "retagged", evidence={"retags": 1})
+        store.journal_step(action, "succeeded", status="succeeded", result="done")
+        assert [(e.action_id, e.step, e.status) for e in seen] == [
+            (action, "begin", "running"), (action, "retagged", None),
+            (action, "succeeded", "succeeded")]
+        assert seen[0].start is not None and seen[0].start.plan == {"mode": "retag"}
+        assert seen[1].evidence == {"retags": 1} and seen[2].result == "done"
+        shared = SharedAction(store_id="elsewhere", action_id=7, host="db-1", pid=42,
+                              kind="db_rollback", origin="control", requester="root",
+                              status="running", step="writers_stopped", plan={"dump": "x"},
+                              evidence={"state": {"writers": "stopped"}}, updated_at=1.0)
+        adopted = store.adopt_action(shared, "left open by db-1")
+        record = store.action(adopted)
+        assert record is not None and (record.status, record.step) == ("running",
+                                                                       "writers_stopped")
+        assert record.plan == {"dump": "x", "adopted_from": shared.origin_note()}
+        assert store.last_journal_evidence(adopted)["state"] == {"writers": "stopped"}
+        assert store.events(kinds=("action.db_rollback.adopted",))[0].message == \
+            "left open by db-1"
+        assert seen[-1].start is not None and seen[-1].step == "writers_stopped"
+        assert store.adopted_keys() == {("elsewhere", 7)}
+    finally:
+        store.close()
+        other.close()
+    reopened = StateStore(path).open()
+    try:
+        assert reopened.store_identity() == identity
+    finally:
+        reopened.close()
