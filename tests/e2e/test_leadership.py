@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from brace_watchdog.failpoints import ENV as FAILPOINTS
 from brace_watchdog.state import StateStore
 from tests.integration.control_helpers import ctl
 from tests.support.pg import PgCluster
@@ -28,7 +29,6 @@ from tests.support.stack import (
     Stack,
     daemon_event,
     kill_daemon,
-    slow_compose,
     start_daemon,
     stop_daemon,
     write_daemon_config,
@@ -81,16 +81,16 @@ class Instance:
 
 
 def _configure(stack: Stack, root: Path, name: str, shared: Path | None, dsn: str,
-               **rollback: object) -> Instance:
+               env: dict[str, str]) -> Instance:
     root.mkdir(parents=True)
-    config = write_daemon_config(stack, root, max_per_day=5, on_schema_change="app_only",
-                                 **rollback)
+    config = write_daemon_config(stack, root, max_per_day=5, on_schema_change="app_only")
     state = shared or root / "state.db"
     text = config.read_text().replace(f'state_path = "{root}/state.db"',
                                       f'state_path = "{state}"')
     config.write_text(text + LEADERSHIP.format(dsn=dsn, name=name))
     port = int(re.search(r'listen = "127\.0\.0\.1:(\d+)"', text).group(1))  # type: ignore[union-attr]
-    return Instance(name, root, port, start_daemon(config, root / "daemon.log"), state)
+    return Instance(name, root, port, start_daemon(config, root / "daemon.log", env=env),
+                    state)
 
 
 @dataclass
@@ -108,16 +108,18 @@ class Group:
 
 @asynccontextmanager
 async def instances(stack: Stack, tmp_path: Path, cluster: PgCluster, count: int, *,
-                    hosts: bool = False, **rollback: object) -> AsyncIterator[Group]:
+                    hosts: bool = False, env: dict[str, str] | None = None
+                    ) -> AsyncIterator[Group]:
     """``count`` instances watching ``stack`` deployed at v1 — sharing one state file, or
-    (``hosts``) each with its own; yielded once one of them leads and v1 is known good."""
+    (``hosts``) each with its own, ``env`` added to their environment; yielded once one of them
+    leads and v1 is known good."""
     shared = None if hosts else tmp_path / "shared-state.db"
     stack.deploy("v1")
     started: list[Instance] = []
     try:
         for n in range(count):
             started.append(_configure(stack, tmp_path / f"node{n}", f"node{n}", shared,
-                                      cluster.dsn(), **rollback))
+                                      cluster.dsn(), env or {}))
         leader = await the_leader(started)
         await daemon_event(leader.state, "release.known_good", timeout=40)
         yield Group(started, leader, leader.state)
@@ -222,47 +224,46 @@ async def test_the_leaders_session_terminated_mid_rollback_stops_it_and_no_step_
         await the_leader(group.members)
 
 
-# (journal step to SIGKILL the leader at, compose ``up`` delay so the step is caught before
-#  compose runs, what the new leader on the other host must conclude)
-HANDOVER_STEPS = [("action.rollback.retagged", 60, "interrupted"),
-                  ("action.rollback.compose_done", 0, "succeeded")]
+
+# (the failpoint that SIGKILLs the leader right after that journal entry, what the new leader
+#  on the other host must conclude)
+HANDOVER_STEPS = [("journal:retagged", "interrupted"), ("journal:compose_done", "succeeded")]
 
 
-@pytest.mark.parametrize(("step", "delay", "outcome"), HANDOVER_STEPS,
-                         ids=[s.rsplit(".", 1)[1] for s, _, _ in HANDOVER_STEPS])
+@pytest.mark.parametrize(("failpoint", "outcome"), HANDOVER_STEPS,
+                         ids=[point.split(":")[1] for point, _ in HANDOVER_STEPS])
 async def test_a_leader_on_another_host_adopts_the_rollback_the_killed_one_left_open(
-        stack: Stack, tmp_path: Path, pg_cluster: PgCluster, step: str, delay: int,
+        stack: Stack, tmp_path: Path, pg_cluster: PgCluster, failpoint: str,
         outcome: str) -> None:
-    """Two hosts (a state file each), one PostgreSQL: SIGKILL the leader right after ``step``;
-    the other takes over within the lease, adopts the open rollback from the shared journal
-    (the event names the host that left it) and completes it by verification or marks it
-    interrupted and escalates — never retagging or running compose again."""
+    """Two hosts (a state file each), one PostgreSQL: the leader is SIGKILLed right after a
+    journal step of its rollback; the other takes over within the lease, adopts the open
+    rollback from the shared journal (the event names the host that left it) and completes it by
+    verification or marks it interrupted and escalates — never retagging or running compose
+    again. (Both instances are armed: only a rollback's own steps hit the failpoint, and the
+    new leader only reconciles.)"""
     pg_cluster.psql("drop schema if exists brace_watchdog cascade")
-    slow = {"compose_command": slow_compose(delay, stack.compose_command)} if delay else {}
-    async with instances(stack, tmp_path, pg_cluster, 2, hosts=True, verify_successes=12,
-                         **slow) as group:
+    async with instances(stack, tmp_path, pg_cluster, 2, hosts=True,
+                         env={FAILPOINTS: failpoint}) as group:
         old, new = group.leader, group.others()[0]
         stack.deploy("v2")
-        await daemon_event(old.state, step, timeout=60)
-        kill_daemon(old.proc)
+        assert await asyncio.to_thread(old.proc.wait, 90) == -signal.SIGKILL, old.log()
         assert await the_leader([new]) is new
-        state = new.state
-        adopted = await daemon_event(state, "action.rollback.adopted", timeout=TAKEOVER)
+        adopted = await daemon_event(new.state, "action.rollback.adopted", timeout=TAKEOVER)
         assert f"of {old.name} (pid {old.proc.pid})" in adopted.message, adopted
-        await daemon_event(state, "action.rollback.interrupted", "rollback.succeeded",
+        left_at = adopted.evidence["adopted_from"]  # a step the old leader had journalled
+        old_steps = journal_steps(old.state, left_at["action_id"])
+        assert f"action.rollback.{left_at['step']}" in old_steps, (left_at, old_steps)
+        await daemon_event(new.state, "action.rollback.interrupted", "rollback.succeeded",
                            timeout=90)
         await asyncio.sleep(2)
-        assert [status for _, status, _ in rollback_actions(state)] == [outcome], new.log()
-        steps = journal_steps(state, adopted.action_id or 0)
-        assert not {"action.rollback.retagged", "action.rollback.compose_done"} & set(steps)
-        before = journal_steps(old.state, rollback_actions(old.state)[0][0])
-        for once in ("action.rollback.retagged", "action.rollback.compose_done"):
-            assert before.count(once) <= 1, before
+        assert [status for _, status, _ in rollback_actions(new.state)] == [outcome], new.log()
+        redone = {"action.rollback.retagged", "action.rollback.compose_done"}
+        assert not redone & set(journal_steps(new.state, adopted.action_id or 0))
         left = pg_cluster.psql("select count(*) from brace_watchdog.journal "
                                "where status in ('planned', 'running')")
         assert left == "0", pg_cluster.psql("table brace_watchdog.journal")
         if outcome == "interrupted":
-            store = StateStore(state).open()
+            store = StateStore(new.state).open()
             try:
                 escalation = store.events(kinds=("escalation",))[-1]
                 assert f"on {old.name} (pid {old.proc.pid}), which stopped leading" \
