@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from tests.support.stack import (
     Stack,
     daemon_event,
     kill_daemon,
+    slow_compose,
     start_daemon,
     stop_daemon,
     write_daemon_config,
@@ -81,9 +82,10 @@ class Instance:
 
 
 def _configure(stack: Stack, root: Path, name: str, shared: Path | None, dsn: str,
-               env: dict[str, str]) -> Instance:
+               env: dict[str, str], rollback: dict[str, object]) -> Instance:
     root.mkdir(parents=True)
-    config = write_daemon_config(stack, root, max_per_day=5, on_schema_change="app_only")
+    config = write_daemon_config(stack, root, max_per_day=5, on_schema_change="app_only",
+                                 **rollback)
     state = shared or root / "state.db"
     text = config.read_text().replace(f'state_path = "{root}/state.db"',
                                       f'state_path = "{state}"')
@@ -108,18 +110,21 @@ class Group:
 
 @asynccontextmanager
 async def instances(stack: Stack, tmp_path: Path, cluster: PgCluster, count: int, *,
-                    hosts: bool = False, env: dict[str, str] | None = None
-                    ) -> AsyncIterator[Group]:
+                    hosts: bool = False, env: dict[str, str] | None = None,
+                    rollback: dict[str, object] | None = None,
+                    dsn: Callable[[str], str] | None = None) -> AsyncIterator[Group]:
     """``count`` instances watching ``stack`` deployed at v1 — sharing one state file, or
-    (``hosts``) each with its own, ``env`` added to their environment; yielded once one of them
-    leads and v1 is known good."""
+    (``hosts``) each with its own; ``env`` added to their environment, ``rollback`` to their
+    ``[rollback]``, ``dsn(name)`` their DSN; yielded once one of them leads and v1 is known
+    good."""
     shared = None if hosts else tmp_path / "shared-state.db"
     stack.deploy("v1")
     started: list[Instance] = []
     try:
         for n in range(count):
             started.append(_configure(stack, tmp_path / f"node{n}", f"node{n}", shared,
-                                      cluster.dsn(), env or {}))
+                                      (dsn or (lambda _: cluster.dsn()))(f"node{n}"),
+                                      env or {}, rollback or {}))
         leader = await the_leader(started)
         await daemon_event(leader.state, "release.known_good", timeout=40)
         yield Group(started, leader, leader.state)
@@ -273,3 +278,44 @@ async def test_a_leader_on_another_host_adopts_the_rollback_the_killed_one_left_
                 store.close()
     expected = "v2" if outcome == "interrupted" else "v1"
     assert stack.running_images()["backend"] == stack.images[expected]
+
+
+async def test_a_partitioned_leader_stops_and_later_hands_its_open_rollback_over(
+        stack: Stack, tmp_path: Path, pg_cluster: PgCluster) -> None:
+    """Two hosts, each its own database role: the leader is cut off from PostgreSQL mid-rollback
+    (its role may no longer log in, its session is ended) but keeps running. It stops before its
+    next step; the other host adopts the rollback and escalates it. Back on the network and
+    leading again, the old leader closes its copy as handed over — no second recovery, no
+    second escalation, no new rollback of the same release."""
+    pg_cluster.psql("drop schema if exists brace_watchdog cascade;"
+                    "create role node0 superuser login password 'pw';"
+                    "create role node1 superuser login password 'pw'")
+    # compose's up waits: the leader is caught in its compose step (killed on demotion)
+    async with instances(stack, tmp_path, pg_cluster, 2, hosts=True,
+                         rollback={"compose_command": slow_compose(600, stack.compose_command)},
+                         dsn=lambda name: pg_cluster.dsn(user=name, password="pw")) as group:
+        old, new = group.leader, group.others()[0]
+        stack.deploy("v2")
+        await daemon_event(old.state, "rollback.started", timeout=60)
+        await asyncio.sleep(1)  # into the compose step
+        pg_cluster.psql(f"alter role {old.name} nologin; select pg_terminate_backend(pid) "
+                        f"from pg_stat_activity where usename = '{old.name}'")
+        lost = await daemon_event(old.state, "action.rollback.leadership_lost", timeout=30)
+        assert await the_leader(group.members) is new
+        adopted = await daemon_event(new.state, "action.rollback.adopted", timeout=TAKEOVER)
+        assert adopted.evidence["adopted_from"]["action_id"] == lost.action_id
+        await daemon_event(new.state, "action.rollback.interrupted", timeout=60)
+        pg_cluster.psql(f"alter role {old.name} login")
+        stop_daemon(new.proc)  # the old leader, reconnected, leads again
+        assert await the_leader([old]) is old
+        await daemon_event(old.state, "action.rollback.handed_over", timeout=30)
+        await asyncio.sleep(5)  # time to (wrongly) recover or roll back again
+        assert [(s, step) for _, s, step in rollback_actions(old.state)] == [
+            ("handed_over", "handed_over")], old.log()
+        store = StateStore(old.state).open()
+        try:
+            reasons = [e.evidence.get("reason") for e in store.events(kinds=("escalation",))]
+            assert "rollback_interrupted" not in reasons, reasons
+        finally:
+            store.close()
+    assert stack.running_images()["backend"] == stack.images["v2"]
