@@ -19,6 +19,7 @@ from tests.integration.test_pg_hba_rollback import _break
 from tests.integration.test_pg_hba_rollback import _config as hba_config
 from tests.support.images import PG_HBA, hba_in_container_config, postgres_with_rejecting_hba
 from tests.support.pg import PG_BIN, PgCluster, make_brace_dump
+from tests.support.webserver import switchable_server
 
 NIGHTLY = "nightly/brace_20260101_000000.dump"
 FIXED_NOW = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC: predictable copy / safety-dump names
@@ -194,12 +195,8 @@ async def test_a_safety_dump_missing_a_live_table_stops_before_the_restore(
     dump = make_brace_dump(pg_cluster, backups / "brace_20260101_000000.dump", rows=5)
     pg_cluster.psql("update alembic_version set version_num = 'live'", db=dump.dbname)
     # a pg_dump that silently leaves a table out (a bad filter, a broken wrapper)
-    bins = tmp_path / "bin"
-    bins.mkdir()
-    for tool in ("psql", "pg_restore"):
-        (bins / tool).symlink_to(PG_BIN / tool)
-    (bins / "pg_dump").write_text(f'#!/bin/sh\nexec {PG_BIN}/pg_dump "$@" -T public.orders\n')
-    (bins / "pg_dump").chmod(0o755)
+    bins = _bin_dir_with(tmp_path / "bin", "pg_dump",
+                         f'exec {PG_BIN}/pg_dump "$@" -T public.orders')
     raw = _db_config(pg_cluster, dump.dbname, backups, bin_dir=str(bins))
     async with control_server(tmp_path, raw) as env:
         _passed(env, dump.path)
@@ -260,3 +257,43 @@ async def test_pg_hba_in_the_container_never_follows_a_planted_symlink(
             assert reply["error"]["details"]["stage"] == "keeping_current"
         assert prod.exec("cat", "/tmp/victim") == (0, "precious\n")
         assert "reject" in prod.exec("cat", PG_HBA)[1]
+
+
+def _bin_dir_with(folder: Path, tool: str, script: str) -> Path:
+    """A ``bin_dir`` with the real PostgreSQL tools, ``tool`` replaced by a shell ``script``."""
+    folder.mkdir()
+    for name in ("psql", "pg_dump", "pg_restore"):
+        if name != tool:
+            (folder / name).symlink_to(PG_BIN / name)
+    (folder / tool).write_text(f"#!/bin/sh\n{script}\n")
+    (folder / tool).chmod(0o755)
+    return folder
+
+
+@pytest.mark.postgres
+async def test_the_restore_reads_the_private_copy_not_the_original(
+        tmp_path: Path, pg_cluster: PgCluster) -> None:
+    """The original is swapped for other (valid, passing-looking) content while the safety dump
+    runs — after the private copy was made and checked: the database gets the approved data."""
+    backups = tmp_path / "backups"
+    dump = make_brace_dump(pg_cluster, backups / NIGHTLY, revision="approved", rows=5)
+    other = make_brace_dump(pg_cluster, tmp_path / "other.dump", revision="swapped", rows=7)
+    pg_cluster.psql("update alembic_version set version_num = 'live'", db=dump.dbname)
+    # pg_dump runs only for the safety dump (its --version at the plan excepted): it swaps the
+    # original in place, then dumps
+    bins = _bin_dir_with(tmp_path / "bin", "pg_dump",
+                         f'case " $* " in *" --version "*) ;; *) cp {other.path} {dump.path};; '
+                         f'esac\nexec {PG_BIN}/pg_dump "$@"')
+    with switchable_server() as health:
+        raw = _db_config(pg_cluster, dump.dbname, backups, bin_dir=str(bins))
+        raw["health"] = {"url": health.url(), "timeout_seconds": 2}
+        async with control_server(tmp_path, raw) as env:
+            _passed(env, dump.path)
+            plan = await _plan(env, "rollback-db", {"dump": NIGHTLY})
+            reply = await result(env.socket, "approve", {"token": plan["token"]})
+            assert reply["ok"], reply
+            assert reply["data"]["database"] == "restored"
+    assert dump.path.read_bytes() == other.path.read_bytes()  # the swap did happen
+    assert pg_cluster.psql("select version_num from alembic_version",
+                           db=dump.dbname) == "approved"
+    assert pg_cluster.psql("select count(*) from users", db=dump.dbname) == "5"
