@@ -113,7 +113,11 @@ class SharedJournal:
             await pg_journal.ensure_table(conn, now)
             return await pg_journal.handover_rows(conn, self.store_id, local_open)
 
-        ok, rows = await self.session.run_locked(read, WHAT)
+        try:
+            ok, rows = await self.session.run_locked(read, WHAT)
+        except PostgresError as exc:
+            raise PostgresError(f"{exc}; not leading without the shared journal: see "
+                                "docs/swarm.md, 'The shared journal', for its privileges") from None
         if not ok or rows is None:
             raise PostgresError("leadership: the lock was lost while reading the shared journal")
         plan = plan_handover(self.store_id, rows, local_open=local_open,

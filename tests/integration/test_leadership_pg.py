@@ -109,9 +109,9 @@ async def test_a_connection_refused_is_a_postgres_error(pg_cluster: PgCluster) -
         await session.held()
 
 
-def _hub(cluster: PgCluster, tmp: str, name: str) -> Hub:
+def _hub(cluster: PgCluster, tmp: str, name: str, dsn: str = "") -> Hub:
     config = parse_config({
-        "daemon": {"state_path": f"{tmp}/{name}.db"}, "database": {"dsn": cluster.dsn()},
+        "daemon": {"state_path": f"{tmp}/{name}.db"}, "database": {"dsn": dsn or cluster.dsn()},
         "leadership": {"enabled": True, "name": name, "check_interval_seconds": 0.2,
                        "check_timeout_seconds": 1.0, "lease_seconds": 2.0, "lock_key": KEY}})
     return Hub(config=config, store=StateStore(config.daemon.state_path).open(),
@@ -253,4 +253,27 @@ async def test_a_restarted_leader_settles_a_shared_row_its_closing_entry_never_r
         await first.stop()
         if again is not None:
             await again.stop()
+        hub.store.close()
+
+
+async def test_without_the_privilege_to_create_the_shared_journal_nobody_leads(
+        pg_cluster: PgCluster, tmp_path: object) -> None:
+    """A user that may not create the schema: a clear error, and the lock let go at once."""
+    pg_cluster.psql("drop schema if exists brace_watchdog cascade;"
+                    "drop role if exists weak; create role weak login password 'pw'")
+    hub = _hub(pg_cluster, str(tmp_path), "weak",
+               dsn=pg_cluster.dsn(user="weak", password="pw"))
+    election = LeaderElection(hub)
+    other = _session(pg_cluster, "node-b")
+    try:
+        with pytest.raises(PostgresError, match=r"shared journal: permission denied .*"
+                                                r"docs/swarm\.md"):
+            await election.start()
+        assert not hub.leadership.view.held
+        assert hub.metrics.leader._value.get() == 0  # type: ignore[attr-defined]
+        await other.connect()
+        assert await _acquire_soon(other, 1.0)  # the lock was let go
+    finally:
+        await other.close()
+        await election.stop()
         hub.store.close()
