@@ -223,6 +223,9 @@ class Metrics:
             "brace_release_info", "The current and known-good release (value 1).",
             ("role", "fingerprint"))
         self.deploys = self._c("brace_deploys", "Deploys detected, by what changed.", ("change",))
+        self.swarm_rollbacks = self._c(
+            "brace_swarm_rollbacks", "Updates Swarm rolled back itself (failure_action: "
+            "rollback), per service.", ("service",))
         self.known_good_images = self._g(
             "brace_known_good_images",
             "Images of the kept known-good releases: present, archived_only, missing.",

@@ -16,8 +16,13 @@ when either does. Swarm's spec version counts every update, which is how a deplo
 * ``refuse`` when the config moved too and Swarm's previous spec is not the known-good one: the
   image alone would leave the changed config in place, so an operator must decide.
 
-:func:`swarm_rolled_back` says when Swarm's own ``failure_action: rollback`` already undid an
-update: that is recorded, not fought. :func:`converged` says when every task runs the target.
+:func:`swarm_rolled_back` says when Swarm's own ``failure_action: rollback`` undid an update —
+recorded, not fought — and :func:`swarm_in_charge` while it is still at it (or still watching
+the update it may roll back). Swarm reports a
+rollback asked for by hand (``docker service rollback``, or the watchdog's own) in the same
+``rollback_*`` states, so they are told apart by ``UpdateStatus``: Swarm's own keeps the update's
+``StartedAt`` and names the failed task in its message; a requested one says "manually requested
+rollback" and starts anew. :func:`converged` says when every task runs the target.
 
 The gated DB rollback stops writer services by scaling them to 0: :func:`writers_problem` refuses
 what cannot be scaled (a missing or global-mode service), :func:`tasks_gone` says when no task of a
@@ -34,9 +39,10 @@ from typing import Any, Literal
 
 __all__ = ["STACK_LABEL", "RollbackStep", "ServiceTarget", "SwarmService", "SwarmTask",
            "choose_step", "converged", "fingerprint", "running_tasks", "scale_argv", "spec_hash",
-           "swarm_rolled_back", "tasks_gone", "writers_problem"]
+           "swarm_in_charge", "swarm_rolled_back", "tasks_gone", "writers_problem"]
 
 STACK_LABEL = "com.docker.stack.namespace"
+MANUAL_ROLLBACK = "manually requested rollback"  # UpdateStatus.Message of a requested rollback
 # a task in one of these states has no live container and never gets one again
 TERMINAL_TASK_STATES = frozenset({"complete", "shutdown", "failed", "rejected", "remove",
                                   "orphaned"})
@@ -74,6 +80,10 @@ class SwarmService:
     previous: ServiceTarget | None
     replicas: int | None
     update_state: str = ""
+    update_message: str = ""
+    update_started: str = ""
+    auto_rollback: bool = False
+    """``update_config.failure_action: rollback``: Swarm watches its own updates."""
 
 
 @dataclass(frozen=True)
@@ -106,10 +116,30 @@ def choose_step(service: SwarmService, target: ServiceTarget) -> RollbackStep:
                         "config — an operator must decide")
 
 
-def swarm_rolled_back(service: SwarmService) -> bool:
-    """Swarm's own update rollback ran (``failure_action: rollback``): record it, don't fight."""
-    return service.update_state in ("rollback_started", "rollback_completed",
-                                    "rollback_paused")
+def _requested(service: SwarmService) -> bool:
+    return service.update_message == MANUAL_ROLLBACK
+
+
+def swarm_rolled_back(service: SwarmService, before: SwarmService | None) -> bool:
+    """Swarm's own update rollback (``failure_action: rollback``) ran or runs: record it, don't
+    fight. ``before`` is the same service at the previous look (None: not seen before). A
+    ``rollback_completed`` says "rollback completed" whoever asked, so it counts only when the
+    same update (same ``StartedAt``) was seen updating, or rolling back on its own, before."""
+    if not service.update_state.startswith("rollback_") or _requested(service):
+        return False
+    if service.update_state != "rollback_completed":
+        return True
+    return (before is not None and before.update_started == service.update_started
+            and not _requested(before)
+            and before.update_state in ("updating", "rollback_started", "rollback_paused"))
+
+
+def swarm_in_charge(service: SwarmService) -> bool:
+    """Swarm itself is judging or undoing an update of this service — an update under its own
+    ``failure_action: rollback`` watch, or its own rollback: acting now would fight it."""
+    if service.update_state == "updating":
+        return service.auto_rollback
+    return service.update_state == "rollback_started" and not _requested(service)
 
 
 def converged(tasks: Sequence[SwarmTask], image_id: str, replicas: int | None) -> bool:

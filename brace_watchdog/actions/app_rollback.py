@@ -47,6 +47,7 @@ from brace_watchdog.actions.rollback_target import (
     choose_target,
     retag_conflicts,
 )
+from brace_watchdog.actions.swarm_watch import SwarmRollbackWatch
 from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.adapters.swarm import SwarmAdapter
@@ -96,6 +97,9 @@ class AppRollback(Component):
         self._task: asyncio.Task[RollbackVerdict] | None = None
         self._generation = -1  # the leadership generation whose open actions were reconciled
         self._detect: asyncio.Task[str] | None = None
+        self._swarm_watch = SwarmRollbackWatch(hub, self.cfg.project)
+        self._swarm_in_charge: tuple[str, ...] = ()
+        self._swarm_done_at: float | None = None  # when Swarm last stopped being in charge
 
     # -- component contract ----------------------------------------------------------------
     def interval(self) -> float:
@@ -147,6 +151,7 @@ class AppRollback(Component):
         leader = self.hub.leadership.decision()
         if not leader.acts:
             return f"watching only ({leader.message})"
+        await self._watch_swarm(now, engine_error is None)
         holder = self.hub.action_lock.holder
         if holder is not None:
             return f"not deciding while {holder.describe()} runs"
@@ -186,6 +191,22 @@ class AppRollback(Component):
             return self.tracker.observation or ReleaseObservation(None), exc
         self._engine_error = ""
         return obs, None
+
+    async def _watch_swarm(self, now: float, engine_answers: bool) -> None:
+        """Driver ``swarm``: record the updates Swarm rolled back itself; note the services
+        whose update Swarm is judging or undoing now (the policy holds meanwhile) and when it
+        stops: what failed while Swarm was in charge is not held against the release."""
+        before, self._swarm_in_charge = self._swarm_in_charge, ()
+        if not isinstance(self._docker, SwarmAdapter) or not engine_answers:
+            return
+        self._swarm_watch.stack = self.cfg.project
+        try:
+            services = await self._docker.services(self.cfg.project)
+        except AdapterError:
+            return  # the tracker's next look reports the engine
+        self._swarm_in_charge = await self._swarm_watch.observe(services)
+        if before and not self._swarm_in_charge:
+            self._swarm_done_at = now
 
     async def stop(self) -> None:
         if self._task is not None and not self._task.done():
@@ -237,7 +258,7 @@ class AppRollback(Component):
             failing_before_deploy=self.tracker.failing_before_deploy,
             database_up=None if db is None or not self.hub.config.database.enabled else db.up,
             database_problem="" if db is None or db.up else f"{db.failure_kind}: {db.message}",
-            engine_error=self._engine_error)
+            engine_error=self._engine_error, swarm_in_charge=self._swarm_in_charge)
 
     def _trigger_alerts(self, now: float) -> tuple[str, ...]:
         """Configured trigger alerts firing now; stale ones (Alertmanager down) never count."""
@@ -260,10 +281,12 @@ class AppRollback(Component):
         """The window per probe target (backend, frontend); a sustained one decides."""
         cfg = self.cfg
         deployed = self.tracker.deploy_at
-        # neither a deploy's grace period nor what another action (a DB rollback stopping the
-        # writers) caused before it released the lock counts
+        # neither a deploy's grace period, nor what another action (a DB rollback stopping the
+        # writers) caused before it released the lock, nor what failed while Swarm itself was
+        # updating or rolling back (driver swarm) counts
         marks = [t for t in (None if deployed is None else deployed + cfg.deploy_grace_seconds,
-                             self.hub.action_lock.released_at) if t is not None]
+                             self.hub.action_lock.released_at, self._swarm_done_at)
+                 if t is not None]
         ignore = max(marks, default=None)
         observations = self.hub.observations
         targets = sorted(observations.probes) or ["none probed yet"]

@@ -10,6 +10,8 @@ Guards, in order (an operator's manual request skips those marked *auto*):
 
 1. *auto* trigger: the sustained-failure window verdict or a named trigger alert firing;
 2. *auto* deploy grace: an alert trigger inside ``deploy_grace_seconds`` after a deploy waits;
+   *auto* Swarm is in charge (an update under ``failure_action: rollback``, or Swarm's own
+   rollback of it, is under way): hold, never fight it;
 3. *auto* frozen: automation is frozen until an operator resumes it;
 4. *auto* infrastructure: the database (where configured) is down, or the docker engine does not
    answer — failures then say nothing about the deploy;
@@ -66,6 +68,8 @@ class PolicyInput:
     database_problem: str = ""
     engine_error: str = ""
     """Why the docker engine did not answer the last look ("" while it answers)."""
+    swarm_in_charge: tuple[str, ...] = ()
+    """Services whose update Swarm itself is judging or rolling back now (driver ``swarm``)."""
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,8 @@ class Decision:
 def decide(inp: PolicyInput, cfg: RollbackConfig) -> Decision:
     """Run the guards in order; the first that holds decides."""
     evidence = _evidence(inp)
-    for guard in (_trigger, _grace, _frozen, _infrastructure, _releases, _attribution,
-                  _failed_before, _rolled_back_before, _schema, _rate):
+    for guard in (_trigger, _grace, _swarm_rollback, _frozen, _infrastructure, _releases,
+                  _attribution, _failed_before, _rolled_back_before, _schema, _rate):
         decision = guard(inp, cfg, evidence)
         if decision is not None:
             return decision
@@ -125,6 +129,15 @@ def _grace(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) -> Decisio
         return None
     return Decision("hold", "deploy_grace", f"a deploy happened {inp.now - inp.last_deploy_at:.0f}s"
                     f" ago; waiting out the {cfg.deploy_grace_seconds:.0f}s grace period", ev)
+
+
+def _swarm_rollback(inp: PolicyInput, cfg: RollbackConfig,
+                    ev: dict[str, Any]) -> Decision | None:
+    if inp.manual or not inp.swarm_in_charge:
+        return None
+    return Decision("hold", "swarm_in_charge", f"Swarm itself is updating or rolling back "
+                    f"{', '.join(inp.swarm_in_charge)} (failure_action: rollback); not acting "
+                    "against it", {**ev, "swarm_in_charge": list(inp.swarm_in_charge)})
 
 
 def _frozen(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) -> Decision | None:

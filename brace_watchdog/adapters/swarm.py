@@ -143,9 +143,12 @@ def _service(attrs: dict[str, Any], stack: str) -> SwarmService:
     replicated = spec.get("Mode", {}).get("Replicated")
     current = _target(spec)
     assert current is not None  # a service always has a spec
+    update = attrs.get("UpdateStatus") or {}
     return SwarmService(
         id=str(attrs["ID"]), name=name.removeprefix(f"{stack}_"),
         version=int(attrs.get("Version", {}).get("Index", 0)), current=current,
         previous=_target(attrs.get("PreviousSpec")),
         replicas=int(replicated.get("Replicas", 1)) if replicated is not None else None,
-        update_state=str((attrs.get("UpdateStatus") or {}).get("State", "")))
+        update_state=str(update.get("State", "")), update_message=str(update.get("Message", "")),
+        update_started=str(update.get("StartedAt", "")),
+        auto_rollback=(spec.get("UpdateConfig") or {}).get("FailureAction") == "rollback")

@@ -1,8 +1,8 @@
 """The Swarm driver's engine side against a REAL single-node Swarm on a private dockerd: a bad
 update (health 404, crash loop) is taken back to the known-good spec — by `service rollback` when
 Swarm's previous spec is the known-good one, by pinning the known-good image ID otherwise — and
-verified (every task on the known-good image, health OK); an update Swarm rolls back itself is
-seen as such."""
+verified (every task on the known-good image, health OK); an update Swarm rolls back itself
+(`failure_action: rollback`) is recorded by the daemon, once, and not fought."""
 
 from __future__ import annotations
 
@@ -20,13 +20,12 @@ import pytest
 from docker.types import UpdateConfig
 
 from brace_watchdog.adapters.swarm import SwarmAdapter
-from brace_watchdog.state import StateStore
+from brace_watchdog.state import Event, StateStore
 from brace_watchdog.swarm_release import (
     ServiceTarget,
     SwarmService,
     choose_step,
     converged,
-    swarm_rolled_back,
 )
 from tests.support.stack import daemon_event, stop_daemon, write_daemon_toml
 from tests.support.swarm import CRASH_TAG, STACK, PrivateSwarm, create_web_service
@@ -122,41 +121,67 @@ async def test_a_crash_looping_image_goes_back_by_pinning_the_known_good_image(
         adapter.close()
 
 
-async def test_an_update_swarm_rolls_back_itself_is_recognised(
+def _daemon_config(root: Path, port: int, service: str) -> Path:
+    return write_daemon_toml(
+        root, backend=f"http://127.0.0.1:{port}/api/health", driver="swarm", project=STACK,
+        services=[service],
+        failure_results=["http_4xx", "http_5xx", "timeout", "connection_error"],
+        verify_timeout_seconds=90.0)
+
+
+def _start_daemon(root: Path, port: int, service: str,
+                  engine: PrivateSwarm) -> subprocess.Popen[bytes]:
+    """The real daemon (driver swarm) watching ``service`` of the private swarm."""
+    with (root / "daemon.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "brace_watchdog", "run", "--config",
+             str(_daemon_config(root, port, service))], stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "DOCKER_HOST": engine.host})
+
+
+def _events(state: Path) -> list[Event]:
+    store = StateStore(state).open()
+    try:
+        return sorted(store.events(limit=1000), key=lambda e: e.id)
+    finally:
+        store.close()
+
+
+async def test_an_update_swarm_rolls_back_itself_is_recorded_not_fought(
         swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
-    adapter = SwarmAdapter(swarm.host)
     service_id, port, image = _create(
         swarm, tmp_path, busybox_image, "admin",
         update_config=UpdateConfig(failure_action="rollback", monitor=3_000_000_000))
+    adapter = SwarmAdapter(swarm.host)
+    daemon = _start_daemon(tmp_path, port, "admin", swarm)
+    state = tmp_path / "state.db"
     try:
         await _recovered(adapter, service_id, image, port)
-        assert not swarm_rolled_back(await _service(adapter, "admin"))
+        await daemon_event(state, "release.known_good", timeout=60)
         _update(swarm, service_id, image=swarm.client.images.get(CRASH_TAG).id)
-
-        async def undone() -> bool:
-            return swarm_rolled_back(await _service(adapter, "admin"))
-        await _until(undone, "rolled back by Swarm")
+        recorded = await daemon_event(state, "swarm.rolled_back", timeout=120)
+        assert f"{STACK}_admin" in recorded.message and "recorded, not fought" in recorded.message
         await _recovered(adapter, service_id, image, port)
+        # the window (4 s) twice over after Swarm's rollback: the watchdog still did nothing
+        await asyncio.sleep(10)
+        events = _events(state)
+        kinds = [e.kind for e in events]
+        assert kinds.count("swarm.rolled_back") == 1, kinds
+        assert not [k for k in kinds if k.startswith(("action.rollback", "escalation"))], [
+            (e.kind, e.message) for e in events]
+        assert not [e for e in events if e.kind == "rollback.decision"
+                    and e.evidence.get("reason") not in ("swarm_in_charge", "deploy_grace")], [
+            (e.kind, e.message) for e in events]
     finally:
+        stop_daemon(daemon)
         adapter.close()
-
-
-def _daemon_config(root: Path, port: int) -> Path:
-    return write_daemon_toml(
-        root, backend=f"http://127.0.0.1:{port}/api/health", driver="swarm", project=STACK,
-        services=["api"], failure_results=["http_4xx", "http_5xx", "timeout", "connection_error"],
-        verify_timeout_seconds=90.0)
 
 
 async def test_the_daemon_rolls_back_a_bad_swarm_update_and_verifies_it(
         swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
     service_id, port, image = _create(swarm, tmp_path, busybox_image, "api")
     adapter = SwarmAdapter(swarm.host)
-    log = (tmp_path / "daemon.log").open("ab")
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "brace_watchdog", "run", "--config",
-         str(_daemon_config(tmp_path, port))], stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "DOCKER_HOST": swarm.host})
+    daemon = _start_daemon(tmp_path, port, "api", swarm)
     state = tmp_path / "state.db"
     try:
         await _recovered(adapter, service_id, image, port)
@@ -169,13 +194,9 @@ async def test_the_daemon_rolls_back_a_bad_swarm_update_and_verifies_it(
                                                    (tmp_path / "daemon.log").read_text())
         assert (await _service(adapter, "api")).current == good
         assert await asyncio.to_thread(_health, port) == "200"
-        store = StateStore(state).open()
-        try:
-            kinds = [e.kind for e in store.events(limit=1000)]
-        finally:
-            store.close()
+        kinds = [e.kind for e in _events(state)]
         assert "action.rollback.swarm_rollback" in kinds, kinds
+        assert "swarm.rolled_back" not in kinds, kinds  # its own `service rollback` is not Swarm's
     finally:
         stop_daemon(daemon)
-        log.close()
         adapter.close()

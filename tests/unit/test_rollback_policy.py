@@ -205,6 +205,14 @@ def test_max_per_day_zero_never_rolls_back() -> None:
     assert decide(inp(), replace(CFG, max_per_day=0)).reason == "max_per_day"
 
 
+def test_swarm_in_charge_holds_instead_of_fighting_it() -> None:
+    decision = decide(inp(swarm_in_charge=("backend",)), CFG)
+    assert (decision.action, decision.reason) == ("hold", "swarm_in_charge")
+    assert "backend" in decision.message and "not acting against it" in decision.message
+    assert decision.evidence["swarm_in_charge"] == ["backend"]
+    assert decide(inp(swarm_in_charge=("backend",), manual=True), CFG).action == "rollback"
+
+
 def test_manual_bypasses_trigger_grace_frozen_failed_before_and_rate() -> None:
     decision = decide(inp(manual=True, verdict=verdict(False), last_deploy_at=NOW, frozen=True,
                           known_good_failed_at=NOW - 1, rollback_times=(NOW - 1, NOW - 2, NOW - 3)),
@@ -227,6 +235,10 @@ def test_manual_keeps_the_safety_guards(overrides: dict[str, Any], reason: str) 
 @pytest.mark.parametrize(("overrides", "reason"), [
     ({"verdict": verdict(False), "frozen": True, "current_fingerprint": None}, "not_triggered"),
     ({"last_deploy_at": NOW, "frozen": True, "firing_alerts": ("A",)}, "deploy_grace"),
+    ({"verdict": verdict(False), "swarm_in_charge": ("a",)}, "not_triggered"),
+    ({"last_deploy_at": NOW, "firing_alerts": ("A",), "swarm_in_charge": ("a",)},
+     "deploy_grace"),
+    ({"swarm_in_charge": ("a",), "frozen": True, "engine_error": "x"}, "swarm_in_charge"),
     ({"frozen": True, "known_good_fingerprint": None}, "frozen"),
     ({"database_up": False, "current_fingerprint": None}, "database_down"),
     ({"engine_error": "x", "known_good_fingerprint": None}, "engine_down"),

@@ -14,6 +14,7 @@ from brace_watchdog.swarm_release import (
     running_tasks,
     scale_argv,
     spec_hash,
+    swarm_in_charge,
     swarm_rolled_back,
     tasks_gone,
     writers_problem,
@@ -27,9 +28,8 @@ NEW_IMAGE = ServiceTarget("sha256:bad", GOOD.spec_hash)
 BOTH = ServiceTarget("sha256:bad", NEW_CONFIG.spec_hash)
 
 
-def _service(current: ServiceTarget, previous: ServiceTarget | None = None,
-             state: str = "") -> SwarmService:
-    return SwarmService("id", "backend", 7, current, previous, 1, state)
+def _service(current: ServiceTarget, previous: ServiceTarget | None = None) -> SwarmService:
+    return SwarmService("id", "backend", 7, current, previous, 1)
 
 
 def test_spec_hash_ignores_the_image_and_env_order_but_sees_every_behaviour_key() -> None:
@@ -64,11 +64,52 @@ def test_choose_step(current: ServiceTarget, previous: ServiceTarget | None,
     assert step.method == method and "backend" in step.why
 
 
-@pytest.mark.parametrize(("state", "rolled_back"), [
-    ("", False), ("updating", False), ("completed", False), ("paused", False),
-    ("rollback_started", True), ("rollback_completed", True), ("rollback_paused", True)])
-def test_swarms_own_rollback_is_recognised(state: str, rolled_back: bool) -> None:
-    assert swarm_rolled_back(_service(GOOD, state=state)) is rolled_back
+AUTO = "update rolled back due to failure or early termination of task kt7g9"
+
+
+def _update(state: str, message: str = "", started: str = "t1",
+            auto: bool = True) -> SwarmService:
+    return SwarmService("id", "backend", 7, GOOD, None, 1, state, message, started, auto)
+
+
+UPDATING = _update("updating", "update in progress")
+SWARMS_OWN = _update("rollback_started", AUTO)
+DONE = _update("rollback_completed", "rollback completed")
+BY_HAND = _update("rollback_started", "manually requested rollback", started="t2")
+
+
+@pytest.mark.parametrize(("service", "before", "rolled_back"), [
+    (_update(""), None, False),
+    (UPDATING, None, False),
+    (_update("completed", "update completed"), UPDATING, False),
+    (_update("paused", "update paused"), UPDATING, False),
+    (SWARMS_OWN, None, True),   # its message names the failed task
+    (SWARMS_OWN, UPDATING, True),
+    (_update("rollback_paused", "rollback paused due to failure"), None, True),
+    (DONE, UPDATING, True),      # the same update (StartedAt) seen updating
+    (DONE, SWARMS_OWN, True),
+    (DONE, None, False),         # "rollback completed" alone cannot say who asked
+    (DONE, _update("updating", started="t0"), False),  # another update
+    (BY_HAND, UPDATING, False),  # `docker service rollback`, or the watchdog's own
+    (_update("rollback_completed", "rollback completed", started="t2"), BY_HAND, False),
+])
+def test_swarms_own_rollback_is_told_from_a_requested_one(
+        service: SwarmService, before: SwarmService | None, rolled_back: bool) -> None:
+    assert swarm_rolled_back(service, before) is rolled_back
+
+
+@pytest.mark.parametrize(("service", "in_charge"), [
+    (_update(""), False),
+    (UPDATING, True),
+    (_update("updating", auto=False), False),  # no failure_action: rollback: nobody watches
+    (SWARMS_OWN, True),
+    (BY_HAND, False),
+    (DONE, False),
+    (_update("rollback_paused", "rollback paused"), False),
+    (_update("completed"), False),
+])
+def test_swarm_in_charge(service: SwarmService, in_charge: bool) -> None:
+    assert swarm_in_charge(service) is in_charge
 
 
 @pytest.mark.parametrize(("tasks", "replicas", "done"), [
