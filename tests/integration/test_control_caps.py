@@ -7,6 +7,7 @@ once per accept attempt."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import resource
@@ -27,6 +28,7 @@ from tests.integration.control_helpers import (
 )
 
 NOBODY_UID = 65534
+OTHER_UID = 65533  # a uid with no role and no passwd entry, in the socket's group
 # The behaviour under test is "root is served promptly during a flood"; 1 s is generous for a
 # status answer that takes milliseconds when the daemon is not flooded.
 ROOT_SERVED_WITHIN = 1.0
@@ -67,6 +69,63 @@ while True:  # until the test terminates us: keep `want` connections, each sendi
         s.close()
     time.sleep(0.05)
 """
+
+
+# Opens N connections one after another, each asking for `status` and reading its first answer
+# (a result, or `busy` before the close); prints the error codes ("ok" when served), then keeps
+# the served connections open until its stdin closes.
+HOLD = r"""
+import json, socket, sys
+held, codes = [], []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(120)
+    s.connect(sys.argv[1])
+    s.sendall(b'{"v":1,"id":1,"cmd":"status"}\n')
+    answer = json.loads(s.makefile("rb").readline())
+    codes.append("ok" if answer.get("ok") else answer["error"]["code"])
+    held.append(s)
+print(json.dumps(codes), flush=True)
+sys.stdin.readline()
+"""
+
+
+async def _hold(uid: int, socket_path: Path, connections: int
+                ) -> tuple[asyncio.subprocess.Process, list[str]]:
+    """Run :data:`HOLD` as ``uid`` (group nogroup, so it may connect); its answers' codes."""
+    proc = await asyncio.create_subprocess_exec(
+        "setpriv", "--reuid", str(uid), "--regid", str(NOBODY_UID), "--clear-groups",
+        sys.executable, "-c", HOLD, str(socket_path), str(connections),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 120)
+    assert line, await proc.stderr.read() if proc.stderr else b""
+    codes: list[str] = json.loads(line)
+    return proc, codes
+
+
+async def test_total_connection_cap_counts_every_non_root_uid(tmp_path: Path) -> None:
+    raw = {"control": {"group": "nogroup", "readers": ["nobody"], "max_clients": 4,
+                       "max_clients_per_uid": 100, "idle_timeout_seconds": 600}}
+    async with control_server(tmp_path, raw) as env:
+        first, first_codes = await _hold(NOBODY_UID, env.socket, 3)
+        second = None
+        try:
+            assert first_codes == ["ok"] * 3
+            # another uid, far below its own cap: one more fits, then the total is reached
+            second, second_codes = await _hold(OTHER_UID, env.socket, 3)
+            assert second_codes == ["denied", "busy", "busy"], second_codes
+            assert env.server._open_by_uid == {NOBODY_UID: 3, OTHER_UID: 1}
+            reply = await result(env.socket, "status")  # root is never refused
+            assert reply["ok"], reply
+        finally:
+            for proc in (first, second):
+                if proc is not None:
+                    await asyncio.wait_for(proc.communicate(b"\n"), 60)
+        busy = [r for r in env.hub.store.audit_log(limit=100) if r["outcome"] == "busy"]
+        assert busy and busy[-1]["uid"] == OTHER_UID
+        assert "limit [control] max_clients = 4" in busy[-1]["detail"]
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from brace_watchdog.config import MAX_CONTROL_CLIENTS
 from tests.support.skips import skip_missing
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "brace-watchdog.service"
@@ -71,6 +72,13 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
 ])
 def test_unit_keeps_its_contract(key: str, expected: str) -> None:
     assert _service_section()[key] == [expected]
+
+
+def test_descriptor_limit_leaves_room_above_the_connection_cap() -> None:
+    """LimitNOFILE= is set, and the most control connections [control] max_clients may allow
+    still leave the daemon ~1,000 descriptors of its own (state DB, sockets, children's pipes)."""
+    (limit,) = _service_section()["LimitNOFILE"]
+    assert int(limit) >= MAX_CONTROL_CLIENTS + 1024
 
 
 def test_reload_checks_the_file_before_signalling() -> None:
