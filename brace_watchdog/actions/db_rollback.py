@@ -210,6 +210,15 @@ def next_steps(stage: str, state: dict[str, Any], *, up_argv: Sequence[str]) -> 
     return steps
 
 
+@dataclass(frozen=True)
+class Staged:
+    """The approved dump where pg_restore reads it (inside the container, or the host copy)."""
+
+    path: str
+    sha256: str
+    in_container: bool
+
+
 def restore_in_flight(state: dict[str, Any]) -> bool:
     """Whether a journalled ``state`` says a restore was started and not known to have ended."""
     return (state.get("database") == "restoring"
@@ -372,6 +381,54 @@ class DbRollback:
             await asyncio.sleep(1.0)
             return False
 
+    @contextlib.asynccontextmanager
+    async def container_folder(self, target: DbTarget) -> AsyncIterator[str]:
+        """A fresh private folder (``mktemp -d``) inside the database container, removed after
+        use: nothing is written at a predictable path in the container's shared /tmp."""
+        docker, container = target.docker, target.container
+        made = await self._run([*docker, "exec", container, "mktemp", "-d", CONTAINER_FOLDER])
+        folder = made.stdout.strip()
+        try:
+            yield folder
+        finally:
+            await shielded(self._run([*docker, "exec", container, "rm", "-rf", "--", folder],
+                                     check=False))
+
+    @contextlib.asynccontextmanager
+    async def _staged(self, target: DbTarget, copy: Path, sha256: str) -> AsyncIterator[Staged]:
+        """Where pg_restore will read the approved copy: the private copy itself (local), or a
+        copy of it in a private folder inside the container, hashed there before anything is
+        stopped (RefusedError when it is not the approved content)."""
+        if target.mode == "local":
+            yield Staged(str(copy), sha256, in_container=False)
+            return
+        async with self.container_folder(target) as folder:
+            staged = Staged(f"{folder}/{copy.name}", sha256, in_container=True)
+            await self._run([*target.docker, "cp", str(copy),
+                             f"{target.container}:{staged.path}"],
+                            timeout=self.cfg.restore_timeout_seconds)
+            problem = await self.staged_problem(target, staged)
+            if problem:
+                raise RefusedError("checking", f"{problem} after docker cp; nothing was "
+                                   "stopped or changed: check the container's storage and "
+                                   "plan again")
+            yield staged
+
+    async def staged_problem(self, target: DbTarget, staged: Staged) -> str | None:
+        """None when the staged dump (in the container) is still the approved content."""
+        if not staged.in_container:
+            return None
+        try:
+            result = await self._run([*target.docker, "exec", target.container, "sha256sum",
+                                      staged.path], timeout=self.cfg.restore_timeout_seconds)
+        except CommandError as exc:
+            return f"cannot hash the dump in container {target.container} ({staged.path}): {exc}"
+        found = (result.stdout.split() or [""])[0]
+        if found == staged.sha256:
+            return None
+        return (f"the dump in container {target.container} ({staged.path}) has sha256 "
+                f"{found[:16] or '(none)'}…, not the approved {staged.sha256[:16]}…: it changed")
+
     def work_root(self) -> Path:
         """Root-owned parent of the private folders: next to the state file."""
         return self.hub.store.path.parent / "work"
@@ -457,7 +514,8 @@ class DbRollback:
             writer_lines[0],
             f"safety dump of the current database to {folder}/brace_safety_<UTC time>.dump, "
             f"proven before the restore ({proof})",
-            f"restore a private copy of {name} (its sha256 checked): "
+            f"restore a private copy of {name} (its sha256 checked; in the container checked "
+            "again after docker cp, before anything stops, and before the restore): "
             f"{' '.join(target.restore_argv('<copy>'))}",
             writer_lines[1],
             f"verify {self.hub.config.health.url} answers ok "
@@ -483,17 +541,18 @@ class DbRollback:
     async def _execute(self, plan: Plan, copy: Path, work: Path, *, requester: str,
                        approver: str, progress: Progress) -> dict[str, Any]:
         target = await self.target()
-        action_id = self.hub.store.begin_action(
-            ACTION, origin="control", plan=plan.as_dict(),
-            requester=f"{requester}, approved by {approver}")
-        writers = await self.writers(detect=True)
-        run = _Run(self, target, copy, work, who=f"{approver} (DB rollback #{action_id})",
-                   name=plan.target, app_name=f"{APP_NAME}-{action_id}", writers=writers)
-        run.journal = StepJournal(
-            self.hub, action_id, progress, state=run.state,
-            advice=lambda stage, state: next_steps(stage, state,
-                                                   up_argv=writers.restart_argv(state)))
-        await run.journal.run_all(run.steps(), kind=ACTION)
+        async with self._staged(target, copy, str(plan.args["sha256"])) as staged:
+            action_id = self.hub.store.begin_action(
+                ACTION, origin="control", plan=plan.as_dict(),
+                requester=f"{requester}, approved by {approver}")
+            writers = await self.writers(detect=True)
+            run = _Run(self, target, staged, work, who=f"{approver} (DB rollback #{action_id})",
+                       name=plan.target, app_name=f"{APP_NAME}-{action_id}", writers=writers)
+            run.journal = StepJournal(
+                self.hub, action_id, progress, state=run.state,
+                advice=lambda stage, state: next_steps(stage, state,
+                                                       up_argv=writers.restart_argv(state)))
+            await run.journal.run_all(run.steps(), kind=ACTION)
         result = {"action_id": action_id, **run.state}
         run.journal.finish(f"database restored from {plan.target}", result)
         self.hub.record("db_rollback.succeeded", "control",
@@ -508,12 +567,12 @@ class _Run:
 
     journal: StepJournal
 
-    def __init__(self, owner: DbRollback, target: DbTarget, dump: Path, work: Path, *,
+    def __init__(self, owner: DbRollback, target: DbTarget, staged: Staged, work: Path, *,
                  who: str, name: str, app_name: str, writers: Writers) -> None:
         self.owner = owner
         self.writers = writers
         self.target = target
-        self.dump = dump
+        self.staged = staged
         self.work = work
         self.who = who
         self.name = name
@@ -565,27 +624,13 @@ class _Run:
         if target.mode == "local":
             await run(target.dump_argv(str(path)), timeout=timeout)
             return (await run(target.list_argv(str(path)), timeout=timeout)).stdout
-        async with self._container_folder() as folder:
+        async with self.owner.container_folder(self.target) as folder:
             inner = f"{folder}/{path.name}"
             await run(target.dump_argv(inner), timeout=timeout)
             toc = (await run(target.list_argv(inner), timeout=timeout)).stdout
             await run([*target.docker, "cp", f"{target.container}:{inner}", str(path)],
                       timeout=timeout)
         return toc
-
-    @contextlib.asynccontextmanager
-    async def _container_folder(self) -> AsyncIterator[str]:
-        """A fresh private folder (``mktemp -d``) inside the database container, removed after
-        use: nothing is written at a predictable path in the container's shared /tmp."""
-        docker, container = self.target.docker, self.target.container
-        made = await self.owner._run([*docker, "exec", container, "mktemp", "-d",
-                                      CONTAINER_FOLDER])
-        folder = made.stdout.strip()
-        try:
-            yield folder
-        finally:
-            await shielded(self.owner._run([*docker, "exec", container, "rm", "-rf", "--",
-                                            folder], check=False))
 
     async def _prove(self, path: Path, toc: str) -> None:
         """The safety dump lists every live table (and, if configured, restores)."""
@@ -606,16 +651,11 @@ class _Run:
                               f"server: {result.message}; nothing destructive was done")
 
     async def restore(self) -> None:
-        target = self.target
-        if target.mode == "local":
-            await self._restore_from(str(self.dump))
-        else:
-            async with self._container_folder() as folder:
-                inner = f"{folder}/{self.dump.name}"
-                await self.owner._run([*target.docker, "cp", str(self.dump),
-                                       f"{target.container}:{inner}"],
-                                      timeout=self.owner.cfg.restore_timeout_seconds)
-                await self._restore_from(inner)
+        problem = await self.owner.staged_problem(self.target, self.staged)
+        if problem:
+            raise ActionError("restoring", f"{problem} since it was checked; nothing was "
+                              "restored")
+        await self._restore_from(self.staged.path)
         self.journal.checkpoint(database="restored")
 
     async def _restore_from(self, path: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,12 @@ from brace_watchdog.files import identify
 from tests.integration.control_helpers import Env, control_server, result
 from tests.integration.test_pg_hba_rollback import _break
 from tests.integration.test_pg_hba_rollback import _config as hba_config
-from tests.support.images import PG_HBA, hba_in_container_config, postgres_with_rejecting_hba
+from tests.support.images import (
+    PG_HBA,
+    hba_in_container_config,
+    postgres_with_rejecting_hba,
+    run_postgres,
+)
 from tests.support.pg import PG_BIN, PgCluster, make_brace_dump
 from tests.support.webserver import switchable_server
 
@@ -297,3 +303,74 @@ async def test_the_restore_reads_the_private_copy_not_the_original(
     assert pg_cluster.psql("select version_num from alembic_version",
                            db=dump.dbname) == "approved"
     assert pg_cluster.psql("select count(*) from users", db=dump.dbname) == "5"
+
+
+# ``docker``, and then the staged dump in the container is changed (a stand-in, on PATH, for
+# whoever can write the container's files: the engine, the copy and the hash are real).
+TAMPERING_DOCKER = """#!/bin/sh
+{real} "$@"; code=$?
+if {when}; then
+  {real} exec -u 0 {container} sh -c \
+    'for f in /tmp/brace-watchdog-*/brace_2*.dump; do echo tampered >> "$f"; done'
+fi
+exit $code
+"""
+WHEN = {"after_cp": '[ "$1" = cp ]',
+        "before_restore": 'case "$*" in *" pg_dump "*) true;; *) false;; esac'}
+
+
+@pytest.mark.docker
+@pytest.mark.postgres
+@pytest.mark.parametrize("when", list(WHEN))
+async def test_a_dump_changed_inside_the_container_is_never_restored(
+        when: str, tmp_path: Path, pg_cluster: PgCluster, docker_client: docker.DockerClient,
+        postgres_image: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Container target: the copy is hashed again in the container after ``docker cp`` (a
+    change refuses before anything stops) and right before pg_restore reads it."""
+    backups = tmp_path / "backups"
+    dump = make_brace_dump(pg_cluster, backups / "brace_20260101_000000.dump", rows=5)
+    prod = run_postgres(docker_client, image=postgres_image)
+    try:
+        prod.exec("psql", "-c", "create role brace_user")
+        prod.exec("psql", "-c", "create database brace")
+        subprocess.run([str(PG_BIN / "pg_restore"), "--no-owner", "-d",
+                        prod.dsn(dbname="brace"), str(dump.path)], check=True,
+                       capture_output=True)
+        prod.exec("psql", "-d", "brace", "-c", "update alembic_version set version_num = 'bad'")
+        _tampering_docker(tmp_path / "bin", prod.container.name, WHEN[when], monkeypatch)
+        raw = {"database": {"dsn": prod.dsn(dbname="brace")},
+               "backups": {"directory": str(backups)},
+               "db_rollback": {"target": "container", "container": prod.container.name,
+                               "writers": []}}
+        async with control_server(tmp_path, raw) as env:
+            _passed(env, dump.path)
+            plan = await _plan(env, "rollback-db", {"dump": dump.path.name})
+            reply = await result(env.socket, "approve", {"token": plan["token"]})
+            message = reply["error"]["message"]
+            assert f"the dump in container {prod.container.name}" in message, reply
+            assert f"not the approved {identify(dump.path).sha256[:16]}" in message
+            if when == "after_cp":
+                assert reply["error"]["code"] == "refused", reply
+                assert "nothing was stopped or changed" in message
+                assert not env.hub.store.actions() and env.hub.frozen() is None
+            else:
+                assert reply["error"]["details"]["stage"] == "restoring", reply
+                assert "nothing was restored" in message
+                assert not reply["error"]["details"]["state"]["restore_started"]
+        code, revision = prod.exec("psql", "-tA", "-d", "brace", "-c",
+                                   "select version_num from alembic_version")
+        assert (code, revision.strip()) == (0, "bad")
+        assert "brace-watchdog-" not in prod.exec("ls", "/tmp")[1]
+    finally:
+        prod.stop()
+
+
+def _tampering_docker(folder: Path, container: str, when: str,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    real = shutil.which("docker")
+    assert real, "docker CLI not found"
+    folder.mkdir()
+    (folder / "docker").write_text(TAMPERING_DOCKER.format(real=real, when=when,
+                                                           container=container))
+    (folder / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
