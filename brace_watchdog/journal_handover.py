@@ -11,7 +11,9 @@ reads the open rows and decides here what each one needs (:func:`plan_handover`)
 - one this instance adopted before (a crash between its local copy and the shared close) is only
   closed, never adopted twice;
 - an action still open in **this** state file whose shared row another leader adopted (this
-  instance was partitioned, and came back) is *handed over*: closed locally, never resumed;
+  instance was partitioned, and came back) is *handed over*: closed locally, never resumed —
+  and, unless the adopter's copy ended ``succeeded``, automation freezes here too
+  (:func:`handover_freezes`): the flags stay per state file, and the adopter froze its own;
 - an open action of this state file that nobody adopted is left to the ordinary restart path;
 - a shared row still open for an action this state file has closed (the closing write never
   reached PostgreSQL: the lock was lost, or the daemon stopped first) is *settled* from the local
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["ActionStart", "Handover", "JournalEntry", "SharedAction", "adopted_from",
-           "interrupted_by", "plan_handover"]
+           "handover_freezes", "interrupted_by", "plan_handover"]
 
 OPEN_STATUSES = ("planned", "running")
 ADOPTED = "adopted"  # a shared row's status once another state file took the action over
@@ -73,6 +75,8 @@ class SharedAction:
     evidence: dict[str, Any]
     updated_at: float
     adopted_by: str | None = None
+    adopter_status: str | None = None
+    """The status of the adopting copy (its own row), when this row was adopted."""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -116,6 +120,11 @@ def plan_handover(store_id: str, rows: Sequence[SharedAction], *, local_open: Co
         elif is_open:
             settle.append(row)
     return Handover(tuple(adopt), tuple(close), tuple(handed), tuple(settle))
+
+
+def handover_freezes(row: SharedAction) -> bool:
+    """Whether handing ``row`` over freezes automation here: unless its adopter completed it."""
+    return row.adopter_status != "succeeded"
 
 
 def adopted_from(plan: dict[str, Any]) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ from brace_watchdog.journal_handover import (
     HANDED_OVER,
     JournalEntry,
     SharedAction,
+    handover_freezes,
     plan_handover,
 )
 from brace_watchdog.runtime import Hub
@@ -81,15 +82,17 @@ class SharedJournal:
         written) when the lock is not ours. Raises PostgresError when PostgreSQL fails."""
         return await self._write(())
 
-    async def _write(self, close: Sequence[tuple[SharedAction, str]]) -> bool:
+    async def _write(self, close: Sequence[tuple[SharedAction, int]]) -> bool:
+        """The queue, and ``close``: (row, the id of its copy here) adopted rows to close."""
         async with self._lock:
             entries = list(self._pending)
 
             async def work(conn: Connection) -> None:
                 await pg_journal.write_entries(conn, entries, store_id=self.store_id,
                                                host=self.host, pid=self.pid)
-                for row, by in close:
-                    await pg_journal.adopted(conn, [row], by=by, now=self.hub.clock())
+                for row, copy in close:
+                    await pg_journal.adopted(conn, row, by=f"{self.host} as {row.kind} {copy}",
+                                             into=(self.store_id, copy), now=self.hub.clock())
 
             ok, _ = await self.session.run_locked(work, WHAT)
             if ok:
@@ -105,13 +108,13 @@ class SharedJournal:
     # -- takeover --------------------------------------------------------------------------
     async def take_over(self) -> None:
         """Just won the lock (not promoted yet): settle the shared journal with the local one."""
-        store = self.hub.store
+        store, store_id = self.hub.store, self.store_id  # SQLite first, outside the transaction
         local_open = [action.id for action in store.open_actions()]
         now = self.hub.clock()
 
         async def read(conn: Connection) -> list[SharedAction]:
             await pg_journal.ensure_table(conn, now)
-            return await pg_journal.handover_rows(conn, self.store_id, local_open)
+            return await pg_journal.handover_rows(conn, store_id, local_open)
 
         try:
             ok, rows = await self.session.run_locked(read, WHAT)
@@ -120,15 +123,14 @@ class SharedJournal:
                                 "docs/swarm.md, 'The shared journal', for its privileges") from None
         if not ok or rows is None:
             raise PostgresError("leadership: the lock was lost while reading the shared journal")
-        plan = plan_handover(self.store_id, rows, local_open=local_open,
-                             adopted=store.adopted_keys())
+        copies = store.adopted_keys()
+        plan = plan_handover(store_id, rows, local_open=local_open, adopted=copies)
         for row in plan.handed_over:
             self._hand_over(row)
         for row in plan.settle:
             self._settle(row)
-        close = [(row, f"{self.host}: already adopted") for row in plan.close]
-        for row in plan.adopt:
-            close.append((row, f"{self.host} as {row.kind} {self._adopt(row)}"))
+        close = [(row, copies[row.key]) for row in plan.close]
+        close += [(row, self._adopt(row)) for row in plan.adopt]
         if not await self._write(close):
             raise PostgresError("leadership: the lock was lost while writing the shared journal")
 
@@ -142,11 +144,15 @@ class SharedJournal:
 
     def _hand_over(self, row: SharedAction) -> None:
         """This instance's own open action, which another leader adopted meanwhile."""
-        self.hub.store.journal_step(
-            row.action_id, HANDED_OVER, status=HANDED_OVER, evidence={"adopted_by":
-                                                                      row.adopted_by},
-            result=f"{row.kind} {row.action_id} was taken over by {row.adopted_by} while "
-                   f"{self.host} did not lead; not resumed here")
+        outcome = row.adopter_status or "unknown"
+        message = (f"{row.kind} {row.action_id} was taken over by {row.adopted_by} while "
+                   f"{self.host} did not lead (there it ended {outcome}); not resumed here")
+        evidence = {"adopted_by": row.adopted_by, "adopter_status": row.adopter_status}
+        self.hub.store.journal_step(row.action_id, HANDED_OVER, status=HANDED_OVER,
+                                    evidence=evidence, result=message)
+        if handover_freezes(row) and self.hub.frozen() is None:
+            self.hub.freeze(f"{message}; check it on {row.adopted_by}, then unfreeze",
+                            by="leadership", evidence=evidence)
 
     def _settle(self, row: SharedAction) -> None:
         """A shared row left open for an action this state file has closed (or lost)."""

@@ -577,12 +577,12 @@ class StateStore:
                                                             shared.requester, plan, now)))
         return int(action_id)
 
-    def adopted_keys(self) -> set[tuple[str, int]]:
-        """(store id, action id) of every action this journal adopted from another one."""
-        rows = self.query("SELECT json_extract(plan, '$.adopted_from.store_id') AS store, "
+    def adopted_keys(self) -> dict[tuple[str, int], int]:
+        """(store id, action id) of every action this journal adopted → its id here."""
+        rows = self.query("SELECT id, json_extract(plan, '$.adopted_from.store_id') AS store, "
                           "json_extract(plan, '$.adopted_from.action_id') AS action FROM actions "
                           "WHERE json_extract(plan, '$.adopted_from') IS NOT NULL")
-        return {(str(r["store"]), int(r["action"])) for r in rows}
+        return {(str(r["store"]), int(r["action"])): int(r["id"]) for r in rows}
 
     def store_identity(self) -> str:
         """This state file's id in the shared journal: made once, kept in ``flags``."""

@@ -49,6 +49,8 @@ _CREATE = [
         created_at double precision NOT NULL,
         updated_at double precision NOT NULL,
         adopted_by text,
+        adopted_into_store text,
+        adopted_into_action bigint,
         PRIMARY KEY (store_id, action_id))""",
 ]
 _OPEN = f"status IN ({', '.join(repr(status) for status in OPEN_STATUSES)})"
@@ -61,8 +63,9 @@ _STEP = (f"UPDATE {TABLE} SET host = %(host)s, pid = %(pid)s, step = %(step)s, "
          "status = COALESCE(%(status)s, status), result = COALESCE(%(result)s, result), "
          "evidence = %(evidence)s, updated_at = %(ts)s "
          f"WHERE store_id = %(store)s AND action_id = %(id)s AND {_OPEN}")
-_COLUMNS = ("store_id, action_id, host, pid, kind, origin, requester, status, step, plan, "
-            "evidence, updated_at, adopted_by")
+_COLUMNS = ", ".join(f"j.{c}" for c in (
+    "store_id", "action_id", "host", "pid", "kind", "origin", "requester", "status", "step",
+    "plan", "evidence", "updated_at", "adopted_by"))
 
 
 async def ensure_table(conn: Connection, now: float) -> None:
@@ -98,27 +101,31 @@ async def write_entries(conn: Connection, entries: Sequence[JournalEntry], *, st
 
 async def handover_rows(conn: Connection, store_id: str,
                         local_open: Collection[int]) -> list[SharedAction]:
-    """Every open row, and this state file's rows of its ``local_open`` actions."""
+    """Every open row, and this state file's rows of its ``local_open`` actions (with the
+    status of the copy that adopted them, if any)."""
     cur = await conn.execute(
-        f"SELECT {_COLUMNS} FROM {TABLE} WHERE {_OPEN} "
-        "OR (store_id = %(store)s AND action_id = ANY(%(ids)s)) ORDER BY updated_at, action_id",
+        f"SELECT {_COLUMNS}, a.status FROM {TABLE} j LEFT JOIN {TABLE} a "
+        "ON a.store_id = j.adopted_into_store AND a.action_id = j.adopted_into_action "
+        f"WHERE j.{_OPEN} OR (j.store_id = %(store)s AND j.action_id = ANY(%(ids)s)) "
+        "ORDER BY j.updated_at, j.action_id",
         {"store": store_id, "ids": list(local_open)})
     return [SharedAction(store_id=str(r[0]), action_id=int(r[1]), host=str(r[2]), pid=int(r[3]),
                          kind=str(r[4]), origin=str(r[5]), requester=str(r[6]),
                          status=str(r[7]), step=str(r[8]), plan=_dict(r[9]),
                          evidence=_dict(r[10]), updated_at=float(r[11]),
-                         adopted_by=None if r[12] is None else str(r[12]))
+                         adopted_by=None if r[12] is None else str(r[12]),
+                         adopter_status=None if r[13] is None else str(r[13]))
             for r in await cur.fetchall()]
 
 
-async def adopted(conn: Connection, rows: Sequence[SharedAction], *, by: str,
+async def adopted(conn: Connection, row: SharedAction, *, by: str, into: tuple[str, int],
                   now: float) -> None:
-    """Close rows another state file took over (``by`` says which and as what)."""
-    for row in rows:
-        await conn.execute(
-            f"UPDATE {TABLE} SET status = %s, adopted_by = %s, updated_at = %s "
-            f"WHERE store_id = %s AND action_id = %s AND {_OPEN}",
-            (ADOPTED, by, now, row.store_id, row.action_id))
+    """Close a row another state file took over: ``by`` says who, ``into`` is the copy's key."""
+    await conn.execute(
+        f"UPDATE {TABLE} SET status = %s, adopted_by = %s, adopted_into_store = %s, "
+        f"adopted_into_action = %s, updated_at = %s "
+        f"WHERE store_id = %s AND action_id = %s AND {_OPEN}",
+        (ADOPTED, by, *into, now, row.store_id, row.action_id))
 
 
 def _plain(value: dict[str, Any]) -> Any:

@@ -197,7 +197,7 @@ def test_the_journal_hook_sees_every_write_and_an_adopted_action_keeps_where_it_
         assert store.events(kinds=("action.db_rollback.adopted",))[0].message == \
             "left open by db-1"
         assert seen[-1].start is not None and seen[-1].step == "writers_stopped"
-        assert store.adopted_keys() == {("elsewhere", 7)}
+        assert store.adopted_keys() == {("elsewhere", 7): adopted}
     finally:
         store.close()
         other.close()

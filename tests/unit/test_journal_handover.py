@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -12,6 +13,7 @@ from brace_watchdog.journal_handover import (
     Handover,
     SharedAction,
     adopted_from,
+    handover_freezes,
     interrupted_by,
     plan_handover,
 )
@@ -64,6 +66,15 @@ def test_every_row_lands_in_at_most_one_list_and_order_is_kept() -> None:
                                            for n in (1, 2, 3)} - {(OTHER, 2)}
     assert {r.key for r in plan.handed_over} == {(ME, 1), (ME, 2)}
     assert {r.key for r in plan.settle} == {(ME, 3)}
+
+
+@pytest.mark.parametrize(("adopter", "freezes"), [
+    ("succeeded", False), ("failed", True), ("interrupted", True), ("running", True),
+    (None, True)])  # the adopter's copy gone from the table, or never written
+def test_a_hand_over_freezes_unless_the_adopter_completed_the_action(adopter: str | None,
+                                                                    freezes: bool) -> None:
+    shared = replace(row(ME, 3, ADOPTED), adopted_by="b as rollback 5", adopter_status=adopter)
+    assert handover_freezes(shared) is freezes
 
 
 def test_nothing_shared_nothing_to_do() -> None:
