@@ -80,3 +80,34 @@ async def test_a_crash_looping_scheduler_is_rolled_back(stack: Stack, tmp_path: 
         assert list(targets) == ["service:scheduler"] and "container_down" in targets[
             "service:scheduler"]
         assert "crashing at start" in h.notifier.sent[0][1]["logs"]["scheduler"]
+
+
+async def test_a_release_docker_reports_unhealthy_is_rolled_back(stack: Stack,
+                                                                 tmp_path: Path) -> None:
+    # admin-bot has no HTTP health, only docker's own health check (State.Health), which the
+    # bad release fails: the container runs and never restarts, docker calls it unhealthy
+    stack.healthchecked = ("admin-bot",)
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        await h.wait_event("release.known_good", timeout=30)
+        assert docker_health(stack, "admin-bot") == "healthy"
+        stack.deploy("v1", env={"admin-bot": {"SICK": "1"}})
+        await h.wait_event("rollback.succeeded", timeout=60)
+        started = h.events("rollback.started")[0]
+        targets = window_targets(started)
+        assert list(targets) == ["service:admin-bot"], targets
+        assert "container_unhealthy" in targets["service:admin-bot"]
+        assert "container_down" not in targets["service:admin-bot"]  # it never restarted
+        unhealthy = [e for e in h.events("service.transition")
+                     if e.evidence["service"] == "admin-bot"
+                     and e.evidence["to"] == "container_unhealthy"]
+        assert unhealthy and "unhealthy" in unhealthy[0].message
+    assert 'SICK: "1"' not in stack.compose_file.read_text()  # the known-good config is back
+
+
+def docker_health(stack: Stack, service: str) -> str:
+    """What the engine says of the service's health check, read the way the daemon does not."""
+    found = stack.client.containers.list(filters={
+        "label": [f"com.docker.compose.project={stack.project}",
+                  f"com.docker.compose.service={service}"]})
+    return str(found[0].attrs["State"]["Health"]["Status"])

@@ -11,6 +11,8 @@ makes *every* release answer that status without changing any release; ``OVERRID
 a release read ``override/name`` instead), and logs each request to
 stderr (the container log). ``CRASH=1`` makes a container exit at start (every service has
 ``restart: always``, so that is a crash loop); ``WORKER=1`` makes it a worker without a port.
+The services a stack names in :attr:`Stack.healthchecked` get a docker ``healthcheck:`` that
+fails while the container's ``SICK=1`` (docker reports the container ``unhealthy``).
 
 The stack has the production app's four services: ``backend`` and ``frontend`` answer HTTP,
 ``admin-bot`` and ``scheduler`` are workers without a port (``WORKER=1``, from the same image).
@@ -79,6 +81,9 @@ PIN_REPOSITORY = "brace-watchdog/pin"
 # ``restart: always``: a crash loop). ``$$`` is compose's escape for a literal ``$``.
 HANGING = ["/bin/sh", "-c", 'exec nc -ll -p "$${PORT}" -e sleep 3600']
 CRASHING = ["/bin/sh", "-c", "echo 'backend: cannot start' >&2; exit 1"]
+# docker's own health check of a service: failing while SICK=1, unhealthy after two failures
+HEALTHCHECK = ["    healthcheck:", '      test: ["CMD-SHELL", "test $${SICK:-0} != 1"]',
+               "      interval: 1s", "      timeout: 5s", "      retries: 2"]
 
 
 def slow_compose(seconds: float, command: tuple[str, ...] = COMPOSE_V1) -> list[str]:
@@ -185,6 +190,7 @@ class Stack:
     tags: set[str] = field(default_factory=set)
     compose_command: tuple[str, ...] = COMPOSE_V1
     own_images: list[str] = field(default_factory=list)
+    healthchecked: tuple[str, ...] = ()  # services with a docker healthcheck (see above)
 
     @property
     def compose_file(self) -> Path:
@@ -218,6 +224,8 @@ class Stack:
                      "    restart: always",
                      "    volumes:", f"      - {self.root}/override:/srv/override:ro",
                      "    stop_grace_period: 2s", "    labels:", f'      {TEST_LABEL}: "1"']
+            if name in self.healthchecked:
+                lines += HEALTHCHECK
             if name == "backend" and backend_env_file:
                 lines.append(f"    env_file: [{json.dumps(backend_env_file)}]")
             if name == "backend" and backend_command is not None:
