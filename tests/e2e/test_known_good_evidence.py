@@ -1,7 +1,9 @@
 """Known-good survives a restart only as evidence the daemon watched: the real daemon process,
 stopped and started again against a real compose stack, never promotes a release on the strength
 of time it did not watch (the repro of issue 10: a release seen for a few seconds, a restart,
-then its first ok probe promoted it, and its failures later were "not a deploy problem")."""
+then its first ok probe promoted it, and its failures later were "not a deploy problem").
+Nor is a release promoted while a trigger alert fires (a real Alertmanager), however healthy
+its probes look."""
 
 from __future__ import annotations
 
@@ -10,12 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from brace_watchdog.state import Event, StateStore
-from tests.support.stack import Stack, write_daemon_config
+from tests.support.alertmanager import start_alertmanager
+from tests.support.stack import Harness, Stack, rollback_config, write_daemon_config
 
 pytestmark = pytest.mark.docker
 STABLE_AFTER = 8.0
@@ -87,3 +91,29 @@ async def test_a_restart_never_promotes_a_release_it_did_not_watch(stack: Stack,
     assert 0 < health["watched_seconds"] < STABLE_AFTER
     assert action.plan["target"]["fingerprint"] == promoted[0]
     assert done.action_id == action.id
+
+
+async def test_no_promotion_while_a_trigger_alert_fires(stack: Stack, tmp_path: Path) -> None:
+    alertmanager = start_alertmanager(tmp_path / "alertmanager")
+    try:
+        alertmanager.post(alertname="BraceBackendErrors", severity="critical")
+        stack.deploy("v1")
+        config = rollback_config(stack, tmp_path, alertmanager_url=alertmanager.url,
+                                 trigger_alerts=["BraceBackendErrors"])
+        async with Harness(config, extra=("alerts",)) as h:
+            await h.wait_event("alert.firing", timeout=20)
+            # watched with every probe and every service ok for 3x stable_after_seconds (2 s)
+            while (h.rollback.tracker.health is None
+                   or h.rollback.tracker.health.watched_seconds < 6.0):
+                await asyncio.sleep(0.1)
+            health = h.rollback.tracker.health
+            assert health.ok_samples > 0 and health.failing_samples == 0, health
+            assert health.healthy_seconds == 0.0, health  # the alert keeps resetting the clock
+            assert h.events("release.known_good") == []
+            alertmanager.post(alertname="BraceBackendErrors", severity="critical",
+                              ends_in=-timedelta(seconds=1))  # resolved
+            resolved = await h.wait_event("alert.resolved", timeout=20)
+            promoted = await h.wait_event("release.known_good", timeout=30)
+            assert promoted.id > resolved.id
+    finally:
+        alertmanager.stop()

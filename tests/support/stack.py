@@ -52,6 +52,7 @@ from brace_watchdog.component import Component
 from brace_watchdog.config import Config, parse_config
 from brace_watchdog.errors import StateUnavailableError
 from brace_watchdog.metrics import Metrics
+from brace_watchdog.monitors.alerts import AlertsMonitor
 from brace_watchdog.monitors.database import DatabaseMonitor
 from brace_watchdog.monitors.health import HealthMonitor
 from brace_watchdog.runtime import Hub
@@ -335,9 +336,11 @@ def new_stack(client: docker.DockerClient, root: Path, images: dict[str, str],
 
 def rollback_config(stack: Stack, state_dir: Path, *, dry_run: bool = False, dsn: str = "",
                     probe_interval: float = 0.2, probe_timeout: float = 2.0,
-                    **rollback: Any) -> Config:
+                    alertmanager_url: str = "", **rollback: Any) -> Config:
     """A config for driving :class:`AppRollback` against ``stack`` with small time values."""
     raw: dict[str, Any] = {
+        "alerts": {"alertmanager_url": alertmanager_url, "interval_seconds": 0.5,
+                   "timeout_seconds": 2.0},
         "daemon": {"state_path": str(state_dir / "state.db"), "dry_run": dry_run},
         "health": {"url": stack.backend_url, "frontend_url": stack.frontend_url,
                    "interval_seconds": probe_interval, "timeout_seconds": probe_timeout},
@@ -366,8 +369,8 @@ class RecordingNotifier:
 
 
 class Harness:
-    """Runs the real components (health probes, rollback, optionally the database monitor)
-    each on its own interval in this event loop, over a real state file.
+    """Runs the real components (health probes, rollback, optionally the database and the
+    alerts monitors: ``extra``) each on its own interval in this event loop, over a real state file.
 
     A component whose cycle raises fails the test when the harness closes (a crashed component
     must not look like "nothing happened"); only the errors a test names in ``tolerate`` (say
@@ -387,6 +390,8 @@ class Harness:
         self.components: list[Component] = [HealthMonitor(self.hub), self.rollback]
         if "database" in extra:
             self.components.insert(0, DatabaseMonitor(self.hub))
+        if "alerts" in extra:
+            self.components.insert(0, AlertsMonitor(self.hub))
         self._tasks: list[asyncio.Task[None]] = []
         self.unavailable: list[StateUnavailableError] = []
         self.tolerate = tolerate
