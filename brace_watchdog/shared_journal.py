@@ -146,7 +146,7 @@ class SharedJournal:
         """This instance's own open action, which another leader adopted meanwhile."""
         outcome = row.adopter_status or "unknown"
         message = (f"{row.kind} {row.action_id} was taken over by {row.adopted_by} while "
-                   f"{self.host} did not lead (there it ended {outcome}); not resumed here")
+                   f"{self.host} did not lead (its state there: {outcome}); not resumed here")
         evidence = {"adopted_by": row.adopted_by, "adopter_status": row.adopter_status}
         self.hub.store.journal_step(row.action_id, HANDED_OVER, status=HANDED_OVER,
                                     evidence=evidence, result=message)

@@ -316,7 +316,7 @@ async def test_a_partitioned_leader_stops_and_later_hands_its_open_rollback_over
         try:
             assert store.events(kinds=("escalation",)) == []
             frozen = store.flag("automation_frozen")
-            assert "there it ended interrupted" in frozen["reason"], frozen
+            assert "its state there: interrupted" in frozen["reason"], frozen
         finally:
             store.close()
     assert stack.running_images()["backend"] == stack.images["v2"]

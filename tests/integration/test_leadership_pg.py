@@ -220,7 +220,7 @@ async def test_a_leader_on_another_host_adopts_what_the_old_one_left_open(
         await _lead(one)
         assert first.store.action(action).status == "handed_over"  # type: ignore[union-attr]
         frozen = first.frozen()  # the adopter froze its own state file, not this one
-        assert frozen is not None and "there it ended interrupted" in frozen["reason"], frozen
+        assert frozen is not None and "its state there: interrupted" in frozen["reason"], frozen
         assert await one.journal.flush()
         assert _shared(pg_cluster, "status in ('planned', 'running')") == []
         assert await resolve_interrupted(first) == []  # nothing left for the restart path
