@@ -161,7 +161,7 @@ class AppRollback(Component):
                                        alert_firing=bool(self._trigger_alerts(now)))
             if obs.release is not None:
                 await self.tracker.maybe_promote(now, obs)
-        await self._check_images()
+            await self._check_images()  # not while the engine is down: decide engine_down
         inp = self._policy_input(now, manual=False)
         decision = decide(inp, self.cfg)
         await self._handle(decision, inp)

@@ -1,6 +1,8 @@
 """Attribution: the daemon rolls back only failures it can blame on the deploy. A database
-outage (a real PostgreSQL, stopped) and failures that were already there before the deploy
-escalate with their reason — in the event and in the notification — and change nothing."""
+outage (a real PostgreSQL, stopped), failures that were already there before the deploy and
+failures that begin long after it escalate with their reason — in the event and in the
+notification (the daemon's webhook notifier posting to a real receiver, for the last) — and
+change nothing. (The engine-down guard is in ``test_rollback_outage.py``, beside its proxy.)"""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 
 from tests.support.pg import PgCluster
 from tests.support.stack import Harness, Stack, rollback_config
+from tests.support.webhooks import webhook_receiver
 
 pytestmark = pytest.mark.docker
 
@@ -57,3 +60,26 @@ async def test_failures_that_predate_the_deploy_escalate(stack: Stack, tmp_path:
         assert h.store.actions(kind="rollback") == []
         assert [p["reason"] for e, p in h.notifier.sent if e == "escalation"] == [
             "known_good_running", "failures_predate_deploy"]
+
+
+async def test_failures_long_after_the_deploy_escalate(stack: Stack, tmp_path: Path) -> None:
+    # max_deploy_age_seconds = 1: failures cannot be sustained sooner than the grace (0.5 s)
+    # plus 4 more probe intervals (0.2 s) after the deploy, so any deploy here is "too old"
+    stack.deploy("v1")
+    with webhook_receiver() as receiver:
+        config = rollback_config(stack, tmp_path, max_deploy_age_seconds=1.0,
+                                 webhook_url=receiver.url().reveal())
+        async with Harness(config) as h:
+            await h.wait_event("release.known_good", timeout=20)
+            stack.deploy("v2")
+            escalation = await h.wait_event("escalation", timeout=30)
+            assert escalation.evidence["reason"] == "deploy_too_old"
+            assert "older than max_deploy_age_seconds = 1" in escalation.message
+            decision = h.events("rollback.decision")[0]
+            assert decision.evidence["reason"] == "deploy_too_old"
+            await asyncio.sleep(1.5)
+            assert h.store.actions(kind="rollback") == []
+        sent = [body for body in receiver.bodies if body["event"] == "escalation"]
+        assert [body["reason"] for body in sent] == ["deploy_too_old"]
+        assert "failures this late are not attributed to it" in sent[0]["message"]
+    assert stack.running_images()["backend"] == stack.images["v2"]

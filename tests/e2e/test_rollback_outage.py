@@ -22,6 +22,7 @@ from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.errors import DockerError
 from tests.support.docker_proxy import DockerProxy
 from tests.support.stack import Harness, Stack, rollback_config, slow_compose
+from tests.support.webhooks import webhook_receiver
 
 pytestmark = [
     pytest.mark.docker,
@@ -171,3 +172,32 @@ async def test_an_engine_outage_while_probing_the_target_is_no_verdict(
         await proxy.cut()
         await outage_verdict(h, good, "verify_probes")
         await proxy.mend()
+
+
+async def test_an_engine_outage_before_the_rollback_escalates_engine_down(
+        stack: Stack, tmp_path: Path, proxy: DockerProxy) -> None:
+    # a bad deploy, then the engine stops answering before the failures are sustained: no
+    # rollback against an engine that cannot carry it out — escalated, and the webhook says why
+    stack.deploy("v1")
+    with webhook_receiver() as receiver:
+        config = rollback_config(stack, tmp_path, deploy_grace_seconds=4.0,
+                                 webhook_url=receiver.url().reveal())
+        async with Harness(config, docker=DockerAdapter(proxy.url, timeout=10),
+                           tolerate=(DockerError,)) as h:
+            await h.wait_event("release.known_good", timeout=30)
+            stack.deploy("v2")
+            await h.wait_event("deploy", timeout=20)
+            await proxy.cut()
+            escalation = await h.wait_event("escalation", timeout=30)
+            assert escalation.evidence["reason"] == "engine_down"
+            assert escalation.message.startswith("escalated: the docker engine does not answer")
+            decision = h.events("rollback.decision")[0]
+            assert decision.evidence["reason"] == "engine_down"
+            assert decision.evidence["engine_error"], decision.evidence
+            await asyncio.sleep(1.5)
+            assert h.store.actions(kind="rollback") == []
+            await proxy.mend()
+        sent = [body for body in receiver.bodies if body["event"] == "escalation"]
+        assert [body["reason"] for body in sent] == ["engine_down"]
+        assert "docker engine does not answer" in sent[0]["message"]
+    assert stack.running_images()["backend"] == stack.images["v2"]

@@ -55,6 +55,7 @@ from brace_watchdog.metrics import Metrics
 from brace_watchdog.monitors.alerts import AlertsMonitor
 from brace_watchdog.monitors.database import DatabaseMonitor
 from brace_watchdog.monitors.health import HealthMonitor
+from brace_watchdog.notify import WebhookNotifier
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import Event, StateStore
 from tests.support.images import TEST_LABEL, _build_lock
@@ -336,7 +337,8 @@ def new_stack(client: docker.DockerClient, root: Path, images: dict[str, str],
 
 def rollback_config(stack: Stack, state_dir: Path, *, dry_run: bool = False, dsn: str = "",
                     probe_interval: float = 0.2, probe_timeout: float = 2.0,
-                    alertmanager_url: str = "", **rollback: Any) -> Config:
+                    alertmanager_url: str = "", webhook_url: str = "",
+                    **rollback: Any) -> Config:
     """A config for driving :class:`AppRollback` against ``stack`` with small time values."""
     raw: dict[str, Any] = {
         "alerts": {"alertmanager_url": alertmanager_url, "interval_seconds": 0.5,
@@ -346,7 +348,7 @@ def rollback_config(stack: Stack, state_dir: Path, *, dry_run: bool = False, dsn
                    "interval_seconds": probe_interval, "timeout_seconds": probe_timeout},
         "database": {"dsn": dsn, "interval_seconds": 0.5},
         "restore_test": {"enabled": False},
-        "notify": {"log_lines": 5},
+        "notify": {"log_lines": 5, "webhook_urls": [webhook_url] if webhook_url else []},
         "rollback": {"enabled": True, "compose_command": list(stack.compose_command),
                      "compose_file": str(stack.compose_file), "project": stack.project,
                      "services": list(APP_SERVICES), "stable_after_seconds": 2.0,
@@ -372,6 +374,9 @@ class Harness:
     """Runs the real components (health probes, rollback, optionally the database and the
     alerts monitors: ``extra``) each on its own interval in this event loop, over a real state file.
 
+    Notifications are kept in memory (``notifier.sent``), or POSTed by the daemon's own
+    webhook notifier when the config names ``[notify] webhook_urls``.
+
     A component whose cycle raises fails the test when the harness closes (a crashed component
     must not look like "nothing happened"); only the errors a test names in ``tolerate`` (say
     ``DockerError`` while it breaks the engine) and a busy state file are collected instead
@@ -383,9 +388,11 @@ class Harness:
                  tolerate: tuple[type[Exception], ...] = ()) -> None:
         self.store = StateStore(config.daemon.state_path).open()
         self.notifier = RecordingNotifier()
-        self.hub = Hub(config=config, store=self.store,
-                       metrics=Metrics(CollectorRegistry(), process=False),
-                       notifier=self.notifier)
+        metrics = Metrics(CollectorRegistry(), process=False)
+        self.webhooks = (WebhookNotifier(config.notify, metrics, wait_seconds=0.1)
+                         if config.notify.webhook_urls else None)
+        self.hub = Hub(config=config, store=self.store, metrics=metrics,
+                       notifier=self.webhooks or self.notifier)
         self.rollback = AppRollback(self.hub, compose=compose, docker=docker)
         self.components: list[Component] = [HealthMonitor(self.hub), self.rollback]
         if "database" in extra:
@@ -414,6 +421,8 @@ class Harness:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for component in self.components:
             await component.stop()
+        if self.webhooks is not None:
+            await self.webhooks.close()
         self.store.close()
         if self.crashes:
             name, exc = self.crashes[0]
