@@ -19,6 +19,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from brace_watchdog.actions.app_rollback import AppRollback
@@ -250,19 +251,33 @@ class Supervisor:
             self.notify.status(self.hub.status_line())
 
     async def _flush_state(self) -> None:
-        """Retry the writes an unavailable state store queued; a failure here is never fatal."""
+        """Retry the writes an unavailable state store queued; a failure here is never fatal.
+
+        Sleeps until a write fails (``hub.store_trouble``, called from any thread), then flushes
+        every ``STATE_FLUSH_SECONDS`` until the store is writable again: an idle daemon is not
+        woken once a second for nothing.
+        """
         assert self.hub is not None
-        was_writable = True
+        hub, trouble = self.hub, asyncio.Event()
+        hub.store_trouble = partial(_set_soon, asyncio.get_running_loop(), trouble)
         while True:
-            await asyncio.sleep(STATE_FLUSH_SECONDS)
-            try:
-                writable = self.hub.flush_store().writable
-            except WatchdogError as exc:
-                log.error("state store flush failed: %s", exc)
-                continue
-            if writable != was_writable:
-                self.notify.status(self.hub.status_line())
-                was_writable = writable
+            await trouble.wait()
+            self.notify.status(hub.status_line())
+            while not await self._flush_once():
+                pass
+            # the failed flushes above signalled trouble too; what fails from now on signals anew
+            trouble.clear()
+            self.notify.status(hub.status_line())
+
+    async def _flush_once(self) -> bool:
+        """One flush after ``STATE_FLUSH_SECONDS``; True once the store is writable."""
+        assert self.hub is not None
+        await asyncio.sleep(STATE_FLUSH_SECONDS)
+        try:
+            return self.hub.flush_store().writable
+        except WatchdogError as exc:
+            log.error("state store flush failed: %s", exc)
+            return False
 
     def _watchdog_healthy(self) -> bool:
         assert self.hub is not None
@@ -315,6 +330,12 @@ def _restart_only_changes(old: Config, new: Config) -> list[str]:
              "rollback.enabled": (old.rollback.enabled, new.rollback.enabled),
              "leadership": (old.leadership, new.leadership)}
     return [key for key, (a, b) in pairs.items() if a != b]
+
+
+def _set_soon(loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+    """Set ``event`` on ``loop`` from any thread (nothing once the loop is closed)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(event.set)
 
 
 def _expected(exc: Exception) -> bool:

@@ -111,6 +111,9 @@ class Hub:
     components: dict[str, Any] = field(default_factory=dict)
     leadership: LeadershipGate = field(init=False)
     action_lock: ActionLock = field(init=False)
+    store_trouble: Callable[[], None] = lambda: None
+    """Called (from any thread) after a state-store write failed: the supervisor wakes its flush
+    task, which otherwise sleeps while the store is writable."""
     _dropped_seen: int = 0
 
     def __post_init__(self) -> None:
@@ -142,6 +145,7 @@ class Hub:
     def _store_write_failed(self, reason: str) -> None:
         self.metrics.state_write_failures.labels(reason=reason).inc()
         self.metrics.state_store_up.set(0)
+        self.store_trouble()
 
     def flush_store(self) -> StoreHealth:
         """Write what the store queued while it was unavailable; export how it stands."""

@@ -21,7 +21,9 @@ from brace_watchdog.component import Component
 from brace_watchdog.config import parse_config
 from brace_watchdog.daemon import Supervisor
 from brace_watchdog.metrics import Metrics
+from brace_watchdog.state import StoreHealth
 from brace_watchdog.systemd import SystemdNotify
+from tests.support.faults import hold_write_lock
 from tests.support.net import free_port
 
 
@@ -173,3 +175,41 @@ async def test_unusable_state_file_is_a_clear_fatal_error(tmp_path: Path,
     sup, _ = supervisor(tmp_path, [Ticker()], listener)
     assert await asyncio.wait_for(sup.run(), 10) == 1
     assert not any(m.startswith("READY=1") for _, m in listener.drain())
+
+
+async def test_state_flush_sleeps_until_a_write_fails(tmp_path: Path,
+                                                      listener: NotifyListener) -> None:
+    """The flush task wakes for a failed write, flushes until the store is writable, and is
+    otherwise idle (no wakeup per second: the footprint benchmark counts every one)."""
+    sup, metrics = supervisor(tmp_path, [Ticker()], listener)
+    run = asyncio.create_task(sup.run())
+    await asyncio.sleep(0.5)
+    hub = sup.hub
+    assert hub is not None
+    flushes: list[float] = []
+    flush = hub.flush_store
+
+    def counted() -> StoreHealth:  # counts the task's wakeups; the real flush runs
+        flushes.append(time.monotonic())
+        return flush()
+
+    hub.flush_store = counted  # type: ignore[method-assign]
+    await asyncio.sleep(2.5)  # the old task flushed every second, 2 times at least in here
+    assert flushes == []
+    with hold_write_lock(tmp_path / "state.db"):
+        assert hub.record("test.queued", "test", "written while locked") == 0
+        await asyncio.sleep(2.5)
+        assert flushes and metrics.registry.get_sample_value(
+            "brace_watchdog_state_pending_writes") == 1.0
+    for _ in range(100):
+        if metrics.registry.get_sample_value("brace_watchdog_state_store_up") == 1.0:
+            break
+        await asyncio.sleep(0.1)
+    assert metrics.registry.get_sample_value("brace_watchdog_state_pending_writes") == 0.0
+    assert [e.message for e in hub.store.events(kinds=("test.queued",))] == [
+        "written while locked"]
+    recovered = len(flushes)
+    await asyncio.sleep(2.5)
+    assert len(flushes) == recovered
+    sup.request_stop()
+    assert await asyncio.wait_for(run, 10) == 0
