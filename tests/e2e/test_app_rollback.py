@@ -581,3 +581,38 @@ async def test_the_config_snapshot_is_the_deployed_one_not_an_edit_before_promot
         good = await known_good(h)
         record = h.store.release(good)
         assert record is not None and record.compose_snapshot == deployed
+
+
+OPS_GOOD = 'version: "2.4"\nservices:\n  backend:\n    environment:\n      NOTE: "good"\n'
+
+
+@BOTH_COMPOSES
+async def test_a_bad_edit_of_an_override_file_is_rolled_back_through_the_snapshot(
+        stack: Stack, tmp_path: Path) -> None:
+    """The stack runs ``-f docker-compose.yml -f ops.yml``; a deploy that only edits ops.yml
+    breaks the backend. The snapshot taken at the known-good deploy holds both files: the
+    rollback writes ops.yml back and runs compose with both ``-f`` files again."""
+    ops = stack.root / "ops.yml"
+    ops.write_text(OPS_GOOD)
+    stack.overrides = (ops,)
+    stack.deploy("v1")
+    main_file = stack.compose_file.read_bytes()
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        good = await known_good(h)
+        record = h.store.release(good)
+        assert record is not None and str(ops) in record.release["config_files"]
+        ops.write_text(OPS_GOOD.replace('NOTE: "good"', 'HEALTH_STATUS: "500"'))
+        stack.deploy("v1")
+        deploy = await h.wait_event("deploy")
+        assert deploy.evidence["change"] == "config"
+        done = await h.wait_event("rollback.succeeded", timeout=40)
+        assert str(ops) in done.message
+        plan = h.store.actions(kind="rollback")[0].plan
+        assert str(ops) in plan["config_files"]
+        assert plan["up"]["files"] == [str(stack.compose_file), str(ops)]
+        assert ops.read_text() == OPS_GOOD and stack.compose_file.read_bytes() == main_file
+        assert stack.running_images() == stack.all_on("v1")
+        backend = stack.client.containers.list(filters={"label": [
+            f"com.docker.compose.project={stack.project}", "com.docker.compose.service=backend"]})
+        env = backend[0].attrs["Config"]["Env"]
+        assert "NOTE=good" in env and not any(e.startswith("HEALTH_STATUS=") for e in env)

@@ -193,6 +193,7 @@ class Stack:
     compose_command: tuple[str, ...] = COMPOSE_V1
     own_images: list[str] = field(default_factory=list)
     healthchecked: tuple[str, ...] = ()  # services with a docker healthcheck (see above)
+    overrides: tuple[Path, ...] = ()  # more ``-f`` files after the compose file, in order
 
     @property
     def compose_file(self) -> Path:
@@ -254,8 +255,8 @@ class Stack:
         self.tags.add(self.tag(service))
 
     def compose(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.compose_command, "-f", str(self.compose_file), "-p",
-                               self.project, *args],
+        files = [arg for path in (self.compose_file, *self.overrides) for arg in ("-f", str(path))]
+        return subprocess.run([*self.compose_command, *files, "-p", self.project, *args],
                               capture_output=True, text=True, timeout=timeout, check=False,
                               cwd=self.compose_file.parent)
 
