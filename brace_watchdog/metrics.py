@@ -161,6 +161,9 @@ class Metrics:
             "brace_backup_max_age_seconds", "The configured freshness threshold.")
         self.backup_scan_duration = self._g(
             "brace_backup_scan_duration_seconds", "How long the last backup folder scan took.")
+        self.backup_scan_up = self._g(
+            "brace_backup_scan_up", "1 when the last scan could read the backups folder; 0 when "
+            "it is missing, not a folder or unreadable.")
 
     def _alerts(self) -> None:
         self.alertmanager_up = self._g(

@@ -370,12 +370,14 @@ class BackupsMonitor(Component):
             return await self._failed(str(exc), max_age, now)
         finally:
             self._hub.metrics.backup_scan_duration.set(time.perf_counter() - started)
+        self._hub.metrics.backup_scan_up.set(1)
         self._publish(scan, now)
         await self._transitions(scan, now)
         return backup_status_line(scan, now)
 
     async def _failed(self, message: str, max_age: float, now: float) -> str:
         scan = BackupScan(scanned_at=now, files=(), max_age_seconds=max_age)
+        self._hub.metrics.backup_scan_up.set(0)
         self._publish(scan, now)
         if self._state.get("state") != "error" or self._state.get("error") != message:
             self._hub.record("backup.error", self.name, message, severity="error",

@@ -3,11 +3,14 @@
 ``Daemon(tmp_path, server)`` writes a config whose health target is ``server`` (a
 :class:`~tests.support.webserver.SwitchableServer`), starts ``brace-watchdog run`` with
 ``NOTIFY_SOCKET`` pointing at a datagram socket the test reads, and kills it on ``close()``.
+With ``user=``, the daemon runs as that user (``setpriv``; the test runs as root): its folder
+must then be that user's.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import socket
 import subprocess
@@ -50,10 +53,11 @@ enabled = false
 class Daemon:
     def __init__(self, tmp_path: Path, server: SwitchableServer | None = None, *,
                  state_path: str = "state.db", extra: str = "", config: Path | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, user: str | None = None) -> None:
         """Either the small health-only config against ``server`` (plus ``extra`` TOML), or
         ``config`` as given; ``env`` overrides either (``BRACE_WATCHDOG__SECTION__KEY``)."""
         self.dir = tmp_path
+        self.user = user
         self.env = dict(env or {})
         if config is None:
             assert server is not None
@@ -68,6 +72,8 @@ class Daemon:
         self.state_path = loaded.daemon.state_path
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(tmp_path / "notify.sock"))
+        if user is not None:
+            os.chmod(tmp_path / "notify.sock", 0o666)  # the daemon's user sends to it
         self.notify.settimeout(0.2)
         self.messages: list[str] = []
         self.log = (tmp_path / "daemon.log").open("w")
@@ -76,8 +82,13 @@ class Daemon:
     def _start(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.env, "NOTIFY_SOCKET": str(self.dir / "notify.sock"),
                "WATCHDOG_USEC": "1000000"}
-        return subprocess.Popen([str(BIN), "run", "--config", str(self.config)], env=env,
-                                stdout=self.log, stderr=subprocess.STDOUT)
+        as_user: list[str] = []
+        if self.user is not None:
+            entry = pwd.getpwnam(self.user)
+            as_user = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}",
+                       "--clear-groups"]
+        return subprocess.Popen([*as_user, str(BIN), "run", "--config", str(self.config)],
+                                env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def restart(self, env: Mapping[str, str] | None = None) -> None:
         """SIGKILL the daemon (if it runs) and start it again on the same config and state
