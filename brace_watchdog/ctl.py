@@ -40,8 +40,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DENIED, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 DEFAULT_CONFIG = "/etc/brace-watchdog/brace-watchdog.toml"
 FALLBACK_SOCKET = "/run/brace-watchdog/control.sock"
 USAGE_CODES = ("bad_args", "bad_request", "unknown_command", "invalid_json", "too_long")
-GATED = {"db": "rollback-db", "pg-hba": "rollback-pg-hba", "docker-daemon":
-         "rollback-docker-daemon"}
+GATED = {"db": "db_rollback", "pg-hba": "pg_hba_rollback", "docker-daemon":
+         "docker_daemon_rollback"}
 
 Printer = Callable[[dict[str, Any], TextIO], None]
 
@@ -393,9 +393,9 @@ class Session:
         choice); with it, plan, show, confirm, then run bound to the confirmed target."""
         if release is None or plan_only:
             args = {"plan_only": True} if plan_only else {}
-            return self.finish(self.call("rollback-app", {
+            return self.finish(self.call("app_rollback", {
                 **args, **({"to": release} if release else {})}))
-        reply = self.call("rollback-app", {"plan_only": True, "to": release})
+        reply = self.call("app_rollback", {"plan_only": True, "to": release})
         if not reply["ok"]:
             return self.finish(reply)
         data = reply["data"]["plan"]
@@ -407,7 +407,7 @@ class Session:
         target = str(data["target"])
         if not self.confirm(target[:12], yes):
             return EXIT_FAILED
-        return self.finish(self.call("rollback-app", {"to": release, "expect": target}))
+        return self.finish(self.call("app_rollback", {"to": release, "expect": target}))
 
     def token(self) -> str | None:
         """The plan token, typed at the terminal (not echoed) or piped as stdin's first line."""

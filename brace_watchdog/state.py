@@ -176,6 +176,15 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE releases ADD COLUMN config_files BLOB
     """,
+    # version 6: a rollback's control command bears its action's name (rollback-db was
+    # db_rollback's); the audit rows follow, so one name finds every request. Approvals always
+    # stored the action's name.
+    """
+    UPDATE audit SET command = 'db_rollback' WHERE command = 'rollback-db';
+    UPDATE audit SET command = 'pg_hba_rollback' WHERE command = 'rollback-pg-hba';
+    UPDATE audit SET command = 'docker_daemon_rollback' WHERE command = 'rollback-docker-daemon';
+    UPDATE audit SET command = 'app_rollback' WHERE command = 'rollback-app'
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -529,7 +529,7 @@ class DbRollback:
         approved = approved_identity(args)
         name = str(args.get("dump", ""))
         dump = await asyncio.to_thread(resolve_dump, self.hub.config.backups.directory, name)
-        work = await asyncio.to_thread(private_dir, self.work_root(), "db-rollback-")
+        work = await asyncio.to_thread(private_dir, self.work_root(), "db_rollback-")
         try:
             copy = await asyncio.to_thread(copy_verified, dump, work, approved)
             plan = await self._plan(copy, name, approved)

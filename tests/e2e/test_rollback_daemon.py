@@ -154,8 +154,8 @@ async def test_every_ctl_command_against_a_real_daemon(stack: Stack, tmp_path: P
     finally:
         store.close()
     assert {"status", "events", "explain", "timeline", "backups", "releases", "freeze",
-            "unfreeze", "ack", "release-clear-failed", "restore-test", "rollback-db",
-            "rollback-pg-hba", "rollback-docker-daemon", "inspect"} <= audited
+            "unfreeze", "ack", "release-clear-failed", "restore-test", "db_rollback",
+            "pg_hba_rollback", "docker_daemon_rollback", "inspect"} <= audited
 
 
 def journalled_steps() -> set[str]:

@@ -26,9 +26,9 @@ from tests.integration.control_helpers import (
 )
 
 SEED = 20261125
-KNOWN = ["status", "events", "explain", "timeline", "backups", "restore-test", "rollback-app",
-         "freeze", "unfreeze", "ack", "rollback-db", "rollback-pg-hba",
-         "rollback-docker-daemon", "inspect", "approve"]
+KNOWN = ["status", "events", "explain", "timeline", "backups", "restore-test", "app_rollback",
+         "freeze", "unfreeze", "ack", "db_rollback", "pg_hba_rollback",
+         "docker_daemon_rollback", "inspect", "approve"]
 JUNK_VALUES: list[object] = [None, True, False, 0, -1, 2 ** 70, 1.5, "", "x" * 5000, [], [1],
                              {}, {"a": {"b": []}}, "../../etc/shadow", "/etc/passwd",
                              "$(reboot)", "a;rm -rf /", "\u0000", "\udcff"[:0] + "\u2028"]

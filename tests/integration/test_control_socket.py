@@ -199,7 +199,7 @@ async def test_backups_list_scans_the_folder(tmp_path: Path) -> None:
 
 async def test_unconfigured_component_is_unavailable(tmp_path: Path) -> None:
     async with control_server(tmp_path) as env:
-        for cmd in ("restore-test", "rollback-app"):
+        for cmd in ("restore-test", "app_rollback"):
             reply = await result(env.socket, cmd)
             assert reply["error"]["code"] == "unavailable", reply
 

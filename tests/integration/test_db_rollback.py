@@ -258,7 +258,7 @@ async def test_hostile_dump_names_are_refused(tmp_path: Path, name: str) -> None
     raw = {"backups": {"directory": str(backups)}, "db_rollback": {"target": "local"},
            "database": {"dsn": "postgresql://u@127.0.0.1:1/x"}}
     async with control_server(tmp_path, raw) as env:
-        reply = await result(env.socket, "rollback-db", {"dump": name})
+        reply = await result(env.socket, "db_rollback", {"dump": name})
         assert not reply["ok"] and reply["error"]["code"] == "refused", reply
         assert not Path("/tmp/pwned").exists()
         assert env.hub.store.query("select count(*) from approvals")[0][0] == 0
@@ -274,7 +274,7 @@ async def test_rollback_plan_shows_checks_without_changing_anything(
            "db_rollback": {"target": "local", "bin_dir": str(PG_BIN),
                            "require_passing_restore_test": False}}
     async with control_server(tmp_path, raw) as env:
-        plan = (await result(env.socket, "rollback-db", {"dump": DUMP}))["data"]
+        plan = (await result(env.socket, "db_rollback", {"dump": DUMP}))["data"]
         assert plan["checks"]["production_server_major"] == 15
         assert plan["checks"]["tools"] == {"pg_dump": 15, "pg_restore": 15}
         assert plan["checks"]["dump"]["server_version"].startswith("15")

@@ -65,7 +65,7 @@ async def test_interrupted_container_restore_is_ended_inside_and_reported_unknow
             touch = gate.serve(env)
             _passed(env, dump.path)
             other = (await result(env.socket, "plan-touch"))["data"]["token"]
-            plan = await result(env.socket, "rollback-db", {"dump": dump.path.name})
+            plan = await result(env.socket, "db_rollback", {"dump": dump.path.name})
             approve = asyncio.ensure_future(call(env.socket, "approve",
                                                  {"token": plan["data"]["token"]}))
             if how == "cancel":  # the daemon stops while pg_restore runs in the container

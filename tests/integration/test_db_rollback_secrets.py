@@ -104,7 +104,7 @@ async def test_no_secret_reaches_argv_events_logs_or_errors(
         async with control_server(tmp_path, raw) as env:
             _passed(env, dump.path)
             with ProcScanner(password).running() as scanner:
-                plan = await result(env.socket, "rollback-db", {"dump": DUMP})
+                plan = await result(env.socket, "db_rollback", {"dump": DUMP})
                 run = await result(env.socket, "approve", {"token": plan["data"]["token"]})
             assert run["ok"], run
             assert run["data"]["smoke"] == "passed" and run["data"]["database"] == "restored"
@@ -168,7 +168,7 @@ async def test_no_secret_in_a_failing_rollback(tmp_path: Path, pg_cluster: PgClu
                                                  health.url(), **db)) as env:
             _passed(env, dump.path)
             with ProcScanner(password).running() as scanner:
-                plan = await result(env.socket, "rollback-db", {"dump": DUMP})
+                plan = await result(env.socket, "db_rollback", {"dump": DUMP})
                 assert plan["ok"], plan
                 if fault.after_plan:
                     fault.apply(pg_cluster, dump, tmp_path)

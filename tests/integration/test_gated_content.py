@@ -74,7 +74,7 @@ async def test_dump_changed_after_approval_is_refused_and_nothing_happens(
     pg_cluster.psql("update alembic_version set version_num = 'live'", db=dump.dbname)
     async with control_server(tmp_path, _db_config(pg_cluster, dump.dbname, backups)) as env:
         _passed(env, dump.path)
-        plan = await _plan(env, "rollback-db", {"dump": NIGHTLY})
+        plan = await _plan(env, "db_rollback", {"dump": NIGHTLY})
         # the subfolder is part of the name, and the token binds the content
         assert plan["target"] == NIGHTLY and plan["args"]["dump"] == NIGHTLY
         assert plan["args"]["sha256"] == identify(dump.path).sha256
@@ -100,12 +100,12 @@ async def test_restore_tests_are_keyed_by_content_not_name(tmp_path: Path,
     dump = make_brace_dump(pg_cluster, backups / NIGHTLY, rows=5)
     async with control_server(tmp_path, _db_config(pg_cluster, dump.dbname, backups)) as env:
         _passed(env, dump.path)
-        plan = await _plan(env, "rollback-db", {"dump": NIGHTLY})
+        plan = await _plan(env, "db_rollback", {"dump": NIGHTLY})
         assert plan["checks"]["restore_tests"][0]["passed"] is True
         # same name, other content: the passing test no longer counts
         make_brace_dump(pg_cluster, tmp_path / "other.dump", revision="other", rows=9)
         _replace_by_rename(dump.path, (tmp_path / "other.dump").read_bytes())
-        reply = await result(env.socket, "rollback-db", {"dump": NIGHTLY})
+        reply = await result(env.socket, "db_rollback", {"dump": NIGHTLY})
         assert reply["error"]["code"] == "refused", reply
         assert "no passing restore test of this content" in reply["error"]["message"]
 
@@ -117,7 +117,7 @@ async def test_pg_hba_changed_after_approval_is_refused(tmp_path: Path, pg_clust
     _break(pg_cluster)
     hba = pg_cluster.datadir / "pg_hba.conf"
     async with control_server(tmp_path, hba_config(pg_cluster)) as env:
-        plan = await _plan(env, "rollback-pg-hba")
+        plan = await _plan(env, "pg_hba_rollback")
         target = pg_cluster.datadir / changed
         with target.open("a") as out:
             out.write("host all all 0.0.0.0/0 trust\n")
@@ -141,7 +141,7 @@ async def test_daemon_json_changed_after_approval_is_refused(tmp_path: Path,
     raw = {"network_rollback": {"docker_daemon_json": str(folder / "daemon.json"),
                                 "docker_restart_command": ["touch", str(marker)]}}
     async with control_server(tmp_path, raw) as env:
-        plan = await _plan(env, "rollback-docker-daemon")
+        plan = await _plan(env, "docker_daemon_rollback")
         assert plan["args"]["backup_sha256"] == identify(folder / "daemon.json.bak").sha256
         (folder / changed).write_text('{"insecure-registries": ["0.0.0.0/0"]}')
         reply = await result(env.socket, "approve", {"token": plan["token"]})
@@ -163,7 +163,7 @@ async def test_kept_copy_never_follows_a_planted_symlink(tmp_path: Path) -> None
     raw = {"network_rollback": {"docker_daemon_json": str(folder / "daemon.json"),
                                 "docker_restart_command": ["true"]}}
     async with control_server(tmp_path, raw, clock=lambda: FIXED_NOW) as env:
-        plan = await _plan(env, "rollback-docker-daemon")
+        plan = await _plan(env, "docker_daemon_rollback")
         reply = await result(env.socket, "approve", {"token": plan["token"]})
         assert reply["error"]["code"] == "failed", reply
         assert reply["error"]["details"]["stage"] == "keeping_current"
@@ -184,7 +184,7 @@ async def test_safety_dump_never_follows_a_planted_symlink(tmp_path: Path,
     raw = _db_config(pg_cluster, dump.dbname, backups)
     async with control_server(tmp_path, raw, clock=lambda: FIXED_NOW) as env:
         _passed(env, dump.path)
-        plan = await _plan(env, "rollback-db", {"dump": dump.path.name})
+        plan = await _plan(env, "db_rollback", {"dump": dump.path.name})
         reply = await result(env.socket, "approve", {"token": plan["token"]})
         assert reply["error"]["code"] == "failed", reply
         details = reply["error"]["details"]
@@ -206,7 +206,7 @@ async def test_a_safety_dump_missing_a_live_table_stops_before_the_restore(
     raw = _db_config(pg_cluster, dump.dbname, backups, bin_dir=str(bins))
     async with control_server(tmp_path, raw) as env:
         _passed(env, dump.path)
-        plan = await _plan(env, "rollback-db", {"dump": dump.path.name})
+        plan = await _plan(env, "db_rollback", {"dump": dump.path.name})
         reply = await result(env.socket, "approve", {"token": plan["token"]})
         assert reply["error"]["code"] == "failed", reply
         details = reply["error"]["details"]
@@ -236,7 +236,7 @@ async def test_full_restore_proof_of_the_safety_dump_gates_the_restore(
     raw["restore_test"] = {"backend": "local", "local_bin_dir": str(PG_BIN)}
     async with control_server(tmp_path, raw) as env:
         _passed(env, dump.path)
-        plan = await _plan(env, "rollback-db", {"dump": dump.path.name})
+        plan = await _plan(env, "db_rollback", {"dump": dump.path.name})
         assert any("full restore into a throwaway server" in step for step in plan["steps"])
         reply = await result(env.socket, "approve", {"token": plan["token"]})
         assert reply["error"]["code"] == "failed", reply
@@ -257,7 +257,7 @@ async def test_pg_hba_in_the_container_never_follows_a_planted_symlink(
                   f" && ln -s /tmp/victim {PG_HBA}.rollback-20260101_000000")
         raw = hba_in_container_config(prod, reload_command=["true"], verify_attempts=1)
         async with control_server(tmp_path, raw, clock=lambda: FIXED_NOW) as env:
-            plan = await _plan(env, "rollback-pg-hba")
+            plan = await _plan(env, "pg_hba_rollback")
             reply = await result(env.socket, "approve", {"token": plan["token"]})
             assert reply["error"]["code"] == "failed", reply
             assert reply["error"]["details"]["stage"] == "keeping_current"
@@ -295,7 +295,7 @@ async def test_the_restore_reads_the_private_copy_not_the_original(
         raw["health"] = {"url": health.url(), "timeout_seconds": 2}
         async with control_server(tmp_path, raw) as env:
             _passed(env, dump.path)
-            plan = await _plan(env, "rollback-db", {"dump": NIGHTLY})
+            plan = await _plan(env, "db_rollback", {"dump": NIGHTLY})
             reply = await result(env.socket, "approve", {"token": plan["token"]})
             assert reply["ok"], reply
             assert reply["data"]["database"] == "restored"
@@ -344,7 +344,7 @@ async def test_a_dump_changed_inside_the_container_is_never_restored(
                                "writers": []}}
         async with control_server(tmp_path, raw) as env:
             _passed(env, dump.path)
-            plan = await _plan(env, "rollback-db", {"dump": dump.path.name})
+            plan = await _plan(env, "db_rollback", {"dump": dump.path.name})
             reply = await result(env.socket, "approve", {"token": plan["token"]})
             message = reply["error"]["message"]
             assert f"the dump in container {prod.container.name}" in message, reply

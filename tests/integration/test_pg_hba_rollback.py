@@ -49,7 +49,7 @@ async def test_pg_hba_rollback_restores_connections(tmp_path: Path,
     good = _break(pg_cluster)
     hba = pg_cluster.datadir / "pg_hba.conf"
     async with control_server(tmp_path, _config(pg_cluster)) as env:
-        plan = (await result(env.socket, "rollback-pg-hba"))["data"]
+        plan = (await result(env.socket, "pg_hba_rollback"))["data"]
         assert any("reject" in line for line in plan["checks"]["diff"])
         run = await ctl("--socket", str(env.socket), "rollback", "pg-hba", stdin="pg_hba\n")
         assert run.code == 0, run
@@ -61,7 +61,7 @@ async def test_pg_hba_rollback_restores_connections(tmp_path: Path,
         assert len(kept) == 1 and "reject" in kept[0].read_text()
         action = env.hub.store.actions(kind="pg_hba_rollback")[0]
         assert action.status == "succeeded"
-        again = await result(env.socket, "rollback-pg-hba")
+        again = await result(env.socket, "pg_hba_rollback")
         assert again["error"]["code"] == "refused" and "already identical" in again["error"][
             "message"]
 
@@ -80,7 +80,7 @@ async def test_pg_hba_rollback_failure_reports_how_to_undo(tmp_path: Path,
 
 async def test_missing_backup_is_refused(tmp_path: Path, pg_cluster: PgCluster) -> None:
     async with control_server(tmp_path, _config(pg_cluster)) as env:
-        reply = await result(env.socket, "rollback-pg-hba")
+        reply = await result(env.socket, "pg_hba_rollback")
         assert reply["error"]["code"] == "refused" and "does not exist" in reply["error"][
             "message"]
 

@@ -66,6 +66,23 @@ def test_a_version_1_file_is_migrated_and_keeps_its_releases(tmp_path: Path) -> 
     again.close()
 
 
+def test_a_version_5_file_names_its_rollback_requests_as_the_actions(tmp_path: Path) -> None:
+    """Audit rows of the old command names (``rollback-db``…) carry the action's name after the
+    upgrade, like the rows written since (approvals always stored the action's name)."""
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(";".join(_MIGRATIONS[:5]) + "; PRAGMA user_version = 5;")
+    old = ["rollback-db", "rollback-pg-hba", "rollback-docker-daemon", "rollback-app", "status"]
+    conn.executemany("INSERT INTO audit (ts, uid, user, command, outcome) "
+                     "VALUES (1, 0, 'root', ?, 'ok')", [(c,) for c in old])
+    conn.commit()
+    conn.close()
+    store = StateStore(path).open()
+    assert [r["command"] for r in store.audit_log(10)][::-1] == [
+        "db_rollback", "pg_hba_rollback", "docker_daemon_rollback", "app_rollback", "status"]
+    store.close()
+
+
 def test_concurrent_first_opens_migrate_once(tmp_path: Path) -> None:
     """The daemon and a one-shot command opening a new file at the same moment."""
     context = multiprocessing.get_context("spawn")

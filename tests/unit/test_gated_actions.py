@@ -8,12 +8,19 @@ from dataclasses import dataclass
 
 import pytest
 
-from brace_watchdog.actions.config_rollback import preview_diff, validate_daemon_json
-from brace_watchdog.actions.db_rollback import DbTarget, next_steps, safety_dump_name
+from brace_watchdog import ctl
+from brace_watchdog.actions.config_rollback import (
+    DockerDaemonRollback,
+    PgHbaRollback,
+    preview_diff,
+    validate_daemon_json,
+)
+from brace_watchdog.actions.db_rollback import DbRollback, DbTarget, next_steps, safety_dump_name
 from brace_watchdog.actions.db_writers import SwarmWriters
 from brace_watchdog.actions.gated import Plan, compose_project, stamp
 from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.config import parse_config
+from brace_watchdog.control.commands import REGISTRY
 from brace_watchdog.control.commands.operate import jsonable
 from brace_watchdog.control.commands.timeline import incident_bounds, render_timeline
 from brace_watchdog.errors import RefusedError
@@ -148,7 +155,7 @@ def test_incident_bounds() -> None:
 def test_timeline_markdown() -> None:
     events = [_event(1, 0, "health.failing", "warning"), _event(2, 60, "action.x.begin",
                                                                 action=7)]
-    approvals = [{"action": "db-rollback", "params": {"args": {"dump": "d"}},
+    approvals = [{"action": "db_rollback", "params": {"args": {"dump": "d"}},
                   "requester_name": "alice", "created_at": 30.0, "used_at": 40.0,
                   "approver_name": "bob", "action_id": 7}]
     text = render_timeline("db_rollback #7", events, [_action(7, 50, 70)], approvals)
@@ -173,3 +180,15 @@ def test_jsonable() -> None:
     assert jsonable(plan)["steps"] == ["s"]
     assert jsonable({1: _Thing("x", (1, 2)), "o": object}) == {
         "1": {"name": "x", "parts": [1, 2]}, "o": str(object)}
+
+
+def test_each_gated_action_is_planned_by_the_command_of_its_own_name() -> None:
+    """One name per rollback: the command the CLI sends is the action's kind (store, approvals,
+    audit), and no command keeps an old ``rollback-*`` name."""
+    for action in (DbRollback, PgHbaRollback, DockerDaemonRollback):
+        command = REGISTRY[action.name]
+        assert command.role == "operator" and command.name == action.name
+    assert set(ctl.GATED.values()) == {"db_rollback", "pg_hba_rollback",
+                                       "docker_daemon_rollback"}
+    assert "app_rollback" in REGISTRY
+    assert not [name for name in REGISTRY if name.startswith("rollback")]

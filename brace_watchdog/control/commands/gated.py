@@ -1,8 +1,10 @@
 """Gated commands (role ``operator``, two steps): plan a DB / pg_hba / docker-daemon rollback,
 inspect a token, approve a token.
 
-``rollback-db``, ``rollback-pg-hba`` and ``rollback-docker-daemon`` only run pre-checks and return
-the plan with a token; nothing changes until ``approve`` with that token (see
+``db_rollback``, ``pg_hba_rollback`` and ``docker_daemon_rollback`` (each command is named as
+its action: the action kind in the store, the approval and the audit row are the same word)
+only run pre-checks and return the plan with a token; nothing changes until ``approve`` with
+that token (see
 :mod:`brace_watchdog.control.approvals`). The approved action runs under the hub's
 action lock, so no two actions (gated ones, app rollbacks) ever overlap.
 """
@@ -98,14 +100,18 @@ async def _execute(ctx: Context, action: GatedAction, approval: Approval) -> dic
     return result
 
 
+def _plan_command(action: str, summary: str, args: dict[str, ArgSpec] | None = None
+                  ) -> Command:
+    """The command that plans ``action``: it bears the action's own name."""
+    return Command(action, "operator", _planner(action), args or {}, summary=summary)
+
+
 COMMANDS = (
-    Command("rollback-db", "operator", _planner("db_rollback"),
-            {"dump": ArgSpec("str", required=True, max_chars=1024)},
-            summary="plan a full DB rollback to a dump (then approve)"),
-    Command("rollback-pg-hba", "operator", _planner("pg_hba_rollback"),
-            summary="plan restoring pg_hba.conf from its .bak (then approve)"),
-    Command("rollback-docker-daemon", "operator", _planner("docker_daemon_rollback"),
-            summary="plan restoring daemon.json from its .bak and restarting docker"),
+    _plan_command("db_rollback", "plan a full DB rollback to a dump (then approve)",
+                  {"dump": ArgSpec("str", required=True, max_chars=1024)}),
+    _plan_command("pg_hba_rollback", "plan restoring pg_hba.conf from its .bak (then approve)"),
+    _plan_command("docker_daemon_rollback",
+                  "plan restoring daemon.json from its .bak and restarting docker"),
     Command("inspect", "operator", inspect_token, TOKEN_ARG,
             summary="show what a token would approve, without using it"),
     Command("approve", "operator", approve, TOKEN_ARG, summary="approve and run a planned action"),

@@ -1,4 +1,4 @@
-"""Operator commands that act at once (role ``operator``): restore-test, rollback-app, freeze,
+"""Operator commands that act at once (role ``operator``): restore-test, app_rollback, freeze,
 unfreeze, ack. Each reuses the machinery of the component that owns the capability."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ async def ack(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 COMMANDS = (
     Command("restore-test", "operator", restore_test, {"dump": ArgSpec("str", max_chars=1024)},
             summary="run a restore test now (newest dump, or --dump NAME)"),
-    Command("rollback-app", "operator", rollback_app,
+    Command("app_rollback", "operator", rollback_app,
             {"plan_only": ArgSpec("bool"), "to": ArgSpec("str", max_chars=64),
              "expect": ArgSpec("str", max_chars=64)},
             summary="roll the app back to the last known-good release (or --to RELEASE)"),
