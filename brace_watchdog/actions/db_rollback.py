@@ -65,6 +65,7 @@ from brace_watchdog.actions.gated import (
     StepJournal,
     Work,
     compose_project,
+    interrupted_message,
     ordered,
     stamp,
     verify_health,
@@ -80,6 +81,7 @@ from brace_watchdog.dumps import DumpHeader, InvalidDumpError, read_dump_header,
 from brace_watchdog.errors import ActionError, CommandError, RefusedError
 from brace_watchdog.files import FileIdentity, copy_verified, identify, private_dir, publish
 from brace_watchdog.runtime import Hub
+from brace_watchdog.state import ActionRecord
 
 __all__ = ["ACTION", "STEPS", "TOOLS", "DbRollback", "DbTarget", "approved_identity",
            "ended_state", "next_steps", "restore_in_flight", "safety_dump_name", "tool_major",
@@ -344,13 +346,13 @@ class DbRollback:
             last = self.hub.store.last_journal_evidence(action.id)
             state = last.get("state")
             if isinstance(state, dict) and restore_in_flight(state):
-                return functools.partial(self._end_leftover, action.id, action.step, last)
+                return functools.partial(self._end_leftover, action, last)
         return None
 
-    async def _end_leftover(self, action_id: int, step: str, last: dict[str, Any]) -> None:
-        """End the restore of interrupted rollback ``action_id`` (under the action lock, kept
+    async def _end_leftover(self, action: ActionRecord, last: dict[str, Any]) -> None:
+        """End the restore of interrupted rollback ``action`` (under the action lock, kept
         until no backend of it remains), then journal and escalate the outcome: UNKNOWN."""
-        state = dict(last["state"])
+        action_id, step, state = action.id, action.step, dict(last["state"])
         app_name = str(state["restore_application_name"])
         self.hub.record(f"{ACTION}.restore_leftover", "control", f"DB rollback #{action_id}: "
                         f"its restore ({app_name}) may still run in the server after the daemon "
@@ -367,8 +369,7 @@ class DbRollback:
                                         source="control", evidence={"action_id": action_id})
         state["database"] = ended_state(why, True, app_name)
         next_steps = [str(step) for step in last.get("next_steps", [])]
-        message = (f"DB rollback #{action_id} (interrupted at {step!r}): database: "
-                   f"{state['database']}. Next: {' | '.join(next_steps)}")
+        message = interrupted_message(action, state, next_steps)
         self.hub.store.journal_step(action_id, step, result=message,
                                     evidence={"state": state, "next_steps": next_steps})
         await self.hub.escalate(f"{ACTION}_restore_ended", message, source="control",

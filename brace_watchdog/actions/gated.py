@@ -27,10 +27,11 @@ from brace_watchdog.journal_handover import adopted_from, interrupted_by
 from brace_watchdog.leadership import LeadershipLostError
 from brace_watchdog.monitors.health import probe
 from brace_watchdog.runtime import Hub
+from brace_watchdog.state import ActionRecord
 
 __all__ = ["Advice", "GatedAction", "GatedFailure", "Plan", "Progress", "Step", "StepJournal",
-           "Work", "compose_project", "ordered", "probe_health", "resolve_interrupted", "stamp",
-           "verify_health", "wait_until"]
+           "Work", "compose_project", "interrupted_message", "ordered", "probe_health",
+           "resolve_interrupted", "stamp", "verify_health", "wait_until"]
 
 T = TypeVar("T")
 Progress = Callable[[str, str], Awaitable[None]]
@@ -235,6 +236,20 @@ def compose_project(config: Config, *, command: Sequence[str] = (), file: Path |
 GATED_KINDS = ("db_rollback", "pg_hba_rollback", "docker_daemon_rollback")
 
 
+def interrupted_message(action: ActionRecord, state: dict[str, Any],
+                        next_steps: Sequence[str]) -> str:
+    """What the operator is told about a gated action a restart interrupted: where it stopped,
+    the ``state`` recorded (or known since) and the next safe commands."""
+    known = "; ".join(f"{key}: {value}" for key, value in state.items()
+                      if value not in (None, ""))
+    return (f"{action.kind} #{action.id} was interrupted at step {action.step!r} "
+            f"{interrupted_by(action.plan)}. Last recorded state: "
+            f"{known or 'nothing changed yet'}. "
+            f"Next: {' | '.join(next_steps) or 'check the database, writers and files'} "
+            f"(brace-watchdogctl explain / timeline --action-id {action.id}). Automatic "
+            "actions are frozen until brace-watchdogctl unfreeze.")
+
+
 async def resolve_interrupted(hub: Hub) -> list[int]:
     """At start-up: gated actions a previous daemon left unfinished are marked interrupted,
     automation is frozen, and each is escalated with the state its last journal entry recorded
@@ -246,17 +261,10 @@ async def resolve_interrupted(hub: Hub) -> list[int]:
         last = hub.store.last_journal_evidence(action.id)
         state = last.get("state", {}) if isinstance(last.get("state"), dict) else {}
         next_steps = [str(s) for s in last.get("next_steps", []) if isinstance(s, str)]
-        known = "; ".join(f"{key}: {value}" for key, value in state.items()
-                          if value not in (None, ""))
         if hub.frozen() is None:
             hub.freeze(f"{action.kind} #{action.id} was interrupted {interrupted_by(action.plan)}",
                        by="control", evidence={"action_id": action.id})
-        message = (f"{action.kind} #{action.id} was interrupted at step {action.step!r} "
-                   f"{interrupted_by(action.plan)}. Last recorded state: "
-                   f"{known or 'nothing changed yet'}. "
-                   f"Next: {' | '.join(next_steps) or 'check the database, writers and files'} "
-                   f"(brace-watchdogctl explain / timeline --action-id {action.id}). Automatic "
-                   "actions are frozen until brace-watchdogctl unfreeze.")
+        message = interrupted_message(action, state, next_steps)
         hub.store.journal_step(action.id, action.step, status="interrupted", result=message,
                                evidence={"state": state, "next_steps": next_steps})
         await hub.escalate(f"{action.kind}_interrupted", message, source="control",
