@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import docker
 import psycopg
 import pytest
 
@@ -37,6 +38,7 @@ from brace_watchdog.actions.gated import GATED_KINDS
 from brace_watchdog.failpoints import ENV as FAILPOINTS
 from tests.integration.control_helpers import ctl
 from tests.support.daemon import Daemon
+from tests.support.images import run_postgres
 from tests.support.net import free_port
 from tests.support.pg import PG_BIN, BraceDump, PgCluster, make_brace_dump, start_cluster
 from tests.support.skips import skip_missing
@@ -126,7 +128,7 @@ async def _kill_and_restart(daemon: Daemon, run: asyncio.Task[object]) -> str:
 
 async def _restarted_status(daemon: Daemon, run: asyncio.Task[object]) -> dict[str, Any]:
     """Start again (SIGKILLing the daemon if it still runs), without failpoints; its status."""
-    daemon.restart(env={})
+    daemon.restart(env={key: value for key, value in daemon.env.items() if key != FAILPOINTS})
     daemon.wait_for("READY=1", timeout=60)
     await run
     # settled: what the action left running (a restore in the server) has been ended
@@ -357,27 +359,61 @@ RESTORES = ("select pid, wait_event_type from pg_stat_activity "
 @pytest.mark.daemon_ctl("rollback db", "status")
 async def test_a_restore_that_outlived_the_killed_daemon_is_ended_after_the_restart(
         tmp_path: Path, gates: Gates, cluster: PgCluster, writers: Writers) -> None:
-    """A real pg_restore held in the server (by a lock the test holds) outlives the SIGKILLed
-    daemon; the restarted daemon ends it by its application_name, holding the action lock
-    until no backend of it remains, and reports the database as UNKNOWN with what to do."""
+    """Local target: a real pg_restore held in the server (by a lock the test holds) outlives
+    the SIGKILLed daemon; the restarted daemon ends it by its application_name, holding the
+    action lock until no backend of it remains, and reports the database as UNKNOWN."""
     with switchable_server() as health:
         daemon, dump = _db_daemon(tmp_path, gates, cluster, writers, health)
-        sock = str(tmp_path / "control.sock")
         try:
-            daemon.wait_for("READY=1", timeout=60)
-            with psycopg.connect(cluster.dsn(dbname=dump.dbname)) as blocker:
-                blocker.execute("lock table users in access share mode")
-                run = asyncio.ensure_future(ctl("--socket", sock, "rollback", "db", "--dump",
-                                                DUMP, "--yes"))
-                await _restore_waits_in_the_server(cluster, dump.dbname)
-                daemon.restart(env={})
-                daemon.wait_for("READY=1", timeout=60)
-                await run
-                status = await _status_once(sock, lambda s: s["action_lock"] is None)
-            left = cluster.psql(RESTORES, db=dump.dbname)
-            users = cluster.psql("select count(*) from users", db=dump.dbname)
+            await _restore_outlives_the_daemon(daemon, cluster.dsn(dbname=dump.dbname))
         finally:
             daemon.close()
+
+
+@pytest.mark.docker
+@pytest.mark.postgres
+@pytest.mark.daemon_ctl("rollback db", "status")
+async def test_a_container_restore_that_outlived_the_killed_daemon_is_ended_after_the_restart(
+        tmp_path: Path, cluster: PgCluster, docker_client: docker.DockerClient,
+        postgres_image: str) -> None:
+    """Container target (production's): the ``docker exec`` pg_restore outlives the daemon."""
+    dump = make_brace_dump(cluster, tmp_path / "backups" / DUMP, rows=5)
+    prod = run_postgres(docker_client, image=postgres_image)
+    try:
+        prod.load_brace(dump.path, PG_BIN / "pg_restore")
+        extra = f"""
+[db_rollback]
+target = "container"
+container = "{prod.container.name}"
+database = "brace"
+writers = []
+require_passing_restore_test = false
+"""
+        with switchable_server() as health:
+            daemon = Daemon(tmp_path, health, extra=extra,
+                            env={"BRACE_WATCHDOG_DB_DSN": prod.dsn(dbname="brace")})
+            try:
+                await _restore_outlives_the_daemon(daemon, prod.dsn(dbname="brace"))
+            finally:
+                daemon.close()
+    finally:
+        prod.stop()
+
+
+async def _restore_outlives_the_daemon(daemon: Daemon, dsn: str) -> None:
+    """Roll back to DUMP while the test locks ``users``, SIGKILL the daemon with the restore
+    waiting in the server, restart it: the restore is ended, the data as before, and said so."""
+    sock = str(daemon.dir / "control.sock")
+    daemon.wait_for("READY=1", timeout=60)
+    with psycopg.connect(dsn) as blocker:
+        blocker.execute("lock table users in access share mode")
+        run = asyncio.ensure_future(ctl("--socket", sock, "rollback", "db", "--dump", DUMP,
+                                        "--yes"))
+        deadline = time.monotonic() + 120
+        while "|Lock" not in await asyncio.to_thread(_sql, dsn, RESTORES):
+            assert time.monotonic() < deadline, "the restore never reached the server"
+            await asyncio.sleep(0.2)
+        status = await _restarted_status(daemon, run)
     message = status["escalation"]["message"]
     assert status["escalation"]["reason"] == "db_rollback_restore_ended", status
     for fragment in ("interrupted at step 'restoring'", "UNKNOWN: the daemon was killed during the "
@@ -385,19 +421,18 @@ async def test_a_restore_that_outlived_the_killed_daemon_is_ended_after_the_rest
                      "rollback db --dump brace_safety_"):
         assert fragment in message, (fragment, message)
     assert status["frozen"]
-    assert left.strip() == ""
-    assert users.strip() == "5"  # the restore's one transaction never committed
+    assert _sql(dsn, RESTORES) == ""
+    assert _sql(dsn, "select count(*) from users") == "5"  # its one transaction never committed
     with contextlib.closing(sqlite3.connect(daemon.state_path)) as conn:
         held = conn.execute("SELECT message FROM events WHERE kind = "
                             "'db_rollback.restore_leftover'").fetchall()
     assert len(held) == 1 and "the action lock is held" in held[0][0]
 
 
-async def _restore_waits_in_the_server(cluster: PgCluster, dbname: str) -> None:
-    deadline = time.monotonic() + 120
-    while "|Lock" not in await asyncio.to_thread(cluster.psql, RESTORES, db=dbname):
-        assert time.monotonic() < deadline, "the restore never reached the server"
-        await asyncio.sleep(0.2)
+def _sql(dsn: str, sql: str) -> str:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(sql).fetchall()  # type: ignore[arg-type]
+    return "\n".join("|".join(str(value) for value in row) for row in rows)
 
 
 async def _status_once(sock: str, accept: Any, timeout: float = 120) -> dict[str, Any]:

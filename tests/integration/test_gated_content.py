@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -331,11 +330,7 @@ async def test_a_dump_changed_inside_the_container_is_never_restored(
     dump = make_brace_dump(pg_cluster, backups / "brace_20260101_000000.dump", rows=5)
     prod = run_postgres(docker_client, image=postgres_image)
     try:
-        prod.exec("psql", "-c", "create role brace_user")
-        prod.exec("psql", "-c", "create database brace")
-        subprocess.run([str(PG_BIN / "pg_restore"), "--no-owner", "-d",
-                        prod.dsn(dbname="brace"), str(dump.path)], check=True,
-                       capture_output=True)
+        prod.load_brace(dump.path, PG_BIN / "pg_restore")
         prod.exec("psql", "-d", "brace", "-c", "update alembic_version set version_num = 'bad'")
         _tampering_docker(tmp_path / "bin", prod.container.name, WHEN[when], monkeypatch)
         raw = {"database": {"dsn": prod.dsn(dbname="brace")},

@@ -392,6 +392,14 @@ class PgContainer:
         assert isinstance(output, bytes) and code is not None  # not streamed, not detached
         return code, output.decode(errors="replace")
 
+    def load_brace(self, dump: Path, pg_restore: Path) -> None:
+        """Production's shape: role ``brace_user``, database ``brace`` holding ``dump``
+        (restored with ``pg_restore --no-owner`` from the host)."""
+        self.exec("psql", "-c", "create role brace_user")
+        self.exec("psql", "-c", "create database brace")
+        subprocess.run([str(pg_restore), "--no-owner", "-d", self.dsn(dbname="brace"),
+                        str(dump)], check=True, capture_output=True)
+
     def stop(self) -> None:
         _remove(self.container)
 
