@@ -8,9 +8,10 @@ Each short cycle (docker SDK calls in worker threads) does three things; the fir
 2. **promote** — the running release's health evidence (what the daemon itself watched,
    persisted; :mod:`~brace_watchdog.actions.promotion_policy`) is updated; a release watched
    unchanged and healthy for ``stable_after_seconds`` becomes the *known-good* release: stored
-   with its tags, image IDs, the Alembic revision and a snapshot of the compose file and
-   ``.env``; its images are pinned under daemon-owned tags and the pins of
-   releases no longer needed are released;
+   with its tags, image IDs, the Alembic revision and the snapshot of its config taken when it
+   was deployed (every ``-f`` compose file, ``.env``, every ``env_file:`` target); its images
+   are pinned under daemon-owned tags and saved as archives, and the pins of releases no
+   longer needed are released;
 3. **decide** — :func:`~brace_watchdog.actions.rollback_policy.decide` over the health window;
    every decision that is not "nothing to do" is recorded once per episode with its evidence.
 

@@ -131,7 +131,8 @@ async def test_every_ctl_command_against_a_real_daemon(stack: Stack, tmp_path: P
         for name, argv in ok.items():
             run = await ctl(*sock, *argv)
             assert run.code == 0, (name, run)
-        assert "newest-known-good" in (await ctl(*sock, "releases")).out
+        # the daemon pinned the known-good release's images when it promoted it
+        assert "known-good, newest-known-good, pinned" in (await ctl(*sock, "releases")).out
         assert "is known-good" in (await ctl(*sock, "explain", str(known.id))).out
         failing = {"releases clear-failed": (["releases", "clear-failed", known.evidence[
                        "release"]["fingerprint"][:12]], "not marked failed"),

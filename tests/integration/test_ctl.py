@@ -112,6 +112,7 @@ async def test_releases_lists_marks_and_clear_failed_is_audited(tmp_path: Path) 
         store.mark_known_good("aaaa" * 16, at=15.0, alembic_revision=None, compose_file="",
                               compose_snapshot=None, env_snapshot=None)
         store.mark_release_failed_verification("aaaa" * 16, 40.0)
+        store.set_release_pinned("aaaa" * 16, True)
         store.mark_release_rolled_back("bbbb" * 16, at=35.0, action_id=3)
         store.set_flag("rollback.current_release", {"release": {"fingerprint": "bbbc" * 16}})
         run = await ctl(*sock, "releases")
@@ -121,6 +122,7 @@ async def test_releases_lists_marks_and_clear_failed_is_audited(tmp_path: Path) 
         assert lines[1].startswith("bbbc" * 3) and lines[1].endswith("current")
         assert "rolled-back-from (#3" in lines[2]
         assert "known-good, newest-known-good, FAILED" in lines[3]
+        assert lines[3].endswith(", pinned") and "pinned" not in lines[1] + lines[2]
         assert (await ctl(*sock, "releases", "clear-failed", "bbb")).code == 2  # too short
         run = await ctl(*sock, "releases", "clear-failed", "bbbb")
         assert run.code == 2 and "at least 6" in run.err
