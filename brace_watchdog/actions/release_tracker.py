@@ -72,6 +72,8 @@ class ReleaseTracker:
         self.seen_at = now
         self.deploy_at: float | None = None
         self.failing_before_deploy = False
+        # the window verdict the last time the current release was seen whole (None: not yet)
+        self._failing_while_whole: bool | None = None
         self._metric_fp: dict[str, str] = {}
         self.archive = ImageArchive(docker, archive_folder(hub.config.daemon.state_path))
         self._restarts: dict[str, int] = {}
@@ -100,15 +102,21 @@ class ReleaseTracker:
 
     async def track(self, now: float, *, by_rollback: bool = False,
                     failing: Callable[[], bool] = lambda: False) -> ReleaseObservation:
-        """Look at the project's containers; a new fingerprint is a deploy. ``failing`` tells,
-        when one is detected, whether failures were already sustained before it."""
+        """Look at the project's containers; a new fingerprint is a deploy. ``failing`` tells
+        whether failures are sustained now; a deploy's ``failing_before`` is its answer the last
+        time the old release was seen whole (every service running one image): what fails
+        after that — the old containers stopped, the new one failing before the tracker sees
+        it, seconds under load — is the deploy's doing."""
         self.containers = await self._docker.compose_containers(self.cfg.project)
         self._publish_liveness(now)
         obs = build_release(self.cfg.project, self.cfg.services, self.containers)
         self.observation = obs
         release = obs.release
-        if release is None or (self.current is not None
-                               and release.fingerprint == self.current.fingerprint):
+        if release is None:
+            return obs
+        if self.current is not None and release.fingerprint == self.current.fingerprint:
+            if not (obs.not_running or obs.mixed):
+                self._failing_while_whole = failing()
             return obs
         previous, self.current, self.seen_at = self.current, release, now
         self.hub.store.upsert_release(release.fingerprint, release=release.to_dict(),
@@ -116,7 +124,8 @@ class ReleaseTracker:
         await self._keep_config(release)
         self._enter(release.fingerprint, now)
         if previous is not None:
-            self.failing_before_deploy = failing()
+            whole, self._failing_while_whole = self._failing_while_whole, None
+            self.failing_before_deploy = failing() if whole is None else whole
             self._record_deploy(previous, release, now, by_rollback)
         self.hub.store.set_flag(CURRENT_FLAG, {"release": release.to_dict(), "seen_at": now,
                                                "deploy_at": self.deploy_at,

@@ -83,3 +83,24 @@ async def test_failures_long_after_the_deploy_escalate(stack: Stack, tmp_path: P
         assert [body["reason"] for body in sent] == ["deploy_too_old"]
         assert "failures this late are not attributed to it" in sent[0]["message"]
     assert stack.running_images()["backend"] == stack.images["v2"]
+
+
+async def test_failures_while_the_deploy_replaces_the_backend_are_the_deploys(
+        stack: Stack, tmp_path: Path) -> None:
+    """Compose stops the old backend before it starts the new one, and the tracker may see the
+    new release later still (seconds, on a loaded engine): failures that began after the old
+    release was last seen whole are the deploy's. Here the gap is stretched until the failures
+    are sustained (the daemon escalates meanwhile: nothing it can blame); the deploy that ends
+    it is still rolled back, not escalated as failing before it."""
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        await h.wait_event("release.known_good", timeout=60)
+        await asyncio.to_thread(stack.compose, "stop", "backend")
+        gap = await h.wait_event("escalation", timeout=30)
+        assert gap.evidence["reason"] == "known_good_running"
+        await asyncio.to_thread(stack.deploy, "v2")  # probes go on while compose runs
+        deploy = await h.wait_event("deploy")
+        assert deploy.evidence["failing_before"] is False
+        await h.wait_event("rollback.succeeded", timeout=60)
+        assert [e.evidence["reason"] for e in h.events("escalation")] == ["known_good_running"]
+    assert stack.running_images() == stack.all_on("v1")
