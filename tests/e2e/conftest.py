@@ -10,7 +10,16 @@ import docker
 import pytest
 
 from tests.support.ctl_coverage import CTL_RUNS, MARKER, command_of
-from tests.support.stack import COMPOSE_V1, Stack, compose_or_skip, ensure_web_images, new_stack
+from tests.support.stack import (
+    COMPOSE_V1,
+    Stack,
+    compose_or_skip,
+    ensure_web_images,
+    kill_leftover_daemons,
+    new_stack,
+    remove_archives,
+    sweep_pins,
+)
 
 
 @pytest.fixture(scope="session")
@@ -18,16 +27,29 @@ def web_images(docker_client: docker.DockerClient, busybox_image: str) -> dict[s
     return ensure_web_images(docker_client, busybox_image)
 
 
+@pytest.fixture(scope="session")
+def pin_sweep(docker_client: docker.DockerClient) -> Iterator[None]:
+    """At the session's end, the pins of this session's stacks that a pin call still in a
+    worker thread made after the stack was destroyed."""
+    yield
+    sweep_pins(docker_client)
+
+
 @pytest.fixture
 def stack(request: pytest.FixtureRequest, docker_client: docker.DockerClient,
-          web_images: dict[str, str], tmp_path: Path) -> Iterator[Stack]:
+          web_images: dict[str, str], tmp_path: Path, pin_sweep: None) -> Iterator[Stack]:
     """A stack deployed with ``docker-compose`` 1.29, or with the compose a test's
-    ``BOTH_COMPOSES`` parameter names."""
+    ``BOTH_COMPOSES`` parameter names; afterwards everything the stack and its daemons made
+    is removed (a daemon the test left running first)."""
     command: tuple[str, ...] = getattr(request, "param", COMPOSE_V1)
     compose_or_skip(command)
     built = new_stack(docker_client, tmp_path / "stack", web_images, command)
-    yield built
-    built.destroy()
+    try:
+        yield built
+    finally:
+        kill_leftover_daemons()
+        remove_archives(tmp_path)
+        built.destroy()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from brace_watchdog.config import load_config
 from tests.support.net import free_port
+from tests.support.stack import kill_daemon
 from tests.support.webserver import SwitchableServer
 
 __all__ = ["BIN", "Daemon", "write_config"]
@@ -165,8 +166,8 @@ class Daemon:
         return (self.dir / "daemon.log").read_text()
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """SIGKILL the daemon and the commands it started (as systemd's cgroup kill would: a
+        compose run left behind would recreate containers after the test removed them)."""
+        kill_daemon(self.proc)
         self.notify.close()
         self.log.close()

@@ -32,12 +32,15 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +66,11 @@ from tests.support.net import free_port, wait_for_port
 from tests.support.skips import skip_missing
 
 __all__ = ["APP_SERVICES", "BOTH_COMPOSES", "COMPOSE_V1", "COMPOSE_V2", "COMPOSE_VARIANTS",
-           "CRASHING", "HANGING", "WEB_REPO", "Harness", "RecordingNotifier", "Stack",
-           "compose_or_skip", "daemon_event", "ensure_web_images", "kill_daemon", "new_stack",
-           "rollback_config", "slow_compose", "start_daemon", "stop_daemon", "wait_for_event",
-           "write_daemon_config", "write_daemon_toml"]
+           "CRASHING", "DAEMONS", "HANGING", "PROJECTS", "WEB_REPO", "Harness",
+           "RecordingNotifier", "Stack", "compose_or_skip", "daemon_event", "ensure_web_images",
+           "kill_daemon", "kill_leftover_daemons", "new_stack", "project_pins", "remove_archives",
+           "remove_pins", "rollback_config", "slow_compose", "start_daemon", "stop_daemon",
+           "sweep_pins", "wait_for_event", "write_daemon_config", "write_daemon_toml"]
 
 WEB_REPO = "brace-test/web"
 RECIPE_VERSION = "4"
@@ -297,21 +301,31 @@ class Stack:
         return dict.fromkeys(APP_SERVICES, self.images[version])
 
     def pins(self) -> list[str]:
-        return sorted(t for image in self.client.images.list(name=PIN_REPOSITORY)
-                      for t in image.tags if t.startswith(f"{PIN_REPOSITORY}:{self.project}-"))
+        return project_pins(self.client, self.project)
 
     def destroy(self) -> None:
+        """Remove what the stack and the daemons watching it made on the engine: containers,
+        tags, the daemons' pins, :meth:`unique_image` copies. Every step is tried; the first
+        error is raised after the last."""
+        errors: list[Exception] = []
+
+        def attempt(step: Callable[[], object]) -> None:
+            try:
+                step()
+            except (docker.errors.APIError, OSError, subprocess.SubprocessError) as exc:
+                errors.append(exc)
         if self.compose_file.exists():
-            self.compose("down", "-t", "1", "--remove-orphans")
+            attempt(lambda: self.compose("down", "-t", "1", "--remove-orphans"))
         for container in self.client.containers.list(
                 all=True, filters={"label": f"com.docker.compose.project={self.project}"}):
-            container.remove(force=True)
-        for ref in [*self.pins(), *sorted(self.tags)]:
-            with contextlib.suppress(docker.errors.ImageNotFound):
-                self.client.images.remove(ref, noprune=True)
+            attempt(partial(container.remove, force=True))
+        attempt(partial(remove_pins, self.client, [self.project]))
+        for ref in sorted(self.tags):
+            attempt(partial(_remove_image, self.client, ref, noprune=True))
         for image_id in self.own_images:
-            with contextlib.suppress(docker.errors.ImageNotFound):
-                self.client.images.remove(image_id, force=True)
+            attempt(partial(_remove_image, self.client, image_id, force=True))
+        if errors:
+            raise errors[0]
 
     def unique_image(self, version: str) -> str:
         """A copy of web ``version`` with an image ID of its own (a test may delete it, as a
@@ -328,9 +342,40 @@ class Stack:
         return f"{version}-{self.project}"
 
 
+def _remove_image(client: docker.DockerClient, ref: str, **how: bool) -> None:
+    with contextlib.suppress(docker.errors.ImageNotFound):
+        client.images.remove(ref, **how)
+
+
+def project_pins(client: docker.DockerClient, project: str) -> list[str]:
+    """The ``brace-watchdog/pin`` tags daemons made for ``project``."""
+    return sorted(t for image in client.images.list(name=PIN_REPOSITORY)
+                  for t in image.tags if t.startswith(f"{PIN_REPOSITORY}:{project}-"))
+
+
+def remove_pins(client: docker.DockerClient, projects: Iterable[str]) -> list[str]:
+    """Untag every pin of ``projects`` (forced: a pin may be the last tag of an image a
+    container still uses; the image itself stays); the tags removed."""
+    removed = [pin for project in projects for pin in project_pins(client, project)]
+    for pin in removed:
+        _remove_image(client, pin, force=True, noprune=True)
+    return removed
+
+
+# Every compose project made by new_stack() in this process, for sweep_pins().
+PROJECTS: list[str] = []
+
+
+def sweep_pins(client: docker.DockerClient) -> list[str]:
+    """At the end of a session, the pins of this session's projects that appeared after their
+    stack was destroyed (a pin call still in a worker thread when a harness closed)."""
+    return remove_pins(client, PROJECTS)
+
+
 def new_stack(client: docker.DockerClient, root: Path, images: dict[str, str],
               compose_command: tuple[str, ...] = COMPOSE_V1) -> Stack:
     project = f"bwt{os.getpid()}x{time.monotonic_ns() % 10**8}"
+    PROJECTS.append(project)
     root.mkdir(parents=True, exist_ok=True)
     return Stack(client=client, project=project, root=root, images=images,
                  compose_command=compose_command)
@@ -541,18 +586,41 @@ async def daemon_event(state: Path, *kinds: str, timeout: float = 30) -> Event:
     return found
 
 
+# Every daemon start_daemon() started, so a fixture can kill one a failed test left running.
+DAEMONS: list[subprocess.Popen[bytes]] = []
+
+
 def start_daemon(config: Path, log: Path | None = None,
                  env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """``brace-watchdog run --config CONFIG`` as a real process (output to ``log``; ``env``
     added to the environment, e.g. ``BRACE_WATCHDOG_FAILPOINTS``)."""
     out = log.open("ab") if log is not None else subprocess.DEVNULL
     try:
-        return subprocess.Popen([sys.executable, "-m", "brace_watchdog", "run", "--config",
-                                 str(config)], stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+        daemon = subprocess.Popen([sys.executable, "-m", "brace_watchdog", "run", "--config",
+                                   str(config)], stdout=out, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **(env or {})})
+        DAEMONS.append(daemon)
+        return daemon
     finally:
         if log is not None and not isinstance(out, int):
             out.close()
+
+
+def kill_leftover_daemons() -> None:
+    """SIGKILL every daemon :func:`start_daemon` started that still runs (a test failed
+    before it stopped it), so none pins or archives anything after its stack is gone."""
+    while DAEMONS:
+        daemon = DAEMONS.pop()
+        if daemon.poll() is None:
+            kill_daemon(daemon)
+
+
+def remove_archives(root: Path) -> None:
+    """Delete the image archives daemons saved under ``root`` (``images/`` beside a state file
+    holding only ``*.tar`` / ``*.partial``); tmp_path folders outlive the test."""
+    for folder in root.glob("**/images"):
+        if folder.is_dir() and all(p.suffix in (".tar", ".partial") for p in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _children(pid: int) -> list[int]:
