@@ -654,13 +654,17 @@ class StateStore:
     def mark_known_good(self, fingerprint: str, *, at: float, alembic_revision: str | None,
                         compose_file: str, compose_snapshot: bytes | None,
                         env_snapshot: bytes | None, extra: dict[str, Any] | None = None,
-                        config_files: bytes | None = None) -> None:
+                        config_files: bytes | None = None, since: float | None = None) -> bool:
+        """Mark a release known-good; with ``since`` (when this sighting of it began) only if
+        no instance sharing this state file marked it since — False then, nothing written."""
         row = (at, alembic_revision, compose_file, compose_snapshot, env_snapshot, config_files,
-               _dumps(extra or {}), fingerprint)
-        self._write(lambda conn: conn.execute(
+               _dumps(extra or {}), fingerprint, since, since)
+        cursor = self._write(lambda conn: conn.execute(
             "UPDATE releases SET known_good_at = ?, alembic_revision = ?, compose_file = ?, "
             "compose_snapshot = ?, env_snapshot = ?, config_files = ?, extra = ? "
-            "WHERE fingerprint = ?", row))
+            "WHERE fingerprint = ? AND (? IS NULL OR known_good_at IS NULL "
+            "OR known_good_at < ?)", row))
+        return cursor is None or cursor.rowcount > 0  # None: queued while the store is down
 
     def set_release_config(self, fingerprint: str, *, compose_file: str,
                            compose_snapshot: bytes | None, env_snapshot: bytes | None,

@@ -151,11 +151,26 @@ class AppRollback(Component):
             return "rollback in progress"
         leader = self.hub.leadership.decision()
         if not leader.acts:
+            await self._watch_releases(now, obs, engine_error)
             return f"watching only ({leader.message})"
         await self._watch_swarm(now, engine_error is None)
         holder = self.hub.action_lock.holder
         if holder is not None:
             return f"not deciding while {holder.describe()} runs"
+        await self._watch_releases(now, obs, engine_error)
+        inp = self._policy_input(now, manual=False)
+        decision = decide(inp, self.cfg)
+        await self._handle(decision, inp)
+        if engine_error is not None:
+            raise engine_error  # decided on it; the supervisor still counts the failed cycle
+        return self._status_line(obs, decision)
+
+    async def _watch_releases(self, now: float, obs: ReleaseObservation,
+                              engine_error: AdapterError | None) -> None:
+        """What every instance does, leader or follower: fold its own probes into the running
+        release's evidence, promote it to known-good in its own store (with its pins, archives
+        and config snapshot on this host), check the kept images — so a follower that takes
+        over has a rollback target (docs/swarm.md). Nothing while the engine does not answer."""
         if engine_error is None:
             self.tracker.record_health(now, targets=self._evidence_targets(),
                                        max_gap_seconds=self._max_gap(),
@@ -163,12 +178,6 @@ class AppRollback(Component):
             if obs.release is not None:
                 await self.tracker.maybe_promote(now, obs)
             await self._check_images()  # not while the engine is down: decide engine_down
-        inp = self._policy_input(now, manual=False)
-        decision = decide(inp, self.cfg)
-        await self._handle(decision, inp)
-        if engine_error is not None:
-            raise engine_error  # decided on it; the supervisor still counts the failed cycle
-        return self._status_line(obs, decision)
 
     async def _check_images(self) -> None:
         """Every cycle: can the kept known-good releases' images still be had? (metric)"""

@@ -6,9 +6,10 @@ removed by ``system prune`` before the images are. A *running* holder would prot
 but it needs a long-running command inside an arbitrary application image (a distroless image
 has none) and costs a process per image. So the daemon keeps each known-good image as a
 ``docker save`` archive in its state folder (``<state dir>/images/<id>.tar``, written to a
-temporary name and renamed): it survives any prune and is loaded back (``docker load``, which
-keeps the image ID) by the rollback when the engine lost the image. The cost is disk: only the
-images of the releases still kept (the pinned ones) are archived, each image ID once.
+temporary name of its own process and renamed): it survives any prune and is loaded back
+(``docker load``, which keeps the image ID) by the rollback when the engine lost the image.
+The cost is disk: only the images of the releases still kept (the pinned ones) are archived,
+each image ID once.
 
 :func:`classify` (pure) sorts the images a rollback may need into present / archived only /
 missing; the component exports that every cycle (``brace_known_good_images{state}``) so a
@@ -73,7 +74,8 @@ class ImageArchive:
         saved = []
         for image_id in sorted(set(image_ids) - await asyncio.to_thread(self.archived)):
             target = self.path(image_id)
-            partial = target.with_suffix(".partial")
+            # per process: instances sharing a state folder may save the same image at once
+            partial = target.with_suffix(f".{os.getpid()}.partial")
             await asyncio.to_thread(self.folder.mkdir, parents=True, exist_ok=True, mode=0o700)
             try:
                 await self._docker.save_image(image_id, partial)

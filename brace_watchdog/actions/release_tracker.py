@@ -13,7 +13,8 @@ stability window is not "known-good"), its images pinned under daemon-owned tags
 archives (:mod:`~brace_watchdog.actions.image_archive`: a tag does not survive ``docker system prune
 -af``, an archive does); the pins and archives of releases no longer needed are released. The
 running release is kept in a state flag, so a restart neither mistakes it for a deploy nor
-forgets a grace period.
+forgets a grace period. Every instance promotes in its own store, followers too (docs/swarm.md,
+"Known-good on every instance"); instances sharing a state file promote a release once.
 """
 
 from __future__ import annotations
@@ -249,12 +250,14 @@ class ReleaseTracker:
             source, compose, env, files = await self._read_config(release)
         pins = await self._pin(release)
         archived = await self._archive(release)
-        self.hub.store.mark_known_good(
-            release.fingerprint, at=now, alembic_revision=revision, compose_file=str(source),
-            compose_snapshot=compose, env_snapshot=env,
-            config_files=files.to_blob() if files is not None else None,
-            extra={"tags": {s.service: s.image_ref for s in release.services}, "pins": pins,
-                   "archived": archived})
+        if not self.hub.store.mark_known_good(
+                release.fingerprint, at=now, alembic_revision=revision, compose_file=str(source),
+                compose_snapshot=compose, env_snapshot=env,
+                config_files=files.to_blob() if files is not None else None,
+                extra={"tags": {s.service: s.image_ref for s in release.services},
+                       "pins": pins, "archived": archived}, since=self.seen_at):
+            self.set_release_metric("known_good", release.fingerprint)
+            return  # another instance on this state file promoted it meanwhile
         self.hub.store.set_release_pinned(release.fingerprint, bool(pins))
         self.hub.record("release.known_good", SOURCE,
                         f"release {release.short} is known-good ({why})",

@@ -230,6 +230,31 @@ async def test_the_leaders_session_terminated_mid_rollback_stops_it_and_no_step_
 
 
 
+async def test_a_follower_on_another_host_keeps_its_own_known_good_for_after_a_takeover(
+        stack: Stack, tmp_path: Path, pg_cluster: PgCluster) -> None:
+    """Two hosts (a state file each), one PostgreSQL, one stack: the follower watches v1 itself
+    and marks it known-good in its own state file, with its own image archives, while the other
+    leads. The leader is SIGKILLed, a bad v2 follows, and the new leader rolls back to v1 and
+    verifies it — once."""
+    pg_cluster.psql("drop schema if exists brace_watchdog cascade")
+    async with instances(stack, tmp_path, pg_cluster, 2, hosts=True) as group:
+        old, new = group.leader, group.others()[0]
+        promoted = await daemon_event(new.state, "release.known_good", timeout=60)
+        v1 = promoted.evidence["release"]["fingerprint"]
+        assert promoted.evidence["archived"], promoted
+        assert list((new.state.parent / "images").glob("*.tar")), new.log()
+        kill_daemon(old.proc)
+        assert await the_leader([new]) is new
+        stack.deploy("v2")
+        started = await daemon_event(new.state, "rollback.started", "escalation", timeout=60)
+        assert started.evidence["decision"]["known_good_release"] == v1, (started, new.log())
+        await daemon_event(new.state, "rollback.succeeded", timeout=60)
+        await asyncio.sleep(2)  # time for a second rollback (wrongly) to start
+        assert [status for _, status, _ in rollback_actions(new.state)] == ["succeeded"]
+        assert rollback_actions(old.state) == []
+    assert stack.running_images() == stack.all_on("v1")
+
+
 # (the failpoint that SIGKILLs the leader right after that journal entry, what the new leader
 #  on the other host must conclude)
 HANDOVER_STEPS = [("journal:retagged", "interrupted"), ("journal:compose_done", "succeeded")]

@@ -223,3 +223,28 @@ def test_the_journal_hook_sees_every_write_and_an_adopted_action_keeps_where_it_
         assert reopened.store_identity() == identity
     finally:
         reopened.close()
+
+
+def _mark(store: StateStore, fingerprint: str, *, at: float, since: float, who: str) -> bool:
+    return store.mark_known_good(fingerprint, at=at, alembic_revision=None, compose_file="",
+                                 compose_snapshot=None, env_snapshot=None,
+                                 extra={"by": who}, since=since)
+
+
+def test_two_instances_sharing_a_state_file_promote_a_release_once(tmp_path: Path) -> None:
+    """Leader and follower on one state file both watch a release (seen at 100 and 101); the
+    first to mark it known-good wins, the other's mark is refused. A later sighting (a redeploy
+    of it, seen at 500) is promoted anew."""
+    path = tmp_path / "state.db"
+    leader, follower = StateStore(path).open(), StateStore(path).open()
+    fingerprint = "e" * 64
+    leader.upsert_release(fingerprint, release={"fingerprint": fingerprint}, first_seen=100.0)
+    assert _mark(leader, fingerprint, at=160.0, since=100.0, who="leader")
+    assert not _mark(follower, fingerprint, at=161.0, since=101.0, who="follower")
+    record = follower.release(fingerprint)
+    assert record is not None and record.known_good_at == 160.0
+    assert record.extra["by"] == "leader"
+    assert _mark(follower, fingerprint, at=560.0, since=500.0, who="follower")
+    assert [r.known_good_at for r in leader.known_good_releases()] == [560.0]
+    leader.close()
+    follower.close()
