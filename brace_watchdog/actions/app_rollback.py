@@ -249,6 +249,8 @@ class AppRollback(Component):
         db = self.hub.observations.database
         current = self.tracker.running
         current_record = self.hub.store.release(current.fingerprint) if current else None
+        left_by = current_record.rolled_back_by if current_record else None
+        rollback = self.hub.store.action(left_by) if left_by is not None else None
         return PolicyInput(
             now=now, verdict=verdict,
             current_fingerprint=current.fingerprint if current else None,
@@ -263,6 +265,7 @@ class AppRollback(Component):
                 kind="rollback", since_ts=now - DAY)),
             frozen=self.hub.frozen() is not None, manual=manual,
             current_rolled_back_at=current_record.rolled_back_at if current_record else None,
+            current_rollback_outcome=rollback.status if rollback else None,
             newest_known_good=choice.newest.fingerprint if choice.newest else None,
             requested=choice.requested, target_note=choice.note,
             failing_before_deploy=self.tracker.failing_before_deploy,

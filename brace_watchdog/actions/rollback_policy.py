@@ -20,8 +20,9 @@ Guards, in order (an operator's manual request skips those marked *auto*):
 6. *auto* attribution: the daemon saw the deploy, it is younger than
    ``max_deploy_age_seconds``, and the failures were not already sustained before it;
 7. *auto* the known-good release already failed a rollback verification;
-8. *auto* the running release was rolled back before (a redeploy of a bad release): one attempt
-   per bad release, whatever the cooldown;
+8. *auto* the running release was rolled back before (a redeploy of a bad release), or a
+   rollback of it ended without completing (interrupted): one attempt per bad release,
+   whatever the cooldown;
 9. schema guard: the Alembic revision moved (or is unknown) since the known-good release;
 10. *auto* cooldown after any rollback, and at most ``max_per_day`` rollbacks per 24 hours.
 """
@@ -56,6 +57,9 @@ class PolicyInput:
     frozen: bool = False
     manual: bool = False
     current_rolled_back_at: float | None = None
+    current_rollback_outcome: str | None = None
+    """The status of the rollback that started at ``current_rolled_back_at`` (None: unknown).
+    Only a ``succeeded`` one left the release: running it again is then a redeploy."""
     # ``known_good_*`` describe the target (:mod:`~brace_watchdog.actions.rollback_target`);
     # these say what the newest known-good release is, and whether an operator named the target
     newest_known_good: str | None = None
@@ -211,10 +215,16 @@ def _rolled_back_before(inp: PolicyInput, cfg: RollbackConfig,
     if inp.manual or inp.current_rolled_back_at is None:
         return None
     ago = inp.now - inp.current_rolled_back_at
+    outcome = inp.current_rollback_outcome
+    ev["rollback_outcome"] = outcome
+    if outcome in (None, "succeeded"):
+        what = f"was rolled back {ago:.0f}s ago and has been deployed again"
+    else:
+        what = (f"still runs: the rollback of it started {ago:.0f}s ago did not complete "
+                f"(it is {outcome}), so this is no redeploy")
     return Decision("escalate", "rolled_back_before", f"escalated: release "
-                    f"{_short(inp.current_fingerprint)} was rolled back {ago:.0f}s ago and has "
-                    "been deployed again; a bad release is rolled back once, never "
-                    "automatically again — an operator must decide", ev)
+                    f"{_short(inp.current_fingerprint)} {what}; a bad release is rolled back "
+                    "once, never automatically again — an operator must decide", ev)
 
 
 def _schema(inp: PolicyInput, cfg: RollbackConfig, ev: dict[str, Any]) -> Decision | None:

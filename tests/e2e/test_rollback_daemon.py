@@ -15,7 +15,7 @@ import pytest
 from brace_watchdog import failpoints
 from brace_watchdog.actions import rollback_run, rollback_steps
 from brace_watchdog.ctl import EXIT_UNREACHABLE
-from brace_watchdog.state import StateStore
+from brace_watchdog.state import Event, StateStore
 from tests.integration.control_helpers import ctl
 from tests.support.stack import (
     BOTH_COMPOSES,
@@ -209,6 +209,33 @@ async def _bad_deploy(stack: Stack, tmp_path: Path, change: str, state: Path) ->
         assert run.code == EXIT_UNREACHABLE, run  # the daemon killed itself mid-answer
 
 
+async def _resumed_after_the_interruption(tmp_path: Path, state: Path) -> None:
+    """An operator unfreezes after the interrupted rollback; the bad release, never left, still
+    fails: escalated once more, saying the rollback did not complete — not that the release was
+    rolled back and deployed again — and no second rollback starts."""
+    await daemon_event(state, "escalation")  # the interruption's own
+    frozen = await ctl("--socket", str(tmp_path / "control.sock"), "--json", "status")
+    assert json.loads(frozen.out)["frozen"], frozen
+    unfrozen = await ctl("--socket", str(tmp_path / "control.sock"), "unfreeze")
+    assert unfrozen.code == 0, unfrozen
+
+    def again() -> Event | None:
+        store = StateStore(state).open()
+        try:
+            return next((e for e in store.events(kinds=("escalation",), limit=100)
+                         if e.evidence.get("reason") == "rolled_back_before"), None)
+        finally:
+            store.close()
+
+    deadline = asyncio.get_running_loop().time() + 60
+    while (escalation := await asyncio.to_thread(again)) is None:
+        assert asyncio.get_running_loop().time() < deadline, (tmp_path / "daemon.log").read_text()
+        await asyncio.sleep(0.3)
+    assert "deployed again" not in escalation.message, escalation
+    assert "did not complete (it is interrupted), so this is no redeploy" in escalation.message
+    assert escalation.evidence["rollback_outcome"] == "interrupted"
+
+
 @pytest.mark.parametrize(("change", "step", "outcome"), KILL_STEPS,
                          ids=[f"{c}-{s}" for c, s, _ in KILL_STEPS])
 @pytest.mark.daemon_ctl("status")
@@ -237,6 +264,8 @@ async def test_sigkill_at_each_journal_step_reconciles(stack: Stack, tmp_path: P
                                  timeout=60)
         status = await ctl("--socket", str(tmp_path / "control.sock"), "--json", "status")
         assert status.code == 0, status
+        if step == "retagged":
+            await _resumed_after_the_interruption(tmp_path, state)
     finally:
         assert stop_daemon(restarted) == 0
     store = StateStore(state).open()
@@ -248,9 +277,9 @@ async def test_sigkill_at_each_journal_step_reconciles(stack: Stack, tmp_path: P
         target = store.release(good["fingerprint"])
         assert target is not None and target.failed_verification_at is None
         if outcome == "interrupted":
-            assert store.flag("automation_frozen") is not None
+            assert store.events(kinds=("automation.frozen",))  # (unfrozen after retagged)
             assert store.events(kinds=("action.rollback.compose_done",)) == []
-            escalation = store.events(kinds=("escalation",))[-1]
+            escalation = store.events(kinds=("escalation",))[0]
             assert escalation.evidence["reason"] == "rollback_interrupted"
         else:
             assert store.events(kinds=("action.rollback.resumed",))

@@ -154,6 +154,29 @@ def test_a_redeployed_release_that_was_rolled_back_escalates_whatever_the_cooldo
     assert decide(inp(current_rolled_back_at=NOW - 5, manual=True), CFG).acts
 
 
+@pytest.mark.parametrize("outcome", [None, "succeeded"])
+def test_a_release_a_completed_rollback_left_is_called_redeployed(outcome: str | None) -> None:
+    decision = decide(inp(current_rolled_back_at=NOW - 60,
+                          current_rollback_outcome=outcome), CFG)
+    assert (decision.action, decision.reason) == ("escalate", "rolled_back_before")
+    assert "was rolled back 60s ago and has been deployed again" in decision.message
+    assert decision.evidence["rollback_outcome"] == outcome
+
+
+@pytest.mark.parametrize("outcome", ["interrupted", "failed", "handed_over", "running"])
+def test_a_release_whose_rollback_did_not_complete_is_not_called_redeployed(
+        outcome: str) -> None:
+    """An interrupted (or failed, handed-over, still open) rollback never left the release:
+    the escalation says so, and still does not try a second time."""
+    decision = decide(inp(current_rolled_back_at=NOW - 60,
+                          current_rollback_outcome=outcome), CFG)
+    assert (decision.action, decision.reason) == ("escalate", "rolled_back_before")
+    assert "deployed again" not in decision.message
+    assert (f"still runs: the rollback of it started 60s ago did not complete (it is "
+            f"{outcome}), so this is no redeploy") in decision.message
+    assert decision.evidence["rollback_outcome"] == outcome
+
+
 def test_schema_untracked_is_ignored() -> None:
     assert decide(inp(known_good_revision="a", current_revision="b"), CFG).action == "rollback"
 
