@@ -22,8 +22,8 @@ internals, not ours). So under 1.29 :func:`scan_env_files` reads the compose fil
 minimally, and refuses what it cannot read with certainty: it accepts ``env_file:`` as a plain
 block-mapping key whose value is one scalar, a one-line flow sequence ``[a, "b"]`` or a block
 sequence of ``- item`` lines, each a plain or simply quoted path without interpolation. Any
-other mention of ``env_file`` (a quoted or flow-mapping key, an alias, a tag, ``${VAR}`` in the
-path, an escape, a multi-line flow sequence) is *unclear*: the scan reports it with its line,
+other use of ``env_file`` as a key (a quoted or flow-mapping key, an alias, a tag, ``${VAR}`` in
+the path, an escape, a multi-line flow sequence) is *unclear*: the scan reports it with its line,
 the release tracker records a ``release.config_unclear`` warning naming it, and the snapshot
 keeps every target it did read. Text inside block scalars (``command: |``) is skipped. A target
 of a service that is not deployed is kept too: an extra file in the copy is harmless; a missed
@@ -88,6 +88,8 @@ class EnvFileScan:
 _KEY = re.compile(r"^(?P<indent> *)env_file *:(?: +(?P<value>.*))?$")
 _BLOCK_SCALAR = re.compile(r"^ *(?:- +)?(?:[^#'\"]*: +)?[|>][-+0-9]* *(?:#.*)?$")
 _ITEM = re.compile(r"^(?P<indent> *)- +(?P<value>.*)$")
+# env_file used as a key anywhere on a line (a path like /srv/env_files/x is no mention)
+_MENTION = re.compile(r"""(?:^|[\s{,\[?'"])['"]?env_file['"]? *:""")
 _PLAIN_START = set("&*!|>%@`{[]}'\",#?:-")
 
 
@@ -149,7 +151,7 @@ class _Scanner:
                 self.items += 1
                 return
             self.end_sequence()
-        if "env_file" in line:
+        if _MENTION.search(line):
             self._key(number, line)
         elif _BLOCK_SCALAR.match(line):
             self.block_indent = indent

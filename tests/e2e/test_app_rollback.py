@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from brace_watchdog.actions.config_snapshot import ConfigSnapshot
 from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.errors import RefusedError
 from brace_watchdog.observations import FiringAlert
@@ -196,6 +197,28 @@ async def test_bad_env_file_deploy_rolls_back_to_the_known_good_env_file(
         assert not env_file.is_symlink() and env_file.read_text() == "GREETING=good\n"
         assert elsewhere.read_text() == "HEALTH_STATUS=500\n"  # the symlink was not followed
         assert stack.running_images() == stack.all_on("v1")
+
+
+async def test_an_env_file_mention_compose_1_29_leaves_unclear_is_reported(
+        stack: Stack, tmp_path: Path) -> None:
+    """Under 1.29 the daemon reads env_file: targets from the compose file itself; a mention it
+    cannot read with certainty is a warning naming file and line, never a guess, and the
+    targets it did read are kept."""
+    (stack.root / "conf").mkdir()
+    (stack.root / "conf" / "backend.env").write_text("GREETING=good\n")
+    stack.deploy("v1", backend_env_file="conf/backend.env")
+    with stack.compose_file.open("a") as out:
+        out.write('x-note: {env_file: "documented elsewhere"}\n')
+    lines = stack.compose_file.read_text().count("\n")
+    async with Harness(rollback_config(stack, tmp_path)) as h:
+        unclear = await h.wait_event("release.config_unclear")
+        assert unclear.evidence["unclear"] == [
+            f"{stack.compose_file}:{lines}: env_file is not a plain key of a block mapping"]
+        good = await known_good(h)
+        kept = h.store.release(good)
+        assert kept is not None and kept.config_files is not None
+        assert str(stack.root / "conf" / "backend.env") in ConfigSnapshot.from_blob(
+            kept.config_files).paths
 
 
 async def test_schema_moved_escalates_with_the_db_plan(stack: Stack, tmp_path: Path,

@@ -150,6 +150,12 @@ def test_scan_refuses_an_env_file_key_without_items(text: str) -> None:
     assert scan_env_files(text, "f").unclear == ("f:3: env_file: without a value or - items",)
 
 
+def test_scan_ignores_env_file_where_it_is_no_key() -> None:
+    text = ("services:\n  backend:\n    volumes:\n      - /srv/env_files/x:/x\n"
+            "    labels:\n      my_env_file: a.env\n      note: see env_file docs\n")
+    assert scan_env_files(text) == EnvFileScan()
+
+
 def test_scan_keeps_what_it_read_beside_an_unclear_item() -> None:
     text = "services:\n  b:\n    env_file:\n      - ok.env\n      - ${X}.env\n      - two.env\n"
     scan = scan_env_files(text, "f")
