@@ -299,6 +299,7 @@ class RollbackRun:
     async def recover(self, action: ActionRecord) -> RollbackVerdict:
         """Resolve an action a restart left open; never repeats a step that changed anything."""
         plan, request = RollbackPlan.from_dict(action.plan), request_from_journal(action)
+        self._mark_left(action, plan)
         async with self._heartbeat():
             try:
                 obs = build_release(self.cfg.project, self.cfg.services,
@@ -318,6 +319,19 @@ class RollbackRun:
                 return await self._fail(action.id, plan, request, exc)
             checks = RollbackChecks(running=running, probes=probes, resumed=True)
             return await self._succeed(action.id, plan, request, checks)
+
+    def _mark_left(self, action: ActionRecord, plan: RollbackPlan) -> None:
+        """Mark the release the open rollback set out to leave, as :meth:`begin` does — here
+        too when another host began it (its mark is in that host's state file) or the daemon
+        died before the mark: one automatic attempt per bad release, on every host."""
+        current = plan.current
+        if current is None:
+            return
+        record = self.hub.store.upsert_release(current.fingerprint, release=current.to_dict(),
+                                               first_seen=action.created_at)
+        if record.rolled_back_by != action.id:
+            self.hub.store.mark_release_rolled_back(current.fingerprint, at=action.created_at,
+                                                    action_id=action.id)
 
     async def _interrupted(self, action: ActionRecord, plan: RollbackPlan,
                            running: dict[str, str], obs: ReleaseObservation) -> RollbackVerdict:

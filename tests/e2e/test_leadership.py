@@ -292,6 +292,14 @@ async def test_a_leader_on_another_host_adopts_the_rollback_the_killed_one_left_
         left = pg_cluster.psql("select count(*) from brace_watchdog.journal "
                                "where status in ('planned', 'running')")
         assert left == "0", pg_cluster.psql("table brace_watchdog.journal")
+        store = StateStore(new.state).open()
+        try:  # the adopter marks the release the rollback set out to leave: one attempt
+            action = store.action(adopted.action_id or 0)
+            assert action is not None
+            left = store.release(action.plan["current"]["fingerprint"])
+            assert left is not None and left.rolled_back_by == action.id, left
+        finally:
+            store.close()
         if outcome == "interrupted":
             store = StateStore(new.state).open()
             try:
