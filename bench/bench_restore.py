@@ -16,7 +16,8 @@ reuses its cached pristine initdb template), isolating what brace-watchdog adds.
 ``--docker-image IMAGE`` (e.g. ``brace-test/postgres:15``, built by the docker tests) the trio
 is repeated with containers: ``docker_manual`` is the runbook's ``docker run``
 (host network, ``PGPORT``) + host ``pg_restore``; ``docker_same``/``docker_fast`` are
-brace-watchdog's docker backend (pg_restore inside the container). Each timing covers server
+brace-watchdog's docker backend (pg_restore inside the container; ``docker_fast`` also with
+``tmpfs_mb``, the data folder in RAM). Each timing covers server
 start to server removal. ``--rounds N`` repeats everything in rotating order; a ratio is the
 median over rounds of that round's brace/manual ratio (robust against load from other
 processes on a shared machine). Results go to ``bench/results/restore.json``.
@@ -46,6 +47,7 @@ from brace_watchdog.errors import DockerError
 
 RESULTS = Path(__file__).resolve().parent / "results" / "restore.json"
 TABLES = ("events", "orders", "sessions", "audit_log")
+DOCKER_FAST_TMPFS_MB = 4096  # [restore_test] tmpfs_mb of docker_fast: the ~1 GB restored, roomy
 
 
 def _generate_sql(rows_per_table: int) -> list[str]:
@@ -113,10 +115,11 @@ async def docker_manual_restore(dump: Path, image: str) -> None:
         await run_command(["docker", "rm", "-f", name], timeout=120, check=False)
 
 
-def brace_restore(*, jobs: int, throwaway: bool, image: str = ""
+def brace_restore(*, jobs: int, throwaway: bool, image: str = "", tmpfs_mb: int = 0
                   ) -> Callable[[Path], Awaitable[None]]:
     async def run(dump: Path) -> None:
-        backend = {"backend": "docker", "image": image, "network": "host"} if image else {
+        backend = {"backend": "docker", "image": image, "network": "host",
+                   "tmpfs_mb": tmpfs_mb} if image else {
             "backend": "local", "local_bin_dir": str(PG_BIN)}
         cfg = parse_config({"restore_test": {**backend, "jobs": jobs,
                                              "throwaway_settings": throwaway,
@@ -138,7 +141,8 @@ def variants(image: str | None) -> dict[str, Callable[[Path], Awaitable[None]]]:
     if image:
         found |= {"docker_manual": lambda dump: docker_manual_restore(dump, image),
                   "docker_same": brace_restore(jobs=1, throwaway=False, image=image),
-                  "docker_fast": brace_restore(jobs=2, throwaway=True, image=image)}
+                  "docker_fast": brace_restore(jobs=2, throwaway=True, image=image,
+                                               tmpfs_mb=DOCKER_FAST_TMPFS_MB)}
     return found
 
 

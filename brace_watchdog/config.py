@@ -299,6 +299,7 @@ class RestoreTestConfig:
     local_user: str = "postgres"
     local_bin_dir: str = ""
     throwaway_settings: bool = True
+    tmpfs_mb: int = option(0, minimum=0)
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def server_factory(config: RestoreTestConfig, *, docker: DockerAdapter | None = 
                                         work_root=work_root, **common)
     adapter = docker or DockerAdapter()
     return lambda dump: DockerServer(dump, adapter, image=config.image, network=config.network,
-                                     labels=labels, **common)
+                                     labels=labels, tmpfs_mb=config.tmpfs_mb, **common)
 
 
 class RestoreRun:

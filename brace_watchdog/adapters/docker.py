@@ -79,14 +79,16 @@ class DockerAdapter:
     async def run_container(self, image: str, *, name: str, command: Sequence[str] | None,
                             environment: Mapping[str, str], labels: Mapping[str, str],
                             network_mode: str, ports: Mapping[str, tuple[str, int]] | None = None,
-                            volumes: Mapping[str, Mapping[str, str]] | None = None) -> str:
-        """Start a detached container; return its id."""
+                            volumes: Mapping[str, Mapping[str, str]] | None = None,
+                            tmpfs: Mapping[str, str] | None = None) -> str:
+        """Start a detached container; return its id. ``tmpfs``: mount point → options."""
         def run() -> str:
             container = self.client.containers.run(
                 image, list(command) if command else None, name=name, detach=True,
                 environment=dict(environment), labels=dict(labels), network_mode=network_mode,
                 ports=dict(ports) if ports else None,
-                volumes={k: dict(v) for k, v in (volumes or {}).items()})
+                volumes={k: dict(v) for k, v in (volumes or {}).items()},
+                tmpfs=dict(tmpfs) if tmpfs else None)
             return str(container.id)
         return await self.call(run)
 

@@ -11,7 +11,8 @@ connection to ``127.0.0.1:port`` (:mod:`~brace_watchdog.adapters.pg_sessions`), 
   loopback port; as root the server runs as an unprivileged user (``runuser``).
 - :class:`DockerServer`: a container of the configured image (official ``postgres`` image
   contract: ``POSTGRES_PASSWORD``, ``PGPORT``, ``PGDATA``), labelled
-  ``brace-watchdog.restore-test=1``, the dump bind-mounted read-only.
+  ``brace-watchdog.restore-test=1``, the dump bind-mounted read-only, its data folder on a
+  tmpfs of ``[restore_test] tmpfs_mb`` when set.
 
 Orphans (left by a daemon that died mid-test) are found by the owner pid written into the
 directory name / container label and removed by :func:`remove_local_orphans` and
@@ -405,13 +406,17 @@ class DockerServer(ThrowawayServer):
     backend = "docker"
     DUMP_MOUNT = "/brace-restore"
 
+    DATA_FOLDER = "/var/lib/postgresql/data"
+    TMPFS_MOUNT = "/brace-restore-data"  # not DATA_FOLDER: the engine copies the image's mode
+
     def __init__(self, dump: Path, docker: DockerAdapter, *, image: str,
-                 network: str = "host", run_id: str = "",
+                 network: str = "host", run_id: str = "", tmpfs_mb: int = 0,
                  labels: Mapping[str, str] | None = None, **options: Any) -> None:
         super().__init__(dump, **options)
         self.docker = docker
         self.image = image
         self.network = network
+        self.tmpfs_mb = tmpfs_mb
         self.run_id = run_id or secrets.token_hex(6)
         self.extra_labels = dict(labels or {})
         self.container_id: str | None = None
@@ -477,7 +482,9 @@ class DockerServer(ThrowawayServer):
                     **self.extra_labels},
             network_mode=self.network,
             ports=None if self.network == "host" else {"5432/tcp": ("127.0.0.1", host_port)},
-            volumes={str(self.dump): {"bind": self._dump_path(), "mode": "ro"}}))
+            volumes={str(self.dump): {"bind": self._dump_path(), "mode": "ro"}},
+            tmpfs={self.TMPFS_MOUNT: f"size={self.tmpfs_mb}m,mode=0755"} if self.tmpfs_mb
+            else None))
         try:
             self.container_id = await asyncio.shield(self._creating)
         except DockerError as exc:
@@ -487,7 +494,7 @@ class DockerServer(ThrowawayServer):
 
     def _environment(self) -> dict[str, str]:
         env = {"POSTGRES_PASSWORD": self.password, "PGPORT": str(self.inner_port),
-               "PGDATA": "/var/lib/postgresql/data/pgdata"}
+               "PGDATA": f"{self.TMPFS_MOUNT if self.tmpfs_mb else self.DATA_FOLDER}/pgdata"}
         if self.throwaway_settings:
             env["POSTGRES_INITDB_ARGS"] = "--no-sync"
         return env

@@ -83,6 +83,18 @@ async def test_good_dump_passes_inside_the_container(adapter: DockerAdapter, goo
     assert result.table_counts["public.users"] == 120
 
 
+async def test_data_folder_on_a_tmpfs(adapter: DockerAdapter, good_dump: Path,
+                                     postgres_image: str) -> None:
+    """``tmpfs_mb``: the server's data lives in RAM; too small a tmpfs fails, saying why (and
+    proves the data really goes there)."""
+    result = await run_docker(adapter, good_dump, postgres_image, jobs=2, tmpfs_mb=256)
+    assert result.passed, result.message
+    assert result.table_counts["public.users"] == 120
+    cramped = await run_docker(adapter, good_dump, postgres_image, tmpfs_mb=4)
+    assert (cramped.passed, cramped.stage) == (False, "starting")
+    assert "No space left on device" in cramped.message, cramped.message
+
+
 async def test_missing_image_fails_at_starting(adapter: DockerAdapter, good_dump: Path) -> None:
     result = await run_docker(adapter, good_dump, "brace-test/no-such-image:0")
     assert (result.passed, result.stage) == (False, "starting")
