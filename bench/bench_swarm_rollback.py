@@ -6,11 +6,19 @@ components run in-process with ``[rollback] driver = "swarm"`` (health probes ev
 ``--interval`` s, the rollback component). Each round: the service becomes known-good, a bad
 update (its args now serve a folder without ``/api/health``: 404) is deployed, and we measure
 
-* ``recovery`` — from the first failing probe to the ``rollback.succeeded`` event (every task on
-  the known-good image ID, then ``verify_successes`` consecutive OK probes);
+* ``recovery`` — from the first failing probe *after the bad update was issued* (a probe that
+  failed while the service was still starting before known-good does not count) to the
+  ``rollback.succeeded`` event (every task on the known-good image ID *and* spec, then
+  ``verify_successes`` consecutive OK probes);
 * ``floor`` — the window the policy needs (``min_samples`` = 90% of window / interval, no grace)
   plus what Swarm itself took in that round to converge after ``service rollback`` (journal
   ``swarm_rollback`` → ``images_verified``): detection + one service update.
+
+Each round also records where the time went: update → first failure (Swarm stopping the old
+task; not counted), first failure → deploy seen, deploy seen → decision (the window), decision →
+``service rollback``, → tasks verified (Swarm's convergence: its stop grace, its 2 s "gossip
+converge" delay before a task with a network attachment is stopped, the new task's start), →
+probes verified.
 
 Target: recovery <= 1.3x floor (median). Writes ``bench/results/swarm_rollback.json``.
 """
@@ -23,6 +31,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import docker
@@ -53,18 +62,36 @@ async def one_round(engine: PrivateSwarm, image: str, root: Path, window: float,
     try:
         async with Harness(config) as h:
             await h.wait_event("release.known_good", timeout=120)
+            updated = time.time()
             engine.client.services.get(service_id).update(
                 args=["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/"])
-            done = await h.wait_event("rollback.succeeded", timeout=180)
-            first = min(s.ts for s in h.hub.observations.samples("backend") if s.result != "ok")
-            changed = h.events("action.rollback.swarm_rollback")[0].ts
-            verified = h.events("action.rollback.images_verified")[0].ts
-        recovery, swarm_seconds = done.ts - first, verified - changed
-        floor = window + swarm_seconds
-        return {"recovery_seconds": round(recovery, 3), "floor_seconds": round(floor, 3),
-                "ratio": round(recovery / floor, 3), "swarm_seconds": round(swarm_seconds, 3)}
+            await h.wait_event("rollback.succeeded", timeout=180)
+            return _phases(h, updated, window)
     finally:
         engine.client.services.get(service_id).remove()
+
+
+def _phases(h: Harness, updated: float, window: float) -> dict[str, float]:
+    """Recovery, its floor, and where the time went, from one round's probes and journal."""
+    # the first failing probe *of the bad update* (not the start-up's, before the service ran)
+    first = min(s.ts for s in h.hub.observations.samples("backend")
+                if s.result != "ok" and s.ts >= updated)
+    at = {kind: min(e.ts for e in h.events(kind) if e.ts >= updated) for kind in (
+        "deploy", "action.rollback.begin", "action.rollback.swarm_rollback",
+        "action.rollback.images_verified", "rollback.succeeded")}
+    swarm_seconds = at["action.rollback.images_verified"] - at["action.rollback.swarm_rollback"]
+    recovery, floor = at["rollback.succeeded"] - first, window + swarm_seconds
+    return {"recovery_seconds": round(recovery, 3), "floor_seconds": round(floor, 3),
+            "ratio": round(recovery / floor, 3), "swarm_seconds": round(swarm_seconds, 3),
+            # where the time went, in order
+            "update_to_first_failure": round(first - updated, 3),
+            "first_failure_to_deploy_seen": round(at["deploy"] - first, 3),
+            "deploy_seen_to_decision": round(at["action.rollback.begin"] - at["deploy"], 3),
+            "decision_to_service_rollback": round(
+                at["action.rollback.swarm_rollback"] - at["action.rollback.begin"], 3),
+            "service_rollback_to_tasks_verified": round(swarm_seconds, 3),
+            "tasks_verified_to_probes_verified": round(
+                at["rollback.succeeded"] - at["action.rollback.images_verified"], 3)}
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, float]]:

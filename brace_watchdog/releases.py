@@ -161,7 +161,7 @@ def build_release(project: str, services: Sequence[str],
         newest = max(running or group, key=lambda c: c.created)
         if not running:
             not_running.append(name)
-        if len({c.image_id for c in running}) > 1:
+        if len({(c.image_id, c.config_hash) for c in running}) > 1:
             mixed.append(name)
         chosen.append(ServiceRelease(name, newest.image_id, newest.image_ref, newest.config_hash,
                                      newest.config_digest))

@@ -213,8 +213,11 @@ class RollbackRun:
         self.hub.store.journal_step(action_id, "verifying")
         within = self.cfg.verify_timeout_seconds
         deadline = self._monotonic() + within
+        swarm = isinstance(self._docker, SwarmAdapter)
         running = await verify_images(self._docker, self.cfg.project, self.cfg.services,
                                       plan.expected_images, within=within,
+                                      interval=min(0.5, self.cfg.interval_seconds),
+                                      expected_config=plan.expected_config if swarm else None,
                                       clock=self._monotonic, sleep=self._sleep, beat=self._beat)
         self.hub.store.journal_step(action_id, "images_verified", evidence={"running": running})
         probes = await self._verify_probes(max(0.0, deadline - self._monotonic()))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -78,13 +78,17 @@ class RollbackPlan:
     def expected_images(self) -> dict[str, str]:
         return self.target.image_ids()
 
+    @property
+    def expected_config(self) -> dict[str, str]:
+        return {s.service: s.config_hash for s in self.target.services}
+
     def runs_target(self, release: Release | None) -> bool:
         """Whether ``release`` (what runs now) is the target: its images, and its config too
         when the rollback changes the config (a config-only rollback keeps the same images)."""
         if release is None or not release.image_ids() or (
                 release.image_ids() != self.expected_images):
             return False
-        hashes = {s.service: s.config_hash for s in self.target.services}
+        hashes = self.expected_config
         return not self.config_changed or all(
             hashes.get(s.service) == s.config_hash for s in release.services)
 
@@ -306,11 +310,14 @@ class RollbackSteps:
 
 async def verify_images(docker: DockerAdapter, project: str, services: Sequence[str],
                         expected: dict[str, str], *, within: float, interval: float = 0.5,
+                        expected_config: Mapping[str, str] | None = None,
                         clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep,
                         beat: Callable[[], None] = lambda: None) -> dict[str, str]:
-    """Wait until every service runs exactly the expected image ID (returned: the running
-    image ID per service); ActionError otherwise, OutageError when the engine did not answer
-    until the deadline."""
+    """Wait until every service runs exactly the expected image ID — and, with
+    ``expected_config``, the expected config hash (Swarm converges after its call returned:
+    until then old tasks run the old spec, whatever the image) — (returned: the running image ID
+    per service); ActionError otherwise, OutageError when the engine did not answer until the
+    deadline."""
     deadline = clock() + within
     while True:
         beat()
@@ -324,6 +331,9 @@ async def verify_images(docker: DockerAdapter, project: str, services: Sequence[
             continue
         running = obs.release.image_ids() if obs.release else {}
         wrong = {s: running.get(s) for s in services if running.get(s) != expected.get(s)}
+        configs = {s.service: s.config_hash for s in obs.release.services} if obs.release else {}
+        wrong |= {s: f"config {configs.get(s)}" for s, want in (expected_config or {}).items()
+                  if configs.get(s) != want}
         if not wrong and not obs.not_running and not obs.mixed:
             return running
         if clock() >= deadline:

@@ -96,12 +96,14 @@ class SwarmAdapter(DockerAdapter):
                     image = str(self.client.containers.get(cid).attrs.get("Image", ""))
                 except NotFound:
                     cid = ""
+            # what the task was created from (its own spec, not the service's current one):
+            # during an update or a rollback old and new tasks differ until Swarm converges
+            spec = _container_target(task.get("Spec", {}).get("ContainerSpec", {}))
             out.append(ComposeContainer(
                 id=cid or str(task.get("ID", "")), name=str(task.get("ID", "")), project=stack,
-                service=service.name if service else "", image_id=image,
-                image_ref=service.current.image if service else "",
-                config_hash=service.current.spec_hash if service else "", working_dir="",
-                config_files=(), state=str(status.get("State", "")), created=created))
+                service=service.name if service else "", image_id=image, image_ref=spec.image,
+                config_hash=spec.spec_hash, working_dir="", config_files=(),
+                state=str(status.get("State", "")), created=created))
         return out
 
     async def update_image(self, service_id: str, image: str) -> None:
@@ -130,11 +132,15 @@ class SwarmAdapter(DockerAdapter):
         return services.get(service_id)
 
 
+def _container_target(container: dict[str, Any]) -> ServiceTarget:
+    return ServiceTarget(image=str(container.get("Image", "")), spec_hash=spec_hash(container))
+
+
 def _target(spec: dict[str, Any] | None) -> ServiceTarget | None:
+    """A service spec's target (its task template's container spec)."""
     if not spec:
         return None
-    container = spec.get("TaskTemplate", {}).get("ContainerSpec", {})
-    return ServiceTarget(image=str(container.get("Image", "")), spec_hash=spec_hash(container))
+    return _container_target(spec.get("TaskTemplate", {}).get("ContainerSpec", {}))
 
 
 def _service(attrs: dict[str, Any], stack: str) -> SwarmService:

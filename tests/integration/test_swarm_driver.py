@@ -13,7 +13,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -26,6 +28,7 @@ from brace_watchdog.swarm_release import (
     SwarmService,
     choose_step,
     converged,
+    spec_hash,
 )
 from tests.support.stack import daemon_event, stop_daemon, write_daemon_toml
 from tests.support.swarm import CRASH_TAG, STACK, PrivateSwarm, create_web_service
@@ -139,6 +142,10 @@ def _start_daemon(root: Path, port: int, service: str,
             env={**os.environ, "DOCKER_HOST": engine.host})
 
 
+def _epoch(docker_time: str) -> float:
+    return datetime.fromisoformat(docker_time[:26].rstrip("Z") + "+00:00").timestamp()
+
+
 def _events(state: Path) -> list[Event]:
     store = StateStore(state).open()
     try:
@@ -189,13 +196,22 @@ async def test_the_daemon_rolls_back_a_bad_swarm_update_and_verifies_it(
         await daemon_event(state, "release.known_good", timeout=60)
         _update(swarm, service_id,  # the bad deploy: health answers 404
             args=["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/"])
+        bad = (await _service(adapter, "api")).current
         done = await daemon_event(state, "rollback.succeeded", "rollback.failed", timeout=180)
         assert done.kind == "rollback.succeeded", (done.message,
                                                    (tmp_path / "daemon.log").read_text())
         assert (await _service(adapter, "api")).current == good
         assert await asyncio.to_thread(_health, port) == "200"
-        kinds = [e.kind for e in _events(state)]
+        events = _events(state)
+        kinds = [e.kind for e in events]
         assert "action.rollback.swarm_rollback" in kinds, kinds
+        # the same image, another config: the tasks were verified only once the bad-spec task
+        # was gone (the manager's task API; Swarm converges after its rollback call returned)
+        verified = next(e.ts for e in events if e.kind == "action.rollback.images_verified")
+        api: Any = swarm.client.api
+        gone = [_epoch(t["Status"]["Timestamp"]) for t in api.tasks(filters={"service": service_id})
+                if spec_hash(t["Spec"]["ContainerSpec"]) == bad.spec_hash]
+        assert gone and max(gone) <= verified, (gone, verified)
         assert "swarm.rolled_back" not in kinds, kinds  # its own `service rollback` is not Swarm's
     finally:
         stop_daemon(daemon)
