@@ -206,15 +206,15 @@ class AppRollback(Component):
         """Driver ``swarm``: record the updates Swarm rolled back itself; note the services
         whose update Swarm is judging or undoing now (the policy holds meanwhile) and when it
         stops: what failed while Swarm was in charge is not held against the release."""
-        before, self._swarm_in_charge = self._swarm_in_charge, ()
         if not isinstance(self._docker, SwarmAdapter) or not engine_answers:
-            return
+            return  # without a fresh look, Swarm is taken to be where it was last seen
         self._swarm_watch.stack = self.cfg.project
         try:
             services = await self._docker.services(self.cfg.project)
         except AdapterError:
-            return  # the tracker's next look reports the engine
-        self._swarm_in_charge = await self._swarm_watch.observe(services)
+            return
+        before, self._swarm_in_charge = (self._swarm_in_charge,
+                                         await self._swarm_watch.observe(services))
         if before and not self._swarm_in_charge:
             self._swarm_done_at = now
 

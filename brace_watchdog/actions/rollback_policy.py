@@ -10,11 +10,11 @@ Guards, in order (an operator's manual request skips those marked *auto*):
 
 1. *auto* trigger: the sustained-failure window verdict or a named trigger alert firing;
 2. *auto* deploy grace: an alert trigger inside ``deploy_grace_seconds`` after a deploy waits;
-   *auto* Swarm is in charge (an update under ``failure_action: rollback``, or Swarm's own
-   rollback of it, is under way): hold, never fight it;
 3. *auto* frozen: automation is frozen until an operator resumes it;
 4. *auto* infrastructure: the database (where configured) is down, or the docker engine does not
-   answer — failures then say nothing about the deploy;
+   answer — failures then say nothing about the deploy; *auto* Swarm is in charge (an update
+   under ``failure_action: rollback``, or Swarm's own rollback of it, is under way): hold,
+   never fight it;
 5. no current release / no known-good release / the running release *is* the newest known-good
    one (or, for an operator's ``--to RELEASE``, *is* that release);
 6. *auto* attribution: the daemon saw the deploy, it is younger than
@@ -91,7 +91,7 @@ class Decision:
 def decide(inp: PolicyInput, cfg: RollbackConfig) -> Decision:
     """Run the guards in order; the first that holds decides."""
     evidence = _evidence(inp)
-    for guard in (_trigger, _grace, _swarm_rollback, _frozen, _infrastructure, _releases,
+    for guard in (_trigger, _grace, _frozen, _infrastructure, _swarm_rollback, _releases,
                   _attribution, _failed_before, _rolled_back_before, _schema, _rate):
         decision = guard(inp, cfg, evidence)
         if decision is not None:
