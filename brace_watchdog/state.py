@@ -711,10 +711,12 @@ class StateStore:
         return [_release(r) for r in self.query("SELECT * FROM releases WHERE pinned = 1")]
 
     def save_release_health(self, evidence: dict[str, Any]) -> None:
-        """Store a release's health evidence (the columns of ``release_health``), replacing it."""
+        """Store a release's health evidence (the columns of ``release_health``), replacing it
+        (queued in order while the store is unavailable)."""
         values = tuple(evidence[c] for c in _HEALTH_COLUMNS)
-        self.execute(f"INSERT OR REPLACE INTO release_health ({', '.join(_HEALTH_COLUMNS)}) "
-                     f"VALUES ({', '.join('?' * len(_HEALTH_COLUMNS))})", values)
+        sql = (f"INSERT OR REPLACE INTO release_health ({', '.join(_HEALTH_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(_HEALTH_COLUMNS))})")
+        self._write(lambda conn: conn.execute(sql, values))
 
     def release_health(self, fingerprint: str) -> dict[str, Any] | None:
         rows = self.query("SELECT * FROM release_health WHERE fingerprint = ?", (fingerprint,))

@@ -225,6 +225,7 @@ class AppRollback(Component):
         if self._detect is not None:
             self._detect.cancel()
             await asyncio.gather(self._detect, return_exceptions=True)
+        self.tracker.save_health()
         self._docker.close()
 
     @property

@@ -27,7 +27,8 @@ from typing import Any
 from brace_watchdog.monitors.policy import is_failing, is_healthy
 from brace_watchdog.observations import ProbeSample
 
-__all__ = ["Promotion", "ReleaseHealth", "observe", "promotion"]
+__all__ = ["HEALTH_SAVE_SECONDS", "Promotion", "ReleaseHealth", "health_save_due", "observe",
+           "promotion"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,23 @@ class ReleaseHealth:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReleaseHealth:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+HEALTH_SAVE_SECONDS = 60.0
+"""Longest stretch of watched, uneventful time the evidence goes without being persisted."""
+
+
+def health_save_due(saved: ReleaseHealth | None, health: ReleaseHealth) -> bool:
+    """Whether ``health`` must be persisted now: nothing saved of it yet, a failing or other bad
+    sample or an alert since the last save, or ``HEALTH_SAVE_SECONDS`` of watched time."""
+    if saved is None or saved.fingerprint != health.fingerprint:
+        return True
+    bad = (health.failing_samples, health.other_samples, health.last_bad_at,
+           health.last_failing_at)
+    if bad != (saved.failing_samples, saved.other_samples, saved.last_bad_at,
+               saved.last_failing_at):
+        return True
+    return health.watched_seconds - saved.watched_seconds >= HEALTH_SAVE_SECONDS
 
 
 def observe(health: ReleaseHealth, samples: Iterable[ProbeSample], *, now: float,

@@ -33,7 +33,12 @@ from brace_watchdog.actions.config_snapshot import (
     scan_env_files,
 )
 from brace_watchdog.actions.image_archive import ImageArchive, archive_folder
-from brace_watchdog.actions.promotion_policy import ReleaseHealth, observe, promotion
+from brace_watchdog.actions.promotion_policy import (
+    ReleaseHealth,
+    health_save_due,
+    observe,
+    promotion,
+)
 from brace_watchdog.actions.rollback_steps import pin_refs
 from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.adapters.docker import DockerAdapter
@@ -80,6 +85,7 @@ class ReleaseTracker:
         self._restarts: dict[str, int] = {}
         self._started_at = now
         self.health: ReleaseHealth | None = None
+        self._saved_health: ReleaseHealth | None = None
         self._liveness: dict[str, str] = {}
 
     @property
@@ -169,21 +175,30 @@ class ReleaseTracker:
 
     def _enter(self, fingerprint: str, now: float) -> None:
         """Resume a release's evidence; the time since it was last watched never counts."""
+        self.save_health()  # the release we leave: what was watched of it since the last save
         saved = self.hub.store.release_health(fingerprint)
         health = ReleaseHealth.from_dict(saved) if saved else ReleaseHealth(fingerprint, now)
+        self._saved_health = health if saved else None
         self.health = replace(health, observed_until=max(health.observed_until, now))
 
     def record_health(self, now: float, *, targets: Collection[str], max_gap_seconds: float,
                       alert_firing: bool) -> None:
-        """Fold the new samples into the running release's evidence and persist it."""
+        """Fold the new samples into the running release's evidence and persist it: at once when
+        something went wrong, else at least every ``HEALTH_SAVE_SECONDS`` of watched time (a
+        crash loses at most that much healthy time, which only delays a promotion)."""
         if self.health is None:
             return
-        health = observe(self.health, self.hub.observations.samples(), now=now, targets=targets,
-                         failure_results=self.cfg.failure_results,
-                         max_gap_seconds=max_gap_seconds, alert_firing=alert_firing)
-        if health != self.health:
-            self.hub.store.save_release_health(health.to_dict())
-        self.health = health
+        self.health = observe(self.health, self.hub.observations.samples(), now=now,
+                              targets=targets, failure_results=self.cfg.failure_results,
+                              max_gap_seconds=max_gap_seconds, alert_firing=alert_firing)
+        if health_save_due(self._saved_health, self.health):
+            self.save_health()
+
+    def save_health(self) -> None:
+        """Persist the running release's evidence if it changed since it was last saved."""
+        if self.health is not None and self.health != self._saved_health:
+            self.hub.store.save_release_health(self.health.to_dict())
+            self._saved_health = self.health
 
     async def maybe_promote(self, now: float, obs: ReleaseObservation) -> None:
         release = obs.release

@@ -8,7 +8,13 @@ from dataclasses import replace
 
 import pytest
 
-from brace_watchdog.actions.promotion_policy import ReleaseHealth, observe, promotion
+from brace_watchdog.actions.promotion_policy import (
+    HEALTH_SAVE_SECONDS,
+    ReleaseHealth,
+    health_save_due,
+    observe,
+    promotion,
+)
 from brace_watchdog.config import RollbackConfig
 from brace_watchdog.observations import ProbeSample
 
@@ -137,3 +143,25 @@ def test_every_six_cycle_pattern_matches_the_definition(pattern: str) -> None:
     assert health.healthy_seconds == len(pattern) - last_bad
     assert health.watched_seconds == len(pattern)
     assert promotion(health, stable_after_seconds=3).ready is (len(pattern) - last_bad >= 3)
+
+
+def test_evidence_is_saved_at_once_when_something_went_wrong_else_once_a_minute() -> None:
+    """Healthy cycles are batched (a crash loses at most HEALTH_SAVE_SECONDS of healthy time,
+    which only delays a promotion); anything bad, a first sighting or another release at once."""
+    saved = run([both(t) for t in range(1, 4)])
+    assert health_save_due(None, saved)
+    assert health_save_due(saved, replace(saved, fingerprint="other"))
+    assert not health_save_due(saved, saved)
+    steps = [[both(t)] for t in range(4, 4 + int(HEALTH_SAVE_SECONDS) + 2)]
+    healthy = [saved]
+    for batch in steps:
+        healthy.append(fold(healthy[-1], batch[0], now=batch[0][0].ts))
+    due = [health_save_due(saved, h) for h in healthy]
+    first = due.index(True)
+    assert not any(due[:first])
+    assert healthy[first].watched_seconds - saved.watched_seconds >= HEALTH_SAVE_SECONDS
+    assert healthy[first - 1].watched_seconds - saved.watched_seconds < HEALTH_SAVE_SECONDS
+    for bad in ("x", "t", "4", "d", "s"):
+        worse = fold(saved, both(4, bad), now=4)
+        assert health_save_due(saved, worse), bad
+    assert health_save_due(saved, fold(saved, both(4), now=4, alert=True))
