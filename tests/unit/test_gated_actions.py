@@ -15,9 +15,16 @@ from brace_watchdog.actions.config_rollback import (
     preview_diff,
     validate_daemon_json,
 )
-from brace_watchdog.actions.db_rollback import DbRollback, DbTarget, next_steps, safety_dump_name
+from brace_watchdog.actions.db_rollback import (
+    DbRollback,
+    DbTarget,
+    ended_state,
+    next_steps,
+    restore_in_flight,
+    safety_dump_name,
+)
 from brace_watchdog.actions.db_writers import SwarmWriters
-from brace_watchdog.actions.gated import Plan, compose_project, stamp
+from brace_watchdog.actions.gated import Plan, compose_project, ordered, stamp
 from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.config import parse_config
 from brace_watchdog.control.commands import REGISTRY
@@ -192,3 +199,36 @@ def test_each_gated_action_is_planned_by_the_command_of_its_own_name() -> None:
                                        "docker_daemon_rollback"}
     assert "app_rollback" in REGISTRY
     assert not [name for name in REGISTRY if name.startswith("rollback")]
+
+
+async def _nothing() -> None:
+    return None
+
+
+def test_ordered_follows_the_declared_names_and_refuses_a_mismatch() -> None:
+    table = {"b": ("second", _nothing), "a": ("first", _nothing)}
+    assert [(name, message) for name, message, _ in ordered(("a", "b"), table)] == [
+        ("a", "first"), ("b", "second")]
+    for names in (("a",), ("a", "b", "c"), ("a", "c")):
+        with pytest.raises(ValueError, match="declared steps"):
+            ordered(names, table)
+
+
+@pytest.mark.parametrize(("state", "in_flight"), [
+    ({"database": "restoring", "restore_application_name": "brace-watchdog-restore-3"}, True),
+    ({"database": "restoring"}, False),  # no name to end it by
+    ({"database": "restored", "restore_application_name": "brace-watchdog-restore-3"}, False),
+    ({"database": ended_state("x", True, "n"), "restore_application_name": "n"}, False),
+    ({"database": "untouched"}, False),
+    ({}, False),
+])
+def test_a_restore_is_in_flight_only_while_journalled_restoring(
+        state: dict[str, object], in_flight: bool) -> None:
+    assert restore_in_flight(state) is in_flight
+
+
+def test_ended_state_is_unknown_and_says_whether_it_was_ended() -> None:
+    ended, not_ended = ended_state("why", True, "app-1"), ended_state("why", False, "app-1")
+    assert ended.startswith("UNKNOWN: why; the restore ended inside the server")
+    assert not_ended.startswith("UNKNOWN: why; the restore could NOT be confirmed ended")
+    assert "application_name app-1" in not_ended
