@@ -1,8 +1,9 @@
 """Docker Swarm through the docker SDK's services API (never CLI output), in worker threads.
 
 :class:`SwarmAdapter` lists a stack's services by the ``com.docker.stack.namespace`` label as
-typed :class:`~brace_watchdog.swarm_release.SwarmService` values, lists a service's tasks with the
-image ID each task's container really runs, and changes a service: pin its image
+typed :class:`~brace_watchdog.swarm_release.SwarmService` values, lists a service's tasks through
+the manager's task API (node-agnostic: no container is inspected, wherever it runs) with the
+spec each was created from, and changes a service: pin its image
 (``update``), go back to Swarm's previous spec (``rollback``), or scale it. Every blocking SDK call
 runs in a worker thread (:meth:`DockerAdapter.call`); every engine failure is a
 :class:`DockerError`.
@@ -12,8 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, TypeVar
-
-from docker.errors import NotFound
 
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.errors import DockerError
@@ -34,9 +33,9 @@ SEQUENCE_ATTEMPTS = 3
 
 class SwarmAdapter(DockerAdapter):
     """A docker engine that is a Swarm manager; :meth:`compose_containers` reports the stack's
-    task containers as the compose driver's :class:`ComposeContainer` values (the service's
-    spec image and spec hash in place of compose's labels), so release tracking, attribution
-    and image verification are the compose driver's own."""
+    tasks as the compose driver's :class:`ComposeContainer` values (each task's own spec image
+    and spec hash in place of compose's labels), so release tracking, attribution and image
+    verification are the compose driver's own."""
 
     async def _run(self, what: str, work: Callable[[], T]) -> T:
         for attempt in range(1, SEQUENCE_ATTEMPTS + 1):
@@ -57,7 +56,7 @@ class SwarmAdapter(DockerAdapter):
         return await self._run(f"listing the services of stack {stack}", work)
 
     async def tasks(self, service_id: str) -> list[SwarmTask]:
-        """Tasks meant to run, with the image ID of each one's container (this node's)."""
+        """Tasks meant to run, with the image each was created from (any node)."""
         return [SwarmTask(image_id=c.image_id, state=c.state)
                 for c in await self._run(f"listing the tasks of {service_id}",
                                          lambda: self._task_containers(service_id, "", None))]
@@ -79,31 +78,29 @@ class SwarmAdapter(DockerAdapter):
                 service = _service(item.attrs, project)
                 # a task with no container yet (pending, preparing) is not part of a release
                 out += [c for c in self._task_containers(service.id, project, service)
-                        if c.image_id]
+                        if c.id != c.name]
             return out
         return await self._run(f"reading stack {project}", work)
 
     def _task_containers(self, service_id: str, stack: str,
                          service: SwarmService | None) -> list[ComposeContainer]:
+        """The service's tasks meant to run, read from the manager's task API only, so a task on
+        any node counts alike: its state, its container ID (once the node created one) and the
+        spec it was created from — its own, not the service's current one (during an update or
+        a rollback old and new tasks differ until Swarm converges). The image is the task
+        spec's reference: the pinned image ID or digest, the same on every node."""
         api: Any = self.client.api  # the SDK's low-level calls are untyped
         out = []
         for task in api.tasks(filters={"service": service_id, "desired-state": "running"}):
-            status = task.get("Status", {})
+            status, task_id = task.get("Status", {}), str(task.get("ID", ""))
             cid = str(status.get("ContainerStatus", {}).get("ContainerID", ""))
-            image, created = "", str(task.get("CreatedAt", ""))
-            if cid:
-                try:
-                    image = str(self.client.containers.get(cid).attrs.get("Image", ""))
-                except NotFound:
-                    cid = ""
-            # what the task was created from (its own spec, not the service's current one):
-            # during an update or a rollback old and new tasks differ until Swarm converges
             spec = _container_target(task.get("Spec", {}).get("ContainerSpec", {}))
             out.append(ComposeContainer(
-                id=cid or str(task.get("ID", "")), name=str(task.get("ID", "")), project=stack,
-                service=service.name if service else "", image_id=image, image_ref=spec.image,
-                config_hash=spec.spec_hash, working_dir="", config_files=(),
-                state=str(status.get("State", "")), created=created))
+                id=cid or task_id, name=task_id, project=stack,
+                service=service.name if service else "", image_id=spec.image,
+                image_ref=spec.image, config_hash=spec.spec_hash, working_dir="",
+                config_files=(), state=str(status.get("State", "")),
+                created=str(task.get("CreatedAt", ""))))
         return out
 
     async def update_image(self, service_id: str, image: str) -> None:

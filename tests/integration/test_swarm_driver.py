@@ -2,7 +2,8 @@
 update (health 404, crash loop) is taken back to the known-good spec — by `service rollback` when
 Swarm's previous spec is the known-good one, by pinning the known-good image ID otherwise — and
 verified (every task on the known-good image, health OK); an update Swarm rolls back itself
-(`failure_action: rollback`) is recorded by the daemon, once, and not fought."""
+(`failure_action: rollback`) is recorded by the daemon, once, and not fought; tasks on another
+node (a worker dockerd joined on loopback) are seen through the manager's task API."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ import docker
 import pytest
 from docker.types import UpdateConfig
 
+from brace_watchdog.actions.rollback_steps import verify_images
 from brace_watchdog.adapters.swarm import SwarmAdapter
+from brace_watchdog.releases import build_release
 from brace_watchdog.state import Event, StateStore
 from brace_watchdog.swarm_release import (
     ServiceTarget,
@@ -31,7 +34,13 @@ from brace_watchdog.swarm_release import (
     spec_hash,
 )
 from tests.support.stack import daemon_event, stop_daemon, write_daemon_toml
-from tests.support.swarm import CRASH_TAG, STACK, PrivateSwarm, create_web_service
+from tests.support.swarm import (
+    CRASH_TAG,
+    STACK,
+    PrivateSwarm,
+    create_web_service,
+    swarm_worker,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -216,3 +225,29 @@ async def test_the_daemon_rolls_back_a_bad_swarm_update_and_verifies_it(
     finally:
         stop_daemon(daemon)
         adapter.close()
+
+
+async def test_tasks_on_another_node_are_read_through_the_managers_task_api(
+        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str,
+        docker_client: docker.DockerClient) -> None:
+    """A worker node (a second private dockerd joined on loopback) runs the service: the
+    manager's engine has no container of it, yet release, convergence and verification see it."""
+    with swarm_worker(swarm, docker_client, [busybox_image]) as worker:
+        service_id, port, image = _create(swarm, tmp_path, busybox_image, "remote",
+                                          constraints=["node.role==worker"])
+        adapter = SwarmAdapter(swarm.host)
+        try:
+            await _recovered(adapter, service_id, image, port)
+            label = {"label": f"com.docker.swarm.service.id={service_id}"}
+            assert worker.containers.list(filters=label)
+            assert not swarm.client.containers.list(all=True, filters=label)
+            good = (await _service(adapter, "remote")).current
+            obs = build_release(STACK, ["remote"], await adapter.compose_containers(STACK))
+            assert obs.release is not None and not obs.not_running and not obs.mixed, obs
+            assert obs.release.image_ids() == {"remote": image}
+            assert await verify_images(adapter, STACK, ["remote"], {"remote": image}, within=60,
+                                       expected_config={"remote": good.spec_hash}
+                                       ) == {"remote": image}
+        finally:
+            adapter.close()
+            swarm.client.services.get(service_id).remove()

@@ -1,8 +1,9 @@
 """A real single-node Docker Swarm on a PRIVATE dockerd the test starts (the shared engine is never
 put in swarm mode): own data-root, exec-root, pidfile and unix socket, no bridge, no iptables;
 ``swarm init --advertise-addr 127.0.0.1`` on a free loopback port; images copied in from the
-shared engine (``save``/``load``). On exit: ``swarm leave --force``, dockerd stopped, its mounts
-and folder removed."""
+shared engine (``save``/``load``). :func:`swarm_worker` joins a second private dockerd as a worker
+node (a node whose containers the manager cannot see). On exit: ``swarm leave --force``, each
+dockerd stopped, its mounts and folder removed."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from tests.integration.control_helpers import short_dir
 from tests.support.net import free_port
 from tests.support.skips import skip_missing
 
-__all__ = ["CRASH_TAG", "STACK", "PrivateSwarm", "create_web_service", "private_swarm"]
+__all__ = ["CRASH_TAG", "STACK", "PrivateSwarm", "create_web_service", "private_swarm",
+           "swarm_worker"]
 
 STACK = "brace"
 CRASH_TAG = "brace-test/busybox:crash"
@@ -78,7 +80,10 @@ def _unmount_below(folder: Path) -> None:
 
 
 @contextmanager
-def private_swarm(shared: docker.DockerClient, images: list[str]) -> Iterator[PrivateSwarm]:
+def _private_dockerd(shared: docker.DockerClient,
+                     images: list[str]) -> Iterator[tuple[Path, docker.DockerClient]]:
+    """A private dockerd (own folder and socket) with ``images`` loaded from the shared engine;
+    stopped, its mounts and folder removed on exit."""
     if not shutil.which("dockerd"):
         skip_missing("dockerd is not installed (Debian package docker.io)")
     folder = short_dir()
@@ -92,16 +97,12 @@ def private_swarm(shared: docker.DockerClient, images: list[str]) -> Iterator[Pr
     client: docker.DockerClient | None = None
     try:
         client = _wait_engine(f"unix://{folder / 'd.sock'}", log)
-        client.swarm.init(advertise_addr="127.0.0.1",
-                          listen_addr=f"127.0.0.1:{free_port()}")
         for image in images:
             client.images.load(b"".join(shared.images.get(image).save(named=True)))
-        yield PrivateSwarm(folder, client)
+        yield folder, client
     finally:
         if client is not None:
             with suppress(docker.errors.DockerException):
-                for service in client.services.list():
-                    service.remove()
                 client.swarm.leave(force=True)
             client.close()
         with suppress(ProcessLookupError):
@@ -113,3 +114,36 @@ def private_swarm(shared: docker.DockerClient, images: list[str]) -> Iterator[Pr
             proc.wait(10)
         _unmount_below(folder)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def private_swarm(shared: docker.DockerClient, images: list[str]) -> Iterator[PrivateSwarm]:
+    with _private_dockerd(shared, images) as (folder, client):
+        client.swarm.init(advertise_addr="127.0.0.1",
+                          listen_addr=f"127.0.0.1:{free_port()}")
+        try:
+            yield PrivateSwarm(folder, client)
+        finally:
+            with suppress(docker.errors.DockerException):
+                for service in client.services.list():
+                    service.remove()
+
+
+@contextmanager
+def swarm_worker(engine: PrivateSwarm, shared: docker.DockerClient,
+                 images: list[str]) -> Iterator[docker.DockerClient]:
+    """A second private dockerd joined to ``engine``'s swarm as a worker (loopback addresses):
+    a node whose containers the manager's engine cannot see. It leaves on exit."""
+    with _private_dockerd(shared, images) as (_, client):
+        manager = engine.client.info()["Swarm"]["RemoteManagers"][0]["Addr"]
+        port = free_port()
+        client.swarm.join(remote_addrs=[manager],
+                          join_token=engine.client.swarm.attrs["JoinTokens"]["Worker"],
+                          listen_addr=f"127.0.0.1:{port}", advertise_addr=f"127.0.0.1:{port}")
+        try:
+            yield client
+        finally:
+            node = str(client.info()["Swarm"]["NodeID"])
+            with suppress(docker.errors.DockerException):
+                client.swarm.leave(force=True)
+                engine.client.api.remove_node(node, force=True)
