@@ -243,6 +243,7 @@ async def test_schema_moved_escalates_with_the_db_plan(stack: Stack, tmp_path: P
         assert stack.running_images()["backend"] == stack.images["v2"]
 
 
+@BOTH_COMPOSES
 async def test_failed_verification_freezes_after_one_attempt(stack: Stack,
                                                              tmp_path: Path) -> None:
     stack.deploy("v1")
@@ -294,6 +295,7 @@ async def test_restart_mid_rollback_does_not_repeat(stack: Stack, tmp_path: Path
         assert stack.running_images()["backend"] == stack.images["v2"]
 
 
+@BOTH_COMPOSES
 async def test_restart_after_compose_completes_verification(stack: Stack,
                                                             tmp_path: Path) -> None:
     await die_during_rollback(stack, tmp_path, "action.rollback.compose_done")

@@ -1,9 +1,12 @@
 """Bad deploys as they really look, rolled back end to end: a release that hangs, one whose
-backend crash-loops, and one whose ``scheduler`` (a worker without HTTP health) crash-loops.
+backend crash-loops, one whose ``scheduler`` (a worker without HTTP health) crash-loops, and one
+whose ``admin-bot`` docker's own health check reports unhealthy.
 
-Real docker engine, real ``docker-compose``, real images (``tests/support/stack.py``); every
-service has ``restart: always``, so ``CRASH=1`` (exit at start) is a crash loop as production
-would see it. The health monitor and the rollback component run with small time values.
+Real docker engine, real compose, real images (``tests/support/stack.py``); every service has
+``restart: always``, so ``CRASH=1`` (exit at start) is a crash loop as production would see it.
+The health monitor and the rollback component run with small time values. The hang and the
+backend crash loop run under both composes (stopping a container that hangs, recreating one
+that restarts, are compose's own work).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from brace_watchdog.state import Event
-from tests.support.stack import Harness, Stack, rollback_config
+from tests.support.stack import BOTH_COMPOSES, Harness, Stack, rollback_config
 
 pytestmark = pytest.mark.docker
 
@@ -37,6 +40,7 @@ async def rolled_back_to(h: Harness) -> str:
     raise AssertionError("the tracker never saw the rolled-back release")
 
 
+@BOTH_COMPOSES
 async def test_a_hanging_release_is_rolled_back(stack: Stack, tmp_path: Path) -> None:
     stack.deploy("v1")
     # each probe of a hanging backend takes the 2 s timeout: a window that holds 5 of them
@@ -51,6 +55,7 @@ async def test_a_hanging_release_is_rolled_back(stack: Stack, tmp_path: Path) ->
         assert back == good.evidence["release"]["fingerprint"]
 
 
+@BOTH_COMPOSES
 async def test_a_crash_looping_backend_is_rolled_back(stack: Stack, tmp_path: Path) -> None:
     stack.deploy("v1")
     async with Harness(rollback_config(stack, tmp_path)) as h:

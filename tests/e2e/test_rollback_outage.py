@@ -21,7 +21,7 @@ from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.errors import DockerError
 from tests.support.docker_proxy import DockerProxy
-from tests.support.stack import Harness, Stack, rollback_config, slow_compose
+from tests.support.stack import BOTH_COMPOSES, Harness, Stack, rollback_config, slow_compose
 from tests.support.webhooks import webhook_receiver
 
 pytestmark = [
@@ -84,6 +84,7 @@ async def engine_cut_mid_rollback(stack: Stack, tmp_path: Path, proxy: DockerPro
         yield h, good
 
 
+@BOTH_COMPOSES
 async def test_a_short_engine_outage_is_retried_through(stack: Stack, tmp_path: Path,
                                                         proxy: DockerProxy) -> None:
     # dockerd "restarts" while compose is about to run, and is back within the retry time

@@ -78,6 +78,10 @@ COMPOSE_V1 = ("docker-compose",)
 COMPOSE_V2 = ("docker", "compose")
 COMPOSE_VARIANTS = {"compose-1.29": COMPOSE_V1, "compose-v5": COMPOSE_V2}
 # A test marked with this runs under both composes (it parametrizes the e2e ``stack`` fixture).
+# Marked: the rollback tests whose compose interaction differs in kind — a bad image, config,
+# env_file or ``-f`` file rolled back, release_dir mode, a manual rollback, hang and crash-loop
+# detection, an engine outage while compose runs, the reconcile after a restart, a failed
+# verification. Tests that differ only in policy (guards, escalations) run under 1.29 alone.
 BOTH_COMPOSES = pytest.mark.parametrize("stack", list(COMPOSE_VARIANTS.values()),
                                         ids=list(COMPOSE_VARIANTS), indirect=True)
 APP_SERVICES = ("backend", "frontend", "admin-bot", "scheduler")
