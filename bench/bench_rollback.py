@@ -37,12 +37,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the stack helpers live in tests/support
 
 import docker  # noqa: E402
 
+from brace_watchdog.config import Config  # noqa: E402
+from brace_watchdog.monitors.policy import assess_window  # noqa: E402
 from tests.support.images import ensure_busybox_image  # noqa: E402
 from tests.support.stack import (  # noqa: E402
     COMPOSE_V1,
@@ -59,6 +62,8 @@ from tests.support.stack import (  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "rollback.json"
 TARGET = 1.3
 SCENARIOS = ("5xx", "hang", "crash")
+# the journal steps whose times each round reports, from the first failing probe on
+STEPS = ("begin", "compose_done", "images_verified", "probes_verified", "succeeded")
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ def deploy_bad(stack: Stack, scenario: str) -> None:
                      wait=False)
 
 
-async def one_round(stack: Stack, root: Path, scenario: str, policy: Policy) -> dict[str, float]:
+async def one_round(stack: Stack, root: Path, scenario: str, policy: Policy) -> dict[str, Any]:
     stack.deploy("v1")
     config = rollback_config(stack, root, window_seconds=policy.window,
                              deploy_grace_seconds=policy.grace, min_samples=policy.min_samples,
@@ -94,18 +99,40 @@ async def one_round(stack: Stack, root: Path, scenario: str, policy: Policy) -> 
     async with Harness(config) as h:
         await h.wait_event("release.known_good", timeout=60)
         deploy_bad(stack, scenario)
+        await h.wait_event("deploy", timeout=60)
+        deployed = h.rollback.tracker.deploy_at or 0.0  # when the look that saw it began
         done = await h.wait_event("rollback.succeeded", timeout=180)
-        deployed = h.events("deploy")[0].ts
+        rounds = h.events("action.rollback.probes_verified")[0].evidence["rounds"]
         first = min(s.ts for target in ("backend", "frontend")
                     for s in h.hub.observations.samples(target)
                     if s.ts >= deployed - 1.0 and s.result in config.rollback.failure_results)
         compose = float(h.events("action.rollback.compose_done")[0].evidence["duration_seconds"])
         started = h.events("action.rollback.begin")[0].ts
+        marks = {"deploy_detected": deployed,
+                 "sustained": sustained_at(h, config, deployed, done.ts),
+                 **{step: h.events(f"action.rollback.{step}")[0].ts
+                    for step in STEPS}}
     recovery = done.ts - first
     floor = policy.floor(scenario, compose)
     return {"recovery_seconds": round(recovery, 3), "floor_seconds": round(floor, 3),
             "ratio": round(recovery / floor, 3), "compose_seconds": compose,
-            "time_to_action_seconds": round(started - first, 3)}
+            "time_to_action_seconds": round(started - first, 3),
+            "timeline": {name: round(ts - first, 3) for name, ts in marks.items()
+                         if ts is not None}, "verify_rounds": rounds}
+
+
+def sustained_at(h: Harness, config: Config, deployed: float, until: float) -> float | None:
+    """When the window first became sustained: the policy's verdict replayed after each sample
+    of every target (the earliest moment the policy could decide)."""
+    cfg = config.rollback
+    found = []
+    for target in list(h.hub.observations.probes):
+        own = [s for s in h.hub.observations.samples(target) if s.ts <= until]
+        found += [s.ts for s in own if assess_window(
+            own, now=s.ts, window_seconds=cfg.window_seconds, min_samples=cfg.min_samples,
+            error_ratio=cfg.error_ratio, failure_results=cfg.failure_results,
+            ignore_before=deployed + cfg.deploy_grace_seconds).sustained]
+    return min(found, default=None)
 
 
 async def scenario_rounds(client: docker.DockerClient, images: dict[str, str], scenario: str,
@@ -121,7 +148,8 @@ async def scenario_rounds(client: docker.DockerClient, images: dict[str, str], s
                 stack.destroy()
         print(f"{scenario} round {number + 1}: recovery {result['recovery_seconds']:.2f}s, "
               f"floor {result['floor_seconds']:.2f}s (compose {result['compose_seconds']:.2f}s)"
-              f" -> {result['ratio']:.3f}x", flush=True)
+              f" -> {result['ratio']:.3f}x; timeline {result['timeline']}, "
+              f"{result['verify_rounds']} verify rounds", flush=True)
         rounds.append(result)
     ratio = statistics.median(r["ratio"] for r in rounds)
     return {"rounds": rounds, "median_ratio": ratio, "met": ratio <= TARGET,

@@ -6,10 +6,15 @@ progress after each cycle. A component whose cycle hangs stops making progress; 
 silent longer than its :meth:`Component.progress_deadline`, the watchdog pings stop and systemd
 restarts the daemon. Long work (a restore test, a rollback) therefore runs in a task of its own and
 calls :meth:`ProgressTracker.beat` while it works, keeping the component's cycles short.
+
+Between two cycles the supervisor awaits :meth:`Component.pause`: a plain sleep until the next
+cycle is due, unless the component overrides it to be woken earlier by news it must act on at
+once (the rollback, by a failing probe); a woken cycle does not move the schedule.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -39,6 +44,12 @@ class Component(ABC):
     @abstractmethod
     async def cycle(self) -> str:
         """Do one round of work; return a one-line status for logs and ``STATUS=``."""
+
+    async def pause(self, seconds: float) -> bool:
+        """Wait ``seconds``, until the next scheduled cycle. True when the component was woken
+        earlier (the supervisor then runs one extra cycle and keeps the schedule)."""
+        await asyncio.sleep(seconds)
+        return False
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Release resources; called once on shutdown, even after errors."""

@@ -181,10 +181,11 @@ class Supervisor:
 
     # -- component loop ----------------------------------------------------------------------
     async def _run_component(self, component: Component) -> None:
-        """Cycle on a deadline schedule; survive errors; stop the daemon on a FatalError."""
+        """Cycle on a deadline schedule (a woken cycle in between keeps it); survive errors;
+        stop the daemon on a FatalError."""
         loop = asyncio.get_running_loop()
         next_run = loop.time()
-        overrunning = False
+        overrunning = woken = False
         while True:
             started = loop.time()
             try:
@@ -199,20 +200,27 @@ class Supervisor:
                 self._cycle_failed(component, exc)
             assert self.hub is not None
             self.hub.progress.beat(component.name)
-            next_run += component.interval()
-            now = loop.time()
-            if next_run < now:
-                self.metrics.component_overruns.labels(component=component.name).inc()
-                if not overrunning:  # once per episode; the counter counts every overrun
-                    log.warning("%s: cycle overran its %.1fs interval by %.1fs (further "
-                                "overruns are counted, not logged, until it keeps time again)",
-                                component.name, component.interval(), now - next_run)
-                overrunning, next_run = True, now
-            elif overrunning:
-                log.info("%s: cycles keep their %.1fs interval again", component.name,
-                         component.interval())
-                overrunning = False
-            await asyncio.sleep(next_run - now)
+            if not woken:
+                next_run, overrunning = self._next_run(component, next_run, overrunning)
+            woken = await component.pause(max(0.0, next_run - loop.time()))
+
+    def _next_run(self, component: Component, next_run: float,
+                  overrunning: bool) -> tuple[float, bool]:
+        """The next scheduled cycle's start after a scheduled cycle; an overrun is counted
+        (and logged once per episode) and the schedule restarts from now."""
+        next_run += component.interval()
+        now = asyncio.get_running_loop().time()
+        if next_run < now:
+            self.metrics.component_overruns.labels(component=component.name).inc()
+            if not overrunning:  # once per episode; the counter counts every overrun
+                log.warning("%s: cycle overran its %.1fs interval by %.1fs (further "
+                            "overruns are counted, not logged, until it keeps time again)",
+                            component.name, component.interval(), now - next_run)
+            return now, True
+        if overrunning:
+            log.info("%s: cycles keep their %.1fs interval again", component.name,
+                     component.interval())
+        return next_run, False
 
     def _cycle_done(self, component: Component, status: str, duration: float) -> None:
         assert self.hub is not None

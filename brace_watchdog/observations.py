@@ -4,6 +4,10 @@ Samples come from two sources and share one window per target: HTTP probes of th
 monitor (:data:`PROBE_RESULTS`) and the liveness of every ``[rollback] services`` container as
 the engine reports it (:data:`LIVENESS_RESULTS`, targets ``service:<name>``).
 
+A component that must act on a failure at once (the rollback) registers a callback in
+:attr:`Observations.failure_listeners`: it is called with every sample whose result is not ``ok``,
+as it is added, so a healthy probe costs nothing more.
+
 No I/O here. Monitors produce these; decision code (``monitors/policy.py``, rollback, control)
 receives them as values, never the clients that made them.
 """
@@ -11,6 +15,7 @@ receives them as values, never the clients that made them.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -152,6 +157,8 @@ class Observations:
     alerts: tuple[FiringAlert, ...] = ()
     alertmanager_up: bool | None = None
     alerts_fetched_at: float | None = None
+    failure_listeners: list[Callable[[ProbeSample], None]] = field(default_factory=list)
+    """Called with every sample added whose result is not ``ok`` (no I/O, no awaiting)."""
 
     def publish_alerts(self, alerts: tuple[FiringAlert, ...], at: float) -> None:
         """A successful Alertmanager poll at ``at`` found ``alerts`` firing."""
@@ -172,6 +179,9 @@ class Observations:
     def add_probe(self, sample: ProbeSample) -> None:
         window = self.probes.setdefault(sample.target, deque(maxlen=self.window_size))
         window.append(sample)
+        if sample.result != "ok":
+            for listener in self.failure_listeners:
+                listener(sample)
 
     def samples(self, target: str | None = None) -> list[ProbeSample]:
         if target is not None:

@@ -28,13 +28,12 @@ socket uses :meth:`AppRollback.manual_rollback`, :meth:`AppRollback.plan` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from brace_watchdog.actions.config_snapshot import ConfigSnapshot, read_files
 from brace_watchdog.actions.gated import Progress
@@ -56,7 +55,12 @@ from brace_watchdog.component import Component
 from brace_watchdog.config import Config
 from brace_watchdog.errors import AdapterError, RefusedError, StateUnavailableError
 from brace_watchdog.monitors.policy import WindowVerdict, assess_window, is_failing
-from brace_watchdog.observations import alerts_stale_after, service_target, target_service
+from brace_watchdog.observations import (
+    ProbeSample,
+    alerts_stale_after,
+    service_target,
+    target_service,
+)
 from brace_watchdog.releases import Release, ReleaseObservation
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import ReleaseRecord
@@ -77,7 +81,6 @@ class AppRollback(Component):
 
     def __init__(self, hub: Hub, *, docker: DockerAdapter | None = None,
                  compose: ComposeCLI | None = None, clock: Callable[[], float] | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.hub = hub
@@ -87,7 +90,6 @@ class AppRollback(Component):
         self._compose = compose or ComposeCLI(self.cfg.compose_command,
                                               timeout=self.cfg.compose_timeout_seconds)
         self._clock = clock or hub.clock
-        self._transport = transport
         self._sleep = sleep
         self._monotonic = monotonic
         self._snapshot_root = hub.config.daemon.state_path.parent / "releases"
@@ -101,6 +103,9 @@ class AppRollback(Component):
         self._swarm_watch = SwarmRollbackWatch(hub, self.cfg.project)
         self._swarm_in_charge: tuple[str, ...] = ()
         self._swarm_done_at: float | None = None  # when Swarm last stopped being in charge
+        self._news = asyncio.Event()  # a failing probe arrived since the last decision
+        self._woken = False
+        self._sustained = False  # the window of the last decision was sustained
 
     # -- component contract ----------------------------------------------------------------
     def interval(self) -> float:
@@ -116,6 +121,7 @@ class AppRollback(Component):
         # learn the compose version now, so the first rollback does not wait for it
         self._detect = asyncio.create_task(self._compose.detect(), name="rollback:compose")
         self.hub.leadership.on_lost.append(self._leadership_lost)
+        self.hub.observations.failure_listeners.append(self._on_failure)
         self._reconcile()
 
     def _reconcile(self) -> bool:
@@ -144,23 +150,28 @@ class AppRollback(Component):
             self._task.cancel(f"leadership lost: {reason}")
 
     async def cycle(self) -> str:
+        """A scheduled cycle tracks, records evidence, promotes and decides; a cycle woken by a
+        failing probe (:meth:`pause`) only looks for a deploy and decides."""
+        woken, self._woken = self._woken, False
+        self._news.clear()
         now = self._clock()
-        self._reconcile()
-        obs, engine_error = await self._track(now)
+        if not woken:
+            self._reconcile()
+        obs, engine_error = await self._track(now, liveness=not woken)
         if self.busy:
             return "rollback in progress"
         leader = self.hub.leadership.decision()
         if not leader.acts:
-            await self._watch_releases(now, obs, engine_error)
+            if not woken:
+                await self._watch_releases(now, obs, engine_error)
             return f"watching only ({leader.message})"
         await self._watch_swarm(now, engine_error is None)
         holder = self.hub.action_lock.holder
         if holder is not None:
             return f"not deciding while {holder.describe()} runs"
-        await self._watch_releases(now, obs, engine_error)
-        inp = self._policy_input(now, manual=False)
-        decision = decide(inp, self.cfg)
-        await self._handle(decision, inp)
+        if not woken:
+            await self._watch_releases(now, obs, engine_error)
+        decision = await self._decide()
         if engine_error is not None:
             raise engine_error  # decided on it; the supervisor still counts the failed cycle
         return self._status_line(obs, decision)
@@ -179,6 +190,32 @@ class AppRollback(Component):
                 await self.tracker.maybe_promote(now, obs)
             await self._check_images()  # not while the engine is down: decide engine_down
 
+    async def pause(self, seconds: float) -> bool:
+        """Sleep until the next cycle; a failing probe wakes the decision at once."""
+        if not self._news.is_set():
+            try:
+                await asyncio.wait_for(self._news.wait(), seconds)
+            except TimeoutError:
+                return False
+        self._woken = True
+        return True
+
+    def _on_failure(self, sample: ProbeSample) -> None:
+        """A failing sample wakes the decision until the window is sustained; from then on the
+        scheduled cycles decide (an episode is recorded once), so a long outage adds no work."""
+        if (not self._sustained and is_failing(sample, self.cfg.failure_results)
+                and self.hub.leadership.decision().acts):
+            self._news.set()
+
+    async def _decide(self) -> Decision:
+        """Decide over the window as it is now and act on it."""
+        self._news.clear()  # every failing sample so far is in the window read here
+        inp = self._policy_input(self._clock(), manual=False)
+        decision = decide(inp, self.cfg)
+        self._sustained = inp.verdict.sustained
+        await self._handle(decision, inp)
+        return decision
+
     async def _check_images(self) -> None:
         """Every cycle: can the kept known-good releases' images still be had? (metric)"""
         check = await self.tracker.archive.check(self.tracker.kept_image_ids())
@@ -187,15 +224,18 @@ class AppRollback(Component):
                            ("missing", check.missing)):
             gauge.labels(state=state).set(len(ids))
 
-    async def _track(self, now: float) -> tuple[ReleaseObservation, AdapterError | None]:
-        """The tracker's look at the engine; when the engine does not answer, the last
-        observation and the error (the policy escalates instead of acting on it)."""
+    async def _track(self, now: float, *, liveness: bool = True
+                     ) -> tuple[ReleaseObservation, AdapterError | None]:
+        """The tracker's look at the engine (``liveness``: publish each service's liveness
+        sample); when the engine does not answer, the last observation and the error (the
+        policy escalates instead of acting on it)."""
         # a follower sees the leader's rollback in the shared journal: not a deploy
         elsewhere = (self.hub.leadership.view.enabled and not self.busy
                      and bool(self.hub.store.open_actions("rollback")))
         try:
             obs = await self.tracker.track(now, by_rollback=self.busy or elsewhere,
-                                           failing=lambda: self._window_verdict(now).sustained)
+                                           failing=lambda: self._window_verdict(now).sustained,
+                                           liveness=liveness)
         except AdapterError as exc:
             self._engine_error = str(exc)[:200]
             return self.tracker.observation or ReleaseObservation(None), exc
@@ -219,6 +259,8 @@ class AppRollback(Component):
             self._swarm_done_at = now
 
     async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.hub.observations.failure_listeners.remove(self._on_failure)
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the journal keeps it open; the next start resolves it
             await asyncio.gather(self._task, return_exceptions=True)
@@ -424,7 +466,7 @@ class AppRollback(Component):
     def _run(self) -> RollbackRun:
         return RollbackRun(self.hub, self.cfg, self._docker, self._compose,
                            escalate=self._escalate, failing_logs=self._failing_logs,
-                           transport=self._transport, sleep=self._sleep,
+                           sleep=self._sleep,
                            monotonic=self._monotonic)
 
     # -- control socket --------------------------------------------------------------------

@@ -108,14 +108,18 @@ class ReleaseTracker:
             self.set_release_metric("known_good", known_good.fingerprint)
 
     async def track(self, now: float, *, by_rollback: bool = False,
-                    failing: Callable[[], bool] = lambda: False) -> ReleaseObservation:
+                    failing: Callable[[], bool] = lambda: False,
+                    liveness: bool = True) -> ReleaseObservation:
         """Look at the project's containers; a new fingerprint is a deploy. ``failing`` tells
         whether failures are sustained now; a deploy's ``failing_before`` is its answer the last
         time the old release was seen whole (every service running one image): what fails
         after that — the old containers stopped, the new one failing before the tracker sees
-        it, seconds under load — is the deploy's doing."""
+        it, seconds under load — is the deploy's doing. ``liveness`` publishes each service's
+        liveness sample (on the rollback's schedule, so a woken look does not sample the engine
+        more densely)."""
         self.containers = await self._docker.compose_containers(self.cfg.project)
-        self._publish_liveness(now)
+        if liveness:
+            self._publish_liveness(now)
         obs = build_release(self.cfg.project, self.cfg.services, self.containers)
         self.observation = obs
         release = obs.release

@@ -27,8 +27,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-import httpx
-
 from brace_watchdog.actions.gated import Progress
 from brace_watchdog.actions.image_archive import ImageArchive, archive_folder
 from brace_watchdog.actions.rollback_steps import (
@@ -43,6 +41,7 @@ from brace_watchdog.actions.rollback_steps import (
 from brace_watchdog.actions.swarm_steps import SwarmSteps
 from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.adapters.docker import DockerAdapter
+from brace_watchdog.adapters.http_probe import KeepAliveProber
 from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.config import RollbackConfig
@@ -120,7 +119,6 @@ class RollbackRun:
 
     def __init__(self, hub: Hub, cfg: RollbackConfig, docker: DockerAdapter, compose: ComposeCLI,
                  *, escalate: Escalate, failing_logs: FailingLogs,
-                 transport: httpx.AsyncBaseTransport | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  monotonic: Callable[[], float] = time.monotonic,
                  retry_wait: float = 1.0) -> None:
@@ -130,7 +128,6 @@ class RollbackRun:
         self._compose = compose
         self._escalate = escalate
         self._failing_logs = failing_logs
-        self._transport = transport
         self._sleep = sleep
         self._monotonic = monotonic
         self._retry_wait = retry_wait
@@ -212,29 +209,52 @@ class RollbackRun:
         await self.hub.leadership.confirm("verify")
         self.hub.store.journal_step(action_id, "verifying")
         within = self.cfg.verify_timeout_seconds
-        deadline = self._monotonic() + within
         swarm = isinstance(self._docker, SwarmAdapter)
-        running = await verify_images(self._docker, self.cfg.project, self.cfg.services,
-                                      plan.expected_images, within=within,
-                                      interval=min(0.5, self.cfg.interval_seconds),
-                                      expected_config=plan.expected_config if swarm else None,
-                                      clock=self._monotonic, sleep=self._sleep, beat=self._beat)
-        self.hub.store.journal_step(action_id, "images_verified", evidence={"running": running})
-        probes = await self._verify_probes(max(0.0, deadline - self._monotonic()))
+        images = verify_images(self._docker, self.cfg.project, self.cfg.services,
+                               plan.expected_images, within=within,
+                               interval=min(0.5, self.cfg.interval_seconds),
+                               expected_config=plan.expected_config if swarm else None,
+                               clock=self._monotonic, sleep=self._sleep, beat=self._beat)
+        if swarm:  # Swarm converges after its command returned: probe what it converged to
+            deadline = self._monotonic() + within
+            running = await images
+            self.hub.store.journal_step(action_id, "images_verified",
+                                        evidence={"running": running})
+            probes = await self._verify_probes(max(0.0, deadline - self._monotonic()))
+        else:  # compose returned with the containers replaced: probe at once, while the
+            # images are being checked
+            running, probes = await self._images_and_probes(action_id, images, within)
         self.hub.store.journal_step(action_id, "probes_verified", evidence=asdict(probes))
         return RollbackChecks(running=running, probes=probes, compose=output)
 
+    async def _images_and_probes(self, action_id: int, images: Awaitable[dict[str, str]],
+                                 within: float) -> tuple[dict[str, str], ProbeStreak]:
+        """The image check and the probe streak side by side; the images' error wins."""
+        probing = asyncio.create_task(self._verify_probes(within), name="rollback:verify")
+        try:
+            running = await images
+            self.hub.store.journal_step(action_id, "images_verified",
+                                        evidence={"running": running})
+            return running, await probing
+        finally:
+            probing.cancel()  # images not verified (or this task cancelled): stop probing
+            if probing.done() and not probing.cancelled():
+                probing.exception()  # retrieved: the images' error is the one reported
+
     async def _verify_probes(self, within: float) -> ProbeStreak:
+        """The verification's own probes, over the health monitor's lean prober (no TLS set-up
+        for a plain-HTTP URL, so the first round starts at once)."""
         health = self.hub.config.health
-        urls = {"backend": health.url}
-        if health.frontend_url:
-            urls["frontend"] = health.frontend_url
-        async with httpx.AsyncClient(timeout=health.timeout_seconds,
-                                     transport=self._transport) as client:
-            return await verify_probes(client, urls, successes=self.cfg.verify_successes,
+        probers = {target: KeepAliveProber(url, timeout=health.timeout_seconds)
+                   for target, url in health.targets()}
+        try:
+            return await verify_probes(probers, successes=self.cfg.verify_successes,
                                        within=within, interval=health.interval_seconds,
                                        ok_statuses=health.ok_statuses, clock=self._monotonic,
                                        sleep=self._sleep, beat=self._beat)
+        finally:
+            for prober in probers.values():
+                prober.close()
 
     # -- endings ---------------------------------------------------------------------------
     async def _succeed(self, action_id: int, plan: RollbackPlan, request: RollbackRequest,

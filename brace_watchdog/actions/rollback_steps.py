@@ -25,7 +25,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from brace_watchdog.actions.config_snapshot import ConfigSnapshot, write_back
@@ -35,7 +34,7 @@ from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.config import RollbackConfig
 from brace_watchdog.errors import ActionError, AdapterError, OutageError
-from brace_watchdog.monitors.health import probe
+from brace_watchdog.monitors.health import StatusGetter, probe_with
 from brace_watchdog.monitors.policy import is_healthy
 from brace_watchdog.releases import Release, build_release, diff, pin_tag
 
@@ -343,26 +342,28 @@ async def verify_images(docker: DockerAdapter, project: str, services: Sequence[
         await sleep(interval)
 
 
-async def verify_probes(client: httpx.AsyncClient, urls: dict[str, str], *, successes: int,
-                        within: float, interval: float, ok_statuses: tuple[str, ...],
+async def verify_probes(getters: Mapping[str, StatusGetter], *, successes: int, within: float,
+                        interval: float, ok_statuses: tuple[str, ...],
                         clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep,
                         beat: Callable[[], None] = lambda: None) -> ProbeStreak:
-    """Require ``successes`` consecutive rounds where every URL answers OK within ``timeout``."""
+    """Require ``successes`` consecutive rounds where every target (its getter) answers OK;
+    a round starts every ``interval`` (its probes' time is not added to the spacing)."""
     deadline = clock() + within
     streak, rounds, last = 0, 0, {}
     while True:
         beat()
-        samples = await asyncio.gather(*(probe(client, target, url, ok_statuses=ok_statuses)
-                                         for target, url in urls.items()))
+        started = clock()
+        samples = await asyncio.gather(*(probe_with(getter, target, ok_statuses=ok_statuses)
+                                         for target, getter in getters.items()))
         rounds += 1
         last = {s.target: f"{s.result} {s.status}".strip() for s in samples}
         streak = streak + 1 if all(is_healthy(s) for s in samples) else 0
         if streak >= successes:
             return ProbeStreak(rounds=rounds, consecutive_ok=streak, last=last)
-        if clock() + interval > deadline:
+        if started + interval > deadline:
             raise ActionError("verify_probes", f"no {successes} consecutive OK probes within "
                               f"{within:.0f}s ({rounds} rounds, last {last})")
-        await sleep(interval)
+        await sleep(max(0.0, started + interval - clock()))
 
 
 def split_ref(ref: str) -> tuple[str, str]:

@@ -8,7 +8,9 @@ former. This prober does exactly what a probe needs and no more: send ``GET``, r
 line and headers (1xx interim answers skipped, at most ``HEADER_LIMIT``), drain the body
 (Content-Length, chunked, or until close) so the connection can be reused, and report the status.
 A body past ``BODY_LIMIT`` is not drained: the status is known, so the connection is dropped
-instead. Everything else (Alertmanager, webhooks, verification) uses httpx.
+instead. The app rollback's verification probes through it too (no TLS context to build for a
+plain-HTTP URL, so its first round starts at once); everything else (Alertmanager, webhooks,
+the gated actions' checks) uses httpx.
 
 Why not ``h11`` (the sans-IO parser under httpx)? It was tried: the footprint benchmark measured
 its exchange at ~0.5 ms CPU per cold probe against ~0.2 ms for a raw stream request, which took

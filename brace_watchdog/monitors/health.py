@@ -3,7 +3,7 @@
 Each target is probed over one kept-alive connection by the lean
 :class:`~brace_watchdog.adapters.http_probe.KeepAliveProber` (no per-probe set-up; see that module
 for why it is not httpx). :func:`probe` is the same check through an httpx client, for callers
-that already hold one (rollback verification). Each probe is classified (ok, http_4xx,
+that already hold one (the gated actions' checks). Each probe is classified (ok, http_4xx,
 http_5xx, timeout, connection_error), exported as metrics, appended to the in-memory window the
 rollback policy reads, and a change of result per target is recorded as an event.
 """

@@ -7,6 +7,9 @@ Real docker engine, real compose, real images (``tests/support/stack.py``); ever
 The health monitor and the rollback component run with small time values. The hang and the
 backend crash loop run under both composes (stopping a container that hangs, recreating one
 that restarts, are compose's own work).
+
+The rollback decides when the evidence is there, not on its next cycle: a failing probe wakes it
+(counted in samples, never in seconds: timing lives in ``bench/bench_rollback.py``).
 """
 
 from __future__ import annotations
@@ -116,3 +119,21 @@ def docker_health(stack: Stack, service: str) -> str:
         "label": [f"com.docker.compose.project={stack.project}",
                   f"com.docker.compose.service={service}"]})
     return str(found[0].attrs["State"]["Health"]["Status"])
+
+
+async def test_the_decision_comes_with_the_sample_that_makes_the_failure_sustained(
+        stack: Stack, tmp_path: Path) -> None:
+    """A rollback cycle every 8 s, probes every 0.3 s: a decision taken on the next cycle would
+    see the whole 3 s window (about 10 samples); woken by each failing probe, the rollback
+    decides on the ``min_samples``-th failing sample after the grace period, or at the latest
+    one probe later."""
+    stack.deploy("v1")
+    config = rollback_config(stack, tmp_path, probe_interval=0.3, interval_seconds=8.0,
+                             stable_after_seconds=0.5, min_samples=5)
+    async with Harness(config) as h:
+        await h.wait_event("release.known_good", timeout=40)
+        stack.deploy("v2")
+        await h.wait_event("rollback.succeeded", timeout=60)
+        window = h.events("rollback.started")[0].evidence["decision"]["window"]
+        assert window["sustained"]
+        assert 5 <= window["total"] <= 5 + 1, window

@@ -213,3 +213,43 @@ async def test_state_flush_sleeps_until_a_write_fails(tmp_path: Path,
     assert len(flushes) == recovered
     sup.request_stop()
     assert await asyncio.wait_for(run, 10) == 0
+
+
+class Woken(Component):
+    """Cycles once an hour on its schedule, and once more each time ``news`` is set."""
+
+    name = "woken"
+
+    def __init__(self) -> None:
+        self.news = asyncio.Event()
+        self.cycles = 0
+        self.cycled = asyncio.Event()
+
+    def interval(self) -> float:
+        return 3600.0
+
+    async def cycle(self) -> str:
+        self.cycles += 1
+        self.cycled.set()
+        return f"{self.cycles} cycles"
+
+    async def pause(self, seconds: float) -> bool:
+        wait = asyncio.ensure_future(self.news.wait())
+        done, _ = await asyncio.wait({wait}, timeout=seconds)
+        wait.cancel()
+        self.news.clear()
+        return bool(done)
+
+
+async def test_a_woken_component_cycles_between_its_scheduled_cycles(
+        tmp_path: Path, listener: NotifyListener) -> None:
+    woken = Woken()
+    sup, _ = supervisor(tmp_path, [woken], listener, watchdog_usec=0)
+    run = asyncio.create_task(sup.run())
+    for expected in (1, 2, 3):  # the scheduled first cycle, then one per piece of news
+        await asyncio.wait_for(woken.cycled.wait(), 10)
+        woken.cycled.clear()
+        assert woken.cycles == expected
+        woken.news.set()
+    sup.request_stop()
+    assert await asyncio.wait_for(run, 10) == 0

@@ -479,6 +479,10 @@ class Harness:
             raise AssertionError(f"component {name} raised in its cycle: {exc!r}") from exc
 
     async def _drive(self, component: Component) -> None:
+        """Like the supervisor: a cycle, then the component's pause until the next one (an
+        interval after this cycle's end); a woken cycle keeps that schedule."""
+        loop = asyncio.get_running_loop()
+        next_run, woken = loop.time(), False
         while True:
             try:
                 await component.cycle()
@@ -490,7 +494,9 @@ class Harness:
                     raise
                 self.errors.append(exc)
             self.hub.progress.beat(component.name)
-            await asyncio.sleep(component.interval())
+            if not woken:
+                next_run = loop.time() + component.interval()
+            woken = await component.pause(max(0.0, next_run - loop.time()))
 
     def events(self, *kinds: str) -> list[Event]:
         return self.store.events(kinds=kinds, limit=1000)
