@@ -145,24 +145,34 @@ class DockerAdapter:
 
     async def tag_users(self, refs: Sequence[str]) -> list[TagUser]:
         """Every container (running or not, any project) created from one of ``refs``, by the
-        reference it was created with (``Config.Image``; the list API would show an ID once the
-        tag moved)."""
+        reference it was created with (``Config.Image``). The list API shows that reference
+        unless the tag has since moved to another image, when it shows the image ID: only
+        those containers are inspected (one call each), not every container on the engine."""
         wanted = set(refs)
         if not wanted:
             return []
 
+        def created_with(entry: dict[str, Any]) -> str:
+            ref = str(entry.get("Image", ""))
+            if not ref.startswith("sha256:"):
+                return ref
+            try:
+                attrs = self.client.api.inspect_container(entry["Id"])
+            except docker.errors.NotFound:
+                return ""  # removed since the listing
+            return str((attrs.get("Config") or {}).get("Image", ""))
+
         def find() -> list[TagUser]:
             users = []
-            for c in self.client.containers.list(all=True, ignore_removed=True):
-                attrs = c.attrs
-                ref = str((attrs.get("Config") or {}).get("Image", ""))
+            for entry in self.client.api.containers(all=True):
+                ref = created_with(entry)
                 if ref in wanted:
-                    labels = (attrs.get("Config") or {}).get("Labels") or {}
+                    labels = entry.get("Labels") or {}
                     users.append(TagUser(
-                        name=str(attrs.get("Name", "")).lstrip("/"),
+                        name=str((entry.get("Names") or [""])[0]).lstrip("/"),
                         project=labels.get(f"{_COMPOSE}.project", ""),
                         service=labels.get(f"{_COMPOSE}.service", ""), image_ref=ref,
-                        image_id=str(attrs.get("Image", ""))))
+                        image_id=str(entry.get("ImageID", ""))))
             return users
         return await self.call(find)
 
