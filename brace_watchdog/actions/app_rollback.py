@@ -357,8 +357,10 @@ class AppRollback(Component):
     async def _handle(self, decision: Decision, inp: PolicyInput) -> None:
         self._decision = decision
         if decision.action == "none":
-            if inp.verdict.failing == 0:
-                self._episode = None  # a clean window ends the episode
+            if inp.verdict.failing == 0 and inp.verdict.total > 0:
+                # a clean window ends the episode; an empty one (just after an action released
+                # the lock: its samples are ignored) is no news either way
+                self._episode = None
             return
         key = (decision.action, decision.reason, inp.current_fingerprint)
         if key == self._episode:
