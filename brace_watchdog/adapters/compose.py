@@ -9,7 +9,8 @@ once from ``version --short`` by :meth:`ComposeCLI.detect`). 1.29 has no ``--pul
 an image that is missing, and the rollback makes sure none is (it points every tag at a present
 known-good image first). Every run goes through
 :func:`~brace_watchdog.adapters.process.run_command` — argv list, timeout, output captured — and
-a failure is a :class:`~brace_watchdog.errors.CommandError` carrying the output's tail.
+a failure is a :class:`~brace_watchdog.errors.CommandError` carrying the output's tail, which
+:func:`lost_the_engine` reads for the signs that compose could not reach the docker engine.
 """
 
 from __future__ import annotations
@@ -23,9 +24,20 @@ from typing import Any
 from brace_watchdog.adapters.process import CommandResult, run_command
 from brace_watchdog.errors import AdapterError
 
-__all__ = ["ComposeCLI", "ComposeProject", "UpPlan", "has_pull_option"]
+__all__ = ["ComposeCLI", "ComposeProject", "UpPlan", "has_pull_option", "lost_the_engine"]
 
 PULL_SINCE = (2, 8)  # ``up --pull never`` exists from compose v2.8 on
+
+# What compose prints when it could not reach the engine or lost it mid-run (lowercase).
+ENGINE_LOST = (
+    "error while fetching server api version",  # 1.29: its client's first request failed
+    "couldn't connect to docker daemon",  # 1.29's own hint
+    "connection aborted",  # 1.29 (requests): a request's connection dropped
+    "connectionpool(",  # 1.29 (urllib3): "UnixHTTPConnectionPool(...): Read timed out"
+    "cannot connect to the docker daemon",  # v2
+    "failed to connect to the docker api",  # v5
+    "error during connect",  # v2+: a request's connection failed
+)
 
 Runner = Callable[..., Awaitable[CommandResult]]
 
@@ -80,6 +92,14 @@ def has_pull_option(version: str) -> bool:
             return False
         numbers.append(int(digits))
     return tuple(numbers) >= PULL_SINCE
+
+
+def lost_the_engine(output: str) -> bool:
+    """Whether compose's ``output`` says it could not talk to the docker engine: its failure is
+    then the engine's outage, not the release's — however the engine answers by the time the
+    failure is judged."""
+    text = output.lower()
+    return any(sign in text for sign in ENGINE_LOST)
 
 
 class ComposeCLI:

@@ -10,7 +10,7 @@ import pytest
 
 from brace_watchdog.actions.config_snapshot import ConfigSnapshot
 from brace_watchdog.actions.rollback_steps import RollbackPlan, Snapshot, build_plan, split_ref
-from brace_watchdog.adapters.compose import ComposeCLI, UpPlan, has_pull_option
+from brace_watchdog.adapters.compose import ComposeCLI, UpPlan, has_pull_option, lost_the_engine
 from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.config import RollbackConfig
 from brace_watchdog.errors import CommandError
@@ -181,3 +181,36 @@ def test_a_restart_finds_the_target_running_only_with_its_config_where_it_change
         running: Release | None, config_changed: bool, runs: bool) -> None:
     p = replace(plan(), config_changed=config_changed)
     assert p.runs_target(running) is runs
+
+
+@pytest.mark.parametrize(("output", "lost"), [
+    # 1.29, the engine's socket gone (the last line of its traceback)
+    ("docker.errors.DockerException: Error while fetching server API version: ('Connection "
+     "aborted.', FileNotFoundError(2, 'No such file or directory'))", True),
+    # 1.29, the connection dropped as it asked / mid-run, and its own hint
+    ("requests.exceptions.ConnectionError: ('Connection aborted.', RemoteDisconnected('Remote end "
+     "closed connection without response'))", True),
+    ("ERROR: for backend  UnixHTTPConnectionPool(host='localhost', port=None): Read timed out. "
+     "(read timeout=60)", True),
+    ("Couldn't connect to Docker daemon at http+docker://localhost - is it running?", True),
+    # v5 and v2
+    ("failed to connect to the docker API at unix:///run/x/docker.sock; check if the path is "
+     "correct and if the daemon is running: dial unix /run/x/docker.sock: connect: no such file "
+     "or directory", True),
+    ('error during connect: Get "http://%2Frun%2Fx%2Fdocker.sock/_ping": read unix '
+     "@->/run/x/docker.sock: read: connection reset by peer", True),
+    ("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon "
+     "running?", True),
+    # the engine answered: a verdict on what compose was asked to do
+    ("ERROR: for backend  Cannot start service backend: driver failed programming external "
+     "connectivity on endpoint brace_backend_1: Bind for 0.0.0.0:8080 failed: port is already "
+     "allocated", False),
+    ("Error response from daemon: No such image: brace/backend:v1", False),
+    ("no such service: worker", False),
+    ("ERROR: The Compose file './docker-compose.yml' is invalid because:\nservices.backend.ports "
+     "contains an invalid type", False),
+    ("", False),
+])
+def test_compose_output_says_whether_it_lost_the_engine(output: str, lost: bool) -> None:
+    assert lost_the_engine(output) is lost
+    assert lost_the_engine(output.upper()) is lost
