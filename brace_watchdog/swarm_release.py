@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = ["STACK_LABEL", "RollbackStep", "ServiceTarget", "SwarmService", "SwarmTask",
-           "choose_step", "converged", "fingerprint", "running_tasks", "scale_argv", "spec_hash",
-           "swarm_in_charge", "swarm_rolled_back", "tasks_gone", "writers_problem"]
+           "choose_step", "converged", "fingerprint", "running_tasks", "runs_current_spec",
+           "scale_argv", "spec_hash", "swarm_in_charge", "swarm_rolled_back", "tasks_gone",
+           "writers_problem"]
 
 STACK_LABEL = "com.docker.stack.namespace"
 MANUAL_ROLLBACK = "manually requested rollback"  # UpdateStatus.Message of a requested rollback
@@ -132,6 +133,13 @@ def swarm_rolled_back(service: SwarmService, before: SwarmService | None) -> boo
     return (before is not None and before.update_started == service.update_started
             and not _requested(before)
             and before.update_state in ("updating", "rollback_started", "rollback_paused"))
+
+
+def runs_current_spec(service: SwarmService, running: Collection[tuple[str, str]]) -> bool:
+    """Every running task (``running``: their (image, spec hash) pairs) runs the service's
+    current spec, and one does: Swarm's own rollback has converged, not only been declared
+    completed (``rollback_completed`` comes before the restored task runs)."""
+    return set(running) == {(service.current.image, service.current.spec_hash)}
 
 
 def swarm_in_charge(service: SwarmService) -> bool:

@@ -253,8 +253,12 @@ class AppRollback(Component):
             services = await self._docker.services(self.cfg.project)
         except AdapterError:
             return
+        running: dict[str, set[tuple[str, str]]] = {}
+        for task in self.tracker.containers:
+            if task.running:
+                running.setdefault(task.service, set()).add((task.image_ref, task.config_hash))
         before, self._swarm_in_charge = (self._swarm_in_charge,
-                                         await self._swarm_watch.observe(services))
+                                         await self._swarm_watch.observe(services, running))
         if before and not self._swarm_in_charge:
             self._swarm_done_at = now
 

@@ -10,7 +10,8 @@ already recorded are kept in a state flag, so a restart does not record them aga
 
 :meth:`SwarmRollbackWatch.observe` returns the services whose update Swarm is in charge of right
 now (:func:`~brace_watchdog.swarm_release.swarm_in_charge`: updating under ``failure_action:
-rollback``, or rolling back on its own); the rollback policy holds while there are any (guard
+rollback``, or rolling back on its own — until every running task runs the restored spec: Swarm
+declares ``rollback_completed`` before that); the rollback policy holds while there are any (guard
 ``swarm_in_charge``), so the watchdog never starts its own rollback across Swarm's. Once Swarm is
 done, the tracker simply sees the previous release running again (a deploy), and the usual guards
 apply to that.
@@ -18,11 +19,16 @@ apply to that.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from brace_watchdog.runtime import Hub
-from brace_watchdog.swarm_release import SwarmService, swarm_in_charge, swarm_rolled_back
+from brace_watchdog.swarm_release import (
+    SwarmService,
+    runs_current_spec,
+    swarm_in_charge,
+    swarm_rolled_back,
+)
 
 __all__ = ["RECORDED_FLAG", "SwarmRollbackWatch"]
 
@@ -36,15 +42,30 @@ class SwarmRollbackWatch:
         self.hub = hub
         self.stack = stack
         self._before: dict[str, SwarmService] = {}
+        self._settling: dict[str, str] = {}  # service -> the update Swarm rolled back itself
 
-    async def observe(self, services: Sequence[SwarmService]) -> tuple[str, ...]:
+    async def observe(self, services: Sequence[SwarmService],
+                      running: Mapping[str, Collection[tuple[str, str]]]) -> tuple[str, ...]:
         """Record what Swarm rolled back on its own since the last look; the services whose
-        update Swarm is judging or undoing now."""
+        update Swarm is judging or undoing now — until its rollback has converged (``running``:
+        each service's running tasks' (image, spec hash))."""
         for service in services:
             if swarm_rolled_back(service, self._before.get(service.name)):
                 await self._record(service)
+                self._settling[service.name] = service.update_started
         self._before = {s.name: s for s in services}
-        return tuple(s.name for s in services if swarm_in_charge(s))
+        return tuple(s.name for s in services
+                     if swarm_in_charge(s) or self._settling_now(s, running.get(s.name, ())))
+
+    def _settling_now(self, service: SwarmService,
+                      running: Collection[tuple[str, str]]) -> bool:
+        """Swarm's own rollback is declared completed but its tasks have not converged yet."""
+        if (self._settling.get(service.name) == service.update_started
+                and service.update_state == "rollback_completed"
+                and not runs_current_spec(service, running)):
+            return True
+        self._settling.pop(service.name, None)
+        return False
 
     async def _record(self, service: SwarmService) -> None:
         paused = service.update_state == "rollback_paused"
