@@ -129,6 +129,20 @@ async def test_a_long_engine_outage_stops_without_a_verdict(stack: Stack, tmp_pa
         await docker_proxy.mend()
 
 
+@asynccontextmanager
+async def compose_held_after_up(stack: Stack, tmp_path: Path,
+                                proxy: DockerProxy) -> AsyncIterator[tuple[Harness, str, Path]]:
+    """A rollback from v2 back to v1 through ``proxy`` (verification deadline 6 s), its compose
+    ``up`` done and held (:func:`held_after_up`); yields the harness, the known-good release's
+    fingerprint and the file whose creation lets compose return."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    async with rollback_through(stack, tmp_path, proxy, held_after_up(gate, stack),
+                                verify_timeout_seconds=6.0) as (h, good):
+        await touched(gate / "up-done")
+        yield h, good, gate / "go"
+
+
 async def outage_verdict(h: Harness, good: str, stage: str) -> None:
     """The rollback stopped at ``stage`` as an outage: the target untouched, frozen, escalated."""
     stopped = await h.wait_event("action.rollback.outage", timeout=60)
@@ -149,13 +163,9 @@ async def test_an_engine_outage_while_verifying_the_images_is_no_verdict(
         stack: Stack, tmp_path: Path, docker_proxy: DockerProxy) -> None:
     # compose brought the known-good release back; dockerd "restarts" before the rollback could
     # read back which images run, and is still away at the verification's deadline
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    async with rollback_through(stack, tmp_path, docker_proxy, held_after_up(gate, stack),
-                                verify_timeout_seconds=6.0) as (h, good):
-        await touched(gate / "up-done")
+    async with compose_held_after_up(stack, tmp_path, docker_proxy) as (h, good, go):
         await docker_proxy.cut()
-        (gate / "go").touch()
+        go.touch()
         await h.wait_event("action.rollback.verifying", timeout=30)
         await outage_verdict(h, good, "verify_images")
         assert h.events("action.rollback.images_verified") == []
@@ -166,13 +176,9 @@ async def test_an_engine_outage_while_probing_the_target_is_no_verdict(
         stack: Stack, tmp_path: Path, docker_proxy: DockerProxy) -> None:
     # the known-good images run, then the engine "restarts" and takes the backend with it: the
     # probes fail while the engine does not answer — the engine's outage, not the release's
-    gate = tmp_path / "gate"
-    gate.mkdir()
-    async with rollback_through(stack, tmp_path, docker_proxy, held_after_up(gate, stack),
-                                verify_timeout_seconds=6.0) as (h, good):
-        await touched(gate / "up-done")
+    async with compose_held_after_up(stack, tmp_path, docker_proxy) as (h, good, go):
         stack.break_health(500)  # what a backend the engine stopped looks like to the probes
-        (gate / "go").touch()
+        go.touch()
         await h.wait_event("action.rollback.images_verified", timeout=30)
         await docker_proxy.cut()
         await outage_verdict(h, good, "verify_probes")
