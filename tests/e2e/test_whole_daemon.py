@@ -5,37 +5,51 @@ backups with a real ``pg_dump -Fc`` dump, alerts from a real Alertmanager, the d
 and local restore tests against a real PostgreSQL, and webhooks to a real local receiver. It
 runs several cycles of each, rolls a bad deploy back, then takes the faults one after another
 on the same process. After each: it still probes and serves metrics, the watchdog pings flow,
-and at the end every counted event is in the state file (nothing lost) and no action ran twice.
+every event stored before is still there and every counted event is stored (nothing lost), and
+the one rollback stays the only action (nothing repeated).
+
+What the test breaks sits between the daemon and the real thing: the backend's health endpoint
+behind a TCP proxy that resets or answers garbage (:mod:`tests.support.tcp_fault`), the docker
+engine behind a unix socket the test cuts (the shared engine is never stopped), the state file
+on a small tmpfs the test fills.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.support.alertmanager import Alertmanager, start_alertmanager
 from tests.support.daemon import Daemon
-from tests.support.faults import hold_write_lock
+from tests.support.docker_proxy import ThreadedDockerProxy, threaded_docker_proxy
+from tests.support.faults import fill_up, hold_write_lock, small_tmpfs
 from tests.support.pg import DEFAULT_HBA, PG_BIN, PgCluster, make_brace_dump
 from tests.support.stack import Stack, wait_for_event, write_daemon_config
+from tests.support.tcp_fault import FaultProxy, Mode, fault_proxy
 from tests.support.webhooks import Receiver, webhook_receiver
 
 pytestmark = pytest.mark.docker
 
 COMPONENTS = ("health", "backups", "alerts", "database", "restore_test", "rollback", "control")
 FAST = ("health", "backups", "alerts", "database", "rollback")  # cycles of at most 0.5 s
-LOCK_SECONDS = 12.0  # past SQLite's old 10 s busy wait; the 30 s lock is test_state_faults.py's
+LOCK_SECONDS = 30.0
+OUTAGE_SECONDS = 30.0
 PROBES = "brace_health_probes_total{"
+ROLLBACK_UP = 'brace_watchdog_component_up{component="rollback"}'
 
 
 def _env(am: Alertmanager, pg: PgCluster, dbname: str, hooks: Receiver) -> dict[str, str]:
     pre = "BRACE_WATCHDOG__"
     return {f"{pre}DAEMON__LOG_LEVEL": "INFO",
+            "BRACE_WATCHDOG_WEBHOOK_URL": hooks.url().reveal(),
             f"{pre}BACKUPS__INTERVAL_SECONDS": "0.5", f"{pre}BACKUPS__SETTLE_SECONDS": "2",
             f"{pre}ALERTS__ALERTMANAGER_URL": am.url, f"{pre}ALERTS__INTERVAL_SECONDS": "0.5",
             f"{pre}ALERTS__TIMEOUT_SECONDS": "2",
@@ -44,8 +58,25 @@ def _env(am: Alertmanager, pg: PgCluster, dbname: str, hooks: Receiver) -> dict[
             f"{pre}RESTORE_TEST__ENABLED": "true", f"{pre}RESTORE_TEST__BACKEND": "local",
             f"{pre}RESTORE_TEST__LOCAL_BIN_DIR": str(PG_BIN),
             f"{pre}RESTORE_TEST__INTERVAL_HOURS": "0.003",
-            f"{pre}RESTORE_TEST__TIMEOUT_SECONDS": "120",
-            "BRACE_WATCHDOG_WEBHOOK_URL": hooks.url().reveal()}
+            f"{pre}RESTORE_TEST__TIMEOUT_SECONDS": "120"}
+
+
+@contextmanager
+def _breakable(stack: Stack, tmp_path: Path) -> Iterator[tuple[dict[str, str], FaultProxy,
+                                                               ThreadedDockerProxy, Path]]:
+    """What the test breaks, wired into the daemon's environment: the backend's health
+    endpoint behind a proxy that can reset or answer garbage, the engine behind a socket the
+    test can cut (the shared engine is never stopped), the state file on a small tmpfs."""
+    backend = urlsplit(stack.backend_url)
+    assert backend.hostname is not None and backend.port is not None
+    with ExitStack() as stack_of:
+        health = stack_of.enter_context(fault_proxy((backend.hostname, backend.port)))
+        engine = stack_of.enter_context(threaded_docker_proxy())
+        statefs = stack_of.enter_context(small_tmpfs(tmp_path / "statefs", "16m"))
+        env = {"BRACE_WATCHDOG__HEALTH__URL": health.url(backend.path or "/"),
+               "BRACE_WATCHDOG__DAEMON__STATE_PATH": json.dumps(str(statefs / "state.db")),
+               "DOCKER_HOST": engine.url}
+        yield env, health, engine, statefs
 
 
 def _until(daemon: Daemon, what: str, check: Callable[[], bool], timeout: float = 60) -> None:
@@ -70,9 +101,9 @@ def _still_working(daemon: Daemon, seconds: float = 2.5) -> list[str]:
     return seen
 
 
-def _rows(state: Path, sql: str) -> list[tuple[object, ...]]:
+def _rows(state: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
     with sqlite3.connect(state) as conn:
-        return list(conn.execute(sql))
+        return list(conn.execute(sql, params))
 
 
 def test_whole_daemon_every_component_on_through_the_fault_matrix(
@@ -85,18 +116,32 @@ def test_whole_daemon_every_component_on_through_the_fault_matrix(
     config = write_daemon_config(stack, tmp_path)
     am = start_alertmanager(tmp_path / "am")
     am.post(alertname="BraceDiskSpace", severity="warning")
-    with webhook_receiver() as hooks:
-        daemon = Daemon(tmp_path, config=config, env=_env(am, pg_cluster, dump.dbname, hooks))
+    with webhook_receiver() as hooks, _breakable(stack, tmp_path) as (env, health, engine, fs):
+        daemon = Daemon(tmp_path, config=config,
+                        env={**_env(am, pg_cluster, dump.dbname, hooks), **env})
         try:
             daemon.wait_for("READY=1", timeout=60)
             _every_component_cycles(daemon, stack, hooks)
-            am = _alertmanager_down(daemon, am, tmp_path)
-            _postgres_down_then_up(daemon, pg_cluster)
-            _postgres_refuses_auth(daemon, pg_cluster)
-            _state_file_locked(daemon)
-            _backups_folder_gone(daemon, backups)
-            _dump_half_written_while_scanned(daemon, backups, dump.path)
-            _nothing_lost_nothing_repeated(daemon)
+            with _nothing_lost_nothing_repeated(daemon):
+                am = _alertmanager_down(daemon, am, tmp_path)
+            with _nothing_lost_nothing_repeated(daemon):
+                _postgres_down_then_up(daemon, pg_cluster)
+            with _nothing_lost_nothing_repeated(daemon):
+                _postgres_refuses_auth(daemon, pg_cluster)
+            with _nothing_lost_nothing_repeated(daemon):
+                _health_endpoint_resets(daemon, health)
+            with _nothing_lost_nothing_repeated(daemon):
+                _health_endpoint_answers_garbage(daemon, health)
+            with _nothing_lost_nothing_repeated(daemon):
+                _state_file_locked(daemon)
+            with _nothing_lost_nothing_repeated(daemon):
+                _state_disk_full(daemon, fs, health)
+            with _nothing_lost_nothing_repeated(daemon):
+                _engine_cut(daemon, engine)
+            with _nothing_lost_nothing_repeated(daemon):
+                _backups_folder_gone(daemon, backups)
+            with _nothing_lost_nothing_repeated(daemon):
+                _dump_half_written_while_scanned(daemon, backups, dump.path)
         finally:
             daemon.close()
             am.stop()
@@ -170,6 +215,70 @@ def _postgres_refuses_auth(daemon: Daemon, pg: PgCluster) -> None:
     _until(daemon, "database up after pg_hba fixed", _is(daemon, "brace_database_up", 1.0))
 
 
+def _health_endpoint_fails(daemon: Daemon, health: FaultProxy, mode: Mode, detail: str) -> None:
+    """The backend's health endpoint fails in ``mode`` (its backend itself still runs): probed
+    as ``connection_error`` with ``detail`` in the transition event; ok again afterwards."""
+    since = time.time()
+    errors = _backend_connection_errors(daemon)
+    health.switch(mode)
+    _until(daemon, f"backend down ({mode})", _is(daemon, 'brace_health_up{target="backend"}', 0.0))
+    _still_working(daemon)
+    assert _backend_connection_errors(daemon) > errors + 1
+    health.switch("pass")
+    _until(daemon, "backend up again", _is(daemon, 'brace_health_up{target="backend"}', 1.0))
+    details = [json.loads(str(e[0]))["detail"] for e in _rows(
+        daemon.state_path, "SELECT evidence FROM events WHERE kind = 'health.transition' AND "
+        "ts >= ? AND json_extract(evidence, '$.to') = 'connection_error'", since)]
+    assert details and all(detail in d for d in details), details
+
+
+def _backend_connection_errors(daemon: Daemon) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in daemon.scrape().splitlines()
+               if line.startswith(PROBES) and 'target="backend"' in line
+               and 'result="connection_error"' in line)
+
+
+def _health_endpoint_resets(daemon: Daemon, health: FaultProxy) -> None:
+    _health_endpoint_fails(daemon, health, "reset", "ConnectionResetError")
+
+
+def _health_endpoint_answers_garbage(daemon: Daemon, health: FaultProxy) -> None:
+    _health_endpoint_fails(daemon, health, "garbage", "not an HTTP/1.x answer")
+
+
+def _state_disk_full(daemon: Daemon, fs: Path, health: FaultProxy) -> None:
+    """The state file's disk fills up while health changes (events to write): degraded, said in
+    a metric and STATUS=; the queued events land once space returns."""
+    filler = fill_up(fs)
+    transitions = daemon.total('brace_watchdog_events_total{kind="health.transition"}')
+    health.switch("reset")
+    _until(daemon, "state store full", _is(daemon, "brace_watchdog_state_store_up", 0.0))
+    health.switch("pass")
+    seen = _still_working(daemon, 6.0)  # STATUS= goes out every 5 s
+    assert any(m.startswith("STATUS=STATE STORE UNAVAILABLE (database or disk is full")
+               for m in seen), seen
+    assert (daemon.sample('brace_watchdog_state_write_failures_total{reason="full"}') or 0) > 0
+    filler.unlink()
+    _until(daemon, "state store writable", _is(daemon, "brace_watchdog_state_store_up", 1.0))
+    assert daemon.sample("brace_watchdog_state_pending_writes") == 0.0
+    assert daemon.total('brace_watchdog_events_total{kind="health.transition"}') >= transitions + 2
+
+
+def _engine_cut(daemon: Daemon, engine: ThreadedDockerProxy) -> None:
+    """The engine unreachable for 30 s while idle: the rollback component's cycles fail and say
+    so, the rest goes on, no action is taken; back to normal once it answers."""
+    engine.cut()
+    _until(daemon, "rollback component down", _is(daemon, ROLLBACK_UP, 0.0))
+    deadline = time.monotonic() + OUTAGE_SECONDS
+    while time.monotonic() < deadline:
+        _still_working(daemon, 2.0)
+    assert (daemon.sample('brace_watchdog_component_errors_total{component="rollback"}')
+            or 0) > 1
+    engine.mend()
+    _until(daemon, "rollback component up", _is(daemon, ROLLBACK_UP, 1.0))
+    _still_working(daemon)
+
+
 def _state_file_locked(daemon: Daemon) -> None:
     with hold_write_lock(daemon.state_path):
         _until(daemon, "state store unavailable",
@@ -207,14 +316,34 @@ def _dump_half_written_while_scanned(daemon: Daemon, backups: Path, dump: Path) 
         "brace_backup_newest_timestamp_seconds") or 0) > (newest or 0))
 
 
-def _nothing_lost_nothing_repeated(daemon: Daemon) -> None:
-    scrape = daemon.scrape()
-    for line in scrape.splitlines():
+def _events(daemon: Daemon) -> list[tuple[object, ...]]:
+    return _rows(daemon.state_path, "SELECT id, kind, ts, message FROM events ORDER BY id")
+
+
+def _all_stored(daemon: Daemon) -> bool:
+    """Every event the daemon counted (``brace_watchdog_events_total``) is in the state file, and
+    a restore result per completed restore test."""
+    runs = daemon.total("brace_restore_test_runs_total{")
+    if _rows(daemon.state_path, "SELECT count(*) FROM restore_results")[0][0] != runs:
+        return False
+    for line in daemon.scrape().splitlines():
         if line.startswith('brace_watchdog_events_total{kind="'):
             kind = line.split('"')[1]
-            rows = _rows(daemon.state_path, f"SELECT count(*) FROM events WHERE kind = '{kind}'")
-            assert rows[0][0] == float(line.rsplit(" ", 1)[1]), line
-    assert _rows(daemon.state_path, "SELECT count(*) FROM actions WHERE kind = 'rollback'") == [
-        (1,)]
-    runs = daemon.total("brace_restore_test_runs_total{")
-    assert _rows(daemon.state_path, "SELECT count(*) FROM restore_results")[0][0] == runs
+            rows = _rows(daemon.state_path, "SELECT count(*) FROM events WHERE kind = ?", kind)
+            if rows[0][0] != float(line.rsplit(" ", 1)[1]):
+                return False
+    return True
+
+
+@contextmanager
+def _nothing_lost_nothing_repeated(daemon: Daemon) -> Iterator[None]:
+    """Around one fault: the events stored before are all still there, every counted event is
+    stored, the one rollback stays the only action, and a restore result per completed run."""
+    before = _events(daemon)
+    actions = _rows(daemon.state_path, "SELECT id, kind, status FROM actions")
+    yield
+    _until(daemon, "every counted event and restore result stored",
+           lambda: _all_stored(daemon), 15)
+    assert _events(daemon)[:len(before)] == before
+    assert _rows(daemon.state_path, "SELECT id, kind, status FROM actions") == actions
+    assert [kind for _, kind, _ in actions] == ["rollback"]

@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import threading
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 from tests.integration.control_helpers import short_dir
 
-__all__ = ["DockerProxy"]
+__all__ = ["DockerProxy", "ThreadedDockerProxy", "threaded_docker_proxy"]
 
 UPSTREAM = "/var/run/docker.sock"
 CHUNK = 64 * 1024
@@ -72,6 +75,46 @@ class DockerProxy:
                 with contextlib.suppress(OSError, asyncio.CancelledError):
                     await side.wait_closed()
             self._pipes.discard(task)
+
+
+class ThreadedDockerProxy:
+    """A :class:`DockerProxy` on its own event loop in a thread, for a test that is not async
+    (e.g. one driving the daemon as a process): :meth:`cut` and :meth:`mend` block until done."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.proxy = DockerProxy()
+        self.mend()
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url
+
+    def _run(self, coro: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+    def cut(self) -> None:
+        self._run(self.proxy.cut())
+
+    def mend(self) -> None:
+        self._run(self.proxy.mend())
+
+    def close(self) -> None:
+        self._run(self.proxy.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+
+@contextlib.contextmanager
+def threaded_docker_proxy() -> Iterator[ThreadedDockerProxy]:
+    proxy = ThreadedDockerProxy()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
 
 
 async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
