@@ -9,9 +9,9 @@ every event stored before is still there and every counted event is stored (noth
 the one rollback stays the only action (nothing repeated).
 
 What the test breaks sits between the daemon and the real thing: the backend's health endpoint
-behind a TCP proxy that resets or answers garbage (:mod:`tests.support.tcp_fault`), the docker
-engine behind a unix socket the test cuts (the shared engine is never stopped), the state file
-on a small tmpfs the test fills.
+behind a TCP proxy that hangs, resets or answers garbage (:mod:`tests.support.tcp_fault`), the
+docker engine behind a unix socket the test cuts (the shared engine is never stopped), the state
+file on a small tmpfs the test fills.
 """
 
 from __future__ import annotations
@@ -129,6 +129,8 @@ def test_whole_daemon_every_component_on_through_the_fault_matrix(
             with _nothing_lost_nothing_repeated(daemon):
                 _postgres_refuses_auth(daemon, pg_cluster)
             with _nothing_lost_nothing_repeated(daemon):
+                _health_endpoint_hangs(daemon, health)
+            with _nothing_lost_nothing_repeated(daemon):
                 _health_endpoint_resets(daemon, health)
             with _nothing_lost_nothing_repeated(daemon):
                 _health_endpoint_answers_garbage(daemon, health)
@@ -215,35 +217,41 @@ def _postgres_refuses_auth(daemon: Daemon, pg: PgCluster) -> None:
     _until(daemon, "database up after pg_hba fixed", _is(daemon, "brace_database_up", 1.0))
 
 
-def _health_endpoint_fails(daemon: Daemon, health: FaultProxy, mode: Mode, detail: str) -> None:
+def _health_endpoint_fails(daemon: Daemon, health: FaultProxy, mode: Mode, result: str,
+                           detail: str) -> None:
     """The backend's health endpoint fails in ``mode`` (its backend itself still runs): probed
-    as ``connection_error`` with ``detail`` in the transition event; ok again afterwards."""
+    as ``result`` with ``detail`` in the transition event; ok again afterwards."""
     since = time.time()
-    errors = _backend_connection_errors(daemon)
+    errors = _backend_probes(daemon, result)
     health.switch(mode)
     _until(daemon, f"backend down ({mode})", _is(daemon, 'brace_health_up{target="backend"}', 0.0))
     _still_working(daemon)
-    assert _backend_connection_errors(daemon) > errors + 1
+    assert _backend_probes(daemon, result) > errors + 1
     health.switch("pass")
     _until(daemon, "backend up again", _is(daemon, 'brace_health_up{target="backend"}', 1.0))
     details = [json.loads(str(e[0]))["detail"] for e in _rows(
         daemon.state_path, "SELECT evidence FROM events WHERE kind = 'health.transition' AND "
-        "ts >= ? AND json_extract(evidence, '$.to') = 'connection_error'", since)]
+        "ts >= ? AND json_extract(evidence, '$.to') = ?", since, result)]
     assert details and all(detail in d for d in details), details
 
 
-def _backend_connection_errors(daemon: Daemon) -> float:
+def _backend_probes(daemon: Daemon, result: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in daemon.scrape().splitlines()
                if line.startswith(PROBES) and 'target="backend"' in line
-               and 'result="connection_error"' in line)
+               and f'result="{result}"' in line)
+
+
+def _health_endpoint_hangs(daemon: Daemon, health: FaultProxy) -> None:
+    _health_endpoint_fails(daemon, health, "hang", "timeout", "no answer within the timeout")
 
 
 def _health_endpoint_resets(daemon: Daemon, health: FaultProxy) -> None:
-    _health_endpoint_fails(daemon, health, "reset", "ConnectionResetError")
+    _health_endpoint_fails(daemon, health, "reset", "connection_error", "ConnectionResetError")
 
 
 def _health_endpoint_answers_garbage(daemon: Daemon, health: FaultProxy) -> None:
-    _health_endpoint_fails(daemon, health, "garbage", "not an HTTP/1.x answer")
+    _health_endpoint_fails(daemon, health, "garbage", "connection_error",
+                           "not an HTTP/1.x answer")
 
 
 def _state_disk_full(daemon: Daemon, fs: Path, health: FaultProxy) -> None:

@@ -3,7 +3,8 @@
 The daemon probes :meth:`FaultProxy.url` instead of the backend. In mode ``"pass"`` every byte
 goes through to the backend. In ``"reset"`` each connection is aborted with a TCP RST (``SO_LINGER``
 0, then close: the peer sees ``ECONNRESET``, not the clean FIN of a server that closes); in
-``"garbage"`` each request is answered with bytes that are no HTTP at all. A switch reaches the
+``"garbage"`` each request is answered with bytes that are no HTTP at all; in ``"hang"`` requests
+are read and never answered. A switch reaches the
 open connections too, so a keep-alive client meets the new mode on its next request.
 """
 
@@ -20,7 +21,7 @@ from typing import Literal
 
 __all__ = ["GARBAGE", "FaultProxy", "Mode", "fault_proxy"]
 
-Mode = Literal["pass", "reset", "garbage"]
+Mode = Literal["pass", "reset", "garbage", "hang"]
 GARBAGE = b"\x00\xff\xfe SSH-2.0-not-http \x07\r\n\r\n"
 CHUNK = 64 * 1024
 
@@ -47,8 +48,8 @@ class FaultProxy:
 
     def switch(self, mode: Mode) -> None:
         """Answer every later request in ``mode``: open connections are reset into ``"reset"``,
-        turn to garbage (a request under way included) into ``"garbage"``, and are closed
-        cleanly into ``"pass"``."""
+        turn to garbage (a request under way included) into ``"garbage"``, stop answering into
+        ``"hang"``, and are closed cleanly into ``"pass"``."""
         self.mode = mode
         self.generation += 1
 
@@ -75,25 +76,27 @@ class FaultProxy:
                 upstream = socket.create_connection(self.upstream, 10)
             except OSError:
                 mode = "reset"
-        pipe = _Pipe(conn, upstream)
+        pipe = _Pipe(conn, upstream, GARBAGE if mode == "garbage" else None)
         # one thread polls both sides, so a switch() is acted on here (a close from another
         # thread would not wake a blocked recv, and would send no RST)
         while mode != "reset" and pipe.forward():
             if self.generation != generation:
                 mode, generation = self.mode, self.generation
-                if mode == "garbage":
-                    pipe.become_garbage()
+                if mode in ("garbage", "hang"):
+                    pipe.stop_forwarding(GARBAGE if mode == "garbage" else None)
                 elif mode == "pass":
                     break  # a new connection reaches the backend
         pipe.end(reset=mode == "reset")
 
 
 class _Pipe:
-    """A client connection and the backend's (None: answering garbage)."""
+    """A client connection and the backend's (None: each request gets ``answer``, or nothing)."""
 
-    def __init__(self, conn: socket.socket, upstream: socket.socket | None) -> None:
+    def __init__(self, conn: socket.socket, upstream: socket.socket | None,
+                 answer: bytes | None) -> None:
         self.conn = conn
         self.upstream = upstream
+        self.answer = answer
         self.waiting = False  # the client sent a request that was not answered yet
 
     def forward(self) -> bool:
@@ -106,7 +109,8 @@ class _Pipe:
                 if not data:
                     return False
                 if self.upstream is None:
-                    self.conn.sendall(GARBAGE)
+                    if self.answer is not None:
+                        self.conn.sendall(self.answer)
                 elif side is self.conn:
                     self.waiting = True
                     self.upstream.sendall(data)
@@ -117,13 +121,14 @@ class _Pipe:
             return False
         return True
 
-    def become_garbage(self) -> None:
+    def stop_forwarding(self, answer: bytes | None) -> None:
         if self.upstream is not None:
             self.upstream.close()
             self.upstream = None
-        if self.waiting:
+        self.answer = answer
+        if self.waiting and answer is not None:
             with contextlib.suppress(OSError):
-                self.conn.sendall(GARBAGE)
+                self.conn.sendall(answer)
 
     def end(self, *, reset: bool) -> None:
         if self.upstream is not None:
