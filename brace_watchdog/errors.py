@@ -95,7 +95,12 @@ class CommandError(AdapterError):
 
 
 class DockerError(AdapterError):
-    """The docker engine refused a request or could not be reached."""
+    """The docker engine refused a request or could not be reached. ``status`` is the HTTP
+    status the engine answered with; None when no answer came (connection-level)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class PostgresError(AdapterError):

@@ -33,14 +33,14 @@ from brace_watchdog.adapters.compose import ComposeCLI, UpPlan, lost_the_engine
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.config import RollbackConfig
-from brace_watchdog.errors import ActionError, AdapterError, CommandError, OutageError
+from brace_watchdog.errors import ActionError, AdapterError, CommandError, DockerError, OutageError
 from brace_watchdog.monitors.health import StatusGetter, probe_with
 from brace_watchdog.monitors.policy import is_healthy
 from brace_watchdog.releases import Release, build_release, diff, pin_tag
 
 __all__ = ["EngineRetry", "ProbeStreak", "RollbackPlan", "RollbackSteps", "Snapshot",
-           "build_plan", "engine_answers", "pin_refs", "split_ref", "verify_images",
-           "verify_probes"]
+           "build_plan", "engine_answers", "engine_lost", "engine_refused", "pin_refs",
+           "split_ref", "verify_images", "verify_probes"]
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -185,8 +185,9 @@ async def _go_ahead(step: str) -> None:
 
 @dataclass(frozen=True)
 class EngineRetry:
-    """Engine and compose errors are retried for ``within`` seconds (the step's deadline),
-    ``wait`` seconds apart; then the step stops with :class:`OutageError` — no verdict."""
+    """Adapter errors (the steps raise only those that mean the engine is away) are retried for
+    ``within`` seconds (the step's deadline), ``wait`` seconds apart; then the step stops with
+    :class:`OutageError` — no verdict."""
 
     within: float
     wait: float = 1.0
@@ -203,6 +204,20 @@ class EngineRetry:
                               f"{self.within:.0f}s: {exc}") from None
 
 
+def engine_refused(exc: AdapterError) -> bool:
+    """The engine answered the request with an error status (404 no such image, 409, ...): it
+    is up and said no — a verdict, never retried."""
+    return isinstance(exc, DockerError) and exc.status is not None
+
+
+def engine_lost(exc: AdapterError) -> bool:
+    """The request got no answer from the engine (connection-level), or compose says it could
+    not reach the engine: an outage, retried until the step's deadline."""
+    if isinstance(exc, DockerError):
+        return exc.status is None
+    return isinstance(exc, CommandError) and lost_the_engine(exc.output)
+
+
 async def engine_answers(docker: DockerAdapter) -> bool:
     try:
         return await docker.ping()
@@ -215,7 +230,8 @@ DEFAULT_RETRY = EngineRetry(60.0)
 
 class RollbackSteps:
     """Carries out a plan: retag, write the snapshot, run compose. Each step is journalled;
-    engine errors are retried (:class:`EngineRetry`)."""
+    errors while the engine is away are retried (:class:`EngineRetry`), errors the engine
+    answered with are verdicts at once."""
 
     def __init__(self, docker: DockerAdapter, compose: ComposeCLI, journal: Journal,
                  before: Before = _go_ahead, *, archive: ImageArchive | None = None,
@@ -237,7 +253,7 @@ class RollbackSteps:
         await self._before("snapshot")
         await self._write_snapshot(plan)
         await self._before("compose")
-        result = await self._retry.call("compose", partial(self._up, plan))
+        result = await self._through_engine("compose", partial(self._compose.up, plan.up))
         output = replace(result, stdout=result.stdout[-4000:], stderr=result.stderr[-4000:],
                          duration_seconds=round(result.duration_seconds, 3))
         self._journal("compose_done", asdict(output))
@@ -247,7 +263,7 @@ class RollbackSteps:
         """Every known-good image in the engine: loaded from its archive when it was pruned."""
         loaded = []
         for image_id in sorted(set(plan.expected_images.values())):
-            if await self._retry.call("images", partial(self._ensure_image, image_id)):
+            if await self._through_engine("images", partial(self._ensure_image, image_id)):
                 loaded.append(image_id)
         if loaded:
             self._journal("images_loaded", {"loaded": loaded})
@@ -261,22 +277,27 @@ class RollbackSteps:
                               "engine and not archived; cannot roll back to it")
         return True
 
-    async def _up(self, plan: RollbackPlan) -> CommandResult:
-        """One compose run; its failure is retried only when it is the engine's: compose says
-        it could not reach the engine (which may answer again by now), or the engine does not
-        answer."""
+    async def _through_engine(self, stage: str, work: Callable[[], Awaitable[T]]) -> T:
+        """``work`` retried while the engine is away (:class:`EngineRetry`)."""
+        return await self._retry.call(stage, partial(self._judged, stage, work))
+
+    async def _judged(self, stage: str, work: Callable[[], Awaitable[T]]) -> T:
+        """One try of ``work``; its adapter error is raised as is (to be retried) only when it
+        is the engine's: no answer came or compose could not reach it (the engine may answer
+        again by now), or — for an error that says neither — the engine does not answer now.
+        An error the engine answered with, or one while it answers, is the step's verdict."""
         try:
-            return await self._compose.up(plan.up)
+            return await work()
         except AdapterError as exc:
-            said = exc.output if isinstance(exc, CommandError) else ""
-            if lost_the_engine(said) or not await engine_answers(self._docker):
+            if not engine_refused(exc) and (engine_lost(exc)
+                                            or not await engine_answers(self._docker)):
                 raise
-            raise ActionError("compose", f"{exc}") from None
+            raise ActionError(stage, f"{exc}") from None
 
     async def _retag(self, plan: RollbackPlan) -> None:
         for ref, image_id in plan.retags:
-            await self._retry.call("retag", partial(self._docker.tag_image, image_id,
-                                                    *split_ref(ref)))
+            await self._through_engine("retag", partial(self._docker.tag_image, image_id,
+                                                        *split_ref(ref)))
         if plan.retags:
             self._journal("retagged", {"retags": [list(r) for r in plan.retags]})
 

@@ -56,6 +56,8 @@ class DockerAdapter:
     def _guarded(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return func(*args, **kwargs)
+        except docker.errors.APIError as exc:
+            raise DockerError(str(exc), status=exc.status_code) from None
         except docker.errors.DockerException as exc:
             raise DockerError(str(exc)) from None
         except OSError as exc:
