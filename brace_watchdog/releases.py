@@ -14,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from brace_watchdog.observations import ProbeResult
@@ -29,6 +30,7 @@ __all__ = [
     "TagUser",
     "build_release",
     "config_digest",
+    "deployed_at",
     "diff",
     "pin_tag",
     "service_liveness",
@@ -168,6 +170,26 @@ def build_release(project: str, services: Sequence[str],
     first = by_service[services[0]][0]
     release = Release(project, first.working_dir, first.config_files, tuple(chosen))
     return ReleaseObservation(release, not_running=tuple(not_running), mixed=tuple(mixed))
+
+
+def deployed_at(project: str, services: Sequence[str], containers: Iterable[ComposeContainer],
+                *, not_before: float, now: float) -> float:
+    """When the running release was deployed: the creation of its newest container, as the
+    engine reports it, kept between ``not_before`` (the look that last saw the release before)
+    and ``now`` (this look), so neither a clock the engine reports oddly nor an unreadable time
+    moves a deploy outside what the daemon itself saw; ``now`` when no time can be read."""
+    created = [_timestamp(c.created) for c in containers
+               if c.project == project and c.service in services and not c.oneoff]
+    newest = max((t for t in created if t is not None), default=now)
+    return min(now, max(not_before, newest))
+
+
+def _timestamp(text: str) -> float | None:
+    """An engine timestamp (RFC 3339, nanoseconds allowed) as seconds since the epoch."""
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)

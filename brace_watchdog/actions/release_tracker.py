@@ -2,7 +2,8 @@
 
 :class:`ReleaseTracker` reads the compose project's containers through the docker adapter (worker
 threads), builds the running :class:`~brace_watchdog.releases.Release`, records a *deploy* when its
-fingerprint changes (event + ``brace_deploys_total{change}``), publishes each service's liveness
+fingerprint changes (event + ``brace_deploys_total{change}``; dated by its newest container's
+creation, :func:`~brace_watchdog.releases.deployed_at`), publishes each service's liveness
 (a ``service:<name>`` sample in the rollback window, ``brace_service_up``), keeps the running
 release's health evidence in the state store (:mod:`~brace_watchdog.actions.promotion_policy`),
 and promotes a release the daemon watched healthy for ``stable_after_seconds`` to *known-good*:
@@ -50,6 +51,7 @@ from brace_watchdog.releases import (
     Release,
     ReleaseObservation,
     build_release,
+    deployed_at,
     diff,
     service_liveness,
 )
@@ -87,6 +89,7 @@ class ReleaseTracker:
         self.health: ReleaseHealth | None = None
         self._saved_health: ReleaseHealth | None = None
         self._liveness: dict[str, str] = {}
+        self._looked_at: float | None = None  # when this run's last look began
 
     @property
     def running(self) -> Release | None:
@@ -118,6 +121,7 @@ class ReleaseTracker:
         liveness sample (on the rollback's schedule, so a woken look does not sample the engine
         more densely)."""
         self.containers = await self._docker.compose_containers(self.cfg.project)
+        looked_before, self._looked_at = self._looked_at, now
         if liveness:
             self._publish_liveness(now)
         obs = build_release(self.cfg.project, self.cfg.services, self.containers)
@@ -137,24 +141,25 @@ class ReleaseTracker:
         if previous is not None:
             whole, self._failing_while_whole = self._failing_while_whole, None
             self.failing_before_deploy = failing() if whole is None else whole
-            self._record_deploy(previous, release, now, by_rollback)
+            self.deploy_at = deployed_at(self.cfg.project, self.cfg.services, self.containers,
+                                         not_before=looked_before or now, now=now)
+            self._record_deploy(previous, release, by_rollback)
         self.hub.store.set_flag(CURRENT_FLAG, {"release": release.to_dict(), "seen_at": now,
                                                "deploy_at": self.deploy_at,
                                                "failing_before": self.failing_before_deploy})
         self.set_release_metric("current", release.fingerprint)
         return obs
 
-    def _record_deploy(self, previous: Release, release: Release, now: float,
-                       by_rollback: bool) -> None:
+    def _record_deploy(self, previous: Release, release: Release, by_rollback: bool) -> None:
         change = diff(previous, release)
-        self.deploy_at = now
         self.hub.metrics.deploys.labels(change=change.change).inc()
         who = " by the rollback" if by_rollback else ""
         self.hub.record("deploy", SOURCE, f"deploy detected{who}: {previous.short} -> "
                         f"{release.short} ({change.describe()})",
                         evidence={"change": change.change, "services": change.services,
                                   "from": previous.to_dict(), "to": release.to_dict(),
-                                  "failing_before": self.failing_before_deploy})
+                                  "failing_before": self.failing_before_deploy,
+                                  "deployed_at": self.deploy_at})
 
     def _publish_liveness(self, now: float) -> None:
         """Each service's liveness: a sample in its window, a gauge, an event when it changes."""

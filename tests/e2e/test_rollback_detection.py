@@ -15,6 +15,7 @@ The rollback decides when the evidence is there, not on its next cycle: a failin
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -132,8 +133,15 @@ async def test_the_decision_comes_with_the_sample_that_makes_the_failure_sustain
                              stable_after_seconds=0.5, min_samples=5)
     async with Harness(config) as h:
         await h.wait_event("release.known_good", timeout=40)
-        stack.deploy("v2")
+        before = time.time()
+        stack.deploy("v2")  # blocks this loop: no probe runs until the new backend is up
         await h.wait_event("rollback.succeeded", timeout=60)
         window = h.events("rollback.started")[0].evidence["decision"]["window"]
         assert window["sustained"]
         assert 5 <= window["total"] <= 5 + 1, window
+        # the grace ran from the deploy (the new containers' creation, as the engine reports
+        # it), not from the look the first failing probe prompted
+        first = min(s.ts for s in h.hub.observations.samples("backend")
+                    if s.ts > before and s.result != "ok")
+        deployed = h.events("deploy")[0].evidence["deployed_at"]
+        assert before < deployed < first

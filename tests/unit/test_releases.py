@@ -10,6 +10,7 @@ from brace_watchdog.releases import (
     Release,
     ServiceRelease,
     build_release,
+    deployed_at,
     diff,
     pin_tag,
 )
@@ -124,3 +125,24 @@ def sample(ts: float, result: str = "ok") -> ProbeSample:
 def test_pin_tag_is_project_scoped() -> None:
     assert pin_tag("brace", "admin-bot", "abcdef0123456789") == (
         "brace-watchdog/pin", "brace-admin-bot-abcdef012345")
+
+
+T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+
+
+def test_a_deploy_is_dated_by_its_newest_container_within_what_the_daemon_saw() -> None:
+    containers = [container("backend", created="2027-01-15T08:00:01.250000000Z"),
+                  container("frontend", created="2027-01-15T07:00:00Z"),
+                  container("backend", created="2027-01-15T08:00:05Z", oneoff=True),
+                  container("backend", created="2027-01-15T08:00:06Z", project="other"),
+                  container("worker", created="2027-01-15T08:00:07Z")]
+    assert deployed_at("brace", SERVICES, containers, not_before=T0, now=T0 + 3) == T0 + 1.25
+    # never before the previous look, never after this one
+    assert deployed_at("brace", SERVICES, containers, not_before=T0 + 2, now=T0 + 3) == T0 + 2
+    assert deployed_at("brace", SERVICES, containers, not_before=T0 - 5, now=T0 + 1) == T0 + 1
+
+
+def test_a_deploy_whose_containers_tell_no_time_is_dated_by_the_look() -> None:
+    unreadable = [container("backend", created=""), container("frontend", created="yesterday")]
+    assert deployed_at("brace", SERVICES, unreadable, not_before=T0, now=T0 + 3) == T0 + 3
+    assert deployed_at("brace", SERVICES, [], not_before=T0, now=T0 + 3) == T0 + 3
