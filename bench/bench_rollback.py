@@ -98,7 +98,9 @@ async def one_round(stack: Stack, root: Path, scenario: str, policy: Policy) -> 
                              probe_interval=policy.interval, probe_timeout=policy.timeout)
     async with Harness(config) as h:
         await h.wait_event("release.known_good", timeout=60)
-        deploy_bad(stack, scenario)
+        # in a thread: the daemon keeps probing while compose deploys, as in production, so the
+        # first failing probe is seen when the swap begins, not after compose returns
+        await asyncio.to_thread(deploy_bad, stack, scenario)
         await h.wait_event("deploy", timeout=60)
         deployed = h.rollback.tracker.deploy_at or 0.0  # when the look that saw it began
         done = await h.wait_event("rollback.succeeded", timeout=180)

@@ -479,8 +479,8 @@ class Harness:
             raise AssertionError(f"component {name} raised in its cycle: {exc!r}") from exc
 
     async def _drive(self, component: Component) -> None:
-        """Like the supervisor: a cycle, then the component's pause until the next one (an
-        interval after this cycle's end); a woken cycle keeps that schedule."""
+        """Like the supervisor: cycles on a deadline schedule (an interval after the previous
+        scheduled start; from now after an overrun); a woken cycle keeps that schedule."""
         loop = asyncio.get_running_loop()
         next_run, woken = loop.time(), False
         while True:
@@ -495,7 +495,7 @@ class Harness:
                 self.errors.append(exc)
             self.hub.progress.beat(component.name)
             if not woken:
-                next_run = loop.time() + component.interval()
+                next_run = max(next_run + component.interval(), loop.time())
             woken = await component.pause(max(0.0, next_run - loop.time()))
 
     def events(self, *kinds: str) -> list[Event]:
