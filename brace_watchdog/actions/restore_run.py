@@ -7,8 +7,10 @@ Stages: ``checking`` (dump header) → ``starting`` (throwaway server, roles, ve
 ``restoring`` (``pg_restore``) → ``verifying`` (Alembic, table list and row counts,
 verification and freshness queries) → ``cleaning`` (server removed, always: on pass, failure,
 timeout and cancellation). :class:`RestoreRun` never raises for a failed test; it returns a
-:class:`RestoreResult` whose ``stage`` and ``message`` say where and why. Decisions come from
-:mod:`brace_watchdog.actions.restore_policy`; the servers from
+:class:`RestoreResult` whose ``stage`` and ``message`` say where and why — except when the
+``before`` hook (leadership confirmed before each stage) raises
+:class:`~brace_watchdog.leadership.LeadershipLostError`: then it cleans up and re-raises.
+Decisions come from :mod:`brace_watchdog.actions.restore_policy`; the servers from
 :mod:`brace_watchdog.adapters.postgres`.
 """
 
@@ -29,6 +31,7 @@ from brace_watchdog.config import RestoreTestConfig
 from brace_watchdog.dumps import DumpHeader, read_dump_header
 from brace_watchdog.errors import ActionError, AdapterError, CommandError, PostgresError
 from brace_watchdog.files import identify
+from brace_watchdog.leadership import LeadershipLostError
 
 __all__ = ["STAGES", "RestoreResult", "RestoreRun", "ServerFactory", "server_factory", "shielded"]
 
@@ -101,13 +104,17 @@ class RestoreRun:
     def __init__(self, config: RestoreTestConfig, dump: Path, make_server: ServerFactory, *,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
-                 on_stage: Callable[[str, str], None] | None = None) -> None:
+                 on_stage: Callable[[str, str], None] | None = None,
+                 before: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.config = config
         self.dump = dump
         self.make_server = make_server
         self.clock = clock
         self.monotonic = monotonic
         self.on_stage = on_stage or (lambda stage, line: None)
+        self.before = before
+        """Awaited before each stage but cleaning (the scheduler's leadership confirm); what
+        it raises ends the run after cleanup, as an interruption rather than a result."""
         self.stage = "checking"
         self.started_at = clock()
         self._started = monotonic()
@@ -118,6 +125,12 @@ class RestoreRun:
 
     def elapsed(self) -> float:
         return self.monotonic() - self._started
+
+    async def _begin(self, stage: str) -> None:
+        if self.before is not None:
+            await self.before(stage)
+        if stage != self.stage:
+            self._enter(stage)
 
     def _enter(self, stage: str) -> None:
         now = self.monotonic()
@@ -134,6 +147,8 @@ class RestoreRun:
         try:
             async with asyncio.timeout(self.config.timeout_seconds):
                 await self._stages()
+        except LeadershipLostError:
+            raise
         except ActionError as exc:
             failure = (exc.stage, exc.message)
         except TimeoutError:
@@ -159,8 +174,9 @@ class RestoreRun:
         self.stage = failed_stage
 
     async def _stages(self) -> None:
+        await self._begin("checking")
         header = await self._check()
-        self._enter("starting")
+        await self._begin("starting")
         self.server = self.make_server(self.dump)
         self.facts["backend"] = self.server.backend
         await self.server.start()
@@ -176,10 +192,10 @@ class RestoreRun:
             dumped_by=f"pg_dump {header.dump_version} of PostgreSQL {header.server_version}")
         if problem:
             raise ActionError("starting", f"refused: {problem}")
-        self._enter("restoring")
+        await self._begin("restoring")
         expected = await self._restore(self.server)
         self.facts["recovery_seconds"] = self.elapsed()
-        self._enter("verifying")
+        await self._begin("verifying")
         await self._verify(self.server, expected, header)
         await self._check_unchanged()
         self.facts["recovery_seconds"] = self.elapsed()

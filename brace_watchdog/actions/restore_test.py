@@ -41,6 +41,7 @@ from brace_watchdog.errors import (
     StateError,
     WatchdogError,
 )
+from brace_watchdog.leadership import LeadershipLostError
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import StateStore
 
@@ -213,8 +214,10 @@ class RestoreTestScheduler(Component):
         return self.hub.store.latest_restore_result()
 
     def _launch(self, dump: Path, *, origin: str) -> asyncio.Task[RestoreResult]:
+        # a scheduled test acts for the leader: no lock, no step (a requested one may run anywhere)
+        before = self.hub.leadership.confirm if origin == "schedule" else None
         run = RestoreRun(self.config.restore_test, dump, self._factory(), clock=self.clock,
-                         on_stage=self._on_stage)
+                         on_stage=self._on_stage, before=before)
         self._run = run
         self._line = f"checking {dump.name}"
         self.hub.metrics.restore_running.set(1)
@@ -244,6 +247,14 @@ class RestoreTestScheduler(Component):
                             f"restore test of {run.dump.name} cancelled at {run.stage} (daemon "
                             "shutdown); the throwaway server was removed", severity="warning")
             self.hub.set_status(self.name, f"cancelled: {run.dump.name}")
+            raise
+        except LeadershipLostError as exc:
+            # no result recorded: the test stays due, and the new leader runs it
+            self.hub.record("restore_test.leadership_lost", self.name,
+                            f"restore test of {run.dump.name} stopped: {exc.message}; the "
+                            "throwaway server was removed", severity="warning",
+                            evidence={"dump": str(run.dump), "stopped_before": exc.stage})
+            self.hub.set_status(self.name, f"interrupted (leadership lost): {run.dump.name}")
             raise
         finally:
             self.hub.metrics.restore_running.set(0)

@@ -24,8 +24,10 @@ from brace_watchdog.actions.restore_test import (
     cli_restore_test,
 )
 from brace_watchdog.adapters.postgres import TEMPLATE_PREFIX, LocalServer, remove_local_orphans
-from brace_watchdog.config import Config
+from brace_watchdog.config import Config, parse_config
 from brace_watchdog.errors import RefusedError
+from brace_watchdog.leader_election import LeaderElection
+from brace_watchdog.leadership import LeadershipLostError
 from brace_watchdog.metrics import Metrics
 from brace_watchdog.observations import BackupFile, BackupScan
 from brace_watchdog.runtime import Hub
@@ -362,3 +364,51 @@ async def test_event_loop_stays_responsive_during_a_restore(good_dump: Path) -> 
     # A blocking step (initdb, pg_restore: seconds each) would stall it far longer than the
     # scheduling jitter a loaded two-core machine adds (tens of ms); 1 s keeps both apart.
     assert worst < 1.0, f"the event loop stalled for {worst:.3f}s during a restore"
+
+
+async def test_a_scheduled_test_stops_before_its_next_stage_when_the_lock_is_lost(
+        good_dump: Path, source: PgCluster) -> None:
+    """The leader's lock session (on the real source cluster) is terminated while the test is
+    starting its throwaway server: the test confirms before ``restoring``, stops there, removes
+    the server and records no result (the test stays due for the new leader)."""
+    name = f"rt{os.getpid()}"
+    config = parse_config({
+        "backups": {"directory": str(good_dump.parent)},
+        "daemon": {"state_path": str(good_dump.parent / f"{name}.db")},
+        "database": {"dsn": source.dsn()},
+        "leadership": {"enabled": True, "name": name, "check_interval_seconds": 0.2,
+                       "check_timeout_seconds": 1.0, "lease_seconds": 5.0},
+        "restore_test": {"backend": "local", "local_bin_dir": str(PG_BIN), "interval_hours": 1}})
+    hub = make_hub(config)
+    election = LeaderElection(hub)
+    make = server_factory(config.restore_test)
+
+    def start_server_and_lose_the_lock(dump: Path) -> Any:
+        source.psql("select pg_terminate_backend(pid) from pg_stat_activity "
+                    f"where application_name like 'brace-watchdog@{name}:%'")
+        return make(dump)
+
+    scheduler = RestoreTestScheduler(hub, clock=lambda: 10_000.0,
+                                     make_server=start_server_and_lose_the_lock)
+    try:
+        await election.start()
+        await asyncio.sleep(config.leadership.settle_seconds + 0.1)  # a new leader settles
+        await election.cycle()
+        assert hub.leadership.decision().acts, hub.leadership.decision().message
+        await scheduler.start()
+        hub.observations.backups = BackupScan(scanned_at=0.0, max_age_seconds=3600.0, files=(
+            BackupFile(good_dump, good_dump.stat().st_size, 1.0, "name", True),))
+        assert (await scheduler.cycle()).startswith("started: ")
+        assert scheduler._task is not None
+        with pytest.raises(LeadershipLostError, match="before step 'restoring'"):
+            await scheduler._task
+        assert leftovers() == []
+        assert hub.store.latest_restore_result() is None
+        kinds = [e.kind for e in hub.store.events(limit=100)]
+        assert "restore_test.leadership_lost" in kinds and "leadership.lost" in kinds
+        assert not set(kinds) & {"restore_test.passed", "restore_test.failed"}
+        assert (await scheduler.cycle()).startswith("not scheduling")
+    finally:
+        await scheduler.stop()
+        await election.stop()
+        hub.store.close()
