@@ -176,8 +176,12 @@ async def test_three_daemons_exactly_one_rolls_back_a_bad_deploy(
         assert not status["leadership"]["acts"]
         text = (await ctl("--socket", follower.socket, "status")).out
         assert f"leader: {leader.name} (pid {leader.proc.pid})" in text
-        refused = await ctl("--socket", follower.socket, "rollback", "app")
-        assert refused.code == 1 and f"the leader is {leader.name}" in refused.err, refused
+        held = status["leadership"]["held_seconds"]
+        assert isinstance(held, float) and held >= 0, status["leadership"]
+        assert re.search(r", holding the lock for \d+s — another;", text), text
+        for gated in ("app", "pg-hba"):  # an app rollback and a gated plan: ask the leader
+            refused = await ctl("--socket", follower.socket, "rollback", gated, "--yes")
+            assert refused.code == 1 and f"the leader is {leader.name}" in refused.err, refused
         stack.deploy("v2")
         await daemon_event(shared, "rollback.succeeded", timeout=60)
         await asyncio.sleep(3)  # time for a second instance to (wrongly) act too

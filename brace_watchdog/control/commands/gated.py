@@ -5,8 +5,9 @@ inspect a token, approve a token.
 its action: the action kind in the store, the approval and the audit row are the same word)
 only run pre-checks and return the plan with a token; nothing changes until ``approve`` with
 that token (see
-:mod:`brace_watchdog.control.approvals`). The approved action runs under the hub's
-action lock, so no two actions (gated ones, app rollbacks) ever overlap.
+:mod:`brace_watchdog.control.approvals`). A follower refuses to plan, naming the leader's host.
+The approved action runs under the hub's action lock, so no two actions (gated ones, app
+rollbacks) ever overlap.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def _action(ctx: Context, name: str) -> GatedAction:
 
 def _planner(name: str) -> Handler:
     async def plan(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+        ctx.hub.leadership.check(name)  # a follower names the leader: plan (and approve) there
         planned = await _action(ctx, name).plan(args)
         token, expires = ctx.approvals.issue(name, planned.args, ctx.peer,
                                              plan=planned.as_dict())
