@@ -1,9 +1,11 @@
 """The Swarm driver's engine side against a REAL single-node Swarm on a private dockerd: a bad
 update (health 404, crash loop) is taken back to the known-good spec — by `service rollback` when
 Swarm's previous spec is the known-good one, by pinning the known-good image ID otherwise — and
-verified (every task on the known-good image, health OK); an update Swarm rolls back itself
-(`failure_action: rollback`) is recorded by the daemon, once, and not fought; tasks on another
-node (a worker dockerd joined on loopback) are seen through the manager's task API."""
+verified (every task on the known-good image, health OK); the daemon itself, with the default
+failure_results, rolls back a bad update that answers 500, hangs or crash-loops, once; an update
+Swarm rolls back itself (`failure_action: rollback`) is recorded by the daemon, once, and not
+fought; tasks on another node (a worker dockerd joined on loopback) are seen through the
+manager's task API."""
 
 from __future__ import annotations
 
