@@ -600,13 +600,24 @@ async def test_the_config_snapshot_is_the_deployed_one_not_an_edit_before_promot
     stack.deploy("v1")
     deployed = stack.compose_file.read_bytes()
     async with Harness(rollback_config(stack, tmp_path, stable_after_seconds=3.0)) as h:
-        while h.rollback.tracker.current is None:  # the release is seen (its deploy)
+        while not snapshot_taken(h):  # the release is seen (its deploy) and its config kept
             await asyncio.sleep(0.05)
         # an operator edits the file during the stability window without deploying it
         stack.compose_file.write_bytes(deployed + b"# edited, never deployed\n")
         good = await known_good(h)
         record = h.store.release(good)
         assert record is not None and record.compose_snapshot == deployed
+
+
+def snapshot_taken(h: Harness) -> bool:
+    """The tracker has seen the running release and kept its config (the tracker marks the
+    release current before the snapshot's compose/file reads return) — before promotion."""
+    current = h.rollback.tracker.current
+    record = h.store.release(current.fingerprint) if current is not None else None
+    if record is None or record.compose_snapshot is None:
+        return False
+    assert record.known_good_at is None, "the config was kept at promotion, not at the deploy"
+    return True
 
 
 OPS_GOOD = 'version: "2.4"\nservices:\n  backend:\n    environment:\n      NOTE: "good"\n'
