@@ -113,6 +113,10 @@ class Release:
     def service(self, name: str) -> ServiceRelease | None:
         return next((s for s in self.services if s.service == name), None)
 
+    def config_hashes(self) -> dict[str, str]:
+        """Each service's config hash."""
+        return {s.service: s.config_hash for s in self.services}
+
     def image_ids(self) -> dict[str, str]:
         return {s.service: s.image_id for s in self.services}
 

@@ -80,6 +80,8 @@ class SharedJournal:
     async def flush(self) -> bool:
         """Write what is queued in one transaction that confirms the lock first; False (nothing
         written) when the lock is not ours. Raises PostgresError when PostgreSQL fails."""
+        if not self._pending:  # nothing to write: the plain lock check, one round trip
+            return await self.session.held()
         return await self._write(())
 
     async def _write(self, close: Sequence[tuple[SharedAction, int]]) -> bool:

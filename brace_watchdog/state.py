@@ -34,7 +34,12 @@ import tenacity
 
 from brace_watchdog import failpoints
 from brace_watchdog.errors import StateError, StateUnavailableError, WatchdogError
-from brace_watchdog.journal_handover import ActionStart, JournalEntry, SharedAction
+from brace_watchdog.journal_handover import (
+    OPEN_STATUSES,
+    ActionStart,
+    JournalEntry,
+    SharedAction,
+)
 
 __all__ = ["ActionRecord", "Event", "ReleaseRecord", "StateStore", "StoreHealth"]
 
@@ -219,7 +224,7 @@ class ActionRecord:
     result: str
 
 
-ACTION_OPEN_STATUSES = ("planned", "running")
+ACTION_OPEN_STATUSES = OPEN_STATUSES
 
 
 @dataclass(frozen=True)

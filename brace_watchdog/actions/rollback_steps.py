@@ -79,17 +79,18 @@ class RollbackPlan:
 
     @property
     def expected_config(self) -> dict[str, str]:
-        return {s.service: s.config_hash for s in self.target.services}
+        return self.target.config_hashes()
 
     def runs_target(self, release: Release | None) -> bool:
         """Whether ``release`` (what runs now) is the target: its images, and its config too
         when the rollback changes the config (a config-only rollback keeps the same images)."""
-        if release is None or not release.image_ids() or (
-                release.image_ids() != self.expected_images):
+        running = release.image_ids() if release is not None else {}
+        if not running or running != self.expected_images:
             return False
         hashes = self.expected_config
+        assert release is not None
         return not self.config_changed or all(
-            hashes.get(s.service) == s.config_hash for s in release.services)
+            hashes.get(service) == config for service, config in release.config_hashes().items())
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "target": self.target.to_dict(),
@@ -354,9 +355,10 @@ async def verify_images(docker: DockerAdapter, project: str, services: Sequence[
             continue
         running = obs.release.image_ids() if obs.release else {}
         wrong = {s: running.get(s) for s in services if running.get(s) != expected.get(s)}
-        configs = {s.service: s.config_hash for s in obs.release.services} if obs.release else {}
-        wrong |= {s: f"config {configs.get(s)}" for s, want in (expected_config or {}).items()
-                  if configs.get(s) != want}
+        if expected_config:
+            configs = obs.release.config_hashes() if obs.release else {}
+            wrong |= {s: f"config {configs.get(s)}" for s, want in expected_config.items()
+                      if configs.get(s) != want}
         if not wrong and not obs.not_running and not obs.mixed:
             return running
         if clock() >= deadline:
