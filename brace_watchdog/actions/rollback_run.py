@@ -41,13 +41,13 @@ from brace_watchdog.actions.rollback_steps import (
 from brace_watchdog.actions.swarm_steps import SwarmSteps
 from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.adapters.docker import DockerAdapter
-from brace_watchdog.adapters.http_probe import KeepAliveProber
 from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.config import RollbackConfig
 from brace_watchdog.errors import ActionError, AdapterError, OutageError
 from brace_watchdog.journal_handover import adopted_from, interrupted_by
 from brace_watchdog.leadership import LeadershipLostError
+from brace_watchdog.monitors.health import build_probers
 from brace_watchdog.releases import ReleaseObservation, build_release
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import ActionRecord
@@ -245,8 +245,7 @@ class RollbackRun:
         """The verification's own probes, over the health monitor's lean prober (no TLS set-up
         for a plain-HTTP URL, so the first round starts at once)."""
         health = self.hub.config.health
-        probers = {target: KeepAliveProber(url, timeout=health.timeout_seconds)
-                   for target, url in health.targets()}
+        probers = build_probers(health)
         try:
             return await verify_probes(probers, successes=self.cfg.verify_successes,
                                        within=within, interval=health.interval_seconds,

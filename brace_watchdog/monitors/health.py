@@ -19,13 +19,19 @@ import httpx
 
 from brace_watchdog.adapters.http_probe import HttpProbeError, KeepAliveProber
 from brace_watchdog.component import Component
-from brace_watchdog.config import Config
+from brace_watchdog.config import Config, HealthConfig
 from brace_watchdog.monitors.policy import classify_status
 from brace_watchdog.observations import ProbeResult, ProbeSample
 from brace_watchdog.runtime import Hub
 
 __all__ = ["HealthMonitor", "StatusGetter", "probe", "probe_with"]
 
+
+
+def build_probers(config: HealthConfig) -> dict[str, KeepAliveProber]:
+    """One keep-alive prober per health target (the monitor's, and a rollback's verification)."""
+    return {target: KeepAliveProber(url, timeout=config.timeout_seconds)
+            for target, url in config.targets()}
 
 class StatusGetter(Protocol):
     """Something that GETs one URL: returns the status, raises TimeoutError or HttpProbeError."""
@@ -95,8 +101,7 @@ class HealthMonitor(Component):
 
     def _build_probers(self) -> None:
         self._close_probers()
-        self._probers = {target: KeepAliveProber(url, timeout=self._config.timeout_seconds)
-                         for target, url in self._config.targets()}
+        self._probers = build_probers(self._config)
 
     def reconfigure(self, config: Config) -> None:
         self._config = config.health
