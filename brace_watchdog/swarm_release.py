@@ -24,6 +24,13 @@ rollback asked for by hand (``docker service rollback``, or the watchdog's own) 
 ``StartedAt`` and names the failed task in its message; a requested one says "manually requested
 rollback" and starts anew. :func:`converged` says when every task runs the target.
 
+:func:`stack_containers` turns the stack's tasks into the compose driver's containers, so release
+tracking is the compose driver's own. A release is what Swarm means to run: every task whose
+desired state is ``running`` or ``ready`` (a restarted task waiting out its restart delay: in a
+crash loop, most of the time) counts with the spec it was created from, whether or not its node
+has created its container yet; a service with no such task counts with its current spec, not
+running. So the release stays known through a crash loop (the policy escalates an unknown one).
+
 The gated DB rollback stops writer services by scaling them to 0: :func:`writers_problem` refuses
 what cannot be scaled (a missing or global-mode service), :func:`tasks_gone` says when no task of a
 service is alive any more, :func:`scale_argv` is the command that puts recorded counts back.
@@ -37,9 +44,12 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["STACK_LABEL", "RollbackStep", "ServiceTarget", "SwarmService", "SwarmTask",
-           "choose_step", "converged", "fingerprint", "running_tasks", "runs_current_spec",
-           "scale_argv", "spec_hash", "swarm_in_charge", "swarm_rolled_back", "tasks_gone",
+from brace_watchdog.releases import ComposeContainer
+
+__all__ = ["LIVE_DESIRED_STATES", "NO_TASK", "STACK_LABEL", "RollbackStep", "ServiceTarget",
+           "StackTask", "SwarmService", "SwarmTask", "choose_step", "converged", "fingerprint",
+           "running_tasks", "runs_current_spec", "scale_argv", "spec_hash", "stack_containers",
+           "swarm_in_charge", "swarm_name", "swarm_rolled_back", "tasks_gone",
            "writers_problem"]
 
 STACK_LABEL = "com.docker.stack.namespace"
@@ -47,6 +57,9 @@ MANUAL_ROLLBACK = "manually requested rollback"  # UpdateStatus.Message of a req
 # a task in one of these states has no live container and never gets one again
 TERMINAL_TASK_STATES = frozenset({"complete", "shutdown", "failed", "rejected", "remove",
                                   "orphaned"})
+# desired states of a task Swarm means to run (``ready``: created, waiting to be started)
+LIVE_DESIRED_STATES = ("running", "ready")
+NO_TASK = "no task"  # the state of a service that has no task Swarm means to run
 SPEC_KEYS = ("Env", "Command", "Args", "Mounts", "Configs", "Secrets", "User", "Dir")
 
 
@@ -94,9 +107,45 @@ class SwarmTask:
 
 
 @dataclass(frozen=True)
+class StackTask:
+    """A task Swarm means to run, as the manager's task API reports it (any node): the spec it
+    was created from (not necessarily its service's current one), its state, and its
+    container's ID once its node has created one."""
+
+    id: str
+    service_id: str
+    target: ServiceTarget
+    state: str
+    created: str = ""
+    container_id: str = ""
+
+
+@dataclass(frozen=True)
 class RollbackStep:
     method: Literal["none", "rollback", "update", "refuse"]
     why: str
+
+
+def swarm_name(stack: str, service: str) -> str:
+    """The Swarm service name of a stack's service (``docker stack deploy`` names it so)."""
+    return f"{stack}_{service}"
+
+
+def stack_containers(stack: str, services: Sequence[SwarmService],
+                     tasks: Sequence[StackTask]) -> list[ComposeContainer]:
+    """The stack's tasks as the compose driver's containers (image: the task spec's reference;
+    config hash: its spec hash); a service without a task counts with its current spec, in
+    state :data:`NO_TASK`."""
+    out: list[ComposeContainer] = []
+    for service in services:
+        mine = [t for t in tasks if t.service_id == service.id] or [StackTask(
+            swarm_name(stack, service.name), service.id, service.current, NO_TASK,
+            container_id=service.id)]
+        out += [ComposeContainer(
+            id=t.container_id or t.id, name=t.id, project=stack, service=service.name,
+            image_id=t.target.image, image_ref=t.target.image, config_hash=t.target.spec_hash,
+            working_dir="", config_files=(), state=t.state, created=t.created) for t in mine]
+    return out
 
 
 def fingerprint(services: Sequence[SwarmService]) -> str:
@@ -166,7 +215,7 @@ def writers_problem(services: Sequence[SwarmService], writers: Sequence[str],
     if missing:
         return (f"writer service(s) {', '.join(missing)} not found in stack {stack}; check "
                 "[db_rollback] writers; nothing was changed")
-    is_global = [f"{stack}_{name}" for name in writers if found[name].replicas is None]
+    is_global = [swarm_name(stack, name) for name in writers if found[name].replicas is None]
     if is_global:
         return (f"writer service(s) {', '.join(is_global)} run in global mode: Swarm cannot "
                 "scale them to 0, so the DB rollback cannot stop them. Make them replicated "

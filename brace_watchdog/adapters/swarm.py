@@ -18,11 +18,14 @@ from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.errors import DockerError
 from brace_watchdog.releases import ComposeContainer
 from brace_watchdog.swarm_release import (
+    LIVE_DESIRED_STATES,
     STACK_LABEL,
     ServiceTarget,
+    StackTask,
     SwarmService,
     SwarmTask,
     spec_hash,
+    stack_containers,
 )
 
 __all__ = ["SwarmAdapter"]
@@ -33,8 +36,9 @@ SEQUENCE_ATTEMPTS = 3
 
 class SwarmAdapter(DockerAdapter):
     """A docker engine that is a Swarm manager; :meth:`compose_containers` reports the stack's
-    tasks as the compose driver's :class:`ComposeContainer` values (each task's own spec image
-    and spec hash in place of compose's labels), so release tracking, attribution and image
+    tasks as the compose driver's :class:`ComposeContainer` values
+    (:func:`~brace_watchdog.swarm_release.stack_containers`: each task's own spec image and
+    spec hash in place of compose's labels), so release tracking, attribution and image
     verification are the compose driver's own."""
 
     async def _run(self, what: str, work: Callable[[], T]) -> T:
@@ -57,9 +61,9 @@ class SwarmAdapter(DockerAdapter):
 
     async def tasks(self, service_id: str) -> list[SwarmTask]:
         """Tasks meant to run, with the image each was created from (any node)."""
-        return [SwarmTask(image_id=c.image_id, state=c.state)
-                for c in await self._run(f"listing the tasks of {service_id}",
-                                         lambda: self._task_containers(service_id, "", None))]
+        return [SwarmTask(image_id=t.target.image, state=t.state)
+                for t in await self._run(f"listing the tasks of {service_id}",
+                                         lambda: self._live_tasks([service_id]))]
 
     async def task_states(self, service_id: str) -> list[str]:
         """``Status.State`` of every task of the service, from the manager's task API (tasks
@@ -73,35 +77,29 @@ class SwarmAdapter(DockerAdapter):
     async def compose_containers(self, project: str) -> list[ComposeContainer]:
         def work() -> list[ComposeContainer]:
             found = self.client.services.list(filters={"label": f"{STACK_LABEL}={project}"})
-            out: list[ComposeContainer] = []
-            for item in found:
-                service = _service(item.attrs, project)
-                # a task with no container yet (pending, preparing) is not part of a release
-                out += [c for c in self._task_containers(service.id, project, service)
-                        if c.id != c.name]
-            return out
+            services = [_service(item.attrs, project) for item in found]
+            tasks = self._live_tasks([s.id for s in services]) if services else []
+            return stack_containers(project, services, tasks)
         return await self._run(f"reading stack {project}", work)
 
-    def _task_containers(self, service_id: str, stack: str,
-                         service: SwarmService | None) -> list[ComposeContainer]:
-        """The service's tasks meant to run, read from the manager's task API only, so a task on
-        any node counts alike: its state, its container ID (once the node created one) and the
-        spec it was created from — its own, not the service's current one (during an update or
-        a rollback old and new tasks differ until Swarm converges). The image is the task
-        spec's reference: the pinned image ID or digest, the same on every node."""
+    def _live_tasks(self, service_ids: list[str]) -> list[StackTask]:
+        """The services' tasks Swarm means to run (:data:`LIVE_DESIRED_STATES`), in one call to
+        the manager's task API, so a task on any node counts alike: its state, its container
+        ID once its node created one, and the spec it was created from — its own, not the
+        service's current one (during an update or a rollback old and new tasks differ until
+        Swarm converges). The image is the task spec's reference: the pinned image ID or
+        digest, the same on every node."""
         api: Any = self.client.api  # the SDK's low-level calls are untyped
-        out = []
-        for task in api.tasks(filters={"service": service_id, "desired-state": "running"}):
-            status, task_id = task.get("Status", {}), str(task.get("ID", ""))
-            cid = str(status.get("ContainerStatus", {}).get("ContainerID", ""))
-            spec = _container_target(task.get("Spec", {}).get("ContainerSpec", {}))
-            out.append(ComposeContainer(
-                id=cid or task_id, name=task_id, project=stack,
-                service=service.name if service else "", image_id=spec.image,
-                image_ref=spec.image, config_hash=spec.spec_hash, working_dir="",
-                config_files=(), state=str(status.get("State", "")),
-                created=str(task.get("CreatedAt", ""))))
-        return out
+        found = api.tasks(filters={"service": service_ids,
+                                   "desired-state": list(LIVE_DESIRED_STATES)})
+        return [StackTask(
+            id=str(task.get("ID", "")), service_id=str(task.get("ServiceID", "")),
+            target=_container_target(task.get("Spec", {}).get("ContainerSpec", {})),
+            state=str(task.get("Status", {}).get("State", "")),
+            created=str(task.get("CreatedAt", "")),
+            container_id=str(task.get("Status", {}).get("ContainerStatus", {})
+                             .get("ContainerID", "")))
+            for task in found]
 
     async def update_image(self, service_id: str, image: str) -> None:
         """``service update --image``: the rest of the spec as it is."""

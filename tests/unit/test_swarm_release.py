@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from brace_watchdog.releases import build_release, service_liveness
 from brace_watchdog.swarm_release import (
+    NO_TASK,
     ServiceTarget,
+    StackTask,
     SwarmService,
     SwarmTask,
     choose_step,
@@ -14,6 +17,7 @@ from brace_watchdog.swarm_release import (
     running_tasks,
     scale_argv,
     spec_hash,
+    stack_containers,
     swarm_in_charge,
     swarm_rolled_back,
     tasks_gone,
@@ -158,3 +162,58 @@ def test_tasks_gone_and_running(states: list[str], gone: bool, running: int) -> 
 def test_scale_argv_names_every_service_with_its_count() -> None:
     assert scale_argv({"brace_scheduler": 1, "brace_backend": 2}) == [
         "docker", "service", "scale", "brace_backend=2", "brace_scheduler=1"]
+
+
+# a crash loop as the manager's task API shows it, look by look: the restarted task waits out
+# its restart delay (desired ready, no container), is started, runs for a moment, fails
+CRASH_LOOP = [
+    [StackTask("t1", "id", NEW_IMAGE, "ready", "2026-01-01T00:00:01Z")],
+    [StackTask("t1", "id", NEW_IMAGE, "ready", "2026-01-01T00:00:01Z")],  # desired running now
+    [StackTask("t1", "id", NEW_IMAGE, "starting", "2026-01-01T00:00:01Z", "c1")],
+    [StackTask("t1", "id", NEW_IMAGE, "running", "2026-01-01T00:00:01Z", "c1")],
+    [StackTask("t2", "id", NEW_IMAGE, "assigned", "2026-01-01T00:00:07Z")],
+    [],  # the moment between the failure and the restarted task
+]
+
+
+@pytest.mark.parametrize("tasks", CRASH_LOOP)
+def test_a_crash_looping_service_is_always_the_same_known_release(
+        tasks: list[StackTask]) -> None:
+    """Between two crashes no container exists: the release is still the tasks' spec (the
+    policy would escalate an unknown release: no_current_release), the same release as while
+    a task runs (no deploy is seen), and the service reads down, not running."""
+    service = _service(NEW_IMAGE, GOOD)
+    running = build_release("brace", ["backend"], stack_containers(
+        "brace", [service], [StackTask("t0", "id", NEW_IMAGE, "running", "", "c0")])).release
+    containers = stack_containers("brace", [service], tasks)
+    obs = build_release("brace", ["backend"], containers)
+    assert obs.release is not None and running is not None
+    assert obs.release.fingerprint == running.fingerprint
+    assert obs.release.image_ids() == {"backend": NEW_IMAGE.image}
+    assert obs.release.config_hashes() == {"backend": NEW_IMAGE.spec_hash}
+    if not any(t.state == "running" for t in tasks):
+        assert obs.not_running == ("backend",)
+        (live,) = service_liveness("brace", ["backend"], containers, {})
+        assert live.result == "container_down"
+
+
+def test_stack_containers_take_each_tasks_own_spec_and_container() -> None:
+    backend, frontend = _service(GOOD, None), SwarmService("id2", "frontend", 3, BOTH, None, 2)
+    tasks = [StackTask("t1", "id", GOOD, "running", "2026-01-01T00:00:01Z", "c1"),
+             StackTask("t2", "id", NEW_IMAGE, "pending", "2026-01-01T00:00:02Z"),  # mid-update
+             StackTask("t3", "other", BOTH, "running", "", "c3")]  # not a service of the stack
+    found = {c.name: c for c in stack_containers("brace", [backend, frontend], tasks)}
+    assert set(found) == {"t1", "t2", "brace_frontend"}
+    assert (found["t1"].id, found["t1"].image_id, found["t1"].config_hash, found["t1"].state,
+            found["t1"].created) == ("c1", GOOD.image, GOOD.spec_hash, "running",
+                                     "2026-01-01T00:00:01Z")
+    assert (found["t2"].id, found["t2"].image_ref, found["t2"].running) == (
+        "t2", NEW_IMAGE.image, False)
+    # no task Swarm means to run (scaled to 0, restarts exhausted): its current spec, down
+    no_task = found["brace_frontend"]
+    assert (no_task.service, no_task.image_id, no_task.config_hash, no_task.state) == (
+        "frontend", BOTH.image, BOTH.spec_hash, NO_TASK)
+    assert all(c.project == "brace" and not c.oneoff for c in found.values())
+    obs = build_release("brace", ["backend", "frontend"], found.values())
+    assert obs.release is not None and obs.not_running == ("frontend",) and not obs.mixed
+    assert obs.release.image_ids() == {"backend": GOOD.image, "frontend": BOTH.image}
