@@ -48,15 +48,17 @@ TARGET = 1.3
 async def one_round(engine: PrivateSwarm, image: str, root: Path, window: float,
                     interval: float) -> dict[str, float]:
     service_id, port, _ = create_web_service(engine, root, image, "api")
+    min_samples = int(0.9 * window / interval)
     config = parse_config({
         "daemon": {"state_path": str(root / "state.db")},
         "health": {"url": f"http://127.0.0.1:{port}/api/health", "interval_seconds": interval,
-                   "timeout_seconds": 2.0},
+                   # the window must hold min_samples probes of a hang too (else refused)
+                   "timeout_seconds": window / min_samples},
         "restore_test": {"enabled": False}, "notify": {"log_lines": 0},
         "rollback": {"enabled": True, "driver": "swarm", "project": STACK, "services": ["api"],
                      "failure_results": ["http_4xx", "http_5xx", "timeout", "connection_error"],
                      "stable_after_seconds": 2.0, "deploy_grace_seconds": 0.0,
-                     "window_seconds": window, "min_samples": int(0.9 * window / interval),
+                     "window_seconds": window, "min_samples": min_samples,
                      "verify_successes": 3, "verify_timeout_seconds": 120.0,
                      "interval_seconds": interval}}, {}, base_dir=root)
     try:

@@ -49,6 +49,7 @@ __all__ = [
     "Secret",
     "load_config",
     "parse_config",
+    "rollback_window_problem",
 ]
 
 ENV_PREFIX = "BRACE_WATCHDOG__"
@@ -474,9 +475,35 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None, 
         for item in fields(Config) if item.name in _SECTIONS}
     config = Config(**sections, source=source)
     root.finish()
+    window_problem = rollback_window_problem(config.health, config.rollback)
+    if window_problem:
+        problems.add("rollback.window_seconds", window_problem)
     if problems.items:
         raise ConfigError(problems.items, str(source) if source else "")
     return config
+
+
+def rollback_window_problem(health: HealthConfig, rollback: RollbackConfig) -> str | None:
+    """Why an enabled rollback could never see a hang as sustained, or None when it can.
+
+    A hanging backend yields one sample per probe: one per ``health.timeout_seconds`` (each
+    probe waits that long), or per ``health.interval_seconds`` when that is longer. The window
+    must hold ``min_samples`` of them, else a hang never reaches ``min_samples`` and never
+    triggers a rollback.
+    """
+    if not rollback.enabled:
+        return None
+    name, spacing = max(("health.timeout_seconds", health.timeout_seconds),
+                        ("health.interval_seconds", health.interval_seconds),
+                        key=lambda option: option[1])
+    needed = rollback.min_samples * spacing
+    if needed <= rollback.window_seconds:
+        return None
+    return (f"{rollback.window_seconds:g} s cannot hold rollback.min_samples "
+            f"({rollback.min_samples}) samples of a hanging backend, probed once per {name} "
+            f"({spacing:g} s): {rollback.min_samples} x {spacing:g} = {needed:g} s, so a hang "
+            f"would never trigger a rollback; raise window_seconds to at least {needed:g} or "
+            f"lower min_samples or {name}")
 
 
 def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str], problems: Problems) -> None:

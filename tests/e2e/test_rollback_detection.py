@@ -48,7 +48,8 @@ async def rolled_back_to(h: Harness) -> str:
 async def test_a_hanging_release_is_rolled_back(stack: Stack, tmp_path: Path) -> None:
     stack.deploy("v1")
     # each probe of a hanging backend takes the 2 s timeout: a window that holds 5 of them
-    async with Harness(rollback_config(stack, tmp_path, window_seconds=14.0)) as h:
+    async with Harness(rollback_config(stack, tmp_path, probe_timeout=2.0,
+                                       window_seconds=14.0)) as h:
         good = await h.wait_event("release.known_good", timeout=20)
         stack.deploy("v1", {"HEALTH_STATUS": "hang"})
         await h.wait_event("rollback.succeeded", timeout=60)

@@ -386,10 +386,11 @@ def new_stack(client: docker.DockerClient, root: Path, images: dict[str, str],
 
 
 def rollback_config(stack: Stack, state_dir: Path, *, dry_run: bool = False, dsn: str = "",
-                    probe_interval: float = 0.2, probe_timeout: float = 2.0,
+                    probe_interval: float = 0.2, probe_timeout: float = 0.6,
                     alertmanager_url: str = "", webhook_url: str = "",
                     **rollback: Any) -> Config:
-    """A config for driving :class:`AppRollback` against ``stack`` with small time values."""
+    """A config for driving :class:`AppRollback` against ``stack`` with small time values (the
+    3 s window holds the 5 samples of a backend whose every probe takes ``probe_timeout``)."""
     raw: dict[str, Any] = {
         "alerts": {"alertmanager_url": alertmanager_url, "interval_seconds": 0.5,
                    "timeout_seconds": 2.0},
@@ -528,7 +529,7 @@ listen = "127.0.0.1:{metrics_port}"
 url = "{backend}"
 frontend_url = "{frontend}"
 interval_seconds = 0.25
-timeout_seconds = 2.0
+timeout_seconds = 0.6
 
 [backups]
 directory = "{root}/backups"
@@ -546,6 +547,7 @@ log_lines = 5
 {rollback}
 """
 
+# the 4 s window holds min_samples (6) probes of a hang at the 0.6 s [health] timeout above
 DAEMON_ROLLBACK = {"enabled": True, "services": list(APP_SERVICES),
                    "stable_after_seconds": 3.0, "deploy_grace_seconds": 1.0,
                    "window_seconds": 4.0, "min_samples": 6, "error_ratio": 0.5,

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from brace_watchdog import cli
 from brace_watchdog.config import Config, Secret, load_config, parse_config
 from brace_watchdog.configreader import (
     Problems,
@@ -354,3 +355,56 @@ def test_declaring_an_option_the_reader_cannot_read_fails_loudly() -> None:
         read_section(Odd, TableReader({}, "odd", Problems()), ReadContext(Path("/"), {}))
     with pytest.raises(TypeError, match="immutable"):
         option([1])
+
+
+WINDOW_RULE = ("rollback.window_seconds: {window:g} s cannot hold rollback.min_samples ({n}) "
+               "samples of a hanging backend, probed once per {name} ({spacing:g} s): {n} x "
+               "{spacing:g} = {need:g} s, so a hang would never trigger a rollback; raise "
+               "window_seconds to at least {need:g} or lower min_samples or {name}")
+
+
+@pytest.mark.parametrize(("timeout", "interval", "n", "window", "refused_by"), [
+    (30.0, 10.0, 6, 120.0, "health.timeout_seconds"),   # 180 s of hung probes > 120 s
+    (5.0, 10.0, 6, 120.0, None),                        # the defaults: 60 s <= 120 s
+    (20.0, 10.0, 6, 120.0, None),                       # exactly 120 s: accepted
+    (20.5, 10.0, 6, 120.0, "health.timeout_seconds"),   # just over
+    (2.0, 0.2, 5, 3.0, "health.timeout_seconds"),       # the old e2e default: 10 s > 3 s
+    (1.0, 30.0, 6, 120.0, "health.interval_seconds"),   # probed too seldom for anything
+    (5.0, 5.0, 24, 120.0, None),                        # a tie: 120 s
+    (5.0, 5.0, 25, 120.0, "health.timeout_seconds"),    # a tie names the timeout
+    (2.0, 0.25, 1, 2.0, None),                          # one sample needs one probe
+])
+def test_a_window_that_cannot_hold_min_samples_of_a_hang_is_refused(
+        timeout: float, interval: float, n: int, window: float, refused_by: str | None) -> None:
+    raw: dict[str, Any] = {
+        "health": {"timeout_seconds": timeout, "interval_seconds": interval},
+        "rollback": {"enabled": True, "min_samples": n, "window_seconds": window}}
+    if refused_by is None:
+        assert parse_config(raw).rollback.window_seconds == window
+        return
+    spacing = timeout if refused_by == "health.timeout_seconds" else interval
+    assert problems_of(raw) == [WINDOW_RULE.format(window=window, n=n, name=refused_by,
+                                                   spacing=spacing, need=n * spacing)]
+
+
+def test_the_window_rule_applies_only_to_an_enabled_rollback() -> None:
+    raw: dict[str, Any] = {"health": {"timeout_seconds": 30.0},
+                           "rollback": {"min_samples": 6, "window_seconds": 120.0}}
+    assert not parse_config(raw).rollback.enabled
+    raw["rollback"]["enabled"] = True
+    assert [p.split(":")[0] for p in problems_of(raw)] == ["rollback.window_seconds"]
+    # an environment override is checked as the file is
+    assert problems_of({"rollback": {"enabled": True}},
+                       {"BRACE_WATCHDOG__HEALTH__TIMEOUT_SECONDS": "25"})[0].startswith(
+        "rollback.window_seconds: 120 s cannot hold rollback.min_samples (6)")
+
+
+def test_check_config_prints_the_window_rule(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "brace-watchdog.toml"
+    path.write_text("[health]\ntimeout_seconds = 30.0\n[rollback]\nenabled = true\n"
+                    "window_seconds = 120.0\nmin_samples = 6\n", encoding="utf-8")
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "rollback.window_seconds: 120 s cannot hold rollback.min_samples (6)" in err
+    assert "health.timeout_seconds (30 s): 6 x 30 = 180 s" in err
