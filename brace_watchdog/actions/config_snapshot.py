@@ -7,7 +7,8 @@
   compose 1.29 (below).
 * :class:`ConfigSnapshot` holds their contents (``None``: the file did not exist) and serialises to
   the state store's ``config_files`` blob.
-* :func:`read_files` reads them from disk; :func:`write_back` restores them, each atomically
+* :func:`read_files` reads them from disk (:func:`snapshot_files`: a release's, each file read
+  once); :func:`write_back` restores them, each atomically
   (:func:`~brace_watchdog.files.install_bytes`: temporary file in the same
   folder, then a rename that replaces a symlink instead of following it; mode and owner kept).
 
@@ -43,8 +44,8 @@ from typing import Any
 
 from brace_watchdog.files import install_bytes
 
-__all__ = ["ConfigSnapshot", "EnvFileScan", "read_files", "referenced_files", "scan_env_files",
-           "write_back"]
+__all__ = ["ConfigSnapshot", "EnvFileScan", "read_compose_files", "read_files",
+           "referenced_files", "scan_env_files", "snapshot_files", "write_back"]
 
 
 def _env_file_paths(service: Any) -> list[str]:
@@ -201,6 +202,10 @@ class ConfigSnapshot:
     def paths(self) -> tuple[str, ...]:
         return tuple(path for path, _ in self.files)
 
+    def content(self, path: str) -> bytes | None:
+        """The kept content of ``path`` (None: absent, or not part of the snapshot)."""
+        return dict(self.files).get(path)
+
     def to_blob(self) -> bytes:
         return json.dumps([[path, None if data is None else base64.b64encode(data).decode()]
                            for path, data in self.files]).encode()
@@ -213,10 +218,44 @@ class ConfigSnapshot:
                          for path, data in json.loads(blob)))
 
 
-def read_files(paths: Iterable[str]) -> ConfigSnapshot:
-    """The current contents of ``paths`` (blocking: run it in a worker thread)."""
-    return ConfigSnapshot(tuple((path, Path(path).read_bytes() if Path(path).is_file() else None)
-                                for path in paths))
+def read_files(paths: Iterable[str], known: ConfigSnapshot | None = None) -> ConfigSnapshot:
+    """The current contents of ``paths``; a path ``known`` holds is taken from it, not read
+    again (blocking: run it in a worker thread)."""
+    kept = dict(known.files) if known is not None else {}
+    return ConfigSnapshot(tuple(
+        (path, kept[path] if path in kept else
+         Path(path).read_bytes() if Path(path).is_file() else None) for path in paths))
+
+
+def read_compose_files(compose_files: Sequence[str], project_dir: str) -> ConfigSnapshot:
+    """A release's ``-f`` files and ``.env``, the first part of its snapshot (blocking)."""
+    return read_files(referenced_files(None, compose_files, project_dir))
+
+
+def snapshot_files(read: ConfigSnapshot, config: dict[str, Any] | None,
+                   compose_files: Sequence[str], project_dir: str, *,
+                   scan: bool) -> tuple[ConfigSnapshot, EnvFileScan]:
+    """The whole snapshot: ``read`` (:func:`read_compose_files`) and every ``env_file:`` target,
+    from ``config`` (``compose config``) or, with ``scan`` (compose 1.29), from the kept text of
+    the compose files; only the targets are read from disk (blocking)."""
+    scanned = _scan_kept(read, compose_files) if scan else EnvFileScan()
+    paths = referenced_files(config, compose_files, project_dir, env_files=scanned.paths)
+    return read_files(paths, known=read), scanned
+
+
+def _scan_kept(read: ConfigSnapshot, compose_files: Sequence[str]) -> EnvFileScan:
+    """:func:`scan_env_files` over every compose file's kept text, merged."""
+    paths: list[str] = []
+    unclear: list[str] = []
+    for name in compose_files:
+        data = read.content(str(Path(name)))
+        if data is None:
+            unclear.append(f"{name}: cannot read: it is gone")
+            continue
+        scan = scan_env_files(data.decode(errors="replace"), name)
+        paths += scan.paths
+        unclear += scan.unclear
+    return EnvFileScan(tuple(paths), tuple(unclear))
 
 
 def write_back(snapshot: ConfigSnapshot) -> list[str]:

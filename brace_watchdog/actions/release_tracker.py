@@ -28,10 +28,8 @@ from pathlib import Path
 
 from brace_watchdog.actions.config_snapshot import (
     ConfigSnapshot,
-    EnvFileScan,
-    read_files,
-    referenced_files,
-    scan_env_files,
+    read_compose_files,
+    snapshot_files,
 )
 from brace_watchdog.actions.image_archive import ImageArchive, archive_folder
 from brace_watchdog.actions.promotion_policy import (
@@ -234,24 +232,27 @@ class ReleaseTracker:
     async def _read_config(self, release: Release) -> tuple[Path, bytes | None, bytes | None,
                                                              ConfigSnapshot]:
         """The release's compose file, ``.env`` and the snapshot of every file its stack reads
-        (every ``-f`` file, ``.env``, every ``env_file:`` target), as they are on disk now."""
+        (every ``-f`` file, ``.env``, every ``env_file:`` target), as they are on disk now;
+        each file is read once."""
         source = self._config_source(release)
-        compose, env = await asyncio.to_thread(read_snapshot, source, release.working_dir)
         files = self._compose_files(release, source)
         project_dir = release.working_dir or str(Path(files[0]).parent)
-        config, scanned = None, EnvFileScan()
+        read = await asyncio.to_thread(read_compose_files, files, project_dir)
+        config = None
         if self.compose is not None and self.cfg.driver == "compose":
             config = await self.compose.config_json(files, self.cfg.project, project_dir)
-            if config is None:  # compose 1.29: read the env_file: keys from the files
-                scanned = await asyncio.to_thread(_scan_files, files)
+        # compose 1.29 (no config as JSON): the env_file: keys from the files' kept text
+        snapshot, scanned = await asyncio.to_thread(
+            snapshot_files, read, config, files, project_dir,
+            scan=config is None and self.compose is not None and self.cfg.driver == "compose")
         if scanned.unclear:
             self.hub.record("release.config_unclear", SOURCE,
                             f"the config snapshot of {release.short} may miss env files: "
                             f"{'; '.join(scanned.unclear)}", severity="warning",
                             evidence={"release": release.fingerprint,
                                       "unclear": list(scanned.unclear)})
-        paths = referenced_files(config, files, project_dir, env_files=scanned.paths)
-        return source, compose, env, await asyncio.to_thread(read_files, paths)
+        env = snapshot.content(str(Path(project_dir) / ".env"))
+        return source, snapshot.content(str(source)), env, snapshot
 
     async def _keep_config(self, release: Release) -> None:
         """Snapshot the config files when the release is first seen (its deploy), so an edit
@@ -356,17 +357,3 @@ def read_snapshot(compose_file: Path, working_dir: str) -> tuple[bytes | None, b
     env_path = Path(working_dir or compose_file.parent) / ".env"
     return compose, env_path.read_bytes() if env_path.is_file() else None
 
-
-def _scan_files(files: list[str]) -> EnvFileScan:
-    """:func:`scan_env_files` over every readable compose file, merged (blocking)."""
-    paths: list[str] = []
-    unclear: list[str] = []
-    for name in files:
-        try:
-            scan = scan_env_files(Path(name).read_text(errors="replace"), name)
-        except OSError as exc:
-            unclear.append(f"{name}: cannot read: {exc.strerror or exc}")
-            continue
-        paths += scan.paths
-        unclear += scan.unclear
-    return EnvFileScan(tuple(paths), tuple(unclear))

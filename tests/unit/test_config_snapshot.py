@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +14,11 @@ import pytest
 from brace_watchdog.actions.config_snapshot import (
     ConfigSnapshot,
     EnvFileScan,
+    read_compose_files,
     read_files,
     referenced_files,
     scan_env_files,
+    snapshot_files,
     write_back,
 )
 
@@ -166,3 +172,56 @@ def test_scan_keeps_what_it_read_beside_an_unclear_item() -> None:
 def test_scanned_targets_resolve_like_config_ones() -> None:
     assert referenced_files(None, FILES, "/srv/app", env_files=["a.env", "/abs/b.env"]) == (
         *FILES, "/srv/app/.env", "/srv/app/a.env", "/abs/b.env")
+
+
+_OPENED: list[Counter[str]] = []  # the counters of the open opens_under() blocks
+
+
+def _count_open(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and _OPENED and isinstance(args[0], str):
+        _OPENED[-1][args[0]] += 1
+
+
+sys.addaudithook(_count_open)  # cannot be removed: it counts only inside opens_under()
+
+
+@contextmanager
+def opens_under(folder: Path) -> Iterator[Counter[str]]:
+    """How often each file under ``folder`` is opened inside the block (the interpreter's
+    ``open`` audit event: every Python-level open, ``Path.read_bytes`` included)."""
+    counts: Counter[str] = Counter()
+    _OPENED.append(counts)
+    try:
+        yield counts
+    finally:
+        _OPENED.remove(counts)
+        for path in [p for p in counts if not p.startswith(f"{folder}/")]:
+            del counts[path]
+
+
+@pytest.mark.parametrize("compose_1_29", [True, False])
+def test_a_release_snapshot_reads_each_file_once(tmp_path: Path, compose_1_29: bool) -> None:
+    """Compose 1.29 scans the compose file's own text for env_file: keys; v2+ lists them in its
+    config. Either way the compose file and .env are read once, and only the targets besides."""
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text("services:\n  backend:\n    image: x\n    env_file: app.env\n")
+    (tmp_path / ".env").write_text("TAG=1\n")
+    (tmp_path / "app.env").write_text("A=1\n")
+    config = None if compose_1_29 else services(backend="app.env")
+    with opens_under(tmp_path) as opened:
+        read = read_compose_files([str(compose)], str(tmp_path))
+        snapshot, scanned = snapshot_files(read, config, [str(compose)], str(tmp_path),
+                                           scan=compose_1_29)
+    assert scanned == EnvFileScan((("app.env",) if compose_1_29 else ()), ())
+    assert snapshot.files == ((str(compose), compose.read_bytes()),
+                              (str(tmp_path / ".env"), b"TAG=1\n"),
+                              (str(tmp_path / "app.env"), b"A=1\n"))
+    assert opened == {str(compose): 1, str(tmp_path / ".env"): 1, str(tmp_path / "app.env"): 1}
+
+
+def test_a_compose_file_gone_before_its_scan_is_unclear(tmp_path: Path) -> None:
+    gone = str(tmp_path / "gone.yml")
+    read = read_compose_files([gone], str(tmp_path))
+    snapshot, scanned = snapshot_files(read, None, [gone], str(tmp_path), scan=True)
+    assert scanned.unclear == (f"{gone}: cannot read: it is gone",)
+    assert snapshot.content(gone) is None and snapshot.paths == (gone, str(tmp_path / ".env"))
