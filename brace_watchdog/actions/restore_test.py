@@ -5,8 +5,10 @@ whether a test is due (``[restore_test] interval_hours`` since the last recorded
 starts :class:`~brace_watchdog.actions.restore_run.RestoreRun` in a task of its own on the newest
 valid dump the backups monitor saw. The control socket calls :meth:`request`, :meth:`progress`
 and :meth:`last_result`; a request during a run raises :class:`AlreadyRunning` with the progress.
-Orphaned throwaway servers are removed at :meth:`start`; a running test is cancelled (and
-cleaned) at :meth:`stop`.
+Orphaned throwaway servers are removed at :meth:`start`; a container a run could not remove
+itself is swept on the first idle cycle after that run ended (again each idle cycle while the
+engine does not answer; never on an idle cycle with nothing to find); a running test is
+cancelled (and cleaned) at :meth:`stop`.
 
 :func:`cli_restore_test` is the one-shot ``brace-watchdog restore-test`` command.
 """
@@ -98,6 +100,7 @@ class RestoreTestScheduler(Component):
         self._task: asyncio.Task[RestoreResult] | None = None
         self._run: RestoreRun | None = None
         self._line = ""
+        self._sweep_due = False  # a run ended (its cleanup may have failed), or a sweep failed
 
     def interval(self) -> float:
         """``check_interval``; 1 s until the backups monitor's first scan, so a due test starts
@@ -129,6 +132,7 @@ class RestoreTestScheduler(Component):
             try:
                 removed += await remove_docker_orphans(self.docker)
             except DockerError as exc:
+                self._sweep_due = True
                 log.warning("restore test: cannot look for orphaned containers: %s", exc)
         if removed:
             self.hub.record("restore_test.orphans_removed", self.name,
@@ -148,7 +152,8 @@ class RestoreTestScheduler(Component):
         cfg = self.config.restore_test
         if not cfg.enabled:
             return "disabled"
-        await self._remove_leftovers()
+        if self._sweep_due:
+            self._sweep_due = not await self._remove_leftovers()
         leader = self.hub.leadership.decision()
         if not leader.acts:
             return f"not scheduling ({leader.message})"
@@ -162,22 +167,24 @@ class RestoreTestScheduler(Component):
         self._launch(newest.path, origin="schedule")
         return f"started: {self._line}"
 
-    async def _remove_leftovers(self) -> None:
+    async def _remove_leftovers(self) -> bool:
         """Containers of ours that a run could not remove (the engine was down during its
-        cleanup): removed once the engine answers again, while no run is active."""
+        cleanup): removed once the engine answers again, while no run is active. False when
+        the engine did not answer (the sweep stays due)."""
         if self.config.restore_test.backend != "docker" or self.docker is None:
-            return
+            return True
         try:
             removed = await remove_docker_orphans(self.docker,
                                                   own_idle=lambda: not self.running)
         except DockerError as exc:
             log.debug("restore test: cannot look for leftover containers: %s", exc)
-            return
+            return False
         if removed:
             self.hub.record("restore_test.leftovers_removed", self.name,
                             f"removed {len(removed)} throwaway container(s) an earlier restore "
                             "test could not remove", evidence={"removed": removed},
                             severity="warning")
+        return True
 
     @property
     def running(self) -> bool:
@@ -259,6 +266,7 @@ class RestoreTestScheduler(Component):
         finally:
             self.hub.metrics.restore_running.set(0)
             self._show_stage(None)
+            self._sweep_due = True  # whatever its cleanup could not remove
         await self._finish(result)
         return result
 

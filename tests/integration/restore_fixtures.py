@@ -2,8 +2,8 @@
 
 A module-scoped source cluster (real PostgreSQL 15) and a brace-shaped ``pg_dump -Fc`` dump of it
 (the newer major's dump is the session fixture ``newer_dump``); ``make_config`` builds a validated
-config around a backups folder; ``leftovers`` lists the throwaway-cluster directories this test
-process still has.
+config around a backups folder, ``make_hub`` a hub around a config; ``leftovers`` lists the
+throwaway-cluster directories this test process still has.
 """
 
 from __future__ import annotations
@@ -15,13 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from brace_watchdog.adapters.postgres import LOCAL_PREFIX, pid_alive
 from brace_watchdog.config import Config, parse_config
+from brace_watchdog.metrics import Metrics
+from brace_watchdog.runtime import Hub
+from brace_watchdog.state import StateStore
 from tests.support.pg import PG_BIN, PgCluster, make_brace_dump, start_cluster
 from tests.support.skips import skip_missing
 
-__all__ = ["brace_dump", "leftovers", "make_config", "others_alive", "source_cluster"]
+__all__ = ["brace_dump", "leftovers", "make_config", "make_hub", "others_alive",
+           "source_cluster"]
 
 TMP = Path(tempfile.gettempdir())
 
@@ -47,6 +52,11 @@ def make_config(backups: Path, **restore: Any) -> Config:
                          "daemon": {"state_path": str(backups / "state.db")},
                          "restore_test": {"backend": "local", "local_bin_dir": str(PG_BIN),
                                           **restore}})
+
+
+def make_hub(config: Config) -> Hub:
+    store = StateStore(":memory:").open()
+    return Hub(config=config, store=store, metrics=Metrics(CollectorRegistry(), process=False))
 
 
 def leftovers() -> list[Path]:

@@ -19,17 +19,20 @@ import docker
 import pytest
 
 from brace_watchdog.actions.restore_run import RestoreResult, RestoreRun, server_factory
+from brace_watchdog.actions.restore_test import RestoreTestScheduler
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.adapters.postgres import (
     CONTAINER_LABEL,
     OWNER_LABEL,
     OWNER_NS_LABEL,
     DockerServer,
+    pid_namespace,
     remove_docker_orphans,
 )
 from tests.integration.restore_fixtures import (
     brace_dump,
     make_config,
+    make_hub,
     others_alive,
     source_cluster,
 )
@@ -197,3 +200,51 @@ async def test_a_container_of_another_pid_namespace_is_never_an_orphan(
         assert len(ours(docker_client)) == 1
     finally:
         await server.stop()
+
+
+class ListCounting(DockerAdapter):
+    """The real adapter, counting how often it lists the restore-test containers."""
+
+    lists = 0
+
+    async def containers_with_label(self, label: str) -> list[tuple[str, dict[str, str]]]:
+        self.lists += 1
+        return await super().containers_with_label(label)
+
+
+async def test_leftovers_are_swept_after_a_run_not_on_every_idle_cycle(
+        tmp_path: Path, postgres_image: str, docker_client: docker.DockerClient) -> None:
+    """The sweep lists containers at start and once after each run (its cleanup may have
+    failed), then not again while idle."""
+    engine = ListCounting()
+    hub = make_hub(make_config(tmp_path, backend="docker", image=postgres_image,
+                               interval_hours=1000.0))
+    scheduler = RestoreTestScheduler(hub, docker=engine)
+    left = docker_client.containers.create(postgres_image, labels={  # what a failed cleanup
+        CONTAINER_LABEL: "1", OWNER_LABEL: str(os.getpid()),       # of ours leaves
+        OWNER_NS_LABEL: pid_namespace(), **TEST_LABELS})
+    try:
+        await scheduler.start()
+        assert engine.lists == 1 and left.id in ours_ids(docker_client)  # ours, and alive
+        for _ in range(3):
+            await scheduler.cycle()
+        assert engine.lists == 1
+        (tmp_path / "brace_20260101_000000.dump").write_bytes(b"not a dump")
+        result = await (await scheduler.request("brace_20260101_000000.dump"))
+        assert not result.passed and result.stage == "checking", result.message
+        await scheduler.cycle()
+        assert engine.lists == 2 and left.id not in ours_ids(docker_client)
+        assert [e.kind for e in hub.store.events(kinds=("restore_test.leftovers_removed",))]
+        for _ in range(3):
+            await scheduler.cycle()
+        assert engine.lists == 2
+    finally:
+        await scheduler.stop()
+        engine.close()
+        if left.id in ours_ids(docker_client):
+            left.remove(force=True)
+
+
+def ours_ids(client: docker.DockerClient) -> list[str]:
+    return [str(c.id) for c in client.containers.list(all=True, filters={"label": [
+        f"{CONTAINER_LABEL}=1", f"{OWNER_LABEL}={os.getpid()}"]})]

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from brace_watchdog.actions.restore_run import STAGES, RestoreResult, RestoreRun, server_factory
 from brace_watchdog.actions.restore_test import (
@@ -24,11 +23,10 @@ from brace_watchdog.actions.restore_test import (
     cli_restore_test,
 )
 from brace_watchdog.adapters.postgres import TEMPLATE_PREFIX, LocalServer, remove_local_orphans
-from brace_watchdog.config import Config, parse_config
+from brace_watchdog.config import parse_config
 from brace_watchdog.errors import RefusedError
 from brace_watchdog.leader_election import LeaderElection
 from brace_watchdog.leadership import LeadershipLostError
-from brace_watchdog.metrics import Metrics
 from brace_watchdog.observations import BackupFile, BackupScan
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import StateStore
@@ -36,6 +34,7 @@ from tests.integration.restore_fixtures import (
     brace_dump,
     leftovers,
     make_config,
+    make_hub,
     others_alive,
     source_cluster,
 )
@@ -209,11 +208,6 @@ async def test_orphans_of_dead_owner_are_removed(good_dump: Path) -> None:
     assert server.workdir in removed and not server.workdir.exists()
     server.workdir = None
     await server.sql.close()      # the dead owner's connection would have died with it
-
-
-def make_hub(config: Config) -> Hub:
-    store = StateStore(":memory:").open()
-    return Hub(config=config, store=store, metrics=Metrics(CollectorRegistry(), process=False))
 
 
 async def test_scheduler_request_records_and_refuses_parallel_runs(good_dump: Path) -> None:
