@@ -125,6 +125,7 @@ class ControlServer(Component):
         self._complaints = RateLimiter(COMPLAINT_INTERVAL_SECONDS)
         self._running_action: asyncio.Task[Any] | None = None
         self._generation = -1  # the leadership generation whose open actions were resolved
+        self._leftovers_due = False  # look for what interrupted actions left running
         self._served = 0
         self._owns_socket = False
 
@@ -148,15 +149,21 @@ class ControlServer(Component):
         if self._generation != gate.generation and gate.decision().acts:
             self._generation = gate.generation
             await resolve_interrupted(self.hub)
-            self._end_leftovers()
+            self._leftovers_due = True
+        if self._leftovers_due and self.hub.action_lock.holder is None:
+            self._leftovers_due = self._end_leftovers()
 
-    def _end_leftovers(self) -> None:
+    def _end_leftovers(self) -> bool:
         """Start ending what an interrupted action left running (a restore in the server), in
-        the background under the action lock: no other action starts until it has ended."""
+        the background under the action lock: no other action starts until it has ended.
+        Called only while the lock is free; True when it started one (the others are looked
+        for once it has ended, on a later cycle)."""
         for kind, action in self.gated.items():
             work = action.leftover()
-            if work is not None and self._running_action is None:
+            if work is not None:
                 self._start_exclusive(kind, "recovery", work)
+                return True
+        return False
 
     def _leadership_lost(self, reason: str) -> None:
         if self._running_action is not None and not self._running_action.done():

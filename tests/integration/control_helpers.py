@@ -54,7 +54,10 @@ def short_dir() -> Path:
 @asynccontextmanager
 async def control_server(tmp_path: Path, raw: Mapping[str, Any] | None = None, *,
                          gated: Mapping[str, GatedAction] | None = None,
-                         clock: Callable[[], float] | None = None) -> AsyncIterator[Env]:
+                         clock: Callable[[], float] | None = None,
+                         before_start: Callable[[Hub], object] | None = None
+                         ) -> AsyncIterator[Env]:
+    """A ControlServer on a short socket path (``before_start(hub)`` runs before it starts)."""
     folder = short_dir()
     sock = folder / "control.sock"
     config = {"control": {"socket": str(sock)}, "backups": {"directory": str(tmp_path)}}
@@ -66,6 +69,8 @@ async def control_server(tmp_path: Path, raw: Mapping[str, Any] | None = None, *
               metrics=Metrics(registry, process=False), **extra)
     server = ControlServer(hub, gated=gated) if gated is not None else ControlServer(hub)
     try:
+        if before_start is not None:
+            before_start(hub)
         await server.start()
         yield Env(hub, server, hub.config.control.socket, registry)
     finally:

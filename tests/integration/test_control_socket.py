@@ -14,13 +14,16 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from brace_watchdog.control.server import ControlServer
 from brace_watchdog.errors import FatalError
+from brace_watchdog.runtime import Hub, Lease
 from tests.integration.control_helpers import (
     NOBODY,
+    Env,
     TouchAction,
     add_touch_planner,
     approve_touch_in_background,
@@ -337,6 +340,71 @@ async def test_gated_action_cut_by_a_restart_is_escalated_at_start(tmp_path: Pat
         escalation = env.hub.escalation()
         assert escalation is not None and "interrupted at step 'restoring'" in escalation[
             "message"]
+
+
+class LeftBehind(TouchAction):
+    """A gated action an interrupted run of which left work behind, ended by ``end`` (its
+    ``leftover`` is looked for only while the action lock is free: it notes the holder)."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        super().__init__(path)
+        self.name = name
+        self.lock_at_look: list[object] = []
+        self.hub: Hub | None = None
+        self.end = asyncio.Event()
+        self.ended = False
+
+    def leftover(self) -> Any:
+        assert self.hub is not None
+        self.lock_at_look.append(self.hub.action_lock.holder)
+        return None if self.ended else self._end_it
+
+    async def _end_it(self) -> None:
+        await self.end.wait()
+        self.ended = True
+
+
+async def test_leftovers_are_looked_for_only_while_the_lock_is_free_until_none_is_left(
+        tmp_path: Path) -> None:
+    """Another action holds the lock at start: no look; once free, one leftover is ended at a
+    time (the next kind looked for only after it), and none is looked for once all ended."""
+    first, second = LeftBehind(tmp_path / "a", "first"), LeftBehind(tmp_path / "b", "second")
+    held: list[Lease] = []
+
+    def hold(hub: Hub) -> None:
+        first.hub = second.hub = hub
+        held.append(hub.action_lock.acquire("rollback", "automatic"))
+
+    async with control_server(tmp_path, gated={"first": first, "second": second},
+                              before_start=hold) as env:
+        lock, server = env.hub.action_lock, env.server
+        await server.cycle()
+        assert first.lock_at_look == second.lock_at_look == []
+        lock.release(held[0])
+        await server.cycle()
+        assert len(first.lock_at_look) == 1 and second.lock_at_look == []
+        assert lock.holder is not None and lock.holder.kind == "first"
+        await server.cycle()
+        assert len(first.lock_at_look) == 1 and second.lock_at_look == []  # first still runs
+        first.end.set()
+        await _until_free(env)
+        await server.cycle()
+        assert lock.holder is not None and lock.holder.kind == "second"
+        second.end.set()
+        await _until_free(env)
+        await server.cycle()
+        looks = (len(first.lock_at_look), len(second.lock_at_look))
+        await server.cycle()
+        assert (len(first.lock_at_look), len(second.lock_at_look)) == looks == (3, 2)
+        assert set(first.lock_at_look) | set(second.lock_at_look) == {None}
+
+
+async def _until_free(env: Env) -> None:
+    for _ in range(500):
+        if env.hub.action_lock.holder is None:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the lock is still held: {env.hub.action_lock.holder}")
 
 
 async def test_dry_run_approves_without_executing(tmp_path: Path) -> None:
