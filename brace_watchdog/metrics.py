@@ -257,6 +257,8 @@ class Metrics:
             ("action", "result"))
 
 
+# A copy of prometheus_client 0.26's _SilentHandler: private (not in exposition.__all__); its one
+# public user, start_wsgi_server, runs serve_forever's polling (see _ExporterServer).
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not logged."""
@@ -315,6 +317,7 @@ class MetricsServer:
 
 def start_metrics_server(metrics: Metrics, host: str, port: int) -> MetricsServer:
     """Serve ``metrics`` on ``host:port`` (IPv4 or IPv6 by the address); raises OSError."""
+    # prometheus_client's private _get_best_family, copied for the same reason as _QuietHandler
     family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                   flags=socket.AI_PASSIVE)[0]
     server_class = type("_Exporter", (_ExporterServer,), {"address_family": family})

@@ -64,6 +64,7 @@ from brace_watchdog.actions.gated import (
     Step,
     StepJournal,
     Work,
+    compose_cli,
     compose_project,
     interrupted_message,
     ordered,
@@ -269,14 +270,18 @@ class DbRollback:
     async def _up_args(self) -> list[str]:
         """``up -d --no-build [--pull never]`` for this compose: writers come back from the images
         they ran, never rebuilt or pulled."""
-        compose = ComposeCLI(self._project().command, timeout=self.cfg.step_timeout_seconds)
+        compose = self._cli()
         await compose.detect()
         return compose.up_args()
 
+    def _cli(self) -> ComposeCLI:
+        return compose_cli(self.hub.config, command=self.cfg.compose_command,
+                           timeout=self.cfg.step_timeout_seconds)
+
     def _project(self) -> ComposeProject:
         cfg = self.cfg
-        return compose_project(self.hub.config, command=cfg.compose_command,
-                               file=cfg.compose_file, project=cfg.project)
+        return compose_project(self.hub.config, cli=self._cli(), file=cfg.compose_file,
+                               project=cfg.project)
 
     def compose(self, *args: str) -> list[str]:
         return self._project().argv(*args)

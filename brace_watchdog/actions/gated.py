@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_fixed
 
-from brace_watchdog.adapters.compose import ComposeProject
+from brace_watchdog.adapters.compose import ComposeCLI, ComposeProject
 from brace_watchdog.config import Config
 from brace_watchdog.errors import ActionError, WatchdogError
 from brace_watchdog.journal_handover import adopted_from, interrupted_by
@@ -30,8 +30,8 @@ from brace_watchdog.runtime import Hub
 from brace_watchdog.state import ActionRecord
 
 __all__ = ["Advice", "GatedAction", "GatedFailure", "Plan", "Progress", "Step", "StepJournal",
-           "Work", "compose_project", "interrupted_message", "ordered", "probe_health",
-           "resolve_interrupted", "stamp", "verify_health", "wait_until"]
+           "Work", "compose_cli", "compose_project", "interrupted_message", "ordered",
+           "probe_health", "resolve_interrupted", "stamp", "verify_health", "wait_until"]
 
 T = TypeVar("T")
 Progress = Callable[[str, str], Awaitable[None]]
@@ -224,13 +224,21 @@ async def verify_health(hub: Hub, *, attempts: int, wait_seconds: float) -> str:
     return result
 
 
-def compose_project(config: Config, *, command: Sequence[str] = (), file: Path | None = None,
-                    project: str = "") -> ComposeProject:
-    """The compose project a gated action addresses; empty overrides inherit from
-    ``[rollback]``."""
+def compose_cli(config: Config, *, command: Sequence[str] = (),
+                timeout: float | None = None) -> ComposeCLI:
+    """The compose CLI a gated action runs; empty overrides inherit from ``[rollback]``."""
     rollback = config.rollback
-    return ComposeProject(tuple(command or rollback.compose_command),
-                          (str(file or rollback.compose_file),), project or rollback.project)
+    return ComposeCLI(command or rollback.compose_command,
+                      timeout=timeout or rollback.compose_timeout_seconds)
+
+
+def compose_project(config: Config, *, cli: ComposeCLI | None = None, file: Path | None = None,
+                    project: str = "") -> ComposeProject:
+    """The compose project a gated action addresses through ``cli`` (:func:`compose_cli`);
+    empty overrides inherit from ``[rollback]``."""
+    rollback = config.rollback
+    return (cli or compose_cli(config)).project((str(file or rollback.compose_file),),
+                                                project or rollback.project)
 
 
 GATED_KINDS = ("db_rollback", "pg_hba_rollback", "docker_daemon_rollback")

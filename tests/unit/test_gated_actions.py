@@ -24,7 +24,7 @@ from brace_watchdog.actions.db_rollback import (
     safety_dump_name,
 )
 from brace_watchdog.actions.db_writers import SwarmWriters
-from brace_watchdog.actions.gated import Plan, compose_project, ordered, stamp
+from brace_watchdog.actions.gated import Plan, compose_cli, compose_project, ordered, stamp
 from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.config import parse_config
 from brace_watchdog.control.commands import REGISTRY
@@ -117,8 +117,10 @@ def test_compose_project_inherits_from_rollback() -> None:
                                         "compose_file": "/srv/c.yml", "project": "p"}})
     assert compose_project(config).argv("ps") == ["docker-compose", "-f", "/srv/c.yml", "-p", "p",
                                                   "ps"]
-    assert compose_project(config, command=("docker", "compose"), project="q").argv() == [
+    cli = compose_cli(config, command=("docker", "compose"), timeout=7.0)
+    assert compose_project(config, cli=cli, project="q").argv() == [
         "docker", "compose", "-f", "/srv/c.yml", "-p", "q"]
+    assert (cli.timeout, compose_cli(config).timeout) == (7.0, 300.0)
 
 
 def test_preview_diff_is_bounded() -> None:
