@@ -47,10 +47,10 @@ from typing import Any, Literal
 from brace_watchdog.releases import ComposeContainer
 
 __all__ = ["LIVE_DESIRED_STATES", "NO_TASK", "STACK_LABEL", "RollbackStep", "ServiceTarget",
-           "StackTask", "SwarmService", "SwarmTask", "choose_step", "converged", "fingerprint",
-           "running_tasks", "runs_current_spec", "scale_argv", "spec_hash", "stack_containers",
-           "swarm_in_charge", "swarm_name", "swarm_rolled_back", "tasks_gone",
-           "writers_problem"]
+           "StackLook", "StackTask", "SwarmService", "SwarmTask", "choose_step", "converged",
+           "fingerprint", "running_tasks", "runs_current_spec", "scale_argv", "spec_hash",
+           "stack_containers", "swarm_in_charge", "swarm_name", "swarm_rolled_back",
+           "tasks_gone", "writers_problem"]
 
 STACK_LABEL = "com.docker.stack.namespace"
 MANUAL_ROLLBACK = "manually requested rollback"  # UpdateStatus.Message of a requested rollback
@@ -118,6 +118,15 @@ class StackTask:
     state: str
     created: str = ""
     container_id: str = ""
+
+
+@dataclass(frozen=True)
+class StackLook:
+    """One look at a stack: its services and their tasks as containers, read together."""
+
+    stack: str
+    services: tuple[SwarmService, ...]
+    containers: tuple[ComposeContainer, ...]
 
 
 @dataclass(frozen=True)

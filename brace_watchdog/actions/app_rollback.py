@@ -248,17 +248,16 @@ class AppRollback(Component):
         stops: what failed while Swarm was in charge is not held against the release."""
         if not isinstance(self._docker, SwarmAdapter) or not engine_answers:
             return  # without a fresh look, Swarm is taken to be where it was last seen
-        self._swarm_watch.stack = self.cfg.project
-        try:
-            services = await self._docker.services(self.cfg.project)
-        except AdapterError:
+        look = self._docker.last_look  # the tracker's look of this cycle: no second listing
+        if look is None or look.stack != self.cfg.project:
             return
+        self._swarm_watch.stack = self.cfg.project
         running: dict[str, set[tuple[str, str]]] = {}
-        for task in self.tracker.containers:
+        for task in look.containers:
             if task.running:
                 running.setdefault(task.service, set()).add((task.image_ref, task.config_hash))
-        before, self._swarm_in_charge = (self._swarm_in_charge,
-                                         await self._swarm_watch.observe(services, running))
+        before, self._swarm_in_charge = (
+            self._swarm_in_charge, await self._swarm_watch.observe(look.services, running))
         if before and not self._swarm_in_charge:
             self._swarm_done_at = now
 

@@ -11,8 +11,11 @@ runs in a worker thread (:meth:`DockerAdapter.call`); every engine failure is a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from docker import DockerClient
 
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.errors import DockerError
@@ -21,6 +24,7 @@ from brace_watchdog.swarm_release import (
     LIVE_DESIRED_STATES,
     STACK_LABEL,
     ServiceTarget,
+    StackLook,
     StackTask,
     SwarmService,
     SwarmTask,
@@ -28,18 +32,27 @@ from brace_watchdog.swarm_release import (
     stack_containers,
 )
 
-__all__ = ["SwarmAdapter"]
+__all__ = ["SpecHashes", "SwarmAdapter"]
 
 T = TypeVar("T")
 SEQUENCE_ATTEMPTS = 3
 
 
 class SwarmAdapter(DockerAdapter):
-    """A docker engine that is a Swarm manager; :meth:`compose_containers` reports the stack's
-    tasks as the compose driver's :class:`ComposeContainer` values
+    """A docker engine that is a Swarm manager. :meth:`look` reads a stack — its services and
+    their tasks as the compose driver's :class:`ComposeContainer` values
     (:func:`~brace_watchdog.swarm_release.stack_containers`: each task's own spec image and
-    spec hash in place of compose's labels), so release tracking, attribution and image
-    verification are the compose driver's own."""
+    spec hash in place of compose's labels) — in one services listing and one task-API call;
+    :meth:`compose_containers` is that look, so release tracking, attribution and image
+    verification are the compose driver's own, and it keeps the look as :attr:`last_look` for
+    the Swarm watch of the same cycle. Spec hashes are computed once per (service ID, spec
+    version) (:class:`SpecHashes`)."""
+
+    def __init__(self, base_url: str | None = None, *, timeout: float = 60.0,
+                 client: DockerClient | None = None) -> None:
+        super().__init__(base_url, timeout=timeout, client=client)
+        self.hashes = SpecHashes()
+        self.last_look: StackLook | None = None
 
     async def _run(self, what: str, work: Callable[[], T]) -> T:
         for attempt in range(1, SEQUENCE_ATTEMPTS + 1):
@@ -54,16 +67,32 @@ class SwarmAdapter(DockerAdapter):
         raise AssertionError("unreachable")
 
     async def services(self, stack: str) -> list[SwarmService]:
-        def work() -> list[SwarmService]:
-            found = self.client.services.list(filters={"label": f"{STACK_LABEL}={stack}"})
-            return sorted((_service(s.attrs, stack) for s in found), key=lambda s: s.name)
-        return await self._run(f"listing the services of stack {stack}", work)
+        return await self._run(f"listing the services of stack {stack}",
+                               lambda: self._services(stack))
+
+    def _services(self, stack: str) -> list[SwarmService]:
+        found = self.client.services.list(filters={"label": f"{STACK_LABEL}={stack}"})
+        return sorted((self._service_of(s.attrs, stack) for s in found), key=lambda s: s.name)
+
+    async def look(self, stack: str) -> StackLook:
+        """The stack's services and their tasks, read together (kept as :attr:`last_look`)."""
+        def work() -> StackLook:
+            services = self._services(stack)
+            versions: dict[str, int | None] = {s.id: s.version for s in services}
+            tasks = self._live_tasks(versions) if services else []
+            return StackLook(stack, tuple(services),
+                             tuple(stack_containers(stack, services, tasks)))
+        self.last_look = look = await self._run(f"reading stack {stack}", work)
+        return look
+
+    async def compose_containers(self, project: str) -> list[ComposeContainer]:
+        return list((await self.look(project)).containers)
 
     async def tasks(self, service_id: str) -> list[SwarmTask]:
         """Tasks meant to run, with the image each was created from (any node)."""
         return [SwarmTask(image_id=t.target.image, state=t.state)
                 for t in await self._run(f"listing the tasks of {service_id}",
-                                         lambda: self._live_tasks([service_id]))]
+                                         lambda: self._live_tasks({service_id: None}))]
 
     async def task_states(self, service_id: str) -> list[str]:
         """``Status.State`` of every task of the service, from the manager's task API (tasks
@@ -74,32 +103,36 @@ class SwarmAdapter(DockerAdapter):
                     for task in api.tasks(filters={"service": service_id})]
         return await self._run(f"listing the tasks of {service_id}", work)
 
-    async def compose_containers(self, project: str) -> list[ComposeContainer]:
-        def work() -> list[ComposeContainer]:
-            found = self.client.services.list(filters={"label": f"{STACK_LABEL}={project}"})
-            services = [_service(item.attrs, project) for item in found]
-            tasks = self._live_tasks([s.id for s in services]) if services else []
-            return stack_containers(project, services, tasks)
-        return await self._run(f"reading stack {project}", work)
-
-    def _live_tasks(self, service_ids: list[str]) -> list[StackTask]:
-        """The services' tasks Swarm means to run (:data:`LIVE_DESIRED_STATES`), in one call to
-        the manager's task API, so a task on any node counts alike: its state, its container
-        ID once its node created one, and the spec it was created from — its own, not the
+    def _live_tasks(self, versions: dict[str, int | None]) -> list[StackTask]:
+        """The tasks Swarm means to run (:data:`LIVE_DESIRED_STATES`) of the services
+        (``versions``: service ID → spec version, None if not read), in one call to the
+        manager's task API, so a task on any node counts alike: its state, its container ID
+        once its node created one, and the spec it was created from — its own, not the
         service's current one (during an update or a rollback old and new tasks differ until
         Swarm converges). The image is the task spec's reference: the pinned image ID or
         digest, the same on every node."""
         api: Any = self.client.api  # the SDK's low-level calls are untyped
-        found = api.tasks(filters={"service": service_ids,
+        found = api.tasks(filters={"service": list(versions),
                                    "desired-state": list(LIVE_DESIRED_STATES)})
-        return [StackTask(
-            id=str(task.get("ID", "")), service_id=str(task.get("ServiceID", "")),
-            target=_container_target(task.get("Spec", {}).get("ContainerSpec", {})),
-            state=str(task.get("Status", {}).get("State", "")),
-            created=str(task.get("CreatedAt", "")),
-            container_id=str(task.get("Status", {}).get("ContainerStatus", {})
-                             .get("ContainerID", "")))
-            for task in found]
+        out = []
+        for task in found:
+            service_id, status = str(task.get("ServiceID", "")), task.get("Status", {})
+            out.append(StackTask(
+                id=str(task.get("ID", "")), service_id=service_id,
+                target=self.hashes.target(service_id, versions.get(service_id),
+                                          task.get("Spec", {}).get("ContainerSpec", {})),
+                state=str(status.get("State", "")), created=str(task.get("CreatedAt", "")),
+                container_id=str(status.get("ContainerStatus", {}).get("ContainerID", ""))))
+        return out
+
+    def _service_of(self, attrs: dict[str, Any], stack: str) -> SwarmService:
+        spec = attrs["Spec"]
+        version = int(attrs.get("Version", {}).get("Index", 0))
+        previous = (attrs.get("PreviousSpec") or {}).get("TaskTemplate")
+        return _service(attrs, stack, version, self.hashes.target(
+            str(attrs["ID"]), version, spec.get("TaskTemplate", {}).get("ContainerSpec", {})),
+            None if previous is None else self.hashes.target(
+                str(attrs["ID"]), version, previous.get("ContainerSpec", {})))
 
     async def update_image(self, service_id: str, image: str) -> None:
         """``service update --image``: the rest of the spec as it is."""
@@ -127,28 +160,46 @@ class SwarmAdapter(DockerAdapter):
         return services.get(service_id)
 
 
-def _container_target(container: dict[str, Any]) -> ServiceTarget:
-    return ServiceTarget(image=str(container.get("Image", "")), spec_hash=spec_hash(container))
+class SpecHashes:
+    """Each service's spec hashes, computed once per (service ID, spec version): its current
+    and previous container specs, and the specs its tasks were created from. A task's spec
+    never changes and is, but for old tasks in a long rollout, one of its service's two: it is
+    compared by equality with those already hashed, and hashed only when new. Only the latest
+    version of a service is kept. Thread-safe (looks run in worker threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[int, list[tuple[dict[str, Any], ServiceTarget]]]] = {}
+        self.computed = 0
+        """How many hashes were computed (not found): what the cache saves shows here."""
+
+    def target(self, service_id: str, version: int | None,
+               container_spec: dict[str, Any]) -> ServiceTarget:
+        """The target of ``container_spec``, a spec of the service at ``version`` (None: not
+        read, any version hashed so far)."""
+        with self._lock:
+            known_version, known = self._known.get(service_id, (version or 0, []))
+            if version is not None and known_version != version:
+                known_version, known = version, []
+            self._known[service_id] = (known_version, known)
+            for spec, target in known:
+                if spec == container_spec:
+                    return target
+            target = ServiceTarget(image=str(container_spec.get("Image", "")),
+                                   spec_hash=spec_hash(container_spec))
+            known.append((container_spec, target))
+            self.computed += 1
+            return target
 
 
-def _target(spec: dict[str, Any] | None) -> ServiceTarget | None:
-    """A service spec's target (its task template's container spec)."""
-    if not spec:
-        return None
-    return _container_target(spec.get("TaskTemplate", {}).get("ContainerSpec", {}))
-
-
-def _service(attrs: dict[str, Any], stack: str) -> SwarmService:
+def _service(attrs: dict[str, Any], stack: str, version: int, current: ServiceTarget,
+             previous: ServiceTarget | None) -> SwarmService:
     spec = attrs["Spec"]
-    name = str(spec.get("Name", ""))
     replicated = spec.get("Mode", {}).get("Replicated")
-    current = _target(spec)
-    assert current is not None  # a service always has a spec
     update = attrs.get("UpdateStatus") or {}
     return SwarmService(
-        id=str(attrs["ID"]), name=name.removeprefix(f"{stack}_"),
-        version=int(attrs.get("Version", {}).get("Index", 0)), current=current,
-        previous=_target(attrs.get("PreviousSpec")),
+        id=str(attrs["ID"]), name=str(spec.get("Name", "")).removeprefix(f"{stack}_"),
+        version=version, current=current, previous=previous,
         replicas=int(replicated.get("Replicas", 1)) if replicated is not None else None,
         update_state=str(update.get("State", "")), update_message=str(update.get("Message", "")),
         update_started=str(update.get("StartedAt", "")),

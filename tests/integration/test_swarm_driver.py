@@ -10,6 +10,7 @@ manager's task API."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import subprocess
 import sys
@@ -23,10 +24,15 @@ from typing import Any
 import docker
 import pytest
 from docker.types import UpdateConfig
+from prometheus_client import CollectorRegistry
 
+from brace_watchdog.actions.app_rollback import AppRollback
 from brace_watchdog.actions.rollback_steps import verify_images
 from brace_watchdog.adapters.swarm import SwarmAdapter
+from brace_watchdog.config import load_config
+from brace_watchdog.metrics import Metrics
 from brace_watchdog.releases import build_release
+from brace_watchdog.runtime import Hub
 from brace_watchdog.state import Event, StateStore
 from brace_watchdog.swarm_release import (
     ServiceTarget,
@@ -254,6 +260,59 @@ async def test_tasks_on_another_node_are_read_through_the_managers_task_api(
         finally:
             adapter.close()
             swarm.client.services.get(service_id).remove()
+
+
+def _count_requests(client: docker.DockerClient) -> collections.Counter[str]:
+    """The requests ``client`` sends the engine, counted by the last part of their API path
+    (a wrapper around the SDK's transport: the engine keeps no request log to read)."""
+    seen: collections.Counter[str] = collections.Counter()
+    api: Any = client.api
+    send = api.send
+
+    def counting(request: Any, **kwargs: Any) -> Any:
+        seen[str(request.path_url).split("?")[0].rsplit("/", 1)[-1]] += 1
+        return send(request, **kwargs)
+    api.send = counting
+    return seen
+
+
+async def test_a_rollback_cycle_reads_the_stack_once_and_hashes_a_spec_once_per_version(
+        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
+    """Each cycle of the rollback component asks the manager once for the stack's services and
+    once for their tasks (the Swarm watch reuses the tracker's look), and a spec is hashed once
+    per service spec version, not on every cycle."""
+    service_id, port, image = _create(swarm, tmp_path, busybox_image, "cycle")
+    config = load_config(_daemon_config(tmp_path, port, "cycle", "/api/health"))
+    client = docker.DockerClient(base_url=swarm.host, version="1.41")
+    seen = _count_requests(client)
+    adapter = SwarmAdapter(client=client)
+    store = StateStore(config.daemon.state_path).open()
+    rollback = AppRollback(Hub(config=config, store=store,
+                               metrics=Metrics(CollectorRegistry(), process=False)),
+                           docker=adapter)
+    await rollback.start()
+    try:
+        await _recovered(adapter, service_id, image, port)
+        await rollback.cycle()
+        first = rollback.tracker.running
+        seen.clear()
+        for _ in range(3):
+            await rollback.cycle()
+        assert (seen["services"], seen["tasks"]) == (3, 3), seen
+        computed = adapter.hashes.computed
+        await rollback.cycle()
+        assert adapter.hashes.computed == computed and rollback.tracker.running == first
+        _update(swarm, service_id, env=["HEALTH=500"])  # a new spec version: hashed anew
+        await rollback.cycle()
+        assert adapter.hashes.computed > computed
+        moved = (await _service(adapter, "cycle")).current
+        assert moved.spec_hash == spec_hash(
+            swarm.client.services.get(service_id).attrs["Spec"]["TaskTemplate"]["ContainerSpec"])
+        assert first is not None and moved.spec_hash != first.config_hashes()["cycle"]
+    finally:
+        await rollback.stop()
+        store.close()
+        swarm.client.services.get(service_id).remove()
 
 
 # A CGI health check (busybox httpd runs it per request, with the service's environment): OK

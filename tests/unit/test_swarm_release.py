@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from brace_watchdog.adapters.swarm import SpecHashes
 from brace_watchdog.releases import build_release, service_liveness
 from brace_watchdog.swarm_release import (
     NO_TASK,
@@ -217,3 +218,21 @@ def test_stack_containers_take_each_tasks_own_spec_and_container() -> None:
     obs = build_release("brace", ["backend", "frontend"], found.values())
     assert obs.release is not None and obs.not_running == ("frontend",) and not obs.mixed
     assert obs.release.image_ids() == {"backend": GOOD.image, "frontend": BOTH.image}
+
+
+def test_spec_hashes_are_computed_once_per_service_spec_version() -> None:
+    hashes = SpecHashes()
+    task_spec = {**SPEC}  # a task's copy of its service's spec: equal, not the same object
+    assert hashes.target("id", 7, SPEC) == ServiceTarget("a", spec_hash(SPEC))
+    assert hashes.target("id", 7, task_spec) == hashes.target("id", None, task_spec)
+    assert hashes.computed == 1
+    older = {**SPEC, "Env": ["A=0"]}  # an old task mid-rollout: hashed once, then known
+    assert hashes.target("id", 7, older).spec_hash == spec_hash(older)
+    hashes.target("id", 7, older)
+    assert hashes.computed == 2
+    assert hashes.target("other", 7, SPEC).spec_hash == spec_hash(SPEC)  # per service
+    assert hashes.computed == 3
+    hashes.target("id", 8, SPEC)  # a new spec version: hashed anew, the old one forgotten
+    hashes.target("id", 8, SPEC)
+    hashes.target("id", 8, older)
+    assert hashes.computed == 5
