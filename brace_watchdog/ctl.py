@@ -212,11 +212,12 @@ def _markdown(data: dict[str, Any], out: TextIO) -> None:
 
 def _releases(data: dict[str, Any], out: TextIO) -> None:
     def state(row: dict[str, Any]) -> str:
+        by = "another leader" if row["rolled_back_by"] is None else f"#{row['rolled_back_by']}"
         marks = [("current", row["current"]), ("known-good", row["known_good_at"]),
                  ("newest-known-good", row["newest_known_good"]),
                  (f"FAILED {_when(row['failed_at'])}", row["failed_at"]),
                  ("pinned", row["pinned"]),
-                 (f"rolled-back-from (#{row['rolled_back_by']} {_when(row['rolled_back_at'])})",
+                 (f"rolled-back-from ({by} {_when(row['rolled_back_at'])})",
                   row["rolled_back_at"])]
         return ", ".join(name for name, on in marks if on) or "-"
     _table([(r["release"], _when(r["first_seen"]), state(r)) for r in data["releases"]],

@@ -13,25 +13,37 @@ reads the open rows and decides here what each one needs (:func:`plan_handover`)
 - an action still open in **this** state file whose shared row another leader adopted (this
   instance was partitioned, and came back) is *handed over*: closed locally, never resumed —
   and, unless the adopter's copy ended ``succeeded``, automation freezes here too
-  (:func:`handover_freezes`): the flags stay per state file, and the adopter froze its own;
+  (:func:`handover_freezes`), with this host's reason (the newer freeze);
 - an open action of this state file that nobody adopted is left to the ordinary restart path;
 - a shared row still open for an action this state file has closed (the closing write never
   reached PostgreSQL: the lock was lost, or the daemon stopped first) is *settled* from the local
   record, so no other leader adopts a finished action.
+
+The guards that keep automation from looping travel the same way (:class:`Guard`): the
+``automation_frozen`` and ``escalation_pending`` flags and each release a rollback left (one
+automatic rollback per bad release). The leader writes every change of them through; a new
+leader reconciles its own with the shared ones before it acts (:func:`plan_guards`): the newer
+of the two wins, so a freeze the old leader set holds here, a freeze an operator lifted is lifted
+for every instance that leads later, and what this state file set but never wrote goes out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["ActionStart", "Handover", "JournalEntry", "SharedAction", "adopted_from",
-           "handover_freezes", "interrupted_by", "plan_handover"]
+__all__ = ["ESCALATION_FLAG", "FROZEN_FLAG", "SHARED_FLAGS", "ActionStart", "Guard", "GuardKind",
+           "GuardPlan", "Handover", "JournalEntry", "SharedAction", "adopted_from",
+           "handover_freezes", "interrupted_by", "plan_guards", "plan_handover"]
 
 OPEN_STATUSES = ("planned", "running")
 ADOPTED = "adopted"  # a shared row's status once another state file took the action over
 HANDED_OVER = "handed_over"  # a local action's status once another leader took it over
+FROZEN_FLAG = "automation_frozen"
+ESCALATION_FLAG = "escalation_pending"
+SHARED_FLAGS = (FROZEN_FLAG, ESCALATION_FLAG)
+GuardKind = Literal["flag", "rolled_back"]
 
 
 @dataclass(frozen=True)
@@ -139,3 +151,48 @@ def interrupted_by(plan: dict[str, Any]) -> str:
         return "by a daemon restart"
     return (f"on {note.get('host', '?')} (pid {note.get('pid', '?')}), which stopped leading "
             f"(its action {note.get('action_id', '?')})")
+
+
+@dataclass(frozen=True)
+class Guard:
+    """One loop-proofing guard as a state file (or the shared table) last set it.
+
+    ``kind`` ``flag``: ``key`` is one of :data:`SHARED_FLAGS`, ``value`` the flag (None: lifted);
+    ``rolled_back``: ``key`` is a release fingerprint a rollback left, ``value`` says which
+    rollback (``{"release": ..., "action_id": ...}``). ``ts`` is when it was set: the newer
+    of two sightings of one guard wins.
+    """
+
+    kind: GuardKind
+    key: str
+    value: dict[str, Any] | None
+    ts: float
+
+    @property
+    def ident(self) -> tuple[str, str]:
+        return self.kind, self.key
+
+
+@dataclass(frozen=True)
+class GuardPlan:
+    """What a new leader does with the guards: ``apply`` shared ones here, ``push`` its own."""
+
+    apply: tuple[Guard, ...] = ()
+    push: tuple[Guard, ...] = ()
+
+
+def plan_guards(local: Sequence[Guard], shared: Sequence[Guard]) -> GuardPlan:
+    """The newer of each guard wins (``ts``; a tie means both sides agree). A guard one side has
+    never seen counts as unset: only a set one (a value) crosses over, an unset one is news to
+    nobody."""
+    mine = {guard.ident: guard for guard in local}
+    theirs = {guard.ident: guard for guard in shared}
+    apply = [guard for ident, guard in theirs.items() if _newer(guard, mine.get(ident))]
+    push = [guard for ident, guard in mine.items() if _newer(guard, theirs.get(ident))]
+    return GuardPlan(tuple(apply), tuple(push))
+
+
+def _newer(guard: Guard, other: Guard | None) -> bool:
+    if other is None:
+        return guard.value is not None
+    return guard.ts > other.ts

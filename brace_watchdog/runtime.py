@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from brace_watchdog.component import ProgressTracker
 from brace_watchdog.config import Config
 from brace_watchdog.errors import RefusedError
+from brace_watchdog.journal_handover import ESCALATION_FLAG, FROZEN_FLAG
 from brace_watchdog.leadership import LeadershipGate
 from brace_watchdog.metrics import Metrics
 from brace_watchdog.observations import Observations
@@ -27,8 +28,6 @@ __all__ = ["ActionLock", "Hub", "Lease", "Notifier", "NullNotifier"]
 
 log = logging.getLogger("brace_watchdog")
 
-FROZEN_FLAG = "automation_frozen"
-ESCALATION_FLAG = "escalation_pending"
 
 
 class Notifier(Protocol):
@@ -123,8 +122,7 @@ class Hub:
         self.store.on_write_failure = self._store_write_failed
         self.metrics.state_store_up.set(1)
         self.observations.window_size = self.config.health.window_size
-        self.metrics.automation_frozen.set(1 if self.frozen() else 0)
-        self.metrics.escalation_pending.set(1 if self.escalation() else 0)
+        self.guards_changed()
         self.metrics.dry_run.set(1 if self.config.daemon.dry_run else 0)
 
     # -- events ----------------------------------------------------------------------------
@@ -170,6 +168,11 @@ class Hub:
         return prefix + " | ".join(f"{k}: {v}" for k, v in sorted(self.status.items()))
 
     # -- automation guard ------------------------------------------------------------------
+    def guards_changed(self) -> None:
+        """Export the flags as the store has them (after another leader's were taken over)."""
+        self.metrics.automation_frozen.set(1 if self.frozen() else 0)
+        self.metrics.escalation_pending.set(1 if self.escalation() else 0)
+
     def frozen(self) -> dict[str, Any] | None:
         value = self.store.flag(FROZEN_FLAG)
         return value if isinstance(value, dict) else None

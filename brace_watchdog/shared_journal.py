@@ -10,7 +10,12 @@ starts before PostgreSQL knows every step before it. A leader that cannot write 
 :meth:`SharedJournal.take_over` runs when this instance has just won the lock, before it is
 promoted: it reads the shared rows and carries out :func:`~brace_watchdog.journal_handover.
 plan_handover` — actions another host left open are copied into the local journal, where the
-restart path (the app rollback's and the gated actions' reconciliation) resolves them.
+restart path (the app rollback's and the gated actions' reconciliation) resolves them. In the
+same transaction it reads the shared guards (automation frozen, an escalation pending, the
+releases a rollback left) and reconciles them with its own
+(:func:`~brace_watchdog.journal_handover.plan_guards`) before it acts: it never acts on a freeze
+another leader set, nor rolls back a release another leader already rolled back once. A guard
+changed while this instance does not lead is not queued: the next takeover compares it anyway.
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from brace_watchdog.adapters import pg_journal
 from brace_watchdog.adapters.pg_lock import AdvisoryLockSession, Connection
 from brace_watchdog.errors import PostgresError
 from brace_watchdog.journal_handover import (
+    FROZEN_FLAG,
     HANDED_OVER,
+    Guard,
     JournalEntry,
     SharedAction,
     handover_freezes,
+    plan_guards,
     plan_handover,
 )
 from brace_watchdog.runtime import Hub
@@ -46,7 +54,7 @@ class SharedJournal:
         self.session = session
         self.host, self.pid = host, pid
         self._store_id = ""
-        self._pending: deque[JournalEntry] = deque()
+        self._pending: deque[JournalEntry | Guard] = deque()
         self._lock = asyncio.Lock()
         self._eager: asyncio.Task[None] | None = None
         hub.store.on_journal = self.record
@@ -58,10 +66,13 @@ class SharedJournal:
             self._store_id = self.hub.store.store_identity()
         return self._store_id
 
-    def record(self, entry: JournalEntry) -> None:
+    def record(self, entry: JournalEntry | Guard) -> None:
         """The store's hook: queue the entry; a leader writes it at once in the background."""
+        held = self.hub.leadership.view.held
+        if isinstance(entry, Guard) and not held:
+            return  # the next takeover compares this state file's guards with the shared ones
         self._pending.append(entry)
-        if not self.hub.leadership.view.held:
+        if not held:
             return
         try:
             loop = asyncio.get_running_loop()
@@ -84,13 +95,15 @@ class SharedJournal:
             return await self.session.held()
         return await self._write(())
 
-    async def _write(self, close: Sequence[tuple[SharedAction, int]]) -> bool:
-        """The queue, and ``close``: (row, the id of its copy here) adopted rows to close."""
+    async def _write(self, close: Sequence[tuple[SharedAction, int]],
+                     guards: Sequence[Guard] = ()) -> bool:
+        """The queue, ``close``: (row, the id of its copy here) adopted rows to close, and
+        ``guards`` this state file set newer than the shared table."""
         async with self._lock:
             entries = list(self._pending)
 
             async def work(conn: Connection) -> None:
-                await pg_journal.write_entries(conn, entries, store_id=self.store_id,
+                await pg_journal.write_entries(conn, [*entries, *guards], store_id=self.store_id,
                                                host=self.host, pid=self.pid)
                 for row, copy in close:
                     await pg_journal.adopted(conn, row, by=f"{self.host} as {row.kind} {copy}",
@@ -114,17 +127,19 @@ class SharedJournal:
         local_open = [action.id for action in store.open_actions()]
         now = self.hub.clock()
 
-        async def read(conn: Connection) -> list[SharedAction]:
+        async def read(conn: Connection) -> tuple[list[SharedAction], list[Guard]]:
             await pg_journal.ensure_table(conn, now)
-            return await pg_journal.handover_rows(conn, store_id, local_open)
+            return (await pg_journal.handover_rows(conn, store_id, local_open),
+                    await pg_journal.guards(conn))
 
         try:
-            ok, rows = await self.session.run_locked(read, WHAT)
+            ok, shared = await self.session.run_locked(read, WHAT)
         except PostgresError as exc:
             raise PostgresError(f"{exc}; not leading without the shared journal: see "
                                 "docs/swarm.md, 'The shared journal', for its privileges") from None
-        if not ok or rows is None:
+        if not ok or shared is None:
             raise PostgresError("leadership: the lock was lost while reading the shared journal")
+        rows, shared_guards = shared
         copies = store.adopted_keys()
         plan = plan_handover(store_id, rows, local_open=local_open, adopted=copies)
         for row in plan.handed_over:
@@ -133,7 +148,10 @@ class SharedJournal:
             self._settle(row)
         close = [(row, copies[row.key]) for row in plan.close]
         close += [(row, self._adopt(row)) for row in plan.adopt]
-        if not await self._write(close):
+        guards = plan_guards(store.guards(), shared_guards)
+        for guard in guards.apply:
+            self._take_guard(guard)
+        if not await self._write(close, guards.push):
             raise PostgresError("leadership: the lock was lost while writing the shared journal")
 
     def _adopt(self, row: SharedAction) -> int:
@@ -166,3 +184,25 @@ class SharedJournal:
             entry = JournalEntry(row.action_id, row.step, self.hub.clock(), "interrupted",
                                  "not found in this instance's state file any more")
         self._pending.append(entry)
+
+    def _take_guard(self, guard: Guard) -> None:
+        """A guard the previous leader set (or an operator lifted) later than this state file."""
+        if not self.hub.store.apply_guard(guard):
+            log.warning("shared guard %s %s names a release unknown here; not taken over",
+                        guard.kind, guard.key[:12])
+            return
+        self.hub.guards_changed()
+        if guard.kind == "rolled_back":
+            what = (f"release {guard.key[:12]} was rolled back by another leader; it is never "
+                    "rolled back automatically again")
+        elif guard.key == FROZEN_FLAG:
+            what = (f"automatic actions frozen by another leader: {guard.value['reason']}"
+                    if guard.value else "automatic actions were resumed on another leader")
+        else:
+            what = ("an escalation is pending from another leader: "
+                    f"{guard.value['message']}" if guard.value
+                    else "the escalation was acknowledged on another leader")
+        self.hub.record("leadership.guard", "leadership", f"taken over: {what}",
+                        evidence={"kind": guard.kind, "key": guard.key, "value": guard.value,
+                                  "set_at": guard.ts},
+                        severity="warning" if guard.value else "info")

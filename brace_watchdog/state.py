@@ -36,7 +36,9 @@ from brace_watchdog import failpoints
 from brace_watchdog.errors import StateError, StateUnavailableError, WatchdogError
 from brace_watchdog.journal_handover import (
     OPEN_STATUSES,
+    SHARED_FLAGS,
     ActionStart,
+    Guard,
     JournalEntry,
     SharedAction,
 )
@@ -52,8 +54,10 @@ the id is 0 for a queued event."""
 FailureHook = Callable[[str], None]
 """Called on every write that failed for a reason that may pass: ``locked``, ``full``, ``io``."""
 Write = Callable[[sqlite3.Connection], Any]
-JournalHook = Callable[[JournalEntry], None]
-"""Called after every action journal write (begin, step, adoption), written or queued."""
+JournalHook = Callable[[JournalEntry | Guard], None]
+"""Called after every action journal write (begin, step, adoption) and every change of a shared
+guard (:data:`~brace_watchdog.journal_handover.SHARED_FLAGS`, a release a rollback left), written
+or queued; not for a guard taken over from the shared table (:meth:`StateStore.apply_guard`)."""
 
 BUSY_TIMEOUT_SECONDS = 0.05  # the longest SQLite may hold a caller (the event loop) per call
 OPEN_TIMEOUT_SECONDS = 10.0  # opening and migrating (before the loop serves anything) may wait
@@ -487,7 +491,13 @@ class StateStore:
 
     # -- flags (automation frozen, escalation pending, ...) ---------------------------------
     def set_flag(self, name: str, value: Any) -> None:
-        row = (name, _dumps(value), self.clock())
+        now = self.clock()
+        self._set_flag(name, value, now)
+        if name in SHARED_FLAGS:
+            self._journalled(Guard("flag", name, value if isinstance(value, dict) else None, now))
+
+    def _set_flag(self, name: str, value: Any, ts: float) -> None:
+        row = (name, _dumps(value), ts)
         with self._lock:
             self._flags[name] = value
             self._write(lambda conn: conn.execute(
@@ -606,7 +616,36 @@ class StateStore:
             "ON CONFLICT(name) DO NOTHING", (fresh, self.clock())), queue=False)
         return str(self.flag("store_id"))
 
-    def _journalled(self, entry: JournalEntry) -> None:
+    def guards(self) -> list[Guard]:
+        """This state file's shared guards: the flags (once set) and every release a rollback
+        left, each with when it was set."""
+        where, params = _where([("name IN", SHARED_FLAGS)])
+        flags = self.query(f"SELECT name, value, updated_at FROM flags WHERE {where}",
+                           tuple(params))
+        guards = [Guard("flag", row["name"], _dict_or_none(json.loads(row["value"])),
+                        row["updated_at"]) for row in flags]
+        left = self.query("SELECT fingerprint, services, rolled_back_at, rolled_back_by "
+                          "FROM releases WHERE rolled_back_at IS NOT NULL")
+        return guards + [Guard("rolled_back", row["fingerprint"], {
+            "release": json.loads(row["services"]), "action_id": row["rolled_back_by"]},
+            row["rolled_back_at"]) for row in left]
+
+    def apply_guard(self, guard: Guard) -> bool:
+        """Take over a guard another instance set (keeping its time, not shared back); False
+        when a release it names is unknown here and its record does not say what it was."""
+        if guard.kind == "flag":
+            self._set_flag(guard.key, guard.value, guard.ts)
+            return True
+        value = guard.value or {}
+        if self.release(guard.key) is None:
+            if not isinstance(value.get("release"), dict):
+                return False
+            self.upsert_release(guard.key, release=value["release"], first_seen=guard.ts)
+        self.execute("UPDATE releases SET rolled_back_at = ?, rolled_back_by = NULL "
+                     "WHERE fingerprint = ?", (guard.ts, guard.key))
+        return True
+
+    def _journalled(self, entry: JournalEntry | Guard) -> None:
         if self.on_journal is not None:
             self.on_journal(entry)
 
@@ -635,8 +674,11 @@ class StateStore:
         return record
 
     def open_actions(self, kind: str | None = None) -> list[ActionRecord]:
-        """Actions that were started and never finished: what a restart must resolve."""
-        return self.actions(kind=kind, statuses=ACTION_OPEN_STATUSES)
+        """Every action that was started and never finished (no limit: what a restart or a
+        takeover must resolve), newest first."""
+        where, params = _where([("kind = ?", kind), ("status IN", ACTION_OPEN_STATUSES)])
+        rows = self.query(f"SELECT * FROM actions WHERE {where} ORDER BY id DESC", tuple(params))
+        return [self._action(row) for row in rows]
 
     # -- releases (app rollback: known-good releases, snapshots, pins) -----------------------
     def upsert_release(self, fingerprint: str, *, release: dict[str, Any], first_seen: float,
@@ -693,9 +735,14 @@ class StateStore:
             (at, fingerprint)))
 
     def mark_release_rolled_back(self, fingerprint: str, *, at: float, action_id: int) -> None:
-        """Remember that rollback ``action_id`` left this release (kept across restarts)."""
+        """Remember that rollback ``action_id`` left this release (kept across restarts, and
+        shared with every instance that leads later)."""
         self.execute("UPDATE releases SET rolled_back_at = ?, rolled_back_by = ? "
                      "WHERE fingerprint = ?", (at, action_id, fingerprint))
+        record = self.release(fingerprint)
+        release = {"release": record.release} if record is not None else {}
+        self._journalled(Guard("rolled_back", fingerprint, {**release, "action_id": action_id},
+                               at))
 
     def clear_release_failed(self, fingerprint: str) -> None:
         self.execute("UPDATE releases SET failed_verification_at = NULL WHERE fingerprint = ?",
@@ -837,6 +884,10 @@ def _where(conditions: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
             clauses.append(clause)
             params.append(value)
     return " AND ".join(clauses), params
+
+
+def _dict_or_none(value: Any) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
 
 
 def _dumps(value: Any) -> str:

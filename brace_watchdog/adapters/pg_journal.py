@@ -1,4 +1,5 @@
-"""The shared action journal's table in the production PostgreSQL, ``brace_watchdog.journal``.
+"""The shared action journal's tables in the production PostgreSQL: ``brace_watchdog.journal``
+(the actions) and ``brace_watchdog.guards`` (the loop-proofing guards, newest write wins).
 
 Plain SQL on a connection the caller already holds inside a transaction that confirmed the
 leadership lock (:meth:`~brace_watchdog.adapters.pg_lock.AdvisoryLockSession.run_locked`), so only
@@ -6,7 +7,7 @@ the leader ever writes here. The dedicated schema ``brace_watchdog`` keeps it aw
 application's tables (Alembic's autogenerate compares only the default schema unless told
 ``include_schemas=True``); :func:`ensure_table` creates both when missing. A row is one action of
 one state file (``store_id``, ``action_id``); once closed (ended, or adopted by another leader)
-it is never changed again.
+it is never changed again. A guard row is replaced only by a newer setting of it.
 """
 
 from __future__ import annotations
@@ -21,14 +22,18 @@ from brace_watchdog.adapters.pg_lock import Connection
 from brace_watchdog.journal_handover import (
     ADOPTED,
     OPEN_STATUSES,
+    Guard,
+    GuardKind,
     JournalEntry,
     SharedAction,
 )
 
-__all__ = ["SCHEMA", "TABLE", "adopted", "ensure_table", "handover_rows", "write_entries"]
+__all__ = ["GUARDS", "SCHEMA", "TABLE", "adopted", "ensure_table", "guards", "handover_rows",
+           "write_entries"]
 
 SCHEMA = "brace_watchdog"
 TABLE = f"{SCHEMA}.journal"
+GUARDS = f"{SCHEMA}.guards"
 KEEP_CLOSED_SECONDS = 30 * 86400  # closed rows older than this go at each takeover
 
 _CREATE = [
@@ -52,6 +57,14 @@ _CREATE = [
         adopted_into_store text,
         adopted_into_action bigint,
         PRIMARY KEY (store_id, action_id))""",
+    f"""CREATE TABLE IF NOT EXISTS {GUARDS} (
+        kind text NOT NULL,
+        key text NOT NULL,
+        value jsonb,
+        set_at double precision NOT NULL,
+        store_id text NOT NULL,
+        host text NOT NULL,
+        PRIMARY KEY (kind, key))""",
 ]
 _OPEN = f"status IN ({', '.join(repr(status) for status in OPEN_STATUSES)})"
 _INSERT = (f"INSERT INTO {TABLE} (store_id, action_id, host, pid, kind, origin, requester, "
@@ -63,28 +76,41 @@ _STEP = (f"UPDATE {TABLE} SET host = %(host)s, pid = %(pid)s, step = %(step)s, "
          "status = COALESCE(%(status)s, status), result = COALESCE(%(result)s, result), "
          "evidence = %(evidence)s, updated_at = %(ts)s "
          f"WHERE store_id = %(store)s AND action_id = %(id)s AND {_OPEN}")
+_GUARD = (f"INSERT INTO {GUARDS} AS g (kind, key, value, set_at, store_id, host) VALUES "
+          "(%(kind)s, %(key)s, %(value)s, %(ts)s, %(store)s, %(host)s) "
+          "ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, "
+          "set_at = excluded.set_at, store_id = excluded.store_id, host = excluded.host "
+          "WHERE g.set_at < excluded.set_at")
+_GUARD_KINDS: dict[str, GuardKind] = {"flag": "flag", "rolled_back": "rolled_back"}
 _COLUMNS = ", ".join(f"j.{c}" for c in (
     "store_id", "action_id", "host", "pid", "kind", "origin", "requester", "status", "step",
     "plan", "evidence", "updated_at", "adopted_by"))
 
 
 async def ensure_table(conn: Connection, now: float) -> None:
-    """Create the schema and table when missing (checked first: CREATE SCHEMA IF NOT EXISTS
+    """Create the schema and tables when missing (checked first: CREATE SCHEMA IF NOT EXISTS
     needs the CREATE privilege even when the schema exists); drop long-closed rows."""
-    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,))
+    cur = await conn.execute("SELECT to_regnamespace(%s) IS NOT NULL, "
+                             "to_regclass(%s) IS NOT NULL", (SCHEMA, GUARDS))
     row = await cur.fetchone()
-    if not (row and row[0]):
-        for statement in _CREATE:
+    schema, tables = (bool(row[0]), bool(row[1])) if row else (False, False)
+    if not tables:
+        for statement in _CREATE[1 if schema else 0:]:
             await conn.execute(statement)
     await conn.execute(f"DELETE FROM {TABLE} WHERE NOT {_OPEN} AND updated_at < %s",
                        (now - KEEP_CLOSED_SECONDS,))
 
 
-async def write_entries(conn: Connection, entries: Sequence[JournalEntry], *, store_id: str,
-                        host: str, pid: int) -> None:
+async def write_entries(conn: Connection, entries: Sequence[JournalEntry | Guard], *,
+                        store_id: str, host: str, pid: int) -> None:
     """Write journal entries in order: a ``begin`` (or adoption) inserts its row, a step
-    updates it while it is open."""
+    updates it while it is open; a guard replaces an older setting of it."""
     for entry in entries:
+        if isinstance(entry, Guard):
+            await conn.execute(_GUARD, {
+                "kind": entry.kind, "key": entry.key, "ts": entry.ts, "store": store_id,
+                "host": host, "value": None if entry.value is None else Jsonb(_plain(entry.value))})
+            continue
         params: dict[str, Any] = {
             "store": store_id, "id": entry.action_id, "host": host, "pid": pid,
             "step": entry.step, "status": entry.status, "result": entry.result,
@@ -116,6 +142,13 @@ async def handover_rows(conn: Connection, store_id: str,
                          adopted_by=None if r[12] is None else str(r[12]),
                          adopter_status=None if r[13] is None else str(r[13]))
             for r in await cur.fetchall()]
+
+
+async def guards(conn: Connection) -> list[Guard]:
+    """Every guard as last set by any leader."""
+    cur = await conn.execute(f"SELECT kind, key, value, set_at FROM {GUARDS} ORDER BY set_at")
+    return [Guard(_GUARD_KINDS[str(r[0])], str(r[1]), None if r[2] is None else _dict(r[2]),
+                  float(r[3])) for r in await cur.fetchall() if str(r[0]) in _GUARD_KINDS]
 
 
 async def adopted(conn: Connection, row: SharedAction, *, by: str, into: tuple[str, int],

@@ -2,7 +2,8 @@
 real compose stack, one shared state file — exactly one instance acts, a killed, stopped or
 cut-off leader is replaced within the lease, and a rollback is never carried out twice. With a
 state file each (two hosts), the new leader adopts the rollback the killed one left open from
-the shared journal in PostgreSQL."""
+the shared journal in PostgreSQL, and keeps the killed one's freeze and its record of the
+release it rolled back (the shared guards)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from brace_watchdog.failpoints import ENV as FAILPOINTS
-from brace_watchdog.state import StateStore
+from brace_watchdog.state import Event, StateStore
 from tests.integration.control_helpers import ctl
 from tests.support.pg import PgCluster
 from tests.support.stack import (
@@ -32,6 +34,7 @@ from tests.support.stack import (
     slow_compose,
     start_daemon,
     stop_daemon,
+    wait_for_event,
     write_daemon_config,
 )
 
@@ -357,3 +360,112 @@ async def test_a_partitioned_leader_stops_and_later_hands_its_open_rollback_over
         finally:
             store.close()
     assert stack.running_images()["backend"] == stack.images["v2"]
+
+
+async def event_after(state: Path, since_id: int, *kinds: str, timeout: float = 60) -> Event:
+    """The first event of ``kinds`` newer than event ``since_id`` (fails the test without)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        store = StateStore(state).open()
+        try:
+            found = store.events(since_id=since_id, kinds=kinds, limit=100000)
+        finally:
+            store.close()
+        if found:
+            return found[0]
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no {kinds} event after #{since_id} in {timeout}s")
+
+
+def last_event_id(state: Path) -> int:
+    store = StateStore(state).open()
+    try:
+        events = store.events(limit=1)
+        return events[-1].id if events else 0
+    finally:
+        store.close()
+
+
+async def test_a_release_the_killed_leader_rolled_back_is_escalated_by_the_next_not_rolled_back(
+        stack: Stack, tmp_path: Path, pg_cluster: PgCluster) -> None:
+    """Two hosts: the leader rolls back bad release v2 and is SIGKILLed; the other takes over
+    the shared record of it, so when v2 is deployed again it escalates — no second rollback."""
+    pg_cluster.psql("drop schema if exists brace_watchdog cascade")
+    async with instances(stack, tmp_path, pg_cluster, 2, hosts=True) as group:
+        old, new = group.leader, group.others()[0]
+        await daemon_event(new.state, "release.known_good", timeout=60)
+        stack.deploy("v2")
+        await daemon_event(old.state, "rollback.succeeded", timeout=60)
+        bad = rollback_plans(old.state)[0]["current"]["fingerprint"]
+        await shared_says(pg_cluster, OPEN_SHARED, "0")  # its end reached PostgreSQL too
+        kill_daemon(old.proc)
+        assert await the_leader([new]) is new
+        since = last_event_id(new.state)
+        stack.deploy("v2")  # the pipeline ships the same bad release again
+        escalation = await event_after(new.state, since, "escalation", "rollback.started")
+        assert escalation.kind == "escalation", (escalation, new.log())
+        assert escalation.evidence["reason"] == "rolled_back_before", escalation
+        assert escalation.evidence["current_release"] == bad
+        await asyncio.sleep(2)  # time for a rollback (wrongly) to start
+        assert rollback_actions(new.state) == []
+    assert stack.running_images()["backend"] == stack.images["v2"]
+
+
+async def test_a_freeze_the_killed_leader_set_holds_on_the_next_until_an_operator_lifts_it(
+        stack: Stack, tmp_path: Path, pg_cluster: PgCluster) -> None:
+    """Two hosts: the leader's rollback fails verification and freezes automation, then the
+    leader is SIGKILLed. The other host leads frozen: a new bad release is held, not rolled
+    back, until an operator unfreezes — there, and in PostgreSQL for every later leader."""
+    pg_cluster.psql("drop schema if exists brace_watchdog cascade")
+    async with instances(stack, tmp_path, pg_cluster, 2, hosts=True,
+                         rollback={"verify_timeout_seconds": 5.0}) as group:
+        old, new = group.leader, group.others()[0]
+        await daemon_event(new.state, "release.known_good", timeout=60)
+        stack.deploy("v2")
+        stack.break_health(500)  # v1 fails too once it is back (not before the deploy: that
+        # would not be the deploy's doing, and nothing would be rolled back)
+        frozen = await asyncio.to_thread(wait_for_event, old.state, ("automation.frozen",), 90)
+        assert frozen is not None, old.log()
+        await shared_says(pg_cluster, FROZEN_SHARED, "1")
+        kill_daemon(old.proc)
+        stack.break_health(None)
+        assert await the_leader([new]) is new
+        since = last_event_id(new.state)
+        stack.deploy("v2", {"NEXT": "1"})  # a new bad release
+        held = await event_after(new.state, since, "rollback.decision", "rollback.started")
+        assert held.evidence.get("reason") == "frozen", (held, new.log())
+        await asyncio.sleep(2)
+        assert rollback_actions(new.state) == []
+        unfrozen = await ctl("--socket", new.socket, "unfreeze")
+        assert unfrozen.code == 0, unfrozen
+        await shared_says(pg_cluster, FROZEN_SHARED, "0")  # lifted for every later leader
+        await event_after(new.state, since, "rollback.succeeded", timeout=90)
+        assert [status for _, status, _ in rollback_actions(new.state)] == ["succeeded"]
+    assert stack.running_images() == stack.all_on("v1")
+
+
+FROZEN_SHARED = ("select count(*) from brace_watchdog.guards where kind = 'flag' "
+                 "and key = 'automation_frozen' and value is not null")
+OPEN_SHARED = ("select count(*) from brace_watchdog.journal "
+               "where status in ('planned', 'running')")
+
+
+async def shared_says(cluster: PgCluster, sql: str, want: str, timeout: float = 30) -> None:
+    """Until ``sql`` answers ``want`` in the shared tables (the leader writes them at once,
+    but a moment after its own state file)."""
+    deadline = time.monotonic() + timeout
+    found = ""
+    while time.monotonic() < deadline:
+        found = await asyncio.to_thread(cluster.psql, sql)
+        if found == want:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{sql!r} answers {found!r}, not {want!r}, after {timeout}s")
+
+
+def rollback_plans(state: Path) -> list[dict[str, Any]]:
+    store = StateStore(state).open()
+    try:
+        return [a.plan for a in store.actions(kind="rollback")]
+    finally:
+        store.close()

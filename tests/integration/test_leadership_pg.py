@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -118,6 +118,34 @@ def _hub(cluster: PgCluster, tmp: str, name: str, dsn: str = "") -> Hub:
                metrics=Metrics(CollectorRegistry(), process=False))
 
 
+class Hosts:
+    """Two hosts (a state file each, ``a`` and ``b``) on one PostgreSQL with an empty shared
+    journal; every election made through :meth:`elect` is stopped at the end."""
+
+    def __init__(self, cluster: PgCluster, tmp: str) -> None:
+        cluster.psql("drop schema if exists brace_watchdog cascade")
+        self.first, self.second = _hub(cluster, tmp, "a"), _hub(cluster, tmp, "b")
+        self._elections: list[LeaderElection] = []
+
+    def elect(self, hub: Hub) -> LeaderElection:
+        """A (new, or restarted) daemon's election on ``hub``."""
+        self._elections.append(LeaderElection(hub))
+        return self._elections[-1]
+
+    async def close(self) -> None:
+        for election in self._elections:
+            await election.stop()
+        self.first.store.close()
+        self.second.store.close()
+
+
+@pytest.fixture
+async def hosts(pg_cluster: PgCluster, tmp_path: object) -> AsyncIterator[Hosts]:
+    made = Hosts(pg_cluster, str(tmp_path))
+    yield made
+    await made.close()
+
+
 async def test_election_gates_actions_and_a_lost_lock_demotes_before_the_step(
         pg_cluster: PgCluster, tmp_path: object) -> None:
     first, second = _hub(pg_cluster, str(tmp_path), "a"), _hub(pg_cluster, str(tmp_path), "b")
@@ -176,59 +204,52 @@ async def _lead(election: LeaderElection) -> None:
 
 
 async def test_a_leader_on_another_host_adopts_what_the_old_one_left_open(
-        pg_cluster: PgCluster, tmp_path: object) -> None:
+        pg_cluster: PgCluster, hosts: Hosts) -> None:
     """Two state files (two hosts), one PostgreSQL: the leader's journal reaches the shared
     table under the lock; cut off, it writes nothing more; the new leader adopts its open
     action, escalates it as the restart path does (naming the old host), and the old leader,
     leading again later, hands it over instead of resuming it."""
-    pg_cluster.psql("drop schema if exists brace_watchdog cascade")
-    first, second = _hub(pg_cluster, str(tmp_path), "a"), _hub(pg_cluster, str(tmp_path), "b")
-    one, two = LeaderElection(first), LeaderElection(second)
-    try:
-        await one.start()
-        await two.start()
-        assert first.leadership.view.held and not second.leadership.view.held
-        action = first.store.begin_action("db_rollback", origin="manual", plan={"dump": "x"})
-        first.store.journal_step(action, "writers_stopped", evidence={
-            "state": {"writers": "stopped"}, "next_steps": ["start the writers"]})
-        assert await one.journal.flush()
-        assert _shared(pg_cluster, "true") == [f"a|{action}|running|writers_stopped|"]
-        pg_cluster.psql("select pg_terminate_backend(pid) from pg_stat_activity "
-                        "where application_name like 'brace-watchdog@a:%/%'")
-        first.store.journal_step(action, "leadership_lost")  # partitioned: local only
-        with pytest.raises(PostgresError):
-            await one.journal.flush()
-        first.leadership.demote("cut off")
-        await _lead(two)
-        adopted = second.store.open_actions()
-        assert [(a.kind, a.step) for a in adopted] == [("db_rollback", "writers_stopped")]
-        assert adopted[0].plan["adopted_from"]["host"] == "a"
-        event = second.store.events(kinds=("action.db_rollback.adopted",))[0]
-        assert f"db_rollback {action} of a (pid {os.getpid()})" in event.message
-        assert second.metrics.actions_adopted.labels(  # type: ignore[attr-defined]
-            kind="db_rollback")._value.get() == 1
-        assert _shared(pg_cluster, "host = 'a'") == [
-            f"a|{action}|adopted|writers_stopped|b as db_rollback {adopted[0].id}"]
-        assert await resolve_interrupted(second) == [adopted[0].id]
-        escalation = second.store.events(kinds=("escalation",))[-1]
-        assert f"on a (pid {os.getpid()}), which stopped leading" in escalation.message
-        assert "writers: stopped" in escalation.message
-        assert await two.journal.flush()
-        assert _shared(pg_cluster, "host = 'b'") == [
-            f"b|{adopted[0].id}|interrupted|writers_stopped|"]
-        await two.stop()  # b goes away; a, back from its partition, leads again
-        await _lead(one)
-        assert first.store.action(action).status == "handed_over"  # type: ignore[union-attr]
-        frozen = first.frozen()  # the adopter froze its own state file, not this one
-        assert frozen is not None and "its state there: interrupted" in frozen["reason"], frozen
-        assert await one.journal.flush()
-        assert _shared(pg_cluster, "status in ('planned', 'running')") == []
-        assert await resolve_interrupted(first) == []  # nothing left for the restart path
-    finally:
-        await one.stop()
-        await two.stop()
-        first.store.close()
-        second.store.close()
+    first, second = hosts.first, hosts.second
+    one, two = hosts.elect(first), hosts.elect(second)
+    await one.start()
+    await two.start()
+    assert first.leadership.view.held and not second.leadership.view.held
+    action = first.store.begin_action("db_rollback", origin="manual", plan={"dump": "x"})
+    first.store.journal_step(action, "writers_stopped", evidence={
+        "state": {"writers": "stopped"}, "next_steps": ["start the writers"]})
+    assert await one.journal.flush()
+    assert _shared(pg_cluster, "true") == [f"a|{action}|running|writers_stopped|"]
+    pg_cluster.psql("select pg_terminate_backend(pid) from pg_stat_activity "
+                    "where application_name like 'brace-watchdog@a:%/%'")
+    first.store.journal_step(action, "leadership_lost")  # partitioned: local only
+    with pytest.raises(PostgresError):
+        await one.journal.flush()
+    first.leadership.demote("cut off")
+    await _lead(two)
+    adopted = second.store.open_actions()
+    assert [(a.kind, a.step) for a in adopted] == [("db_rollback", "writers_stopped")]
+    assert adopted[0].plan["adopted_from"]["host"] == "a"
+    event = second.store.events(kinds=("action.db_rollback.adopted",))[0]
+    assert f"db_rollback {action} of a (pid {os.getpid()})" in event.message
+    assert second.metrics.actions_adopted.labels(  # type: ignore[attr-defined]
+        kind="db_rollback")._value.get() == 1
+    assert _shared(pg_cluster, "host = 'a'") == [
+        f"a|{action}|adopted|writers_stopped|b as db_rollback {adopted[0].id}"]
+    assert await resolve_interrupted(second) == [adopted[0].id]
+    escalation = second.store.events(kinds=("escalation",))[-1]
+    assert f"on a (pid {os.getpid()}), which stopped leading" in escalation.message
+    assert "writers: stopped" in escalation.message
+    assert await two.journal.flush()
+    assert _shared(pg_cluster, "host = 'b'") == [
+        f"b|{adopted[0].id}|interrupted|writers_stopped|"]
+    await two.stop()  # b goes away; a, back from its partition, leads again
+    await _lead(one)
+    assert first.store.action(action).status == "handed_over"  # type: ignore[union-attr]
+    frozen = first.frozen()  # with this host's reason: newer than the adopter's freeze
+    assert frozen is not None and "its state there: interrupted" in frozen["reason"], frozen
+    assert await one.journal.flush()
+    assert _shared(pg_cluster, "status in ('planned', 'running')") == []
+    assert await resolve_interrupted(first) == []  # nothing left for the restart path
 
 
 async def test_a_restarted_leader_settles_a_shared_row_its_closing_entry_never_reached(
@@ -279,3 +300,86 @@ async def test_without_the_privilege_to_create_the_shared_journal_nobody_leads(
         await other.close()
         await election.stop()
         hub.store.close()
+
+
+def _guard_rows(cluster: PgCluster) -> list[str]:
+    return cluster.psql("select kind || '|' || left(key, 12) || '|' || coalesce(value::text, '-') "
+                        "|| '|' || host from brace_watchdog.guards order by kind, key").splitlines()
+
+
+async def test_a_new_leader_on_another_host_keeps_the_old_ones_freeze_and_rolled_back_release(
+        pg_cluster: PgCluster, hosts: Hosts) -> None:
+    """Two hosts: what the leader froze and which release its rollback left reach PostgreSQL
+    under the lock; the next leader takes both over before it acts (it never rolls that
+    release back again, it acts on nothing while frozen); the operator's unfreeze there is
+    written through, so the first host, leading again later, is no longer frozen either."""
+    first, second = hosts.first, hosts.second
+    one, two = hosts.elect(first), hosts.elect(second)
+    bad = "b" * 64
+    await one.start()
+    await two.start()
+    first.store.upsert_release(bad, release={"fingerprint": bad, "services": {}},
+                               first_seen=1.0)
+    action = first.store.begin_action("rollback", origin="automatic", plan={})
+    first.store.mark_release_rolled_back(bad, at=100.0, action_id=action)
+    first.freeze("rollback 1 failed verification", by="rollback")
+    assert await one.journal.flush()
+    await one.stop()  # a goes away; b (which never saw the bad release) leads
+    await _lead(two)
+    frozen = second.frozen()
+    assert frozen is not None and frozen["reason"] == "rollback 1 failed verification"
+    assert second.metrics.automation_frozen._value.get() == 1  # type: ignore[attr-defined]
+    left = second.store.release(bad)
+    assert left is not None and (left.rolled_back_at, left.rolled_back_by) == (100.0, None)
+    taken = [e.message for e in second.store.events(kinds=("leadership.guard",))]
+    assert any("frozen by another leader" in m for m in taken), taken
+    assert [row.split("|")[::3] for row in _guard_rows(pg_cluster)] == [
+        ["flag", "a"], ["rolled_back", "a"]]
+    second.unfreeze(by="ops")  # the operator, on the leader
+    assert await two.journal.flush()
+    assert "flag|automation_f|-|b" in _guard_rows(pg_cluster)  # lifted, by b
+    await two.stop()
+    one = hosts.elect(first)  # a, restarted, leads again: the unfreeze holds there too
+    await _lead(one)
+    assert first.frozen() is None
+    assert first.metrics.automation_frozen._value.get() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_follower_changes_no_guard_and_a_newer_local_one_goes_out_at_takeover(
+        pg_cluster: PgCluster, tmp_path: object) -> None:
+    """A guard set while an instance does not lead is not queued; taking the lock later, the
+    newer setting of it there is written out (and an older one there gives way)."""
+    pg_cluster.psql("drop schema if exists brace_watchdog cascade")
+    hub = _hub(pg_cluster, str(tmp_path), "a")
+    election = LeaderElection(hub)
+    try:
+        hub.freeze("frozen while following", by="ops")
+        assert not election.journal._pending  # a follower queues no guard
+        await _lead(election)
+        assert [row.split("|")[:2] for row in _guard_rows(pg_cluster)] == [
+            ["flag", "automation_f"]]
+        assert hub.frozen() is not None
+    finally:
+        await election.stop()
+        hub.store.close()
+
+
+async def test_more_than_a_hundred_open_actions_are_all_handed_over(
+        pg_cluster: PgCluster, hosts: Hosts) -> None:
+    """Every open action of this state file counts at takeover, not the newest hundred: the
+    other host adopted all 120, so all 120 are handed over here — none resumed."""
+    first, second = hosts.first, hosts.second
+    one, two = hosts.elect(first), hosts.elect(second)
+    await _lead(one)
+    ids = [first.store.begin_action("rollback", origin="automatic", plan={})
+           for _ in range(120)]
+    assert await one.journal.flush()
+    await one.stop()
+    await _lead(two)
+    assert len(second.store.open_actions()) == 120
+    await two.stop()
+    one = hosts.elect(first)
+    await _lead(one)
+    # (b's copies, never reconciled here as no component runs, are adopted back)
+    assert {first.store.action(i).status for i in ids} == {  # type: ignore[union-attr]
+        "handed_over"}

@@ -1,4 +1,5 @@
-"""The shared journal's handover rule (pure): adopt, close, hand over, settle — every case."""
+"""The shared journal's handover rules (pure): adopt, close, hand over, settle — and the guards'
+newest-wins reconciliation — every case."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import pytest
 
 from brace_watchdog.journal_handover import (
     ADOPTED,
+    FROZEN_FLAG,
     HANDED_OVER,
+    Guard,
+    GuardPlan,
     Handover,
     SharedAction,
     adopted_from,
     handover_freezes,
     interrupted_by,
+    plan_guards,
     plan_handover,
 )
 
@@ -92,3 +97,56 @@ def test_who_left_an_action_open() -> None:
     assert adopted_from({"adopted_from": "garbage"}) is None
     assert interrupted_by({"adopted_from": "garbage"}) == "by a daemon restart"
     assert shared.describe() == "rollback 7 of host-store-other (pid 42)"
+
+
+# -- guards ----------------------------------------------------------------------------------
+FROZEN = {"reason": "rollback 3 failed verification", "by": "rollback", "at": 1.0}
+OTHER_FREEZE = {"reason": "frozen by an operator", "by": "ops", "at": 2.0}
+# one side's sighting of a guard: never seen (None), or a value (None: lifted) set at a time
+SIGHTINGS: list[tuple[dict[str, object] | None, float] | None] = [
+    None, *[(value, ts) for value in (None, FROZEN, OTHER_FREEZE) for ts in (10.0, 20.0)]]
+
+
+def _guard(sighting: tuple[dict[str, object] | None, float] | None) -> list[Guard]:
+    return [] if sighting is None else [Guard("flag", FROZEN_FLAG, sighting[0], sighting[1])]
+
+
+@pytest.mark.parametrize(("mine", "theirs"), list(itertools.product(SIGHTINGS, SIGHTINGS)))
+def test_the_newer_setting_of_a_guard_wins_on_both_sides(
+        mine: tuple[dict[str, object] | None, float] | None,
+        theirs: tuple[dict[str, object] | None, float] | None) -> None:
+    local, shared = _guard(mine), _guard(theirs)
+    plan = plan_guards(local, shared)
+    assert not (plan.apply and plan.push)  # one direction per guard
+    after_local = plan.apply[0].value if plan.apply else (mine[0] if mine else None)
+    after_shared = plan.push[0].value if plan.push else (theirs[0] if theirs else None)
+    newest = max((s for s in (mine, theirs) if s is not None), key=lambda s: s[1], default=None)
+    if mine is None or theirs is None or mine[1] != theirs[1]:
+        assert after_local == after_shared == (newest[0] if newest else None)
+    else:  # the same write, seen on both sides: nothing crosses
+        assert plan == GuardPlan()
+    # nothing crosses that changes nothing: an unset guard the other side never saw
+    assert all(g.value is not None for g in plan.apply if mine is None)
+    assert all(g.value is not None for g in plan.push if theirs is None)
+
+
+def test_a_freeze_the_old_leader_set_holds_here_and_an_operators_unfreeze_lifts_mine() -> None:
+    frozen_there = Guard("flag", FROZEN_FLAG, FROZEN, 20.0)
+    assert plan_guards([], [frozen_there]) == GuardPlan(apply=(frozen_there,))
+    lifted_there = Guard("flag", FROZEN_FLAG, None, 30.0)  # unfrozen on the leader after it
+    mine = Guard("flag", FROZEN_FLAG, OTHER_FREEZE, 20.0)
+    assert plan_guards([mine], [lifted_there]) == GuardPlan(apply=(lifted_there,))
+    later = Guard("flag", FROZEN_FLAG, OTHER_FREEZE, 40.0)  # frozen here, never written out
+    assert plan_guards([later], [lifted_there]) == GuardPlan(push=(later,))
+
+
+def test_guards_are_reconciled_one_by_one() -> None:
+    left_here = Guard("rolled_back", "f" * 64, {"action_id": 3}, 5.0)
+    left_there = Guard("rolled_back", "e" * 64, {"action_id": 9}, 6.0)
+    escalated = Guard("flag", "escalation_pending", {"message": "m"}, 7.0)
+    lifted = Guard("flag", FROZEN_FLAG, None, 8.0)  # never frozen anywhere: nothing to say
+    plan = plan_guards([left_here, lifted], [left_there, escalated])
+    assert plan == GuardPlan(apply=(left_there, escalated), push=(left_here,))
+    same = Guard("flag", "rolled_back", {"x": 1}, 1.0)  # a flag is not a release: both kept
+    assert plan_guards([same], [replace(same, kind="rolled_back")]) == GuardPlan(
+        apply=(replace(same, kind="rolled_back"),), push=(same,))
