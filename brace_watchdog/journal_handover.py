@@ -25,6 +25,10 @@ automatic rollback per bad release). The leader writes every change of them thro
 leader reconciles its own with the shared ones before it acts (:func:`plan_guards`): the newer
 of the two wins, so a freeze the old leader set holds here, a freeze an operator lifted is lifted
 for every instance that leads later, and what this state file set but never wrote goes out.
+
+Entries waiting to be written (a follower writes nothing) can be folded without changing what
+they leave in PostgreSQL (:func:`coalesce`): per action its ``begin`` and one entry carrying the
+latest step, status and result; per guard its latest setting.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Any, Literal
 
 __all__ = ["ESCALATION_FLAG", "FROZEN_FLAG", "SHARED_FLAGS", "ActionStart", "Guard", "GuardKind",
            "GuardPlan", "Handover", "JournalEntry", "SharedAction", "adopted_from",
-           "handover_freezes", "interrupted_by", "plan_guards", "plan_handover"]
+           "coalesce", "handover_freezes", "interrupted_by", "plan_guards", "plan_handover"]
 
 OPEN_STATUSES = ("planned", "running")
 ADOPTED = "adopted"  # a shared row's status once another state file took the action over
@@ -196,3 +200,43 @@ def _newer(guard: Guard, other: Guard | None) -> bool:
     if other is None:
         return guard.value is not None
     return guard.ts > other.ts
+
+
+def coalesce(entries: Sequence[JournalEntry | Guard]) -> list[JournalEntry | Guard]:
+    """Fold queued entries into fewer that leave the same rows when written in order.
+
+    Per action: its start (a ``begin`` or an adoption, which inserts the row) is kept, and the
+    steps after it fold into one entry with the last step, evidence and time, and the last
+    status and result any of them set — up to the first that ends the action (later ones change
+    nothing in a closed row). Per guard: its newest setting. Groups keep the order of their
+    first entry.
+    """
+    groups: dict[object, list[JournalEntry | Guard]] = {}
+    for entry in entries:
+        key = entry.ident if isinstance(entry, Guard) else entry.action_id
+        groups.setdefault(key, []).append(entry)
+    folded: list[JournalEntry | Guard] = []
+    for group in groups.values():
+        first = group[0]
+        if isinstance(first, Guard):  # the newest setting (the first of equals) is what stays
+            folded.append(max(group, key=lambda guard: guard.ts))
+            continue
+        steps = [entry for entry in group if isinstance(entry, JournalEntry)]
+        if any(entry.start is not None for entry in steps[1:]):
+            folded += steps  # a second start under one id: never made so, never folded
+            continue
+        start = [steps.pop(0)] if first.start is not None else []
+        folded += start + _fold(steps)
+    return folded
+
+
+def _fold(steps: Sequence[JournalEntry]) -> list[JournalEntry]:
+    """Consecutive step entries of one action as one (see :func:`coalesce`)."""
+    if not steps:
+        return []
+    end = next((n for n, e in enumerate(steps) if e.status not in (None, *OPEN_STATUSES)),
+               len(steps) - 1)
+    last = steps[end]
+    status = next((e.status for e in reversed(steps[:end + 1]) if e.status is not None), None)
+    result = next((e.result for e in reversed(steps[:end + 1]) if e.result is not None), None)
+    return [JournalEntry(last.action_id, last.step, last.ts, status, result, last.evidence)]

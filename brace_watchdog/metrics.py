@@ -130,6 +130,10 @@ class Metrics:
             "brace_watchdog_actions_adopted",
             "Actions another host's leader left open in the shared journal that this instance "
             "adopted on taking over ([leadership]).", ("kind",))
+        self.shared_journal_dropped = self._c(
+            "brace_watchdog_shared_journal_dropped",
+            "Shared-journal entries dropped unwritten: more than 1000 waited, even folded "
+            "([leadership]); the local journal keeps them.")
 
     def _health(self) -> None:
         self.health_up = self._g("brace_health_up", "1 when the last probe of the target was ok.",

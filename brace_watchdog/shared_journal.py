@@ -16,6 +16,12 @@ releases a rollback left) and reconciles them with its own
 (:func:`~brace_watchdog.journal_handover.plan_guards`) before it acts: it never acts on a freeze
 another leader set, nor rolls back a release another leader already rolled back once. A guard
 changed while this instance does not lead is not queued: the next takeover compares it anyway.
+
+The queue is bounded: beyond ``MAX_PENDING`` entries (a follower, or a leader whose writes
+fail, writes nothing) it is folded (:func:`~brace_watchdog.journal_handover.coalesce`: the same
+rows once written); only if it is still too long are the oldest entries dropped — logged and
+counted in ``brace_watchdog_shared_journal_dropped_total``. The local journal keeps every entry,
+and the next takeover settles every shared row still open for an action closed here.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from brace_watchdog.journal_handover import (
     Guard,
     JournalEntry,
     SharedAction,
+    coalesce,
     handover_freezes,
     plan_guards,
     plan_handover,
@@ -44,6 +51,7 @@ __all__ = ["SharedJournal"]
 
 log = logging.getLogger("brace_watchdog.leadership")
 WHAT = "shared journal"
+MAX_PENDING = 1000  # queued entries; beyond it they are folded, then the oldest dropped
 
 
 class SharedJournal:
@@ -72,6 +80,8 @@ class SharedJournal:
         if isinstance(entry, Guard) and not held:
             return  # the next takeover compares this state file's guards with the shared ones
         self._pending.append(entry)
+        if len(self._pending) > MAX_PENDING:
+            self._bound()
         if not held:
             return
         try:
@@ -80,6 +90,17 @@ class SharedJournal:
             return  # written from a worker thread: the next confirmation writes it
         if self._eager is None or self._eager.done():
             self._eager = loop.create_task(self._write_soon(), name="leadership:journal")
+
+    def _bound(self) -> None:
+        """Fold the queue; keep at most half the bound (so folding is rare), dropping the
+        oldest entries beyond it."""
+        folded = coalesce(list(self._pending))
+        drop = max(0, len(folded) - MAX_PENDING // 2)
+        if drop:
+            log.error("%s: %d entries wait to be written, even folded; the oldest %d are "
+                      "dropped (the local journal keeps them)", WHAT, len(folded), drop)
+            self.hub.metrics.shared_journal_dropped.inc(drop)
+        self._pending = deque(folded[drop:])
 
     async def _write_soon(self) -> None:
         try:
@@ -91,8 +112,8 @@ class SharedJournal:
     async def flush(self) -> bool:
         """Write what is queued in one transaction that confirms the lock first; False (nothing
         written) when the lock is not ours. Raises PostgresError when PostgreSQL fails."""
-        if not self._pending:  # nothing to write: the plain lock check, one round trip
-            return await self.session.held()
+        if not self._pending and not self._lock.locked():  # nothing to write, none in flight:
+            return await self.session.held()  # the plain lock check, one round trip
         return await self._write(())
 
     async def _write(self, close: Sequence[tuple[SharedAction, int]],
@@ -100,7 +121,8 @@ class SharedJournal:
         """The queue, ``close``: (row, the id of its copy here) adopted rows to close, and
         ``guards`` this state file set newer than the shared table."""
         async with self._lock:
-            entries = list(self._pending)
+            entries = list(self._pending)  # taken out while written: record() may fold the rest
+            self._pending.clear()
 
             async def work(conn: Connection) -> None:
                 await pg_journal.write_entries(conn, [*entries, *guards], store_id=self.store_id,
@@ -109,10 +131,12 @@ class SharedJournal:
                     await pg_journal.adopted(conn, row, by=f"{self.host} as {row.kind} {copy}",
                                              into=(self.store_id, copy), now=self.hub.clock())
 
-            ok, _ = await self.session.run_locked(work, WHAT)
-            if ok:
-                for _ in entries:
-                    self._pending.popleft()
+            ok = False
+            try:
+                ok, _ = await self.session.run_locked(work, WHAT)
+            finally:
+                if not ok:
+                    self._pending.extendleft(reversed(entries))
             return ok
 
     async def stop(self) -> None:

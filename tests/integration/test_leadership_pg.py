@@ -19,6 +19,7 @@ from brace_watchdog.leader_election import LeaderElection
 from brace_watchdog.leadership import LeadershipLostError
 from brace_watchdog.metrics import Metrics
 from brace_watchdog.runtime import Hub
+from brace_watchdog.shared_journal import MAX_PENDING
 from brace_watchdog.state import StateStore
 from tests.support.pg import PgCluster, start_cluster
 
@@ -383,3 +384,37 @@ async def test_more_than_a_hundred_open_actions_are_all_handed_over(
     # (b's copies, never reconciled here as no component runs, are adopted back)
     assert {first.store.action(i).status for i in ids} == {  # type: ignore[union-attr]
         "handed_over"}
+
+
+async def test_a_followers_queue_is_folded_and_written_the_same_once_it_leads(
+        pg_cluster: PgCluster, hosts: Hosts, caplog: pytest.LogCaptureFixture) -> None:
+    """A follower writes nothing, so its queue of journal entries is bounded: folded into one
+    entry per action past MAX_PENDING (what it leaves in PostgreSQL once it leads is the same),
+    and only when even that is too long are the oldest dropped — logged and counted."""
+    first, second = hosts.first, hosts.second
+    one, two = hosts.elect(first), hosts.elect(second)
+    await _lead(two)
+    await one.start()
+    assert not first.leadership.view.held
+    store = first.store
+    kept = store.begin_action("db_rollback", origin="manual", plan={})
+    ended = store.begin_action("rollback", origin="automatic", plan={})
+    for n in range(MAX_PENDING):
+        store.journal_step(kept, f"step{n}", evidence={"n": n})
+    store.journal_step(ended, "succeeded", status="succeeded", result="done")
+    assert len(one.journal._pending) <= MAX_PENDING
+    assert first.metrics.shared_journal_dropped._value.get() == 0  # type: ignore[attr-defined]
+    await two.stop()
+    await _lead(one)
+    assert _shared(pg_cluster, "host = 'a'") == [
+        f"a|{kept}|running|step{MAX_PENDING - 1}|", f"a|{ended}|succeeded|succeeded|"]
+    await one.stop()  # a follows again (b leads), and begins far too many actions
+    two = hosts.elect(second)
+    await _lead(two)
+    one = hosts.elect(first)
+    await one.start()
+    for _ in range(MAX_PENDING + 1):
+        store.begin_action("rollback", origin="automatic", plan={})
+    assert len(one.journal._pending) <= MAX_PENDING
+    assert first.metrics.shared_journal_dropped._value.get() > 0  # type: ignore[attr-defined]
+    assert "the oldest" in caplog.text and "are dropped" in caplog.text

@@ -12,11 +12,14 @@ from brace_watchdog.journal_handover import (
     ADOPTED,
     FROZEN_FLAG,
     HANDED_OVER,
+    ActionStart,
     Guard,
     GuardPlan,
     Handover,
+    JournalEntry,
     SharedAction,
     adopted_from,
+    coalesce,
     handover_freezes,
     interrupted_by,
     plan_guards,
@@ -150,3 +153,73 @@ def test_guards_are_reconciled_one_by_one() -> None:
     same = Guard("flag", "rolled_back", {"x": 1}, 1.0)  # a flag is not a release: both kept
     assert plan_guards([same], [replace(same, kind="rolled_back")]) == GuardPlan(
         apply=(replace(same, kind="rolled_back"),), push=(same,))
+
+
+# -- folding the queue -----------------------------------------------------------------------
+Row = dict[str, object]
+
+
+def _written(entries: list[JournalEntry | Guard], rows: dict[object, Row]) -> dict[object, Row]:
+    """What writing ``entries`` in order leaves in the shared tables (pg_journal's SQL, as a
+    model: a start inserts unless the row exists, a step changes an open row only, a guard
+    replaces an older setting only)."""
+    rows = {key: dict(row) for key, row in rows.items()}
+    for entry in entries:
+        if isinstance(entry, Guard):
+            old = rows.get(entry.ident)
+            if old is None or float(old["ts"]) < entry.ts:  # type: ignore[arg-type]
+                rows[entry.ident] = {"value": entry.value, "ts": entry.ts}
+            continue
+        if entry.start is not None and entry.action_id not in rows:
+            rows[entry.action_id] = {"status": entry.status or "running",
+                                     "result": entry.result or "", "plan": entry.start.plan}
+        row = rows.get(entry.action_id)
+        if row is not None and row["status"] in ("planned", "running"):
+            row.update(step=entry.step, ts=entry.ts, evidence=entry.evidence,
+                       status=entry.status or row["status"],
+                       result=row["result"] if entry.result is None else entry.result)
+    return rows
+
+
+def _step(n: int, kind: str) -> JournalEntry:
+    status, result = {"step": (None, None), "running": ("running", None),
+                      "noted": (None, f"note {n}"), "succeeded": ("succeeded", "done"),
+                      "interrupted": ("interrupted", "cut")}[kind]
+    return JournalEntry(1, f"step{n}", float(n), status, result, {"n": n})
+
+
+START = JournalEntry(1, "begin", 0.0, "running", evidence={"requester": ""},
+                     start=ActionStart("rollback", "automatic", "", {"mode": "retag"}, 0.0))
+KINDS = ("step", "running", "noted", "succeeded", "interrupted")
+BEFORE: list[dict[object, Row]] = [  # the shared row before: none, open, closed
+    {}, *({1: {"status": status, "result": "", "step": "x", "ts": -1.0, "evidence": {}}}
+          for status in ("planned", "running", "adopted"))]
+
+
+@pytest.mark.parametrize("length", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("start", [None, "running", "planned", "succeeded"])
+def test_folding_an_actions_entries_leaves_the_same_row(length: int, start: str | None) -> None:
+    begin = [replace(START, status=start)] if start else []
+    for kinds in itertools.product(KINDS, repeat=length):
+        queue: list[JournalEntry | Guard] = [*begin,
+                                             *(_step(n + 1, k) for n, k in enumerate(kinds))]
+        folded = coalesce(queue)
+        assert len(folded) <= 1 + len(begin)
+        for before in BEFORE:
+            assert _written(folded, before) == _written(queue, before), (kinds, before)
+
+
+def test_folding_keeps_each_action_and_guard_apart_and_in_first_seen_order() -> None:
+    other = [replace(_step(n, "step"), action_id=2) for n in (1, 2)]
+    frozen = Guard("flag", FROZEN_FLAG, FROZEN, 5.0)
+    lifted = Guard("flag", FROZEN_FLAG, None, 9.0)
+    late = Guard("flag", FROZEN_FLAG, OTHER_FREEZE, 7.0)  # older than lifted: loses in SQL too
+    queue: list[JournalEntry | Guard] = [START, other[0], frozen, _step(1, "noted"), lifted,
+                                         other[1], late, _step(2, "succeeded"), _step(3, "step")]
+    folded = coalesce(queue)
+    assert folded == [START, JournalEntry(1, "step2", 2.0, "succeeded", "done", {"n": 2}),
+                      other[1], lifted]
+    for before in ({}, {FROZEN_FLAG: {"value": None, "ts": 8.0}}):
+        assert _written(folded, before) == _written(queue, before)
+    twice = [START, _step(1, "step"), replace(START, ts=5.0)]  # never made so: left alone
+    assert coalesce(twice) == twice
