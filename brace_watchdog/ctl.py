@@ -196,11 +196,9 @@ def _app_plan(data: dict[str, Any], out: TextIO) -> None:
     if plan is not None:
         for retag in plan["retags"]:
             out.write(f"  retag {retag['tag']} -> {retag['image_id'][:19]}\n")
-        if plan["use_snapshot"] and plan.get("config_files"):
+        if plan["use_snapshot"]:
             out.write("  write the known-good config back: "
                       f"{', '.join(plan['config_files'])}\n")
-        elif plan["use_snapshot"]:
-            out.write(f"  compose config from the daemon's snapshot in {plan['snapshot_dir']}\n")
         out.write(f"  run: {' '.join(plan['argv'])}\n")
     if data.get("refused"):
         out.write(f"  REFUSED: {data['refused']}\n")

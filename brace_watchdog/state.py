@@ -17,6 +17,7 @@ process or a full disk makes the store *unavailable* (a
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -25,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ from brace_watchdog.journal_handover import (
     SharedAction,
 )
 
-__all__ = ["ActionRecord", "Event", "ReleaseRecord", "StateStore", "StoreHealth"]
+__all__ = ["ActionRecord", "ConfigFiles", "Event", "ReleaseRecord", "StateStore", "StoreHealth",
+           "files_blob", "files_from_blob"]
 
 log = logging.getLogger("brace_watchdog.state")
 
@@ -69,7 +71,37 @@ _TRANSIENT = {sqlite3.SQLITE_BUSY: "locked", sqlite3.SQLITE_LOCKED: "locked",
 _INSERT_EVENT = ("INSERT INTO events (ts, kind, source, severity, message, evidence, action_id) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?)")
 
-_MIGRATIONS: list[str] = [
+ConfigFiles = tuple[tuple[str, bytes | None], ...]
+"""Path → content (None: absent) of a release's config files: the ``config_files`` column."""
+
+
+def files_blob(files: Iterable[tuple[str, bytes | None]]) -> bytes:
+    """``config_files`` as stored: JSON ``[[path, base64 or null], …]``."""
+    return json.dumps([[path, None if data is None else base64.b64encode(data).decode()]
+                       for path, data in files]).encode()
+
+
+def files_from_blob(blob: bytes) -> ConfigFiles:
+    return tuple((str(path), None if data is None else base64.b64decode(data))
+                 for path, data in json.loads(blob))
+
+
+def _fold_release_snapshots(conn: sqlite3.Connection) -> None:
+    """Version 7: a release keeps its config once, in ``config_files``. A row from before
+    version 5 kept only the compose file and ``.env`` (``compose_snapshot``, ``env_snapshot``):
+    they become its ``config_files``, at the paths they were read from; both columns go."""
+    rows = conn.execute(
+        "SELECT id, working_dir, compose_file, compose_snapshot, env_snapshot FROM releases "
+        "WHERE config_files IS NULL AND compose_snapshot IS NOT NULL AND compose_file != ''")
+    for row_id, working_dir, compose_file, compose, env in rows.fetchall():
+        env_path = Path(working_dir or Path(compose_file).parent) / ".env"
+        conn.execute("UPDATE releases SET config_files = ? WHERE id = ?",
+                     (files_blob(((compose_file, compose), (str(env_path), env))), row_id))
+    conn.execute("ALTER TABLE releases DROP COLUMN compose_snapshot")
+    conn.execute("ALTER TABLE releases DROP COLUMN env_snapshot")
+
+
+_MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # version 1
     """
     CREATE TABLE events (
@@ -194,6 +226,7 @@ _MIGRATIONS: list[str] = [
     UPDATE audit SET command = 'docker_daemon_rollback' WHERE command = 'rollback-docker-daemon';
     UPDATE audit SET command = 'app_rollback' WHERE command = 'rollback-app'
     """,
+    _fold_release_snapshots,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -253,8 +286,6 @@ class ReleaseRecord:
     working_dir: str
     alembic_revision: str | None
     compose_file: str
-    compose_snapshot: bytes | None
-    env_snapshot: bytes | None
     failed_verification_at: float | None
     pinned: bool
     extra: dict[str, Any]
@@ -341,9 +372,13 @@ class StateStore:
                                  f"daemon's v{SCHEMA_VERSION}: upgrade brace-watchdog or move "
                                  "the file")
             for number in range(version, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                migration = _MIGRATIONS[number]
+                if callable(migration):
+                    migration(conn)
+                else:
+                    for statement in migration.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number + 1}")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -699,29 +734,26 @@ class StateStore:
         return _release(rows[0]) if rows else None
 
     def mark_known_good(self, fingerprint: str, *, at: float, alembic_revision: str | None,
-                        compose_file: str, compose_snapshot: bytes | None,
-                        env_snapshot: bytes | None, extra: dict[str, Any] | None = None,
-                        config_files: bytes | None = None, since: float | None = None) -> bool:
+                        compose_file: str, config_files: bytes | None,
+                        extra: dict[str, Any] | None = None, since: float | None = None) -> bool:
         """Mark a release known-good; with ``since`` (when this sighting of it began) only if
         no instance sharing this state file marked it since — False then, nothing written."""
-        row = (at, alembic_revision, compose_file, compose_snapshot, env_snapshot, config_files,
-               _dumps(extra or {}), fingerprint, since, since)
+        row = (at, alembic_revision, compose_file, config_files, _dumps(extra or {}),
+               fingerprint, since, since)
         cursor = self._write(lambda conn: conn.execute(
             "UPDATE releases SET known_good_at = ?, alembic_revision = ?, compose_file = ?, "
-            "compose_snapshot = ?, env_snapshot = ?, config_files = ?, extra = ? "
+            "config_files = ?, extra = ? "
             "WHERE fingerprint = ? AND (? IS NULL OR known_good_at IS NULL "
             "OR known_good_at < ?)", row))
         return cursor is None or cursor.rowcount > 0  # None: queued while the store is down
 
     def set_release_config(self, fingerprint: str, *, compose_file: str,
-                           compose_snapshot: bytes | None, env_snapshot: bytes | None,
-                           config_files: bytes | None = None) -> None:
+                           config_files: bytes) -> None:
         """Keep the config a release was deployed with (first sighting only; never replaced)."""
-        row = (compose_file, compose_snapshot, env_snapshot, config_files, fingerprint)
+        row = (compose_file, config_files, fingerprint)
         self._write(lambda conn: conn.execute(
-            "UPDATE releases SET compose_file = ?, compose_snapshot = ?, env_snapshot = ?, "
-            "config_files = ? "
-            "WHERE fingerprint = ? AND compose_snapshot IS NULL", row))
+            "UPDATE releases SET compose_file = ?, config_files = ? "
+            "WHERE fingerprint = ? AND config_files IS NULL", row))
 
     def known_good_releases(self, limit: int = 10) -> list[ReleaseRecord]:
         """Known-good releases, newest known-good first."""
@@ -917,8 +949,7 @@ def _release(row: sqlite3.Row) -> ReleaseRecord:
         id=row["id"], fingerprint=row["fingerprint"], first_seen=row["first_seen"],
         known_good_at=row["known_good_at"], release=json.loads(row["services"]),
         working_dir=row["working_dir"], alembic_revision=row["alembic_revision"],
-        compose_file=row["compose_file"], compose_snapshot=row["compose_snapshot"],
-        env_snapshot=row["env_snapshot"], failed_verification_at=row["failed_verification_at"],
+        compose_file=row["compose_file"], failed_verification_at=row["failed_verification_at"],
         pinned=bool(row["pinned"]), extra=json.loads(row["extra"]),
         rolled_back_at=row["rolled_back_at"], rolled_back_by=row["rolled_back_by"],
         config_files=row["config_files"])

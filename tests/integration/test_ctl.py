@@ -110,7 +110,7 @@ async def test_releases_lists_marks_and_clear_failed_is_audited(tmp_path: Path) 
         for fingerprint, seen in (("aaaa" * 16, 10.0), ("bbbb" * 16, 20.0), ("bbbc" * 16, 30.0)):
             store.upsert_release(fingerprint, release={"working_dir": "/srv"}, first_seen=seen)
         store.mark_known_good("aaaa" * 16, at=15.0, alembic_revision=None, compose_file="",
-                              compose_snapshot=None, env_snapshot=None)
+                              config_files=None)
         store.mark_release_failed_verification("aaaa" * 16, 40.0)
         store.set_release_pinned("aaaa" * 16, True)
         store.mark_release_rolled_back("bbbb" * 16, at=35.0, action_id=3)

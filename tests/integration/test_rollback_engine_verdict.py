@@ -28,8 +28,7 @@ async def test_a_retag_the_live_engine_refuses_fails_with_its_reason() -> None:
     ref = f"brace-test/{project}:good"
     plan = RollbackPlan(mode="retag", target=Release(project, "", (), ()), current=None,
                         retags=((ref, MISSING),), config_changed=False, use_snapshot=False,
-                        snapshot_dir="", up=UpPlan(files=(), project=project, services=(),
-                                                   cwd="/"), argv=())
+                        up=UpPlan(files=(), project=project, services=(), cwd="/"), argv=())
     journal: list[tuple[str, dict[str, Any]]] = []
     adapter = DockerAdapter()
     # the old code retried the refusal for the whole deadline, then called it an outage

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from brace_watchdog.actions.config_snapshot import ConfigSnapshot
 from brace_watchdog.actions.promotion_policy import ReleaseHealth
 from brace_watchdog.config import parse_config
 from brace_watchdog.errors import StateError
@@ -20,7 +21,15 @@ from brace_watchdog.observations import Observations, ProbeSample
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import _MIGRATIONS, SCHEMA_VERSION, StateStore
 
-_MIGRATIONS_V1 = _MIGRATIONS[0]
+
+def schema_script(version: int) -> str:
+    """The SQL that made a state file of schema ``version`` (those versions are plain SQL)."""
+    scripts = [m for m in _MIGRATIONS[:version] if isinstance(m, str)]
+    assert len(scripts) == version
+    return ";".join(scripts) + f"; PRAGMA user_version = {version};"
+
+
+_MIGRATIONS_V1 = schema_script(1)
 
 
 def _open_and_write(path: str) -> None:
@@ -50,7 +59,7 @@ def test_history_survives_a_restart(tmp_path: Path) -> None:
 def test_a_version_1_file_is_migrated_and_keeps_its_releases(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     conn = sqlite3.connect(path)
-    conn.executescript(_MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    conn.executescript(schema_script(1))
     conn.execute("INSERT INTO releases (fingerprint, first_seen, services) VALUES ('f1', 5, '{}')")
     conn.commit()
     conn.close()
@@ -71,7 +80,7 @@ def test_a_version_5_file_names_its_rollback_requests_as_the_actions(tmp_path: P
     upgrade, like the rows written since (approvals always stored the action's name)."""
     path = tmp_path / "state.db"
     conn = sqlite3.connect(path)
-    conn.executescript(";".join(_MIGRATIONS[:5]) + "; PRAGMA user_version = 5;")
+    conn.executescript(schema_script(5))
     old = ["rollback-db", "rollback-pg-hba", "rollback-docker-daemon", "rollback-app", "status"]
     conn.executemany("INSERT INTO audit (ts, uid, user, command, outcome) "
                      "VALUES (1, 0, 'root', ?, 'ok')", [(c,) for c in old])
@@ -81,6 +90,42 @@ def test_a_version_5_file_names_its_rollback_requests_as_the_actions(tmp_path: P
     assert [r["command"] for r in store.audit_log(10)][::-1] == [
         "db_rollback", "pg_hba_rollback", "docker_daemon_rollback", "app_rollback", "status"]
     store.close()
+
+
+def test_a_version_6_file_keeps_each_release_config_once_in_config_files(
+        tmp_path: Path) -> None:
+    """A release kept before version 5 (compose file and .env only) gets them as its
+    config_files, at the paths they were read from; a newer row keeps its own; the two old
+    columns are gone."""
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(schema_script(6))
+    full = ConfigSnapshot((("/srv/b/dc.yml", b"new"), ("/srv/b/.env", None)))
+    rows = [("old", "/srv/a", "/srv/a/infra/dc.yml", b"services: {}\n", b"TAG=1\n", None),
+            ("nodir", "", "/srv/c/dc.yml", b"c", None, None),
+            ("new", "/srv/b", "/srv/b/dc.yml", b"new", None, full.to_blob()),
+            ("none", "", "", None, None, None)]
+    conn.executemany("INSERT INTO releases (fingerprint, first_seen, services, working_dir, "
+                     "compose_file, compose_snapshot, env_snapshot, config_files) "
+                     "VALUES (?, 1, '{}', ?, ?, ?, ?, ?)", rows)
+    conn.commit()
+    conn.close()
+    store = StateStore(path).open()
+    try:
+        def files(fingerprint: str) -> ConfigSnapshot | None:
+            record = store.release(fingerprint)
+            assert record is not None
+            return ConfigSnapshot.from_blob(record.config_files)
+
+        assert files("old") == ConfigSnapshot((("/srv/a/infra/dc.yml", b"services: {}\n"),
+                                                ("/srv/a/.env", b"TAG=1\n")))
+        assert files("nodir") == ConfigSnapshot((("/srv/c/dc.yml", b"c"),
+                                                  ("/srv/c/.env", None)))
+        assert files("new") == full and files("none") is None
+        columns = {row[1] for row in store.query("PRAGMA table_info(releases)")}
+        assert "config_files" in columns and not columns & {"compose_snapshot", "env_snapshot"}
+    finally:
+        store.close()
 
 
 def test_concurrent_first_opens_migrate_once(tmp_path: Path) -> None:
@@ -227,8 +272,7 @@ def test_the_journal_hook_sees_every_write_and_an_adopted_action_keeps_where_it_
 
 def _mark(store: StateStore, fingerprint: str, *, at: float, since: float, who: str) -> bool:
     return store.mark_known_good(fingerprint, at=at, alembic_revision=None, compose_file="",
-                                 compose_snapshot=None, env_snapshot=None,
-                                 extra={"by": who}, since=since)
+                                 config_files=None, extra={"by": who}, since=since)
 
 
 def test_two_instances_sharing_a_state_file_promote_a_release_once(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from brace_watchdog.actions.config_snapshot import ConfigSnapshot
-from brace_watchdog.actions.rollback_steps import RollbackPlan, Snapshot, build_plan, split_ref
+from brace_watchdog.actions.rollback_steps import RollbackPlan, build_plan, split_ref
 from brace_watchdog.adapters.compose import ComposeCLI, UpPlan, has_pull_option, lost_the_engine
 from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.config import RollbackConfig
@@ -20,7 +20,9 @@ CFG = RollbackConfig(enabled=True, compose_command=("docker", "compose"),
                      compose_file=Path("/srv/brace/infra/docker-compose.prod.yml"),
                      project="brace", services=("backend", "frontend"))
 CLI = ComposeCLI(CFG.compose_command, timeout=60)
-SNAP = Snapshot("docker-compose.prod.yml", b"services: {}\n", b"A=1\n")
+SNAP = ConfigSnapshot((("/srv/brace/infra/docker-compose.prod.yml", b"services: {}\n"),
+                       ("/srv/brace/infra/.env", None),
+                       ("/srv/brace/infra/conf/backend.env", b"A=1\n")))
 
 
 def release(image: str = "sha256:good", config: str = "c1", digest: str = "d1",
@@ -31,8 +33,7 @@ def release(image: str = "sha256:good", config: str = "c1", digest: str = "d1",
 
 
 def plan(**kwargs: object):  # type: ignore[no-untyped-def]
-    args = {"snapshot": SNAP, "disk_matches_snapshot": True, "snapshot_dir": Path("/var/snap"),
-            "compose": CLI, **kwargs}
+    args = {"snapshot": SNAP, "disk_matches_snapshot": True, "compose": CLI, **kwargs}
     cfg = args.pop("cfg", CFG)
     current = args.pop("current", release("sha256:bad", "c2", "d1"))
     return build_plan(cfg, release(), current, **args)  # type: ignore[arg-type]
@@ -50,37 +51,26 @@ def test_retag_with_unchanged_file_uses_the_compose_file_on_disk() -> None:
     assert p.expected_images == {"backend": "sha256:good", "frontend": "sha256:front"}
 
 
-def test_retag_with_changed_file_uses_the_snapshot_in_the_original_project_dir() -> None:
+def test_the_snapshot_is_written_back_and_compose_runs_with_the_original_files() -> None:
     p = plan(disk_matches_snapshot=False, current=release("sha256:good", "c9", "d9"))
-    assert p.use_snapshot and p.config_changed
-    assert p.up.files == ("/var/snap/docker-compose.prod.yml",)
-    assert p.up.project_directory == "/srv/brace/infra" and p.up.env_file == "/var/snap/.env"
-    assert p.argv[-10:-6] == ("--project-directory", "/srv/brace/infra", "--env-file",
-                             "/var/snap/.env")
-    assert p.to_dict()["use_snapshot"] is True
-
-
-def test_full_snapshot_is_written_back_and_compose_runs_with_the_original_files() -> None:
-    files = ConfigSnapshot((("/srv/brace/infra/docker-compose.prod.yml", b"services: {}\n"),
-                            ("/srv/brace/infra/.env", None),
-                            ("/srv/brace/infra/conf/backend.env", b"A=1\n")))
-    p = plan(disk_matches_snapshot=False, snapshot=replace(SNAP, files=files))
-    assert p.use_snapshot and p.config_files == files.paths
+    assert p.use_snapshot and p.config_changed and p.config_files == SNAP.paths
     assert p.up == UpPlan(files=("/srv/brace/infra/docker-compose.prod.yml",), project="brace",
                           services=("backend", "frontend"), cwd="/srv/brace/infra",
                           project_directory="/srv/brace/infra")
+    assert "--env-file" not in p.argv
     journalled = RollbackPlan.from_dict(json.loads(json.dumps(p.to_dict())))
-    assert journalled.config_files == files.paths and journalled.up == p.up
-    assert plan(snapshot=replace(SNAP, files=files)).config_files == ()  # disk still matches
+    assert journalled.config_files == SNAP.paths and journalled.up == p.up
+    assert plan().config_files == ()  # disk still matches
 
 
-def test_snapshot_without_env_passes_no_env_file() -> None:
-    p = plan(disk_matches_snapshot=False, snapshot=replace(SNAP, env=None))
-    assert p.use_snapshot and p.up.env_file == "" and "--env-file" not in p.argv
+def test_a_plan_journalled_by_an_older_daemon_still_reads() -> None:
+    data = plan(disk_matches_snapshot=False).to_dict()
+    assert RollbackPlan.from_dict({**data, "snapshot_dir": "/var/lib/x/releases/abc"}).up == (
+        plan(disk_matches_snapshot=False).up)
 
 
 def test_no_snapshot_kept_falls_back_to_the_file_on_disk() -> None:
-    p = plan(disk_matches_snapshot=False, snapshot=Snapshot("x.yml", None, None))
+    p = plan(disk_matches_snapshot=False, snapshot=None)
     assert not p.use_snapshot and p.up.files == (str(CFG.compose_file),)
 
 
@@ -98,8 +88,7 @@ def test_digest_and_id_refs_are_not_retagged() -> None:
     target = replace(release(), services=(
         ServiceRelease("backend", "sha256:a", "brace/backend@sha256:abc", "c", "d"),
         ServiceRelease("frontend", "sha256:b", "sha256:b", "c", "d")))
-    p = build_plan(CFG, target, None, snapshot=SNAP, disk_matches_snapshot=True,
-                   snapshot_dir=Path("/s"), compose=CLI)
+    p = build_plan(CFG, target, None, snapshot=SNAP, disk_matches_snapshot=True, compose=CLI)
     assert p.retags == () and p.config_changed and p.current is None
 
 
