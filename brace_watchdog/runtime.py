@@ -1,4 +1,5 @@
-"""The hub every component receives: config, state store, metrics, observations, notifier.
+"""The hub every component receives: config, state store, metrics, observations, notifier, and
+the docker engine the stack runs on (``[rollback] driver``: compose host or Swarm manager).
 
 It also owns the small cross-cutting verbs that several components need — record an event,
 freeze and unfreeze automation, escalate to a human — so that they behave the same everywhere,
@@ -12,9 +13,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any, Protocol
 
+from brace_watchdog.adapters.docker import DockerAdapter
+from brace_watchdog.adapters.swarm import engine_for
 from brace_watchdog.component import ProgressTracker
 from brace_watchdog.config import Config
 from brace_watchdog.errors import RefusedError
@@ -114,8 +117,14 @@ class Hub:
     """Called (from any thread) after a state-store write failed: the supervisor wakes its flush
     task, which otherwise sleeps while the store is writable."""
     _dropped_seen: int = 0
+    engine: DockerAdapter = field(init=False)
+    """The docker engine as ``[rollback] driver`` runs the stack (a ``SwarmAdapter`` for
+    ``swarm``): the app rollback and the DB rollback's writers share it."""
+    docker: InitVar[DockerAdapter | None] = None
+    """The engine to use instead of one built from the config (tests)."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, docker: DockerAdapter | None) -> None:
+        self.engine = docker or engine_for(self.config.rollback.driver)
         self.leadership = LeadershipGate(self.clock)
         self.action_lock = ActionLock(self.clock, self.leadership.check)
         self.store.on_event = self._announce

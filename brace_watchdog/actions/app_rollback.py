@@ -84,8 +84,7 @@ class AppRollback(Component):
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.hub = hub
         self.cfg = hub.config.rollback
-        self._docker = docker or (SwarmAdapter() if self.cfg.driver == "swarm"
-                                  else DockerAdapter())
+        self._docker = docker or hub.engine
         self._compose = compose or ComposeCLI(self.cfg.compose_command,
                                               timeout=self.cfg.compose_timeout_seconds)
         self._clock = clock or hub.clock

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from brace_watchdog.actions import restore_policy
-from brace_watchdog.actions.db_writers import ComposeWriters, SwarmWriters, Writers
+from brace_watchdog.actions.db_writers import Writers, writers_for
 from brace_watchdog.actions.gated import (
     Plan,
     Progress,
@@ -76,7 +76,6 @@ from brace_watchdog.actions.restore_run import RestoreRun, server_factory, shiel
 from brace_watchdog.adapters.compose import ComposeCLI, ComposeProject
 from brace_watchdog.adapters.pgservice import SERVICE, dsn_secrets, pg_service
 from brace_watchdog.adapters.process import CommandResult, run_command
-from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.config import DbRollbackConfig
 from brace_watchdog.dumps import DumpHeader, InvalidDumpError, read_dump_header, resolve_dump
 from brace_watchdog.errors import ActionError, CommandError, RefusedError
@@ -243,36 +242,20 @@ class DbRollback:
     name = ACTION
     STEPS: ClassVar[tuple[str, ...]] = STEPS
 
-    def __init__(self, hub: Hub, *, docker_command: Sequence[str] = ("docker",),
-                 swarm: SwarmAdapter | None = None) -> None:
+    def __init__(self, hub: Hub, *, docker_command: Sequence[str] = ("docker",)) -> None:
         self.hub = hub
         self.docker = tuple(docker_command)
-        self._swarm = swarm
 
     async def writers(self, *, detect: bool) -> Writers:
-        """The writers as ``[rollback] driver`` runs them; ``detect`` asks the compose CLI for
-        its exact ``up`` flags (the plan shows the plain command)."""
-        cfg = self.cfg
-        if self.hub.config.rollback.driver == "swarm":
-            if self._swarm is None:
-                self._swarm = SwarmAdapter()
-            return SwarmWriters(self._swarm, cfg.project or self.hub.config.rollback.project,
-                                cfg.writers, timeout=cfg.step_timeout_seconds,
-                                beat=lambda: self.hub.progress.beat("control"))
-        up = await self._up_args() if detect else ["up", "-d"]
-        return ComposeWriters(self._run, self.compose, cfg.writers,
-                              self.compose(*up, *cfg.writers))
+        """The writers as the hub's engine runs them (:func:`writers_for`: scaled on Swarm,
+        stopped and started by compose otherwise); ``detect`` asks the compose CLI for its
+        exact ``up`` flags (the plan shows the plain command)."""
+        return await writers_for(self.hub, self._cli(), self._project(), self._run,
+                                 detect=detect)
 
     @property
     def cfg(self) -> DbRollbackConfig:
         return self.hub.config.db_rollback
-
-    async def _up_args(self) -> list[str]:
-        """``up -d --no-build [--pull never]`` for this compose: writers come back from the images
-        they ran, never rebuilt or pulled."""
-        compose = self._cli()
-        await compose.detect()
-        return compose.up_args()
 
     def _cli(self) -> ComposeCLI:
         return compose_cli(self.hub.config, command=self.cfg.compose_command,

@@ -1,5 +1,8 @@
 """How the gated DB rollback stops and starts the writers, per ``[rollback] driver``.
 
+:func:`writers_for` gives the DB rollback the one object it asks to stop and start the writers
+(:class:`Writers`), for the engine the hub runs the stack on (``Hub.engine``).
+
 :class:`ComposeWriters`: ``compose stop`` and a check that none still runs; afterwards
 ``compose up -d --no-build``. :class:`SwarmWriters`: each writer service's replica count is
 journalled (``writer_replicas``) *before* anything changes, then every writer is scaled to 0 and
@@ -17,18 +20,21 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from brace_watchdog.actions.gated import StepJournal, wait_until
+from brace_watchdog.adapters.compose import ComposeCLI, ComposeProject
 from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.errors import ActionError, AdapterError, RefusedError
+from brace_watchdog.runtime import Hub
 from brace_watchdog.swarm_release import (
     SwarmService,
     running_tasks,
     scale_argv,
+    swarm_name,
     tasks_gone,
     writers_problem,
 )
 
-__all__ = ["ComposeWriters", "SwarmWriters", "Writers"]
+__all__ = ["ComposeWriters", "SwarmWriters", "Writers", "writers_for"]
 
 Run = Callable[[Sequence[str]], Awaitable[CommandResult]]
 POLL_SECONDS = 0.5
@@ -47,6 +53,24 @@ class Writers(Protocol):
     async def stop(self, journal: StepJournal) -> None: ...
 
     async def start(self, journal: StepJournal) -> None: ...
+
+
+async def writers_for(hub: Hub, cli: ComposeCLI, project: ComposeProject, run: Run, *,
+                      detect: bool) -> Writers:
+    """The ``[db_rollback] writers`` of ``project`` on the hub's engine: its services scaled when
+    the engine is a Swarm manager (``project.name``: the stack), else stopped and started by
+    ``cli``; ``detect`` asks the compose CLI for its exact ``up`` flags — ``up -d --no-build
+    [--pull never]``: writers come back from the images they ran, never rebuilt or pulled."""
+    cfg = hub.config.db_rollback
+    if isinstance(hub.engine, SwarmAdapter):
+        return SwarmWriters(hub.engine, project.name, cfg.writers,
+                            timeout=cfg.step_timeout_seconds,
+                            beat=lambda: hub.progress.beat("control"))
+    up = ["up", "-d"]
+    if detect:
+        await cli.detect()
+        up = cli.up_args()
+    return ComposeWriters(run, project.argv, cfg.writers, project.argv(*up, *cfg.writers))
 
 
 class ComposeWriters:
@@ -93,7 +117,11 @@ class SwarmWriters:
         self._beat = beat
 
     def _full(self, name: str) -> str:
-        return f"{self._stack}_{name}"
+        return swarm_name(self._stack, name)
+
+    def _replicas(self, services: Sequence[SwarmService]) -> dict[str, int]:
+        """Each service's replica count, by its full name (what is journalled and restored)."""
+        return {self._full(s.name): s.replicas or 0 for s in services}
 
     async def _services(self, stage: str) -> list[SwarmService]:
         try:
@@ -106,7 +134,7 @@ class SwarmWriters:
         return [s for s in found if s.name in self._writers]
 
     async def check(self) -> dict[str, int]:
-        return {self._full(s.name): s.replicas or 0 for s in await self._services("checking")}
+        return self._replicas(await self._services("checking"))
 
     def describe(self, replicas: Mapping[str, int]) -> tuple[str, str]:
         counts = ", ".join(f"{name} ({count})" for name, count in sorted(replicas.items()))
@@ -126,8 +154,7 @@ class SwarmWriters:
 
     async def stop(self, journal: StepJournal) -> None:
         services = await self._services("stopping_writers")
-        journal.checkpoint(writers="stopping", writer_replicas={
-            self._full(s.name): s.replicas or 0 for s in services})
+        journal.checkpoint(writers="stopping", writer_replicas=self._replicas(services))
         for service in services:
             await self._scale(service, 0, "stopping_writers")
         alive = await self._wait(services, lambda service, states: tasks_gone(states))

@@ -27,6 +27,7 @@ from brace_watchdog.swarm_release import (
     SwarmService,
     runs_current_spec,
     swarm_in_charge,
+    swarm_name,
     swarm_rolled_back,
 )
 
@@ -75,7 +76,7 @@ class SwarmRollbackWatch:
         if key in seen:
             return
         self.hub.store.set_flag(RECORDED_FLAG, [*seen, key][-KEEP_RECORDED:])
-        name = f"{self.stack}_{service.name}"
+        name = swarm_name(self.stack, service.name)
         evidence: dict[str, Any] = {
             "service": service.name, "swarm_service": name, "state": service.update_state,
             "swarm_message": service.update_message, "update_started": service.update_started,

@@ -30,9 +30,10 @@ from brace_watchdog.swarm_release import (
     SwarmTask,
     spec_hash,
     stack_containers,
+    swarm_name,
 )
 
-__all__ = ["SpecHashes", "SwarmAdapter"]
+__all__ = ["SpecHashes", "SwarmAdapter", "engine_for"]
 
 T = TypeVar("T")
 SEQUENCE_ATTEMPTS = 3
@@ -160,6 +161,11 @@ class SwarmAdapter(DockerAdapter):
         return services.get(service_id)
 
 
+def engine_for(driver: str) -> DockerAdapter:
+    """The engine adapter of ``[rollback] driver``: a Swarm manager, or a compose host."""
+    return SwarmAdapter() if driver == "swarm" else DockerAdapter()
+
+
 class SpecHashes:
     """Each service's spec hashes, computed once per (service ID, spec version): its current
     and previous container specs, and the specs its tasks were created from. A task's spec
@@ -198,7 +204,7 @@ def _service(attrs: dict[str, Any], stack: str, version: int, current: ServiceTa
     replicated = spec.get("Mode", {}).get("Replicated")
     update = attrs.get("UpdateStatus") or {}
     return SwarmService(
-        id=str(attrs["ID"]), name=str(spec.get("Name", "")).removeprefix(f"{stack}_"),
+        id=str(attrs["ID"]), name=str(spec.get("Name", "")).removeprefix(swarm_name(stack, "")),
         version=version, current=current, previous=previous,
         replicas=int(replicated.get("Replicas", 1)) if replicated is not None else None,
         update_state=str(update.get("State", "")), update_message=str(update.get("Message", "")),

@@ -21,7 +21,8 @@ async def test_writers_come_back_without_build_or_pull(variant: str) -> None:
     config = parse_config({"db_rollback": {"compose_command": list(command)}})
     hub = Hub(config=config, store=StateStore(":memory:").open(),
               metrics=Metrics(CollectorRegistry(), process=False))
-    args = await DbRollback(hub)._up_args()
+    argv = (await DbRollback(hub).writers(detect=True)).restart_argv({})
+    args = argv[argv.index("up"):]
     assert args[:3] == ["up", "-d", "--no-build"]
     pulls = ["--pull", "never"] if not version.startswith("1.") else []
-    assert args[3:] == pulls, (version, args)
+    assert args[3:] == [*pulls, *config.db_rollback.writers], (version, args)
