@@ -559,25 +559,37 @@ class StateStore:
                      requester: str = "", status: str = "running") -> int:
         """Journal a new action and its ``begin`` event; raises StateUnavailableError rather than
         let an action start that a restart could not see."""
-        now = self.clock()
-        message, evidence = f"{kind} started", _dumps({"plan": plan, "requester": requester})
+        start = ActionStart(kind, origin, requester, plan, self.clock())
+        message = f"{kind} started"
+        action_id = self._insert_action(start, status=status, step="begin", event="begin",
+                                        source=origin, severity="info", message=message,
+                                        evidence={"plan": plan, "requester": requester})
+        failpoints.hit("journal:begin")
+        self._journalled(JournalEntry(action_id, "begin", start.created_at, status,
+                                      evidence={"requester": requester}, start=start))
+        return action_id
+
+    def _insert_action(self, start: ActionStart, *, status: str, step: str, event: str,
+                       source: str, severity: str, message: str,
+                       evidence: dict[str, Any]) -> int:
+        """Insert an action and its first event (``action.KIND.EVENT``) in one transaction that
+        must land now; announce the event; the action's id."""
+        now, kind = start.created_at, f"action.{start.kind}.{event}"
+        row = (start.kind, start.origin, start.requester, status, step, now, now,
+               _dumps(start.plan))
 
         def op(conn: sqlite3.Connection) -> tuple[int, int]:
             action_id = int(conn.execute(
                 "INSERT INTO actions (kind, origin, requester, status, step, created_at, "
-                "updated_at, plan) VALUES (?, ?, ?, ?, 'begin', ?, ?, ?)",
-                (kind, origin, requester, status, now, now, _dumps(plan))).lastrowid or 0)
-            row = (now, f"action.{kind}.begin", origin, "info", message, evidence, action_id)
-            return action_id, int(conn.execute(_INSERT_EVENT, row).lastrowid or 0)
+                "updated_at, plan) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row).lastrowid or 0)
+            event_row = (now, kind, source, severity, message, _dumps(evidence), action_id)
+            return action_id, int(conn.execute(_INSERT_EVENT, event_row).lastrowid or 0)
 
         ids: tuple[int, int] = self._write(op, queue=False)
         action_id, event_id = ids
-        self._kinds[action_id] = kind
-        failpoints.hit("journal:begin")
+        self._kinds[action_id] = start.kind
         if self.on_event is not None:
-            self.on_event(f"action.{kind}.begin", origin, "info", message, event_id)
-        self._journalled(JournalEntry(action_id, "begin", now, status, evidence={
-            "requester": requester}, start=ActionStart(kind, origin, requester, plan, now)))
+            self.on_event(kind, source, severity, message, event_id)
         return action_id
 
     def journal_step(self, action_id: int, step: str, *, evidence: dict[str, Any] | None = None,
@@ -612,29 +624,15 @@ class StateStore:
         """Copy an action another state file left open into this journal (still open, at its
         step, with its last evidence and ``plan["adopted_from"]``), so the restart path
         reconciles it here; its ``adopted`` event says which host left it."""
-        now = self.clock()
-        plan = {**shared.plan, "adopted_from": shared.origin_note()}
+        start = ActionStart(shared.kind, shared.origin, shared.requester,
+                            {**shared.plan, "adopted_from": shared.origin_note()}, self.clock())
         evidence = {**shared.evidence, "adopted_from": shared.origin_note()}
-
-        def op(conn: sqlite3.Connection) -> tuple[int, int]:
-            action_id = int(conn.execute(
-                "INSERT INTO actions (kind, origin, requester, status, step, created_at, "
-                "updated_at, plan) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (shared.kind, shared.origin, shared.requester, shared.status, shared.step, now,
-                 now, _dumps(plan))).lastrowid or 0)
-            row = (now, f"action.{shared.kind}.adopted", "journal", "warning", message,
-                   _dumps(evidence), action_id)
-            return action_id, int(conn.execute(_INSERT_EVENT, row).lastrowid or 0)
-
-        action_id, event_id = self._write(op, queue=False)
-        self._kinds[action_id] = shared.kind
-        if self.on_event is not None:
-            self.on_event(f"action.{shared.kind}.adopted", "journal", "warning", message,
-                          event_id)
-        self._journalled(JournalEntry(action_id, shared.step, now, shared.status, message,
-                                      evidence, ActionStart(shared.kind, shared.origin,
-                                                            shared.requester, plan, now)))
-        return int(action_id)
+        action_id = self._insert_action(start, status=shared.status, step=shared.step,
+                                        event="adopted", source="journal", severity="warning",
+                                        message=message, evidence=evidence)
+        self._journalled(JournalEntry(action_id, shared.step, start.created_at, shared.status,
+                                      message, evidence, start))
+        return action_id
 
     def adopted_keys(self) -> dict[tuple[str, int], int]:
         """(store id, action id) of every action this journal adopted → its id here."""
@@ -645,6 +643,9 @@ class StateStore:
 
     def store_identity(self) -> str:
         """This state file's id in the shared journal: made once, kept in ``flags``."""
+        known = self.flag("store_id")
+        if known:
+            return str(known)
         fresh = _dumps(uuid.uuid4().hex)
         self._write(lambda conn: conn.execute(
             "INSERT INTO flags (name, value, updated_at) VALUES ('store_id', ?, ?) "

@@ -67,15 +67,18 @@ _CREATE = [
         PRIMARY KEY (kind, key))""",
 ]
 _OPEN = f"status IN ({', '.join(repr(status) for status in OPEN_STATUSES)})"
-_INSERT = (f"INSERT INTO {TABLE} (store_id, action_id, host, pid, kind, origin, requester, "
-           "status, step, result, plan, evidence, created_at, updated_at) VALUES (%(store)s, "
-           "%(id)s, %(host)s, %(pid)s, %(kind)s, %(origin)s, %(requester)s, %(status)s, "
-           "%(step)s, %(result)s, %(plan)s, %(evidence)s, %(ts)s, %(ts)s) "
-           "ON CONFLICT (store_id, action_id) DO NOTHING")
-_STEP = (f"UPDATE {TABLE} SET host = %(host)s, pid = %(pid)s, step = %(step)s, "
-         "status = COALESCE(%(status)s, status), result = COALESCE(%(result)s, result), "
-         "evidence = %(evidence)s, updated_at = %(ts)s "
-         f"WHERE store_id = %(store)s AND action_id = %(id)s AND {_OPEN}")
+_SET_STEP = ("host = %(host)s, pid = %(pid)s, step = %(step)s, "
+             "status = COALESCE(%(status)s, j.status), result = COALESCE(%(result)s, j.result), "
+             f"evidence = %(evidence)s, updated_at = %(ts)s WHERE j.{_OPEN}")
+_STEP = (f"UPDATE {TABLE} AS j SET {_SET_STEP} "
+         "AND j.store_id = %(store)s AND j.action_id = %(id)s")
+# a start inserts its row — or, should it exist already, is the step it also is
+_START = (f"INSERT INTO {TABLE} AS j (store_id, action_id, host, pid, kind, origin, requester, "
+          "status, step, result, plan, evidence, created_at, updated_at) VALUES (%(store)s, "
+          "%(id)s, %(host)s, %(pid)s, %(kind)s, %(origin)s, %(requester)s, "
+          "COALESCE(%(status)s, 'running'), %(step)s, COALESCE(%(result)s, ''), %(plan)s, "
+          "%(evidence)s, %(created)s, %(ts)s) "
+          f"ON CONFLICT (store_id, action_id) DO UPDATE SET {_SET_STEP}")
 _GUARD = (f"INSERT INTO {GUARDS} AS g (kind, key, value, set_at, store_id, host) VALUES "
           "(%(kind)s, %(key)s, %(value)s, %(ts)s, %(store)s, %(host)s) "
           "ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value, "
@@ -103,8 +106,8 @@ async def ensure_table(conn: Connection, now: float) -> None:
 
 async def write_entries(conn: Connection, entries: Sequence[JournalEntry | Guard], *,
                         store_id: str, host: str, pid: int) -> None:
-    """Write journal entries in order: a ``begin`` (or adoption) inserts its row, a step
-    updates it while it is open; a guard replaces an older setting of it."""
+    """Write journal entries in order, one statement each: a ``begin`` (or adoption) inserts
+    its row, a step updates it while it is open; a guard replaces an older setting of it."""
     for entry in entries:
         if isinstance(entry, Guard):
             await conn.execute(_GUARD, {
@@ -115,14 +118,14 @@ async def write_entries(conn: Connection, entries: Sequence[JournalEntry | Guard
             "store": store_id, "id": entry.action_id, "host": host, "pid": pid,
             "step": entry.step, "status": entry.status, "result": entry.result,
             "evidence": Jsonb(_plain(entry.evidence)), "ts": entry.ts}
-        if entry.start is not None:
-            start = entry.start
-            await conn.execute(_INSERT, {
+        start = entry.start
+        if start is None:
+            await conn.execute(_STEP, params)
+        else:
+            await conn.execute(_START, {
                 **params, "kind": start.kind, "origin": start.origin,
-                "requester": start.requester, "status": entry.status or "running",
-                "result": entry.result or "", "plan": Jsonb(_plain(start.plan)),
-                "ts": start.created_at})
-        await conn.execute(_STEP, params)
+                "requester": start.requester, "plan": Jsonb(_plain(start.plan)),
+                "created": start.created_at})
 
 
 async def handover_rows(conn: Connection, store_id: str,

@@ -13,7 +13,8 @@ query at a time; every failure is a :class:`PostgresError`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import psycopg
@@ -106,18 +107,13 @@ class AdvisoryLockSession:
         """``(True, work(conn))`` in one transaction that first confirmed the lock is ours;
         ``(False, None)`` when it is not (nothing written). Failures are PostgresErrors naming
         ``what``; the session is closed then, which frees the lock."""
-        conn = self._connection()
-        try:
-            async with self._busy, asyncio.timeout(self._timeout * 2 + 0.5), \
-                    conn.transaction():
-                cur = await conn.execute(_HELD_SQL, {"key": self.key})
-                row = await cur.fetchone()
-                if not (row and row[0]):
-                    return False, None
-                return True, await work(conn)
-        except (psycopg.Error, OSError, TimeoutError) as exc:
-            await self.close()
-            raise PostgresError(f"leadership: {what}: {_short(exc)}") from None
+        async with self._guarded(f"{what}: ", self._timeout * 2 + 0.5) as conn, \
+                conn.transaction():
+            cur = await conn.execute(_HELD_SQL, {"key": self.key})
+            row = await cur.fetchone()
+            if not (row and row[0]):
+                return False, None
+            return True, await work(conn)
 
     async def holder(self) -> LeaderInfo | None:
         row = await self._one(_HOLDER_SQL)
@@ -133,14 +129,21 @@ class AdvisoryLockSession:
         return self._conn
 
     async def _one(self, sql: str, **params: object) -> tuple[object, ...] | None:
+        async with self._guarded("", self._timeout + 0.5) as conn:
+            cur = await conn.execute(sql, {"key": self.key, **params})
+            return await cur.fetchone()
+
+    @contextlib.asynccontextmanager
+    async def _guarded(self, what: str, seconds: float) -> AsyncIterator[Connection]:
+        """The connection, one user at a time, for at most ``seconds``; any failure closes the
+        session (freeing the lock) and is a PostgresError prefixed with ``what``."""
         conn = self._connection()
         try:
-            async with self._busy, asyncio.timeout(self._timeout + 0.5):
-                cur = await conn.execute(sql, {"key": self.key, **params})
-                return await cur.fetchone()
+            async with self._busy, asyncio.timeout(seconds):
+                yield conn
         except (psycopg.Error, OSError, TimeoutError) as exc:
             await self.close()
-            raise PostgresError(f"leadership: {_short(exc)}") from None
+            raise PostgresError(f"leadership: {what}{_short(exc)}") from None
 
 
 def _short(exc: BaseException) -> str:

@@ -264,9 +264,12 @@ def test_the_journal_hook_sees_every_write_and_an_adopted_action_keeps_where_it_
         store.close()
         other.close()
     reopened = StateStore(path).open()
-    try:
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:  # once made, it is read: no write transaction, so a writer elsewhere does not stop it
+        writer.execute("BEGIN IMMEDIATE")
         assert reopened.store_identity() == identity
     finally:
+        writer.close()
         reopened.close()
 
 
