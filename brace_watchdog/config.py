@@ -329,6 +329,7 @@ class RollbackConfig:
     interval_seconds: float = option(5.0, above=0)
     compose_timeout_seconds: float = option(300.0, above=0)
     engine_retry_seconds: float = option(60.0, minimum=0)
+    node_docker_host: str = ""
 
 
 @dataclass(frozen=True)

@@ -242,6 +242,12 @@ class Metrics:
             "brace_known_good_images",
             "Images of the kept known-good releases: present, archived_only, missing.",
             ("state",))
+        self.known_good_images_held = self._g(
+            "brace_known_good_images_held",
+            "1 while this node holds every image of the kept known-good releases, pinned.")
+        self.known_good_images_loaded = self._c(
+            "brace_known_good_images_loaded",
+            "Known-good images loaded back from this node's archive into its engine.")
         self.service_up = self._g(
             "brace_service_up", "1 while the engine shows the service's containers live "
             "(running, not restarting, not unhealthy).", ("service",))

@@ -90,7 +90,10 @@ class AppRollback(Component):
         self._clock = clock or hub.clock
         self._sleep = sleep
         self._monotonic = monotonic
-        self.tracker = ReleaseTracker(hub, self._docker, self.cfg, self._clock(), self._compose)
+        self._node = (DockerAdapter(self.cfg.node_docker_host)
+                      if self.cfg.driver == "swarm" and self.cfg.node_docker_host else None)
+        self.tracker = ReleaseTracker(hub, self._docker, self.cfg, self._clock(), self._compose,
+                                      node=self._node)
         self._episode: tuple[str, str, str | None] | None = None
         self._decision: Decision | None = None
         self._engine_error = ""
@@ -177,15 +180,17 @@ class AppRollback(Component):
                               engine_error: AdapterError | None) -> None:
         """What every instance does, leader or follower: fold its own probes into the running
         release's evidence, promote it to known-good in its own store (with its pins, archives
-        and config snapshot on this host), check the kept images — so a follower that takes
-        over has a rollback target (docs/swarm.md). Nothing while the engine does not answer."""
+        and config snapshot on this host), keep the kept releases' images on this node (pins,
+        archives, loads back) — so a follower that takes over has a rollback target, and a
+        Swarm node the leader's rollback starts a task on has its image (docs/swarm.md).
+        Nothing while the engine does not answer."""
         if engine_error is None:
             self.tracker.record_health(now, targets=self._evidence_targets(),
                                        max_gap_seconds=self._max_gap(),
                                        alert_firing=bool(self._trigger_alerts(now)))
             if obs.release is not None:
                 await self.tracker.maybe_promote(now, obs)
-            await self._check_images()  # not while the engine is down: decide engine_down
+            await self.tracker.keep_images()  # not while the engine is down: engine_down
 
     async def pause(self, seconds: float) -> bool:
         """Sleep until the next cycle; a failing probe wakes the decision at once."""
@@ -212,14 +217,6 @@ class AppRollback(Component):
         self._sustained = inp.verdict.sustained
         await self._handle(decision, inp)
         return decision
-
-    async def _check_images(self) -> None:
-        """Every cycle: can the kept known-good releases' images still be had? (metric)"""
-        check = await self.tracker.archive.check(self.tracker.kept_image_ids())
-        gauge = self.hub.metrics.known_good_images
-        for state, ids in (("present", check.present), ("archived_only", check.archived_only),
-                           ("missing", check.missing)):
-            gauge.labels(state=state).set(len(ids))
 
     async def _track(self, now: float, *, liveness: bool = True
                      ) -> tuple[ReleaseObservation, AdapterError | None]:
@@ -269,6 +266,8 @@ class AppRollback(Component):
             await asyncio.gather(self._detect, return_exceptions=True)
         self.tracker.save_health()
         self._docker.close()
+        if self._node is not None:
+            self._node.close()
 
     @property
     def busy(self) -> bool:

@@ -12,8 +12,9 @@ The cost is disk: only the images of the releases still kept (the pinned ones) a
 each image ID once.
 
 :func:`classify` (pure) sorts the images a rollback may need into present / archived only /
-missing; the component exports that every cycle (``brace_known_good_images{state}``) so a
-missing one raises ``BraceKnownGoodImagesMissing`` before a rollback needs it.
+missing; every cycle :mod:`~brace_watchdog.actions.node_images` exports that
+(``brace_known_good_images{state}``) so a missing one raises ``BraceKnownGoodImagesMissing``
+before a rollback needs it.
 """
 
 from __future__ import annotations
@@ -93,10 +94,6 @@ class ImageArchive:
         for image_id in gone:
             await asyncio.to_thread(self.path(image_id).unlink, missing_ok=True)
         return gone
-
-    async def check(self, image_ids: Iterable[str]) -> ImageCheck:
-        in_engine = await self._docker.image_ids()
-        return classify(image_ids, in_engine, await asyncio.to_thread(self.archived))
 
     async def restore(self, image_id: str) -> bool:
         """Load ``image_id`` from its archive; False when there is none (AdapterError when the

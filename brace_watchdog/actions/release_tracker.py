@@ -11,8 +11,10 @@ stored with its tags, image IDs, the Alembic revision and the snapshot of its co
 (:mod:`~brace_watchdog.actions.config_snapshot`: every ``-f`` file, ``.env`` and every
 ``env_file:`` target) taken when the release was first seen (its deploy: an edit during the
 stability window is not "known-good"), its images pinned under daemon-owned tags and saved as
-archives (:mod:`~brace_watchdog.actions.image_archive`: a tag does not survive ``docker system prune
--af``, an archive does); the pins and archives of releases no longer needed are released. The
+archives on this instance's node (:mod:`~brace_watchdog.actions.node_images`: a tag does not
+survive ``docker system prune -af``, an archive does); the pins and archives of releases no
+longer needed are released, and :meth:`ReleaseTracker.keep_images` keeps the kept ones on the
+node every cycle. The
 running release is kept in a state flag, so a restart neither mistakes it for a deploy nor
 forgets a grace period. Every instance promotes in its own store, followers too (docs/swarm.md,
 "Known-good on every instance"); instances sharing a state file promote a release once.
@@ -31,18 +33,17 @@ from brace_watchdog.actions.config_snapshot import (
     read_compose_files,
     snapshot_files,
 )
-from brace_watchdog.actions.image_archive import ImageArchive, archive_folder
+from brace_watchdog.actions.image_upkeep import Upkeep
+from brace_watchdog.actions.node_images import NodeImages
 from brace_watchdog.actions.promotion_policy import (
     ReleaseHealth,
     health_save_due,
     observe,
     promotion,
 )
-from brace_watchdog.actions.rollback_steps import pin_refs
 from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.config import RollbackConfig
-from brace_watchdog.errors import AdapterError
 from brace_watchdog.observations import ProbeSample, service_target
 from brace_watchdog.releases import (
     ComposeContainer,
@@ -67,7 +68,9 @@ class ReleaseTracker:
     """The rollback component's memory of releases; ``cfg`` is replaced on reload."""
 
     def __init__(self, hub: Hub, docker: DockerAdapter, cfg: RollbackConfig, now: float,
-                 compose: ComposeCLI | None = None) -> None:
+                 compose: ComposeCLI | None = None, *, node: DockerAdapter | None = None) -> None:
+        """``node``: the engine of the node this instance runs on, where the known-good images
+        are pinned and archived (by default ``docker``, the engine the rollback talks to)."""
         self.hub = hub
         self.compose = compose
         self.cfg = cfg
@@ -81,7 +84,9 @@ class ReleaseTracker:
         # the window verdict the last time the current release was seen whole (None: not yet)
         self._failing_while_whole: bool | None = None
         self._metric_fp: dict[str, str] = {}
-        self.archive = ImageArchive(docker, archive_folder(hub.config.daemon.state_path))
+        # with Swarm, the rollback runs on the leader's node but tasks start on any node: each
+        # instance loads its own node's copy back at once (compose's rollback loads it here)
+        self.images = NodeImages(hub, node or docker, load_back=cfg.driver == "swarm")
         self._restarts: dict[str, int] = {}
         self._started_at = now
         self.health: ReleaseHealth | None = None
@@ -267,8 +272,8 @@ class ReleaseTracker:
             source = Path(kept.compose_file)
         else:
             source, files = await self._read_config(release)
-        pins = await self._pin(release)
-        archived = await self._archive(release)
+        pins = await self.images.pin(self.cfg.project, release)
+        archived = await self.images.archive_release(release)
         if not self.hub.store.mark_known_good(
                 release.fingerprint, at=now, alembic_revision=revision, compose_file=str(source),
                 config_files=files.to_blob(),
@@ -283,51 +288,15 @@ class ReleaseTracker:
                                   "compose_file": str(source), "pins": pins,
                                   "archived": archived, "config_files": list(files.paths)})
         self.set_release_metric("known_good", release.fingerprint)
-        await self._release_old_pins()
+        await self.images.release_old(self.cfg.project, self.kept())
 
-    async def _pin(self, release: Release) -> list[str]:
-        pins: list[str] = []
-        for image_id, repository, tag in pin_refs(self.cfg.project, release):
-            try:
-                await self._docker.tag_image(image_id, repository, tag)
-                pins.append(f"{repository}:{tag}")
-            except AdapterError as exc:
-                self.hub.record("release.pin_failed", SOURCE, f"cannot pin {image_id[:19]}: "
-                                f"{exc}", severity="warning")
-        return pins
+    def kept(self) -> list[ReleaseRecord]:
+        """The known-good releases kept for rollbacks (pinned, archived)."""
+        return self.hub.store.known_good_releases(KEEP_PINNED)
 
-    async def _archive(self, release: Release) -> bool:
-        """Save the release's images as archives (a failure is recorded, and shows in the
-        ``brace_known_good_images{state="missing"}`` check once the engine loses the image)."""
-        try:
-            await self.archive.keep(release.image_ids().values())
-        except AdapterError as exc:
-            self.hub.record("release.archive_failed", SOURCE, f"cannot archive the images of "
-                            f"{release.short}: {exc}", severity="warning")
-            return False
-        return True
-
-    def kept_image_ids(self) -> set[str]:
-        """The image IDs of the known-good releases kept for rollbacks (pinned, archived)."""
-        return {image for record in self.hub.store.known_good_releases(KEEP_PINNED)
-                for image in Release.from_dict(record.release).image_ids().values()}
-
-    async def _release_old_pins(self) -> None:
-        keep = {r.fingerprint for r in self.hub.store.known_good_releases(KEEP_PINNED)}
-        with contextlib.suppress(AdapterError, OSError):
-            await self.archive.drop_except(self.kept_image_ids())
-        for record in self.hub.store.pinned_releases():
-            if record.fingerprint in keep:
-                continue
-            removed = []
-            for _, repository, tag in pin_refs(self.cfg.project, Release.from_dict(record.release)):
-                with contextlib.suppress(AdapterError):
-                    if await self._docker.remove_image_tag(f"{repository}:{tag}"):
-                        removed.append(f"{repository}:{tag}")
-            self.hub.store.set_release_pinned(record.fingerprint, False)
-            self.hub.record("release.unpinned", SOURCE, f"released the pins of "
-                            f"{record.fingerprint[:12]} (no longer needed)",
-                            evidence={"removed": removed})
+    async def keep_images(self) -> Upkeep | None:
+        """Keep the kept releases' images on this node (pins, archives, loads back)."""
+        return await self.images.upkeep(self.cfg.project, self.kept())
 
     def known_good(self) -> ReleaseRecord | None:
         records = self.hub.store.known_good_releases(1)

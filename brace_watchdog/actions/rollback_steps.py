@@ -36,10 +36,10 @@ from brace_watchdog.config import RollbackConfig
 from brace_watchdog.errors import ActionError, AdapterError, CommandError, DockerError, OutageError
 from brace_watchdog.monitors.health import StatusGetter, probe_with
 from brace_watchdog.monitors.policy import is_healthy
-from brace_watchdog.releases import Release, build_release, diff, pin_tag
+from brace_watchdog.releases import Release, build_release, diff
 
 __all__ = ["EngineRetry", "ProbeStreak", "RollbackPlan", "RollbackSteps", "build_plan",
-           "engine_answers", "engine_lost", "engine_refused", "pin_refs", "split_ref",
+           "engine_answers", "engine_lost", "engine_refused", "split_ref",
            "verify_images", "verify_probes"]
 
 T = TypeVar("T")
@@ -361,8 +361,3 @@ def split_ref(ref: str) -> tuple[str, str]:
         return ref, "latest"
     return name, tag
 
-
-def pin_refs(project: str, release: Release) -> list[tuple[str, str, str]]:
-    """(image_id, repository, tag) of the pins that keep ``release``'s images alive."""
-    return [(s.image_id, *pin_tag(project, s.service, release.fingerprint))
-            for s in release.services]

@@ -187,10 +187,13 @@ class DockerAdapter:
                 return None
         return await self.call(resolve)
 
-    async def image_ids(self) -> set[str]:
-        """The ID of every image the engine has (one API call)."""
-        return await self.call(lambda: {str(i) for i in self.client.api.images(all=True,
-                                                                               quiet=True)})
+    async def image_tags(self) -> dict[str, frozenset[str]]:
+        """Every image the engine has: its ID and its tags (one API call)."""
+        def listing() -> dict[str, frozenset[str]]:
+            return {str(i["Id"]): frozenset(t for t in i.get("RepoTags") or ()
+                                            if t != "<none>:<none>")
+                    for i in self.client.api.images(all=True)}
+        return await self.call(listing)
 
     async def save_image(self, image_id: str, target: Path) -> None:
         """``docker save`` one image (by ID) into the file ``target``, streamed."""

@@ -25,7 +25,7 @@ from tests.support.net import free_port
 from tests.support.skips import skip_missing
 
 __all__ = ["CRASH_TAG", "STACK", "PrivateSwarm", "create_web_service", "private_swarm",
-           "swarm_worker"]
+           "swarm_worker", "swarm_worker_node"]
 
 STACK = "brace"
 CRASH_TAG = "brace-test/busybox:crash"
@@ -134,14 +134,22 @@ def swarm_worker(engine: PrivateSwarm, shared: docker.DockerClient,
                  images: list[str]) -> Iterator[docker.DockerClient]:
     """A second private dockerd joined to ``engine``'s swarm as a worker (loopback addresses):
     a node whose containers the manager's engine cannot see. It leaves on exit."""
-    with _private_dockerd(shared, images) as (_, client):
+    with swarm_worker_node(engine, shared, images) as node:
+        yield node.client
+
+
+@contextmanager
+def swarm_worker_node(engine: PrivateSwarm, shared: docker.DockerClient,
+                      images: list[str]) -> Iterator[PrivateSwarm]:
+    """:func:`swarm_worker` with its folder, so a daemon can be pointed at its socket."""
+    with _private_dockerd(shared, images) as (folder, client):
         manager = engine.client.info()["Swarm"]["RemoteManagers"][0]["Addr"]
         port = free_port()
         client.swarm.join(remote_addrs=[manager],
                           join_token=engine.client.swarm.attrs["JoinTokens"]["Worker"],
                           listen_addr=f"127.0.0.1:{port}", advertise_addr=f"127.0.0.1:{port}")
         try:
-            yield client
+            yield PrivateSwarm(folder, client)
         finally:
             node = str(client.info()["Swarm"]["NodeID"])
             with suppress(docker.errors.DockerException):

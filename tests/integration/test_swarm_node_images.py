@@ -1,0 +1,196 @@
+"""Known-good images on every node of a REAL two-node Swarm (private dockerds: a manager and a
+worker joined on loopback; no registry, so each node has its own copy of each image): a
+follower daemon whose node is the worker pins and archives the known-good image there; after
+`docker system prune -af` on the worker removed it, the follower loads it back from its archive
+(a follower may: it changes nothing the app runs); then the leader's rollback converges, with the
+task on the worker running the known-good image again."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+
+import docker
+import pytest
+
+from brace_watchdog.adapters.swarm import SwarmAdapter
+from brace_watchdog.releases import pin_tag
+from brace_watchdog.swarm_release import converged
+from tests.integration.control_helpers import ctl
+from tests.support.pg import PgCluster
+from tests.support.stack import (
+    daemon_event,
+    remove_archives,
+    start_daemon,
+    stop_daemon,
+    write_daemon_toml,
+)
+from tests.support.swarm import STACK, PrivateSwarm, create_web_service, swarm_worker_node
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+SERVICE = "kept"
+LEADERSHIP = """
+[database]
+dsn = "{dsn}"
+interval_seconds = 1.0
+
+[leadership]
+enabled = true
+name = "{name}"
+check_interval_seconds = 0.5
+check_timeout_seconds = 2.0
+lease_seconds = 4.0
+"""
+
+
+@pytest.fixture(scope="module")
+def worker_node(swarm: PrivateSwarm, docker_client: docker.DockerClient,
+                busybox_image: str) -> Iterator[PrivateSwarm]:
+    """A second private dockerd joined to the session's Swarm as a worker, for this module."""
+    with swarm_worker_node(swarm, docker_client, [busybox_image]) as node:
+        yield node
+
+
+def _release_images(swarm: PrivateSwarm, worker: docker.DockerClient,
+                    busybox: str) -> list[str]:
+    """Two releases' images (the known-good one, the update), built once and copied to both
+    nodes as an operator without a registry would (``docker save | docker load``: same IDs)."""
+    ids = []
+    for release in ("good", "update"):
+        image, _ = worker.images.build(fileobj=io.BytesIO(
+            f"FROM {busybox}\nLABEL brace.test={release}-{uuid.uuid4().hex}\n".encode()),
+            rm=True)
+        swarm.client.images.load(b"".join(image.save(named=False)))
+        ids.append(str(image.id))
+    return ids
+
+
+def _instance(root: Path, port: int, swarm: PrivateSwarm, dsn: str,
+              **rollback: object) -> tuple[subprocess.Popen[bytes], int]:
+    """The real daemon (driver swarm, leadership on) watching the stack through the manager;
+    (process, metrics port). max_per_day = 0: only an operator's request rolls back; the
+    database has no Alembic table, so app-only rollbacks are allowed."""
+    config = write_daemon_toml(root, backend=f"http://127.0.0.1:{port}/api/health",
+                               driver="swarm", project=STACK, services=[SERVICE],
+                               verify_timeout_seconds=90.0, max_per_day=0,
+                               on_schema_change="app_only", **rollback)
+    text = config.read_text()
+    config.write_text(text + LEADERSHIP.format(dsn=dsn, name=root.name))
+    metrics = int(re.search(r'listen = "127\.0\.0\.1:(\d+)"', text).group(1))  # type: ignore[union-attr]
+    return start_daemon(config, root / "daemon.log", env={"DOCKER_HOST": swarm.host}), metrics
+
+
+async def _acts(root: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = await ctl("--socket", str(root / "control.sock"), "--json", "status")
+        if status.code == 0 and json.loads(status.out)["leadership"]["acts"]:
+            return
+        assert time.monotonic() < deadline, f"{root.name} does not lead: {status}"
+        await asyncio.sleep(0.5)
+
+
+def _metric(port: int, name: str) -> float | None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        found = re.search(rf"^{name} (\S+)$", response.read().decode(), re.M)
+    return float(found.group(1)) if found else None
+
+
+async def _until(check: object, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(check):  # type: ignore[arg-type]
+        assert time.monotonic() < deadline, f"not {what} within {timeout}s"
+        await asyncio.sleep(0.5)
+
+
+def _tagged(client: docker.DockerClient, ref: str, image_id: str) -> bool:
+    try:
+        return str(client.images.get(ref).id) == image_id
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def _prune(worker: docker.DockerClient) -> list[str]:
+    """`docker system prune -af` on the worker (a private engine): stopped containers, then
+    every image no container uses — pinned or not. The IDs of the images deleted."""
+    worker.containers.prune()
+    report = worker.images.prune(filters={"dangling": False})
+    return [str(d["Deleted"]) for d in report.get("ImagesDeleted") or () if "Deleted" in d]
+
+
+def _cleanup(engines: list[docker.DockerClient], images: list[str], service: str | None,
+             swarm: PrivateSwarm) -> None:
+    if service is not None:
+        with suppress(docker.errors.DockerException):
+            swarm.client.services.get(service).remove()
+    for engine in engines:  # the images and every tag on them (the daemons' pins too)
+        for image in images:
+            with suppress(docker.errors.DockerException):
+                engine.images.remove(image, force=True)
+
+
+async def test_a_follower_keeps_the_known_good_image_on_its_node_for_the_leaders_rollback(
+        swarm: PrivateSwarm, worker_node: PrivateSwarm, busybox_image: str,
+        tmp_path: Path, pg_cluster: PgCluster) -> None:
+    worker = worker_node.client
+    good, update = _release_images(swarm, worker, busybox_image)
+    service_id = None
+    daemons: list[subprocess.Popen[bytes]] = []
+    adapter = SwarmAdapter(swarm.host)
+    try:
+        service_id, port, _ = create_web_service(swarm, tmp_path / "app", good, SERVICE,
+                                                 constraints=["node.role==worker"])
+        await _until(lambda: any(c.image.id == good for c in worker.containers.list()),
+                     "running on the worker")
+        leader, _ = _instance(tmp_path / "leader", port, swarm, pg_cluster.dsn())
+        daemons.append(leader)
+        await _acts(tmp_path / "leader")
+        follower, metrics = _instance(tmp_path / "follower", port, swarm, pg_cluster.dsn(),
+                                      node_docker_host=worker_node.host)
+        daemons.append(follower)
+        promoted = await daemon_event(tmp_path / "follower" / "state.db", "release.known_good",
+                                      timeout=90)
+        fingerprint = promoted.evidence["release"]["fingerprint"]
+        pin = ":".join(pin_tag(STACK, SERVICE, fingerprint))
+        assert promoted.evidence["pins"] == [pin] and promoted.evidence["archived"], promoted
+        assert _tagged(worker, pin, good)  # pinned on the follower's node: the worker
+        archive = tmp_path / "follower" / "images" / f"{good.removeprefix('sha256:')}.tar"
+        assert archive.stat().st_size > 0
+
+        swarm.client.services.get(service_id).update(image=update)  # a deploy
+        await _until(lambda: not any(c.image.id == good for c in worker.containers.list()),
+                     "the known-good task stopped on the worker")
+        assert good in _prune(worker)
+        loaded = await daemon_event(tmp_path / "follower" / "state.db", "release.image_loaded",
+                                    timeout=60)
+        assert loaded.evidence["loaded"] == [good], loaded
+        await _until(lambda: _tagged(worker, pin, good), "pinned again on the worker", 30)
+        assert await asyncio.to_thread(_metric, metrics,
+                                       "brace_known_good_images_loaded_total") == 1.0
+        await _until(lambda: _metric(metrics, "brace_known_good_images_held") == 1.0,
+                     "held on the worker", 30)
+
+        run = await ctl("--socket", str(tmp_path / "leader" / "control.sock"), "rollback",
+                        "app", "--to", fingerprint, "--yes")
+        assert run.code == 0 and "succeeded" in run.out, (
+            run, (tmp_path / "leader" / "daemon.log").read_text()[-3000:])
+        assert converged(await adapter.tasks(service_id), good, 1)
+        assert [c.image.id for c in worker.containers.list(
+            filters={"label": f"com.docker.swarm.service.id={service_id}"})] == [good]
+    finally:
+        for daemon in daemons:
+            stop_daemon(daemon)
+        adapter.close()
+        _cleanup([swarm.client, worker], [good, update], service_id, swarm)
+        remove_archives(tmp_path)
+
