@@ -3,7 +3,9 @@ worker joined on loopback; no registry, so each node has its own copy of each im
 follower daemon whose node is the worker pins and archives the known-good image there; after
 `docker system prune -af` on the worker removed it, the follower loads it back from its archive
 (a follower may: it changes nothing the app runs); then the leader's rollback converges, with the
-task on the worker running the known-good image again."""
+task on the worker running the known-good image again. The upkeep's failures against the
+worker's real engine — an archive that does not load, an engine that does not answer — are
+recorded once until they clear, and the node does not count as holding the images meanwhile."""
 
 from __future__ import annotations
 
@@ -21,9 +23,16 @@ from pathlib import Path
 
 import docker
 import pytest
+from prometheus_client import CollectorRegistry
 
+from brace_watchdog.actions.node_images import NodeImages
+from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.adapters.swarm import SwarmAdapter
-from brace_watchdog.releases import pin_tag
+from brace_watchdog.config import Config, DaemonConfig
+from brace_watchdog.metrics import Metrics
+from brace_watchdog.releases import Release, ServiceRelease, pin_tag
+from brace_watchdog.runtime import Hub
+from brace_watchdog.state import StateStore
 from brace_watchdog.swarm_release import converged
 from tests.integration.control_helpers import ctl
 from tests.support.pg import PgCluster
@@ -39,6 +48,7 @@ from tests.support.swarm import STACK, PrivateSwarm, create_web_service, swarm_w
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 SERVICE = "kept"
+HELD = "brace_known_good_images_held"
 LEADERSHIP = """
 [database]
 dsn = "{dsn}"
@@ -192,5 +202,65 @@ async def test_a_follower_keeps_the_known_good_image_on_its_node_for_the_leaders
             stop_daemon(daemon)
         adapter.close()
         _cleanup([swarm.client, worker], [good, update], service_id, swarm)
+        remove_archives(tmp_path)
+
+
+def _hub(root: Path, release: Release) -> Hub:
+    """A hub over a real state file in which ``release`` is the one known-good release."""
+    store = StateStore(root / "state.db").open()
+    store.upsert_release(release.fingerprint, release=release.to_dict(), first_seen=1.0)
+    store.mark_known_good(release.fingerprint, at=2.0, alembic_revision=None, compose_file="",
+                          compose_snapshot=None, env_snapshot=None)
+    return Hub(config=Config(daemon=DaemonConfig(state_path=root / "state.db")), store=store,
+               metrics=Metrics(CollectorRegistry(), process=False))
+
+
+def _sample(hub: Hub, name: str, **labels: str) -> float | None:
+    return hub.metrics.registry.get_sample_value(name, labels)
+
+
+def _kinds(hub: Hub) -> list[str]:
+    return sorted(e.kind for e in hub.store.events(limit=100))
+
+
+async def test_upkeep_failures_are_recorded_once_and_the_node_holds_nothing_meanwhile(
+        worker_node: PrivateSwarm, busybox_image: str, tmp_path: Path) -> None:
+    worker = worker_node.client
+    image, _ = worker.images.build(fileobj=io.BytesIO(
+        f"FROM {busybox_image}\nLABEL brace.test=upkeep-{uuid.uuid4().hex}\n".encode()), rm=True)
+    image_id = str(image.id)
+    release = Release(STACK, "", (), (ServiceRelease(SERVICE, image_id, image_id, "h"),))
+    hub = _hub(tmp_path, release)
+    node = NodeImages(hub, DockerAdapter(worker_node.host), load_back=True)
+    try:
+        kept = hub.store.known_good_releases()
+        assert await node.upkeep(STACK, kept) is not None  # pins and archives what it finds
+        pin = ":".join(pin_tag(STACK, SERVICE, release.fingerprint))
+        assert _tagged(worker, pin, image_id) and _sample(hub, HELD) == 1
+        assert _kinds(hub) == ["release.archived", "release.pinned"]
+        good = node.archive.path(image_id).read_bytes()
+        node.archive.path(image_id).write_bytes(b"not a docker save archive")
+        worker.images.remove(image_id, force=True)  # what a prune does to an unused image
+        for _ in range(3):  # retried every cycle, recorded once
+            plan = await node.upkeep(STACK, kept)
+            assert plan is not None and plan.load == (image_id,)
+            assert _sample(hub, HELD) == 0
+        assert _kinds(hub).count("release.image_load_failed") == 1, _kinds(hub)
+        assert _sample(hub, "brace_known_good_images", state="archived_only") == 1
+        node.archive.path(image_id).write_bytes(good)
+        await node.upkeep(STACK, kept)
+        assert _tagged(worker, pin, image_id) and _sample(hub, HELD) == 1
+        assert _sample(hub, "brace_known_good_images_loaded_total") == 1
+        lost = NodeImages(hub, DockerAdapter(f"unix://{tmp_path / 'no-engine.sock'}"),
+                          load_back=True)
+        for _ in range(2):
+            assert await lost.upkeep(STACK, kept) is None
+            assert _sample(hub, HELD) == 0
+        assert _kinds(hub).count("release.upkeep_failed") == 1, _kinds(hub)
+        lost.node.close()
+    finally:
+        node.node.close()
+        hub.store.close()
+        _cleanup([worker], [image_id], None, worker_node)
         remove_archives(tmp_path)
 
