@@ -28,6 +28,8 @@ from brace_watchdog.actions.image_archive import ImageCheck, classify
 
 __all__ = ["NodeHoldings", "Pin", "Upkeep", "held", "plan_upkeep", "releases_to_unpin"]
 
+IMAGE_ID = "sha256:"
+
 
 @dataclass(frozen=True)
 class Pin:
@@ -61,7 +63,10 @@ class Upkeep:
 
 
 def plan_upkeep(pins: Sequence[Pin], node: NodeHoldings, *, load: bool) -> Upkeep:
-    """What keeps ``pins``' images on this node: load (when ``load``), pin, archive."""
+    """What keeps ``pins``' images on this node: load (when ``load``), pin, archive. Only
+    images a release names by ID are kept: a Swarm spec naming a registry digest (or a tag)
+    is the registry's to serve, and a ``docker load`` by ID would not bring its name back."""
+    pins = [p for p in pins if p.image_id.startswith(IMAGE_ID)]
     check = classify((p.image_id for p in pins), set(node.tags), set(node.archived))
     loading = check.archived_only if load else ()
     there = set(check.present) | set(loading)

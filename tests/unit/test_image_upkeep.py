@@ -62,6 +62,14 @@ def test_a_pin_tag_moved_to_another_image_is_pinned_again() -> None:
     assert plan.pin == (PIN_A,)
 
 
+def test_an_image_named_by_digest_or_tag_is_left_to_the_registry() -> None:
+    by_digest = Pin("f1", "registry.example/app@sha256:" + "c" * 64, "brace-watchdog/pin:x")
+    by_tag = Pin("f1", "app:v1", "brace-watchdog/pin:y")
+    plan = plan_upkeep([by_digest, by_tag, PIN_B], node({}, {B}), load=True)
+    assert plan == Upkeep(check=ImageCheck(archived_only=(B,)), load=(B,), pin=(PIN_B,))
+    assert held(plan, set(), archive_suffices=False)
+
+
 def test_nothing_kept_nothing_to_do() -> None:
     plan = plan_upkeep([], node({A: {"x:y"}}, {B}), load=True)
     assert plan == Upkeep(check=ImageCheck()) and plan.idle
