@@ -71,16 +71,16 @@ def worker_node(swarm: PrivateSwarm, docker_client: docker.DockerClient,
         yield node
 
 
-def _release_images(swarm: PrivateSwarm, worker: docker.DockerClient,
-                    busybox: str) -> list[str]:
-    """Two releases' images (the known-good one, the update), built once and copied to both
-    nodes as an operator without a registry would (``docker save | docker load``: same IDs)."""
+def _release_images(swarm: PrivateSwarm, worker: docker.DockerClient, busybox: str,
+                    *releases: str) -> list[str]:
+    """One image per release, built on the manager (never pruned here) and copied to the
+    worker as an operator without a registry would (``docker save | docker load``: same IDs)."""
     ids = []
-    for release in ("good", "update"):
-        image, _ = worker.images.build(fileobj=io.BytesIO(
+    for release in releases:
+        image, _ = swarm.client.images.build(fileobj=io.BytesIO(
             f"FROM {busybox}\nLABEL brace.test={release}-{uuid.uuid4().hex}\n".encode()),
             rm=True)
-        swarm.client.images.load(b"".join(image.save(named=False)))
+        worker.images.load(b"".join(image.save(named=False)))
         ids.append(str(image.id))
     return ids
 
@@ -153,7 +153,7 @@ async def test_a_follower_keeps_the_known_good_image_on_its_node_for_the_leaders
         swarm: PrivateSwarm, worker_node: PrivateSwarm, busybox_image: str,
         tmp_path: Path, pg_cluster: PgCluster) -> None:
     worker = worker_node.client
-    good, update = _release_images(swarm, worker, busybox_image)
+    good, update = _release_images(swarm, worker, busybox_image, "good", "update")
     service_id = None
     daemons: list[subprocess.Popen[bytes]] = []
     adapter = SwarmAdapter(swarm.host)
@@ -210,7 +210,7 @@ def _hub(root: Path, release: Release) -> Hub:
     store = StateStore(root / "state.db").open()
     store.upsert_release(release.fingerprint, release=release.to_dict(), first_seen=1.0)
     store.mark_known_good(release.fingerprint, at=2.0, alembic_revision=None, compose_file="",
-                          compose_snapshot=None, env_snapshot=None)
+                          config_files=None)
     return Hub(config=Config(daemon=DaemonConfig(state_path=root / "state.db")), store=store,
                metrics=Metrics(CollectorRegistry(), process=False))
 
@@ -224,11 +224,10 @@ def _kinds(hub: Hub) -> list[str]:
 
 
 async def test_upkeep_failures_are_recorded_once_and_the_node_holds_nothing_meanwhile(
-        worker_node: PrivateSwarm, busybox_image: str, tmp_path: Path) -> None:
+        swarm: PrivateSwarm, worker_node: PrivateSwarm, busybox_image: str,
+        tmp_path: Path) -> None:
     worker = worker_node.client
-    image, _ = worker.images.build(fileobj=io.BytesIO(
-        f"FROM {busybox_image}\nLABEL brace.test=upkeep-{uuid.uuid4().hex}\n".encode()), rm=True)
-    image_id = str(image.id)
+    image_id, = _release_images(swarm, worker, busybox_image, "upkeep")
     release = Release(STACK, "", (), (ServiceRelease(SERVICE, image_id, image_id, "h"),))
     hub = _hub(tmp_path, release)
     node = NodeImages(hub, DockerAdapter(worker_node.host), load_back=True)
@@ -261,6 +260,6 @@ async def test_upkeep_failures_are_recorded_once_and_the_node_holds_nothing_mean
     finally:
         node.node.close()
         hub.store.close()
-        _cleanup([worker], [image_id], None, worker_node)
+        _cleanup([swarm.client, worker], [image_id], None, swarm)
         remove_archives(tmp_path)
 
