@@ -3,10 +3,11 @@
 ``start_cluster(base_dir)`` runs ``initdb`` + ``pg_ctl`` from ``/usr/lib/postgresql/15/bin``
 (override with ``$BRACE_TEST_PG_BIN``). initdb refuses to run as root, so when the tests run as
 root the server runs as the unprivileged ``postgres`` user (``runuser``) in a private directory
-it owns; client tools (psql, pg_dump) run as the caller. The server listens on 127.0.0.1 only, on
-a free port, with its unix socket in that private directory and durability switched off
-(``fsync=off``) for speed. Local (unix socket) connections are trusted; TCP connections need the
-superuser password (scram-sha-256) unless ``hba_lines`` say otherwise.
+it owns (in RAM, under ``/dev/shm``, when the host has one); client tools (psql, pg_dump) run as
+the caller. The server listens on 127.0.0.1 only, on a free port, with its unix socket in that
+private directory and durability switched off (``fsync=off``) for speed. Local (unix socket)
+connections are trusted; TCP connections need the superuser password (scram-sha-256) unless
+``hba_lines`` say otherwise.
 
 ``make_brace_dump(cluster, path)`` builds a database shaped like brace's (``alembic_version``,
 ``users``, ``orders`` with ``created_at``) and writes ``pg_dump -Fc`` output to ``path``.
@@ -164,16 +165,28 @@ def _write_as_server(path: Path, text: str) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
+# Where a root test run keeps its clusters: RAM when the host has a tmpfs there. A cluster's
+# start (a copy of the ~40 MB template), first query and stop took a median 2.5 s on this host's
+# disk at load 7, 0.9 s in RAM; the server is the same either way.
+RAM_DIR = Path("/dev/shm")
+
+
+def _cluster_parent() -> Path | None:
+    """RAM_DIR when it is a writable folder, else None (the system temp dir)."""
+    return RAM_DIR if RAM_DIR.is_dir() and os.access(RAM_DIR, os.W_OK | os.X_OK) else None
+
+
 def _private_workdir(base_dir: Path) -> Path:
     """A 0700 directory the server user owns.
 
     pytest's tmp_path lives under a root-only 0700 folder that ``postgres`` cannot traverse, so
-    when running as root the cluster lives in its own folder under the system temp dir instead.
+    when running as root the cluster lives in its own folder under RAM_DIR (or the system temp
+    dir) instead.
     """
     if os.geteuid() != 0:
         base_dir.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix="pg-", dir=base_dir))
-    workdir = Path(tempfile.mkdtemp(prefix="brace-test-pg-"))
+    workdir = Path(tempfile.mkdtemp(prefix="brace-test-pg-", dir=_cluster_parent()))
     entry = pwd.getpwnam(SERVER_USER)
     os.chown(workdir, entry.pw_uid, entry.pw_gid)
     return workdir
