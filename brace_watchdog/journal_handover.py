@@ -20,8 +20,9 @@ reads the open rows and decides here what each one needs (:func:`plan_handover`)
   record, so no other leader adopts a finished action.
 
 The guards that keep automation from looping travel the same way (:class:`Guard`): the
-``automation_frozen`` and ``escalation_pending`` flags and each release a rollback left (one
-automatic rollback per bad release). The leader writes every change of them through; a new
+``automation_frozen`` and ``escalation_pending`` flags, each release a rollback left (one
+automatic rollback per bad release) and each rollback target that failed verification (no second
+automatic attempt). The leader writes every change of them through; a new
 leader reconciles its own with the shared ones before it acts (:func:`plan_guards`): the newer
 of the two wins, so a freeze the old leader set holds here, a freeze an operator lifted is lifted
 for every instance that leads later, and what this state file set but never wrote goes out.
@@ -47,7 +48,7 @@ HANDED_OVER = "handed_over"  # a local action's status once another leader took 
 FROZEN_FLAG = "automation_frozen"
 ESCALATION_FLAG = "escalation_pending"
 SHARED_FLAGS = (FROZEN_FLAG, ESCALATION_FLAG)
-GuardKind = Literal["flag", "rolled_back"]
+GuardKind = Literal["flag", "rolled_back", "failed_verification"]
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,10 @@ class Guard:
 
     ``kind`` ``flag``: ``key`` is one of :data:`SHARED_FLAGS`, ``value`` the flag (None: lifted);
     ``rolled_back``: ``key`` is a release fingerprint a rollback left, ``value`` says which
-    rollback (``{"release": ..., "action_id": ...}``). ``ts`` is when it was set: the newer
-    of two sightings of one guard wins.
+    rollback (``{"release": ..., "action_id": ...}``); ``failed_verification``: ``key`` is a
+    release a rollback to which failed verification (``{"release": ...}``; None: an operator
+    cleared the mark). ``ts`` is when it was set: the newer of two sightings of one guard
+    wins.
     """
 
     kind: GuardKind

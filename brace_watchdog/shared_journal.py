@@ -219,6 +219,10 @@ class SharedJournal:
         if guard.kind == "rolled_back":
             what = (f"release {guard.key[:12]} was rolled back by another leader; it is never "
                     "rolled back automatically again")
+        elif guard.kind == "failed_verification":
+            what = (f"a rollback to release {guard.key[:12]} failed verification on another "
+                    "leader; no automatic rollback targets it again" if guard.value else
+                    f"the failed mark of release {guard.key[:12]} was cleared on another leader")
         elif guard.key == FROZEN_FLAG:
             what = (f"automatic actions frozen by another leader: {guard.value['reason']}"
                     if guard.value else "automatic actions were resumed on another leader")

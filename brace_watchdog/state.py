@@ -653,18 +653,26 @@ class StateStore:
         return str(self.flag("store_id"))
 
     def guards(self) -> list[Guard]:
-        """This state file's shared guards: the flags (once set) and every release a rollback
-        left, each with when it was set."""
+        """This state file's shared guards: the flags (once set), every release a rollback
+        left and every one a rollback to which failed verification, each with when it was set
+        (a cleared failed mark is not one: the shared table knows when it was cleared)."""
         where, params = _where([("name IN", SHARED_FLAGS)])
         flags = self.query(f"SELECT name, value, updated_at FROM flags WHERE {where}",
                            tuple(params))
         guards = [Guard("flag", row["name"], _dict_or_none(json.loads(row["value"])),
                         row["updated_at"]) for row in flags]
-        left = self.query("SELECT fingerprint, services, rolled_back_at, rolled_back_by "
-                          "FROM releases WHERE rolled_back_at IS NOT NULL")
-        return guards + [Guard("rolled_back", row["fingerprint"], {
-            "release": json.loads(row["services"]), "action_id": row["rolled_back_by"]},
-            row["rolled_back_at"]) for row in left]
+        marked = self.query("SELECT fingerprint, services, rolled_back_at, rolled_back_by, "
+                            "failed_verification_at FROM releases WHERE rolled_back_at IS NOT "
+                            "NULL OR failed_verification_at IS NOT NULL")
+        for row in marked:
+            note = {"release": json.loads(row["services"])}
+            if row["rolled_back_at"] is not None:
+                guards.append(Guard("rolled_back", row["fingerprint"], {
+                    **note, "action_id": row["rolled_back_by"]}, row["rolled_back_at"]))
+            if row["failed_verification_at"] is not None:
+                guards.append(Guard("failed_verification", row["fingerprint"], note,
+                                    row["failed_verification_at"]))
+        return guards
 
     def apply_guard(self, guard: Guard) -> bool:
         """Take over a guard another instance set (keeping its time, not shared back); False
@@ -675,10 +683,14 @@ class StateStore:
         value = guard.value or {}
         if self.release(guard.key) is None:
             if not isinstance(value.get("release"), dict):
-                return False
+                return guard.value is None  # a cleared mark of a release unknown here
             self.upsert_release(guard.key, release=value["release"], first_seen=guard.ts)
-        self.execute("UPDATE releases SET rolled_back_at = ?, rolled_back_by = NULL "
-                     "WHERE fingerprint = ?", (guard.ts, guard.key))
+        if guard.kind == "rolled_back":
+            self.execute("UPDATE releases SET rolled_back_at = ?, rolled_back_by = NULL "
+                         "WHERE fingerprint = ?", (guard.ts, guard.key))
+        else:
+            self.execute("UPDATE releases SET failed_verification_at = ? WHERE fingerprint = ?",
+                         (None if guard.value is None else guard.ts, guard.key))
         return True
 
     def _journalled(self, entry: JournalEntry | Guard) -> None:
@@ -763,23 +775,31 @@ class StateStore:
         return [_release(row) for row in rows]
 
     def mark_release_failed_verification(self, fingerprint: str, at: float) -> None:
+        """A rollback to this release failed verification (shared with later leaders)."""
         self._write(lambda conn: conn.execute(
             "UPDATE releases SET failed_verification_at = ? WHERE fingerprint = ?",
             (at, fingerprint)))
+        self._journalled(Guard("failed_verification", fingerprint,
+                               self._release_note(fingerprint), at))
 
     def mark_release_rolled_back(self, fingerprint: str, *, at: float, action_id: int) -> None:
         """Remember that rollback ``action_id`` left this release (kept across restarts, and
         shared with every instance that leads later)."""
         self.execute("UPDATE releases SET rolled_back_at = ?, rolled_back_by = ? "
                      "WHERE fingerprint = ?", (at, action_id, fingerprint))
-        record = self.release(fingerprint)
-        release = {"release": record.release} if record is not None else {}
-        self._journalled(Guard("rolled_back", fingerprint, {**release, "action_id": action_id},
-                               at))
+        self._journalled(Guard("rolled_back", fingerprint,
+                               {**self._release_note(fingerprint), "action_id": action_id}, at))
 
     def clear_release_failed(self, fingerprint: str) -> None:
+        """An operator cleared the failed mark (shared: cleared for later leaders too)."""
         self.execute("UPDATE releases SET failed_verification_at = NULL WHERE fingerprint = ?",
                      (fingerprint,))
+        self._journalled(Guard("failed_verification", fingerprint, None, self.clock()))
+
+    def _release_note(self, fingerprint: str) -> dict[str, Any]:
+        """What a shared guard keeps of a release, so a host that never saw it can know it."""
+        record = self.release(fingerprint)
+        return {"release": record.release} if record is not None else {}
 
     def releases(self, *, prefix: str = "", limit: int = 50) -> list[ReleaseRecord]:
         """Releases (whose fingerprint starts with ``prefix``), most recently seen first."""

@@ -413,14 +413,17 @@ async def test_a_release_the_killed_leader_rolled_back_is_escalated_by_the_next_
 
 async def test_a_freeze_the_killed_leader_set_holds_on_the_next_until_an_operator_lifts_it(
         stack: Stack, tmp_path: Path, pg_cluster: PgCluster) -> None:
-    """Two hosts: the leader's rollback fails verification and freezes automation, then the
-    leader is SIGKILLed. The other host leads frozen: a new bad release is held, not rolled
-    back, until an operator unfreezes — there, and in PostgreSQL for every later leader."""
+    """Two hosts: the leader's rollback to v1 fails verification, which freezes automation and
+    marks v1 failed; then the leader is SIGKILLed. The other host leads frozen: a new bad
+    release is held, not rolled back, until an operator unfreezes — there, and in PostgreSQL
+    for every later leader; then it escalates (v1 failed verification) until the operator
+    clears that mark too, and only then rolls back."""
     pg_cluster.psql("drop schema if exists brace_watchdog cascade")
     async with instances(stack, tmp_path, pg_cluster, 2, hosts=True,
                          rollback={"verify_timeout_seconds": 5.0}) as group:
         old, new = group.leader, group.others()[0]
-        await daemon_event(new.state, "release.known_good", timeout=60)
+        promoted = await daemon_event(new.state, "release.known_good", timeout=60)
+        v1 = promoted.evidence["release"]["fingerprint"]
         stack.deploy("v2")
         stack.break_health(500)  # v1 fails too once it is back (not before the deploy: that
         # would not be the deploy's doing, and nothing would be rolled back)
@@ -439,6 +442,10 @@ async def test_a_freeze_the_killed_leader_set_holds_on_the_next_until_an_operato
         unfrozen = await ctl("--socket", new.socket, "unfreeze")
         assert unfrozen.code == 0, unfrozen
         await shared_says(pg_cluster, FROZEN_SHARED, "0")  # lifted for every later leader
+        failed = await event_after(new.state, held.id, "rollback.decision", "rollback.started")
+        assert failed.evidence.get("reason") == "target_failed_before", (failed, new.log())
+        cleared = await ctl("--socket", new.socket, "releases", "clear-failed", v1[:12])
+        assert cleared.code == 0, cleared
         await event_after(new.state, since, "rollback.succeeded", timeout=90)
         assert [status for _, status, _ in rollback_actions(new.state)] == ["succeeded"]
     assert stack.running_images() == stack.all_on("v1")

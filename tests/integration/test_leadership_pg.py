@@ -308,42 +308,49 @@ def _guard_rows(cluster: PgCluster) -> list[str]:
                         "|| '|' || host from brace_watchdog.guards order by kind, key").splitlines()
 
 
-async def test_a_new_leader_on_another_host_keeps_the_old_ones_freeze_and_rolled_back_release(
+async def test_a_new_leader_on_another_host_keeps_the_old_ones_freeze_and_release_marks(
         pg_cluster: PgCluster, hosts: Hosts) -> None:
-    """Two hosts: what the leader froze and which release its rollback left reach PostgreSQL
-    under the lock; the next leader takes both over before it acts (it never rolls that
-    release back again, it acts on nothing while frozen); the operator's unfreeze there is
-    written through, so the first host, leading again later, is no longer frozen either."""
+    """Two hosts: what the leader froze, which release its rollback left and which target
+    failed verification reach PostgreSQL under the lock; the next leader takes them over
+    before it acts (it never rolls that release back again nor targets that one, it acts on
+    nothing while frozen); the operator's unfreeze and cleared mark there are written through,
+    so the first host, leading again later, is neither frozen nor holding the mark."""
     first, second = hosts.first, hosts.second
     one, two = hosts.elect(first), hosts.elect(second)
-    bad = "b" * 64
+    bad, good = "b" * 64, "9" * 64
     await one.start()
     await two.start()
-    first.store.upsert_release(bad, release={"fingerprint": bad, "services": {}},
-                               first_seen=1.0)
+    for fingerprint in (bad, good):
+        first.store.upsert_release(fingerprint, first_seen=1.0, release={
+            "fingerprint": fingerprint, "services": {}})
     action = first.store.begin_action("rollback", origin="automatic", plan={})
     first.store.mark_release_rolled_back(bad, at=100.0, action_id=action)
+    first.store.mark_release_failed_verification(good, 110.0)
     first.freeze("rollback 1 failed verification", by="rollback")
     assert await one.journal.flush()
-    await one.stop()  # a goes away; b (which never saw the bad release) leads
+    await one.stop()  # a goes away; b (which never saw either release) leads
     await _lead(two)
     frozen = second.frozen()
     assert frozen is not None and frozen["reason"] == "rollback 1 failed verification"
     assert second.metrics.automation_frozen._value.get() == 1  # type: ignore[attr-defined]
-    left = second.store.release(bad)
+    left, target = second.store.release(bad), second.store.release(good)
     assert left is not None and (left.rolled_back_at, left.rolled_back_by) == (100.0, None)
+    assert target is not None and target.failed_verification_at == 110.0
     taken = [e.message for e in second.store.events(kinds=("leadership.guard",))]
     assert any("frozen by another leader" in m for m in taken), taken
     assert [row.split("|")[::3] for row in _guard_rows(pg_cluster)] == [
-        ["flag", "a"], ["rolled_back", "a"]]
+        ["failed_verification", "a"], ["flag", "a"], ["rolled_back", "a"]]
     second.unfreeze(by="ops")  # the operator, on the leader
+    second.store.clear_release_failed(good)
     assert await two.journal.flush()
-    assert "flag|automation_f|-|b" in _guard_rows(pg_cluster)  # lifted, by b
+    rows = _guard_rows(pg_cluster)
+    assert "flag|automation_f|-|b" in rows and "failed_verification|999999999999|-|b" in rows
     await two.stop()
-    one = hosts.elect(first)  # a, restarted, leads again: the unfreeze holds there too
+    one = hosts.elect(first)  # a, restarted, leads again: both hold there too
     await _lead(one)
     assert first.frozen() is None
     assert first.metrics.automation_frozen._value.get() == 0  # type: ignore[attr-defined]
+    assert first.store.release(good).failed_verification_at is None  # type: ignore[union-attr]
 
 
 async def test_a_follower_changes_no_guard_and_a_newer_local_one_goes_out_at_takeover(

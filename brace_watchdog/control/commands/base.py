@@ -19,7 +19,7 @@ from brace_watchdog.control.auth import Peer, Role
 from brace_watchdog.control.protocol import ArgSpec, ProtocolError
 from brace_watchdog.runtime import Hub
 
-__all__ = ["Command", "Context", "Handler", "ProgressSink", "component"]
+__all__ = ["Command", "Context", "Handler", "ProgressSink", "component", "on_the_leader"]
 
 ProgressSink = Callable[[str, str], Awaitable[None]]
 C = TypeVar("C")
@@ -55,3 +55,12 @@ def component(ctx: Context, name: str, kind: type[C]) -> C:
         raise ProtocolError("unavailable", f"the {name} component is not running in this daemon "
                             "(disabled in the config, or not built in)")
     return found
+
+
+def on_the_leader(ctx: Context, command: str) -> None:
+    """Commands that change a guard every leader shares (freeze, unfreeze, ack, clearing a
+    failed mark) are refused on a follower, naming the leader to ask: there they hold for
+    every instance that leads later."""
+    gate = ctx.hub.leadership
+    if gate.view.enabled and not gate.view.held:
+        gate.check(command)

@@ -9,7 +9,7 @@ from typing import Any
 
 from brace_watchdog.actions.app_rollback import AppRollback
 from brace_watchdog.actions.restore_test import RestoreTestScheduler
-from brace_watchdog.control.commands.base import Command, Context, component
+from brace_watchdog.control.commands.base import Command, Context, component, on_the_leader
 from brace_watchdog.control.protocol import ArgSpec
 
 __all__ = ["COMMANDS", "jsonable"]
@@ -62,28 +62,20 @@ async def rollback_app(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     return {"result": verdict.to_dict()}
 
 
-def _on_the_leader(ctx: Context, command: str) -> None:
-    """Freeze, unfreeze and ack change guards every leader shares: a follower refuses them,
-    naming the leader to ask (there they hold for every instance that leads later)."""
-    gate = ctx.hub.leadership
-    if gate.view.enabled and not gate.view.held:
-        gate.check(command)
-
-
 async def freeze(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    _on_the_leader(ctx, "freeze")
+    on_the_leader(ctx, "freeze")
     ctx.hub.freeze(args.get("reason", "frozen by an operator"), by=_who(ctx))
     return {"frozen": ctx.hub.frozen()}
 
 
 async def unfreeze(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    _on_the_leader(ctx, "unfreeze")
+    on_the_leader(ctx, "unfreeze")
     ctx.hub.unfreeze(by=_who(ctx))
     return {"frozen": None}
 
 
 async def ack(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    _on_the_leader(ctx, "ack")
+    on_the_leader(ctx, "ack")
     pending = ctx.hub.escalation()
     ctx.hub.acknowledge(by=_who(ctx))
     return {"acknowledged": pending}

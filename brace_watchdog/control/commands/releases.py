@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from brace_watchdog.actions.release_tracker import CURRENT_FLAG
-from brace_watchdog.control.commands.base import Command, Context
+from brace_watchdog.control.commands.base import Command, Context, on_the_leader
 from brace_watchdog.control.protocol import ArgSpec, ProtocolError
 from brace_watchdog.errors import RefusedError
 from brace_watchdog.state import ReleaseRecord
@@ -38,6 +38,7 @@ async def releases(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def clear_failed(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
+    on_the_leader(ctx, "release-clear-failed")
     prefix = args["release"].strip().lower()
     if len(prefix) < MIN_PREFIX:
         raise ProtocolError("bad_args", f"release-clear-failed: give at least {MIN_PREFIX} "
