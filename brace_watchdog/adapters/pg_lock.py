@@ -1,8 +1,11 @@
 """The PostgreSQL side of leadership: one dedicated async connection and a session advisory lock.
 
 :class:`AdvisoryLockSession` connects with ``application_name = brace-watchdog@HOST:PID`` (how
-every instance can name the holder) and ``idle_session_timeout = lease`` (a stopped or vanished
-holder loses its session, and with it the lock, after the lease), takes the lock with
+every instance can name the holder) and server-side limits that end a stopped, hung or cut-off
+holder's session, and with it the lock, after the lease: ``idle_session_timeout`` and
+``idle_in_transaction_session_timeout`` (silent between queries, or inside
+:meth:`~AdvisoryLockSession.run_locked`'s transaction), ``tcp_user_timeout`` (a reply to a
+partitioned host left unacknowledged) and ``statement_timeout`` (a query). It takes the lock with
 ``pg_try_advisory_lock(key)`` and confirms it by asking ``pg_locks`` for our own backend pid, each
 query under ``statement_timeout``. :meth:`AdvisoryLockSession.run_locked` runs work in one
 transaction of this session that first checks the lock is ours, so a deposed leader writes
@@ -79,8 +82,11 @@ class AdvisoryLockSession:
 
     async def connect(self) -> None:
         await self.close()
-        options = (f"-c idle_session_timeout={self._lease_ms} "
-                   f"-c statement_timeout={int(self._timeout * 1000)}")
+        options = " ".join(f"-c {name}={value}" for name, value in (
+            ("idle_session_timeout", self._lease_ms),
+            ("idle_in_transaction_session_timeout", self._lease_ms),
+            ("tcp_user_timeout", self._lease_ms),
+            ("statement_timeout", int(self._timeout * 1000))))
         try:
             self._conn = await asyncio.wait_for(open_connection(
                 self._dsn, application_name=self.name, connect_timeout=self._timeout,

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -99,6 +102,51 @@ async def test_a_silent_holder_loses_its_session_after_the_lease(pg_cluster: PgC
     finally:
         await a.close()
         await b.close()
+
+
+# A leader process that takes the lock and stops (hangs) inside run_locked's transaction.
+_HOLDER_INSIDE = """
+import asyncio, sys
+from brace_watchdog.adapters.pg_lock import AdvisoryLockSession
+
+async def main():
+    session = AdvisoryLockSession(sys.argv[1], key=int(sys.argv[2]), host="stopped", pid=1,
+                                  lease_seconds=float(sys.argv[3]), timeout_seconds=60)
+    await session.connect()
+    assert await session.try_acquire(1.0)
+
+    async def work(conn):
+        print("inside", flush=True)
+        await asyncio.sleep(3600)
+
+    await session.run_locked(work, "hang")
+
+asyncio.run(main())
+"""
+
+
+async def test_a_holder_stopped_inside_its_locked_transaction_loses_the_lock_after_the_lease(
+        pg_cluster: PgCluster) -> None:
+    """SIGSTOPped (a hung VM) while its session is idle *in transaction*: PostgreSQL still ends
+    the session after the lease and another one takes the lock."""
+    lease = 1.0
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER_INSIDE, pg_cluster.dsn(), str(KEY),
+                               str(lease)], stdout=subprocess.PIPE)
+    other = _session(pg_cluster, "node-b")
+    try:
+        assert holder.stdout is not None
+        line = await asyncio.to_thread(holder.stdout.readline)
+        assert line == b"inside\n", (line, holder.poll())
+        os.kill(holder.pid, signal.SIGSTOP)
+        state = pg_cluster.psql("select state from pg_stat_activity "
+                                "where application_name like 'brace-watchdog@stopped:%'")
+        assert state == "idle in transaction"
+        await other.connect()
+        assert await _acquire_soon(other, 2.0)  # within lease + 10 s
+    finally:
+        holder.kill()
+        holder.communicate()
+        await other.close()
 
 
 async def test_a_connection_refused_is_a_postgres_error(pg_cluster: PgCluster) -> None:
