@@ -16,6 +16,7 @@ from brace_watchdog.actions.restore_test import cli_restore_test
 from brace_watchdog.config import load_config
 from brace_watchdog.daemon import Supervisor
 from brace_watchdog.errors import ConfigError
+from brace_watchdog.leader_election import leadership_unused
 from brace_watchdog.logs import configure_logging
 
 __all__ = ["main"]
@@ -55,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "check-config":
         print(f"{args.config}: ok")
+        if unused := leadership_unused(config):
+            print(f"{args.config}: note: {unused}")
         return 0
     configure_logging(config.daemon.log_format, config.daemon.log_level)
     if args.command == "restore-test":

@@ -28,7 +28,7 @@ from brace_watchdog.component import Component
 from brace_watchdog.config import Config, load_config
 from brace_watchdog.control.server import ControlServer
 from brace_watchdog.errors import ConfigError, FatalError, WatchdogError
-from brace_watchdog.leader_election import LeaderElection, leadership_active
+from brace_watchdog.leader_election import LeaderElection, leadership_active, leadership_unused
 from brace_watchdog.metrics import Metrics, MetricsServer, start_metrics_server
 from brace_watchdog.monitors.alerts import AlertsMonitor
 from brace_watchdog.monitors.backups import BackupsMonitor
@@ -54,6 +54,8 @@ def build_components(hub: Hub) -> list[Component]:
     components: list[Component] = []
     if leadership_active(config):  # first: it decides whether the others may act
         components.append(LeaderElection(hub))
+    elif unused := leadership_unused(config):
+        hub.record("leadership.unused", "daemon", unused, severity="warning")
     components += [HealthMonitor(hub), BackupsMonitor(hub)]
     if config.alerts.alertmanager_url:
         components.append(AlertsMonitor(hub))

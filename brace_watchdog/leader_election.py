@@ -25,13 +25,22 @@ from brace_watchdog.leadership import LeaderInfo
 from brace_watchdog.runtime import Hub
 from brace_watchdog.shared_journal import SharedJournal
 
-__all__ = ["LeaderElection", "leadership_active"]
+__all__ = ["LeaderElection", "leadership_active", "leadership_unused"]
 
 log = logging.getLogger("brace_watchdog.leadership")
 
 
 def leadership_active(config: Config) -> bool:
     return config.leadership.enabled and config.database.enabled
+
+
+def leadership_unused(config: Config) -> str | None:
+    """Why ``[leadership] enabled = true`` elects nothing (no ``[database] dsn``), or None."""
+    if not config.leadership.enabled or config.database.enabled:
+        return None
+    return ("[leadership] enabled = true but [database] dsn is empty: no election, this "
+            "instance acts alone (instances elect one leader only through the PostgreSQL "
+            "they all share: give each its dsn)")
 
 
 class LeaderElection(Component):

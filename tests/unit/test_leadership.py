@@ -10,6 +10,7 @@ import pytest
 from brace_watchdog.adapters.pg_lock import application_name, parse_application_name
 from brace_watchdog.config import parse_config
 from brace_watchdog.errors import ConfigError, RefusedError
+from brace_watchdog.leader_election import leadership_active, leadership_unused
 from brace_watchdog.leadership import (
     LeaderInfo,
     LeadershipGate,
@@ -144,3 +145,14 @@ def test_leadership_config_defaults_and_settle() -> None:
                                        "check_timeout_seconds": 0.5, "lease_seconds": 2}})
     assert cfg.leadership.enabled and cfg.leadership.settle_seconds == 1.0
     assert not parse_config({}).leadership.enabled
+
+
+@pytest.mark.parametrize(("enabled", "dsn"),
+                         list(itertools.product((False, True), ("", "host=db"))))
+def test_an_election_runs_only_when_enabled_with_a_database_and_else_it_says_why(
+        enabled: bool, dsn: str) -> None:
+    config = parse_config({"leadership": {"enabled": enabled}, "database": {"dsn": dsn}})
+    assert leadership_active(config) == (enabled and bool(dsn))
+    unused = leadership_unused(config)
+    assert (unused is not None) == (enabled and not dsn)
+    assert unused is None or "acts alone" in unused

@@ -13,6 +13,7 @@ from brace_watchdog.control.commands.operate import jsonable
 from brace_watchdog.control.commands.timeline import incident_bounds, render_timeline
 from brace_watchdog.control.protocol import ArgSpec, ProtocolError
 from brace_watchdog.errors import AdapterError
+from brace_watchdog.leader_election import leadership_unused
 from brace_watchdog.monitors.backups import scan_backups
 from brace_watchdog.observations import BackupScan
 from brace_watchdog.runtime import Hub
@@ -51,7 +52,7 @@ def _leadership(hub: Hub) -> dict[str, Any]:
     """Who acts: this instance (leadership off, or the leader) or another one, since when."""
     view, decision = hub.leadership.view, hub.leadership.decision()
     return {"enabled": view.enabled, "acts": decision.acts, "reason": decision.reason,
-            "message": decision.message,
+            "message": leadership_unused(hub.config) or decision.message,
             "leader": asdict(view.leader) if view.leader else None,
             "held_seconds": (hub.clock() - view.leader.since
                              if view.leader and view.leader.since is not None else None)}
