@@ -8,7 +8,8 @@ which stop their action and journal it as interrupted). The leader's journal is 
 PostgreSQL (:mod:`brace_watchdog.shared_journal`); confirming the lock *is* writing it. On
 winning the lock, before it is promoted, an instance takes over what other hosts' leaders left
 open in it; then it reconciles its journal the way a restarted daemon does: each acting component
-notices the gate's new ``generation``.
+notices the gate's new ``generation``. A follower takes over the leader's shared guards (a
+freeze, its lifting, …) once per lease.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class LeaderElection(Component):
                               settle_seconds=self.cfg.settle_seconds)
         hub.leadership.on_lost.append(self._lost)
         hub.metrics.leader.set(0)
+        self._next_follow = 0.0
 
     def interval(self) -> float:
         return self.cfg.check_interval_seconds
@@ -79,6 +81,8 @@ class LeaderElection(Component):
             elif await self.session.try_acquire(self.hub.clock()):
                 await self._take_over()
             gate.observed(await self.session.holder())
+            if not gate.view.held:
+                await self._follow()
         except PostgresError as exc:
             gate.demote(str(exc))
             gate.observed(None)
@@ -99,6 +103,13 @@ class LeaderElection(Component):
             await self.session.close()
             raise
         self._won()
+
+    async def _follow(self) -> None:
+        """A follower takes over the leader's shared guards once per lease."""
+        now = self.hub.clock()
+        if now >= self._next_follow:
+            self._next_follow = now + self.cfg.lease_seconds
+            await self.journal.follow()
 
     async def _still_ours(self) -> bool:
         """Before an action step: the journal so far written, in a transaction that found the

@@ -16,6 +16,8 @@ releases a rollback left) and reconciles them with its own
 (:func:`~brace_watchdog.journal_handover.plan_guards`) before it acts: it never acts on a freeze
 another leader set, nor rolls back a release another leader already rolled back once. A guard
 changed while this instance does not lead is not queued: the next takeover compares it anyway.
+A follower reads the shared guards now and then (:meth:`SharedJournal.follow`) and takes over
+the newer ones, so its status and metrics (``brace_automation_frozen``) follow the leader's.
 
 The queue is bounded: beyond ``MAX_PENDING`` entries (a follower, or a leader whose writes
 fail, writes nothing) it is folded (:func:`~brace_watchdog.journal_handover.coalesce`: the same
@@ -177,6 +179,16 @@ class SharedJournal:
             self._take_guard(guard)
         if not await self._write(close, guards.push):
             raise PostgresError("leadership: the lock was lost while writing the shared journal")
+
+    async def follow(self) -> None:
+        """A follower: take over the guards a leader set (or lifted) since; never write any."""
+        try:
+            shared = await self.session.read(pg_journal.guards, f"{WHAT} (guards)")
+        except PostgresError as exc:
+            log.warning("%s; tried again later", exc)
+            return
+        for guard in plan_guards(self.hub.store.guards(), shared).apply:
+            self._take_guard(guard)
 
     def _adopt(self, row: SharedAction) -> int:
         message = (f"{row.describe()} was left open at step '{row.step}' when {row.host} "

@@ -149,7 +149,11 @@ async def handover_rows(conn: Connection, store_id: str,
 
 
 async def guards(conn: Connection) -> list[Guard]:
-    """Every guard as last set by any leader."""
+    """Every guard as last set by any leader (none before the first leader made the table)."""
+    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (GUARDS,))
+    made = await cur.fetchone()
+    if not (made and made[0]):
+        return []
     cur = await conn.execute(f"SELECT kind, key, value, set_at FROM {GUARDS} ORDER BY set_at")
     return [Guard(_GUARD_KINDS[str(r[0])], str(r[1]), None if r[2] is None else _dict(r[2]),
                   float(r[3])) for r in await cur.fetchall() if str(r[0]) in _GUARD_KINDS]

@@ -121,6 +121,12 @@ class AdvisoryLockSession:
                 return False, None
             return True, await work(conn)
 
+    async def read(self, work: Callable[[Connection], Awaitable[T]], what: str) -> T:
+        """``work(conn)``, reading only, whether or not the lock is ours (a follower's look at
+        what the leader wrote). Failures are PostgresErrors naming ``what``."""
+        async with self._guarded(f"{what}: ", self._timeout + 0.5) as conn:
+            return await work(conn)
+
     async def holder(self) -> LeaderInfo | None:
         row = await self._one(_HOLDER_SQL)
         return parse_application_name(str(row[0])) if row else None

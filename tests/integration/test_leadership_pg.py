@@ -473,3 +473,31 @@ async def test_a_followers_queue_is_folded_and_written_the_same_once_it_leads(
     assert len(one.journal._pending) <= MAX_PENDING
     assert first.metrics.shared_journal_dropped._value.get() > 0  # type: ignore[attr-defined]
     assert "the oldest" in caplog.text and "are dropped" in caplog.text
+
+
+async def test_a_follower_takes_the_leaders_guards_over_without_leading(
+        pg_cluster: PgCluster, hosts: Hosts) -> None:
+    """Once per lease a follower reads the shared guards, so its status and
+    brace_automation_frozen follow the leader's: frozen there, frozen here; lifted there (by
+    an operator), lifted here — without it ever leading or writing a guard."""
+    first, second = hosts.first, hosts.second
+    one, two = hosts.elect(first), hosts.elect(second)
+    await _lead(one)
+    first.freeze("frozen by an operator", by="ops")
+    assert await one.journal.flush()
+    await two.start()
+    assert not second.leadership.view.held
+    frozen = second.frozen()
+    assert frozen is not None and frozen["reason"] == "frozen by an operator"
+    assert second.metrics.automation_frozen._value.get() == 1  # type: ignore[attr-defined]
+    first.unfreeze(by="ops")
+    assert await one.journal.flush()
+    for _ in range(100):  # the next look comes within the lease (2 s here)
+        await one.cycle()  # (a idle for the lease would lose its session, and the lock)
+        await two.cycle()
+        if second.frozen() is None:
+            break
+        await asyncio.sleep(0.1)
+    assert second.frozen() is None and not second.leadership.view.held
+    assert second.metrics.automation_frozen._value.get() == 0  # type: ignore[attr-defined]
+    assert _guard_rows(pg_cluster) == ["flag|automation_f|-|a"]
