@@ -171,9 +171,14 @@ def journal_steps(shared: Path, action_id: int) -> list[str]:
 
 async def test_three_daemons_exactly_one_rolls_back_a_bad_deploy(
         stack: Stack, tmp_path: Path, pg_cluster: PgCluster) -> None:
-    async with instances(stack, tmp_path, pg_cluster, 3) as group:
-        leader, shared = group.leader, group.shared
+    """Three hosts (a state file each, so no instance's local guards hide another's act): the
+    followers watch the bad deploy, refuse gated requests naming the leader, and decide, escalate
+    and journal nothing; the leader's one rollback is the only row in the shared journal."""
+    async with instances(stack, tmp_path, pg_cluster, 3, hosts=True) as group:
+        leader = group.leader
         follower = group.others()[0]
+        for other in group.others():  # each follower has a rollback target of its own
+            await daemon_event(other.state, "release.known_good", timeout=60)
         status = json.loads((await ctl("--socket", follower.socket, "--json", "status")).out)
         assert status["leadership"]["leader"]["host"] == leader.name
         assert not status["leadership"]["acts"]
@@ -186,11 +191,27 @@ async def test_three_daemons_exactly_one_rolls_back_a_bad_deploy(
             refused = await ctl("--socket", follower.socket, "rollback", gated, "--yes")
             assert refused.code == 1 and f"the leader is {leader.name}" in refused.err, refused
         stack.deploy("v2")
-        await daemon_event(shared, "rollback.succeeded", timeout=60)
+        await daemon_event(leader.state, "rollback.succeeded", timeout=60)
         await asyncio.sleep(3)  # time for a second instance to (wrongly) act too
-        assert [status for _, status, _ in rollback_actions(shared)] == ["succeeded"]
+        assert [status for _, status, _ in rollback_actions(leader.state)] == ["succeeded"]
+        for other in group.others():
+            assert await daemon_event(other.state, "deploy")  # it saw the bad deploy
+            acted = [(e.kind, e.message) for e in events_of(other.state) if e.kind in (
+                "escalation", "rollback.decision", "rollback.started", "action.rollback.begin")]
+            assert acted == [] and rollback_actions(other.state) == [], (acted, other.log())
+        rows = pg_cluster.psql("select host || '|' || kind || '|' || status "
+                               "from brace_watchdog.journal")
+        assert rows.splitlines() == [f"{leader.name}|rollback|succeeded"], rows
         assert await the_leader(group.members) is leader
     assert stack.running_images() == stack.all_on("v1")
+
+
+def events_of(state: Path) -> list[Event]:
+    store = StateStore(state).open()
+    try:
+        return store.events(limit=100000)
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
