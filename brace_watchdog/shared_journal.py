@@ -206,8 +206,10 @@ class SharedJournal:
         evidence = {"adopted_by": row.adopted_by, "adopter_status": row.adopter_status}
         self.hub.store.journal_step(row.action_id, HANDED_OVER, status=HANDED_OVER,
                                     evidence=evidence, result=message)
-        if handover_freezes(row) and self.hub.frozen() is None:
-            self.hub.freeze(f"{message}; check it on {row.adopted_by}, then unfreeze",
+        if handover_freezes(row):  # also when frozen already (a follower took a freeze over)
+            before = self.hub.frozen()
+            also = f" (frozen before: {before.get('reason')})" if before else ""
+            self.hub.freeze(f"{message}; check it on {row.adopted_by}, then unfreeze{also}",
                             by="leadership", evidence=evidence)
 
     def _settle(self, row: SharedAction) -> None:

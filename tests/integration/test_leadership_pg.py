@@ -292,10 +292,14 @@ async def test_a_leader_on_another_host_adopts_what_the_old_one_left_open(
     assert _shared(pg_cluster, "host = 'b'") == [
         f"b|{adopted[0].id}|interrupted|writers_stopped|"]
     await two.stop()  # b goes away; a, back from its partition, leads again
+    await one.session.connect()
+    await one.journal.follow()  # as a follower: b's freeze (of the adopted copy) holds here
+    assert "was interrupted on a" in first.frozen()["reason"]  # type: ignore[index]
     await _lead(one)
     assert first.store.action(action).status == "handed_over"  # type: ignore[union-attr]
-    frozen = first.frozen()  # with this host's reason: newer than the adopter's freeze
+    frozen = first.frozen()  # with this host's reason, newer, and the one before it
     assert frozen is not None and "its state there: interrupted" in frozen["reason"], frozen
+    assert f"(frozen before: db_rollback #{adopted[0].id} was interrupted" in frozen["reason"]
     assert await one.journal.flush()
     assert _shared(pg_cluster, "status in ('planned', 'running')") == []
     assert await resolve_interrupted(first) == []  # nothing left for the restart path
@@ -374,6 +378,7 @@ async def test_a_new_leader_on_another_host_keeps_the_old_ones_freeze_and_releas
     action = first.store.begin_action("rollback", origin="automatic", plan={})
     first.store.mark_release_rolled_back(bad, at=100.0, action_id=action)
     first.store.mark_release_failed_verification(good, 110.0)
+    first.store.journal_step(action, "failed", status="failed")  # nothing left to adopt
     first.freeze("rollback 1 failed verification", by="rollback")
     assert await one.journal.flush()
     await one.stop()  # a goes away; b (which never saw either release) leads
