@@ -6,7 +6,13 @@ kernel closes its socket at once) or ``SIGSTOP`` (PostgreSQL must wait for the l
 ``idle_session_timeout``, before it frees the lock) — and measures from the signal to the
 survivor's ``brace_watchdog_leader 1`` on its exporter, then restarts the victim. The floor
 side by side: the lease for SIGSTOP (nothing can be faster), one check interval for SIGKILL.
-Target: failover within lease + 2 check intervals + settle for both. Writes
+Target: failover within lease + 2 check intervals + settle for both.
+
+Then the time to the new leader's first allowed action: from that ``leader 1`` until it first
+plans a gated action (a docker daemon.json rollback between two files it never applies; each
+plan is journaled as ``approval.planned``), asked over its control socket every 20 ms. A new
+leader refuses while it settles (the old one's check interval + timeout, so the old one has
+noticed), which is the floor; target: within one lease of taking the lock. Writes
 ``bench/results/failover.json``.
 """
 
@@ -33,6 +39,7 @@ from bench.common import (
     target_server,
 )
 from brace_watchdog.adapters.postgres import free_port
+from brace_watchdog.ctl import ControlClient
 from tests.support.pg import PgCluster, start_cluster
 
 INTERVAL, TIMEOUT, LEASE = 0.5, 1.0, 4.0
@@ -47,7 +54,12 @@ class Node:
         extra = (f'[restore_test]\nenabled = false\n[database]\ndsn = "{dsn}"\n'
                  f'interval_seconds = 5.0\n[leadership]\nenabled = true\nname = "{name}"\n'
                  f"check_interval_seconds = {INTERVAL}\ncheck_timeout_seconds = {TIMEOUT}\n"
-                 f"lease_seconds = {LEASE}\n")
+                 f"lease_seconds = {LEASE}\n[network_rollback]\n"
+                 f'docker_daemon_json = "{root / "daemon.json"}"\n'
+                 'docker_restart_command = ["true"]\n')
+        (root / "daemon.json").write_text('{"debug": true}\n')
+        (root / "daemon.json.bak").write_text("{}\n")
+        self.control = ControlClient(str(root / "control.sock"))
         self.config = daemon_config(root, health_url=health_url, metrics_port=self.port,
                                     interval=1.0, extra=extra)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -68,6 +80,10 @@ class Node:
         except OSError:
             return None
 
+    def plans(self) -> bool:
+        """Whether it plans a gated action now (a follower or a settling leader refuses)."""
+        return bool(self.control.call("docker_daemon_rollback")["ok"])
+
     def stop(self) -> None:
         if self.proc is not None:
             if self.proc.poll() is None:
@@ -86,8 +102,9 @@ def wait_leader(nodes: list[Node], timeout: float = 60.0) -> Node:
     raise RuntimeError(f"no single leader within {timeout:.0f}s")
 
 
-def one_failover(nodes: list[Node], how: signal.Signals) -> float:
-    """Seconds from killing/stopping the leader to the other one reporting leader = 1."""
+def one_failover(nodes: list[Node], how: signal.Signals) -> tuple[float, float]:
+    """Seconds from killing/stopping the leader to the other one reporting leader = 1, and
+    from then to its first allowed action."""
     old = wait_leader(nodes)
     survivor = next(n for n in nodes if n is not old)
     assert old.proc is not None
@@ -97,23 +114,32 @@ def one_failover(nodes: list[Node], how: signal.Signals) -> float:
         if time.monotonic() - started > 120:
             raise RuntimeError("no takeover within 120 s")
         time.sleep(0.02)
-    took = time.monotonic() - started
+    leads = time.monotonic()
+    took = leads - started
+    while not survivor.plans():
+        if time.monotonic() - leads > 60:
+            raise RuntimeError("the new leader did not act within 60 s")
+        time.sleep(0.02)
+    first_action = time.monotonic() - leads
     if how == signal.SIGSTOP:
         os.kill(old.proc.pid, signal.SIGCONT)
     old.stop()
     old.start()
-    return took
+    return took, first_action
 
 
 def run(rounds: int, cluster: PgCluster, workdir: Path) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"SIGKILL": [], "SIGSTOP": []}
+    times: dict[str, list[float]] = {"SIGKILL": [], "SIGSTOP": [], "first_action_SIGKILL": [],
+                                     "first_action_SIGSTOP": []}
     with target_server(workdir) as target:
         nodes = [Node(workdir / f"node{i}", target.url(), cluster.dsn(), f"node{i}")
                  for i in range(2)]
         try:
             for _ in range(rounds):
                 for how in (signal.SIGKILL, signal.SIGSTOP):
-                    times[how.name].append(one_failover(nodes, how))
+                    took, first_action = one_failover(nodes, how)
+                    times[how.name].append(took)
+                    times[f"first_action_{how.name}"].append(first_action)
         finally:
             for node in nodes:
                 node.stop()
@@ -138,8 +164,15 @@ def main(argv: list[str]) -> int:
                     target=TARGET, target_on="value", note=note),
              figure("failover_sigstop", value=statistics.median(times["SIGSTOP"]),
                     baseline_value=LEASE, unit="s", baseline="the lease (idle_session_timeout)",
-                    target=TARGET, target_on="value", note=note)]
-    print("failover: leader killed or stopped -> the other instance leads")
+                    target=TARGET, target_on="value", note=note),
+             figure("first_action_after_takeover", value=statistics.median(
+                 times["first_action_SIGKILL"] + times["first_action_SIGSTOP"]),
+                    baseline_value=SETTLE, unit="s",
+                    baseline="settle (the old leader's check interval + timeout)",
+                    target=LEASE, target_on="value",
+                    note=f"median of {2 * rounds} (both kinds); lock gained -> first gated "
+                         f"plan accepted; lease {LEASE}s")]
+    print("failover: leader killed or stopped -> the other instance leads, then acts")
     return report("failover", items, times, quick=args.quick)
 
 
