@@ -28,6 +28,7 @@ from tests.support.images import run_postgres
 from tests.support.net import free_port, wait_for_port
 from tests.support.pg import PG_BIN, PgCluster, make_brace_dump
 from tests.support.pgwheel import PgInstall
+from tests.support.stack import remove_project
 
 pytestmark = [pytest.mark.docker, pytest.mark.postgres, pytest.mark.slow]
 
@@ -59,7 +60,8 @@ def _service(image: str, command: list[str], extra: str = "") -> str:
 
 
 @pytest.fixture
-def stack(tmp_path: Path, busybox_image: str) -> Iterator[Stack]:
+def stack(tmp_path: Path, busybox_image: str,
+          docker_client: docker.DockerClient) -> Iterator[Stack]:
     www = tmp_path / "www" / "api"
     www.mkdir(parents=True)
     (www / "health").write_text("ok\n")
@@ -80,8 +82,7 @@ def stack(tmp_path: Path, busybox_image: str) -> Iterator[Stack]:
         wait_for_port(port, timeout=30)
         yield stack
     finally:
-        subprocess.run(["docker-compose", "-f", str(compose_file), "-p", stack.project, "down",
-                        "-t", "1"], capture_output=True, timeout=180, check=False)
+        remove_project(docker_client, stack.project)
 
 
 def _containers(client: docker.DockerClient, stack: Stack) -> dict[str, Any]:

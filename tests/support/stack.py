@@ -71,8 +71,9 @@ __all__ = ["APP_SERVICES", "BOTH_COMPOSES", "COMPOSE_V1", "COMPOSE_V2", "COMPOSE
            "CRASHING", "DAEMONS", "HANGING", "PROJECTS", "WEB_REPO", "Harness",
            "RecordingNotifier", "Stack", "compose_or_skip", "daemon_event", "ensure_web_images",
            "kill_daemon", "kill_leftover_daemons", "new_stack", "project_pins", "remove_archives",
-           "remove_pins", "rollback_config", "slow_compose", "start_daemon", "stop_daemon",
-           "sweep_pins", "wait_for_event", "write_daemon_config", "write_daemon_toml"]
+           "remove_pins", "remove_project", "rollback_config", "slow_compose", "start_daemon",
+           "stop_daemon", "sweep_pins", "wait_for_event", "write_daemon_config",
+           "write_daemon_toml"]
 
 WEB_REPO = "brace-test/web"
 RECIPE_VERSION = "4"
@@ -330,14 +331,7 @@ class Stack:
                 step()
             except (docker.errors.APIError, OSError, subprocess.SubprocessError) as exc:
                 errors.append(exc)
-        # what ``compose down`` removes, through the API: the project's containers (its
-        # orphans too) and networks; a compose CLI run costs a second more per stack
-        project = {"label": f"com.docker.compose.project={self.project}"}
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            for container in self.client.containers.list(all=True, filters=project):
-                pool.submit(attempt, partial(container.remove, force=True))
-        for network in self.client.networks.list(filters=project):
-            attempt(network.remove)
+        attempt(partial(remove_project, self.client, self.project))
         attempt(partial(remove_pins, self.client, [self.project]))
         for ref in sorted(self.tags):
             attempt(partial(_remove_image, self.client, ref, noprune=True))
@@ -359,6 +353,25 @@ class Stack:
         self.own_images.append(str(image.id))
         self.images[f"{version}-{self.project}"] = str(image.id)
         return f"{version}-{self.project}"
+
+
+def remove_project(client: docker.DockerClient, project: str) -> None:
+    """What ``compose down`` removes, through the engine's API: the compose project's
+    containers (its orphans too, killed) and networks. A compose CLI run costs a second more
+    (docker-compose 1.29's Python start-up). Every one is tried; the first error is raised."""
+    labelled = {"label": f"com.docker.compose.project={project}"}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        removals = [pool.submit(container.remove, force=True)
+                    for container in client.containers.list(all=True, filters=labelled)]
+    errors = [error for error in (removal.exception() for removal in removals)
+              if error is not None and not isinstance(error, docker.errors.NotFound)]
+    for network in client.networks.list(filters=labelled):
+        try:
+            network.remove()
+        except docker.errors.APIError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 def _remove_image(client: docker.DockerClient, ref: str, **how: bool) -> None:
