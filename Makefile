@@ -1,7 +1,8 @@
 # brace-watchdog: developer and packaging targets.
 #
 #   make run      create .venv if needed, run the daemon in the foreground with etc/brace-watchdog.toml
-#   make test     create .venv if needed, run the whole test suite (PYTEST_ARGS=... to narrow it)
+#   make test     create .venv if needed, `make lint`, then the whole test suite (PYTEST_ARGS=... to
+#                 narrow it; LINT=0 skips the lint step while iterating)
 #   make lint     ruff + mypy --strict + promtool (alert rules)   make format-check   ruff format --check
 #   make bench    run the benchmarks in bench/ (BENCH_ARGS=... passed through)
 #   make demo     the rollback demo (demo/, owned by the rollback work)
@@ -47,7 +48,11 @@ run: venv
 check-config: venv
 	$(VENV)/bin/brace-watchdog check-config --config $(CONFIG)
 
+LINT ?= 1
+
+# CI runs `make test`: the lint step is part of it, so a ruff or mypy finding turns CI red.
 test: venv
+	@if [ "$(LINT)" != 0 ]; then $(MAKE) --no-print-directory lint; fi
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: venv
