@@ -1,10 +1,18 @@
 """What a release is on Docker Swarm, and how one service goes back to its known-good spec (pure).
 
 A stack's services are the ones labelled ``com.docker.stack.namespace=<stack>``. Each
-:class:`SwarmService` carries its image reference (pinned to an image ID or a digest) and a
-:func:`spec_hash` over what else decides its behaviour — env, command, args, mounts, configs,
-secrets — so a release is the services' (image, spec hash) pairs and its fingerprint changes
-when either does. Swarm's spec version counts every update, which is how a deploy is seen.
+:class:`SwarmService` carries the image its spec runs and a :func:`spec_hash` over what else
+decides its behaviour — env, command, args, mounts, configs, secrets — so a release is the
+services' (image, spec hash) pairs and its fingerprint changes when either does. Swarm's spec
+version counts every update, which is how a deploy is seen.
+
+The image is an *identity*, not a name (:func:`identify`): a reference that names one image
+everywhere (:func:`pinned`: an image ID, or a registry digest) is its own identity; a bare tag
+(``brace/backend:1.4``, what Swarm keeps when no registry resolved it) is resolved by the node
+that starts the task, so its identity is the image ID it resolved to — the task's container's
+image, or what the tag names now on the manager for a task with no container yet (or one on a
+node the adapter cannot inspect). Retagging ``:1.4`` and redeploying is then a new release, and
+a known-good release names the image ID, never a tag that may point elsewhere since.
 
 :func:`choose_step` decides how one service returns to its known-good :class:`ServiceTarget`:
 
@@ -41,16 +49,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from brace_watchdog.releases import ComposeContainer
 
 __all__ = ["LIVE_DESIRED_STATES", "NO_TASK", "STACK_LABEL", "RollbackStep", "ServiceTarget",
            "StackLook", "StackTask", "SwarmService", "SwarmTask", "choose_step", "converged",
-           "fingerprint", "running_tasks", "runs_current_spec", "scale_argv", "spec_hash",
-           "stack_containers", "swarm_in_charge", "swarm_name", "swarm_rolled_back",
-           "tasks_gone", "writers_problem"]
+           "fingerprint", "identify", "pinned", "running_tasks", "runs_current_spec",
+           "scale_argv", "spec_hash", "stack_containers", "swarm_in_charge", "swarm_name",
+           "swarm_rolled_back", "tasks_gone", "writers_problem"]
 
 STACK_LABEL = "com.docker.stack.namespace"
 MANUAL_ROLLBACK = "manually requested rollback"  # UpdateStatus.Message of a requested rollback
@@ -60,6 +68,7 @@ TERMINAL_TASK_STATES = frozenset({"complete", "shutdown", "failed", "rejected", 
 # desired states of a task Swarm means to run (``ready``: created, waiting to be started)
 LIVE_DESIRED_STATES = ("running", "ready")
 NO_TASK = "no task"  # the state of a service that has no task Swarm means to run
+IMAGE_ID = "sha256:"  # an image ID, as the engine writes it
 SPEC_KEYS = ("Env", "Command", "Args", "Mounts", "Configs", "Secrets", "User", "Dir")
 
 
@@ -79,10 +88,24 @@ def spec_hash(container_spec: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class ServiceTarget:
-    """One service of a release: the image (ID or digest reference) and the spec hash."""
+    """One service of a release: the image (its identity, :func:`identify`) and the spec hash."""
 
     image: str
     spec_hash: str
+
+
+def pinned(image: str) -> bool:
+    """``image`` names one image wherever it runs: an image ID or a registry digest."""
+    return image.startswith(IMAGE_ID) or "@sha256:" in image
+
+
+def identify(target: ServiceTarget, resolved: str) -> ServiceTarget:
+    """``target`` (its spec's reference) with the image it runs: a pinned reference is its own
+    identity; a bare tag is the image ID ``resolved`` (the task's container's image, or the
+    tag's image on the manager), or stays the tag when nothing resolved it."""
+    if pinned(target.image) or not resolved:
+        return target
+    return replace(target, image=resolved)
 
 
 @dataclass(frozen=True)
@@ -109,8 +132,9 @@ class SwarmTask:
 @dataclass(frozen=True)
 class StackTask:
     """A task Swarm means to run, as the manager's task API reports it (any node): the spec it
-    was created from (not necessarily its service's current one), its state, and its
-    container's ID once its node has created one."""
+    was created from (not necessarily its service's current one; its image identified,
+    :func:`identify`), its state, its container's ID once its node has created one, and the
+    image reference its spec names (``""``: the same as the target's image)."""
 
     id: str
     service_id: str
@@ -118,6 +142,7 @@ class StackTask:
     state: str
     created: str = ""
     container_id: str = ""
+    image_ref: str = ""
 
 
 @dataclass(frozen=True)
@@ -142,9 +167,9 @@ def swarm_name(stack: str, service: str) -> str:
 
 def stack_containers(stack: str, services: Sequence[SwarmService],
                      tasks: Sequence[StackTask]) -> list[ComposeContainer]:
-    """The stack's tasks as the compose driver's containers (image: the task spec's reference;
-    config hash: its spec hash); a service without a task counts with its current spec, in
-    state :data:`NO_TASK`."""
+    """The stack's tasks as the compose driver's containers (image ID: the image the task
+    runs, :func:`identify`; image ref: its spec's reference; config hash: its spec hash); a
+    service without a task counts with its current spec, in state :data:`NO_TASK`."""
     out: list[ComposeContainer] = []
     for service in services:
         mine = [t for t in tasks if t.service_id == service.id] or [StackTask(
@@ -152,7 +177,8 @@ def stack_containers(stack: str, services: Sequence[SwarmService],
             container_id=service.id)]
         out += [ComposeContainer(
             id=t.container_id or t.id, name=t.id, project=stack, service=service.name,
-            image_id=t.target.image, image_ref=t.target.image, config_hash=t.target.spec_hash,
+            image_id=t.target.image, image_ref=t.image_ref or t.target.image,
+            config_hash=t.target.spec_hash,
             working_dir="", config_files=(), state=t.state, created=t.created) for t in mine]
     return out
 

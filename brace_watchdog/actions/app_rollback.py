@@ -249,7 +249,7 @@ class AppRollback(Component):
         running: dict[str, set[tuple[str, str]]] = {}
         for task in look.containers:
             if task.running:
-                running.setdefault(task.service, set()).add((task.image_ref, task.config_hash))
+                running.setdefault(task.service, set()).add((task.image_id, task.config_hash))
         before, self._swarm_in_charge = (
             self._swarm_in_charge, await self._swarm_watch.observe(look.services, running))
         if before and not self._swarm_in_charge:

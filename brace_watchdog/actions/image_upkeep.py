@@ -64,8 +64,9 @@ class Upkeep:
 
 def plan_upkeep(pins: Sequence[Pin], node: NodeHoldings, *, load: bool) -> Upkeep:
     """What keeps ``pins``' images on this node: load (when ``load``), pin, archive. Only
-    images a release names by ID are kept: a Swarm spec naming a registry digest (or a tag)
-    is the registry's to serve, and a ``docker load`` by ID would not bring its name back."""
+    images a release names by ID are kept (a Swarm tag is named by the ID it resolved to): a
+    Swarm spec naming a registry digest (or a tag nothing resolved) is the registry's to
+    serve, and a ``docker load`` by ID would not bring its name back."""
     pins = [p for p in pins if p.image_id.startswith(IMAGE_ID)]
     check = classify((p.image_id for p in pins), set(node.tags), set(node.archived))
     loading = check.archived_only if load else ()

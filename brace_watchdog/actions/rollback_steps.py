@@ -133,8 +133,10 @@ def build_plan(cfg: RollbackConfig, target: Release, current: Release | None, *,
     services = tuple(cfg.services)
     # In both modes the tags the known-good containers ran with are pointed back at their image
     # IDs first: a release folder's compose file names mutable tags too, which may have moved.
+    # (Swarm pins each service to its image ID instead: a tag here is only the manager's.)
     retags = tuple(dict.fromkeys((s.image_ref, s.image_id) for s in target.services
-                                 if s.image_ref and not s.image_ref.startswith("sha256:")
+                                 if cfg.driver == "compose" and s.image_ref
+                                 and not s.image_ref.startswith("sha256:")
                                  and "@" not in s.image_ref))
     if cfg.mode == "release_dir":
         files = target.config_files or (str(cfg.compose_file),)

@@ -66,7 +66,7 @@ class SwarmSteps:
             if service is None:
                 raise ActionError("swarm", f"service {target.service} of stack {self._stack} "
                                   "is gone; nothing to roll back")
-            step = choose_step(service, ServiceTarget(target.image_ref, target.config_hash))
+            step = choose_step(service, ServiceTarget(target.image_id, target.config_hash))
             if step.method == "refuse":
                 raise ActionError("swarm", step.why)
             chosen.append((service, step, target))

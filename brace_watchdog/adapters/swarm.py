@@ -3,7 +3,8 @@
 :class:`SwarmAdapter` lists a stack's services by the ``com.docker.stack.namespace`` label as
 typed :class:`~brace_watchdog.swarm_release.SwarmService` values, lists a service's tasks through
 the manager's task API (node-agnostic: no container is inspected, wherever it runs) with the
-spec each was created from, and changes a service: pin its image
+spec each was created from — its image identified (:class:`ImageIdentities`: a bare tag is
+the image ID its node resolved it to) — and changes a service: pin its image
 (``update``), go back to Swarm's previous spec (``rollback``), or scale it. Every blocking SDK call
 runs in a worker thread (:meth:`DockerAdapter.call`); every engine failure is a
 :class:`DockerError`.
@@ -12,9 +13,10 @@ runs in a worker thread (:meth:`DockerAdapter.call`); every engine failure is a
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
+import docker
 from docker import DockerClient
 
 from brace_watchdog.adapters.docker import DockerAdapter
@@ -28,12 +30,14 @@ from brace_watchdog.swarm_release import (
     StackTask,
     SwarmService,
     SwarmTask,
+    identify,
+    pinned,
     spec_hash,
     stack_containers,
     swarm_name,
 )
 
-__all__ = ["SpecHashes", "SwarmAdapter", "engine_for"]
+__all__ = ["ImageIdentities", "SpecHashes", "SwarmAdapter", "engine_for"]
 
 T = TypeVar("T")
 SEQUENCE_ATTEMPTS = 3
@@ -47,12 +51,14 @@ class SwarmAdapter(DockerAdapter):
     :meth:`compose_containers` is that look, so release tracking, attribution and image
     verification are the compose driver's own, and it keeps the look as :attr:`last_look` for
     the Swarm watch of the same cycle. Spec hashes are computed once per (service ID, spec
-    version) (:class:`SpecHashes`)."""
+    version) (:class:`SpecHashes`); a bare tag's image is resolved as :class:`ImageIdentities`
+    says."""
 
     def __init__(self, base_url: str | None = None, *, timeout: float = 60.0,
                  client: DockerClient | None = None) -> None:
         super().__init__(base_url, timeout=timeout, client=client)
         self.hashes = SpecHashes()
+        self.images = ImageIdentities(lambda: self.client)
         self.last_look: StackLook | None = None
 
     async def _run(self, what: str, work: Callable[[], T]) -> T:
@@ -71,16 +77,22 @@ class SwarmAdapter(DockerAdapter):
         return await self._run(f"listing the services of stack {stack}",
                                lambda: self._services(stack))
 
-    def _services(self, stack: str) -> list[SwarmService]:
+    def _services(self, stack: str, tags: dict[str, str] | None = None) -> list[SwarmService]:
+        """The stack's services, their specs' images identified (``tags``: the look's tag
+        resolutions, :meth:`ImageIdentities.tag`)."""
         found = self.client.services.list(filters={"label": f"{STACK_LABEL}={stack}"})
-        return sorted((self._service_of(s.attrs, stack) for s in found), key=lambda s: s.name)
+        tags = {} if tags is None else tags
+        return sorted((self._service_of(s.attrs, stack, tags) for s in found),
+                      key=lambda s: s.name)
 
     async def look(self, stack: str) -> StackLook:
         """The stack's services and their tasks, read together (kept as :attr:`last_look`)."""
         def work() -> StackLook:
-            services = self._services(stack)
+            tags: dict[str, str] = {}
+            services = self._services(stack, tags)
             versions: dict[str, int | None] = {s.id: s.version for s in services}
-            tasks = self._live_tasks(versions) if services else []
+            tasks = self._live_tasks(versions, tags) if services else []
+            self.images.forget_except({t.container_id for t in tasks})
             return StackLook(stack, tuple(services),
                              tuple(stack_containers(stack, services, tasks)))
         self.last_look = look = await self._run(f"reading stack {stack}", work)
@@ -93,7 +105,7 @@ class SwarmAdapter(DockerAdapter):
         """Tasks meant to run, with the image each was created from (any node)."""
         return [SwarmTask(image_id=t.target.image, state=t.state)
                 for t in await self._run(f"listing the tasks of {service_id}",
-                                         lambda: self._live_tasks({service_id: None}))]
+                                         lambda: self._live_tasks({service_id: None}, {}))]
 
     async def task_states(self, service_id: str) -> list[str]:
         """``Status.State`` of every task of the service, from the manager's task API (tasks
@@ -104,36 +116,47 @@ class SwarmAdapter(DockerAdapter):
                     for task in api.tasks(filters={"service": service_id})]
         return await self._run(f"listing the tasks of {service_id}", work)
 
-    def _live_tasks(self, versions: dict[str, int | None]) -> list[StackTask]:
+    def _live_tasks(self, versions: dict[str, int | None],
+                    tags: dict[str, str]) -> list[StackTask]:
         """The tasks Swarm means to run (:data:`LIVE_DESIRED_STATES`) of the services
         (``versions``: service ID → spec version, None if not read), in one call to the
         manager's task API, so a task on any node counts alike: its state, its container ID
         once its node created one, and the spec it was created from — its own, not the
         service's current one (during an update or a rollback old and new tasks differ until
-        Swarm converges). The image is the task spec's reference: the pinned image ID or
-        digest, the same on every node."""
+        Swarm converges). The image is the one the task runs (:class:`ImageIdentities`): a
+        pinned image ID or digest is the same on every node, a bare tag what its node resolved
+        it to."""
         api: Any = self.client.api  # the SDK's low-level calls are untyped
         found = api.tasks(filters={"service": list(versions),
                                    "desired-state": list(LIVE_DESIRED_STATES)})
         out = []
         for task in found:
             service_id, status = str(task.get("ServiceID", "")), task.get("Status", {})
+            spec = self.hashes.target(service_id, versions.get(service_id),
+                                      task.get("Spec", {}).get("ContainerSpec", {}))
+            container = str(status.get("ContainerStatus", {}).get("ContainerID", ""))
             out.append(StackTask(
-                id=str(task.get("ID", "")), service_id=service_id,
-                target=self.hashes.target(service_id, versions.get(service_id),
-                                          task.get("Spec", {}).get("ContainerSpec", {})),
+                id=str(task.get("ID", "")), service_id=service_id, target=identify(
+                    spec, self.images.task(spec.image, str(task.get("NodeID", "")),
+                                           container, tags)),
                 state=str(status.get("State", "")), created=str(task.get("CreatedAt", "")),
-                container_id=str(status.get("ContainerStatus", {}).get("ContainerID", ""))))
+                container_id=container, image_ref=spec.image))
         return out
 
-    def _service_of(self, attrs: dict[str, Any], stack: str) -> SwarmService:
+    def _service_of(self, attrs: dict[str, Any], stack: str,
+                    tags: dict[str, str]) -> SwarmService:
+        """One service; its current and previous specs' images as what their tags name now
+        on the manager (what a task started from them would run)."""
         spec = attrs["Spec"]
         version = int(attrs.get("Version", {}).get("Index", 0))
         previous = (attrs.get("PreviousSpec") or {}).get("TaskTemplate")
-        return _service(attrs, stack, version, self.hashes.target(
-            str(attrs["ID"]), version, spec.get("TaskTemplate", {}).get("ContainerSpec", {})),
-            None if previous is None else self.hashes.target(
-                str(attrs["ID"]), version, previous.get("ContainerSpec", {})))
+
+        def target(container_spec: dict[str, Any]) -> ServiceTarget:
+            found = self.hashes.target(str(attrs["ID"]), version, container_spec)
+            return identify(found, self.images.tag(found.image, tags))
+        return _service(attrs, stack, version,
+                        target(spec.get("TaskTemplate", {}).get("ContainerSpec", {})),
+                        None if previous is None else target(previous.get("ContainerSpec", {})))
 
     async def update_image(self, service_id: str, image: str) -> None:
         """``service update --image``: the rest of the spec as it is."""
@@ -164,6 +187,67 @@ class SwarmAdapter(DockerAdapter):
 def engine_for(driver: str) -> DockerAdapter:
     """The engine adapter of ``[rollback] driver``: a Swarm manager, or a compose host."""
     return SwarmAdapter() if driver == "swarm" else DockerAdapter()
+
+
+class ImageIdentities:
+    """What a bare tag runs as (a pinned reference is its own identity, never looked up). The
+    task API names only the spec's reference; the node that starts a task resolves a tag
+    against its own images, and only its engine knows to what: a task on the node of this
+    engine is its container's image ID (inspected once per container: it never changes); one
+    on another node, or with no container yet, is what the tag names on this engine now,
+    looked up once per look (``tags``), as are a service's own specs. A tag this engine does
+    not hold stays the tag. Looks run in worker threads: the cache is only read and set per
+    key."""
+
+    def __init__(self, client: Callable[[], DockerClient]) -> None:
+        self._client = client
+        self._node: str | None = None
+        self._containers: dict[str, str] = {}
+        self.inspected = 0
+        """How many containers were inspected: what the cache saves shows here."""
+
+    def task(self, image: str, node: str, container: str, tags: dict[str, str]) -> str:
+        """The image ID a task runs (``""``: unknown, or ``image`` is pinned)."""
+        if pinned(image):
+            return ""
+        if container and node == self._own_node():
+            found = self._container_image(container)
+            if found:
+                return found
+        return self.tag(image, tags)
+
+    def tag(self, image: str, tags: dict[str, str]) -> str:
+        """The image ID ``image`` names on this engine now (``""``: pinned, or not held)."""
+        if pinned(image):
+            return ""
+        if image not in tags:
+            api: Any = self._client().api  # the SDK's low-level calls are untyped
+            try:
+                tags[image] = str(api.inspect_image(image)["Id"])
+            except docker.errors.NotFound:
+                tags[image] = ""
+        return tags[image]
+
+    def forget_except(self, containers: Collection[str]) -> None:
+        """Drop the cached containers that are no longer any live task's."""
+        for gone in set(self._containers) - set(containers):
+            self._containers.pop(gone, None)
+
+    def _own_node(self) -> str:
+        if self._node is None:
+            self._node = str(self._client().info().get("Swarm", {}).get("NodeID", ""))
+        return self._node
+
+    def _container_image(self, container: str) -> str:
+        if container not in self._containers:
+            api: Any = self._client().api
+            try:
+                found = str(api.inspect_container(container)["Image"])
+            except docker.errors.NotFound:
+                return ""  # removed since the task listing: the tag says it then
+            self.inspected += 1
+            self._containers[container] = found
+        return self._containers[container]
 
 
 class SpecHashes:

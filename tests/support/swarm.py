@@ -42,16 +42,18 @@ class PrivateSwarm:
 
 
 def create_web_service(engine: PrivateSwarm, root: Path, image_ref: str, name: str, *,
-                       stack: str = STACK, **extra: object) -> tuple[str, int, str]:
+                       stack: str = STACK, pin: bool = True,
+                       **extra: object) -> tuple[str, int, str]:
     """A ``stack`` service serving ``/api/health`` (200) on a loopback port (host network),
-    pinned to the image ID of ``image_ref``; (service id, port, image id)."""
+    pinned to the image ID of ``image_ref`` (``pin``; else its spec names ``image_ref`` as it
+    is, as a stack deployed without a registry does); (service id, port, image id)."""
     www = root / "www"
     (www / "api").mkdir(parents=True)
     (www / "api" / "health").write_text("ok\n")
     port = free_port()
     image = engine.client.images.get(image_ref).id
     service = engine.client.services.create(
-        image, args=["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/www"],
+        image if pin else image_ref, args=["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/www"],
         name=f"{stack}_{name}", labels={"com.docker.stack.namespace": stack},
         networks=["host"], mounts=[f"{www}:/www:ro"], endpoint_spec=EndpointSpec(),
         stop_grace_period=1_000_000_000, **extra)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from brace_watchdog.adapters.swarm import SpecHashes
-from brace_watchdog.releases import build_release, service_liveness
+from brace_watchdog.releases import Release, build_release, diff, service_liveness
 from brace_watchdog.swarm_release import (
     NO_TASK,
     ServiceTarget,
@@ -15,6 +15,8 @@ from brace_watchdog.swarm_release import (
     choose_step,
     converged,
     fingerprint,
+    identify,
+    pinned,
     running_tasks,
     scale_argv,
     spec_hash,
@@ -236,3 +238,46 @@ def test_spec_hashes_are_computed_once_per_service_spec_version() -> None:
     hashes.target("id", 8, SPEC)
     hashes.target("id", 8, older)
     assert hashes.computed == 5
+
+
+@pytest.mark.parametrize(("image", "is_pinned"), [
+    ("sha256:1f2e", True),
+    ("brace/backend:1.4@sha256:9a8b", True),
+    ("registry.local:5000/brace/backend@sha256:9a8b", True),
+    ("brace/backend:1.4", False),
+    ("brace/backend", False),
+    ("registry.local:5000/brace/backend:1.4", False),
+])
+def test_only_an_image_id_or_a_registry_digest_is_pinned(image: str, is_pinned: bool) -> None:
+    assert pinned(image) is is_pinned
+
+
+def test_a_bare_tag_is_identified_by_the_image_its_node_resolved() -> None:
+    tag = ServiceTarget("brace/backend:1.4", GOOD.spec_hash)
+    assert identify(tag, "sha256:good") == GOOD
+    assert identify(tag, "") == tag  # nothing resolved it: the tag, as it is
+    for ref in ("sha256:old", "brace/backend:1.4@sha256:9a8b"):  # pinned: its own identity
+        assert identify(ServiceTarget(ref, "h"), "sha256:other") == ServiceTarget(ref, "h")
+
+
+def test_a_retagged_image_redeployed_under_the_same_tag_is_a_new_release() -> None:
+    """Same tag, same spec, another image: another release, the images moved (not the
+    config), and each task's container names the tag it was created with."""
+    tag = ServiceTarget("brace/backend:1.4", GOOD.spec_hash)
+    service = _service(identify(tag, "sha256:new"), identify(tag, "sha256:new"))
+
+    def release(image_id: str) -> Release:
+        task = StackTask("t1", "id", identify(tag, image_id), "running", "", "c1",
+                         image_ref=tag.image)
+        (container,) = stack_containers("brace", [service], [task])
+        assert (container.image_id, container.image_ref) == (image_id, tag.image)
+        found = build_release("brace", ["backend"], [container]).release
+        assert found is not None
+        return found
+    before, after = release("sha256:good"), release("sha256:new")
+    assert before.fingerprint != after.fingerprint
+    assert diff(before, after).change == "image"
+    # the known-good release names the image ID: pinning it back is an image update (Swarm's
+    # previous spec is the same tag, which names the new image now)
+    step = choose_step(service, ServiceTarget(before.image_ids()["backend"], GOOD.spec_hash))
+    assert step.method == "update", step
