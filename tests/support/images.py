@@ -23,6 +23,7 @@ engineers share the engine) build at most once.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import io
 import os
@@ -186,8 +187,11 @@ def _busybox_rootfs() -> Rootfs:
     return fs
 
 
-def _shared_libraries(binaries: list[Path]) -> set[Path]:
-    """Absolute paths of every shared library the binaries load, as ``ldd`` reports them."""
+@functools.cache
+def _shared_libraries(binaries: tuple[Path, ...]) -> frozenset[Path]:
+    """Absolute paths of every shared library the binaries load, as ``ldd`` reports them (an
+    ``ldd`` per binary, seconds in all: asked once per process, the private engines of the
+    engine-fault tests need the image again)."""
     found: set[Path] = set()
     for binary in binaries:
         result = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False)
@@ -195,7 +199,7 @@ def _shared_libraries(binaries: list[Path]) -> set[Path]:
             parts = line.split()
             candidates = [parts[2]] if "=>" in parts and len(parts) > 2 else parts[:1]
             found.update(Path(c) for c in candidates if c.startswith("/"))
-    return found
+    return frozenset(found)
 
 
 def _add_libraries(fs: Rootfs, libraries: set[Path]) -> None:
@@ -217,7 +221,7 @@ def _postgres_rootfs(layout: _PgLayout) -> Rootfs:
     fs.add_file(SETPRIV, "/usr/bin/setpriv", 0o755)
     binaries = [p for p in layout.bin_dir.iterdir() if p.is_file()]
     binaries += [p for p in layout.lib_dir.glob("*.so") if p.name != "llvmjit.so"]
-    _add_libraries(fs, {lib for lib in _shared_libraries([*binaries, SETPRIV])
+    _add_libraries(fs, {lib for lib in _shared_libraries((*binaries, SETPRIV))
                         if not layout.ships(lib)})
     fs.inline["usr/local/bin/docker-entrypoint.sh"] = (_ENTRYPOINT.encode(), 0o755)
     for name in ("var/lib/postgresql", "var/lib/postgresql/data", "var/run/postgresql"):
