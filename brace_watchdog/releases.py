@@ -4,8 +4,9 @@ Pure values and functions, no I/O. The docker adapter reports the compose projec
 as :class:`ComposeContainer` values (from the ``com.docker.compose.*`` labels); this module turns
 them into a :class:`Release` — per service the image ID and the compose config hash, plus the
 project's working dir — fingerprints it and tells what a deploy changed (:func:`diff`);
-:func:`service_liveness` reads each service's containers as evidence of
-health (crash loops, exits, docker health checks).
+:func:`redeployed` tells which services were rolled out again without changing the release
+(Swarm's spec versions, :func:`service_rollouts`); :func:`service_liveness` reads each
+service's containers as evidence of health (crash loops, exits, docker health checks).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ __all__ = [
     "deployed_at",
     "diff",
     "pin_tag",
+    "redeployed",
     "service_liveness",
+    "service_rollouts",
 ]
 
 Change = Literal["none", "image", "config", "both"]
@@ -60,6 +63,9 @@ class ComposeContainer:
     restart_count: int = 0
     health: str = ""
     """Docker's health status (``healthy``/``unhealthy``/``starting``); ``""`` without one."""
+    rollout: str = ""
+    """What its service's tasks are rolled out from (Swarm: a hash of the task template, which
+    a redeploy moves — ``--force`` too); ``""`` where the engine tells none (compose)."""
 
     @property
     def running(self) -> bool:
@@ -148,13 +154,24 @@ class ReleaseObservation:
         return "; ".join(parts) or "all services running"
 
 
-def build_release(project: str, services: Sequence[str],
-                  containers: Iterable[ComposeContainer]) -> ReleaseObservation:
-    """The release of ``services`` from the project's containers (newest container per service)."""
+def _by_service(project: str, services: Sequence[str],
+                containers: Iterable[ComposeContainer]) -> dict[str, list[ComposeContainer]]:
     by_service: dict[str, list[ComposeContainer]] = {}
     for c in containers:
         if c.project == project and c.service in services and not c.oneoff:
             by_service.setdefault(c.service, []).append(c)
+    return by_service
+
+
+def _newest(group: Sequence[ComposeContainer]) -> ComposeContainer:
+    """The container a service's release is read from: its newest running one, or newest."""
+    return max([c for c in group if c.running] or group, key=lambda c: c.created)
+
+
+def build_release(project: str, services: Sequence[str],
+                  containers: Iterable[ComposeContainer]) -> ReleaseObservation:
+    """The release of ``services`` from the project's containers (newest container per service)."""
+    by_service = _by_service(project, services, containers)
     missing = tuple(s for s in services if s not in by_service)
     if missing:
         return ReleaseObservation(None, missing=missing)
@@ -164,7 +181,7 @@ def build_release(project: str, services: Sequence[str],
     for name in services:
         group = by_service[name]
         running = [c for c in group if c.running]
-        newest = max(running or group, key=lambda c: c.created)
+        newest = _newest(group)
         if not running:
             not_running.append(name)
         if len({(c.image_id, c.config_hash) for c in running}) > 1:
@@ -247,6 +264,22 @@ def diff(old: Release, new: Release) -> ReleaseDiff:
     images = any(c in ("image", "both") for c in per_service.values())
     configs = moved or any(c in ("config", "both") for c in per_service.values())
     return ReleaseDiff(_combine(images, configs), per_service)
+
+
+def service_rollouts(project: str, services: Sequence[str],
+                     containers: Iterable[ComposeContainer]) -> dict[str, str]:
+    """Each of ``services``' rollout (:attr:`ComposeContainer.rollout`) where one is told, read
+    from the container its release is read from (:func:`build_release`)."""
+    chosen = {name: _newest(group).rollout
+              for name, group in _by_service(project, services, containers).items()}
+    return {name: rollout for name, rollout in chosen.items() if rollout}
+
+
+def redeployed(before: Mapping[str, str], after: Mapping[str, str]) -> tuple[str, ...]:
+    """The services rolled out again between two looks (sorted): their rollout moved. A
+    service not seen before (or without a rollout) is not counted."""
+    return tuple(sorted(name for name, rollout in after.items()
+                        if before.get(name, rollout) != rollout))
 
 
 def pin_tag(project: str, service: str, fingerprint: str) -> tuple[str, str]:

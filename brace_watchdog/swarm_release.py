@@ -6,6 +6,12 @@ decides its behaviour — env, command, args, mounts, configs, secrets — so a 
 services' (image, spec hash) pairs and its fingerprint changes when either does. Swarm's spec
 version counts every update, which is how a deploy is seen.
 
+A deploy that changes neither — ``docker service update --force``, a resource or placement
+change — replaces the tasks all the same, from a new task template: each task's ``rollout``
+(:func:`rollout`, a hash of the task spec it was created from) moves with it, so the tracker
+sees a redeploy of the same release. Scaling and Swarm's own status writes move the spec
+version too but create no task from a new template: not a deploy.
+
 The image is an *identity*, not a name (:func:`identify`): a reference that names one image
 everywhere (:func:`pinned`: an image ID, or a registry digest) is its own identity; a bare tag
 (``brace/backend:1.4``, what Swarm keeps when no registry resolved it) is resolved by the node
@@ -56,7 +62,8 @@ from brace_watchdog.releases import ComposeContainer
 
 __all__ = ["LIVE_DESIRED_STATES", "NO_TASK", "STACK_LABEL", "RollbackStep", "ServiceTarget",
            "StackLook", "StackTask", "SwarmService", "SwarmTask", "choose_step", "converged",
-           "fingerprint", "identify", "pinned", "running_tasks", "runs_current_spec",
+           "fingerprint", "identify", "pinned", "rollout", "running_tasks",
+           "runs_current_spec",
            "scale_argv", "spec_hash", "stack_containers", "swarm_in_charge", "swarm_name",
            "swarm_rolled_back", "tasks_gone", "writers_problem"]
 
@@ -84,6 +91,13 @@ def spec_hash(container_spec: Mapping[str, Any]) -> str:
     if isinstance(picked["Env"], list):
         picked["Env"] = sorted(picked["Env"])
     return _short_hash(picked)
+
+
+def rollout(task_spec: Mapping[str, Any]) -> str:
+    """What a task was rolled out from: a hash of its whole task spec, the service's task
+    template when it was created (image, container spec, resources, placement, restart policy,
+    networks, ``ForceUpdate``)."""
+    return _short_hash(task_spec)
 
 
 @dataclass(frozen=True)
@@ -143,6 +157,8 @@ class StackTask:
     created: str = ""
     container_id: str = ""
     image_ref: str = ""
+    rollout: str = ""
+    """:func:`rollout` of the task's own spec (``""``: not read)."""
 
 
 @dataclass(frozen=True)
@@ -178,8 +194,8 @@ def stack_containers(stack: str, services: Sequence[SwarmService],
         out += [ComposeContainer(
             id=t.container_id or t.id, name=t.id, project=stack, service=service.name,
             image_id=t.target.image, image_ref=t.image_ref or t.target.image,
-            config_hash=t.target.spec_hash,
-            working_dir="", config_files=(), state=t.state, created=t.created) for t in mine]
+            config_hash=t.target.spec_hash, working_dir="", config_files=(), state=t.state,
+            created=t.created, rollout=t.rollout) for t in mine]
     return out
 
 

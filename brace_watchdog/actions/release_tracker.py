@@ -3,7 +3,11 @@
 :class:`ReleaseTracker` reads the compose project's containers through the docker adapter (worker
 threads), builds the running :class:`~brace_watchdog.releases.Release`, records a *deploy* when its
 fingerprint changes (event + ``brace_deploys_total{change}``; dated by its newest container's
-creation, :func:`~brace_watchdog.releases.deployed_at`), publishes each service's liveness
+creation, :func:`~brace_watchdog.releases.deployed_at`) — and a *redeploy* when a service was
+rolled out again with the release unchanged (Swarm: ``docker service update --force``; event
+``redeploy``, ``brace_deploys_total{change="none"}``; the release keeps its evidence, known-good
+mark and deploy time, as a compose recreate of the same release does) —, publishes each
+service's liveness
 (a ``service:<name>`` sample in the rollback window, ``brace_service_up``), keeps the running
 release's health evidence in the state store (:mod:`~brace_watchdog.actions.promotion_policy`),
 and promotes a release the daemon watched healthy for ``stable_after_seconds`` to *known-good*:
@@ -52,7 +56,9 @@ from brace_watchdog.releases import (
     build_release,
     deployed_at,
     diff,
+    redeployed,
     service_liveness,
+    service_rollouts,
 )
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import ReleaseRecord
@@ -93,6 +99,7 @@ class ReleaseTracker:
         self._saved_health: ReleaseHealth | None = None
         self._liveness: dict[str, str] = {}
         self._looked_at: float | None = None  # when this run's last look began
+        self._rollouts: dict[str, str] = {}  # each service's rollout at the last look
 
     @property
     def running(self) -> Release | None:
@@ -107,6 +114,9 @@ class ReleaseTracker:
             self.seen_at = float(tracked.get("seen_at") or self.seen_at)
             self.deploy_at = tracked.get("deploy_at")
             self.failing_before_deploy = bool(tracked.get("failing_before"))
+            rollouts = tracked.get("rollouts")
+            self._rollouts = ({str(k): str(v) for k, v in rollouts.items()}
+                              if isinstance(rollouts, dict) else {})
             self.set_release_metric("current", self.current.fingerprint)
             self._enter(self.current.fingerprint, self._started_at)
         known_good = self.known_good()
@@ -132,9 +142,14 @@ class ReleaseTracker:
         release = obs.release
         if release is None:
             return obs
+        again = self._take_rollouts()
         if self.current is not None and release.fingerprint == self.current.fingerprint:
             if not (obs.not_running or obs.mixed):
                 self._failing_while_whole = failing()
+            if again is not None:
+                self._save_current()
+                if again:
+                    self._record_redeploy(release, again, by_rollback)
             return obs
         previous, self.current, self.seen_at = self.current, release, now
         self.hub.store.upsert_release(release.fingerprint, release=release.to_dict(),
@@ -147,11 +162,36 @@ class ReleaseTracker:
             self.deploy_at = deployed_at(self.cfg.project, self.cfg.services, self.containers,
                                          not_before=looked_before or now, now=now)
             self._record_deploy(previous, release, by_rollback)
-        self.hub.store.set_flag(CURRENT_FLAG, {"release": release.to_dict(), "seen_at": now,
-                                               "deploy_at": self.deploy_at,
-                                               "failing_before": self.failing_before_deploy})
+        self._save_current()
         self.set_release_metric("current", release.fingerprint)
         return obs
+
+    def _take_rollouts(self) -> tuple[str, ...] | None:
+        """Note each service's rollout at this look (one with no task keeps the last seen);
+        the services rolled out again since the last look, None when nothing moved."""
+        rollouts = service_rollouts(self.cfg.project, self.cfg.services, self.containers)
+        before, self._rollouts = self._rollouts, {**self._rollouts, **rollouts}
+        return None if self._rollouts == before else redeployed(before, rollouts)
+
+    def _save_current(self) -> None:
+        """Keep the running release and its deploy across a restart."""
+        if self.current is not None:
+            self.hub.store.set_flag(CURRENT_FLAG, {
+                "release": self.current.to_dict(), "seen_at": self.seen_at,
+                "deploy_at": self.deploy_at, "failing_before": self.failing_before_deploy,
+                "rollouts": self._rollouts})
+
+    def _record_redeploy(self, release: Release, services: tuple[str, ...],
+                         by_rollback: bool) -> None:
+        """The same release rolled out again: its identity, evidence, known-good mark and
+        deploy time stay (the attribution of failures is the release's first deploy's)."""
+        self.hub.metrics.deploys.labels(change="none").inc()
+        who = " by the rollback" if by_rollback else ""
+        self.hub.record("redeploy", SOURCE, f"redeploy detected{who}: release {release.short} "
+                        f"rolled out again ({', '.join(services)}: same images and config); "
+                        "still the same release: its evidence and deploy time are kept",
+                        evidence={"release": release.fingerprint, "services": list(services),
+                                  "deployed_at": self.deploy_at})
 
     def _record_deploy(self, previous: Release, release: Release, by_rollback: bool) -> None:
         change = diff(previous, release)

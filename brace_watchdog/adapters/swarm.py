@@ -32,6 +32,7 @@ from brace_watchdog.swarm_release import (
     SwarmTask,
     identify,
     pinned,
+    rollout,
     spec_hash,
     stack_containers,
     swarm_name,
@@ -132,15 +133,16 @@ class SwarmAdapter(DockerAdapter):
         out = []
         for task in found:
             service_id, status = str(task.get("ServiceID", "")), task.get("Status", {})
-            spec = self.hashes.target(service_id, versions.get(service_id),
-                                      task.get("Spec", {}).get("ContainerSpec", {}))
+            version, task_spec = versions.get(service_id), task.get("Spec", {})
+            spec = self.hashes.target(service_id, version, task_spec.get("ContainerSpec", {}))
             container = str(status.get("ContainerStatus", {}).get("ContainerID", ""))
             out.append(StackTask(
                 id=str(task.get("ID", "")), service_id=service_id, target=identify(
                     spec, self.images.task(spec.image, str(task.get("NodeID", "")),
                                            container, tags)),
                 state=str(status.get("State", "")), created=str(task.get("CreatedAt", "")),
-                container_id=container, image_ref=spec.image))
+                container_id=container, image_ref=spec.image,
+                rollout=self.hashes.rollout(service_id, version, task_spec)))
         return out
 
     def _service_of(self, attrs: dict[str, Any], stack: str,
@@ -252,14 +254,16 @@ class ImageIdentities:
 
 class SpecHashes:
     """Each service's spec hashes, computed once per (service ID, spec version): its current
-    and previous container specs, and the specs its tasks were created from. A task's spec
-    never changes and is, but for old tasks in a long rollout, one of its service's two: it is
-    compared by equality with those already hashed, and hashed only when new. Only the latest
-    version of a service is kept. Thread-safe (looks run in worker threads)."""
+    and previous container specs, and the specs its tasks were created from (their container
+    specs' :func:`~brace_watchdog.swarm_release.spec_hash`, and their whole task specs'
+    :func:`~brace_watchdog.swarm_release.rollout`). A task's spec never changes and is, but for
+    old tasks in a long rollout, one of its service's two: it is compared by equality with
+    those already hashed, and hashed only when new. Only the latest version of a service is
+    kept. Thread-safe (looks run in worker threads)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._known: dict[str, tuple[int, list[tuple[dict[str, Any], ServiceTarget]]]] = {}
+        self._known: dict[tuple[str, str], tuple[int, list[tuple[dict[str, Any], Any]]]] = {}
         self.computed = 0
         """How many hashes were computed (not found): what the cache saves shows here."""
 
@@ -267,19 +271,33 @@ class SpecHashes:
                container_spec: dict[str, Any]) -> ServiceTarget:
         """The target of ``container_spec``, a spec of the service at ``version`` (None: not
         read, any version hashed so far)."""
+        found: ServiceTarget = self._find("target", service_id, version, container_spec,
+                                          lambda: ServiceTarget(
+                                              image=str(container_spec.get("Image", "")),
+                                              spec_hash=spec_hash(container_spec)))
+        return found
+
+    def rollout(self, service_id: str, version: int | None, task_spec: dict[str, Any]) -> str:
+        """The rollout of a task's spec (its whole task template), as :meth:`target`."""
+        found: str = self._find("rollout", service_id, version, task_spec,
+                                lambda: rollout(task_spec))
+        return found
+
+    def _find(self, kind: str, service_id: str, version: int | None, spec: dict[str, Any],
+              compute: Callable[[], T]) -> T:
         with self._lock:
-            known_version, known = self._known.get(service_id, (version or 0, []))
+            key = (service_id, kind)
+            known_version, known = self._known.get(key, (version or 0, []))
             if version is not None and known_version != version:
                 known_version, known = version, []
-            self._known[service_id] = (known_version, known)
-            for spec, target in known:
-                if spec == container_spec:
-                    return target
-            target = ServiceTarget(image=str(container_spec.get("Image", "")),
-                                   spec_hash=spec_hash(container_spec))
-            known.append((container_spec, target))
+            self._known[key] = (known_version, known)
+            for seen, value in known:
+                if seen == spec:
+                    return value  # type: ignore[no-any-return]
+            value = compute()
+            known.append((spec, value))
             self.computed += 1
-            return target
+            return value
 
 
 def _service(attrs: dict[str, Any], stack: str, version: int, current: ServiceTarget,

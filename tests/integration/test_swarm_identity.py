@@ -3,34 +3,34 @@
 registry) is identified by the image its node resolved the tag to, so retagging the tag to
 another image and redeploying (``docker service update --force``) is a new release, and the
 known-good release names the image ID — pinning it back restores the old image although the
-tag points elsewhere."""
+tag points elsewhere. A redeploy of the same release (``docker service update --force``) is
+seen from the tasks' specs: recorded as a redeploy, the release and its deploy time kept."""
 
 from __future__ import annotations
 
 import asyncio
 import io
-import os
-import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from brace_watchdog.actions.app_rollback import AppRollback
 from brace_watchdog.actions.rollback_steps import verify_images
 from brace_watchdog.adapters.swarm import SwarmAdapter
+from brace_watchdog.config import Config, load_config
+from brace_watchdog.metrics import Metrics
 from brace_watchdog.releases import Release, build_release, diff
+from brace_watchdog.runtime import Hub
+from brace_watchdog.state import StateStore
 from brace_watchdog.swarm_release import ServiceTarget, choose_step
-from tests.support.swarm import STACK, PrivateSwarm, create_web_service
+from tests.support.stack import write_daemon_toml
+from tests.support.swarm import STACK, PrivateSwarm, create_web_service, swarm_cli
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-
-def swarm_cli(engine: PrivateSwarm, *argv: str) -> None:
-    """The docker CLI against the private Swarm (never the shared engine)."""
-    subprocess.run(["docker", *argv], check=True, capture_output=True, timeout=120,
-                   env={**os.environ, "DOCKER_HOST": engine.host})
 
 
 async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 120) -> None:
@@ -90,3 +90,73 @@ async def test_a_tag_retagged_and_redeployed_is_a_new_release_and_the_old_image_
     finally:
         adapter.close()
         swarm.client.services.get(service_id).remove()
+
+
+def _component(config: Config, store: StateStore, engine: PrivateSwarm,
+               registry: CollectorRegistry) -> AppRollback:
+    return AppRollback(Hub(config=config, store=store, metrics=Metrics(registry, process=False)),
+                       docker=SwarmAdapter(engine.host))
+
+
+async def _cycles_until(rollback: AppRollback, store: StateStore, kind: str) -> None:
+    async def seen() -> bool:
+        await rollback.cycle()
+        return bool(store.events(kinds=(kind,), limit=1))
+    await until(seen, f"a {kind} event")
+
+
+async def test_a_forced_update_of_the_same_release_is_a_redeploy_also_across_a_restart(
+        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
+    """``service update --force`` replaces the tasks from the same spec: the release stays the
+    same (no deploy, its deploy time kept) and a redeploy is recorded — also one made while
+    the daemon was down; a spec version that moves without new tasks (a service label) is
+    none."""
+    service_id, port, _ = create_web_service(swarm, tmp_path, busybox_image, "again")
+    config = load_config(write_daemon_toml(
+        tmp_path, backend=f"http://127.0.0.1:{port}/api/health", driver="swarm",
+        project=STACK, services=["again"]))
+    store = StateStore(config.daemon.state_path).open()
+    registry = CollectorRegistry()
+    rollback = _component(config, store, swarm, registry)
+    await rollback.start()
+    try:
+        await until(_whole(rollback), "the service running")
+        first = rollback.tracker.current
+        version = swarm.client.services.get(service_id).version
+        swarm_cli(swarm, "service", "update", "--label-add", "brace-test.note=1", "--detach",
+                  f"{STACK}_again")
+        assert swarm.client.services.get(service_id).version > version
+        for _ in range(3):
+            await rollback.cycle()
+        swarm_cli(swarm, "service", "update", "--force", "--no-resolve-image", "--detach",
+                  f"{STACK}_again")
+        await _cycles_until(rollback, store, "redeploy")
+        await until(_whole(rollback), "the service running again")
+        assert first is not None and rollback.tracker.current is not None
+        assert rollback.tracker.current.fingerprint == first.fingerprint
+        assert rollback.tracker.deploy_at is None  # never deployed while watched: still not
+        assert not store.events(kinds=("deploy",), limit=5)
+        assert registry.get_sample_value("brace_deploys_total", {"change": "none"}) == 1
+        await rollback.stop()
+        swarm_cli(swarm, "service", "update", "--force", "--no-resolve-image", "--detach",
+                  f"{STACK}_again")  # while no daemon looks
+        rollback = _component(config, store, swarm, CollectorRegistry())
+        await rollback.start()
+        await until(_whole(rollback), "the service running after the restart")
+        redeploys = store.events(kinds=("redeploy",), limit=5)
+        assert len(redeploys) == 2, [e.message for e in redeploys]
+        assert "again" in redeploys[0].message and not store.events(kinds=("deploy",), limit=5)
+    finally:
+        await rollback.stop()
+        store.close()
+        swarm.client.services.get(service_id).remove()
+
+
+def _whole(rollback: AppRollback) -> Callable[[], Awaitable[bool]]:
+    """A check that cycles ``rollback`` once: the release is seen, every service running."""
+    async def whole() -> bool:
+        await rollback.cycle()
+        obs = rollback.tracker.observation
+        return obs is not None and obs.release is not None and not (
+            obs.not_running or obs.mixed)
+    return whole

@@ -25,7 +25,7 @@ from tests.support.net import free_port
 from tests.support.skips import skip_missing
 
 __all__ = ["CRASH_TAG", "STACK", "PrivateSwarm", "create_web_service", "private_swarm",
-           "swarm_worker", "swarm_worker_node"]
+           "swarm_cli", "swarm_worker", "swarm_worker_node"]
 
 STACK = "brace"
 CRASH_TAG = "brace-test/busybox:crash"
@@ -39,6 +39,15 @@ class PrivateSwarm:
     @property
     def host(self) -> str:
         return f"unix://{self.folder / 'd.sock'}"
+
+
+def swarm_cli(engine: PrivateSwarm, *argv: str,
+              cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The docker CLI against the private Swarm (never the shared engine); fails on an error."""
+    done = subprocess.run(["docker", *argv], capture_output=True, text=True, timeout=120,
+                          cwd=cwd, env={**os.environ, "DOCKER_HOST": engine.host}, check=False)
+    assert done.returncode == 0, (argv, done.stdout, done.stderr)
+    return done
 
 
 def create_web_service(engine: PrivateSwarm, root: Path, image_ref: str, name: str, *,

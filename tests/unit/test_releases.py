@@ -13,6 +13,8 @@ from brace_watchdog.releases import (
     deployed_at,
     diff,
     pin_tag,
+    redeployed,
+    service_rollouts,
 )
 
 SERVICES = ("backend", "frontend")
@@ -146,3 +148,23 @@ def test_a_deploy_whose_containers_tell_no_time_is_dated_by_the_look() -> None:
     unreadable = [container("backend", created=""), container("frontend", created="yesterday")]
     assert deployed_at("brace", SERVICES, unreadable, not_before=T0, now=T0 + 3) == T0 + 3
     assert deployed_at("brace", SERVICES, [], not_before=T0, now=T0 + 3) == T0 + 3
+
+
+def test_a_services_rollout_is_read_from_the_container_its_release_is_read_from() -> None:
+    old = replace(container("backend", created="2026-01-01"), rollout="r1")
+    new_starting = replace(container("backend", state="starting", created="2026-01-02"),
+                           rollout="r2")
+    other = replace(container("backend", project="other"), rollout="rx")
+    front = container("frontend")  # compose: no rollout told
+    assert service_rollouts("brace", SERVICES, [old, new_starting, other, front]) == {
+        "backend": "r1"}  # the new task does not run yet: the release is still the old one's
+    assert service_rollouts("brace", SERVICES, [replace(old, state="shutdown"),
+                                                new_starting]) == {"backend": "r2"}
+
+
+def test_a_redeploy_is_a_rollout_that_moved_on_a_service_seen_before() -> None:
+    assert redeployed({"backend": "r1", "frontend": "f1"},
+                      {"backend": "r2", "frontend": "f1"}) == ("backend",)
+    assert redeployed({"frontend": "f1"}, {"backend": "r2", "frontend": "f2"}) == ("frontend",)
+    assert redeployed({"backend": "r1"}, {}) == ()  # no task this look: nothing moved
+    assert redeployed({}, {}) == ()

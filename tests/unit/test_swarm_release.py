@@ -17,6 +17,7 @@ from brace_watchdog.swarm_release import (
     fingerprint,
     identify,
     pinned,
+    rollout,
     running_tasks,
     scale_argv,
     spec_hash,
@@ -202,7 +203,8 @@ def test_a_crash_looping_service_is_always_the_same_known_release(
 
 def test_stack_containers_take_each_tasks_own_spec_and_container() -> None:
     backend, frontend = _service(GOOD, None), SwarmService("id2", "frontend", 3, BOTH, None, 2)
-    tasks = [StackTask("t1", "id", GOOD, "running", "2026-01-01T00:00:01Z", "c1"),
+    tasks = [StackTask("t1", "id", GOOD, "running", "2026-01-01T00:00:01Z", "c1",
+                       rollout="r1"),
              StackTask("t2", "id", NEW_IMAGE, "pending", "2026-01-01T00:00:02Z"),  # mid-update
              StackTask("t3", "other", BOTH, "running", "", "c3")]  # not a service of the stack
     found = {c.name: c for c in stack_containers("brace", [backend, frontend], tasks)}
@@ -212,6 +214,7 @@ def test_stack_containers_take_each_tasks_own_spec_and_container() -> None:
                                      "2026-01-01T00:00:01Z")
     assert (found["t2"].id, found["t2"].image_ref, found["t2"].running) == (
         "t2", NEW_IMAGE.image, False)
+    assert found["t1"].rollout == "r1" and found["brace_frontend"].rollout == ""
     # no task Swarm means to run (scaled to 0, restarts exhausted): its current spec, down
     no_task = found["brace_frontend"]
     assert (no_task.service, no_task.image_id, no_task.config_hash, no_task.state) == (
@@ -238,6 +241,18 @@ def test_spec_hashes_are_computed_once_per_service_spec_version() -> None:
     hashes.target("id", 8, SPEC)
     hashes.target("id", 8, older)
     assert hashes.computed == 5
+
+
+def test_a_tasks_rollout_is_hashed_once_per_spec_and_moves_with_a_forced_update() -> None:
+    hashes = SpecHashes()
+    task = {"ContainerSpec": SPEC, "ForceUpdate": 0}
+    assert hashes.rollout("id", 7, task) == hashes.rollout("id", None, {**task}) == rollout(task)
+    assert hashes.computed == 1
+    forced = {**task, "ForceUpdate": 1}  # `service update --force`: same container spec
+    assert rollout(forced) != rollout(task)
+    assert hashes.rollout("id", 8, forced) == rollout(forced)
+    assert hashes.target("id", 8, SPEC).spec_hash == spec_hash(SPEC)  # its own cache
+    assert hashes.computed == 3
 
 
 @pytest.mark.parametrize(("image", "is_pinned"), [
