@@ -15,8 +15,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -47,20 +45,11 @@ from tests.support.swarm import (
     STACK,
     PrivateSwarm,
     create_web_service,
+    health_status,
     swarm_worker,
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-def _health(port: int, path: str = "/api/health") -> str:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-            return str(r.status)
-    except urllib.error.HTTPError as exc:
-        return str(exc.code)
-    except OSError as exc:
-        return type(exc).__name__
-
 
 def _create(engine: PrivateSwarm, tmp_path: Path, busybox_image: str, name: str,
             **extra: object) -> tuple[str, int, str]:
@@ -94,7 +83,8 @@ async def _until(check: object, what: str, timeout: float = 120) -> None:
 async def _recovered(adapter: SwarmAdapter, service_id: str, image_id: str, port: int) -> None:
     async def ok() -> bool:
         tasks = await adapter.tasks(service_id)
-        return converged(tasks, image_id, 1) and await asyncio.to_thread(_health, port) == "200"
+        return (converged(tasks, image_id, 1)
+                and await asyncio.to_thread(health_status, port) == "200")
     await _until(ok, "back on the known-good image and healthy")
 
 
@@ -107,7 +97,7 @@ async def test_a_bad_config_update_goes_back_by_service_rollback(
         good = (await _service(adapter, "backend")).current
         _update(swarm, service_id,  # the bad deploy: health answers 404
             args=["httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/"])
-        await _until(lambda: asyncio.to_thread(lambda: _health(port) == "404"), "failing")
+        await _until(lambda: asyncio.to_thread(lambda: health_status(port) == "404"), "failing")
         bad = await _service(adapter, "backend")
         assert bad.version > 0 and bad.current != good and bad.current.image == good.image
         step = choose_step(bad, good)
@@ -219,7 +209,7 @@ async def test_the_daemon_rolls_back_a_bad_swarm_update_and_verifies_it(
         assert done.kind == "rollback.succeeded", (done.message,
                                                    (tmp_path / "daemon.log").read_text())
         assert (await _service(adapter, "api")).current == good
-        assert await asyncio.to_thread(_health, port) == "200"
+        assert await asyncio.to_thread(health_status, port) == "200"
         events = _events(state)
         kinds = [e.kind for e in events]
         assert "action.rollback.swarm_rollback" in kinds, kinds
@@ -359,7 +349,7 @@ async def test_the_daemon_rolls_back_a_failing_swarm_update_once_and_verifies_it
     state = tmp_path / "state.db"
     try:
         await _recovered(adapter, service_id, image, port)
-        assert await asyncio.to_thread(_health, port, _CGI_PATH) == "200"
+        assert await asyncio.to_thread(health_status, port, _CGI_PATH) == "200"
         good = (await _service(adapter, name)).current
         await daemon_event(state, "release.known_good", timeout=60)
         _bad_update(swarm, service_id, failure)
@@ -372,7 +362,7 @@ async def test_the_daemon_rolls_back_a_failing_swarm_update_once_and_verifies_it
         running = [spec_hash(t["Spec"]["ContainerSpec"]) for t in api.tasks(
             filters={"service": service_id, "desired-state": "running"})]
         assert running and set(running) == {good.spec_hash}, (running, good)
-        assert await asyncio.to_thread(_health, port, _CGI_PATH) == "200"
+        assert await asyncio.to_thread(health_status, port, _CGI_PATH) == "200"
         await asyncio.sleep(10)  # the window (4 s) twice over: no second rollback
         events = _events(state)
         kinds = [e.kind for e in events]

@@ -9,8 +9,6 @@ and rolls back a bad ``stack deploy`` of the same file
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pytest
 from brace_watchdog.state import StateStore
 from tests.support.net import free_port
 from tests.support.stack import daemon_event, start_daemon, stop_daemon, write_daemon_toml
-from tests.support.swarm import PrivateSwarm, swarm_cli
+from tests.support.swarm import PrivateSwarm, health_status, swarm_cli
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -49,19 +47,9 @@ def _deploy(engine: PrivateSwarm, root: Path, stack: str, image: str, port: int)
               "never", "--detach=true", stack)
 
 
-def _health(port: int) -> str:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
-            return str(r.status)
-    except urllib.error.HTTPError as exc:
-        return str(exc.code)
-    except OSError as exc:
-        return type(exc).__name__
-
-
 async def _healthy(port: int, timeout: float = 120) -> None:
     for _ in range(int(timeout / 0.5)):
-        if await asyncio.to_thread(_health, port) == "200":
+        if await asyncio.to_thread(health_status, port) == "200":
             return
         await asyncio.sleep(0.5)
     raise AssertionError(f"no 200 from port {port} within {timeout}s")

@@ -12,6 +12,8 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -24,8 +26,8 @@ from tests.integration.control_helpers import short_dir
 from tests.support.net import free_port
 from tests.support.skips import skip_missing
 
-__all__ = ["CRASH_TAG", "STACK", "PrivateSwarm", "create_web_service", "private_swarm",
-           "swarm_cli", "swarm_worker", "swarm_worker_node"]
+__all__ = ["CRASH_TAG", "STACK", "PrivateSwarm", "create_web_service", "health_status",
+           "private_swarm", "swarm_cli", "swarm_worker", "swarm_worker_node"]
 
 STACK = "brace"
 CRASH_TAG = "brace-test/busybox:crash"
@@ -39,6 +41,18 @@ class PrivateSwarm:
     @property
     def host(self) -> str:
         return f"unix://{self.folder / 'd.sock'}"
+
+
+def health_status(port: int, path: str = "/api/health") -> str:
+    """What a GET of ``path`` on a loopback port answers: the HTTP status, or the error's
+    name (``ConnectionRefusedError``, ``TimeoutError``...)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return str(r.status)
+    except urllib.error.HTTPError as exc:
+        return str(exc.code)
+    except OSError as exc:
+        return type(exc).__name__
 
 
 def swarm_cli(engine: PrivateSwarm, *argv: str,
