@@ -29,6 +29,7 @@ from brace_watchdog.configreader import (
     resolve_path,
 )
 from brace_watchdog.errors import ConfigError
+from brace_watchdog.leadership import settle_seconds, split_brain_problem
 from brace_watchdog.observations import SAMPLE_RESULTS
 
 __all__ = [
@@ -412,7 +413,7 @@ class LeadershipConfig:
     @property
     def settle_seconds(self) -> float:
         """How long a new leader waits before acting: the old one's check interval + timeout."""
-        return self.check_interval_seconds + self.check_timeout_seconds
+        return settle_seconds(self.check_interval_seconds, self.check_timeout_seconds)
 
 
 @dataclass(frozen=True)
@@ -479,6 +480,11 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None, 
     window_problem = rollback_window_problem(config.health, config.rollback)
     if window_problem:
         problems.add("rollback.window_seconds", window_problem)
+    lead = config.leadership
+    split_brain = split_brain_problem(lead.check_interval_seconds, lead.check_timeout_seconds,
+                                      lead.lease_seconds)
+    if split_brain:
+        problems.add("leadership.lease_seconds", split_brain)
     if problems.items:
         raise ConfigError(problems.items, str(source) if source else "")
     return config

@@ -24,7 +24,8 @@ from typing import Literal
 from brace_watchdog.errors import RefusedError
 
 __all__ = ["LeaderDecision", "LeaderInfo", "LeaderView", "LeadershipGate",
-           "LeadershipLostError", "may_act"]
+           "LeadershipLostError", "locked_deadline", "may_act", "new_leader_acts_after",
+           "old_leader_stops_within", "query_deadline", "settle_seconds", "split_brain_problem"]
 
 Reason = Literal["single", "leader", "follower", "stale", "settling"]
 
@@ -78,6 +79,61 @@ def may_act(view: LeaderView, now: float) -> LeaderDecision:
         return LeaderDecision(False, "settling", f"leader for {waited:.1f}s: waiting "
                               f"{view.settle_seconds:.1f}s for the previous leader to stop")
     return LeaderDecision(True, "leader", "leader: this instance acts")
+
+
+QUERY_MARGIN_SECONDS = 0.5  # a lock query's round trip beyond its statement_timeout
+
+
+def query_deadline(timeout: float) -> float:
+    """How long one lock query (take the lock, confirm it, name the holder) may take."""
+    return timeout + QUERY_MARGIN_SECONDS
+
+
+def locked_deadline(timeout: float) -> float:
+    """How long a locked transaction (check the lock, write, commit) may take: the longest
+    confirmation of the lock."""
+    return 2 * timeout + QUERY_MARGIN_SECONDS
+
+
+def settle_seconds(check_interval: float, check_timeout: float) -> float:
+    """How long a new leader waits before acting: the old one's check interval + timeout."""
+    return check_interval + check_timeout
+
+
+def old_leader_stops_within(check_interval: float, check_timeout: float) -> float:
+    """Seconds after PostgreSQL last answered the leader (it is cut off, or stopped) by which it
+    has stopped acting: a confirmation answered then returns within C = :func:`locked_deadline`
+    (its step starts then at the latest); the next query starts once that one is done, or at
+    the next check (one ``check_interval`` later), and fails within C; any failed lock query
+    demotes it, cancelling its running step."""
+    confirm = locked_deadline(check_timeout)
+    return max(check_interval, confirm) + confirm
+
+
+def new_leader_acts_after(check_interval: float, check_timeout: float, lease: float) -> float:
+    """Seconds after PostgreSQL last answered the old leader before another may act: the server
+    ends the silent session after the lease; a follower may take the lock at once, and acts
+    after the settle time."""
+    return lease + settle_seconds(check_interval, check_timeout)
+
+
+def split_brain_problem(check_interval: float, check_timeout: float,
+                        lease: float) -> str | None:
+    """Why these timings let a cut-off old leader still act when a new one may, or None."""
+    stops = old_leader_stops_within(check_interval, check_timeout)
+    acts = new_leader_acts_after(check_interval, check_timeout, lease)
+    if stops <= acts:
+        return None
+    confirm = locked_deadline(check_timeout)
+    return (f"two leaders could act at once: with check_interval_seconds = {check_interval:g}, "
+            f"check_timeout_seconds = {check_timeout:g} and lease_seconds = {lease:g}, a "
+            f"leader cut off from PostgreSQL may act for max(check_interval_seconds, C) + C = "
+            f"{stops:g} s after its last answer (C = 2 x check_timeout_seconds + "
+            f"{QUERY_MARGIN_SECONDS:g} = {confirm:g} s, its longest lock confirmation), but "
+            f"another may act lease_seconds + check_interval_seconds + check_timeout_seconds "
+            f"= {acts:g} s after it; raise lease_seconds to at least "
+            f"{stops - settle_seconds(check_interval, check_timeout):g} or lower "
+            "check_timeout_seconds (docs/swarm.md, 'Timings')")
 
 
 class LeadershipLostError(RefusedError):

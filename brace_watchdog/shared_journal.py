@@ -105,11 +105,16 @@ class SharedJournal:
         self._pending = deque(folded[drop:])
 
     async def _write_soon(self) -> None:
+        """Write the queue now. A write that fails (its session closed, which frees the lock)
+        or finds the lock not ours demotes this leader at once, not at its next check."""
         try:
-            while self._pending and await self.flush():
-                pass
+            while self._pending:
+                if not await self.flush():
+                    self.hub.leadership.demote("the lock is no longer ours")
+                    return
         except PostgresError as exc:
-            log.warning("%s not written yet (%s); the next confirmation tries again", WHAT, exc)
+            log.warning("%s not written (%s); not leading any more", WHAT, exc)
+            self.hub.leadership.demote(str(exc))
 
     async def flush(self) -> bool:
         """Write what is queued in one transaction that confirms the lock first; False (nothing

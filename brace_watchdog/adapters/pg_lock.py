@@ -25,7 +25,7 @@ from psycopg.rows import TupleRow
 
 from brace_watchdog.adapters.pg_connection import close_quietly, open_connection
 from brace_watchdog.errors import PostgresError
-from brace_watchdog.leadership import LeaderInfo
+from brace_watchdog.leadership import LeaderInfo, locked_deadline, query_deadline
 
 __all__ = ["APP_PREFIX", "AdvisoryLockSession", "application_name", "parse_application_name"]
 
@@ -113,7 +113,7 @@ class AdvisoryLockSession:
         """``(True, work(conn))`` in one transaction that first confirmed the lock is ours;
         ``(False, None)`` when it is not (nothing written). Failures are PostgresErrors naming
         ``what``; the session is closed then, which frees the lock."""
-        async with self._guarded(f"{what}: ", self._timeout * 2 + 0.5) as conn, \
+        async with self._guarded(f"{what}: ", locked_deadline(self._timeout)) as conn, \
                 conn.transaction():
             cur = await conn.execute(_HELD_SQL, {"key": self.key})
             row = await cur.fetchone()
@@ -124,7 +124,7 @@ class AdvisoryLockSession:
     async def read(self, work: Callable[[Connection], Awaitable[T]], what: str) -> T:
         """``work(conn)``, reading only, whether or not the lock is ours (a follower's look at
         what the leader wrote). Failures are PostgresErrors naming ``what``."""
-        async with self._guarded(f"{what}: ", self._timeout + 0.5) as conn:
+        async with self._guarded(f"{what}: ", query_deadline(self._timeout)) as conn:
             return await work(conn)
 
     async def holder(self) -> LeaderInfo | None:
@@ -141,7 +141,7 @@ class AdvisoryLockSession:
         return self._conn
 
     async def _one(self, sql: str, **params: object) -> tuple[object, ...] | None:
-        async with self._guarded("", self._timeout + 0.5) as conn:
+        async with self._guarded("", query_deadline(self._timeout)) as conn:
             cur = await conn.execute(sql, {"key": self.key, **params})
             return await cur.fetchone()
 

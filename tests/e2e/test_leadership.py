@@ -40,7 +40,7 @@ from tests.support.stack import (
 
 pytestmark = pytest.mark.docker
 
-LEASE = 4.0
+LEASE = 7.0  # check 0.5 s, timeout 2 s: at least 6.5 s (leadership.split_brain_problem)
 LEADERSHIP = f"""
 [database]
 dsn = "{{dsn}}"

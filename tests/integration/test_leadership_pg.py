@@ -162,7 +162,7 @@ def _hub(cluster: PgCluster, tmp: str, name: str, dsn: str = "") -> Hub:
     config = parse_config({
         "daemon": {"state_path": f"{tmp}/{name}.db"}, "database": {"dsn": dsn or cluster.dsn()},
         "leadership": {"enabled": True, "name": name, "check_interval_seconds": 0.2,
-                       "check_timeout_seconds": 1.0, "lease_seconds": 2.0, "lock_key": KEY}})
+                       "check_timeout_seconds": 1.0, "lease_seconds": 4.0, "lock_key": KEY}})
     return Hub(config=config, store=StateStore(config.daemon.state_path).open(),
                metrics=Metrics(CollectorRegistry(), process=False))
 
@@ -250,6 +250,23 @@ async def _lead(election: LeaderElection) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"{election.me.host} never took the lock")
+
+
+async def test_a_failed_journal_write_demotes_the_leader_at_once(hosts: Hosts,
+                                                                pg_cluster: PgCluster) -> None:
+    """A write-through that fails closed the session (freeing the lock): the leader stops
+    acting then, not at its next check (the split-brain margin counts on it)."""
+    one = hosts.elect(hosts.first)
+    await _lead(one)
+    pg_cluster.psql("select pg_terminate_backend(pid) from pg_stat_activity "
+                    "where application_name like 'brace-watchdog@a:%/%'")
+    hosts.first.freeze("frozen by an operator", by="ops")  # written through at once, fails
+    for _ in range(100):  # no election cycle runs here: only the write can demote
+        if not hosts.first.leadership.view.held:
+            break
+        await asyncio.sleep(0.1)
+    assert not hosts.first.leadership.view.held
+    assert hosts.first.metrics.leader._value.get() == 0  # type: ignore[attr-defined]
 
 
 async def test_a_leader_on_another_host_adopts_what_the_old_one_left_open(
@@ -497,7 +514,7 @@ async def test_a_follower_takes_the_leaders_guards_over_without_leading(
     assert second.metrics.automation_frozen._value.get() == 1  # type: ignore[attr-defined]
     first.unfreeze(by="ops")
     assert await one.journal.flush()
-    for _ in range(100):  # the next look comes within the lease (2 s here)
+    for _ in range(100):  # the next look comes within the lease (4 s here)
         await one.cycle()  # (a idle for the lease would lose its session, and the lock)
         await two.cycle()
         if second.frozen() is None:

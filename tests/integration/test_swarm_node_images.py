@@ -60,7 +60,7 @@ enabled = true
 name = "{name}"
 check_interval_seconds = 0.5
 check_timeout_seconds = 2.0
-lease_seconds = 4.0
+lease_seconds = 7.0
 """
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from brace_watchdog import cli
 from brace_watchdog.adapters.pg_lock import application_name, parse_application_name
-from brace_watchdog.config import parse_config
+from brace_watchdog.config import load_config, parse_config
 from brace_watchdog.errors import ConfigError, RefusedError
 from brace_watchdog.leader_election import leadership_active, leadership_unused
 from brace_watchdog.leadership import (
@@ -16,7 +18,11 @@ from brace_watchdog.leadership import (
     LeadershipGate,
     LeadershipLostError,
     LeaderView,
+    locked_deadline,
     may_act,
+    new_leader_acts_after,
+    old_leader_stops_within,
+    split_brain_problem,
 )
 from brace_watchdog.runtime import ActionLock
 
@@ -156,3 +162,60 @@ def test_an_election_runs_only_when_enabled_with_a_database_and_else_it_says_why
     unused = leadership_unused(config)
     assert (unused is not None) == (enabled and not dsn)
     assert unused is None or "acts alone" in unused
+
+
+# -- the split-brain margin (leadership.split_brain_problem) --------------------------------
+# Values are multiples of 1/8 s, exact in binary floating point, so the boundary is exact.
+STEPS = [0.125 * n for n in range(1, 41)]  # 0.125 .. 5 s
+
+
+@pytest.mark.parametrize("check_timeout", STEPS)
+def test_the_split_brain_rule_holds_exactly_from_its_smallest_lease(check_timeout: float) -> None:
+    """For every interval and timeout: the smallest safe lease passes, 1/8 s less does not."""
+    confirm = 2 * check_timeout + 0.5  # run_locked's deadline: the longest confirmation
+    assert locked_deadline(check_timeout) == confirm
+    for check_interval in STEPS:
+        stops = max(check_interval, confirm) + confirm
+        assert old_leader_stops_within(check_interval, check_timeout) == stops
+        smallest = stops - check_interval - check_timeout  # lease + settle must reach stops
+        assert new_leader_acts_after(check_interval, check_timeout, smallest) == stops
+        assert split_brain_problem(check_interval, check_timeout, smallest) is None
+        assert split_brain_problem(check_interval, check_timeout, smallest + 0.125) is None
+        problem = split_brain_problem(check_interval, check_timeout, smallest - 0.125)
+        assert problem is not None and f"at least {smallest:g} " in problem
+
+
+@pytest.mark.parametrize(("interval", "timeout", "lease", "safe"), [
+    (2.0, 1.0, 10.0, True),    # the defaults: the old leader stops 5 s after, another acts 13 s
+    (0.5, 2.0, 6.5, True),     # stops 9 s after (4.5 + 4.5); another acts 6.5 + 2.5 = 9 s
+    (0.5, 2.0, 6.0, False),
+    (0.5, 1.0, 4.0, True),     # the failover benchmark: 5 s against 5.5 s
+    (0.2, 1.0, 2.0, False),    # passes the lease rule (>= 1.4 s) yet stops 5 s vs 3.2 s
+    (0.5, 0.5, 2.0, True),     # exactly on the boundary: 3 s against 3 s
+    (5.0, 1.0, 1.5, True),     # interval beyond the confirmation: 7.5 s against 1.5 + 6 s
+    (5.0, 1.0, 1.375, False),
+])
+def test_the_split_brain_rule_on_known_timings(interval: float, timeout: float, lease: float,
+                                              safe: bool) -> None:
+    assert (split_brain_problem(interval, timeout, lease) is None) == safe
+
+
+def test_check_config_refuses_timings_that_let_two_leaders_act_naming_options_and_values(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "brace-watchdog.toml"
+    path.write_text("[leadership]\nenabled = true\ncheck_interval_seconds = 0.5\n"
+                    "check_timeout_seconds = 2.0\nlease_seconds = 6.0\n", encoding="utf-8")
+    assert cli.main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "leadership.lease_seconds: two leaders could act at once" in err
+    for named in ("check_interval_seconds = 0.5", "check_timeout_seconds = 2", "lease_seconds = 6",
+                  "= 9 s after its last answer", "= 8.5 s after it",
+                  "raise lease_seconds to at least 6.5"):
+        assert named in err, err
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[2].glob("etc/*.toml")))
+def test_shipped_configs_keep_the_split_brain_margin(path: Path) -> None:
+    lead = load_config(path, {}).leadership
+    assert split_brain_problem(lead.check_interval_seconds, lead.check_timeout_seconds,
+                               lead.lease_seconds) is None
