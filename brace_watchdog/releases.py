@@ -6,7 +6,9 @@ them into a :class:`Release` — per service the image ID and the compose config
 project's working dir — fingerprints it and tells what a deploy changed (:func:`diff`);
 :func:`redeployed` tells which services were rolled out again without changing the release
 (Swarm's spec versions, :func:`service_rollouts`); :func:`service_liveness` reads each
-service's containers as evidence of health (crash loops, exits, docker health checks).
+service's containers as evidence of health (crash loops, exits, docker health checks);
+:func:`health_checks` tells, per service with a docker health check, its status now and how long
+the check needs to reach a verdict.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from brace_watchdog.observations import ProbeResult
 __all__ = [
     "Change",
     "ComposeContainer",
+    "HealthCheck",
     "Release",
     "ReleaseDiff",
     "ReleaseObservation",
@@ -30,9 +33,11 @@ __all__ = [
     "ServiceRelease",
     "TagUser",
     "build_release",
+    "check_seconds",
     "config_digest",
     "deployed_at",
     "diff",
+    "health_checks",
     "pin_tag",
     "redeployed",
     "service_liveness",
@@ -66,6 +71,9 @@ class ComposeContainer:
     rollout: str = ""
     """What its service's tasks are rolled out from (Swarm: a hash of the task template, which
     a redeploy moves — ``--force`` too); ``""`` where the engine tells none (compose)."""
+    check_seconds: float = 0.0
+    """The longest a failing health check takes to turn the container ``unhealthy``:
+    ``retries`` checks, each ``interval`` plus ``timeout`` (0 without a check)."""
 
     @property
     def running(self) -> bool:
@@ -156,11 +164,13 @@ class ReleaseObservation:
 
 def _by_service(project: str, services: Sequence[str],
                 containers: Iterable[ComposeContainer]) -> dict[str, list[ComposeContainer]]:
-    by_service: dict[str, list[ComposeContainer]] = {}
+    """Each of ``services`` that has a container (not a one-off run), with its containers, in
+    the order of ``services``."""
+    by_service: dict[str, list[ComposeContainer]] = {name: [] for name in services}
     for c in containers:
-        if c.project == project and c.service in services and not c.oneoff:
-            by_service.setdefault(c.service, []).append(c)
-    return by_service
+        if c.project == project and c.service in by_service and not c.oneoff:
+            by_service[c.service].append(c)
+    return {name: group for name, group in by_service.items() if group}
 
 
 def _newest(group: Sequence[ComposeContainer]) -> ComposeContainer:
@@ -249,6 +259,24 @@ def config_digest(attrs: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+_NS = 1e9
+_DEFAULT_INTERVAL = _DEFAULT_TIMEOUT = 30.0  # docker's, for a health check field left 0
+_DEFAULT_RETRIES = 3
+
+
+def check_seconds(healthcheck: Mapping[str, Any] | None) -> float:
+    """The longest a failing docker health check (a container's ``Config.Healthcheck``) takes
+    to turn its container ``unhealthy``: ``Retries`` * (``Interval`` + ``Timeout``), docker's
+    defaults for a field left 0; 0 without a check (none, or ``["NONE"]``)."""
+    test = (healthcheck or {}).get("Test") or []
+    if not healthcheck or not test or test[0] == "NONE":
+        return 0.0
+    interval = float(healthcheck.get("Interval") or 0) / _NS or _DEFAULT_INTERVAL
+    timeout = float(healthcheck.get("Timeout") or 0) / _NS or _DEFAULT_TIMEOUT
+    retries = int(healthcheck.get("Retries") or 0) or _DEFAULT_RETRIES
+    return retries * (interval + timeout)
+
+
 def diff(old: Release, new: Release) -> ReleaseDiff:
     """What a deploy changed, per service and overall (a moved working dir is a config change)."""
     per_service: dict[str, Change] = {}
@@ -305,12 +333,37 @@ def service_liveness(project: str, services: Sequence[str],
     container IDs to the restart counts of the previous look (a container not in it has not
     restarted since). A service without any container gives nothing: the release is unknown
     then (:func:`build_release`), which the rollback policy escalates when failures trigger."""
-    by_service: dict[str, list[ComposeContainer]] = {name: [] for name in services}
-    for c in containers:
-        if c.project == project and c.service in by_service and not c.oneoff:
-            by_service[c.service].append(c)
     return tuple(ServiceLiveness(name, *_liveness(group, restarts_before))
-                 for name, group in by_service.items() if group)
+                 for name, group in _by_service(project, services, containers).items())
+
+
+CheckStatus = Literal["starting", "healthy", "unhealthy"]
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """A service's docker health check at one look: the worst status among its running
+    containers (``unhealthy`` before ``starting`` before ``healthy``) and the longest any of
+    them needs to reach a verdict (:attr:`ComposeContainer.check_seconds`)."""
+
+    service: str
+    status: CheckStatus
+    verdict_seconds: float
+
+
+_WORST_FIRST: tuple[CheckStatus, ...] = ("unhealthy", "starting", "healthy")
+
+
+def health_checks(project: str, services: Sequence[str],
+                  containers: Iterable[ComposeContainer]) -> tuple[HealthCheck, ...]:
+    """The health check of each of ``services`` whose running containers have one."""
+    found: list[HealthCheck] = []
+    for name, group in _by_service(project, services, containers).items():
+        checked = [c for c in group if c.running and c.health in _WORST_FIRST]
+        if checked:
+            status = next(s for s in _WORST_FIRST if any(c.health == s for c in checked))
+            found.append(HealthCheck(name, status, max(c.check_seconds for c in checked)))
+    return tuple(found)
 
 
 def _liveness(group: list[ComposeContainer],

@@ -14,18 +14,24 @@ redeploy of an older release), so time the daemon did not watch never counts. An
 is not healthy (the one rule of :mod:`~brace_watchdog.monitors.policy`) or a firing trigger
 alert restarts the healthy clock.
 
-:func:`promotion` decides: ``stable_after_seconds`` of watched healthy time, at least one ``ok``
-sample. No I/O, no clock; tested exhaustively in ``tests/unit/test_promotion_policy.py``.
+:func:`promotion` decides: no docker health check of the release ``starting`` or ``unhealthy``
+now (the engine's word at the promotion, not only the samples before it), at least one ``ok``
+sample, and ``stable_after_seconds`` of watched healthy time — or, when longer, the time each
+health check needs to reach a verdict (``retries`` * (``interval`` + ``timeout``)), so that a
+container whose check passed once and fails from then on is called ``unhealthy`` by docker
+before it could be blessed, however short the stability time or long the rollback window.
+No I/O, no clock; tested exhaustively in ``tests/unit/test_promotion_policy.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from brace_watchdog.monitors.policy import is_failing, is_healthy
 from brace_watchdog.observations import ProbeSample
+from brace_watchdog.releases import HealthCheck
 
 __all__ = ["HEALTH_SAVE_SECONDS", "Promotion", "ReleaseHealth", "health_save_due", "observe",
            "promotion"]
@@ -103,12 +109,26 @@ class Promotion:
     reason: str
 
 
-def promotion(health: ReleaseHealth, *, stable_after_seconds: float) -> Promotion:
-    """Known-good needs ``stable_after_seconds`` of watched healthy time and an ``ok`` sample."""
+def promotion(health: ReleaseHealth, *, stable_after_seconds: float,
+              checks: Sequence[HealthCheck] = ()) -> Promotion:
+    """Known-good needs every health check of ``checks`` ``healthy`` now, an ``ok`` sample,
+    and watched healthy time of ``stable_after_seconds`` or, when longer, of the slowest
+    check's verdict time."""
+    for status in ("unhealthy", "starting"):
+        named = sorted(c.service for c in checks if c.status == status)
+        if named:
+            return Promotion(False, f"the docker health check of {', '.join(named)} "
+                                    f"{'says' if status == 'unhealthy' else 'is still'} {status}")
     if health.ok_samples == 0:
         return Promotion(False, "no ok sample watched yet")
-    if health.healthy_seconds < stable_after_seconds:
+    slowest = max(checks, key=lambda c: c.verdict_seconds, default=None)
+    needed = stable_after_seconds
+    covers = ""
+    if slowest is not None and slowest.verdict_seconds > stable_after_seconds:
+        needed = slowest.verdict_seconds
+        covers = f" (a full health-check verdict of {slowest.service})"
+    if health.healthy_seconds < needed:
         return Promotion(False, f"watched healthy for {health.healthy_seconds:.0f}s of "
-                                f"{stable_after_seconds:.0f}s")
-    return Promotion(True, f"watched unchanged and healthy for {health.healthy_seconds:.0f}s, "
-                           "no bad sample since")
+                                f"{needed:.0f}s{covers}")
+    return Promotion(True, f"watched unchanged and healthy for {health.healthy_seconds:.0f}s"
+                           f"{covers}, no bad sample since")

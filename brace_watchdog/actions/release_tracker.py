@@ -56,6 +56,7 @@ from brace_watchdog.releases import (
     build_release,
     deployed_at,
     diff,
+    health_checks,
     redeployed,
     service_liveness,
     service_rollouts,
@@ -262,7 +263,9 @@ class ReleaseTracker:
         db = self.hub.observations.database
         if self.hub.config.database.enabled and (db is None or not db.up):
             return  # the known-good record needs the schema revision it ran on
-        verdict = promotion(self.health, stable_after_seconds=self.cfg.stable_after_seconds)
+        checks = health_checks(self.cfg.project, self.cfg.services, self.containers)
+        verdict = promotion(self.health, stable_after_seconds=self.cfg.stable_after_seconds,
+                            checks=checks)
         if verdict.ready:
             await self._promote(release, now, verdict.reason,
                                 db.revision if db is not None and db.up else None)

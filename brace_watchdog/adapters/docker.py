@@ -19,7 +19,7 @@ from docker import DockerClient
 
 from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.errors import DockerError
-from brace_watchdog.releases import ComposeContainer, TagUser, config_digest
+from brace_watchdog.releases import ComposeContainer, TagUser, check_seconds, config_digest
 
 __all__ = ["DockerAdapter"]
 
@@ -262,4 +262,5 @@ def _compose_container(attrs: dict[str, Any]) -> ComposeContainer:
         created=str(attrs.get("Created", "")),
         oneoff=labels.get(f"{_COMPOSE}.oneoff", "False") == "True",
         config_digest=config_digest(attrs), restart_count=int(attrs.get("RestartCount") or 0),
-        health=str(((attrs.get("State") or {}).get("Health") or {}).get("Status") or ""))
+        health=str(((attrs.get("State") or {}).get("Health") or {}).get("Status") or ""),
+        check_seconds=check_seconds((attrs.get("Config") or {}).get("Healthcheck")))

@@ -115,6 +115,27 @@ async def test_a_release_docker_reports_unhealthy_is_rolled_back(stack: Stack,
     assert 'SICK: "1"' not in stack.compose_file.read_text()  # the known-good config is back
 
 
+@BOTH_COMPOSES
+async def test_a_release_whose_health_check_passes_once_is_never_blessed(
+        stack: Stack, tmp_path: Path) -> None:
+    """admin-bot's check passes once (docker: ``healthy``) and fails from then on: docker says
+    ``unhealthy`` only after 4 failures in a row, longer than the 2 s stability time. The
+    release must not be known-good before docker's verdict, and is rolled back with a 10 s
+    window as with a 3 s one (was: blessed ~3 s after its deploy, so nothing to roll back to)."""
+    stack.healthchecked, stack.health_retries = ("admin-bot",), 4
+    stack.deploy("v1")
+    async with Harness(rollback_config(stack, tmp_path, window_seconds=10.0)) as h:
+        good = await h.wait_event("release.known_good", timeout=60)
+        assert "health-check verdict of admin-bot" in good.message
+        stack.deploy("v1", env={"admin-bot": {"SICK": "after-first"}})
+        await h.wait_event("rollback.succeeded", timeout=90)
+        started = h.events("rollback.started")[0]
+        assert "container_unhealthy" in window_targets(started)["service:admin-bot"]
+        blessed = [e.evidence["release"]["fingerprint"] for e in h.events("release.known_good")]
+        assert blessed == [good.evidence["release"]["fingerprint"]], blessed
+        assert await rolled_back_to(h) == blessed[0]
+
+
 def docker_health(stack: Stack, service: str) -> str:
     """What the engine says of the service's health check, read the way the daemon does not."""
     found = stack.client.containers.list(filters={

@@ -12,7 +12,8 @@ a release read ``override/name`` instead), and logs each request to
 stderr (the container log). ``CRASH=1`` makes a container exit at start (every service has
 ``restart: always``, so that is a crash loop); ``WORKER=1`` makes it a worker without a port.
 The services a stack names in :attr:`Stack.healthchecked` get a docker ``healthcheck:`` that
-fails while the container's ``SICK=1`` (docker reports the container ``unhealthy``).
+fails while the container's ``SICK=1`` (docker reports the container ``unhealthy``), and with
+``SICK=after-first`` passes once, then fails (``healthy``, then ``unhealthy``).
 
 The stack has the production app's four services: ``backend`` and ``frontend`` answer HTTP,
 ``admin-bot`` and ``scheduler`` are workers without a port (``WORKER=1``, from the same image).
@@ -94,9 +95,14 @@ PIN_REPOSITORY = "brace-watchdog/pin"
 # ``restart: always``: a crash loop). ``$$`` is compose's escape for a literal ``$``.
 HANGING = ["/bin/sh", "-c", 'exec nc -ll -p "$${PORT}" -e sleep 3600']
 CRASHING = ["/bin/sh", "-c", "echo 'backend: cannot start' >&2; exit 1"]
-# docker's own health check of a service: failing while SICK=1, unhealthy after two failures
-HEALTHCHECK = ["    healthcheck:", '      test: ["CMD-SHELL", "test $${SICK:-0} != 1"]',
-               "      interval: 1s", "      timeout: 5s", "      retries: 2"]
+def healthcheck(retries: int) -> list[str]:
+    """The compose lines of docker's own health check of a service: failing while ``SICK=1``;
+    with ``SICK=after-first`` passing once (docker says healthy) and failing from then on;
+    ``unhealthy`` after ``retries`` failures in a row."""
+    test = ("test $${SICK:-0} != 1 && "
+            "{ test $${SICK:-0} != after-first || mkdir /tmp/checked; }")
+    return ["    healthcheck:", f"      test: [\"CMD-SHELL\", \"{test}\"]",
+            "      interval: 1s", "      timeout: 1s", f"      retries: {retries}"]
 
 
 def slow_compose(seconds: float, command: tuple[str, ...] = COMPOSE_V1) -> list[str]:
@@ -214,6 +220,7 @@ class Stack:
     compose_command: tuple[str, ...] = COMPOSE_V1
     own_images: list[str] = field(default_factory=list)
     healthchecked: tuple[str, ...] = ()  # services with a docker healthcheck (see above)
+    health_retries: int = 2  # the healthcheck's failures in a row before docker says unhealthy
     overrides: tuple[Path, ...] = ()  # more ``-f`` files after the compose file, in order
 
     @property
@@ -249,7 +256,7 @@ class Stack:
                      "    volumes:", f"      - {self.root}/override:/srv/override:ro",
                      "    stop_grace_period: 2s", "    labels:", f'      {TEST_LABEL}: "1"']
             if name in self.healthchecked:
-                lines += HEALTHCHECK
+                lines += healthcheck(self.health_retries)
             if name == "backend" and backend_env_file:
                 lines.append(f"    env_file: [{json.dumps(backend_env_file)}]")
             if name == "backend" and backend_command is not None:

@@ -10,6 +10,7 @@ import pytest
 
 from brace_watchdog.actions.promotion_policy import (
     HEALTH_SAVE_SECONDS,
+    Promotion,
     ReleaseHealth,
     health_save_due,
     observe,
@@ -17,6 +18,7 @@ from brace_watchdog.actions.promotion_policy import (
 )
 from brace_watchdog.config import RollbackConfig
 from brace_watchdog.observations import ProbeSample
+from brace_watchdog.releases import HealthCheck
 
 TARGETS = ("backend", "service:scheduler")
 FAILURES = RollbackConfig().failure_results
@@ -165,3 +167,59 @@ def test_evidence_is_saved_at_once_when_something_went_wrong_else_once_a_minute(
         worse = fold(saved, both(4, bad), now=4)
         assert health_save_due(saved, worse), bad
     assert health_save_due(saved, fold(saved, both(4), now=4, alert=True))
+
+
+# -- docker health checks: the engine's verdict now, and evidence covering a full verdict --------
+
+STATUSES = ("none", "starting", "healthy", "unhealthy")
+# healthy seconds watched, against stable_after_seconds=10 and a check needing 20 s to a verdict
+EVIDENCE = {"no ok sample": (30.0, 0), "short of stable": (5.0, 9),
+            "stable, short of a verdict": (15.0, 9), "covers a verdict": (20.0, 9)}
+
+
+def checks_of(*statuses: str, verdict: float = 20.0) -> tuple[HealthCheck, ...]:
+    return tuple(HealthCheck(f"svc{i}", status, verdict)  # type: ignore[arg-type]
+                 for i, status in enumerate(statuses) if status != "none")
+
+
+@pytest.mark.parametrize("status", STATUSES)
+@pytest.mark.parametrize("evidence", list(EVIDENCE))
+def test_promotion_by_health_check_status_and_evidence(status: str, evidence: str) -> None:
+    healthy, ok = EVIDENCE[evidence]
+    health = ReleaseHealth("fp", 0.0, healthy_seconds=healthy, ok_samples=ok)
+    verdict = promotion(health, stable_after_seconds=10, checks=checks_of(status))
+    if status in ("starting", "unhealthy"):
+        word = "is still" if status == "starting" else "says"
+        assert verdict == Promotion(False, f"the docker health check of svc0 {word} {status}")
+    elif evidence == "no ok sample":
+        assert verdict == Promotion(False, "no ok sample watched yet")
+    elif status == "none":  # no check: the stability time alone
+        assert verdict.ready is (healthy >= 10), verdict
+    else:
+        assert verdict.ready is (evidence == "covers a verdict"), verdict
+        assert "a full health-check verdict of svc0" in verdict.reason
+
+
+@pytest.mark.parametrize("statuses", list(itertools.product(STATUSES, repeat=3)))
+def test_one_check_not_healthy_holds_the_release_back(statuses: tuple[str, ...]) -> None:
+    """Three services, every combination: ready only when no check is starting or unhealthy;
+    an unhealthy one is named before a starting one, every service so named is listed."""
+    health = ReleaseHealth("fp", 0.0, healthy_seconds=99, ok_samples=9)
+    verdict = promotion(health, stable_after_seconds=10, checks=checks_of(*statuses))
+    worst = next((s for s in ("unhealthy", "starting") if s in statuses), None)
+    assert verdict.ready is (worst is None)
+    if worst is not None:
+        named = [f"svc{i}" for i, s in enumerate(statuses) if s == worst]
+        assert f"of {', '.join(named)} " in verdict.reason and worst in verdict.reason
+
+
+@pytest.mark.parametrize(("stable", "verdicts", "needed"), [
+    (10, (), 10), (10, (4.0,), 10), (10, (10.0,), 10), (10, (4.0, 25.0, 12.0), 25),
+    (0, (3.0,), 3), (0, (), 0)])
+def test_the_slowest_verdict_or_the_stability_time_whichever_is_longer(
+        stable: float, verdicts: tuple[float, ...], needed: float) -> None:
+    checks = tuple(HealthCheck(f"svc{i}", "healthy", v) for i, v in enumerate(verdicts))
+    for healthy in (needed - 0.5, needed):
+        health = ReleaseHealth("fp", 0.0, healthy_seconds=healthy, ok_samples=1)
+        assert promotion(health, stable_after_seconds=stable, checks=checks).ready is (
+            healthy >= needed)

@@ -1,4 +1,5 @@
-"""The release model: building a release from compose containers, fingerprints, diffs."""
+"""The release model: building a release from compose containers, fingerprints, diffs, the
+services' docker health checks."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ from dataclasses import replace
 from brace_watchdog.observations import ProbeSample
 from brace_watchdog.releases import (
     ComposeContainer,
+    HealthCheck,
     Release,
     ServiceRelease,
     build_release,
+    check_seconds,
     deployed_at,
     diff,
+    health_checks,
     pin_tag,
     redeployed,
     service_rollouts,
@@ -168,3 +172,29 @@ def test_a_redeploy_is_a_rollout_that_moved_on_a_service_seen_before() -> None:
     assert redeployed({"frontend": "f1"}, {"backend": "r2", "frontend": "f2"}) == ("frontend",)
     assert redeployed({"backend": "r1"}, {}) == ()  # no task this look: nothing moved
     assert redeployed({}, {}) == ()
+def checked(service: str, health: str, seconds: float = 4.0, *, state: str = "running",
+            created: str = "2026-01-01T00:00:00Z", project: str = "brace") -> ComposeContainer:
+    return replace(container(service, state=state, created=created, project=project),
+                   health=health, check_seconds=seconds)
+
+
+def test_health_checks_name_the_worst_running_status_and_the_slowest_verdict() -> None:
+    found = health_checks("brace", ("backend", "frontend", "admin-bot", "scheduler"), [
+        checked("backend", "healthy", 4.0), checked("backend", "starting", 9.0, created="b"),
+        checked("frontend", "healthy"), checked("frontend", "unhealthy", created="b"),
+        checked("frontend", "starting", created="c"),
+        checked("admin-bot", ""),  # no health check
+        checked("scheduler", "unhealthy", state="exited"),  # not running: liveness says down
+        checked("backend", "unhealthy", project="other"),
+        replace(checked("frontend", "unhealthy"), oneoff=True)])
+    assert found == (HealthCheck("backend", "starting", 9.0),
+                     HealthCheck("frontend", "unhealthy", 4.0))
+
+
+def test_check_seconds_from_the_containers_healthcheck_config() -> None:
+    ns = 1_000_000_000
+    assert check_seconds(None) == check_seconds({}) == 0
+    assert check_seconds({"Test": ["NONE"]}) == check_seconds({"Test": []}) == 0
+    assert check_seconds({"Test": ["CMD-SHELL", "true"], "Interval": 2 * ns, "Timeout": ns,
+                          "Retries": 4}) == 12
+    assert check_seconds({"Test": ["CMD", "true"]}) == 3 * (30 + 30)  # docker's defaults
