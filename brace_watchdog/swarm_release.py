@@ -20,6 +20,11 @@ image, or what the tag names now on the manager for a task with no container yet
 node the adapter cannot inspect). Retagging ``:1.4`` and redeploying is then a new release, and
 a known-good release names the image ID, never a tag that may point elsewhere since.
 
+A task's docker health check is read from the task API too (:func:`task_health`: Swarm holds a
+task ``starting`` until its check passes and fails it once docker calls it unhealthy), with its
+spec's verdict time, so the promotion rule waits for a full health-check verdict on Swarm as on
+compose.
+
 :func:`choose_step` decides how one service returns to its known-good :class:`ServiceTarget`:
 
 * ``rollback`` (``docker service rollback``) when Swarm's *previous* spec is exactly the
@@ -65,7 +70,7 @@ __all__ = ["LIVE_DESIRED_STATES", "NO_TASK", "STACK_LABEL", "RollbackStep", "Ser
            "fingerprint", "identify", "pinned", "rollout", "running_tasks",
            "runs_current_spec",
            "scale_argv", "spec_hash", "stack_containers", "swarm_in_charge", "swarm_name",
-           "swarm_rolled_back", "tasks_gone", "writers_problem"]
+           "swarm_rolled_back", "task_health", "tasks_gone", "writers_problem"]
 
 STACK_LABEL = "com.docker.stack.namespace"
 MANUAL_ROLLBACK = "manually requested rollback"  # UpdateStatus.Message of a requested rollback
@@ -159,6 +164,9 @@ class StackTask:
     image_ref: str = ""
     rollout: str = ""
     """:func:`rollout` of the task's own spec (``""``: not read)."""
+    check_seconds: float = 0.0
+    """Its spec's docker health check's verdict time (:func:`~brace_watchdog.releases.
+    check_seconds`; 0: none)."""
 
 
 @dataclass(frozen=True)
@@ -195,8 +203,19 @@ def stack_containers(stack: str, services: Sequence[SwarmService],
             id=t.container_id or t.id, name=t.id, project=stack, service=service.name,
             image_id=t.target.image, image_ref=t.image_ref or t.target.image,
             config_hash=t.target.spec_hash, working_dir="", config_files=(), state=t.state,
-            created=t.created, rollout=t.rollout) for t in mine]
+            created=t.created, rollout=t.rollout, health=task_health(t),
+            check_seconds=t.check_seconds) for t in mine]
     return out
+
+
+def task_health(task: StackTask) -> str:
+    """A task's docker health status as the task API tells it: Swarm keeps a task with a
+    health check ``starting`` until its check passed, and fails it once docker calls it
+    unhealthy, so a ``running`` one is ``healthy``; ``""`` without a check or in other states
+    (the liveness reads those: not running)."""
+    if not task.check_seconds:
+        return ""
+    return {"running": "healthy", "starting": "starting"}.get(task.state, "")
 
 
 def fingerprint(services: Sequence[SwarmService]) -> str:

@@ -21,7 +21,7 @@ from docker import DockerClient
 
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.errors import DockerError
-from brace_watchdog.releases import ComposeContainer
+from brace_watchdog.releases import ComposeContainer, check_seconds
 from brace_watchdog.swarm_release import (
     LIVE_DESIRED_STATES,
     STACK_LABEL,
@@ -142,7 +142,9 @@ class SwarmAdapter(DockerAdapter):
                                            container, tags)),
                 state=str(status.get("State", "")), created=str(task.get("CreatedAt", "")),
                 container_id=container, image_ref=spec.image,
-                rollout=self.hashes.rollout(service_id, version, task_spec)))
+                rollout=self.hashes.rollout(service_id, version, task_spec),
+                check_seconds=check_seconds(task_spec.get("ContainerSpec", {}).get(
+                    "Healthcheck"))))
         return out
 
     def _service_of(self, attrs: dict[str, Any], stack: str,

@@ -5,7 +5,7 @@ verified (every task on the known-good image, health OK); the daemon itself, wit
 failure_results, rolls back a bad update that answers 500, hangs or crash-loops, once; an update
 Swarm rolls back itself (`failure_action: rollback`) is recorded by the daemon, once, and not
 fought; tasks on another node (a worker dockerd joined on loopback) are seen through the
-manager's task API."""
+manager's task API; a task's docker health check is read with its verdict time."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from brace_watchdog.actions.rollback_steps import verify_images
 from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.config import load_config
 from brace_watchdog.metrics import Metrics
-from brace_watchdog.releases import build_release
+from brace_watchdog.releases import HealthCheck, build_release, health_checks
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import Event, StateStore
 from brace_watchdog.swarm_release import (
@@ -250,6 +250,27 @@ async def test_tasks_on_another_node_are_read_through_the_managers_task_api(
         finally:
             adapter.close()
             swarm.client.services.get(service_id).remove()
+
+
+async def test_a_tasks_health_check_is_read_with_its_verdict_time(
+        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
+    """A service with a docker health check (3 retries of 1 s + 1 s timeout): once Swarm runs
+    its task (its check passed), the look reads it healthy with a 6 s verdict time, which the
+    promotion rule waits out as on compose."""
+    ns = 1_000_000_000
+    check = docker.types.Healthcheck(test=["CMD-SHELL", "true"], interval=ns, timeout=ns,
+                                     retries=3)
+    service_id, port, image = _create(swarm, tmp_path, busybox_image, "checked",
+                                      healthcheck=check)
+    adapter = SwarmAdapter(swarm.host)
+    try:
+        await _recovered(adapter, service_id, image, port)
+        containers = await adapter.compose_containers(STACK)
+        assert health_checks(STACK, ["checked"], containers) == (
+            HealthCheck("checked", "healthy", 6.0),)
+    finally:
+        adapter.close()
+        swarm.client.services.get(service_id).remove()
 
 
 def _count_requests(client: docker.DockerClient) -> collections.Counter[str]:

@@ -1,11 +1,19 @@
-"""The Swarm release model (pure): spec hash, fingerprint, how a service goes back, convergence."""
+"""The Swarm release model (pure): spec hash, fingerprint, how a service goes back, convergence,
+a task's health check."""
 
 from __future__ import annotations
 
 import pytest
 
 from brace_watchdog.adapters.swarm import SpecHashes
-from brace_watchdog.releases import Release, build_release, diff, service_liveness
+from brace_watchdog.releases import (
+    HealthCheck,
+    Release,
+    build_release,
+    diff,
+    health_checks,
+    service_liveness,
+)
 from brace_watchdog.swarm_release import (
     NO_TASK,
     ServiceTarget,
@@ -24,6 +32,7 @@ from brace_watchdog.swarm_release import (
     stack_containers,
     swarm_in_charge,
     swarm_rolled_back,
+    task_health,
     tasks_gone,
     writers_problem,
 )
@@ -296,3 +305,25 @@ def test_a_retagged_image_redeployed_under_the_same_tag_is_a_new_release() -> No
     # previous spec is the same tag, which names the new image now)
     step = choose_step(service, ServiceTarget(before.image_ids()["backend"], GOOD.spec_hash))
     assert step.method == "update", step
+
+
+STATES = ("new", "pending", "assigned", "ready", "starting", "running", "failed", "shutdown")
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("seconds", [0.0, 6.0])
+def test_a_tasks_health_check_status_as_the_task_api_tells_it(state: str,
+                                                              seconds: float) -> None:
+    """Swarm holds a checked task ``starting`` until its check passes and fails it when docker
+    calls it unhealthy: a running checked task is healthy; the promotion rule reads it with its
+    verdict time, the liveness reads a task that does not run as down (as before)."""
+    task = StackTask("t1", "id", GOOD, state, "", "c1", check_seconds=seconds)
+    assert task_health(task) == ({"running": "healthy", "starting": "starting"}.get(state, "")
+                                 if seconds else "")
+    containers = stack_containers("brace", [_service(GOOD)], [task])
+    assert containers[0].check_seconds == seconds
+    expected = (HealthCheck("backend", "healthy", seconds),) if (
+        seconds and state == "running") else ()
+    assert health_checks("brace", ["backend"], containers) == expected
+    (live,) = service_liveness("brace", ["backend"], containers, {})
+    assert live.result == ("ok" if state == "running" else "container_down")
