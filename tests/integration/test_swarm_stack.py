@@ -9,10 +9,12 @@ and rolls back a bad ``stack deploy`` of the same file
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+from docker.models.containers import Container
 
 from brace_watchdog.state import StateStore
 from tests.support.net import free_port
@@ -97,3 +99,86 @@ async def test_a_bad_stack_deploy_is_rolled_back_to_the_known_good_spec(
         if daemon is not None:
             stop_daemon(daemon)
         swarm_cli(swarm, "stack", "rm", stack)
+
+
+EXAMPLE = Path(__file__).parents[2] / "etc" / "swarm" / "brace-watchdog.stack.yml"
+# the shipped file as it is, but a stand-in image (no brace-watchdog image is built here) and
+# this test's engine socket and backups folder in place of the host's
+STAND_IN = """version: "3.8"
+services:
+  watchdog:
+    image: {image}
+    command: ["sleep", "3600"]
+    stop_grace_period: 1s
+    volumes: ["{socket}:/var/run/docker.sock", "{backups}:/srv/brace/backups:ro"]
+  watchdog-node:
+    image: {image}
+    command: ["sleep", "3600"]
+    stop_grace_period: 1s
+    volumes: ["{socket}:/var/run/docker.sock"]
+"""
+SECRETS = {"brace_watchdog_db_dsn": "host=db.internal dbname=brace user=brace_watchdog",
+           "brace_watchdog_db_password": "s3cret", "brace_watchdog_tls_ca": "ca",
+           "brace_watchdog_tls_cert": "cert", "brace_watchdog_tls_key": "key"}
+
+
+def test_the_shipped_global_service_example_deploys_with_its_secrets_and_node_name(
+        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
+    """etc/swarm/brace-watchdog.stack.yml (docs/swarm.md) deploys on a real Swarm: one task
+    per manager, named by its node, the DSN and password where ``$CREDENTIALS_DIRECTORY``
+    says, the config file in place."""
+    stack = f"bwd{uuid.uuid4().hex[:8]}"
+    (tmp_path / "stack.yml").write_text(EXAMPLE.read_text())
+    (tmp_path / "brace-watchdog.toml").write_text('[rollback]\ndriver = "swarm"\n')
+    (tmp_path / "backups").mkdir()
+    (tmp_path / "stand-in.yml").write_text(STAND_IN.format(
+        image=busybox_image, socket=swarm.folder / "d.sock", backups=tmp_path / "backups"))
+    secrets = [swarm.client.secrets.create(name=name, data=value.encode())
+               for name, value in SECRETS.items()]
+    try:
+        swarm_cli(swarm, "stack", "deploy", "-c", "stack.yml", "-c", "stand-in.yml",
+                  "--resolve-image", "never", "--detach=true", stack, cwd=tmp_path)
+        container = _running(swarm, f"{stack}_watchdog")
+
+        def run(script: str) -> str:
+            code, out = container.exec_run(["sh", "-c", script])
+            assert code == 0, (script, out)
+            return str(out.decode()).strip()
+        assert run('cat "$CREDENTIALS_DIRECTORY/db_dsn"') == SECRETS["brace_watchdog_db_dsn"]
+        assert run('cat "$CREDENTIALS_DIRECTORY/db_password"') == "s3cret"
+        assert run("echo $BRACE_WATCHDOG__LEADERSHIP__NAME") == swarm.client.info()["Name"]
+        assert "driver" in run("cat /etc/brace-watchdog/brace-watchdog.toml")
+        assert run("ls /var/lib/brace-watchdog") == ""  # the state volume, empty
+        # global on the managers: one task (this Swarm has one node); none on workers
+        assert len(swarm.client.services.get(f"{stack}_watchdog").tasks(
+            filters={"desired-state": "running"})) == 1
+        assert not swarm.client.services.get(f"{stack}_watchdog-node").tasks(
+            filters={"desired-state": "running"})
+    finally:
+        swarm_cli(swarm, "stack", "rm", stack)
+        _removed(swarm, stack)
+        for secret in secrets:
+            secret.remove()
+        for volume in swarm.client.volumes.list(filters={"name": f"{stack}_watchdog_state"}):
+            volume.remove(force=True)
+
+
+def _running(engine: PrivateSwarm, service: str, timeout: float = 120) -> Container:
+    """The running container of ``service``'s task on this node."""
+    label = {"label": f"com.docker.swarm.service.name={service}", "status": "running"}
+    for _ in range(int(timeout / 0.5)):
+        found = engine.client.containers.list(filters=label)
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no running task of {service} within {timeout}s")
+
+
+def _removed(engine: PrivateSwarm, stack: str, timeout: float = 60) -> None:
+    """Wait until the stack's containers are gone (a secret in use cannot be removed)."""
+    label = {"label": f"com.docker.stack.namespace={stack}"}
+    for _ in range(int(timeout / 0.5)):
+        if not engine.client.containers.list(all=True, filters=label):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the containers of {stack} are still there after {timeout}s")
