@@ -40,6 +40,7 @@ __all__ = [
     "health_checks",
     "pin_tag",
     "redeployed",
+    "reidentified",
     "service_liveness",
     "service_rollouts",
 ]
@@ -308,6 +309,22 @@ def redeployed(before: Mapping[str, str], after: Mapping[str, str]) -> tuple[str
     service not seen before (or without a rollout) is not counted."""
     return tuple(sorted(name for name, rollout in after.items()
                         if before.get(name, rollout) != rollout))
+
+
+def reidentified(old: Release, new: Release) -> bool:
+    """``new`` is ``old`` named better, not deployed: the same services with the same configs,
+    each image the same or, where ``old`` named a bare tag (a Swarm release read before tags
+    were resolved to the image they run), the image that tag runs as now."""
+    if old.working_dir != new.working_dir or len(old.services) != len(new.services):
+        return False
+    for after in new.services:
+        before = old.service(after.service)
+        if before is None or before.config_hash != after.config_hash:
+            return False
+        tag = not before.image_id.startswith("sha256:") and "@sha256:" not in before.image_id
+        if before.image_id != after.image_id and not (tag and before.image_id == after.image_ref):
+            return False
+    return True
 
 
 def pin_tag(project: str, service: str, fingerprint: str) -> tuple[str, str]:

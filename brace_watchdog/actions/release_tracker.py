@@ -58,6 +58,7 @@ from brace_watchdog.releases import (
     diff,
     health_checks,
     redeployed,
+    reidentified,
     service_liveness,
     service_rollouts,
 )
@@ -157,7 +158,9 @@ class ReleaseTracker:
                                       first_seen=now)
         await self._keep_config(release)
         self._enter(release.fingerprint, now)
-        if previous is not None:
+        if previous is not None and reidentified(previous, release):
+            self._record_reidentified(previous, release)
+        elif previous is not None:
             whole, self._failing_while_whole = self._failing_while_whole, None
             self.failing_before_deploy = failing() if whole is None else whole
             self.deploy_at = deployed_at(self.cfg.project, self.cfg.services, self.containers,
@@ -181,6 +184,14 @@ class ReleaseTracker:
                 "release": self.current.to_dict(), "seen_at": self.seen_at,
                 "deploy_at": self.deploy_at, "failing_before": self.failing_before_deploy,
                 "rollouts": self._rollouts})
+
+    def _record_reidentified(self, previous: Release, release: Release) -> None:
+        """The running release read anew with its tags resolved (an upgrade from a version
+        that named a Swarm image by its tag): no deploy, its deploy time and attribution kept."""
+        self.hub.record("release.reidentified", SOURCE, f"release {previous.short} is now "
+                        f"named {release.short}: its images by the IDs their tags run, no "
+                        "deploy (its deploy time is kept)",
+                        evidence={"from": previous.to_dict(), "to": release.to_dict()})
 
     def _record_redeploy(self, release: Release, services: tuple[str, ...],
                          by_rollback: bool) -> None:

@@ -13,12 +13,14 @@ import io
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from brace_watchdog.actions.app_rollback import AppRollback
+from brace_watchdog.actions.release_tracker import CURRENT_FLAG
 from brace_watchdog.actions.rollback_steps import verify_images
 from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.config import Config, load_config
@@ -160,3 +162,37 @@ def _whole(rollback: AppRollback) -> Callable[[], Awaitable[bool]]:
         return obs is not None and obs.release is not None and not (
             obs.not_running or obs.mixed)
     return whole
+
+
+async def test_a_release_kept_from_before_tags_were_resolved_is_renamed_not_deployed(
+        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
+    """A state file from a version that named a tag-deployed image by its tag: the running
+    release, now read with the tag resolved, is the same release renamed — no deploy, its
+    deploy time kept (a fresh deploy would be attributed the next failures)."""
+    service_id, port, image = create_web_service(swarm, tmp_path, busybox_image, "legacy",
+                                                 pin=False)
+    config = load_config(write_daemon_toml(
+        tmp_path, backend=f"http://127.0.0.1:{port}/api/health", driver="swarm",
+        project=STACK, services=["legacy"]))
+    store = StateStore(config.daemon.state_path).open()
+    rollback = _component(config, store, swarm, CollectorRegistry())
+    try:
+        adapter = SwarmAdapter(swarm.host)
+        try:
+            resolved = await whole_release(adapter, "legacy", image)
+        finally:
+            adapter.close()
+        (service,) = resolved.services
+        old = replace(resolved, services=(replace(service, image_id=busybox_image),))
+        store.set_flag(CURRENT_FLAG, {"release": old.to_dict(), "seen_at": 1.0,
+                                      "deploy_at": 1.0, "failing_before": False})
+        await rollback.start()
+        await until(_whole(rollback), "the service running")
+        (renamed,) = store.events(kinds=("release.reidentified",), limit=5)
+        assert renamed.evidence["to"]["fingerprint"] == resolved.fingerprint
+        assert not store.events(kinds=("deploy",), limit=5)
+        assert rollback.tracker.deploy_at == 1.0
+    finally:
+        await rollback.stop()
+        store.close()
+        swarm.client.services.get(service_id).remove()

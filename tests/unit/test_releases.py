@@ -18,6 +18,7 @@ from brace_watchdog.releases import (
     health_checks,
     pin_tag,
     redeployed,
+    reidentified,
     service_rollouts,
 )
 
@@ -198,3 +199,31 @@ def test_check_seconds_from_the_containers_healthcheck_config() -> None:
     assert check_seconds({"Test": ["CMD-SHELL", "true"], "Interval": 2 * ns, "Timeout": ns,
                           "Retries": 4}) == 12
     assert check_seconds({"Test": ["CMD", "true"]}) == 3 * (30 + 30)  # docker's defaults
+
+
+def _swarm(**images: tuple[str, str]) -> Release:
+    """A Swarm release: per service (image ID, image ref), one config hash."""
+    return Release("brace", "", (), tuple(ServiceRelease(name, image_id, ref, "c1")
+                                          for name, (image_id, ref) in sorted(images.items())))
+
+
+def test_a_release_read_before_tags_were_resolved_is_the_same_release_renamed() -> None:
+    tagged = _swarm(backend=("brace/backend:1.4", "brace/backend:1.4"),
+                    frontend=("sha256:f", "sha256:f"))
+    resolved = _swarm(backend=("sha256:b", "brace/backend:1.4"), frontend=("sha256:f", "sha256:f"))
+    assert reidentified(tagged, resolved)
+    assert reidentified(resolved, resolved)
+    # anything else is a deploy: another image, another tag, a moved config, another service
+    for other in (
+            _swarm(backend=("sha256:b2", "brace/backend:1.4"), frontend=("sha256:x", "sha256:x")),
+            _swarm(backend=("sha256:b", "brace/backend:1.5"), frontend=("sha256:f", "sha256:f")),
+            replace(resolved, services=(replace(resolved.services[0], config_hash="c2"),
+                                        resolved.services[1])),
+            _swarm(backend=("sha256:b", "brace/backend:1.4"))):
+        assert not reidentified(tagged, other), other
+    # an image ID or a digest never "resolves" to another image
+    assert not reidentified(_swarm(backend=("sha256:a", "sha256:a")),
+                            _swarm(backend=("sha256:b", "sha256:a")))
+    digest = "brace/backend@sha256:d"
+    assert not reidentified(_swarm(backend=(digest, digest)), _swarm(backend=("sha256:b", digest)))
+    assert not reidentified(release(), release(backend="sha256:2"))  # compose: image IDs
