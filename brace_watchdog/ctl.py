@@ -189,7 +189,8 @@ def _plan(data: dict[str, Any], out: TextIO) -> None:
 
 
 def _app_plan(data: dict[str, Any], out: TextIO) -> None:
-    """The plan of ``rollback app --to``: target, retags, compose command, refusals."""
+    """The plan of ``rollback app --plan``/``--to``: target, retags, the compose command or
+    (driver ``swarm``) each service's step, refusals."""
     manual, plan = data["manual"], data.get("plan")
     out.write(f"Plan for the app rollback to {str(data.get('target') or '-')[:12]}:\n"
               f"  policy: {manual['message']}\n")
@@ -199,7 +200,10 @@ def _app_plan(data: dict[str, Any], out: TextIO) -> None:
         if plan["use_snapshot"]:
             out.write("  write the known-good config back: "
                       f"{', '.join(plan['config_files'])}\n")
-        out.write(f"  run: {' '.join(plan['argv'])}\n")
+        for step in plan.get("swarm_steps") or []:
+            out.write(f"  swarm: {step}\n")
+        if plan["argv"]:
+            out.write(f"  run: {' '.join(plan['argv'])}\n")
     if data.get("refused"):
         out.write(f"  REFUSED: {data['refused']}\n")
 
@@ -393,7 +397,8 @@ class Session:
         if release is None or plan_only:
             args = {"plan_only": True} if plan_only else {}
             return self.finish(self.call("app_rollback", {
-                **args, **({"to": release} if release else {})}))
+                **args, **({"to": release} if release else {})}),
+                (lambda data, out: _app_plan(data["plan"], out)) if plan_only else _kv)
         reply = self.call("app_rollback", {"plan_only": True, "to": release})
         if not reply["ok"]:
             return self.finish(reply)

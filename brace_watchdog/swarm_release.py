@@ -25,7 +25,8 @@ task ``starting`` until its check passes and fails it once docker calls it unhea
 spec's verdict time, so the promotion rule waits for a full health-check verdict on Swarm as on
 compose.
 
-:func:`choose_step` decides how one service returns to its known-good :class:`ServiceTarget`:
+:func:`choose_step` decides how one service returns to its known-good :class:`ServiceTarget`
+(:func:`plan_steps` says so for a plan, as the ``docker service`` commands it amounts to):
 
 * ``rollback`` (``docker service rollback``) when Swarm's *previous* spec is exactly the
   known-good one — Swarm restores that whole spec, config included, in one step;
@@ -63,14 +64,14 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from brace_watchdog.releases import ComposeContainer
+from brace_watchdog.releases import ComposeContainer, Release
 
 __all__ = ["LIVE_DESIRED_STATES", "NO_TASK", "STACK_LABEL", "RollbackStep", "ServiceTarget",
            "StackLook", "StackTask", "SwarmService", "SwarmTask", "choose_step", "converged",
-           "fingerprint", "identify", "pinned", "rollout", "running_tasks",
-           "runs_current_spec",
-           "scale_argv", "spec_hash", "stack_containers", "swarm_in_charge", "swarm_name",
-           "swarm_rolled_back", "task_health", "tasks_gone", "writers_problem"]
+           "fingerprint", "identify", "pinned", "plan_steps", "rollout", "running_tasks",
+           "runs_current_spec", "scale_argv", "spec_hash", "stack_containers",
+           "swarm_in_charge", "swarm_name", "swarm_rolled_back", "task_health", "tasks_gone",
+           "writers_problem"]
 
 STACK_LABEL = "com.docker.stack.namespace"
 MANUAL_ROLLBACK = "manually requested rollback"  # UpdateStatus.Message of a requested rollback
@@ -234,6 +235,31 @@ def choose_step(service: SwarmService, target: ServiceTarget) -> RollbackStep:
     return RollbackStep("refuse", f"{service.name}: its config changed and Swarm's previous "
                         "spec is not the known-good one; the image alone would keep the new "
                         "config — an operator must decide")
+
+
+_STEP_COMMANDS = {"rollback": "docker service rollback {name}",
+                  "update": "docker service update --image {image} {name}",
+                  "none": "nothing to do", "refuse": "REFUSED"}
+
+
+def plan_steps(stack: str, services: Sequence[SwarmService], target: Release
+               ) -> tuple[str, ...]:
+    """What a rollback to ``target`` does to each of its services, as an operator reads it in
+    a plan: the CLI equivalent of the API call the daemon makes (:func:`choose_step`) and why;
+    a service of ``target`` the stack no longer has is refused."""
+    by_name = {s.name: s for s in services}
+    lines = []
+    for wanted in target.services:
+        service = by_name.get(wanted.service)
+        if service is None:
+            lines.append(f"REFUSED — service {swarm_name(stack, wanted.service)} is gone; "
+                         "nothing to roll back")
+            continue
+        step = choose_step(service, ServiceTarget(wanted.image_id, wanted.config_hash))
+        command = _STEP_COMMANDS[step.method].format(name=swarm_name(stack, service.name),
+                                                     image=wanted.image_id)
+        lines.append(f"{command} — {step.why}")
+    return tuple(lines)
 
 
 def _requested(service: SwarmService) -> bool:

@@ -63,6 +63,7 @@ from brace_watchdog.observations import (
 from brace_watchdog.releases import Release, ReleaseObservation
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import ReleaseRecord
+from brace_watchdog.swarm_release import plan_steps
 
 __all__ = ["AppRollback"]
 
@@ -497,6 +498,10 @@ class AppRollback(Component):
                                "target": manual_input.known_good_fingerprint}
         if manual.acts:
             plan = await self._build_plan(manual_input.known_good_fingerprint)
+            if isinstance(self._docker, SwarmAdapter):
+                services = await self._docker.services(self.cfg.project)
+                plan = replace(plan, swarm_steps=plan_steps(self.cfg.project, services,
+                                                            plan.target))
             out["plan"] = plan.to_dict()
             if plan.conflicts:
                 out["refused"] = "the retags conflict: " + "; ".join(plan.conflicts)

@@ -60,6 +60,8 @@ class RollbackPlan:
     snapshot: ConfigSnapshot | None = field(default=None, compare=False)
     conflicts: tuple[str, ...] = ()
     config_files: tuple[str, ...] = ()  # the files the snapshot writes back
+    swarm_steps: tuple[str, ...] = ()
+    """Driver ``swarm``: each service's step as the plan shows it (``argv`` is compose's)."""
 
     @property
     def expected_images(self) -> dict[str, str]:
@@ -87,6 +89,7 @@ class RollbackPlan:
                 "config_changed": self.config_changed, "use_snapshot": self.use_snapshot,
                 "config_files": list(self.config_files),
                 "up": self.up.to_dict(), "argv": list(self.argv),
+                "swarm_steps": list(self.swarm_steps),
                 "expected_images": self.expected_images, "conflicts": list(self.conflicts)}
 
     @classmethod
@@ -102,7 +105,8 @@ class RollbackPlan:
                    up=UpPlan(**{**up, "files": tuple(up["files"]),
                                 "services": tuple(up["services"])}),
                    argv=tuple(data["argv"]), conflicts=tuple(data.get("conflicts", ())),
-                   config_files=tuple(data.get("config_files", ())))
+                   config_files=tuple(data.get("config_files", ())),
+                   swarm_steps=tuple(data.get("swarm_steps", ())))
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,8 @@ def build_plan(cfg: RollbackConfig, target: Release, current: Release | None, *,
                     cwd=str(cfg.compose_file.parent))
     return RollbackPlan(mode=cfg.mode, target=target, current=current, retags=retags,
                         config_changed=changed, use_snapshot=use_snapshot and cfg.mode == "retag",
-                        up=up, argv=tuple(compose.up_argv(up)), snapshot=snapshot,
+                        up=up, snapshot=snapshot,
+                        argv=tuple(compose.up_argv(up)) if cfg.driver == "compose" else (),
                         config_files=(snapshot.paths if use_snapshot and snapshot is not None
                                       else ()))
 

@@ -5,12 +5,14 @@ verified (every task on the known-good image, health OK); the daemon itself, wit
 failure_results, rolls back a bad update that answers 500, hangs or crash-loops, once; an update
 Swarm rolls back itself (`failure_action: rollback`) is recorded by the daemon, once, and not
 fought; tasks on another node (a worker dockerd joined on loopback) are seen through the
-manager's task API; a task's docker health check is read with its verdict time."""
+manager's task API; a task's docker health check is read with its verdict time; the printed
+rollback plan names each service's `docker service` step."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import io
 import os
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import pytest
 from docker.types import UpdateConfig
 from prometheus_client import CollectorRegistry
 
+from brace_watchdog import ctl
 from brace_watchdog.actions.app_rollback import AppRollback
 from brace_watchdog.actions.rollback_steps import verify_images
 from brace_watchdog.adapters.swarm import SwarmAdapter
@@ -39,7 +42,7 @@ from brace_watchdog.swarm_release import (
     converged,
     spec_hash,
 )
-from tests.support.stack import daemon_event, stop_daemon, write_daemon_toml
+from tests.support.stack import Harness, daemon_event, stop_daemon, write_daemon_toml
 from tests.support.swarm import (
     CRASH_TAG,
     STACK,
@@ -268,6 +271,30 @@ async def test_a_tasks_health_check_is_read_with_its_verdict_time(
         containers = await adapter.compose_containers(STACK)
         assert health_checks(STACK, ["checked"], containers) == (
             HealthCheck("checked", "healthy", 6.0),)
+    finally:
+        adapter.close()
+        swarm.client.services.get(service_id).remove()
+
+
+async def test_the_printed_plan_says_what_the_swarm_rollback_does(
+        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
+    """``rollback app --plan`` on Swarm prints each service's step — here ``docker service
+    rollback`` after a config deploy, Swarm's previous spec being the known-good one — and
+    why, not a compose command (was: ``… up -d --no-build --no-deps <service>``)."""
+    service_id, port, image = _create(swarm, tmp_path, busybox_image, "planned")
+    config = load_config(_daemon_config(tmp_path, port, "planned", "/api/health"))
+    adapter = SwarmAdapter(swarm.host)
+    try:
+        await _recovered(adapter, service_id, image, port)
+        async with Harness(config, docker=adapter) as h:
+            await h.wait_event("release.known_good", timeout=60)
+            _update(swarm, service_id, env=["UNUSED=1"])  # a config deploy that stays healthy
+            await h.wait_event("deploy", timeout=60)
+            out = io.StringIO()
+            ctl._app_plan(await h.rollback.plan(), out)  # the printer `rollback app --plan` uses
+        assert (f"  swarm: docker service rollback {STACK}_planned — planned: Swarm's previous "
+                "spec is the known-good one") in out.getvalue(), out.getvalue()
+        assert "run:" not in out.getvalue() and "compose" not in out.getvalue(), out.getvalue()
     finally:
         adapter.close()
         swarm.client.services.get(service_id).remove()

@@ -119,6 +119,8 @@ def test_the_journalled_plan_reads_back_as_the_same_plan(kwargs: dict[str, objec
     p = plan(**kwargs)
     again = RollbackPlan.from_dict(json.loads(json.dumps(p.to_dict())))
     assert again == p and again.expected_images == p.expected_images
+    swarm = replace(p, argv=(), swarm_steps=("docker service rollback brace_backend — why",))
+    assert RollbackPlan.from_dict(json.loads(json.dumps(swarm.to_dict()))) == swarm
 
 
 @pytest.mark.parametrize(("version", "pull"), [

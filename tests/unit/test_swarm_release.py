@@ -9,6 +9,7 @@ from brace_watchdog.adapters.swarm import SpecHashes
 from brace_watchdog.releases import (
     HealthCheck,
     Release,
+    ServiceRelease,
     build_release,
     diff,
     health_checks,
@@ -25,6 +26,7 @@ from brace_watchdog.swarm_release import (
     fingerprint,
     identify,
     pinned,
+    plan_steps,
     rollout,
     running_tasks,
     scale_argv,
@@ -327,3 +329,24 @@ def test_a_tasks_health_check_status_as_the_task_api_tells_it(state: str,
     assert health_checks("brace", ["backend"], containers) == expected
     (live,) = service_liveness("brace", ["backend"], containers, {})
     assert live.result == ("ok" if state == "running" else "container_down")
+
+
+def test_the_plan_names_each_services_docker_service_step_and_why() -> None:
+    """Every method of :func:`choose_step`, and a service the stack lost: one line each, in
+    the target's service order, as the ``docker service`` command the API call amounts to."""
+    services = [SwarmService("i1", "backend", 4, NEW_CONFIG, GOOD, 1),  # previous = known-good
+                SwarmService("i2", "frontend", 4, NEW_IMAGE, BOTH, 1),  # only the image moved
+                SwarmService("i3", "admin-bot", 4, GOOD, None, 1),  # already known-good
+                SwarmService("i4", "scheduler", 4, BOTH, NEW_IMAGE, 1)]  # config moved: refuse
+    target = Release("brace", "", (), tuple(
+        ServiceRelease(name, GOOD.image, "", GOOD.spec_hash)
+        for name in ("backend", "frontend", "admin-bot", "scheduler", "gone")))
+    assert plan_steps("brace", services, target) == (
+        "docker service rollback brace_backend — backend: Swarm's previous spec is the "
+        "known-good one; `service rollback` restores all of it at once",
+        "docker service update --image sha256:good brace_frontend — frontend: only the image "
+        "changed; `service update --image sha256:good` pins the known-good image",
+        "nothing to do — admin-bot already runs the known-good spec",
+        "REFUSED — scheduler: its config changed and Swarm's previous spec is not the "
+        "known-good one; the image alone would keep the new config — an operator must decide",
+        "REFUSED — service brace_gone is gone; nothing to roll back")
