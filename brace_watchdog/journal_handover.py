@@ -22,10 +22,13 @@ reads the open rows and decides here what each one needs (:func:`plan_handover`)
 The guards that keep automation from looping travel the same way (:class:`Guard`): the
 ``automation_frozen`` and ``escalation_pending`` flags, each release a rollback left (one
 automatic rollback per bad release) and each rollback target that failed verification (no second
-automatic attempt). The leader writes every change of them through; a new
-leader reconciles its own with the shared ones before it acts (:func:`plan_guards`): the newer
-of the two wins, so a freeze the old leader set holds here, a freeze an operator lifted is lifted
-for every instance that leads later, and what this state file set but never wrote goes out.
+automatic attempt), and the start of each rollback within the rate limits' look-back
+(``rollback_started``: the cooldown and ``max_per_day`` count every leader's rollbacks). The
+leader writes every change of them through; a new leader reconciles its own with the shared
+ones before it acts (:func:`plan_guards`): the newer of the two wins, so a freeze the old leader
+set holds here, a freeze an operator lifted is lifted for every instance that leads later, and
+what this state file set but never wrote goes out; rollback starts are a union (one per
+rollback, keyed by where it began) of those still within the look-back.
 
 Entries waiting to be written (a follower writes nothing) can be folded without changing what
 they leave in PostgreSQL (:func:`coalesce`): per action its ``begin`` and one entry carrying the
@@ -38,8 +41,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["ESCALATION_FLAG", "FROZEN_FLAG", "SHARED_FLAGS", "ActionStart", "Guard", "GuardKind",
-           "GuardPlan", "Handover", "JournalEntry", "SharedAction", "adopted_from",
+__all__ = ["ESCALATION_FLAG", "FROZEN_FLAG", "RATE_RECORD_SECONDS", "ROLLBACK_STARTED",
+           "SHARED_FLAGS", "ActionStart", "Guard", "GuardKind", "GuardPlan", "Handover",
+           "JournalEntry", "SharedAction", "adopted_from",
            "coalesce", "handover_freezes", "interrupted_by", "plan_guards", "plan_handover"]
 
 OPEN_STATUSES = ("planned", "running")
@@ -48,7 +52,9 @@ HANDED_OVER = "handed_over"  # a local action's status once another leader took 
 FROZEN_FLAG = "automation_frozen"
 ESCALATION_FLAG = "escalation_pending"
 SHARED_FLAGS = (FROZEN_FLAG, ESCALATION_FLAG)
-GuardKind = Literal["flag", "rolled_back", "failed_verification"]
+GuardKind = Literal["flag", "rolled_back", "failed_verification", "rollback_started"]
+ROLLBACK_STARTED: GuardKind = "rollback_started"
+RATE_RECORD_SECONDS = 86400.0  # how far back the rollback rate limits count (max_per_day)
 
 
 @dataclass(frozen=True)
@@ -166,8 +172,10 @@ class Guard:
     ``rolled_back``: ``key`` is a release fingerprint a rollback left, ``value`` says which
     rollback (``{"release": ..., "action_id": ...}``); ``failed_verification``: ``key`` is a
     release a rollback to which failed verification (``{"release": ...}``; None: an operator
-    cleared the mark). ``ts`` is when it was set: the newer of two sightings of one guard
-    wins.
+    cleared the mark); ``rollback_started``: ``key`` is ``STORE_ID/ACTION_ID`` of a rollback
+    where it began (an adopted copy keeps its origin's), ``ts`` when it started, ``value`` ``{}``
+    (:data:`RATE_RECORD_SECONDS` later it no longer counts, and is no longer shared). ``ts`` is
+    when it was set: the newer of two sightings of one guard wins.
     """
 
     kind: GuardKind
@@ -188,15 +196,20 @@ class GuardPlan:
     push: tuple[Guard, ...] = ()
 
 
-def plan_guards(local: Sequence[Guard], shared: Sequence[Guard]) -> GuardPlan:
+def plan_guards(local: Sequence[Guard], shared: Sequence[Guard], *, now: float) -> GuardPlan:
     """The newer of each guard wins (``ts``; a tie means both sides agree). A guard one side has
     never seen counts as unset: only a set one (a value) crosses over, an unset one is news to
-    nobody."""
-    mine = {guard.ident: guard for guard in local}
-    theirs = {guard.ident: guard for guard in shared}
+    nobody. A rollback start older than :data:`RATE_RECORD_SECONDS` counts for no rate limit
+    any more: it crosses neither way."""
+    mine = {guard.ident: guard for guard in local if _current(guard, now)}
+    theirs = {guard.ident: guard for guard in shared if _current(guard, now)}
     apply = [guard for ident, guard in theirs.items() if _newer(guard, mine.get(ident))]
     push = [guard for ident, guard in mine.items() if _newer(guard, theirs.get(ident))]
     return GuardPlan(tuple(apply), tuple(push))
+
+
+def _current(guard: Guard, now: float) -> bool:
+    return guard.kind != ROLLBACK_STARTED or now - guard.ts < RATE_RECORD_SECONDS
 
 
 def _newer(guard: Guard, other: Guard | None) -> bool:

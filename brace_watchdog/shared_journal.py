@@ -39,6 +39,7 @@ from brace_watchdog.errors import PostgresError
 from brace_watchdog.journal_handover import (
     FROZEN_FLAG,
     HANDED_OVER,
+    ROLLBACK_STARTED,
     Guard,
     JournalEntry,
     SharedAction,
@@ -179,7 +180,7 @@ class SharedJournal:
             self._settle(row)
         close = [(row, copies[row.key]) for row in plan.close]
         close += [(row, self._adopt(row)) for row in plan.adopt]
-        guards = plan_guards(store.guards(), shared_guards)
+        guards = plan_guards(store.guards(), shared_guards, now=now)
         for guard in guards.apply:
             self._take_guard(guard)
         if not await self._write(close, guards.push):
@@ -192,7 +193,7 @@ class SharedJournal:
         except PostgresError as exc:
             log.warning("%s; tried again later", exc)
             return
-        for guard in plan_guards(self.hub.store.guards(), shared).apply:
+        for guard in plan_guards(self.hub.store.guards(), shared, now=self.hub.clock()).apply:
             self._take_guard(guard)
 
     def _adopt(self, row: SharedAction) -> int:
@@ -242,6 +243,9 @@ class SharedJournal:
             what = (f"a rollback to release {guard.key[:12]} failed verification on another "
                     "leader; no automatic rollback targets it again" if guard.value else
                     f"the failed mark of release {guard.key[:12]} was cleared on another leader")
+        elif guard.kind == ROLLBACK_STARTED:
+            what = (f"a rollback another leader started at {guard.ts:.0f} counts toward the "
+                    "cooldown and max_per_day here")
         elif guard.key == FROZEN_FLAG:
             what = (f"automatic actions frozen by another leader: {guard.value['reason']}"
                     if guard.value else "automatic actions were resumed on another leader")

@@ -37,6 +37,8 @@ from brace_watchdog import failpoints
 from brace_watchdog.errors import StateError, StateUnavailableError, WatchdogError
 from brace_watchdog.journal_handover import (
     OPEN_STATUSES,
+    RATE_RECORD_SECONDS,
+    ROLLBACK_STARTED,
     SHARED_FLAGS,
     ActionStart,
     Guard,
@@ -227,6 +229,13 @@ _MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     UPDATE audit SET command = 'app_rollback' WHERE command = 'rollback-app'
     """,
     _fold_release_snapshots,
+    # version 8: rollbacks other leaders started (shared guards), for the rate limits here
+    """
+    CREATE TABLE rollbacks_elsewhere (
+        key TEXT PRIMARY KEY,
+        started_at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -567,6 +576,9 @@ class StateStore:
         failpoints.hit("journal:begin")
         self._journalled(JournalEntry(action_id, "begin", start.created_at, status,
                                       evidence={"requester": requester}, start=start))
+        if kind == "rollback" and self.on_journal is not None:  # every later leader counts it
+            self._journalled(Guard(ROLLBACK_STARTED, f"{self.store_identity()}/{action_id}",
+                                   {}, start.created_at))
         return action_id
 
     def _insert_action(self, start: ActionStart, *, status: str, step: str, event: str,
@@ -656,6 +668,7 @@ class StateStore:
         """This state file's shared guards: the flags (once set), every release a rollback
         left and every one a rollback to which failed verification, each with when it was set
         (a cleared failed mark is not one: the shared table knows when it was cleared)."""
+        self.store_identity()  # keys this state file's rollback starts
         where, params = _where([("name IN", SHARED_FLAGS)])
         flags = self.query(f"SELECT name, value, updated_at FROM flags WHERE {where}",
                            tuple(params))
@@ -664,6 +677,8 @@ class StateStore:
         marked = self.query("SELECT fingerprint, services, rolled_back_at, rolled_back_by, "
                             "failed_verification_at FROM releases WHERE rolled_back_at IS NOT "
                             "NULL OR failed_verification_at IS NOT NULL")
+        guards += [Guard(ROLLBACK_STARTED, key, {}, at) for key, at in
+                   self.rollback_starts(since=self.clock() - RATE_RECORD_SECONDS).items()]
         for row in marked:
             note = {"release": json.loads(row["services"])}
             if row["rolled_back_at"] is not None:
@@ -674,11 +689,39 @@ class StateStore:
                                     row["failed_verification_at"]))
         return guards
 
+    def rollback_starts(self, since: float) -> dict[str, float]:
+        """When each rollback the rate limits count began (since ``since``), keyed by where it
+        began — ``STORE_ID/ACTION_ID``, which an adopted copy keeps from its origin — so one
+        rollback counts once: this journal's own and those other leaders shared (the later
+        time of two sightings). Reads only: a state file not yet in a shared journal (no id)
+        keys its own as ``here/ACTION_ID``."""
+        own = str(self.flag("store_id") or "here")
+        starts: dict[str, float] = {}
+        seen = [(self._origin_key(action, own), action.created_at)
+                for action in self.actions(kind="rollback", since_ts=since)]
+        rows = self.query("SELECT key, started_at FROM rollbacks_elsewhere "
+                          "WHERE started_at >= ?", (since,))
+        for key, at in seen + [(str(row["key"]), float(row["started_at"])) for row in rows]:
+            starts[key] = max(at, starts.get(key, at))
+        return starts
+
+    @staticmethod
+    def _origin_key(action: ActionRecord, own: str) -> str:
+        origin = action.plan.get("adopted_from")
+        if isinstance(origin, dict) and "store_id" in origin:
+            return f"{origin['store_id']}/{origin.get('action_id')}"
+        return f"{own}/{action.id}"
+
     def apply_guard(self, guard: Guard) -> bool:
         """Take over a guard another instance set (keeping its time, not shared back); False
         when a release it names is unknown here and its record does not say what it was."""
         if guard.kind == "flag":
             self._set_flag(guard.key, guard.value, guard.ts)
+            return True
+        if guard.kind == ROLLBACK_STARTED:
+            self.execute("INSERT INTO rollbacks_elsewhere (key, started_at) VALUES (?, ?) "
+                         "ON CONFLICT(key) DO UPDATE SET started_at = excluded.started_at",
+                         (guard.key, guard.ts))
             return True
         value = guard.value or {}
         if self.release(guard.key) is None:

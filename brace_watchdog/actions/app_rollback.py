@@ -37,7 +37,7 @@ from typing import Any
 from brace_watchdog.actions.config_snapshot import ConfigSnapshot, read_files
 from brace_watchdog.actions.gated import Progress
 from brace_watchdog.actions.release_tracker import ReleaseTracker
-from brace_watchdog.actions.rollback_policy import Decision, PolicyInput, decide
+from brace_watchdog.actions.rollback_policy import DAY_SECONDS, Decision, PolicyInput, decide
 from brace_watchdog.actions.rollback_run import RollbackRequest, RollbackRun, RollbackVerdict
 from brace_watchdog.actions.rollback_steps import RollbackPlan, build_plan
 from brace_watchdog.actions.rollback_target import (
@@ -67,7 +67,6 @@ from brace_watchdog.swarm_release import plan_steps
 
 __all__ = ["AppRollback"]
 
-DAY = 86400.0
 KIND = "rollback"  # the action kind in the store and the action lock
 CANDIDATES = 20  # known-good releases an operator may name with --to
 
@@ -304,8 +303,7 @@ class AppRollback(Component):
             known_good_revision=known_good.alembic_revision if known_good else None,
             current_revision=db.revision if db is not None and db.up else None,
             last_deploy_at=self.tracker.deploy_at,
-            rollback_times=tuple(a.created_at for a in self.hub.store.actions(
-                kind="rollback", since_ts=now - DAY)),
+            rollback_times=tuple(self.hub.store.rollback_starts(since=now - DAY_SECONDS).values()),
             frozen=self.hub.frozen() is not None, manual=manual,
             current_rolled_back_at=current_record.rolled_back_at if current_record else None,
             current_rollback_outcome=rollback.status if rollback else None,

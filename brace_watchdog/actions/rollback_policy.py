@@ -33,12 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from brace_watchdog.config import RollbackConfig
+from brace_watchdog.journal_handover import RATE_RECORD_SECONDS
 from brace_watchdog.monitors.policy import WindowVerdict
 
 __all__ = ["Action", "Decision", "PolicyInput", "decide"]
 
 Action = Literal["none", "hold", "escalate", "rollback"]
-DAY_SECONDS = 86400.0
+DAY_SECONDS = RATE_RECORD_SECONDS  # max_per_day counts the rollbacks of the last 24 h
 
 
 @dataclass(frozen=True)

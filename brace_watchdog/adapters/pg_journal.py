@@ -85,7 +85,8 @@ _GUARD = (f"INSERT INTO {GUARDS} AS g (kind, key, value, set_at, store_id, host)
           "set_at = excluded.set_at, store_id = excluded.store_id, host = excluded.host "
           "WHERE g.set_at < excluded.set_at")
 _GUARD_KINDS: dict[str, GuardKind] = {"flag": "flag", "rolled_back": "rolled_back",
-                                      "failed_verification": "failed_verification"}
+                                      "failed_verification": "failed_verification",
+                                      "rollback_started": "rollback_started"}
 _COLUMNS = ", ".join(f"j.{c}" for c in (
     "store_id", "action_id", "host", "pid", "kind", "origin", "requester", "status", "step",
     "plan", "evidence", "updated_at", "adopted_by"))

@@ -407,10 +407,17 @@ def last_event_id(state: Path) -> int:
         store.close()
 
 
-async def test_a_release_the_killed_leader_rolled_back_is_escalated_by_the_next_not_rolled_back(
-        stack: Stack, tmp_path: Path, pg_cluster: PgCluster) -> None:
+@pytest.mark.parametrize(("redeploy", "reason"), [
+    ({}, "rolled_back_before"),  # the same bad release again
+    ({"NEXT": "1"}, "cooldown"),  # a new bad release, inside the cooldown of the old rollback
+])
+async def test_after_the_killed_leaders_rollback_the_next_escalates_a_bad_deploy_not_rolls_back(
+        stack: Stack, tmp_path: Path, pg_cluster: PgCluster, redeploy: dict[str, str],
+        reason: str) -> None:
     """Two hosts: the leader rolls back bad release v2 and is SIGKILLed; the other takes over
-    the shared record of it, so when v2 is deployed again it escalates — no second rollback."""
+    the shared record of it — the release it left and when it rolled back — so when v2 is
+    deployed again, or a new bad release within the cooldown (its own state file has no
+    rollback), it escalates: no second rollback."""
     pg_cluster.psql("drop schema if exists brace_watchdog cascade")
     async with instances(stack, tmp_path, pg_cluster, 2, hosts=True) as group:
         old, new = group.leader, group.others()[0]
@@ -422,11 +429,11 @@ async def test_a_release_the_killed_leader_rolled_back_is_escalated_by_the_next_
         kill_daemon(old.proc)
         assert await the_leader([new]) is new
         since = last_event_id(new.state)
-        stack.deploy("v2")  # the pipeline ships the same bad release again
+        stack.deploy("v2", redeploy)
         escalation = await event_after(new.state, since, "escalation", "rollback.started")
         assert escalation.kind == "escalation", (escalation, new.log())
-        assert escalation.evidence["reason"] == "rolled_back_before", escalation
-        assert escalation.evidence["current_release"] == bad
+        assert escalation.evidence["reason"] == reason, escalation
+        assert (escalation.evidence["current_release"] == bad) == (not redeploy)
         await asyncio.sleep(2)  # time for a rollback (wrongly) to start
         assert rollback_actions(new.state) == []
     assert stack.running_images()["backend"] == stack.images["v2"]

@@ -409,7 +409,10 @@ async def test_a_new_leader_on_another_host_keeps_the_old_ones_freeze_and_releas
     taken = [e.message for e in second.store.events(kinds=("leadership.guard",))]
     assert any("frozen by another leader" in m for m in taken), taken
     assert [row.split("|")[::3] for row in _guard_rows(pg_cluster)] == [
-        ["failed_verification", "a"], ["flag", "a"], ["rolled_back", "a"]]
+        ["failed_verification", "a"], ["flag", "a"], ["rollback_started", "a"],
+        ["rolled_back", "a"]]
+    started = first.store.action(action).created_at  # type: ignore[union-attr]
+    assert list(second.store.rollback_starts(since=0.0).values()) == [started]  # rate limits
     second.unfreeze(by="ops")  # the operator, on the leader
     second.store.clear_release_failed(good)
     assert await two.journal.flush()

@@ -15,7 +15,7 @@ from brace_watchdog.actions.config_snapshot import ConfigSnapshot
 from brace_watchdog.actions.promotion_policy import ReleaseHealth
 from brace_watchdog.config import parse_config
 from brace_watchdog.errors import StateError
-from brace_watchdog.journal_handover import JournalEntry, SharedAction
+from brace_watchdog.journal_handover import Guard, JournalEntry, SharedAction
 from brace_watchdog.metrics import Metrics
 from brace_watchdog.observations import Observations, ProbeSample
 from brace_watchdog.runtime import Hub
@@ -233,14 +233,17 @@ def test_the_journal_hook_sees_every_write_and_an_adopted_action_keeps_where_it_
         tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     store, other = StateStore(path).open(), StateStore(path).open()
-    seen: list[JournalEntry] = []
-    store.on_journal = seen.append
+    written: list[JournalEntry | Guard] = []
+    store.on_journal = written.append
     try:
         identity = store.store_identity()
         assert len(identity) == 32 and other.store_identity() == identity
         action = store.begin_action("rollback", origin="automatic", plan={"mode": "retag"})
         store.journal_step(action, "retagged", evidence={"retags": 1})
         store.journal_step(action, "succeeded", status="succeeded", result="done")
+        assert written[1] == Guard("rollback_started", f"{identity}/{action}", {},
+                                   written[0].ts)  # the rate limits' record, shared
+        seen = [entry for entry in written if isinstance(entry, JournalEntry)]
         assert [(e.action_id, e.step, e.status) for e in seen] == [
             (action, "begin", "running"), (action, "retagged", None),
             (action, "succeeded", "succeeded")]
@@ -258,7 +261,9 @@ def test_the_journal_hook_sees_every_write_and_an_adopted_action_keeps_where_it_
         assert store.last_journal_evidence(adopted)["state"] == {"writers": "stopped"}
         assert store.events(kinds=("action.db_rollback.adopted",))[0].message == \
             "left open by db-1"
-        assert seen[-1].start is not None and seen[-1].step == "writers_stopped"
+        last = written[-1]  # an adoption adds no guard: only a rollback's own begin does
+        assert isinstance(last, JournalEntry) and last.start is not None
+        assert last.step == "writers_stopped"
         assert store.adopted_keys() == {("elsewhere", 7): adopted}
     finally:
         store.close()
@@ -295,3 +300,27 @@ def test_two_instances_sharing_a_state_file_promote_a_release_once(tmp_path: Pat
     assert [r.known_good_at for r in leader.known_good_releases()] == [560.0]
     leader.close()
     follower.close()
+
+
+def test_each_rollback_counts_once_for_the_rate_limits_wherever_it_began(tmp_path: Path) -> None:
+    """A rollback here, one another leader shared, and one adopted from a third host (shared
+    too, earlier): three starts, the adopted one at its adoption here (the later sighting);
+    each is a shared guard of this state file."""
+    now = [100.0]
+    store = StateStore(tmp_path / "state.db", clock=lambda: now[0]).open()
+    try:
+        own = store.begin_action("rollback", origin="automatic", plan={})
+        store.begin_action("db_rollback", origin="control", plan={})  # not rate-limited
+        assert store.apply_guard(Guard("rollback_started", "there/3", {}, 95.0))
+        assert store.apply_guard(Guard("rollback_started", "third/5", {}, 90.0))
+        now[0] = 120.0
+        store.adopt_action(SharedAction(
+            store_id="third", action_id=5, host="db-3", pid=1, kind="rollback",
+            origin="automatic", requester="", status="running", step="retagged", plan={},
+            evidence={}, updated_at=90.0), "adopted")
+        starts = {f"{store.store_identity()}/{own}": 100.0, "there/3": 95.0, "third/5": 120.0}
+        assert store.rollback_starts(since=0.0) == starts
+        assert store.rollback_starts(since=96.0) == {k: v for k, v in starts.items() if v > 96}
+        assert {g.key: g.ts for g in store.guards() if g.kind == "rollback_started"} == starts
+    finally:
+        store.close()

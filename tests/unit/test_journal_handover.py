@@ -12,6 +12,8 @@ from brace_watchdog.journal_handover import (
     ADOPTED,
     FROZEN_FLAG,
     HANDED_OVER,
+    RATE_RECORD_SECONDS,
+    ROLLBACK_STARTED,
     ActionStart,
     Guard,
     GuardPlan,
@@ -27,6 +29,7 @@ from brace_watchdog.journal_handover import (
 )
 
 ME, OTHER = "store-me", "store-other"
+NOW = 1_000_000.0
 STATUSES = ("planned", "running", "succeeded", "failed", "interrupted", ADOPTED, HANDED_OVER)
 
 
@@ -119,7 +122,7 @@ def test_the_newer_setting_of_a_guard_wins_on_both_sides(
         mine: tuple[dict[str, object] | None, float] | None,
         theirs: tuple[dict[str, object] | None, float] | None) -> None:
     local, shared = _guard(mine), _guard(theirs)
-    plan = plan_guards(local, shared)
+    plan = plan_guards(local, shared, now=NOW)
     assert not (plan.apply and plan.push)  # one direction per guard
     after_local = plan.apply[0].value if plan.apply else (mine[0] if mine else None)
     after_shared = plan.push[0].value if plan.push else (theirs[0] if theirs else None)
@@ -135,12 +138,12 @@ def test_the_newer_setting_of_a_guard_wins_on_both_sides(
 
 def test_a_freeze_the_old_leader_set_holds_here_and_an_operators_unfreeze_lifts_mine() -> None:
     frozen_there = Guard("flag", FROZEN_FLAG, FROZEN, 20.0)
-    assert plan_guards([], [frozen_there]) == GuardPlan(apply=(frozen_there,))
+    assert plan_guards([], [frozen_there], now=NOW) == GuardPlan(apply=(frozen_there,))
     lifted_there = Guard("flag", FROZEN_FLAG, None, 30.0)  # unfrozen on the leader after it
     mine = Guard("flag", FROZEN_FLAG, OTHER_FREEZE, 20.0)
-    assert plan_guards([mine], [lifted_there]) == GuardPlan(apply=(lifted_there,))
+    assert plan_guards([mine], [lifted_there], now=NOW) == GuardPlan(apply=(lifted_there,))
     later = Guard("flag", FROZEN_FLAG, OTHER_FREEZE, 40.0)  # frozen here, never written out
-    assert plan_guards([later], [lifted_there]) == GuardPlan(push=(later,))
+    assert plan_guards([later], [lifted_there], now=NOW) == GuardPlan(push=(later,))
 
 
 def test_guards_are_reconciled_one_by_one() -> None:
@@ -148,11 +151,45 @@ def test_guards_are_reconciled_one_by_one() -> None:
     left_there = Guard("rolled_back", "e" * 64, {"action_id": 9}, 6.0)
     escalated = Guard("flag", "escalation_pending", {"message": "m"}, 7.0)
     lifted = Guard("flag", FROZEN_FLAG, None, 8.0)  # never frozen anywhere: nothing to say
-    plan = plan_guards([left_here, lifted], [left_there, escalated])
+    plan = plan_guards([left_here, lifted], [left_there, escalated], now=NOW)
     assert plan == GuardPlan(apply=(left_there, escalated), push=(left_here,))
     same = Guard("flag", "rolled_back", {"x": 1}, 1.0)  # a flag is not a release: both kept
-    assert plan_guards([same], [replace(same, kind="rolled_back")]) == GuardPlan(
+    assert plan_guards([same], [replace(same, kind="rolled_back")], now=NOW) == GuardPlan(
         apply=(replace(same, kind="rolled_back"),), push=(same,))
+
+
+def _started(key: str, ago: float) -> Guard:
+    return Guard(ROLLBACK_STARTED, key, {}, NOW - ago)
+
+
+AGES = (0.0, 1.0, RATE_RECORD_SECONDS - 1.0, RATE_RECORD_SECONDS, RATE_RECORD_SECONDS + 1.0)
+
+
+@pytest.mark.parametrize(("here", "there"), list(itertools.product((None, *AGES), repeat=2)))
+def test_rollback_starts_are_a_union_of_those_the_rate_limits_still_count(
+        here: float | None, there: float | None) -> None:
+    """The rate limits' record: every leader's rollback start within the look-back crosses to
+    the side that lacks it; one rollback (its key: where it began) counts once, at the later of
+    two sightings (an adopted copy's); older ones cross neither way."""
+    local = [] if here is None else [_started(f"{ME}/1", here)]
+    shared = [] if there is None else [_started(f"{ME}/1", there)]
+    plan = plan_guards(local, shared, now=NOW)
+    counted = [age for age in (here, there) if age is not None and age < RATE_RECORD_SECONDS]
+    if not counted:
+        assert plan == GuardPlan()
+        return
+    latest = _started(f"{ME}/1", min(counted))
+    after_local = plan.apply[0] if plan.apply else (local[0] if here in counted else None)
+    after_shared = plan.push[0] if plan.push else (shared[0] if there in counted else None)
+    assert after_local == after_shared == latest
+
+
+def test_rollback_starts_of_different_rollbacks_all_count() -> None:
+    mine, theirs = _started(f"{ME}/1", 60.0), _started(f"{OTHER}/7", 30.0)
+    assert plan_guards([mine], [theirs], now=NOW) == GuardPlan(apply=(theirs,), push=(mine,))
+    expired = _started(f"{OTHER}/2", RATE_RECORD_SECONDS)
+    frozen = Guard("flag", FROZEN_FLAG, FROZEN, NOW - 2 * RATE_RECORD_SECONDS)  # flags never age
+    assert plan_guards([], [expired, frozen], now=NOW) == GuardPlan(apply=(frozen,))
 
 
 # -- folding the queue -----------------------------------------------------------------------
