@@ -445,10 +445,12 @@ async def test_a_freeze_the_killed_leader_set_holds_on_the_next_until_an_operato
     marks v1 failed; then the leader is SIGKILLed. The other host leads frozen: a new bad
     release is held, not rolled back, until an operator unfreezes — there, and in PostgreSQL
     for every later leader; then it escalates (v1 failed verification) until the operator
-    clears that mark too, and only then rolls back."""
+    clears that mark too, and only then rolls back (no cooldown here: the old leader's failed
+    rollback counts on the new one too, see the test above)."""
     pg_cluster.psql("drop schema if exists brace_watchdog cascade")
     async with instances(stack, tmp_path, pg_cluster, 2, hosts=True,
-                         rollback={"verify_timeout_seconds": 5.0}) as group:
+                         rollback={"verify_timeout_seconds": 5.0,
+                                   "cooldown_seconds": 0.0}) as group:
         old, new = group.leader, group.others()[0]
         promoted = await daemon_event(new.state, "release.known_good", timeout=60)
         v1 = promoted.evidence["release"]["fingerprint"]
