@@ -42,7 +42,8 @@ the update it may roll back). Swarm reports a
 rollback asked for by hand (``docker service rollback``, or the watchdog's own) in the same
 ``rollback_*`` states, so they are told apart by ``UpdateStatus``: Swarm's own keeps the update's
 ``StartedAt`` and names the failed task in its message; a requested one says "manually requested
-rollback" and starts anew. :func:`converged` says when every task runs the target.
+rollback" and starts anew. :func:`not_converged` says why the tasks do not (yet) run the
+target — every running task on it, as many as the service's replicas.
 
 :func:`stack_containers` turns the stack's tasks into the compose driver's containers, so release
 tracking is the compose driver's own. A release is what Swarm means to run: every task whose
@@ -67,9 +68,9 @@ from typing import Any, Literal
 from brace_watchdog.releases import ComposeContainer, Release
 
 __all__ = ["LIVE_DESIRED_STATES", "NO_TASK", "STACK_LABEL", "RollbackStep", "ServiceTarget",
-           "StackLook", "StackTask", "SwarmService", "SwarmTask", "choose_step", "converged",
-           "fingerprint", "identify", "pinned", "plan_steps", "rollout", "running_tasks",
-           "runs_current_spec", "scale_argv", "spec_hash", "stack_containers",
+           "StackLook", "StackTask", "SwarmService", "SwarmTask", "choose_step", "fingerprint",
+           "identify", "not_converged", "pinned", "plan_steps", "rollout", "running_tasks",
+           "runs_current_spec", "scale_argv", "spec_hash", "spec_restored", "stack_containers",
            "swarm_in_charge", "swarm_name", "swarm_rolled_back", "task_health", "tasks_gone",
            "writers_problem"]
 
@@ -145,8 +146,15 @@ class SwarmService:
 
 @dataclass(frozen=True)
 class SwarmTask:
-    image_id: str
+    """A task of a service as verification reads it from the manager's task API (any node, any
+    desired state — a task told to stop runs on until it has stopped): the spec it was created
+    from, its state, the state Swarm wants it in, and why it is not running (Swarm's message)."""
+
+    service_id: str
+    target: ServiceTarget
     state: str
+    desired: str = "running"
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -295,12 +303,31 @@ def swarm_in_charge(service: SwarmService) -> bool:
     return service.update_state == "rollback_started" and not _requested(service)
 
 
-def converged(tasks: Sequence[SwarmTask], image_id: str, replicas: int | None) -> bool:
-    """Every running task runs ``image_id`` and there are as many as the service wants."""
+def not_converged(tasks: Sequence[SwarmTask], target: ServiceTarget,
+                  replicas: int | None) -> str | None:
+    """Why the service's tasks (all of them, any desired state) have not converged on
+    ``target``, or None when they have: no running task runs another spec, and — replicated —
+    exactly ``replicas`` running tasks run ``target``, or — global (``replicas`` None) — every
+    task Swarm means to run (one per eligible node, as Swarm places them) runs ``target``."""
     running = [t for t in tasks if t.state == "running"]
-    if any(t.image_id != image_id for t in running):
-        return False
-    return len(running) == replicas if replicas is not None else bool(running)
+    other = sum(t.target != target for t in running)
+    good = len(running) - other
+    waiting = [t for t in tasks if t.desired in LIVE_DESIRED_STATES and t.state != "running"]
+    notes = "; ".join(sorted({f"{t.state}: {t.note}" if t.note else t.state for t in waiting}))
+    waits = f" ({len(waiting)} not running: {notes})" if waiting else ""
+    if other:
+        return f"{other} running task(s) still on another spec, {good} on the known-good{waits}"
+    if replicas is not None and good != replicas:
+        return f"{good} of {replicas} replicas run the known-good spec{waits}"
+    if replicas is None and (waiting or not good):
+        return f"{good} task(s) run the known-good spec{waits or ' (none scheduled)'}"
+    return None
+
+
+def spec_restored(service: SwarmService | None, target: ServiceTarget) -> bool:
+    """The service's own spec is ``target`` (a rollback of it was carried out); its tasks
+    may still be converging."""
+    return service is not None and service.current == target
 
 
 def writers_problem(services: Sequence[SwarmService], writers: Sequence[str],

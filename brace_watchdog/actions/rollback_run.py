@@ -14,8 +14,9 @@ The journal of one action (each arrow a step, so a restarted daemon knows where 
 Success: event, metric, notification. Failure: the target release is marked as having failed
 verification, automation is frozen and an operator is asked; never retried.
 :meth:`RollbackRun.recover` resolves an action a restart left open: completed (verification
-only) if the known-good images run, otherwise marked interrupted, frozen and escalated — a
-destructive step is never repeated.
+only) if the known-good images run — on Swarm, if every service's spec is the known-good one,
+its tasks then awaited to the verification's deadline — otherwise marked interrupted, frozen
+and escalated; a destructive step is never repeated.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from brace_watchdog.actions.gated import Progress
 from brace_watchdog.actions.image_archive import ImageArchive, archive_folder
 from brace_watchdog.actions.rollback_steps import (
     EngineRetry,
+    Polling,
     ProbeStreak,
     RollbackPlan,
     RollbackSteps,
@@ -38,7 +40,7 @@ from brace_watchdog.actions.rollback_steps import (
     verify_images,
     verify_probes,
 )
-from brace_watchdog.actions.swarm_steps import SwarmSteps
+from brace_watchdog.actions.swarm_steps import SwarmSteps, targets_of, verify_tasks
 from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.adapters.docker import DockerAdapter
 from brace_watchdog.adapters.process import CommandResult
@@ -51,6 +53,7 @@ from brace_watchdog.monitors.health import build_probers
 from brace_watchdog.releases import ReleaseObservation, build_release
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import ActionRecord
+from brace_watchdog.swarm_release import spec_restored
 
 __all__ = ["Escalate", "FailingLogs", "RollbackChecks", "RollbackRequest", "RollbackRun",
            "RollbackVerdict", "Verdict"]
@@ -208,24 +211,30 @@ class RollbackRun:
                       output: CommandResult) -> RollbackChecks:
         await self.hub.leadership.confirm("verify")
         self.hub.store.journal_step(action_id, "verifying")
-        within = self.cfg.verify_timeout_seconds
-        swarm = isinstance(self._docker, SwarmAdapter)
-        images = verify_images(self._docker, self.cfg.project, self.cfg.services,
-                               plan.expected_images, within=within,
-                               interval=min(0.5, self.cfg.interval_seconds),
-                               expected_config=plan.expected_config if swarm else None,
-                               clock=self._monotonic, sleep=self._sleep, beat=self._beat)
-        if swarm:  # Swarm converges after its command returned: probe what it converged to
-            deadline = self._monotonic() + within
-            running = await images
-            self.hub.store.journal_step(action_id, "images_verified",
-                                        evidence={"running": running})
-            probes = await self._verify_probes(max(0.0, deadline - self._monotonic()))
+        if isinstance(self._docker, SwarmAdapter):
+            running, probes = await self._swarm_checks(self._docker, action_id, plan)
         else:  # compose returned with the containers replaced: probe at once, while the
             # images are being checked
-            running, probes = await self._images_and_probes(action_id, images, within)
+            images = verify_images(self._docker, self.cfg.project, self.cfg.services,
+                                   plan.expected_images, self._polling())
+            running, probes = await self._images_and_probes(action_id, images,
+                                                            self.cfg.verify_timeout_seconds)
         self.hub.store.journal_step(action_id, "probes_verified", evidence=asdict(probes))
         return RollbackChecks(running=running, probes=probes, compose=output)
+
+    def _polling(self) -> Polling:
+        return Polling(self.cfg.verify_timeout_seconds, min(0.5, self.cfg.interval_seconds),
+                       self._monotonic, self._sleep, self._beat)
+
+    async def _swarm_checks(self, swarm: SwarmAdapter, action_id: int,
+                            plan: RollbackPlan) -> tuple[dict[str, str], ProbeStreak]:
+        """Swarm converges after its command returned: wait until every service's tasks run
+        the known-good spec, as many as its replicas, then probe — both within one deadline."""
+        polling = self._polling()
+        deadline = self._monotonic() + polling.within
+        running = await verify_tasks(swarm, self.cfg.project, targets_of(plan), polling)
+        self.hub.store.journal_step(action_id, "images_verified", evidence={"running": running})
+        return running, await self._verify_probes(max(0.0, deadline - self._monotonic()))
 
     async def _images_and_probes(self, action_id: int, images: Awaitable[dict[str, str]],
                                  within: float) -> tuple[dict[str, str], ProbeStreak]:
@@ -326,18 +335,36 @@ class RollbackRun:
             except AdapterError as exc:
                 obs = ReleaseObservation(None, missing=(f"engine error: {exc}",))
             running = obs.release.image_ids() if obs.release else {}
-            if not plan.runs_target(obs.release) or obs.not_running:
+            if not await self._rolled_back(plan, obs):
                 return await self._interrupted(action, plan, running, obs)
+            swarm = self._docker if isinstance(self._docker, SwarmAdapter) else None
             self.hub.store.journal_step(
                 action.id, "resumed", evidence={"running": running},
-                result=f"interrupted mid-rollback {interrupted_by(action.plan)}; known-good images "
-                       "run; completing verification")
+                result=f"interrupted mid-rollback {interrupted_by(action.plan)}; " + (
+                    "the known-good specs are set; waiting for their tasks, then verifying"
+                    if swarm else "known-good images run; completing verification"))
             try:
-                probes = await self._verify_probes(self.cfg.verify_timeout_seconds)
+                if swarm is not None:
+                    running, probes = await self._swarm_checks(swarm, action.id, plan)
+                else:
+                    probes = await self._verify_probes(self.cfg.verify_timeout_seconds)
             except ActionError as exc:
                 return await self._fail(action.id, plan, request, exc)
             checks = RollbackChecks(running=running, probes=probes, resumed=True)
             return await self._succeed(action.id, plan, request, checks)
+
+    async def _rolled_back(self, plan: RollbackPlan, obs: ReleaseObservation) -> bool:
+        """Whether the interrupted rollback's changes were all made: compose — the known-good
+        release runs; Swarm — every service's own spec is the known-good one (its tasks may
+        still be converging: the verification waits for them, to its deadline)."""
+        if not isinstance(self._docker, SwarmAdapter):
+            return plan.runs_target(obs.release) and not obs.not_running
+        try:
+            services = {s.name: s for s in await self._docker.services(self.cfg.project)}
+        except AdapterError:
+            return False
+        return all(spec_restored(services.get(name), target)
+                   for name, target in targets_of(plan).items())
 
     def _mark_left(self, action: ActionRecord, plan: RollbackPlan) -> None:
         """Mark the release the open rollback set out to leave, as :meth:`begin` does — here

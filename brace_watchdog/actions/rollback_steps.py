@@ -10,7 +10,8 @@
   release's own directory.
 * :class:`RollbackSteps` executes a plan through the docker and compose adapters.
 * :func:`verify_images` and :func:`verify_probes` prove the result: the containers really run the
-  known-good image IDs, then N consecutive OK probes of the backend and the frontend.
+  known-good image IDs, then N consecutive OK probes of the backend and the frontend
+  (:func:`wait_restored` is the waiting, shared with the Swarm driver's task check).
 
 Every failure is an :class:`~brace_watchdog.errors.ActionError` naming its stage.
 """
@@ -38,9 +39,21 @@ from brace_watchdog.monitors.health import StatusGetter, probe_with
 from brace_watchdog.monitors.policy import is_healthy
 from brace_watchdog.releases import Release, build_release, diff
 
-__all__ = ["EngineRetry", "ProbeStreak", "RollbackPlan", "RollbackSteps", "build_plan",
-           "engine_answers", "engine_lost", "engine_refused", "split_ref",
-           "verify_images", "verify_probes"]
+__all__ = [
+    "EngineRetry",
+    "Polling",
+    "ProbeStreak",
+    "RollbackPlan",
+    "RollbackSteps",
+    "build_plan",
+    "engine_answers",
+    "engine_lost",
+    "engine_refused",
+    "split_ref",
+    "verify_images",
+    "verify_probes",
+    "wait_restored",
+]
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -301,40 +314,61 @@ class RollbackSteps:
         self._journal("snapshot_written", {"files": written})
 
 
-async def verify_images(docker: DockerAdapter, project: str, services: Sequence[str],
-                        expected: dict[str, str], *, within: float, interval: float = 0.5,
-                        expected_config: Mapping[str, str] | None = None,
-                        clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep,
-                        beat: Callable[[], None] = lambda: None) -> dict[str, str]:
-    """Wait until every service runs exactly the expected image ID — and, with
-    ``expected_config``, the expected config hash (Swarm converges after its call returned:
-    until then old tasks run the old spec, whatever the image) — (returned: the running image ID
-    per service); ActionError otherwise, OutageError when the engine did not answer until the
-    deadline."""
-    deadline = clock() + within
+Look = Callable[[], Awaitable[tuple[dict[str, str] | None, str]]]
+"""One look at the engine: the image ID running per service once the release is restored
+(None before), and what is still wrong."""
+
+
+@dataclass(frozen=True)
+class Polling:
+    """How a verification waits: its deadline (``within`` seconds), the spacing of its looks,
+    and the clock, sleep and progress beat it uses."""
+
+    within: float
+    interval: float = 0.5
+    clock: Clock = time.monotonic
+    sleep: Sleep = asyncio.sleep
+    beat: Callable[[], None] = lambda: None
+
+
+async def wait_restored(look: Look, polling: Polling, *, failure: str) -> dict[str, str]:
+    """Look until ``look`` finds the release restored (returned: the running image IDs);
+    ActionError at the deadline (``failure`` after what is still wrong), OutageError when the
+    engine did not answer until then."""
+    deadline = polling.clock() + polling.within
     while True:
-        beat()
+        polling.beat()
         try:
-            obs = build_release(project, services, await docker.compose_containers(project))
+            running, wrong = await look()
         except AdapterError as exc:
-            if clock() >= deadline:
+            if polling.clock() >= deadline:
                 raise OutageError("verify_images", f"the docker engine did not answer until "
-                                  f"the deadline ({within:.0f}s): {exc}") from None
-            await sleep(interval)
+                                  f"the deadline ({polling.within:.0f}s): {exc}") from None
+            await polling.sleep(polling.interval)
             continue
+        if running is not None:
+            return running
+        if polling.clock() >= deadline:
+            raise ActionError("verify_images", f"{wrong}; {failure}")
+        await polling.sleep(polling.interval)
+
+
+async def verify_images(docker: DockerAdapter, project: str, services: Sequence[str],
+                        expected: dict[str, str], polling: Polling) -> dict[str, str]:
+    """Wait until every service runs exactly the expected image ID (returned: the running
+    image ID per service); ActionError otherwise, OutageError when the engine did not answer
+    until the deadline."""
+    async def look() -> tuple[dict[str, str] | None, str]:
+        obs = build_release(project, services, await docker.compose_containers(project))
         running = obs.release.image_ids() if obs.release else {}
         wrong = {s: running.get(s) for s in services if running.get(s) != expected.get(s)}
-        if expected_config:
-            configs = obs.release.config_hashes() if obs.release else {}
-            wrong |= {s: f"config {configs.get(s)}" for s, want in expected_config.items()
-                      if configs.get(s) != want}
         if not wrong and not obs.not_running and not obs.mixed:
-            return running
-        if clock() >= deadline:
-            raise ActionError("verify_images", f"services not on the known-good images: "
-                              f"{sorted(wrong) or obs.describe()} (running {running}, expected "
-                              f"{expected}); the compose command did not restore the release")
-        await sleep(interval)
+            return running, ""
+        return None, (f"services not on the known-good images: "
+                      f"{sorted(wrong) or obs.describe()} (running {running}, expected "
+                      f"{expected})")
+    return await wait_restored(look, polling,
+                               failure="the compose command did not restore the release")
 
 
 async def verify_probes(getters: Mapping[str, StatusGetter], *, successes: int, within: float,

@@ -6,22 +6,39 @@ Used by :class:`~brace_watchdog.actions.rollback_run.RollbackRun` in place of
 (:func:`~brace_watchdog.swarm_release.choose_step`): ``service rollback`` when Swarm's previous
 spec is the known-good one, ``service update --image <known-good image ID>`` when only the image
 moved; if any service must be refused nothing is changed. Then each service is changed in turn,
-leadership confirmed before each, each journalled with the method and why. Verification is the
-compose driver's: every task on the known-good image ID, then the health probes.
+leadership confirmed before each, each journalled with the method and why.
+
+:func:`verify_tasks` is the Swarm side of verification (before the health probes): every
+service's tasks converged on the known-good spec — no running task on another spec, and as many
+running on it as the service's replicas (a global service: every task Swarm places, one per
+eligible node) — within the same deadline as the compose driver's image check.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
-from brace_watchdog.actions.rollback_steps import Before, Journal, RollbackPlan
+from brace_watchdog.actions.rollback_steps import (
+    Before,
+    Journal,
+    Polling,
+    RollbackPlan,
+    wait_restored,
+)
 from brace_watchdog.adapters.process import CommandResult
 from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.errors import ActionError, AdapterError
 from brace_watchdog.releases import ServiceRelease
-from brace_watchdog.swarm_release import RollbackStep, ServiceTarget, SwarmService, choose_step
+from brace_watchdog.swarm_release import (
+    RollbackStep,
+    ServiceTarget,
+    SwarmService,
+    choose_step,
+    not_converged,
+)
 
-__all__ = ["SwarmSteps"]
+__all__ = ["SwarmSteps", "targets_of", "verify_tasks"]
 
 
 class SwarmSteps:
@@ -71,3 +88,32 @@ class SwarmSteps:
                 raise ActionError("swarm", step.why)
             chosen.append((service, step, target))
         return chosen
+
+
+def targets_of(plan: RollbackPlan) -> dict[str, ServiceTarget]:
+    """Each service's known-good (image, spec hash), as its tasks' specs name them."""
+    configs = plan.expected_config
+    return {service: ServiceTarget(image, configs.get(service, ""))
+            for service, image in plan.expected_images.items()}
+
+
+async def verify_tasks(swarm: SwarmAdapter, stack: str, expected: Mapping[str, ServiceTarget],
+                       polling: Polling) -> dict[str, str]:
+    """Wait until every service's tasks have converged on its known-good spec
+    (:func:`~brace_watchdog.swarm_release.not_converged`; returned: the image per service)."""
+    async def look() -> tuple[dict[str, str] | None, str]:
+        services, tasks = await swarm.converging(stack)
+        found = {s.name: s for s in services}
+        wrong = {}
+        for name, target in sorted(expected.items()):
+            service = found.get(name)
+            why = ("not found in the stack" if service is None else not_converged(
+                [t for t in tasks if t.service_id == service.id], target, service.replicas))
+            if why is not None:
+                wrong[name] = why
+        if not wrong:
+            return {name: target.image for name, target in expected.items()}, ""
+        return None, "services not converged on the known-good spec: " + "; ".join(
+            f"{name}: {why}" for name, why in wrong.items())
+    return await wait_restored(look, polling,
+                               failure="Swarm did not converge on the known-good release")

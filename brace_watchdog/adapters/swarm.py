@@ -103,10 +103,47 @@ class SwarmAdapter(DockerAdapter):
         return list((await self.look(project)).containers)
 
     async def tasks(self, service_id: str) -> list[SwarmTask]:
-        """Tasks meant to run, with the image each was created from (any node)."""
-        return [SwarmTask(image_id=t.target.image, state=t.state)
-                for t in await self._run(f"listing the tasks of {service_id}",
-                                         lambda: self._live_tasks({service_id: None}, {}))]
+        """Every task of the service (any node, any desired state), its image identified."""
+        return await self._run(f"listing the tasks of {service_id}",
+                               lambda: self._all_tasks({service_id: None}, {}))
+
+    async def converging(self, stack: str) -> tuple[list[SwarmService], list[SwarmTask]]:
+        """The stack's services and every task of theirs, read together (what verification
+        judges with :func:`~brace_watchdog.swarm_release.not_converged`)."""
+        def work() -> tuple[list[SwarmService], list[SwarmTask]]:
+            tags: dict[str, str] = {}
+            services = self._services(stack, tags)
+            return services, self._all_tasks({s.id: s.version for s in services}, tags)
+        return await self._run(f"reading the tasks of stack {stack}", work)
+
+    def _all_tasks(self, versions: dict[str, int | None],
+                   tags: dict[str, str]) -> list[SwarmTask]:
+        """Every task of the services (``versions``, as :meth:`_live_tasks`), whatever Swarm
+        wants of it, with why it does not run (Swarm's message)."""
+        if not versions:
+            return []
+        api: Any = self.client.api  # the SDK's low-level calls are untyped
+        out = []
+        for task in api.tasks(filters={"service": list(versions)}):
+            status = task.get("Status", {})
+            _, target, _ = self._task_target(task, versions, tags)
+            out.append(SwarmTask(
+                service_id=str(task.get("ServiceID", "")), target=target,
+                state=str(status.get("State", "")), desired=str(task.get("DesiredState", "")),
+                note=str(status.get("Err") or status.get("Message") or "")))
+        return out
+
+    def _task_target(self, task: dict[str, Any], versions: dict[str, int | None],
+                     tags: dict[str, str]) -> tuple[ServiceTarget, ServiceTarget, str]:
+        """A task's spec target, the same with its image identified (:class:`ImageIdentities`:
+        a pinned image ID or digest is the same on every node, a bare tag what its node
+        resolved it to), and its container's ID once its node created one."""
+        service_id, status = str(task.get("ServiceID", "")), task.get("Status", {})
+        spec = self.hashes.target(service_id, versions.get(service_id),
+                                  task.get("Spec", {}).get("ContainerSpec", {}))
+        container = str(status.get("ContainerStatus", {}).get("ContainerID", ""))
+        return spec, identify(spec, self.images.task(spec.image, str(task.get("NodeID", "")),
+                                                     container, tags)), container
 
     async def task_states(self, service_id: str) -> list[str]:
         """``Status.State`` of every task of the service, from the manager's task API (tasks
@@ -132,17 +169,14 @@ class SwarmAdapter(DockerAdapter):
                                    "desired-state": list(LIVE_DESIRED_STATES)})
         out = []
         for task in found:
-            service_id, status = str(task.get("ServiceID", "")), task.get("Status", {})
-            version, task_spec = versions.get(service_id), task.get("Spec", {})
-            spec = self.hashes.target(service_id, version, task_spec.get("ContainerSpec", {}))
-            container = str(status.get("ContainerStatus", {}).get("ContainerID", ""))
+            spec, target, container = self._task_target(task, versions, tags)
+            service_id, task_spec = str(task.get("ServiceID", "")), task.get("Spec", {})
             out.append(StackTask(
-                id=str(task.get("ID", "")), service_id=service_id, target=identify(
-                    spec, self.images.task(spec.image, str(task.get("NodeID", "")),
-                                           container, tags)),
-                state=str(status.get("State", "")), created=str(task.get("CreatedAt", "")),
-                container_id=container, image_ref=spec.image,
-                rollout=self.hashes.rollout(service_id, version, task_spec),
+                id=str(task.get("ID", "")), service_id=service_id, target=target,
+                state=str(task.get("Status", {}).get("State", "")),
+                created=str(task.get("CreatedAt", "")), container_id=container,
+                image_ref=spec.image,
+                rollout=self.hashes.rollout(service_id, versions.get(service_id), task_spec),
                 check_seconds=check_seconds(task_spec.get("ContainerSpec", {}).get(
                     "Healthcheck"))))
         return out

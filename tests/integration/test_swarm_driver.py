@@ -28,18 +28,20 @@ from prometheus_client import CollectorRegistry
 
 from brace_watchdog import ctl
 from brace_watchdog.actions.app_rollback import AppRollback
-from brace_watchdog.actions.rollback_steps import verify_images
+from brace_watchdog.actions.rollback_run import RollbackRequest, RollbackRun
+from brace_watchdog.actions.rollback_steps import Polling, RollbackPlan, build_plan
+from brace_watchdog.actions.swarm_steps import verify_tasks
+from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.config import load_config
 from brace_watchdog.metrics import Metrics
-from brace_watchdog.releases import HealthCheck, build_release, health_checks
+from brace_watchdog.releases import HealthCheck, Release, build_release, health_checks
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import Event, StateStore
 from brace_watchdog.swarm_release import (
     ServiceTarget,
     SwarmService,
     choose_step,
-    converged,
     spec_hash,
 )
 from tests.support.stack import Harness, daemon_event, stop_daemon, write_daemon_toml
@@ -47,8 +49,11 @@ from tests.support.swarm import (
     CRASH_TAG,
     STACK,
     PrivateSwarm,
+    converged_on,
+    create_replicated_service,
     create_web_service,
     health_status,
+    slot_args,
     swarm_worker,
 )
 
@@ -85,8 +90,7 @@ async def _until(check: object, what: str, timeout: float = 120) -> None:
 
 async def _recovered(adapter: SwarmAdapter, service_id: str, image_id: str, port: int) -> None:
     async def ok() -> bool:
-        tasks = await adapter.tasks(service_id)
-        return (converged(tasks, image_id, 1)
+        return (await asyncio.to_thread(converged_on, adapter.client, service_id, image_id)
                 and await asyncio.to_thread(health_status, port) == "200")
     await _until(ok, "back on the known-good image and healthy")
 
@@ -138,7 +142,7 @@ def _daemon_config(root: Path, port: int, service: str, path: str,
                    **rollback: object) -> Path:
     return write_daemon_toml(
         root, backend=f"http://127.0.0.1:{port}{path}", driver="swarm", project=STACK,
-        services=[service], verify_timeout_seconds=90.0, **rollback)
+        services=[service], **{"verify_timeout_seconds": 90.0, **rollback})
 
 
 def _start_daemon(root: Path, port: int, service: str, engine: PrivateSwarm,
@@ -247,9 +251,8 @@ async def test_tasks_on_another_node_are_read_through_the_managers_task_api(
             obs = build_release(STACK, ["remote"], await adapter.compose_containers(STACK))
             assert obs.release is not None and not obs.not_running and not obs.mixed, obs
             assert obs.release.image_ids() == {"remote": image}
-            assert await verify_images(adapter, STACK, ["remote"], {"remote": image}, within=60,
-                                       expected_config={"remote": good.spec_hash}
-                                       ) == {"remote": image}
+            assert await verify_tasks(adapter, STACK, {"remote": good},
+                                      Polling(within=60)) == {"remote": image}
         finally:
             adapter.close()
             swarm.client.services.get(service_id).remove()
@@ -424,5 +427,161 @@ async def test_the_daemon_rolls_back_a_failing_swarm_update_once_and_verifies_it
         assert not escalated, escalated
     finally:
         stop_daemon(daemon)
+        adapter.close()
+        swarm.client.services.get(service_id).remove()
+
+
+# -- replicas: a rollback is verified only when every replica runs the known-good spec ----------
+
+class _InProcess:
+    """One :class:`RollbackRun` in this process against the private Swarm (no daemon: the run
+    is what is under test), with its store, the escalations it asked for, and a manual request."""
+
+    def __init__(self, root: Path, port: int, name: str, adapter: SwarmAdapter,
+                 **rollback: object) -> None:
+        self.config = load_config(_daemon_config(root, port, name, "/api/health", **rollback))
+        self.store = StateStore(self.config.daemon.state_path).open()
+        self.hub = Hub(config=self.config, store=self.store,
+                       metrics=Metrics(CollectorRegistry(), process=False), docker=adapter)
+        self.escalated: list[str] = []
+        self.compose = ComposeCLI(self.config.rollback.compose_command, timeout=60)
+        self.run = RollbackRun(self.hub, self.config.rollback, adapter, self.compose,
+                               escalate=self._escalate, failing_logs=self._no_logs)
+        self.request = RollbackRequest("manual", "test", "a test rollback", None, {})
+
+    async def _escalate(self, reason: str, message: str, evidence: dict[str, Any]) -> None:
+        del message, evidence
+        self.escalated.append(reason)
+
+    @staticmethod
+    async def _no_logs() -> dict[str, str]:
+        return {}
+
+    def plan(self, good: Release, bad: Release | None) -> RollbackPlan:
+        return build_plan(self.config.rollback, good, bad, snapshot=None,
+                          disk_matches_snapshot=True, compose=self.compose)
+
+    def verified_at(self) -> float:
+        return next(e.ts for e in sorted(self.store.events(limit=1000), key=lambda e: e.id)
+                    if e.kind == "action.rollback.images_verified")
+
+
+async def _release(adapter: SwarmAdapter, name: str) -> Release:
+    obs = build_release(STACK, [name], await adapter.compose_containers(STACK))
+    assert obs.release is not None and not obs.not_running and not obs.mixed, obs
+    return obs.release
+
+
+def _tasks(engine: PrivateSwarm, service_id: str) -> list[dict[str, Any]]:
+    api: Any = engine.client.api
+    return list(api.tasks(filters={"service": service_id}))
+
+
+def _assert_verified_after_convergence(engine: PrivateSwarm, service_id: str, good: str,
+                                       verified: float) -> None:
+    """Both replicas ran the known-good spec (``good``: its hash), and every task of another
+    spec had stopped, before the tasks were verified (the manager's task API's timestamps)."""
+    tasks = _tasks(engine, service_id)
+    ran = [_epoch(t["Status"]["Timestamp"]) for t in tasks if t["Status"]["State"] == "running"
+           and spec_hash(t["Spec"]["ContainerSpec"]) == good]
+    stopped = [_epoch(t["Status"]["Timestamp"]) for t in tasks
+               if spec_hash(t["Spec"]["ContainerSpec"]) != good]
+    assert len(ran) == 2 and stopped, (tasks, verified)
+    assert max(ran) <= verified and max(stopped) <= verified, (ran, stopped, verified)
+
+
+async def test_a_rollback_whose_second_replica_cannot_run_fails_verification_at_its_deadline(
+        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
+    """Two replicas wanted, one node, at most one per node: one task runs (healthy), the other
+    stays pending. The rollback (to the release that runs) is not verified: at the deadline it
+    fails like a compose one — the target marked, automation frozen, an operator asked."""
+    service_id, ports, image = create_replicated_service(
+        swarm, tmp_path, busybox_image, "unplaced", 2, maxreplicas=1)
+    adapter = SwarmAdapter(swarm.host)
+    try:
+        def placed() -> list[dict[str, Any]]:
+            tasks = [t for t in _tasks(swarm, service_id) if t["DesiredState"] == "running"]
+            states = sorted(t["Status"]["State"] for t in tasks)
+            return tasks if states == ["pending", "running"] else []
+        await _until(lambda: asyncio.to_thread(lambda: bool(placed())), "one task placed")
+        slot = next(t["Slot"] for t in placed() if t["Status"]["State"] == "running")
+        port = ports[slot - 1]
+        await _until(lambda: asyncio.to_thread(lambda: health_status(port) == "200"), "serving")
+        run = _InProcess(tmp_path, port, "unplaced", adapter, verify_timeout_seconds=5.0)
+        try:
+            good = await _release(adapter, "unplaced")
+            assert good.image_ids() == {"unplaced": image}
+            run.store.upsert_release(good.fingerprint, release=good.to_dict(),
+                                     first_seen=time.time())
+            plan = run.plan(good, good)
+            verdict = await run.run.execute(plan, run.request, run.run.begin(plan, run.request))
+            assert verdict.result == "failed" and verdict.stage == "verify_images", verdict
+            assert "1 of 2 replicas run the known-good spec" in verdict.message, verdict.message
+            assert "max replicas per node" in verdict.message, verdict.message
+            assert run.hub.frozen() and run.escalated == ["rollback_failed"]
+            record = run.store.release(good.fingerprint)
+            assert record is not None and record.failed_verification_at is not None
+        finally:
+            run.store.close()
+    finally:
+        adapter.close()
+        swarm.client.services.get(service_id).remove()
+
+
+async def _two_replicas_deployed_bad(engine: PrivateSwarm, root: Path, image_ref: str,
+                                     name: str, adapter: SwarmAdapter
+                                     ) -> tuple[str, int, Release, Release]:
+    """A 2-replica service that ran a known-good release, then a bad deploy (health 404) that
+    both replicas run: (service id, slot 1's port, good, bad)."""
+    service_id, ports, image = create_replicated_service(engine, root, image_ref, name, 2)
+    await _recovered(adapter, service_id, image, ports[0])
+    good = await _release(adapter, name)
+    _update(engine, service_id, args=slot_args("/"))
+    await _until(lambda: asyncio.to_thread(converged_on, engine.client, service_id, image),
+                 "both replicas on the bad spec")
+    bad = await _release(adapter, name)
+    assert bad.config_hashes() != good.config_hashes()
+    return service_id, ports[0], good, bad
+
+
+async def test_a_two_replica_rollback_is_verified_once_both_replicas_run_the_known_good_spec(
+        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
+    adapter = SwarmAdapter(swarm.host)
+    service_id, port, good, bad = await _two_replicas_deployed_bad(
+        swarm, tmp_path, busybox_image, "pair", adapter)
+    run = _InProcess(tmp_path, port, "pair", adapter)
+    try:
+        plan = run.plan(good, bad)
+        verdict = await run.run.execute(plan, run.request, run.run.begin(plan, run.request))
+        assert verdict.result == "succeeded", verdict
+        _assert_verified_after_convergence(swarm, service_id, good.config_hashes()["pair"],
+                                           run.verified_at())
+    finally:
+        run.store.close()
+        adapter.close()
+        swarm.client.services.get(service_id).remove()
+
+
+async def test_a_resumed_two_replica_rollback_waits_for_both_replicas(
+        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
+    """The daemon died (or lost leadership) right after its `service rollback`: the recovery
+    neither escalates while Swarm is still converging nor completes while an old task runs."""
+    adapter = SwarmAdapter(swarm.host)
+    service_id, port, good, bad = await _two_replicas_deployed_bad(
+        swarm, tmp_path, busybox_image, "resumed", adapter)
+    run = _InProcess(tmp_path, port, "resumed", adapter)
+    try:
+        plan = run.plan(good, bad)
+        action_id = run.run.begin(plan, run.request)
+        await adapter.rollback(service_id)  # the step it took, journalled; then it died
+        run.store.journal_step(action_id, "swarm_rollback", evidence={"service": "resumed"})
+        action = run.store.action(action_id)
+        assert action is not None
+        verdict = await run.run.recover(action)
+        assert verdict.result == "succeeded", verdict
+        _assert_verified_after_convergence(swarm, service_id, good.config_hashes()["resumed"],
+                                           run.verified_at())
+    finally:
+        run.store.close()
         adapter.close()
         swarm.client.services.get(service_id).remove()

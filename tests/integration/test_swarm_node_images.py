@@ -34,7 +34,6 @@ from brace_watchdog.metrics import Metrics
 from brace_watchdog.releases import Release, ServiceRelease, pin_tag
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import StateStore
-from brace_watchdog.swarm_release import converged
 from tests.integration.control_helpers import ctl
 from tests.support.pg import PgCluster
 from tests.support.stack import (
@@ -44,7 +43,13 @@ from tests.support.stack import (
     stop_daemon,
     write_daemon_toml,
 )
-from tests.support.swarm import STACK, PrivateSwarm, create_web_service, swarm_worker_node
+from tests.support.swarm import (
+    STACK,
+    PrivateSwarm,
+    converged_on,
+    create_web_service,
+    swarm_worker_node,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -195,7 +200,7 @@ async def test_a_follower_keeps_the_known_good_image_on_its_node_for_the_leaders
                         "app", "--to", fingerprint, "--yes")
         assert run.code == 0 and "succeeded" in run.out, (
             run, (tmp_path / "leader" / "daemon.log").read_text()[-3000:])
-        assert converged(await adapter.tasks(service_id), good, 1)
+        assert converged_on(swarm.client, service_id, good)
         assert [c.image.id for c in worker.containers.list(
             filters={"label": f"com.docker.swarm.service.id={service_id}"})] == [good]
     finally:

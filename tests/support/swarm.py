@@ -18,16 +18,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
-from docker.types import EndpointSpec
+from docker.types import EndpointSpec, ServiceMode
 
+from brace_watchdog.swarm_release import spec_hash
 from tests.integration.control_helpers import short_dir
 from tests.support.net import free_port
 from tests.support.skips import skip_missing
 
-__all__ = ["CRASH_TAG", "STACK", "PrivateSwarm", "create_web_service", "health_status",
-           "private_swarm", "swarm_cli", "swarm_worker", "swarm_worker_node"]
+__all__ = ["CRASH_TAG", "STACK", "PrivateSwarm", "converged_on", "create_replicated_service",
+           "create_web_service", "health_status", "private_swarm", "slot_args", "swarm_cli",
+           "swarm_worker", "swarm_worker_node"]
 
 STACK = "brace"
 CRASH_TAG = "brace-test/busybox:crash"
@@ -64,15 +67,20 @@ def swarm_cli(engine: PrivateSwarm, *argv: str,
     return done
 
 
+def _www(root: Path) -> Path:
+    www = root / "www"
+    (www / "api").mkdir(parents=True)
+    (www / "api" / "health").write_text("ok\n")
+    return www
+
+
 def create_web_service(engine: PrivateSwarm, root: Path, image_ref: str, name: str, *,
                        stack: str = STACK, pin: bool = True,
                        **extra: object) -> tuple[str, int, str]:
     """A ``stack`` service serving ``/api/health`` (200) on a loopback port (host network),
     pinned to the image ID of ``image_ref`` (``pin``; else its spec names ``image_ref`` as it
     is, as a stack deployed without a registry does); (service id, port, image id)."""
-    www = root / "www"
-    (www / "api").mkdir(parents=True)
-    (www / "api" / "health").write_text("ok\n")
+    www = _www(root)
     port = free_port()
     image = engine.client.images.get(image_ref).id
     service = engine.client.services.create(
@@ -81,6 +89,45 @@ def create_web_service(engine: PrivateSwarm, root: Path, image_ref: str, name: s
         networks=["host"], mounts=[f"{www}:/www:ro"], endpoint_spec=EndpointSpec(),
         stop_grace_period=1_000_000_000, **extra)
     return str(service.id), port, str(image)
+
+
+def slot_args(docroot: str = "/www") -> list[str]:
+    """busybox httpd serving ``docroot`` on the port of its task's slot (``PORT_<slot>``)."""
+    return ["sh", "-c", f'eval "exec httpd -f -p 127.0.0.1:\\$PORT_$SLOT -h {docroot}"']
+
+
+def create_replicated_service(engine: PrivateSwarm, root: Path, image_ref: str, name: str,
+                              replicas: int, **extra: object) -> tuple[str, list[int], str]:
+    """:func:`create_web_service` with ``replicas`` tasks on the one node, each serving on the
+    port of its slot (host network: one port per replica; Swarm fills ``{{.Task.Slot}}``);
+    (service id, the slots' ports, image id)."""
+    www = _www(root)
+    ports = [free_port() for _ in range(replicas)]
+    image = engine.client.images.get(image_ref).id
+    service = engine.client.services.create(
+        image, args=slot_args(), name=f"{STACK}_{name}",
+        env=["SLOT={{.Task.Slot}}", *(f"PORT_{slot}={port}"
+                                      for slot, port in enumerate(ports, 1))],
+        labels={"com.docker.stack.namespace": STACK}, networks=["host"],
+        mounts=[f"{www}:/www:ro"], endpoint_spec=EndpointSpec(),
+        mode=ServiceMode("replicated", replicas=replicas),
+        stop_grace_period=1_000_000_000, **extra)
+    return str(service.id), ports, str(image)
+
+
+def converged_on(client: docker.DockerClient, service_id: str, image_id: str) -> bool:
+    """Every running task of the service (any desired state) runs ``image_id`` with the
+    service's current container spec, as many as its replicas — read from the manager's task
+    API, independently of the driver under test."""
+    api: Any = client.api
+    spec = api.inspect_service(service_id)["Spec"]
+    want = spec_hash(spec["TaskTemplate"]["ContainerSpec"])
+    replicas = (spec["Mode"].get("Replicated") or {}).get("Replicas")
+    running = [t["Spec"]["ContainerSpec"] for t in api.tasks(filters={"service": service_id})
+               if t["Status"]["State"] == "running"]
+    return (bool(running) and all(c["Image"] == image_id and spec_hash(c) == want
+                                  for c in running)
+            and replicas in (None, len(running)))
 
 
 def _wait_engine(host: str, log: Path, timeout: float = 60) -> docker.DockerClient:

@@ -22,15 +22,16 @@ from brace_watchdog.swarm_release import (
     SwarmService,
     SwarmTask,
     choose_step,
-    converged,
     fingerprint,
     identify,
+    not_converged,
     pinned,
     plan_steps,
     rollout,
     running_tasks,
     scale_argv,
     spec_hash,
+    spec_restored,
     stack_containers,
     swarm_in_charge,
     swarm_rolled_back,
@@ -131,18 +132,49 @@ def test_swarm_in_charge(service: SwarmService, in_charge: bool) -> None:
     assert swarm_in_charge(service) is in_charge
 
 
-@pytest.mark.parametrize(("tasks", "replicas", "done"), [
-    ([], 1, False),
-    ([SwarmTask("i", "running")], 1, True),
-    ([SwarmTask("i", "running")], None, True),
-    ([SwarmTask("i", "running")], 2, False),
-    ([SwarmTask("i", "running"), SwarmTask("j", "running")], 2, False),
-    ([SwarmTask("i", "running"), SwarmTask("", "starting")], 1, True),
-    ([SwarmTask("j", "running")], 1, False),
-    ([SwarmTask("i", "starting")], 1, False),
+def _task(target: ServiceTarget, state: str = "running", desired: str = "running",
+          note: str = "") -> SwarmTask:
+    return SwarmTask("s", target, state, desired, note)
+
+
+BAD_TASK = ServiceTarget("sha256:bad", "h")
+
+
+@pytest.mark.parametrize(("tasks", "replicas", "why"), [
+    ([], 1, "0 of 1 replicas run the known-good spec"),
+    ([_task(GOOD)], 1, None),
+    ([_task(GOOD)], 2, "1 of 2 replicas run the known-good spec"),
+    ([_task(GOOD), _task(GOOD, "pending", note="no suitable node (max replicas per node "
+                                               "limit exceed)")], 2,
+     "1 of 2 replicas run the known-good spec (1 not running: pending: no suitable node "
+     "(max replicas per node limit exceed))"),
+    ([_task(GOOD), _task(GOOD)], 2, None),
+    ([_task(GOOD), _task(BAD_TASK)], 2,
+     "1 running task(s) still on another spec, 1 on the known-good"),
+    # told to stop, still running: an old task counts until it has stopped
+    ([_task(GOOD), _task(GOOD, "preparing"), _task(BAD_TASK, desired="shutdown")], 1,
+     "1 running task(s) still on another spec, 1 on the known-good (1 not running: preparing)"),
+    ([_task(GOOD), _task(BAD_TASK, "shutdown", "shutdown"), _task(GOOD, "failed", "shutdown")],
+     1, None),
+    ([_task(GOOD, "starting")], 1, "0 of 1 replicas run the known-good spec (1 not running: "
+                                   "starting)"),
+    ([], 0, None),
+    # global: every task Swarm places (one per eligible node) on the known-good spec
+    ([_task(GOOD), _task(GOOD)], None, None),
+    ([], None, "0 task(s) run the known-good spec (none scheduled)"),
+    ([_task(GOOD), _task(GOOD, "rejected", "ready", "no such image")], None,
+     "1 task(s) run the known-good spec (1 not running: rejected: no such image)"),
+    ([_task(GOOD), _task(BAD_TASK)], None,
+     "1 running task(s) still on another spec, 1 on the known-good"),
 ])
-def test_converged(tasks: list[SwarmTask], replicas: int | None, done: bool) -> None:
-    assert converged(tasks, "i", replicas) is done
+def test_not_converged(tasks: list[SwarmTask], replicas: int | None, why: str | None) -> None:
+    assert not_converged(tasks, GOOD, replicas) == why
+
+
+def test_spec_restored() -> None:
+    assert spec_restored(_writer("backend", 1), GOOD)
+    assert not spec_restored(_writer("backend", 1), BAD_TASK)
+    assert not spec_restored(None, GOOD)
 
 
 def _writer(name: str, replicas: int | None) -> SwarmService:
