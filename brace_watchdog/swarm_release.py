@@ -306,12 +306,14 @@ def swarm_in_charge(service: SwarmService) -> bool:
 def not_converged(tasks: Sequence[SwarmTask], target: ServiceTarget,
                   replicas: int | None) -> str | None:
     """Why the service's tasks (all of them, any desired state) have not converged on
-    ``target``, or None when they have: no running task runs another spec, and — replicated —
-    exactly ``replicas`` running tasks run ``target``, or — global (``replicas`` None) — every
-    task Swarm means to run (one per eligible node, as Swarm places them) runs ``target``."""
+    ``target``, or None when they have: no running task runs another spec (a task told to
+    stop counts until it has stopped), and of the tasks Swarm means to keep running —
+    replicated — exactly ``replicas`` run ``target``, or — global (``replicas`` None) — every
+    one (one per eligible node, as Swarm places them) runs ``target``."""
     running = [t for t in tasks if t.state == "running"]
     other = sum(t.target != target for t in running)
-    good = len(running) - other
+    # a task told to stop still serves, but is no replica: it goes away
+    good = sum(t.target == target and t.desired in LIVE_DESIRED_STATES for t in running)
     waiting = [t for t in tasks if t.desired in LIVE_DESIRED_STATES and t.state != "running"]
     notes = "; ".join(sorted({f"{t.state}: {t.note}" if t.note else t.state for t in waiting}))
     waits = f" ({len(waiting)} not running: {notes})" if waiting else ""

@@ -544,42 +544,30 @@ async def _two_replicas_deployed_bad(engine: PrivateSwarm, root: Path, image_ref
     return service_id, ports[0], good, bad
 
 
+@pytest.mark.parametrize("resumed", [False, True])
 async def test_a_two_replica_rollback_is_verified_once_both_replicas_run_the_known_good_spec(
-        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
+        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str, resumed: bool) -> None:
+    """Carried out, or resumed after the daemon died (or lost leadership) right after its
+    `service rollback`: the rollback neither completes while an old task runs nor — resumed —
+    escalates while Swarm is still converging."""
+    name = "resumed" if resumed else "pair"
     adapter = SwarmAdapter(swarm.host)
     service_id, port, good, bad = await _two_replicas_deployed_bad(
-        swarm, tmp_path, busybox_image, "pair", adapter)
-    run = _InProcess(tmp_path, port, "pair", adapter)
-    try:
-        plan = run.plan(good, bad)
-        verdict = await run.run.execute(plan, run.request, run.run.begin(plan, run.request))
-        assert verdict.result == "succeeded", verdict
-        _assert_verified_after_convergence(swarm, service_id, good.config_hashes()["pair"],
-                                           run.verified_at())
-    finally:
-        run.store.close()
-        adapter.close()
-        swarm.client.services.get(service_id).remove()
-
-
-async def test_a_resumed_two_replica_rollback_waits_for_both_replicas(
-        swarm: PrivateSwarm, tmp_path: Path, busybox_image: str) -> None:
-    """The daemon died (or lost leadership) right after its `service rollback`: the recovery
-    neither escalates while Swarm is still converging nor completes while an old task runs."""
-    adapter = SwarmAdapter(swarm.host)
-    service_id, port, good, bad = await _two_replicas_deployed_bad(
-        swarm, tmp_path, busybox_image, "resumed", adapter)
-    run = _InProcess(tmp_path, port, "resumed", adapter)
+        swarm, tmp_path, busybox_image, name, adapter)
+    run = _InProcess(tmp_path, port, name, adapter)
     try:
         plan = run.plan(good, bad)
         action_id = run.run.begin(plan, run.request)
-        await adapter.rollback(service_id)  # the step it took, journalled; then it died
-        run.store.journal_step(action_id, "swarm_rollback", evidence={"service": "resumed"})
-        action = run.store.action(action_id)
-        assert action is not None
-        verdict = await run.run.recover(action)
+        if resumed:
+            await adapter.rollback(service_id)  # the step it took, journalled; then it died
+            run.store.journal_step(action_id, "swarm_rollback", evidence={"service": name})
+            action = run.store.action(action_id)
+            assert action is not None
+            verdict = await run.run.recover(action)
+        else:
+            verdict = await run.run.execute(plan, run.request, action_id)
         assert verdict.result == "succeeded", verdict
-        _assert_verified_after_convergence(swarm, service_id, good.config_hashes()["resumed"],
+        _assert_verified_after_convergence(swarm, service_id, good.config_hashes()[name],
                                            run.verified_at())
     finally:
         run.store.close()

@@ -116,18 +116,21 @@ def create_replicated_service(engine: PrivateSwarm, root: Path, image_ref: str, 
 
 
 def converged_on(client: docker.DockerClient, service_id: str, image_id: str) -> bool:
-    """Every running task of the service (any desired state) runs ``image_id`` with the
-    service's current container spec, as many as its replicas — read from the manager's task
-    API, independently of the driver under test."""
+    """No running task of the service (any desired state: one told to stop runs on until it
+    has) runs another image or spec than ``image_id`` with the service's current container
+    spec, and as many as its replicas that Swarm means to keep run those — read from the
+    manager's task API, independently of the driver under test."""
     api: Any = client.api
     spec = api.inspect_service(service_id)["Spec"]
     want = spec_hash(spec["TaskTemplate"]["ContainerSpec"])
     replicas = (spec["Mode"].get("Replicated") or {}).get("Replicas")
-    running = [t["Spec"]["ContainerSpec"] for t in api.tasks(filters={"service": service_id})
+    running = [t for t in api.tasks(filters={"service": service_id})
                if t["Status"]["State"] == "running"]
-    return (bool(running) and all(c["Image"] == image_id and spec_hash(c) == want
-                                  for c in running)
-            and replicas in (None, len(running)))
+    kept = sum(t["DesiredState"] in ("running", "ready") for t in running)
+    return (bool(kept) and all(t["Spec"]["ContainerSpec"]["Image"] == image_id
+                               and spec_hash(t["Spec"]["ContainerSpec"]) == want
+                               for t in running)
+            and replicas in (None, kept))
 
 
 def _wait_engine(host: str, log: Path, timeout: float = 60) -> docker.DockerClient:

@@ -159,6 +159,10 @@ BAD_TASK = ServiceTarget("sha256:bad", "h")
     ([_task(GOOD, "starting")], 1, "0 of 1 replicas run the known-good spec (1 not running: "
                                    "starting)"),
     ([], 0, None),
+    # the known-good task Swarm is stopping (a deploy began) is no replica, its successor is
+    ([_task(GOOD, desired="shutdown"), _task(GOOD, "ready", "ready")], 1,
+     "0 of 1 replicas run the known-good spec (1 not running: ready)"),
+    ([_task(GOOD, desired="shutdown"), _task(GOOD)], 1, None),
     # global: every task Swarm places (one per eligible node) on the known-good spec
     ([_task(GOOD), _task(GOOD)], None, None),
     ([], None, "0 task(s) run the known-good spec (none scheduled)"),
