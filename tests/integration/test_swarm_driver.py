@@ -353,6 +353,7 @@ async def test_a_rollback_cycle_reads_the_stack_once_and_hashes_a_spec_once_per_
     finally:
         await rollback.stop()
         store.close()
+        adapter.close()  # its own client (the counting one): no socket left to the GC
         swarm.client.services.get(service_id).remove()
 
 
