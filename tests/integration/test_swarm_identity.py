@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry
 
 from brace_watchdog.actions.app_rollback import AppRollback
 from brace_watchdog.actions.release_tracker import CURRENT_FLAG
-from brace_watchdog.actions.rollback_steps import verify_images
+from brace_watchdog.actions.rollback_steps import Polling
+from brace_watchdog.actions.swarm_steps import verify_tasks
 from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.config import Config, load_config
 from brace_watchdog.metrics import Metrics
@@ -86,8 +87,8 @@ async def test_a_tag_retagged_and_redeployed_is_a_new_release_and_the_old_image_
         known_good = ServiceTarget(old, good.config_hashes()["tagged"])
         assert choose_step(service, known_good).method == "update"
         await adapter.update_image(service_id, old)
-        assert await verify_images(adapter, STACK, ["tagged"], {"tagged": old}, within=120,
-                                   expected_config=good.config_hashes()) == {"tagged": old}
+        assert await verify_tasks(adapter, STACK, {"tagged": known_good},
+                                  Polling(within=120)) == {"tagged": old}
         assert adapter.images.inspected >= 2  # each task's container, on this node
     finally:
         adapter.close()
