@@ -236,6 +236,11 @@ _MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         started_at REAL NOT NULL
     );
     """,
+    # version 9: a Swarm release's container spec per service, kept at promotion: the
+    # known-good spec a rollback writes back when Swarm's previous spec is not it
+    """
+    ALTER TABLE releases ADD COLUMN service_specs BLOB
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -301,6 +306,7 @@ class ReleaseRecord:
     rolled_back_at: float | None = None
     rolled_back_by: int | None = None
     config_files: bytes | None = None
+    service_specs: bytes | None = None
 
 
 class StateStore:
@@ -791,14 +797,16 @@ class StateStore:
 
     def mark_known_good(self, fingerprint: str, *, at: float, alembic_revision: str | None,
                         compose_file: str, config_files: bytes | None,
-                        extra: dict[str, Any] | None = None, since: float | None = None) -> bool:
-        """Mark a release known-good; with ``since`` (when this sighting of it began) only if
+                        extra: dict[str, Any] | None = None, since: float | None = None,
+                        service_specs: bytes | None = None) -> bool:
+        """Mark a release known-good (``service_specs``: a Swarm release's container specs,
+        kept as they are when None); with ``since`` (when this sighting of it began) only if
         no instance sharing this state file marked it since — False then, nothing written."""
         row = (at, alembic_revision, compose_file, config_files, _dumps(extra or {}),
-               fingerprint, since, since)
+               service_specs, fingerprint, since, since)
         cursor = self._write(lambda conn: conn.execute(
             "UPDATE releases SET known_good_at = ?, alembic_revision = ?, compose_file = ?, "
-            "config_files = ?, extra = ? "
+            "config_files = ?, extra = ?, service_specs = COALESCE(?, service_specs) "
             "WHERE fingerprint = ? AND (? IS NULL OR known_good_at IS NULL "
             "OR known_good_at < ?)", row))
         return cursor is None or cursor.rowcount > 0  # None: queued while the store is down
@@ -1016,4 +1024,4 @@ def _release(row: sqlite3.Row) -> ReleaseRecord:
         compose_file=row["compose_file"], failed_verification_at=row["failed_verification_at"],
         pinned=bool(row["pinned"]), extra=json.loads(row["extra"]),
         rolled_back_at=row["rolled_back_at"], rolled_back_by=row["rolled_back_by"],
-        config_files=row["config_files"])
+        config_files=row["config_files"], service_specs=row["service_specs"])

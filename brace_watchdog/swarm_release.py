@@ -33,7 +33,10 @@ compose.
 * ``update`` (``docker service update --image <known-good image ID/digest>``) when only the image
   differs from the known-good spec — the pinned image, nothing else touched;
 * ``none`` when the service already runs the known-good spec;
-* ``refuse`` when the config moved too and Swarm's previous spec is not the known-good one: the
+* ``restore`` (``service update`` with the known-good container spec, image pinned) when the
+  config moved too and Swarm's previous spec is not the known-good one: the spec kept with the
+  known-good release at its promotion (:func:`pick_spec`, :func:`specs_blob`) is written back;
+* ``refuse`` only when that spec was not kept (a release promoted before specs were kept): the
   image alone would leave the changed config in place, so an operator must decide.
 
 :func:`swarm_rolled_back` says when Swarm's own ``failure_action: rollback`` undid an update —
@@ -69,9 +72,10 @@ from brace_watchdog.releases import ComposeContainer, Release
 
 __all__ = ["LIVE_DESIRED_STATES", "NO_TASK", "STACK_LABEL", "RollbackStep", "ServiceTarget",
            "StackLook", "StackTask", "SwarmService", "SwarmTask", "choose_step", "fingerprint",
-           "identify", "not_converged", "pinned", "plan_steps", "rollout", "running_tasks",
-           "runs_current_spec", "scale_argv", "spec_hash", "spec_restored", "stack_containers",
-           "swarm_in_charge", "swarm_name", "swarm_rolled_back", "task_health", "tasks_gone",
+           "identify", "not_converged", "pick_spec", "pinned", "plan_steps", "rollout",
+           "running_tasks", "runs_current_spec", "scale_argv", "spec_hash", "spec_restored",
+           "specs_blob", "specs_from_blob", "stack_containers", "swarm_in_charge", "swarm_name",
+           "swarm_rolled_back", "task_health", "tasks_gone",
            "writers_problem"]
 
 STACK_LABEL = "com.docker.stack.namespace"
@@ -189,7 +193,7 @@ class StackLook:
 
 @dataclass(frozen=True)
 class RollbackStep:
-    method: Literal["none", "rollback", "update", "refuse"]
+    method: Literal["none", "rollback", "update", "restore", "refuse"]
     why: str
 
 
@@ -231,7 +235,10 @@ def fingerprint(services: Sequence[SwarmService]) -> str:
     return _short_hash(sorted((s.name, s.current.image, s.current.spec_hash) for s in services))
 
 
-def choose_step(service: SwarmService, target: ServiceTarget) -> RollbackStep:
+def choose_step(service: SwarmService, target: ServiceTarget, *,
+                kept: bool = False) -> RollbackStep:
+    """How ``service`` goes back to ``target`` (``kept``: the known-good release's container
+    spec of this service was kept at its promotion)."""
     if service.current == target:
         return RollbackStep("none", f"{service.name} already runs the known-good spec")
     if service.previous == target:
@@ -240,21 +247,44 @@ def choose_step(service: SwarmService, target: ServiceTarget) -> RollbackStep:
     if service.current.spec_hash == target.spec_hash:
         return RollbackStep("update", f"{service.name}: only the image changed; `service "
                             f"update --image {target.image[:19]}` pins the known-good image")
-    return RollbackStep("refuse", f"{service.name}: its config changed and Swarm's previous "
-                        "spec is not the known-good one; the image alone would keep the new "
-                        "config — an operator must decide")
+    if kept:
+        return RollbackStep("restore", f"{service.name}: its config changed and Swarm's "
+                            "previous spec is not the known-good one; `service update` with "
+                            "the known-good container spec kept at its promotion (image "
+                            f"{target.image[:19]})")
+    return RollbackStep("refuse", f"{service.name}: its config changed, Swarm's previous "
+                        "spec is not the known-good one and the known-good container spec was "
+                        "not kept (promoted before brace-watchdog kept specs); the image alone "
+                        "would keep the new config — an operator must decide")
+
+
+def pick_spec(candidates: Sequence[Mapping[str, Any]], hashed: str) -> dict[str, Any] | None:
+    """The first container spec whose :func:`spec_hash` is ``hashed`` (a release's own)."""
+    return next((dict(spec) for spec in candidates if spec_hash(spec) == hashed), None)
+
+
+def specs_blob(specs: Mapping[str, Mapping[str, Any]]) -> bytes:
+    """Container specs by service name, as the state store keeps them."""
+    return json.dumps(specs, sort_keys=True).encode()
+
+
+def specs_from_blob(blob: bytes | None) -> dict[str, dict[str, Any]]:
+    return {str(name): dict(spec) for name, spec in json.loads(blob).items()} if blob else {}
 
 
 _STEP_COMMANDS = {"rollback": "docker service rollback {name}",
                   "update": "docker service update --image {image} {name}",
+                  "restore": "docker service update {name} back to the known-good container "
+                             "spec kept at its promotion, image {image}",
                   "none": "nothing to do", "refuse": "REFUSED"}
 
 
-def plan_steps(stack: str, services: Sequence[SwarmService], target: Release
-               ) -> tuple[str, ...]:
+def plan_steps(stack: str, services: Sequence[SwarmService], target: Release,
+               kept: Collection[str] = ()) -> tuple[str, ...]:
     """What a rollback to ``target`` does to each of its services, as an operator reads it in
-    a plan: the CLI equivalent of the API call the daemon makes (:func:`choose_step`) and why;
-    a service of ``target`` the stack no longer has is refused."""
+    a plan: the CLI equivalent of the API call the daemon makes (:func:`choose_step`; ``kept``:
+    the services whose known-good container spec was kept) and why; a service of ``target``
+    the stack no longer has is refused."""
     by_name = {s.name: s for s in services}
     lines = []
     for wanted in target.services:
@@ -263,7 +293,8 @@ def plan_steps(stack: str, services: Sequence[SwarmService], target: Release
             lines.append(f"REFUSED — service {swarm_name(stack, wanted.service)} is gone; "
                          "nothing to roll back")
             continue
-        step = choose_step(service, ServiceTarget(wanted.image_id, wanted.config_hash))
+        step = choose_step(service, ServiceTarget(wanted.image_id, wanted.config_hash),
+                           kept=wanted.service in kept)
         command = _STEP_COMMANDS[step.method].format(name=swarm_name(stack, service.name),
                                                      image=wanted.image_id)
         lines.append(f"{command} — {step.why}")

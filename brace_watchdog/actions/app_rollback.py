@@ -63,7 +63,7 @@ from brace_watchdog.observations import (
 from brace_watchdog.releases import Release, ReleaseObservation
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import ReleaseRecord
-from brace_watchdog.swarm_release import plan_steps
+from brace_watchdog.swarm_release import plan_steps, specs_from_blob
 
 __all__ = ["AppRollback"]
 
@@ -498,8 +498,10 @@ class AppRollback(Component):
             plan = await self._build_plan(manual_input.known_good_fingerprint)
             if isinstance(self._docker, SwarmAdapter):
                 services = await self._docker.services(self.cfg.project)
-                plan = replace(plan, swarm_steps=plan_steps(self.cfg.project, services,
-                                                            plan.target))
+                record = self.hub.store.release(plan.target.fingerprint)
+                plan = replace(plan, swarm_steps=plan_steps(
+                    self.cfg.project, services, plan.target,
+                    kept=specs_from_blob(record.service_specs if record else None)))
             out["plan"] = plan.to_dict()
             if plan.conflicts:
                 out["refused"] = "the retags conflict: " + "; ".join(plan.conflicts)

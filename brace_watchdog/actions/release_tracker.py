@@ -47,7 +47,9 @@ from brace_watchdog.actions.promotion_policy import (
 )
 from brace_watchdog.adapters.compose import ComposeCLI
 from brace_watchdog.adapters.docker import DockerAdapter
+from brace_watchdog.adapters.swarm import SwarmAdapter
 from brace_watchdog.config import RollbackConfig
+from brace_watchdog.errors import AdapterError
 from brace_watchdog.observations import ProbeSample, service_target
 from brace_watchdog.releases import (
     ComposeContainer,
@@ -64,6 +66,7 @@ from brace_watchdog.releases import (
 )
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import ReleaseRecord
+from brace_watchdog.swarm_release import pick_spec, specs_blob
 
 __all__ = ["CURRENT_FLAG", "ReleaseTracker"]
 
@@ -328,9 +331,10 @@ class ReleaseTracker:
             source, files = await self._read_config(release)
         pins = await self.images.pin(self.cfg.project, release)
         archived = await self.images.archive_release(release)
+        specs = await self._service_specs(release)
         if not self.hub.store.mark_known_good(
                 release.fingerprint, at=now, alembic_revision=revision, compose_file=str(source),
-                config_files=files.to_blob(),
+                config_files=files.to_blob(), service_specs=specs,
                 extra={"tags": {s.service: s.image_ref for s in release.services},
                        "pins": pins, "archived": archived}, since=self.seen_at):
             self.set_release_metric("known_good", release.fingerprint)
@@ -343,6 +347,31 @@ class ReleaseTracker:
                                   "archived": archived, "config_files": list(files.paths)})
         self.set_release_metric("known_good", release.fingerprint)
         await self.images.release_old(self.cfg.project, self.kept())
+
+    async def _service_specs(self, release: Release) -> bytes | None:
+        """A Swarm release's container spec per service (the one whose hash is the release's),
+        kept so a rollback can write it back; None for compose, or when the engine cannot
+        say (the rollback then refuses what only the spec could restore)."""
+        if not isinstance(self._docker, SwarmAdapter):
+            return None
+        try:
+            candidates = await self._docker.container_specs(self.cfg.project)
+        except AdapterError as exc:
+            self._spec_missing(release, f"the engine did not answer: {exc}")
+            return None
+        specs = {s.service: pick_spec(candidates.get(s.service, []), s.config_hash)
+                 for s in release.services}
+        missing = sorted(name for name, spec in specs.items() if spec is None)
+        if missing:
+            self._spec_missing(release, f"no spec of {', '.join(missing)} has its hash now")
+            return None
+        return specs_blob({name: spec for name, spec in specs.items() if spec is not None})
+
+    def _spec_missing(self, release: Release, why: str) -> None:
+        self.hub.record("release.spec_unkept", SOURCE, f"the container specs of {release.short} "
+                        f"were not kept ({why}); a rollback to it can restore an image but not "
+                        "a changed config", severity="warning",
+                        evidence={"release": release.fingerprint})
 
     def kept(self) -> list[ReleaseRecord]:
         """The known-good releases kept for rollbacks (pinned, archived)."""

@@ -53,7 +53,7 @@ from brace_watchdog.monitors.health import build_probers
 from brace_watchdog.releases import ReleaseObservation, build_release
 from brace_watchdog.runtime import Hub
 from brace_watchdog.state import ActionRecord
-from brace_watchdog.swarm_release import spec_restored
+from brace_watchdog.swarm_release import spec_restored, specs_from_blob
 
 __all__ = ["Escalate", "FailingLogs", "RollbackChecks", "RollbackRequest", "RollbackRun",
            "RollbackVerdict", "Verdict"]
@@ -168,7 +168,9 @@ class RollbackRun:
         journal, confirm = self._journal(action_id), self.hub.leadership.confirm
         if isinstance(self._docker, SwarmAdapter):
             await say("running", f"rolling back the services of stack {self.cfg.project}")
-            return SwarmSteps(self._docker, self.cfg.project, journal, confirm)
+            record = self.hub.store.release(plan.target.fingerprint)
+            return SwarmSteps(self._docker, self.cfg.project, journal, confirm,
+                              specs=specs_from_blob(record.service_specs if record else None))
         await say("running", f"running: {' '.join(plan.argv)}")
         archive = ImageArchive(self._docker, archive_folder(self.hub.config.daemon.state_path))
         return RollbackSteps(self._docker, self._compose, journal, before=confirm,

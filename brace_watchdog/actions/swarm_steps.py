@@ -5,8 +5,10 @@ Used by :class:`~brace_watchdog.actions.rollback_run.RollbackRun` in place of
 "swarm"``. Every service's method is decided first
 (:func:`~brace_watchdog.swarm_release.choose_step`): ``service rollback`` when Swarm's previous
 spec is the known-good one, ``service update --image <known-good image ID>`` when only the image
-moved; if any service must be refused nothing is changed. Then each service is changed in turn,
-leadership confirmed before each, each journalled with the method and why.
+moved, ``service update`` with the known-good container spec kept at promotion (image pinned)
+when the config moved too; if any service must be refused (no spec kept) nothing is changed.
+Then each service is changed in turn, leadership confirmed before each, each journalled with
+the method and why.
 
 :func:`verify_tasks` is the Swarm side of verification (before the health probes): every
 service's tasks converged on the known-good spec — no running task on another spec, and as many
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from brace_watchdog.actions.rollback_steps import (
     Before,
@@ -42,12 +45,16 @@ __all__ = ["SwarmSteps", "targets_of", "verify_tasks"]
 
 
 class SwarmSteps:
-    def __init__(self, swarm: SwarmAdapter, stack: str, journal: Journal,
-                 before: Before) -> None:
+    """Carries out a plan on a Swarm (``specs``: the known-good release's container spec per
+    service, kept at its promotion)."""
+
+    def __init__(self, swarm: SwarmAdapter, stack: str, journal: Journal, before: Before,
+                 specs: Mapping[str, dict[str, Any]] | None = None) -> None:
         self._swarm = swarm
         self._stack = stack
         self._journal = journal
         self._before = before
+        self._specs = specs or {}
 
     async def run(self, plan: RollbackPlan) -> CommandResult:
         started = time.monotonic()
@@ -60,6 +67,9 @@ class SwarmSteps:
             try:
                 if step.method == "rollback":
                     await self._swarm.rollback(service.id)
+                elif step.method == "restore":
+                    await self._swarm.restore_spec(service.id, {
+                        **self._specs[service.name], "Image": target.image_id})
                 else:
                     await self._swarm.update_image(service.id, target.image_id)
             except AdapterError as exc:
@@ -83,7 +93,8 @@ class SwarmSteps:
             if service is None:
                 raise ActionError("swarm", f"service {target.service} of stack {self._stack} "
                                   "is gone; nothing to roll back")
-            step = choose_step(service, ServiceTarget(target.image_id, target.config_hash))
+            step = choose_step(service, ServiceTarget(target.image_id, target.config_hash),
+                               kept=target.service in self._specs)
             if step.method == "refuse":
                 raise ActionError("swarm", step.why)
             chosen.append((service, step, target))

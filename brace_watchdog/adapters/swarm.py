@@ -5,7 +5,8 @@ typed :class:`~brace_watchdog.swarm_release.SwarmService` values, lists a servic
 the manager's task API (node-agnostic: no container is inspected, wherever it runs) with the
 spec each was created from — its image identified (:class:`ImageIdentities`: a bare tag is
 the image ID its node resolved it to) — and changes a service: pin its image
-(``update``), go back to Swarm's previous spec (``rollback``), or scale it. Every blocking SDK call
+(``update``), go back to Swarm's previous spec (``rollback``), write a kept container spec back
+(``restore_spec``), or scale it. Every blocking SDK call
 runs in a worker thread (:meth:`DockerAdapter.call`); every engine failure is a
 :class:`DockerError`.
 """
@@ -204,14 +205,48 @@ class SwarmAdapter(DockerAdapter):
     async def rollback(self, service_id: str) -> None:
         """``service rollback``: Swarm restores its previous spec. The SDK has no call for the
         API's ``rollback=previous`` update, so it is posted as the CLI posts it."""
-        def work() -> None:
+        await self._run(f"rolling back {service_id}",
+                        lambda: self._post_update(service_id, {"rollback": "previous"}))
+
+    async def restore_spec(self, service_id: str, container_spec: dict[str, Any]) -> None:
+        """``service update`` with ``container_spec`` as the task template's container spec
+        (the rest of the service's spec as it is)."""
+        def edit(spec: dict[str, Any]) -> None:
+            spec.setdefault("TaskTemplate", {})["ContainerSpec"] = container_spec
+        await self._run(f"restoring the spec of {service_id}",
+                        lambda: self._post_update(service_id, {}, edit))
+
+    def _post_update(self, service_id: str, params: dict[str, str],
+                     edit: Callable[[dict[str, Any]], None] = lambda spec: None) -> None:
+        """Post the service's current spec (``edit`` changes it first) as an update."""
+        api: Any = self.client.api
+        current = api.inspect_service(service_id)
+        spec = current["Spec"]
+        edit(spec)
+        url = api._url("/services/{0}/update", service_id)
+        response = api._post_json(url, data=spec, params={
+            "version": current["Version"]["Index"], **params})
+        api._raise_for_status(response)
+
+    async def container_specs(self, stack: str) -> dict[str, list[dict[str, Any]]]:
+        """Each service's container specs as the manager has them: its current and previous
+        specs and those its live tasks were created from (the release's own is among them)."""
+        def work() -> dict[str, list[dict[str, Any]]]:
+            found = self.client.services.list(filters={"label": f"{STACK_LABEL}={stack}"})
             api: Any = self.client.api
-            current = api.inspect_service(service_id)
-            url = api._url("/services/{0}/update", service_id)
-            response = api._post_json(url, data=current["Spec"], params={
-                "version": current["Version"]["Index"], "rollback": "previous"})
-            api._raise_for_status(response)
-        await self._run(f"rolling back {service_id}", work)
+            tasks = api.tasks(filters={"service": [s.id for s in found],
+                                       "desired-state": list(LIVE_DESIRED_STATES)}
+                              ) if found else []
+            out = {}
+            for service in found:
+                attrs = service.attrs
+                out[_service_name(attrs, stack)] = [
+                    (spec.get("TaskTemplate") or {}).get("ContainerSpec", {})
+                    for spec in (attrs["Spec"], attrs.get("PreviousSpec") or {})
+                ] + [t.get("Spec", {}).get("ContainerSpec", {}) for t in tasks
+                     if t.get("ServiceID") == service.id]
+            return out
+        return await self._run(f"reading the specs of stack {stack}", work)
 
     async def scale(self, service_id: str, replicas: int) -> None:
         await self._run(f"scaling {service_id} to {replicas}",
@@ -342,9 +377,14 @@ def _service(attrs: dict[str, Any], stack: str, version: int, current: ServiceTa
     replicated = spec.get("Mode", {}).get("Replicated")
     update = attrs.get("UpdateStatus") or {}
     return SwarmService(
-        id=str(attrs["ID"]), name=str(spec.get("Name", "")).removeprefix(swarm_name(stack, "")),
+        id=str(attrs["ID"]), name=_service_name(attrs, stack),
         version=version, current=current, previous=previous,
         replicas=int(replicated.get("Replicas", 1)) if replicated is not None else None,
         update_state=str(update.get("State", "")), update_message=str(update.get("Message", "")),
         update_started=str(update.get("StartedAt", "")),
         auto_rollback=(spec.get("UpdateConfig") or {}).get("FailureAction") == "rollback")
+
+
+def _service_name(attrs: dict[str, Any], stack: str) -> str:
+    """The service's name in its stack (``docker stack deploy`` prefixes ``<stack>_``)."""
+    return str(attrs["Spec"].get("Name", "")).removeprefix(swarm_name(stack, ""))

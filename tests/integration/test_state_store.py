@@ -283,6 +283,31 @@ def _mark(store: StateStore, fingerprint: str, *, at: float, since: float, who: 
                                  config_files=None, extra={"by": who}, since=since)
 
 
+def test_a_version_8_file_gains_kept_service_specs(tmp_path: Path) -> None:
+    """Version 9 keeps a Swarm release's container specs with its known-good mark: a file from
+    before has none (a rollback then refuses what only the spec could restore); a later mark
+    without specs keeps those kept."""
+    path = tmp_path / "state.db"
+    StateStore(path).open().close()
+    conn = sqlite3.connect(path)
+    conn.executescript("ALTER TABLE releases DROP COLUMN service_specs; "
+                       "INSERT INTO releases (fingerprint, first_seen, services) "
+                       "VALUES ('old', 1, '{}'); PRAGMA user_version = 8;")
+    conn.close()
+    store = StateStore(path).open()
+    try:
+        assert store.schema_version == SCHEMA_VERSION == 9
+        record = store.release("old")
+        assert record is not None and record.service_specs is None
+        assert store.mark_known_good("old", at=2.0, alembic_revision=None, compose_file="",
+                                     config_files=None, service_specs=b'{"api": {}}')
+        assert _mark(store, "old", at=3.0, since=2.5, who="again")
+        record = store.release("old")
+        assert record is not None and record.service_specs == b'{"api": {}}'
+    finally:
+        store.close()
+
+
 def test_two_instances_sharing_a_state_file_promote_a_release_once(tmp_path: Path) -> None:
     """Leader and follower on one state file both watch a release (seen at 100 and 101); the
     first to mark it known-good wins, the other's mark is refused. A later sighting (a redeploy

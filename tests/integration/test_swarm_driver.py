@@ -370,8 +370,13 @@ _CGI_PATH = "/cgi-bin/health"
 
 
 def _bad_update(engine: PrivateSwarm, service_id: str, failure: str) -> None:
-    """The bad deploy: a config update whose health check answers 500 or hangs, or an image
-    that crash-loops deployed twice (Swarm's previous spec is then not the known-good one)."""
+    """The bad deploy: a config update whose health check answers 500 or hangs, an image that
+    crash-loops deployed twice, or two bad configs one after the other (either way Swarm's
+    previous spec is then not the known-good one)."""
+    if failure == "500_twice":
+        _update(engine, service_id, env=["HEALTH=500"])
+        _update(engine, service_id, env=["HEALTH=500", "DEPLOY=2"])
+        return
     if failure != "crash_loop":
         _update(engine, service_id, env=[f"HEALTH={failure}"])
         return
@@ -384,12 +389,16 @@ def _bad_update(engine: PrivateSwarm, service_id: str, failure: str) -> None:
     ("500", "swarm_rollback", 4.0),
     # each hung probe takes the whole timeout: a window of many of them
     ("hang", "swarm_rollback", 20.0),
-    ("crash_loop", "swarm_update", 4.0)])
+    ("crash_loop", "swarm_update", 4.0),
+    # `service rollback` would land on the first bad config: the known-good spec kept at its
+    # promotion is written back
+    ("500_twice", "swarm_restore", 4.0)])
 async def test_the_daemon_rolls_back_a_failing_swarm_update_once_and_verifies_it(
         swarm: PrivateSwarm, tmp_path: Path, busybox_image: str, failure: str,
         method: str, window: float) -> None:
     """The daemon's own decision, with the DEFAULT failure_results: a bad update that answers
-    500, hangs (probe timeouts) or crash-loops goes back to the known-good spec, once."""
+    500, hangs (probe timeouts) or crash-loops goes back to the known-good spec, once — also
+    when its config moved twice (the whole known-good container spec written back)."""
     name = f"bad{failure.replace('_', '')}"
     service_id, port, image = _create(swarm, tmp_path, busybox_image, name)
     script = tmp_path / "www" / "cgi-bin" / "health"

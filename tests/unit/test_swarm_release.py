@@ -25,6 +25,7 @@ from brace_watchdog.swarm_release import (
     fingerprint,
     identify,
     not_converged,
+    pick_spec,
     pinned,
     plan_steps,
     rollout,
@@ -32,6 +33,8 @@ from brace_watchdog.swarm_release import (
     scale_argv,
     spec_hash,
     spec_restored,
+    specs_blob,
+    specs_from_blob,
     stack_containers,
     swarm_in_charge,
     swarm_rolled_back,
@@ -82,6 +85,29 @@ def test_choose_step(current: ServiceTarget, previous: ServiceTarget | None,
                      method: str) -> None:
     step = choose_step(_service(current, previous), GOOD)
     assert step.method == method and "backend" in step.why
+
+
+@pytest.mark.parametrize(("current", "previous", "method"), [
+    (GOOD, None, "none"),
+    (NEW_CONFIG, GOOD, "rollback"),      # Swarm's previous spec still wins: all of it, at once
+    (NEW_IMAGE, NEW_IMAGE, "update"),
+    (NEW_CONFIG, None, "restore"),       # config moved, no known-good previous: the kept spec
+    (NEW_CONFIG, NEW_CONFIG, "restore"),  # a bad config deployed twice
+    (BOTH, NEW_IMAGE, "restore"),
+])
+def test_choose_step_with_the_known_good_spec_kept(
+        current: ServiceTarget, previous: ServiceTarget | None, method: str) -> None:
+    step = choose_step(_service(current, previous), GOOD, kept=True)
+    assert step.method == method and "backend" in step.why
+
+
+def test_the_known_good_spec_is_picked_by_its_hash_and_kept_as_json() -> None:
+    other = {**SPEC, "Env": ["A=2"]}
+    reordered = {**SPEC, "Env": ["A=1", "B=2"], "Image": "sha256:other"}
+    assert pick_spec([other, reordered, SPEC], GOOD.spec_hash) == reordered
+    assert pick_spec([other], GOOD.spec_hash) is None
+    assert specs_from_blob(specs_blob({"backend": SPEC})) == {"backend": SPEC}
+    assert specs_from_blob(None) == {}
 
 
 AUTO = "update rolled back due to failure or early termination of task kt7g9"
@@ -373,16 +399,22 @@ def test_the_plan_names_each_services_docker_service_step_and_why() -> None:
     services = [SwarmService("i1", "backend", 4, NEW_CONFIG, GOOD, 1),  # previous = known-good
                 SwarmService("i2", "frontend", 4, NEW_IMAGE, BOTH, 1),  # only the image moved
                 SwarmService("i3", "admin-bot", 4, GOOD, None, 1),  # already known-good
-                SwarmService("i4", "scheduler", 4, BOTH, NEW_IMAGE, 1)]  # config moved: refuse
+                SwarmService("i4", "scheduler", 4, BOTH, NEW_IMAGE, 1),  # config moved: refuse
+                SwarmService("i5", "worker", 4, BOTH, NEW_IMAGE, 1)]  # ... its spec kept
     target = Release("brace", "", (), tuple(
         ServiceRelease(name, GOOD.image, "", GOOD.spec_hash)
-        for name in ("backend", "frontend", "admin-bot", "scheduler", "gone")))
-    assert plan_steps("brace", services, target) == (
+        for name in ("backend", "frontend", "admin-bot", "scheduler", "worker", "gone")))
+    assert plan_steps("brace", services, target, kept={"worker"}) == (
         "docker service rollback brace_backend — backend: Swarm's previous spec is the "
         "known-good one; `service rollback` restores all of it at once",
         "docker service update --image sha256:good brace_frontend — frontend: only the image "
         "changed; `service update --image sha256:good` pins the known-good image",
         "nothing to do — admin-bot already runs the known-good spec",
-        "REFUSED — scheduler: its config changed and Swarm's previous spec is not the "
-        "known-good one; the image alone would keep the new config — an operator must decide",
+        "REFUSED — scheduler: its config changed, Swarm's previous spec is not the known-good "
+        "one and the known-good container spec was not kept (promoted before brace-watchdog "
+        "kept specs); the image alone would keep the new config — an operator must decide",
+        "docker service update brace_worker back to the known-good container spec kept at its "
+        "promotion, image sha256:good — worker: its config changed and Swarm's previous spec "
+        "is not the known-good one; `service update` with the known-good container spec kept "
+        "at its promotion (image sha256:good)",
         "REFUSED — service brace_gone is gone; nothing to roll back")
