@@ -10,7 +10,6 @@ those directly for anything a fixture does not cover (``start_web``, ``run_postg
 
 from __future__ import annotations
 
-import gc
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -75,7 +74,6 @@ async def docker_proxy() -> AsyncIterator[DockerProxy]:
         yield built
     finally:
         await built.close()
-        gc.collect()  # sockets docker-py leaked at a cut are reported under the test's filters
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,15 @@
 One thin class over ``docker.DockerClient``. Errors from the SDK become
 :class:`~brace_watchdog.errors.DockerError` with a message an operator can act on. Methods are
 grouped by the capability that needs them (throwaway restore containers; compose releases).
+Importing it makes docker-py close the socket of a unix connect that failed
+(:func:`_connect_closing`): docker-py leaves it open until the garbage collector runs, one fd
+per failed call, every cycle, while the engine is unreachable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -15,6 +19,7 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import docker.transport.unixconn
 from docker import DockerClient
 
 from brace_watchdog.adapters.process import CommandResult
@@ -24,6 +29,21 @@ from brace_watchdog.releases import ComposeContainer, TagUser, check_seconds, co
 __all__ = ["DockerAdapter"]
 
 T = TypeVar("T")
+
+
+def _connect_closing(self: docker.transport.unixconn.UnixHTTPConnection) -> None:
+    """docker-py's unix ``connect``, closing its socket when the connect fails."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_socket)
+    except BaseException:
+        sock.close()
+        raise
+    self.sock = sock
+
+
+docker.transport.unixconn.UnixHTTPConnection.connect = _connect_closing  # type: ignore[method-assign]
 
 
 class DockerAdapter:

@@ -10,7 +10,6 @@ recorded once until they clear, and the node does not count as holding the image
 from __future__ import annotations
 
 import asyncio
-import gc
 import io
 import json
 import re
@@ -229,10 +228,6 @@ def _kinds(hub: Hub) -> list[str]:
     return sorted(e.kind for e in hub.store.events(limit=100))
 
 
-# docker-py leaves the socket of a connect that failed unclosed: collected in the test (below),
-# under this test's filters, not in whichever test the garbage collector happens to run next
-@pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning")
 async def test_upkeep_failures_are_recorded_once_and_the_node_holds_nothing_meanwhile(
         swarm: PrivateSwarm, worker_node: PrivateSwarm, busybox_image: str,
         tmp_path: Path) -> None:
@@ -267,8 +262,6 @@ async def test_upkeep_failures_are_recorded_once_and_the_node_holds_nothing_mean
             assert _sample(hub, HELD) == 0
         assert _kinds(hub).count("release.upkeep_failed") == 1, _kinds(hub)
         lost.node.close()
-        del lost
-        gc.collect()
     finally:
         node.node.close()
         hub.store.close()
