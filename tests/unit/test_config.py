@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from brace_watchdog import cli
 from brace_watchdog.config import Config, Secret, load_config, parse_config
 from brace_watchdog.configreader import (
     Problems,
@@ -25,6 +24,7 @@ from brace_watchdog.configreader import (
 )
 from brace_watchdog.errors import ConfigError
 from brace_watchdog.monitors.policy import classify_status
+from tests.support.check_config import check_config_refusal
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -401,10 +401,8 @@ def test_the_window_rule_applies_only_to_an_enabled_rollback() -> None:
 
 def test_check_config_prints_the_window_rule(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "brace-watchdog.toml"
-    path.write_text("[health]\ntimeout_seconds = 30.0\n[rollback]\nenabled = true\n"
-                    "window_seconds = 120.0\nmin_samples = 6\n", encoding="utf-8")
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    err = capsys.readouterr().err
+    err = check_config_refusal(
+        tmp_path, capsys, "[health]\ntimeout_seconds = 30.0\n[rollback]\nenabled = true\n"
+        "window_seconds = 120.0\nmin_samples = 6\n")
     assert "rollback.window_seconds: 120 s cannot hold rollback.min_samples (6)" in err
     assert "health.timeout_seconds (30 s): 6 x 30 = 180 s" in err

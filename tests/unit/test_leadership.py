@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from brace_watchdog import cli
 from brace_watchdog.adapters.pg_lock import application_name, parse_application_name
 from brace_watchdog.config import load_config, parse_config
 from brace_watchdog.errors import ConfigError, RefusedError
@@ -25,6 +24,7 @@ from brace_watchdog.leadership import (
     split_brain_problem,
 )
 from brace_watchdog.runtime import ActionLock
+from tests.support.check_config import check_config_refusal
 
 LEADER = LeaderInfo("node-b", 42, 50.0)
 
@@ -202,11 +202,9 @@ def test_the_split_brain_rule_on_known_timings(interval: float, timeout: float, 
 
 def test_check_config_refuses_timings_that_let_two_leaders_act_naming_options_and_values(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "brace-watchdog.toml"
-    path.write_text("[leadership]\nenabled = true\ncheck_interval_seconds = 0.5\n"
-                    "check_timeout_seconds = 2.0\nlease_seconds = 6.0\n", encoding="utf-8")
-    assert cli.main(["check-config", "--config", str(path)]) == 2
-    err = capsys.readouterr().err
+    err = check_config_refusal(
+        tmp_path, capsys, "[leadership]\nenabled = true\ncheck_interval_seconds = 0.5\n"
+        "check_timeout_seconds = 2.0\nlease_seconds = 6.0\n")
     assert "leadership.lease_seconds: two leaders could act at once" in err
     for named in ("check_interval_seconds = 0.5", "check_timeout_seconds = 2", "lease_seconds = 6",
                   "= 9 s after its last answer", "= 8.5 s after it",
